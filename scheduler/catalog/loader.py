@@ -1,0 +1,210 @@
+"""Loads and validates the embedded catalog (package data CSVs) into a ``Catalog``.
+
+The catalog is read once per process, on first use, and validated against a
+schema: exact headers, typed and ranged values, unique keys, and every offer
+pointing at a known region and accelerator. A broken file raises CatalogError
+naming the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import importlib.resources
+import math
+import types
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from scheduler.catalog.model import Accelerator, Offer, Region, normalize_name
+from scheduler.exceptions import CatalogError, UnknownNameError
+
+CLOUDS = ("aws", "gcp", "azure")
+CONTINENTS = (
+    "africa", "asia", "europe", "middle-east", "north-america", "oceania", "south-america",
+)
+
+T = TypeVar("T")
+
+# Per-field range checks, beyond the type each dataclass field declares.
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "cloud": lambda v: v in CLOUDS,
+    "continent": lambda v: v in CONTINENTS,
+    "country": lambda v: len(v) == 2 and v.isupper(),
+    "latitude": lambda v: -90 <= v <= 90,
+    "longitude": lambda v: -180 <= v <= 180,
+    "cfe_pct": lambda v: v is None or 0 <= v <= 100,
+    "cfe_basis": lambda v: v in ("hourly", "annual", ""),
+    "grid_intensity_avg_g_per_kwh": lambda v: 0 < v < 2000,
+    "grid_intensity_marginal_g_per_kwh": lambda v: v is None or 0 < v < 2500,
+    "pue": lambda v: 1.0 <= v < 3.0,
+    "pue_basis": lambda v: v in ("region", "fleet"),
+    "tdp_w": lambda v: v > 0,
+    "peak_dense_tflops": lambda v: v > 0,
+    "accelerator_count": lambda v: v > 0,
+    "vcpus": lambda v: v > 0,
+    "price_usd_per_hour": lambda v: v is None or v > 0,
+    "spot_price_usd_per_hour": lambda v: v is None or v > 0,
+    "source": bool,
+    "as_of": lambda v: len(v) == 10 and v[4] == "-" and v[7] == "-",
+}
+
+
+def _parse(raw: str, annotation: Any) -> Any:
+    optional = get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(
+        annotation
+    )
+    base = next(a for a in get_args(annotation) if a is not type(None)) if optional else annotation
+    if raw.strip() == "":
+        if optional:
+            return None
+        if base is str:
+            return ""
+        raise ValueError("is empty")
+    if base is tuple[str, ...]:
+        return tuple(a.strip() for a in raw.split("|") if a.strip())
+    if base is int:
+        return int(raw)
+    if base is float:
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError("is not finite")
+        return value
+    return raw.strip()
+
+
+def read_rows(path_name: str, text: str, row_type: type[T]) -> list[T]:
+    """Parse and validate one CSV into frozen rows of ``row_type``.
+
+    Raises:
+        CatalogError: naming the file, line and column of the first bad value.
+    """
+    hints = get_type_hints(row_type)
+    fields = [f.name for f in dataclasses.fields(row_type)]  # type: ignore[arg-type]
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames != fields:
+        raise CatalogError(
+            f"{path_name}: header is {reader.fieldnames}, expected {fields}. "
+            "To fix: regenerate the file with scripts/build_catalog.py."
+        )
+    rows = []
+    for line_no, raw in enumerate(reader, start=2):
+        values = {}
+        for name in fields:
+            try:
+                value = _parse(raw[name] or "", hints[name])
+            except ValueError as exc:
+                raise CatalogError(
+                    f"{path_name} line {line_no}, column {name!r}: value {raw[name]!r} {exc}."
+                ) from exc
+            check = _CHECKS.get(name)
+            if check is not None and not check(value):
+                raise CatalogError(
+                    f"{path_name} line {line_no}, column {name!r}: value {raw[name]!r} is out "
+                    "of range."
+                )
+            values[name] = value
+        rows.append(row_type(**values))
+    return rows
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class Catalog:
+    """The validated catalog: regions, accelerators, offers, with name look-ups."""
+
+    regions: tuple[Region, ...]
+    accelerators: tuple[Accelerator, ...]
+    offers: tuple[Offer, ...]
+    _regions_by_key: dict[str, Region] = dataclasses.field(repr=False)
+    _accelerators_by_alias: dict[str, Accelerator] = dataclasses.field(repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        regions: Iterable[Region],
+        accelerators: Iterable[Accelerator],
+        offers: Iterable[Offer],
+    ) -> Catalog:
+        """Index and cross-check rows. Raises CatalogError on duplicates or dangling refs."""
+        regions, accelerators, offers = tuple(regions), tuple(accelerators), tuple(offers)
+        by_key: dict[str, Region] = {}
+        for r in regions:
+            if r.key in by_key:
+                raise CatalogError(f"regions.csv: region {r.key} appears twice.")
+            by_key[r.key] = r
+        by_alias: dict[str, Accelerator] = {}
+        for a in accelerators:
+            for spelling in (a.name, *a.aliases):
+                key = normalize_name(spelling)
+                other = by_alias.get(key)
+                if other is not None and other.name != a.name:
+                    raise CatalogError(
+                        f"accelerators.csv: {spelling!r} names both {other.name} and {a.name}."
+                    )
+                by_alias[key] = a
+        seen: set[tuple[str, str, str]] = set()
+        for o in offers:
+            ident = (o.cloud, o.region, o.instance_type)
+            if ident in seen:
+                raise CatalogError(f"offers.csv: offer {'/'.join(ident)} appears twice.")
+            seen.add(ident)
+            if f"{o.cloud}:{o.region}" not in by_key:
+                raise CatalogError(f"offers.csv: offer {'/'.join(ident)} names unknown region.")
+            if by_alias.get(normalize_name(o.accelerator), None) is None:
+                raise CatalogError(
+                    f"offers.csv: offer {'/'.join(ident)} names unknown accelerator "
+                    f"{o.accelerator!r}."
+                )
+        return cls(regions, accelerators, offers, by_key, by_alias)
+
+    def accelerator(self, name: str) -> Accelerator:
+        """Look an accelerator up by any spelling of its name or aliases."""
+        found = self._accelerators_by_alias.get(normalize_name(name))
+        if found is None:
+            raise UnknownNameError(
+                "accelerator",
+                name,
+                [a.name for a in self.accelerators],
+                hint="To fix: use a name listed by `greenplace regions --output json` "
+                "or in the catalog's accelerators.csv.",
+            )
+        return found
+
+    def region(self, key: str) -> Region:
+        """Look a region up by ``cloud:region``."""
+        cloud, sep, name = key.partition(":")
+        found = self._regions_by_key.get(f"{cloud.strip().lower()}:{name.strip()}")
+        if not sep or found is None:
+            raise UnknownNameError(
+                "region",
+                key,
+                self._regions_by_key,
+                hint="To fix: write it as CLOUD:REGION, e.g. gcp:europe-west4 "
+                "(see `greenplace regions`).",
+            )
+        return found
+
+
+_DATA_PACKAGE = "scheduler.catalog.data"
+
+
+
+def load_catalog_from(directory: Path) -> Catalog:
+    """Load and validate a catalog from a directory holding the three CSVs."""
+    def read(name: str, row_type: type[Any]) -> list[Any]:
+        return read_rows(name, (directory / name).read_text(encoding="utf-8"), row_type)
+
+    return Catalog.build(
+        read("regions.csv", Region), read("accelerators.csv", Accelerator),
+        read("offers.csv", Offer),
+    )
+
+
+@functools.cache
+def load_catalog() -> Catalog:
+    """The embedded catalog, loaded and validated once per process."""
+    files = importlib.resources.files(_DATA_PACKAGE)
+    with importlib.resources.as_file(files) as directory:
+        return load_catalog_from(Path(directory))

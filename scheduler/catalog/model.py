@@ -1,0 +1,81 @@
+"""Frozen row types of the embedded catalog: regions, accelerators, instance offers.
+
+Every row carries ``source`` and ``as_of`` so each figure can be traced to the
+public document it was re-keyed from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+def normalize_name(name: str) -> str:
+    """Fold a name for matching: lower case, no spaces, dashes, dots or underscores.
+
+    ``TPU v3``, ``tpu-v3`` and ``TPUv3`` all fold to ``tpuv3``.
+    """
+    return re.sub(r"[\s\-_./]+", "", name.strip().lower())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Region:
+    """One cloud region and its carbon, location and efficiency figures."""
+
+    cloud: str
+    region: str
+    location: str
+    country: str  # ISO 3166-1 alpha-2
+    continent: str  # europe, north-america, south-america, asia, oceania, africa, middle-east
+    latitude: float
+    longitude: float
+    em_zone: str  # Electricity Maps zone id ("" when unknown)
+    watttime_region: str  # WattTime region id ("" when unknown)
+    cfe_pct: float | None  # provider's carbon-free energy %, None when not published
+    cfe_basis: str  # "hourly", "annual" or "" when cfe_pct is None
+    grid_intensity_avg_g_per_kwh: float
+    grid_intensity_marginal_g_per_kwh: float | None
+    pue: float
+    pue_basis: str  # "region" or "fleet"
+    year: int
+    source: str
+    as_of: str
+
+    @property
+    def key(self) -> str:
+        """``cloud:region``, the id users type."""
+        return f"{self.cloud}:{self.region}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accelerator:
+    """One accelerator model with its power and peak throughput."""
+
+    name: str  # canonical name, e.g. "A100-80GB", "TPU-v5e"
+    aliases: tuple[str, ...]
+    vendor: str
+    tdp_w: float
+    peak_dense_tflops: float  # dense BF16 where the chip has it, else FP16
+    memory_gib: float
+    source: str
+    as_of: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Offer:
+    """One purchasable instance type in one region, with its accelerators and prices.
+
+    For GCP, host VM and accelerator prices are already summed into one figure.
+    """
+
+    cloud: str
+    region: str
+    instance_type: str
+    accelerator: str  # canonical Accelerator.name
+    accelerator_count: int
+    vcpus: int
+    memory_gib: float
+    price_usd_per_hour: float | None  # on-demand; None when not sold on demand
+    spot_price_usd_per_hour: float | None
+    source: str
+    as_of: str

@@ -1,0 +1,45 @@
+"""The ``greenplace`` command line: the group, error handling and exit codes.
+
+Exit codes: 0 ok; 1 some jobs unschedulable or failed; 2 bad input or usage.
+Only this module catches errors broadly: a user's mistake prints one paragraph
+on stderr, never a traceback. Commands live in ``scheduler.commands.*``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from scheduler.commands import placement
+from scheduler.exceptions import GreenplaceError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="greenplace")
+def cli() -> None:
+    """greenplace: place ML training jobs in the greenest cloud region the policy allows."""
+
+
+for command in placement.COMMANDS:
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns (and exits with) the documented exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="greenplace", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_BAD_INPUT
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        code = EXIT_SOME_FAILED
+    except GreenplaceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -1,0 +1,1 @@
+"""CLI commands, one module per area; ``scheduler.cli`` registers them."""

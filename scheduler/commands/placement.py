@@ -1,0 +1,247 @@
+"""Commands that need no service: dry-run, estimate, regions, schema."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from policies.model import CarbonSignal, Policy
+from scheduler import estimate as est
+from scheduler.catalog import load_catalog
+from scheduler.exceptions import UserInputError
+from scheduler.jobs import JobSpec, load_jobs
+from scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
+from scheduler.placement import Placer, PlacementDecision
+
+_output = click.option("--output", "-o", type=click.Choice(FORMATS), default="table",
+                       show_default=True, help="table for people, json or csv for machines")
+
+
+def dry_run_rows(
+    jobs_file: Path, *, policy: str | None, explain: bool, now: dt.datetime | None = None,
+) -> tuple[list[dict[str, Any]], list[PlacementDecision]]:
+    """Validate and place every job of a jobs file; returns summaries and decisions."""
+    catalog = load_catalog()
+    jobs = load_jobs(jobs_file, catalog, policy_override=policy)
+    decisions = Placer(catalog).place_all(jobs, now=now or dt.datetime.now(dt.UTC))
+    return [d.summary(explain=explain) for d in decisions], decisions
+
+
+def _print_dry_run_table(rows: list[dict[str, Any]], explain: bool,
+                         decisions: list[PlacementDecision]) -> None:
+    cells = []
+    for r in rows:
+        if r["status"] != "placed":
+            cells.append([r["job"], "UNSCHEDULABLE", *["-"] * 10])
+            continue
+        cells.append([
+            r["job"], r["cloud"], r["region"], r["instance_type"],
+            f"{r['accelerator_count']}x {r['accelerator']}" + (" spot" if r["spot"] else ""),
+            fmt(r["runtime_h"], 1), fmt(r["energy_kwh"], 1), fmt(r["co2e_kg"], 1),
+            fmt(r["cost_usd"], 0), fmt(r["cfe_pct"], 0), fmt(r["savings_co2e_kg"], 1),
+            fmt(r["savings_pct"], 0),
+        ])
+    placed = [r for r in rows if r["status"] == "placed"]
+    total = sum(r["co2e_kg"] for r in placed)
+    base = sum(r["baseline"]["co2e_kg"] for r in placed)
+    footer = (f"{len(placed)}/{len(rows)} placed. Estimated {total:,.1f} kg CO2e vs "
+              f"{base:,.1f} kg for a price-only scheduler ({base - total:,.1f} kg saved). "
+              f"Signal: {rows[0]['carbon_signal'] if rows else '-'}; "
+              "estimates use peak-throughput scaling and TDP x utilisation.")
+    print_table(
+        "greenplace dry run",
+        [("job", "left"), ("cloud", "left"), ("region", "left"), ("instance", "left"),
+         ("accelerators", "left"), ("hours", "right"), ("kWh", "right"),
+         ("kg CO2e", "right"), ("USD", "right"), ("CFE %", "right"),
+         ("saved kg", "right"), ("saved %", "right")],
+        cells, footer=footer)
+    for r, d in zip(rows, decisions, strict=True):
+        if r["status"] != "placed":
+            click.echo(f"\n{r['job']}: unschedulable under policy {r['policy']!r}:")
+            for reason in r["reasons"][:20]:
+                click.echo(f"  - {reason['region']}: [{reason['filter']}] {reason['reason']}")
+            if len(r["reasons"]) > 20:
+                click.echo(f"  ... {len(r['reasons']) - 20} more (see --output json)")
+        elif explain:
+            click.echo(f"\n{r['job']} (policy {r['policy']}, signal {r['carbon_signal']}, "
+                       f"power {r['power_basis']}): top candidates")
+            for c in r["candidates"][:5]:
+                click.echo(f"  score {c['score']:.3f}  {c['cloud']}:{c['region']} "
+                           f"{c['instance_type']}  {c['co2e_kg']:.1f} kg  ${c['cost_usd']:.0f}  "
+                           f"{c['runtime_h']:.1f} h  (carbon {c['norm_carbon']:.2f}, "
+                           f"cost {c['norm_cost']:.2f}, time {c['norm_time']:.2f})")
+            click.echo(f"  baseline (price only): {r['baseline']['cloud']}:"
+                       f"{r['baseline']['region']} {r['baseline']['instance_type']}")
+            click.echo(f"  {len(d.offers) - d.ranking.size} candidates rejected "
+                       "(see --output json --explain for every reason)")
+        for note in r["notes"]:
+            click.echo(f"  note ({r['job']}): {note}")
+
+
+@click.command("dry-run")
+@click.argument("jobs_file", type=click.Path(path_type=Path))
+@click.option("--policy", "-p", help="preset name or policy YAML path; overrides each job's own")
+@_output
+@click.option("--explain", is_flag=True, help="list every candidate, its scores and rejection")
+def dry_run(jobs_file: Path, policy: str | None, output: str, explain: bool) -> None:
+    """Show where each job would run and why, with no service and no cloud call."""
+    rows, decisions = dry_run_rows(jobs_file, policy=policy, explain=explain)
+    if output == "json":
+        print_json(rows)
+    elif output == "csv":
+        print_csv([{k: v for k, v in r.items() if k not in ("candidates", "notes")}
+                   for r in rows])
+    else:
+        _print_dry_run_table(rows, explain, decisions)
+    if any(r["status"] != "placed" for r in rows):
+        raise click.exceptions.Exit(1)
+
+
+@click.command("estimate")
+@click.option("--accelerator", "-a", required=True)
+@click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option("--avg-power-w", type=click.FloatRange(min=0, min_open=True),
+              help="measured average draw per accelerator (else TDP x utilisation)")
+@click.option("--utilization", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="share of TDP drawn on average [default: 0.8]")
+@click.option("--pue", type=click.FloatRange(min=1.0), help="default: the region's, else 1.0")
+@click.option("--intensity-g-per-kwh", type=click.FloatRange(min=0))
+@click.option("--region", "region_key", help="CLOUD:REGION, e.g. gcp:europe-west4")
+@click.option("--signal", type=click.Choice([s.value for s in CarbonSignal]), default="average",
+              show_default=True, help="which region figure to use with --region")
+@_output
+def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float | None,
+                 utilization: float | None, pue: float | None,
+                 intensity_g_per_kwh: float | None, region_key: str | None, signal: str,
+                 output: str) -> None:
+    """Energy and emissions of ACCELERATOR x COUNT for HOURS (Patterson et al. 2021)."""
+    from scheduler.jobs import DEFAULT_UTILIZATION
+
+    catalog = load_catalog()
+    accel = catalog.accelerator(accelerator)
+    if (intensity_g_per_kwh is None) == (region_key is None):
+        raise UserInputError("Give exactly one of --intensity-g-per-kwh or --region. To fix: "
+                             "pass a grid intensity, or a region as CLOUD:REGION.")
+    result: dict[str, Any] = {"accelerator": accel.name, "accelerator_count": count,
+                              "runtime_h": hours}
+    if region_key is not None:
+        region = catalog.region(region_key)
+        carbon_signal = CarbonSignal(signal)
+        cfe = float("nan") if region.cfe_pct is None else region.cfe_pct
+        marginal = region.grid_intensity_marginal_g_per_kwh
+        if carbon_signal is CarbonSignal.MARGINAL and marginal is None:
+            raise UserInputError(f"No marginal intensity is known for {region.key}. To fix: use "
+                                 "--signal average or cfe, or give --intensity-g-per-kwh.")
+        intensity = est.scoring_intensity_g_per_kwh(
+            carbon_signal, grid_average_g_per_kwh=region.grid_intensity_avg_g_per_kwh,
+            grid_marginal_g_per_kwh=float("nan") if marginal is None else marginal, cfe_pct=cfe)
+        pue_used, pue_basis = (pue, "given") if pue else (region.pue, f"region {region.pue_basis}")
+        result.update(region=region.key, carbon_signal=signal, cfe_pct=region.cfe_pct)
+    else:
+        intensity = float(intensity_g_per_kwh)  # type: ignore[arg-type]
+        pue_used, pue_basis = (pue, "given") if pue else (1.0, "assumed 1.0 (no region given)")
+    util = utilization or DEFAULT_UTILIZATION
+    power = est.average_power_w(tdp_w=accel.tdp_w, utilization=util, measured_w=avg_power_w)
+    energy = est.energy_kwh(runtime_h=hours, accelerator_count=count, average_power_w=power,
+                            pue=pue_used)
+    result.update(
+        average_power_w=power,
+        power_basis="measured (given)" if avg_power_w else f"TDP {accel.tdp_w:g} W x {util:g}",
+        pue=pue_used, pue_basis=pue_basis, intensity_g_per_kwh=round(float(intensity), 3),
+        energy_kwh=round(float(energy), 4),
+        co2e_kg=round(float(est.co2e_kg(energy_kwh=energy, intensity_g_per_kwh=intensity)), 4),
+    )
+    if region_key is not None:
+        offers = [o for o in catalog.offers if f"{o.cloud}:{o.region}" == result["region"]
+                  and o.accelerator == accel.name and o.accelerator_count == count
+                  and o.price_usd_per_hour is not None]
+        if offers:
+            cheapest = min(offers, key=lambda o: o.price_usd_per_hour or 0.0)
+            result.update(instance_type=cheapest.instance_type,
+                          price_usd_per_hour=cheapest.price_usd_per_hour,
+                          cost_usd=round((cheapest.price_usd_per_hour or 0.0) * hours, 2))
+        else:
+            result.update(cost_usd=None, note=f"no on-demand offer of {count} x {accel.name} "
+                          f"in {result['region']} in the catalog")
+    if output == "json":
+        print_json(result)
+    elif output == "csv":
+        print_csv([result])
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:>22}: {fmt(value, 4)}")
+
+
+def _region_rows(cloud: str | None, accelerator: str | None, sort: str) -> list[dict[str, Any]]:
+    catalog = load_catalog()
+    accel = catalog.accelerator(accelerator).name if accelerator else None
+    price: dict[str, float] = {}
+    for o in catalog.offers:
+        if o.price_usd_per_hour is None or (accel and o.accelerator != accel):
+            continue
+        key = f"{o.cloud}:{o.region}"
+        per_accel = o.price_usd_per_hour / o.accelerator_count
+        price[key] = min(price.get(key, per_accel), per_accel)
+    rows = []
+    for r in catalog.regions:
+        if (cloud and r.cloud != cloud) or (accel and r.key not in price):
+            continue
+        rows.append({
+            "cloud": r.cloud, "region": r.region, "location": r.location, "country": r.country,
+            "continent": r.continent, "cfe_pct": r.cfe_pct, "cfe_basis": r.cfe_basis,
+            "grid_intensity_avg_g_per_kwh": r.grid_intensity_avg_g_per_kwh,
+            "grid_intensity_marginal_g_per_kwh": r.grid_intensity_marginal_g_per_kwh,
+            "pue": r.pue, "min_price_usd_per_accelerator_hour": price.get(r.key),
+            "em_zone": r.em_zone, "year": r.year, "source": r.source, "as_of": r.as_of,
+        })
+    keys = {
+        "cfe": lambda x: (x["cfe_pct"] is None, -(x["cfe_pct"] or 0)),
+        "intensity": lambda x: x["grid_intensity_avg_g_per_kwh"],
+        "price": lambda x: (x["min_price_usd_per_accelerator_hour"] is None,
+                            x["min_price_usd_per_accelerator_hour"] or 0),
+    }
+    rows.sort(key=lambda x: (x["cloud"], x["region"]))
+    rows.sort(key=keys[sort])
+    return rows
+
+
+@click.command("regions")
+@click.option("--cloud", type=click.Choice(["aws", "gcp", "azure"]))
+@click.option("--accelerator", "-a", help="only regions that sell it; price is per accelerator")
+@click.option("--sort", type=click.Choice(["cfe", "intensity", "price"]), default="intensity",
+              show_default=True)
+@_output
+def regions_cmd(cloud: str | None, accelerator: str | None, sort: str, output: str) -> None:
+    """List catalog regions with their carbon figures, PUE and cheapest accelerator-hour."""
+    rows = _region_rows(cloud, accelerator, sort)
+    if output == "json":
+        print_json(rows)
+    elif output == "csv":
+        print_csv(rows)
+    else:
+        print_table(
+            f"{len(rows)} regions" + (f" selling {accelerator}" if accelerator else ""),
+            [("region", "left"), ("location", "left"), ("CFE %", "right"),
+             ("avg g/kWh", "right"), ("marg g/kWh", "right"), ("PUE", "right"),
+             ("USD/accel-h", "right")],
+            [[f"{r['cloud']}:{r['region']}", r["location"], fmt(r["cfe_pct"], 0),
+              fmt(r["grid_intensity_avg_g_per_kwh"], 0),
+              fmt(r["grid_intensity_marginal_g_per_kwh"], 0), fmt(r["pue"], 2),
+              fmt(r["min_price_usd_per_accelerator_hour"], 2)] for r in rows],
+            footer="CFE '-' = not published by the provider (scored as 0 %, never as green).")
+
+
+@click.command("schema")
+@click.argument("kind", type=click.Choice(["job", "policy"]))
+def schema_cmd(kind: str) -> None:
+    """Print the JSON Schema of a job or a policy (for editors and CI linting)."""
+    model = JobSpec if kind == "job" else Policy
+    click.echo(json.dumps(model.model_json_schema(), indent=2))
+
+
+COMMANDS = [dry_run, estimate_cmd, regions_cmd, schema_cmd]

@@ -1,0 +1,76 @@
+"""Energy, emissions and price of a job on a candidate (Patterson et al. 2021).
+
+    energy_kwh = runtime_h x accelerator_count x average_power_w x PUE / 1000
+    co2e_kg    = energy_kwh x intensity_g_per_kwh / 1000
+
+Every function works on Python floats and on NumPy arrays alike, so the dry run,
+``greenplace estimate`` and the vectorised placement pipeline share one formula.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+
+from policies.model import CarbonSignal
+
+Num = TypeVar("Num", float, np.ndarray)
+
+
+def average_power_w(*, tdp_w: Num, utilization: float, measured_w: float | None = None) -> Num:
+    """Average draw per accelerator: the measured figure when known, else TDP x utilisation."""
+    if measured_w is not None:
+        return np.full_like(tdp_w, measured_w) if isinstance(tdp_w, np.ndarray) else measured_w
+    return tdp_w * utilization
+
+
+def scaled_runtime_h(
+    *,
+    reference_hours: float,
+    reference_tflops: float,
+    reference_count: int,
+    tflops: Num,
+    count: Num,
+) -> Num:
+    """Runtime on another accelerator set, scaled by peak dense throughput.
+
+    Design choice: peak dense throughput is the only figure the catalog has for
+    every accelerator; real speed-ups depend on the model, so the result is an
+    estimate and the decision labels it as such.
+    """
+    return reference_hours * (reference_tflops * reference_count) / (tflops * count)
+
+
+def energy_kwh(*, runtime_h: Num, accelerator_count: Num, average_power_w: Num, pue: Num) -> Num:
+    """Facility energy of the accelerators over the run, PUE included."""
+    return runtime_h * accelerator_count * average_power_w * pue / 1000.0
+
+
+def co2e_kg(*, energy_kwh: Num, intensity_g_per_kwh: Num) -> Num:
+    """Operational emissions of ``energy_kwh`` at ``intensity_g_per_kwh``."""
+    return energy_kwh * intensity_g_per_kwh / 1000.0
+
+
+def scoring_intensity_g_per_kwh(
+    signal: CarbonSignal,
+    *,
+    grid_average_g_per_kwh: Num,
+    grid_marginal_g_per_kwh: Num,
+    cfe_pct: Num,
+) -> Num:
+    """The intensity a candidate is scored with under ``signal``.
+
+    - ``average``: the grid average.
+    - ``marginal``: the grid marginal figure (NaN where unknown; such candidates are
+      rejected by the pipeline, never scored with another signal type).
+    - ``cfe``: grid average x (1 - CFE share). Unknown CFE (NaN) counts as 0 % CFE,
+      so a region that does not publish CFE is never treated as green.
+    """
+    if signal is CarbonSignal.AVERAGE:
+        return grid_average_g_per_kwh
+    if signal is CarbonSignal.MARGINAL:
+        return grid_marginal_g_per_kwh
+    cfe_share = np.nan_to_num(np.asarray(cfe_pct, dtype=float), nan=0.0) / 100.0
+    result = grid_average_g_per_kwh * (1.0 - cfe_share)
+    return float(result) if np.ndim(result) == 0 else result  # type: ignore[return-value]

@@ -1,0 +1,131 @@
+"""The one exception tree of greenplace.
+
+::
+
+    GreenplaceError                   root; every error greenplace raises on purpose
+    ├── UserInputError                the user's input is wrong (CLI exit code 2)
+    │   ├── SpecError                 a jobs or policy file is broken, names file/job/field
+    │   └── UnknownNameError          unknown accelerator, region, preset... ("Did you mean")
+    ├── CatalogError                  the embedded catalog failed schema validation
+    ├── ConfigError                   settings / environment are unusable (exit 2)
+    ├── StoreError                    job store problems
+    │   ├── JobNotFoundError
+    │   └── IllegalTransitionError    a state change the job's life cycle forbids
+    ├── SignalError                   a carbon signal source could not answer
+    └── ProviderError                 a cloud call failed; carries provider, operation, code
+        ├── CapacityError             no capacity here now: fail over to the next candidate
+        ├── QuotaError                account quota reached: fail over
+        ├── TransientError            retry the same call with backoff
+        ├── AuthError                 credentials missing or refused: fail the job
+        ├── InvalidRequestError       the request itself is wrong: fail the job
+        └── MissingSDKError           the cloud's SDK is not installed
+
+Messages say what happened, then ``To fix: ...``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class GreenplaceError(Exception):
+    """Root of every error greenplace raises on purpose."""
+
+    exit_code = 1
+
+
+class UserInputError(GreenplaceError):
+    """The user's input (file, flag, name) is wrong; the CLI exits with code 2."""
+
+    exit_code = 2
+
+
+class SpecError(UserInputError):
+    """A jobs or policy file failed to parse or validate."""
+
+
+class UnknownNameError(UserInputError):
+    """A name (accelerator, region, preset) is not in the catalog."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str], *, hint: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        known_list = sorted(set(known))
+        close = difflib.get_close_matches(name, known_list, n=3, cutoff=0.5)
+        if not close:
+            folded = {k.lower().replace("-", ""): k for k in known_list}
+            close = [
+                folded[k]
+                for k in difflib.get_close_matches(name.lower().replace("-", ""), folded, n=3)
+            ]
+        msg = f"Unknown {kind} {name!r}."
+        if close:
+            msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+        msg += " " + (hint or f"To fix: use one of the known {kind}s (see `greenplace regions`).")
+        super().__init__(msg)
+
+
+class CatalogError(GreenplaceError):
+    """The embedded catalog (or a replacement file) failed schema validation."""
+
+
+class ConfigError(GreenplaceError):
+    """Settings or environment variables are unusable."""
+
+    exit_code = 2
+
+
+class StoreError(GreenplaceError):
+    """The job store could not complete an operation."""
+
+
+class JobNotFoundError(StoreError):
+    """No job has that id."""
+
+    exit_code = 2
+
+
+class IllegalTransitionError(StoreError):
+    """A state change that the job life cycle forbids."""
+
+
+class SignalError(GreenplaceError):
+    """A carbon signal source could not answer."""
+
+
+class ProviderError(GreenplaceError):
+    """A cloud call failed. Carries the provider, the operation and the cloud's own code."""
+
+    def __init__(
+        self, message: str, *, provider: str, operation: str, code: str | None = None
+    ) -> None:
+        self.provider = provider
+        self.operation = operation
+        self.code = code
+        detail = f"{provider} {operation}" + (f" [{code}]" if code else "")
+        super().__init__(f"{detail}: {message}")
+
+
+class CapacityError(ProviderError):
+    """The cloud has no capacity for this offer here now; fail over."""
+
+
+class QuotaError(ProviderError):
+    """The account's quota is exhausted for this offer here; fail over."""
+
+
+class TransientError(ProviderError):
+    """A passing fault (throttling, 5xx); retry the same call with backoff."""
+
+
+class AuthError(ProviderError):
+    """Credentials are missing or refused; fail the job with a clear reason."""
+
+
+class InvalidRequestError(ProviderError):
+    """The request itself is invalid; fail the job."""
+
+
+class MissingSDKError(ProviderError):
+    """The cloud's SDK is not installed."""

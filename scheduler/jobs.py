@@ -1,0 +1,209 @@
+"""Job specs (the YAML trust boundary) and the jobs-file loader.
+
+A jobs file holds ``jobs:`` (a list) or a single job mapping. Every error names
+the file, the job and the field, and nothing is returned unless every job is valid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.model import DEFAULT_POLICY, Policy, SpotMode, load_policy
+from scheduler.catalog import Catalog
+from scheduler.exceptions import SpecError, UnknownNameError
+from scheduler.yamlfile import read_yaml, validation_message
+
+JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+# Design choice: a training job rarely draws its accelerators' full TDP. Measured
+# averages for large training runs sit around 70-90 % of TDP (Patterson et al. 2021
+# report measured averages below TDP for every system); 0.8 is the documented
+# default, overridable per job with work.utilization or a measured work.avg_power_w.
+DEFAULT_UTILIZATION = 0.8
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """What the job needs: alternatives of {ACCELERATOR: COUNT}, and spot preference."""
+
+    accelerators: dict[str, int] | list[dict[str, int]]
+    spot: bool | None = None
+
+    @pydantic.field_validator("accelerators")
+    @classmethod
+    def _counts(cls, value: dict[str, int] | list[dict[str, int]]) -> object:
+        options = value if isinstance(value, list) else [value]
+        if not options or any(not o for o in options):
+            raise ValueError("list at least one {ACCELERATOR: COUNT}")
+        for option in options:
+            for name, count in option.items():
+                if count < 1 or count > 4096:
+                    raise ValueError(f"count of {name} must be between 1 and 4096, got {count}")
+        return value
+
+    def alternatives(self) -> list[tuple[str, int]]:
+        """(name, count) pairs in the order the user listed them."""
+        options = self.accelerators if isinstance(self.accelerators, list) else [self.accelerators]
+        return [(name, count) for option in options for name, count in option.items()]
+
+
+class Work(_Strict):
+    """How much work the job is: hours on the reference accelerator set."""
+
+    hours: float = Field(gt=0, le=100_000)
+    reference: str | None = None
+    utilization: float | None = Field(None, gt=0, le=1)
+    avg_power_w: float | None = Field(None, gt=0, le=5_000)
+
+
+class JobSpec(_Strict):
+    """One training job as the user wrote it."""
+
+    name: str = Field(pattern=JOB_NAME_PATTERN)
+    run: str = Field(min_length=1)
+    resources: Resources
+    work: Work
+    deadline: dt.datetime | None = None
+    policy: str | None = None
+
+    @pydantic.field_validator("deadline")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """A validated job, resolved against the catalog: canonical names and its policy."""
+
+    spec: JobSpec
+    alternatives: tuple[tuple[str, int], ...]  # canonical accelerator names, counts
+    reference: tuple[str, int]
+    policy: Policy
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def utilization(self) -> float:
+        return self.spec.work.utilization or DEFAULT_UTILIZATION
+
+
+def resolve_job(
+    spec: JobSpec, catalog: Catalog, *, policy: Policy, where: str
+) -> Job:
+    """Resolve accelerator names and check the job against its policy.
+
+    Raises:
+        SpecError / UnknownNameError: naming ``where`` (file and job) and the field.
+    """
+    alternatives = []
+    for name, count in spec.resources.alternatives():
+        try:
+            alternatives.append((catalog.accelerator(name).name, count))
+        except UnknownNameError as exc:
+            raise SpecError(f"{where}, field 'resources.accelerators': {exc}") from exc
+    if len({a for a, _ in alternatives}) != len(alternatives):
+        raise SpecError(
+            f"{where}, field 'resources.accelerators': an accelerator is listed twice. "
+            "To fix: list each accelerator once."
+        )
+    reference = alternatives[0]
+    if spec.work.reference is not None:
+        try:
+            wanted = catalog.accelerator(spec.work.reference).name
+        except UnknownNameError as exc:
+            raise SpecError(f"{where}, field 'work.reference': {exc}") from exc
+        matches = [a for a in alternatives if a[0] == wanted]
+        if not matches:
+            raise SpecError(
+                f"{where}, field 'work.reference': {wanted} is not one of the job's "
+                f"accelerators {[a for a, _ in alternatives]}. To fix: name one of them."
+            )
+        reference = matches[0]
+    spot_mode = policy.constraints.spot
+    if spec.resources.spot is True and spot_mode == SpotMode.FORBID:
+        raise SpecError(
+            f"{where}, field 'resources.spot': the job asks for spot but policy "
+            f"{policy.name!r} forbids spot. To fix: drop `spot: true` or use another policy."
+        )
+    if spec.resources.spot is False and spot_mode == SpotMode.REQUIRE:
+        raise SpecError(
+            f"{where}, field 'resources.spot': the job forbids spot but policy "
+            f"{policy.name!r} requires it. To fix: drop `spot: false` or use another policy."
+        )
+    return Job(spec=spec, alternatives=tuple(alternatives), reference=reference, policy=policy)
+
+
+def _job_label(raw: object, index: int) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"job {name!r}" if isinstance(name, str) else f"job #{index + 1}"
+
+
+def load_jobs(
+    path: Path, catalog: Catalog, *, policy_override: str | None = None
+) -> list[Job]:
+    """Load, validate and resolve every job of a jobs file; all or nothing.
+
+    Args:
+        path: the jobs YAML file.
+        catalog: the catalog accelerator names are resolved against.
+        policy_override: a preset name or path that replaces every job's own policy.
+
+    Raises:
+        SpecError / UnknownNameError: the first problem found, naming file, job and field.
+    """
+    data = read_yaml(path, what="jobs")
+    if isinstance(data, dict) and "jobs" in data:
+        extra = sorted(set(data) - {"jobs"})
+        if extra:
+            raise SpecError(
+                f"{path}: unknown top-level field(s) {extra}. To fix: a jobs file holds "
+                "`jobs:` (a list) or a single job."
+            )
+        raw_jobs = data["jobs"]
+        if not isinstance(raw_jobs, list) or not raw_jobs:
+            raise SpecError(f"{path}: `jobs` must be a non-empty list of jobs.")
+    elif isinstance(data, dict):
+        raw_jobs = [data]
+    else:
+        raise SpecError(
+            f"{path}: expected `jobs:` with a list of jobs, or a single job mapping; "
+            f"found {type(data).__name__}."
+        )
+    policies: dict[str, Policy] = {}
+    jobs: list[Job] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_jobs):
+        where = f"{path}, {_job_label(raw, index)}"
+        if not isinstance(raw, dict):
+            raise SpecError(f"{where}: a job must be a mapping, found {type(raw).__name__}.")
+        try:
+            spec = JobSpec.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            raise SpecError(validation_message(exc, where=where)) from exc
+        if spec.name in seen:
+            raise SpecError(f"{where}, field 'name': the name is used twice in this file.")
+        seen.add(spec.name)
+        policy_ref = policy_override or spec.policy or DEFAULT_POLICY
+        if policy_ref not in policies:
+            try:
+                policies[policy_ref] = load_policy(policy_ref, base_dir=path.parent)
+            except (SpecError, UnknownNameError) as exc:
+                raise SpecError(f"{where}, field 'policy': {exc}") from exc
+        jobs.append(resolve_job(spec, catalog, policy=policies[policy_ref], where=where))
+    return jobs
+
+

@@ -1,0 +1,155 @@
+"""PlacementDecision: the one object that explains a placement.
+
+It holds every candidate of one job as columns (raw scores with units,
+normalised scores, total score, rejection code), the ranking of the feasible
+ones and the price-only baseline. The dry-run table, ``--explain``, the job
+record and the logs all read this object; rows are materialised only on demand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from policies.model import CarbonSignal, Policy
+from scheduler.catalog import Offer, Region
+from scheduler.placement.filters import FEASIBLE, FILTERS, ReasonContext, reason_text
+
+
+def _num(value: float, digits: int = 4) -> float | None:
+    return None if math.isnan(value) else round(float(value), digits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementDecision:
+    """Every candidate of one job, scored and ranked; ``ranking[0]`` is the choice."""
+
+    job: str
+    policy: Policy
+    spot: bool
+    power_basis: str  # "measured avg_power_w" or "TDP x utilisation 0.80"
+    deadline: str | None
+    offers: tuple[Offer, ...]  # one per candidate
+    regions: tuple[Region, ...]  # one per candidate
+    requested_count: np.ndarray
+    rejected_by: np.ndarray  # filter code per candidate, 0 = feasible
+    price_usd_per_hour: np.ndarray
+    runtime_h: np.ndarray
+    energy_kwh: np.ndarray
+    intensity_g_per_kwh: np.ndarray
+    co2e_kg: np.ndarray
+    cost_usd: np.ndarray
+    cfe_pct: np.ndarray
+    signal_source: tuple[str, ...]  # per candidate
+    signal_observed_at: tuple[str, ...]
+    norm_carbon: np.ndarray  # 0..1, 1 = best of the feasible set; NaN when rejected
+    norm_cost: np.ndarray
+    norm_time: np.ndarray
+    score: np.ndarray
+    ranking: np.ndarray  # candidate positions of the feasible ones, best first
+    baseline_ranking: np.ndarray  # same, under the price-only objective
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def carbon_signal(self) -> CarbonSignal:
+        return self.policy.carbon_signal
+
+    @property
+    def placed(self) -> bool:
+        return len(self.ranking) > 0
+
+    @property
+    def chosen(self) -> int | None:
+        """Candidate position of the choice, or None when unschedulable."""
+        return int(self.ranking[0]) if self.placed else None
+
+    @property
+    def baseline(self) -> int | None:
+        """Candidate position a price-only scheduler would pick under the same constraints."""
+        return int(self.baseline_ranking[0]) if len(self.baseline_ranking) else None
+
+    def reason(self, i: int) -> str | None:
+        """Why candidate ``i`` was rejected, or None when it is feasible."""
+        code = int(self.rejected_by[i])
+        if code == FEASIBLE:
+            return None
+        return reason_text(code, ReasonContext(
+            offer=self.offers[i], region=self.regions[i], policy=self.policy,
+            requested_count=int(self.requested_count[i]), spot=self.spot,
+            price_usd_per_hour=float(self.price_usd_per_hour[i]),
+            runtime_h=float(self.runtime_h[i]), cfe_pct=float(self.cfe_pct[i]),
+            deadline=self.deadline,
+        ))
+
+    def candidate(self, i: int) -> dict[str, Any]:
+        """Candidate ``i`` as a plain dict (JSON-ready), raw and normalised scores included."""
+        o = self.offers[i]
+        code = int(self.rejected_by[i])
+        return {
+            "cloud": o.cloud,
+            "region": o.region,
+            "instance_type": o.instance_type,
+            "accelerator": o.accelerator,
+            "accelerator_count": o.accelerator_count,
+            "spot": self.spot,
+            "price_usd_per_hour": _num(self.price_usd_per_hour[i]),
+            "runtime_h": _num(self.runtime_h[i]),
+            "energy_kwh": _num(self.energy_kwh[i]),
+            "intensity_g_per_kwh": _num(self.intensity_g_per_kwh[i]),
+            "co2e_kg": _num(self.co2e_kg[i]),
+            "cost_usd": _num(self.cost_usd[i], 2),
+            "cfe_pct": _num(self.cfe_pct[i], 1),
+            "signal_source": self.signal_source[i],
+            "signal_observed_at": self.signal_observed_at[i],
+            "norm_carbon": _num(self.norm_carbon[i]),
+            "norm_cost": _num(self.norm_cost[i]),
+            "norm_time": _num(self.norm_time[i]),
+            "score": _num(self.score[i]),
+            "rejected_by": None if code == FEASIBLE else {
+                "filter": FILTERS[code], "reason": self.reason(i)},
+        }
+
+    def rejections(self) -> list[dict[str, str]]:
+        """Every distinct (region, filter, reason) that ruled a candidate out."""
+        seen: dict[tuple[str, str, str], None] = {}
+        for i in np.flatnonzero(self.rejected_by != FEASIBLE):
+            reason = self.reason(int(i)) or ""
+            seen[(self.regions[i].key, FILTERS[int(self.rejected_by[i])], reason)] = None
+        return [{"region": r, "filter": f, "reason": why} for r, f, why in seen]
+
+    def summary(self, *, explain: bool = False) -> dict[str, Any]:
+        """The dry-run / job-record view: choice, baseline, savings; all candidates if asked."""
+        out: dict[str, Any] = {
+            "job": self.job,
+            "policy": self.policy.name,
+            "carbon_signal": str(self.carbon_signal),
+            "power_basis": self.power_basis,
+            "status": "placed" if self.placed else "unschedulable",
+        }
+        chosen, base = self.chosen, self.baseline
+        if chosen is None or base is None:
+            out["reasons"] = self.rejections()
+        else:
+            row = self.candidate(chosen)
+            out.update({k: row[k] for k in (
+                "cloud", "region", "instance_type", "accelerator", "accelerator_count", "spot",
+                "price_usd_per_hour", "runtime_h", "energy_kwh", "intensity_g_per_kwh",
+                "co2e_kg", "cost_usd", "cfe_pct", "signal_source", "score")})
+            base_row = self.candidate(base)
+            out["baseline"] = {k: base_row[k] for k in (
+                "cloud", "region", "instance_type", "accelerator", "co2e_kg", "cost_usd",
+                "cfe_pct")}
+            saved = float(self.co2e_kg[base] - self.co2e_kg[chosen])
+            out["savings_co2e_kg"] = round(saved, 4)
+            base_co2e = float(self.co2e_kg[base])
+            out["savings_pct"] = round(100.0 * saved / base_co2e, 2) if base_co2e > 0 else 0.0
+            out["feasible_candidates"] = int(len(self.ranking))
+        out["notes"] = list(self.notes)
+        if explain:
+            rejected = np.flatnonzero(self.rejected_by != FEASIBLE)
+            order = [*self.ranking.tolist(), *rejected.tolist()]
+            out["candidates"] = [self.candidate(int(i)) for i in order]
+        return out

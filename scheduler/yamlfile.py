@@ -1,0 +1,50 @@
+"""Reading user YAML files and turning validation failures into one clear paragraph.
+
+Design choice: pydantic's ValidationError lists every problem with a location
+tuple; users want the file, the job and the dotted field, so this module owns
+that translation for both jobs files and policy files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from scheduler.exceptions import SpecError
+
+
+def read_yaml(path: Path, *, what: str) -> Any:
+    """Parse a YAML file. Raises SpecError for a missing file or broken YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SpecError(
+            f"{what} file {str(path)!r} does not exist. To fix: check the path."
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{what} file {str(path)!r} cannot be read: {exc}.") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(
+            f"{path}: broken YAML{where}: {problem}. To fix: correct the YAML syntax "
+            "(indentation, colons, quotes)."
+        ) from exc
+
+
+def validation_message(exc: pydantic.ValidationError, *, where: str) -> str:
+    """One paragraph listing every field error, each with its dotted field path."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"field {field!r}: {message}")
+    return f"{where}: " + "; ".join(parts) + ". To fix: correct the field(s) named above."

@@ -1,0 +1,75 @@
+"""Shared fixtures: a small hand-made catalog whose numbers tests can check by hand."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from scheduler.catalog import Accelerator, Catalog, Offer, Region
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_region(cloud: str, region: str, **kw: object) -> Region:
+    fields: dict[str, object] = dict(
+        cloud=cloud, region=region, location=region, country="US",
+        continent="north-america", latitude=0.0, longitude=0.0, em_zone="", watttime_region="",
+        cfe_pct=None, cfe_basis="", grid_intensity_avg_g_per_kwh=400.0,
+        grid_intensity_marginal_g_per_kwh=None, pue=1.1, pue_basis="fleet", year=2024,
+        source="test", as_of="2024-12-31",
+    )
+    fields.update(kw)
+    if fields["cfe_pct"] is not None and not fields["cfe_basis"]:
+        fields["cfe_basis"] = "hourly"
+    return Region(**fields)  # type: ignore[arg-type]
+
+
+def make_offer(cloud: str, region: str, instance_type: str, accelerator: str, count: int,
+               price: float | None, spot: float | None = None) -> Offer:
+    return Offer(cloud=cloud, region=region, instance_type=instance_type,
+                 accelerator=accelerator, accelerator_count=count, vcpus=8 * count,
+                 memory_gib=64.0 * count, price_usd_per_hour=price,
+                 spot_price_usd_per_hour=spot, source="test", as_of="2025-01-01")
+
+
+ACCELERATORS = (
+    Accelerator(name="A100", aliases=("A100-40GB",), vendor="NVIDIA", tdp_w=400.0,
+                peak_dense_tflops=312.0, memory_gib=40.0, source="test", as_of="2024-01-01"),
+    Accelerator(name="H100", aliases=("H100-80GB",), vendor="NVIDIA", tdp_w=700.0,
+                peak_dense_tflops=989.0, memory_gib=80.0, source="test", as_of="2024-01-01"),
+    Accelerator(name="TPU-v3", aliases=(), vendor="Google", tdp_w=450.0,
+                peak_dense_tflops=123.0, memory_gib=32.0, source="test", as_of="2024-01-01"),
+)
+
+
+@pytest.fixture
+def small_catalog() -> Catalog:
+    """Four regions with known figures and a few offers.
+
+    - gcp:europe-north1  (FI, Europe) avg 100 g/kWh, CFE 90 %, PUE 1.1 -> cfe intensity 10 g
+    - gcp:us-central1    (US)         avg 400 g/kWh, CFE 95 %, PUE 1.1 -> cfe intensity 20 g
+    - aws:us-east-1      (US)         avg 380 g/kWh, marginal 600, CFE unknown, PUE 1.15
+    - azure:westeurope   (NL, Europe) avg 300 g/kWh, CFE unknown, PUE 1.2
+    """
+    regions = (
+        make_region("gcp", "europe-north1", country="FI", continent="europe",
+                    grid_intensity_avg_g_per_kwh=100.0, cfe_pct=90.0),
+        make_region("gcp", "us-central1", grid_intensity_avg_g_per_kwh=400.0, cfe_pct=95.0),
+        make_region("aws", "us-east-1", grid_intensity_avg_g_per_kwh=380.0,
+                    grid_intensity_marginal_g_per_kwh=600.0, pue=1.15),
+        make_region("azure", "westeurope", country="NL", continent="europe",
+                    grid_intensity_avg_g_per_kwh=300.0, pue=1.2),
+    )
+    offers = (
+        make_offer("gcp", "europe-north1", "a2-highgpu-8g", "A100", 8, 32.0, 12.0),
+        make_offer("gcp", "us-central1", "a2-highgpu-8g", "A100", 8, 29.0, 10.0),
+        make_offer("gcp", "us-central1", "a3-highgpu-8g", "H100", 8, 88.0, None),
+        make_offer("aws", "us-east-1", "p4d.24xlarge", "A100", 8, 22.0, 9.0),
+        make_offer("aws", "us-east-1", "p5.48xlarge", "H100", 8, 98.0, 40.0),
+        make_offer("azure", "westeurope", "Standard_ND96asr_v4", "A100", 8, 27.0, None),
+        make_offer("gcp", "us-central1", "a2-highgpu-1g", "A100", 1, 3.7, 1.2),
+    )
+    return Catalog.build(regions, ACCELERATORS, offers)

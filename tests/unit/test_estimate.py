@@ -1,0 +1,59 @@
+"""The estimator against worked examples computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from policies.model import CarbonSignal
+from scheduler import estimate
+
+
+def test_energy_and_emissions_worked_example() -> None:
+    # 8 x A100 (TDP 400 W) at utilisation 0.8 -> 320 W each; 10 h; PUE 1.1
+    # energy = 10 h x 8 x 320 W x 1.1 / 1000 = 28.16 kWh
+    # at 400 g/kWh: 28.16 x 400 / 1000 = 11.264 kg CO2e
+    power = estimate.average_power_w(tdp_w=400.0, utilization=0.8)
+    assert power == pytest.approx(320.0)
+    energy = estimate.energy_kwh(runtime_h=10.0, accelerator_count=8, average_power_w=power,
+                                 pue=1.1)
+    assert energy == pytest.approx(28.16)
+    assert estimate.co2e_kg(energy_kwh=energy, intensity_g_per_kwh=400.0) == pytest.approx(11.264)
+
+
+def test_measured_power_wins_over_tdp() -> None:
+    assert estimate.average_power_w(tdp_w=700.0, utilization=0.8, measured_w=510.0) == 510.0
+    arr = estimate.average_power_w(tdp_w=np.array([400.0, 700.0]), utilization=0.8,
+                                   measured_w=250.0)
+    assert arr.tolist() == [250.0, 250.0]
+
+
+def test_runtime_scales_by_peak_dense_throughput() -> None:
+    # 12 h on 8 x A100 (312 TF) -> on 8 x H100 (989 TF): 12 x 312 x 8 / (989 x 8) = 3.7856 h
+    hours = estimate.scaled_runtime_h(reference_hours=12.0, reference_tflops=312.0,
+                                      reference_count=8, tflops=989.0, count=8)
+    assert hours == pytest.approx(3.785642, rel=1e-5)
+    # half as many of the same accelerator takes twice as long
+    assert estimate.scaled_runtime_h(reference_hours=12.0, reference_tflops=312.0,
+                                     reference_count=8, tflops=312.0, count=4) == 24.0
+
+
+def test_cfe_signal_discounts_the_grid_average() -> None:
+    # 400 g/kWh grid, 75 % CFE -> 400 x 0.25 = 100 g/kWh
+    got = estimate.scoring_intensity_g_per_kwh(
+        CarbonSignal.CFE, grid_average_g_per_kwh=400.0, grid_marginal_g_per_kwh=math.nan,
+        cfe_pct=75.0)
+    assert got == pytest.approx(100.0)
+
+
+def test_unknown_cfe_is_never_green() -> None:
+    got = estimate.scoring_intensity_g_per_kwh(
+        CarbonSignal.CFE, grid_average_g_per_kwh=np.array([400.0, 300.0]),
+        grid_marginal_g_per_kwh=np.array([np.nan, np.nan]), cfe_pct=np.array([np.nan, 50.0]))
+    assert got.tolist() == [400.0, 150.0]
+
+
+def test_marginal_and_average_are_not_mixed() -> None:
+    kw = dict(grid_average_g_per_kwh=400.0, grid_marginal_g_per_kwh=650.0, cfe_pct=10.0)
+    assert estimate.scoring_intensity_g_per_kwh(CarbonSignal.AVERAGE, **kw) == 400.0
+    assert estimate.scoring_intensity_g_per_kwh(CarbonSignal.MARGINAL, **kw) == 650.0

@@ -1,0 +1,178 @@
+"""Filters, scores, normalisation, tie-break and baseline of the placement pipeline."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import pytest
+
+from policies.model import Policy, load_policy
+from scheduler.catalog import Catalog
+from scheduler.jobs import Job, JobSpec, resolve_job
+from scheduler.placement import Placer
+from scheduler.placement.filters import FILTERS
+from tests.conftest import NOW
+
+
+def job(catalog: Catalog, policy: dict[str, Any] | str = "balanced", **spec: Any) -> Job:
+    raw: dict[str, Any] = {"name": "j", "run": "python train.py",
+                           "resources": {"accelerators": {"A100": 8}}, "work": {"hours": 10}}
+    raw.update(spec)
+    pol = load_policy(policy) if isinstance(policy, str) else Policy.model_validate(
+        {"name": "t", **policy})
+    return resolve_job(JobSpec.model_validate(raw), catalog, policy=pol, where="test")
+
+
+def by_region(decision: Any) -> dict[str, dict[str, Any]]:
+    rows = decision.summary(explain=True)["candidates"]
+    return {f"{r['cloud']}:{r['region']}:{r['instance_type']}": r for r in rows}
+
+
+def test_greenest_picks_lowest_emissions_with_hand_checked_numbers(small_catalog: Catalog) -> None:
+    d = Placer(small_catalog).place(job(small_catalog, "greenest"), now=NOW)
+    s = d.summary()
+    # europe-north1: 10 h x 8 x 320 W x PUE 1.1 = 28.16 kWh; cfe intensity 100 x 0.1 = 10 g
+    assert (s["cloud"], s["region"]) == ("gcp", "europe-north1")
+    assert s["energy_kwh"] == pytest.approx(28.16)
+    assert s["co2e_kg"] == pytest.approx(0.2816)
+    assert s["cost_usd"] == pytest.approx(320.0)
+    # baseline = cheapest total price = aws p4d at 22 USD/h -> 220 USD;
+    # its emissions: 10 x 8 x 320 x 1.15 / 1000 = 29.44 kWh x 380 g (CFE unknown) = 11.1872 kg
+    assert s["baseline"]["region"] == "us-east-1"
+    assert s["baseline"]["cost_usd"] == pytest.approx(220.0)
+    assert s["baseline"]["co2e_kg"] == pytest.approx(11.1872)
+    assert s["savings_co2e_kg"] == pytest.approx(11.1872 - 0.2816)
+    assert s["savings_pct"] == pytest.approx(97.48, abs=0.01)
+
+
+def test_cheapest_matches_baseline(small_catalog: Catalog) -> None:
+    s = Placer(small_catalog).place(job(small_catalog, "cheapest"), now=NOW).summary()
+    assert (s["cloud"], s["region"], s["instance_type"]) == (
+        s["baseline"]["cloud"], s["baseline"]["region"], s["baseline"]["instance_type"])
+    assert s["savings_co2e_kg"] == 0.0
+
+
+def test_normalised_scores_span_zero_to_one(small_catalog: Catalog) -> None:
+    d = Placer(small_catalog).place(job(small_catalog, {"weights": {"carbon": 1, "cost": 1}}),
+                                    now=NOW)
+    feasible = d.rejected_by == 0
+    for column in (d.norm_carbon, d.norm_cost, d.norm_time):
+        assert np.nanmin(column[feasible]) >= 0.0 and np.nanmax(column[feasible]) <= 1.0
+    assert np.nanmax(d.norm_carbon) == 1.0 and np.nanmin(d.norm_carbon) == 0.0
+    rows = by_region(d)
+    # the cheapest (aws) is best on cost, the greenest (gcp FI) best on carbon
+    assert rows["aws:us-east-1:p4d.24xlarge"]["norm_cost"] == 1.0
+    assert rows["gcp:europe-north1:a2-highgpu-8g"]["norm_carbon"] == 1.0
+    # total = (1 x carbon + 1 x cost + 0 x time) / 2
+    r = rows["gcp:us-central1:a2-highgpu-8g"]
+    assert r["score"] == pytest.approx((r["norm_carbon"] + r["norm_cost"]) / 2, abs=1e-4)
+
+
+def test_same_inputs_same_decision(small_catalog: Catalog) -> None:
+    j = job(small_catalog)
+    a = Placer(small_catalog).place(j, now=NOW).summary(explain=True)
+    b = Placer(small_catalog).place(j, now=NOW).summary(explain=True)
+    assert a == b
+
+
+def test_tie_break_prefers_lower_co2e_then_name(small_catalog: Catalog) -> None:
+    # With only the time weight every A100x8 candidate ties on score (same runtime);
+    # the tie-break then takes the lowest co2e_kg: gcp europe-north1.
+    d = Placer(small_catalog).place(job(small_catalog, {"weights": {"carbon": 0, "cost": 0,
+                                                                      "time": 1}}), now=NOW)
+    assert d.summary()["region"] == "europe-north1"
+    scores = d.score[d.ranking]
+    assert np.all(scores == scores[0])
+
+
+def test_alternatives_scale_runtime_and_h100_wins_on_time(small_catalog: Catalog) -> None:
+    j = job(small_catalog, {"weights": {"carbon": 0, "cost": 0, "time": 1}},
+            resources={"accelerators": [{"A100": 8}, {"H100": 8}]})
+    s = Placer(small_catalog).place(j, now=NOW).summary()
+    assert s["accelerator"] == "H100"
+    assert s["runtime_h"] == pytest.approx(10 * 312 / 989, rel=1e-4)
+
+
+def reasons(decision: Any) -> dict[str, str | None]:
+    return {k: (v["rejected_by"] or {}).get("filter") for k, v in by_region(decision).items()}
+
+
+@pytest.mark.parametrize(("constraints", "rejected", "filter_name"), [
+    ({"clouds": ["gcp"]}, "aws:us-east-1:p4d.24xlarge", "cloud"),
+    ({"regions": {"include": ["gcp:*"], "exclude": ["us-*"]}}, "gcp:us-central1:a2-highgpu-8g",
+     "region"),
+    ({"countries": ["FI", "NL"]}, "gcp:us-central1:a2-highgpu-8g", "country"),
+    ({"continents": ["europe"]}, "aws:us-east-1:p4d.24xlarge", "continent"),
+    ({"max_price_usd_per_hour": 30}, "gcp:europe-north1:a2-highgpu-8g", "max_price"),
+    ({"min_cfe_pct": 92}, "gcp:europe-north1:a2-highgpu-8g", "min_cfe"),
+    ({"min_cfe_pct": 50}, "azure:westeurope:Standard_ND96asr_v4", "min_cfe"),
+    ({"spot": "require"}, "azure:westeurope:Standard_ND96asr_v4", "pricing"),
+])
+def test_each_filter_rejects_with_its_reason(small_catalog: Catalog, constraints: dict[str, Any],
+                                             rejected: str, filter_name: str) -> None:
+    d = Placer(small_catalog).place(job(small_catalog, {"constraints": constraints}), now=NOW)
+    got = reasons(d)
+    assert got[rejected] == filter_name
+    row = by_region(d)[rejected]
+    assert row["rejected_by"]["reason"]
+    assert row["score"] is None
+    assert d.chosen is not None and d.offers[d.chosen].region != rejected.split(":")[1]
+
+
+def test_accelerator_count_filter(small_catalog: Catalog) -> None:
+    d = Placer(small_catalog).place(job(small_catalog), now=NOW)
+    row = by_region(d)["gcp:us-central1:a2-highgpu-1g"]
+    assert row["rejected_by"]["filter"] == "accelerator_count"
+    assert "carries 1 x A100, the job asks for 8" in row["rejected_by"]["reason"]
+
+
+def test_marginal_signal_rejects_regions_without_marginal(small_catalog: Catalog) -> None:
+    d = Placer(small_catalog).place(job(small_catalog, {"carbon_signal": "marginal"}), now=NOW)
+    got = reasons(d)
+    assert got["aws:us-east-1:p4d.24xlarge"] is None
+    assert got["gcp:europe-north1:a2-highgpu-8g"] == "carbon_signal"
+    s = d.summary()
+    assert s["region"] == "us-east-1" and s["intensity_g_per_kwh"] == 600.0
+
+
+def test_deadline_filter(small_catalog: Catalog) -> None:
+    deadline = (NOW + dt.timedelta(hours=5)).isoformat()
+    j = job(small_catalog, resources={"accelerators": [{"A100": 8}, {"H100": 8}]},
+            deadline=deadline)
+    d = Placer(small_catalog).place(j, now=NOW)
+    got = reasons(d)
+    assert got["gcp:europe-north1:a2-highgpu-8g"] == "deadline"  # 10 h > 5 h
+    assert got["aws:us-east-1:p5.48xlarge"] is None  # 3.2 h on H100
+    assert d.summary()["accelerator"] == "H100"
+
+
+def test_unschedulable_lists_every_reason(small_catalog: Catalog) -> None:
+    j = job(small_catalog, {"constraints": {"continents": ["europe"], "min_cfe_pct": 99}})
+    s = Placer(small_catalog).place(j, now=NOW).summary()
+    assert s["status"] == "unschedulable"
+    pairs = {(r["region"], r["filter"]) for r in s["reasons"]}
+    assert pairs == {("gcp:europe-north1", "min_cfe"), ("gcp:us-central1", "continent"),
+                     ("gcp:us-central1", "accelerator_count"), ("aws:us-east-1", "continent"),
+                     ("azure:westeurope", "min_cfe")}
+
+
+def test_missing_cfe_is_noted_and_scored_as_full_grid(small_catalog: Catalog) -> None:
+    d = Placer(small_catalog).place(job(small_catalog, "greenest"), now=NOW)
+    s = d.summary(explain=True)
+    assert any("not published" in n and "azure:westeurope" in n for n in s["notes"])
+    az = by_region(d)["azure:westeurope:Standard_ND96asr_v4"]
+    assert az["cfe_pct"] is None and az["intensity_g_per_kwh"] == 300.0
+
+
+def test_spot_job_uses_spot_prices(small_catalog: Catalog) -> None:
+    s = Placer(small_catalog).place(
+        job(small_catalog, "cheapest", resources={"accelerators": {"A100": 8}, "spot": True}),
+        now=NOW).summary()
+    assert s["spot"] is True and s["price_usd_per_hour"] == 9.0
+
+
+def test_every_filter_name_is_documented() -> None:
+    assert set(FILTERS[1:]) == {"accelerator_count", "cloud", "region", "country", "continent",
+                                "pricing", "max_price", "min_cfe", "carbon_signal", "deadline"}
