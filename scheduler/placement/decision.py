@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from policies.model import CarbonSignal, Policy
+from providers.base import Placement
 from scheduler.catalog import Offer, Region
 from scheduler.placement.filters import FEASIBLE, FILTERS, ReasonContext, reason_text
 
@@ -52,6 +53,9 @@ class PlacementDecision:
     ranking: np.ndarray  # candidate positions of the feasible ones, best first
     baseline_ranking: np.ndarray  # same, under the price-only objective
     notes: tuple[str, ...] = field(default=())
+    # When the job should start (ISO 8601, UTC); None = now. Set by temporal shifting
+    # when a forecast shows a greener window before the deadline (job becomes DEFERRED).
+    start_at: str | None = None
 
     @property
     def carbon_signal(self) -> CarbonSignal:
@@ -70,6 +74,19 @@ class PlacementDecision:
     def baseline(self) -> int | None:
         """Candidate position a price-only scheduler would pick under the same constraints."""
         return int(self.baseline_ranking[0]) if len(self.baseline_ranking) else None
+
+    def placements(self) -> list[Placement]:
+        """The feasible candidates as launch targets, best first (the failover order)."""
+        return [
+            Placement(
+                cloud=self.offers[i].cloud, region=self.offers[i].region,
+                instance_type=self.offers[i].instance_type,
+                accelerator=self.offers[i].accelerator,
+                accelerator_count=self.offers[i].accelerator_count, spot=self.spot,
+                price_usd_per_hour=float(self.price_usd_per_hour[i]),
+            )
+            for i in self.ranking.tolist()
+        ]
 
     def reason(self, i: int) -> str | None:
         """Why candidate ``i`` was rejected, or None when it is feasible."""
@@ -128,6 +145,7 @@ class PlacementDecision:
             "carbon_signal": str(self.carbon_signal),
             "power_basis": self.power_basis,
             "status": "placed" if self.placed else "unschedulable",
+            "start_at": self.start_at,
         }
         chosen, base = self.chosen, self.baseline
         if chosen is None or base is None:

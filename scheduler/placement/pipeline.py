@@ -85,8 +85,15 @@ class Placer:
             cached = self._region_codes[key] = (codes, intensity)
         return cached
 
-    def place(self, job: Job, *, now: dt.datetime) -> PlacementDecision:
-        """Score and rank every candidate of ``job``."""
+    def place(self, job: Job, *, now: dt.datetime, allow_defer: bool = True) -> PlacementDecision:
+        """Score and rank every candidate of ``job``.
+
+        Args:
+            job: the resolved job.
+            now: the decision time (injected: the pipeline reads no clock).
+            allow_defer: whether the decision may choose a later start (temporal
+                shifting); False when a DEFERRED job is released and must run now.
+        """
         a = self.arrays
         policy = job.policy
         accel_counts = dict(job.alternatives)

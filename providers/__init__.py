@@ -1,0 +1,1 @@
+"""Cloud adapters behind one Provider protocol; imported lazily through the registry."""

@@ -1,0 +1,51 @@
+"""Maps provider names to adapter modules, imported on first use.
+
+``import scheduler`` or ``import providers`` imports no cloud SDK; an adapter's
+SDK is imported only when that adapter is asked for, and a missing SDK says
+which extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+
+from providers.base import Provider
+from scheduler.exceptions import MissingSDKError, UnknownNameError
+
+# provider name -> (module path, factory name, pip extra)
+REGISTRY: dict[str, tuple[str, str, str | None]] = {
+    "local-sim": ("providers.local_sim", "create", None),
+    "aws": ("providers.aws", "create", "aws"),
+    "gcp": ("providers.gcp", "create", "gcp"),
+    "azure": ("providers.azure", "create", "azure"),
+    "libcloud": ("providers.libcloud", "create", "libcloud"),
+}
+
+
+def get_provider(name: str, *, config: Mapping[str, str] | None = None) -> Provider:
+    """Import and build the adapter named ``name``.
+
+    Each adapter module has ``create(config) -> Provider``; ``config`` holds the
+    adapter's own settings (never secrets: those come from each SDK's own chain).
+
+    Raises:
+        UnknownNameError: no such provider.
+        MissingSDKError: the adapter's SDK is not installed (names the pip extra).
+    """
+    if name not in REGISTRY:
+        raise UnknownNameError("provider", name, REGISTRY,
+                               hint=f"To fix: use one of {sorted(REGISTRY)}.")
+    module_path, factory, extra = REGISTRY[name]
+    try:
+        module = importlib.import_module(module_path)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(("providers", "scheduler")):
+            raise
+        raise MissingSDKError(
+            f"the {name} adapter needs {exc.name!r}, which is not installed. "
+            f"To fix: pip install 'greenplace[{extra}]'",
+            provider=name, operation="import",
+        ) from exc
+    provider: Provider = getattr(module, factory)(dict(config or {}))
+    return provider
