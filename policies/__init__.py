@@ -1,7 +1,13 @@
 """Placement policies: the Policy model, its loader and the preset YAML files."""
 
 from policies.model import (
-    DEFAULT_POLICY, CarbonSignal, Policy, SpotMode, load_policy, parse_policy, preset_names,
+    DEFAULT_POLICY,
+    CarbonSignal,
+    Policy,
+    SpotMode,
+    load_policy,
+    parse_policy,
+    preset_names,
 )
 
 __all__ = [

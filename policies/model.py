@@ -48,7 +48,7 @@ class Weights(_Strict):
     @pydantic.model_validator(mode="after")
     def _not_all_zero(self) -> Weights:
         if self.carbon + self.cost + self.time <= 0:
-            raise ValueError("weights carbon, cost and time are all zero; give one a positive value")
+            raise ValueError("weights carbon, cost and time are all zero; make one positive")
         return self
 
 

@@ -7,7 +7,6 @@ the file, the job and the field, and nothing is returned unless every job is val
 from __future__ import annotations
 
 import datetime as dt
-
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -15,7 +15,7 @@ from scheduler.catalog import load_catalog
 from scheduler.exceptions import UserInputError
 from scheduler.jobs import JobSpec, load_jobs
 from scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
-from scheduler.placement import Placer, PlacementDecision
+from scheduler.placement import PlacementDecision, Placer
 
 _output = click.option("--output", "-o", type=click.Choice(FORMATS), default="table",
                        show_default=True, help="table for people, json or csv for machines")

@@ -1,0 +1,97 @@
+"""Jobs files: the accepted forms and every bad-input case, with file/job/field named."""
+
+from pathlib import Path
+
+import pytest
+
+from scheduler.catalog import Catalog
+from scheduler.exceptions import SpecError
+from scheduler.jobs import DEFAULT_UTILIZATION, load_jobs
+
+GOOD_JOB = """
+name: ft
+run: python train.py
+resources: {accelerators: [{a100: 8}, {H100 80GB: 8}]}
+work: {hours: 10}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_single_job_form_and_aliases(tmp_path: Path, small_catalog: Catalog) -> None:
+    (job,) = load_jobs(write(tmp_path, GOOD_JOB), small_catalog)
+    assert job.alternatives == (("A100", 8), ("H100", 8))
+    assert job.reference == ("A100", 8)
+    assert job.policy.name == "balanced"
+    assert job.utilization == DEFAULT_UTILIZATION
+
+
+def test_list_form_policy_per_job_and_relative_policy_path(
+    tmp_path: Path, small_catalog: Catalog
+) -> None:
+    (tmp_path / "mine.yaml").write_text("name: mine\nweights: {carbon: 1, cost: 0}\n")
+    text = """
+jobs:
+  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1}, policy: greenest}
+  - {name: b, run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1}, policy: mine.yaml}
+  - name: c
+    run: x
+    resources: {accelerators: {tpu v3: 8, A100: 8}}
+    work: {hours: 1, reference: A100}
+"""
+    a, b, c = load_jobs(write(tmp_path, text), small_catalog)
+    assert (a.policy.name, b.policy.name, c.policy.name) == ("greenest", "mine", "balanced")
+    assert c.alternatives == (("TPU-v3", 8), ("A100", 8)) and c.reference == ("A100", 8)
+
+
+def test_policy_override_replaces_each_jobs_policy(tmp_path: Path, small_catalog: Catalog) -> None:
+    (job,) = load_jobs(write(tmp_path, GOOD_JOB + "policy: greenest\n"), small_catalog,
+                       policy_override="cheapest")
+    assert job.policy.name == "cheapest"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("jobs: [{name: a, run: x\n", "broken YAML"),
+    ("jobs: []\n", "non-empty list"),
+    ("42\n", "found int"),
+    ("jobs: [1]\n", "job #1: a job must be a mapping"),
+    ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: ten}}\n",
+     "job 'a': field 'work.hours'"),
+    ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1},"
+     " gpus: 8}\n", "job 'a': field 'gpus': unknown field"),
+    ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 0}}, work: {hours: 1}}\n",
+     "count of A100 must be between 1"),
+    ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A1000: 8}}, work: {hours: 1}}\n",
+     "Unknown accelerator 'A1000'. Did you mean 'A100'"),
+    ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1,"
+     " reference: H100}}\n", "field 'work.reference': H100 is not one of"),
+    ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1},"
+     " policy: missing/policy.yaml}\n", "field 'policy'"),
+    ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1},"
+     " policy: greenst}\n", "Did you mean 'greenest'"),
+    ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 8}, spot: true},"
+     " work: {hours: 1}, policy: eu-sovereign}\n", "forbids spot"),
+    ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1}}\n"
+     "  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1}}\n",
+     "used twice"),
+    ("jobs:\n  - {name: 'bad name!', run: x, resources: {accelerators: {A100: 8}},"
+     " work: {hours: 1}}\n", "field 'name'"),
+    ("jobs: [{name: a}]\nextra: 1\n", "unknown top-level field"),
+])
+def test_bad_jobs_files(tmp_path: Path, small_catalog: Catalog, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_jobs(path, small_catalog)
+    message = str(info.value)
+    assert expected in message
+    assert str(path) in message
+    assert "Traceback" not in message
+
+
+def test_missing_jobs_file(tmp_path: Path, small_catalog: Catalog) -> None:
+    with pytest.raises(SpecError, match="does not exist"):
+        load_jobs(tmp_path / "nope.yaml", small_catalog)
