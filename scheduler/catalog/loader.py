@@ -57,14 +57,14 @@ def _parse(raw: str, annotation: Any) -> Any:
         annotation
     )
     base = next(a for a in get_args(annotation) if a is not type(None)) if optional else annotation
+    if get_origin(base) is tuple:
+        return tuple(a.strip() for a in raw.split("|") if a.strip())
     if raw.strip() == "":
         if optional:
             return None
         if base is str:
             return ""
         raise ValueError("is empty")
-    if base is tuple[str, ...]:
-        return tuple(a.strip() for a in raw.split("|") if a.strip())
     if base is int:
         return int(raw)
     if base is float:
