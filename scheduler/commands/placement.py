@@ -41,8 +41,8 @@ def _print_dry_run_table(rows: list[dict[str, Any]], explain: bool,
         cells.append([
             r["job"], r["cloud"], r["region"], r["instance_type"],
             f"{r['accelerator_count']}x {r['accelerator']}" + (" spot" if r["spot"] else ""),
-            fmt(r["runtime_h"], 1), fmt(r["energy_kwh"], 1), fmt(r["co2e_kg"], 1),
-            fmt(r["cost_usd"], 0), fmt(r["cfe_pct"], 0), fmt(r["savings_co2e_kg"], 1),
+            fmt(r["runtime_h"], 1), fmt(r["energy_kwh"], 1), fmt(r["co2e_kg"], 2),
+            fmt(r["cost_usd"], 0), fmt(r["cfe_pct"], 0), fmt(r["savings_co2e_kg"], 2),
             fmt(r["savings_pct"], 0),
         ])
     placed = [r for r in rows if r["status"] == "placed"]
@@ -50,8 +50,11 @@ def _print_dry_run_table(rows: list[dict[str, Any]], explain: bool,
     base = sum(r["baseline"]["co2e_kg"] for r in placed)
     footer = (f"{len(placed)}/{len(rows)} placed. Estimated {total:,.1f} kg CO2e vs "
               f"{base:,.1f} kg for a price-only scheduler ({base - total:,.1f} kg saved). "
-              f"Signal: {rows[0]['carbon_signal'] if rows else '-'}; "
-              "estimates use peak-throughput scaling and TDP x utilisation.")
+              "Estimates scale runtime by peak throughput and use TDP x utilisation unless "
+              "a measured power is given.")
+    if any(r["notes"] for r in rows) and not explain:
+        footer += "\nSome jobs have notes (e.g. regions without published CFE, scored as 0 % "\
+                  "CFE); see --explain."
     print_table(
         "greenplace dry run",
         [("job", "left"), ("cloud", "left"), ("region", "left"), ("instance", "left"),
@@ -78,8 +81,8 @@ def _print_dry_run_table(rows: list[dict[str, Any]], explain: bool,
                        f"{r['baseline']['region']} {r['baseline']['instance_type']}")
             click.echo(f"  {len(d.offers) - d.ranking.size} candidates rejected "
                        "(see --output json --explain for every reason)")
-        for note in r["notes"]:
-            click.echo(f"  note ({r['job']}): {note}")
+            for note in r["notes"]:
+                click.echo(f"  note: {note}")
 
 
 @click.command("dry-run")

@@ -17,6 +17,7 @@ import numpy as np
 from policies.model import CarbonSignal, Policy
 from providers.base import Placement
 from scheduler.catalog import Offer, Region
+from scheduler.placement.arrays import OfferArrays, RegionSignals
 from scheduler.placement.filters import FEASIBLE, FILTERS, ReasonContext, reason_text
 
 
@@ -33,8 +34,10 @@ class PlacementDecision:
     spot: bool
     power_basis: str  # "measured avg_power_w" or "TDP x utilisation 0.80"
     deadline: str | None
-    offers: tuple[Offer, ...]  # one per candidate
-    regions: tuple[Region, ...]  # one per candidate
+    arrays: OfferArrays = field(repr=False)
+    signals: RegionSignals = field(repr=False)
+    offer_index: np.ndarray  # candidate -> offer position in ``arrays``
+    region_index: np.ndarray  # candidate -> region position in ``arrays`` / ``signals``
     requested_count: np.ndarray
     rejected_by: np.ndarray  # filter code per candidate, 0 = feasible
     price_usd_per_hour: np.ndarray
@@ -44,18 +47,43 @@ class PlacementDecision:
     co2e_kg: np.ndarray
     cost_usd: np.ndarray
     cfe_pct: np.ndarray
-    signal_source: tuple[str, ...]  # per candidate
-    signal_observed_at: tuple[str, ...]
     norm_carbon: np.ndarray  # 0..1, 1 = best of the feasible set; NaN when rejected
     norm_cost: np.ndarray
     norm_time: np.ndarray
     score: np.ndarray
     ranking: np.ndarray  # candidate positions of the feasible ones, best first
     baseline_ranking: np.ndarray  # same, under the price-only objective
-    notes: tuple[str, ...] = field(default=())
+    extra_notes: tuple[str, ...] = field(default=())
     # When the job should start (ISO 8601, UTC); None = now. Set by temporal shifting
     # when a forecast shows a greener window before the deadline (job becomes DEFERRED).
     start_at: str | None = None
+
+    @property
+    def offers(self) -> tuple[Offer, ...]:
+        """The candidate offers, in candidate order."""
+        return tuple(self.arrays.offers[k] for k in self.offer_index.tolist())
+
+    @property
+    def regions(self) -> tuple[Region, ...]:
+        """The region of each candidate."""
+        return tuple(self.arrays.regions[r] for r in self.region_index.tolist())
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What a reader must know to trust the figures (missing data and how it was scored)."""
+        notes = list(self.extra_notes)
+        if len(self.offer_index) == 0:
+            notes.append("no offer in the catalog carries the requested accelerators")
+        feasible = self.rejected_by == FEASIBLE
+        missing_mask = feasible & np.isnan(self.cfe_pct)
+        if self.carbon_signal is CarbonSignal.CFE and missing_mask.any():
+            missing = sorted({self.arrays.regions[r].key
+                              for r in self.region_index[missing_mask].tolist()})
+            notes.append(
+                f"CFE % is not published for {len(missing)} feasible region(s) "
+                f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); they are "
+                "scored as 0 % CFE (the full grid average), never as green.")
+        return tuple(notes)
 
     @property
     def carbon_signal(self) -> CarbonSignal:
@@ -77,16 +105,15 @@ class PlacementDecision:
 
     def placements(self) -> list[Placement]:
         """The feasible candidates as launch targets, best first (the failover order)."""
-        return [
-            Placement(
-                cloud=self.offers[i].cloud, region=self.offers[i].region,
-                instance_type=self.offers[i].instance_type,
-                accelerator=self.offers[i].accelerator,
-                accelerator_count=self.offers[i].accelerator_count, spot=self.spot,
-                price_usd_per_hour=float(self.price_usd_per_hour[i]),
-            )
-            for i in self.ranking.tolist()
-        ]
+        placements = []
+        for i in self.ranking.tolist():
+            o = self.arrays.offers[self.offer_index[i]]
+            placements.append(Placement(
+                cloud=o.cloud, region=o.region, instance_type=o.instance_type,
+                accelerator=o.accelerator, accelerator_count=o.accelerator_count,
+                spot=self.spot, price_usd_per_hour=float(self.price_usd_per_hour[i]),
+            ))
+        return placements
 
     def reason(self, i: int) -> str | None:
         """Why candidate ``i`` was rejected, or None when it is feasible."""
@@ -94,7 +121,8 @@ class PlacementDecision:
         if code == FEASIBLE:
             return None
         return reason_text(code, ReasonContext(
-            offer=self.offers[i], region=self.regions[i], policy=self.policy,
+            offer=self.arrays.offers[self.offer_index[i]],
+            region=self.arrays.regions[self.region_index[i]], policy=self.policy,
             requested_count=int(self.requested_count[i]), spot=self.spot,
             price_usd_per_hour=float(self.price_usd_per_hour[i]),
             runtime_h=float(self.runtime_h[i]), cfe_pct=float(self.cfe_pct[i]),
@@ -103,7 +131,8 @@ class PlacementDecision:
 
     def candidate(self, i: int) -> dict[str, Any]:
         """Candidate ``i`` as a plain dict (JSON-ready), raw and normalised scores included."""
-        o = self.offers[i]
+        o = self.arrays.offers[self.offer_index[i]]
+        region = int(self.region_index[i])
         code = int(self.rejected_by[i])
         return {
             "cloud": o.cloud,
@@ -119,8 +148,8 @@ class PlacementDecision:
             "co2e_kg": _num(self.co2e_kg[i]),
             "cost_usd": _num(self.cost_usd[i], 2),
             "cfe_pct": _num(self.cfe_pct[i], 1),
-            "signal_source": self.signal_source[i],
-            "signal_observed_at": self.signal_observed_at[i],
+            "signal_source": self.signals.source[region],
+            "signal_observed_at": self.signals.observed_at[region],
             "norm_carbon": _num(self.norm_carbon[i]),
             "norm_cost": _num(self.norm_cost[i]),
             "norm_time": _num(self.norm_time[i]),
@@ -134,7 +163,8 @@ class PlacementDecision:
         seen: dict[tuple[str, str, str], None] = {}
         for i in np.flatnonzero(self.rejected_by != FEASIBLE):
             reason = self.reason(int(i)) or ""
-            seen[(self.regions[i].key, FILTERS[int(self.rejected_by[i])], reason)] = None
+            region = self.arrays.regions[self.region_index[i]].key
+            seen[(region, FILTERS[int(self.rejected_by[i])], reason)] = None
         return [{"region": r, "filter": f, "reason": why} for r, f, why in seen]
 
     def summary(self, *, explain: bool = False) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -57,24 +58,39 @@ def rank(
     return n_carbon, n_cost, n_time, score, idx[order]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CandidateSet:
+    """The offers carrying a job's accelerator alternatives, and their static columns."""
+
+    offer_index: np.ndarray
+    region_index: np.ndarray
+    requested_count: np.ndarray
+    accelerator_count: np.ndarray
+    tdp_w: np.ndarray
+    peak_dense_tflops: np.ndarray
+    pue: np.ndarray
+    name_rank: np.ndarray
+
+
 class Placer:
     """Places jobs over one catalog with one set of region signals.
 
-    Design choice: region-level filter results depend only on the policy, so they
-    are computed once per distinct policy and reused for every job that shares it;
-    that keeps a batch of 10,000 jobs to a handful of NumPy operations per job.
+    Design choice: region-level filter results depend only on the policy, and the
+    candidate set only on the accelerator alternatives, so both are computed once
+    and reused for every job that shares them; a batch of 10,000 jobs then costs a
+    handful of NumPy operations per job.
     """
 
     def __init__(self, catalog: Catalog, *, signals: RegionSignals | None = None) -> None:
         self.arrays: OfferArrays = arrays_for(catalog)
         self.signals = signals or RegionSignals.from_catalog(catalog)
-        self._region_codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._policy_cache: dict[int, tuple[Policy, np.ndarray, np.ndarray]] = {}
+        self._candidate_cache: dict[tuple[tuple[str, int], ...], _CandidateSet] = {}
 
     def _policy_columns(self, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
         """(region rejection codes, scoring intensity per region) for ``policy``; cached."""
-        key = policy.model_dump_json()
-        cached = self._region_codes.get(key)
-        if cached is None:
+        cached = self._policy_cache.get(id(policy))
+        if cached is None or cached[0] is not policy:
             s = self.signals
             codes = region_rejections(
                 policy, self.arrays.regions, cfe_pct=s.cfe_pct,
@@ -82,7 +98,23 @@ class Placer:
             intensity = estimate.scoring_intensity_g_per_kwh(
                 policy.carbon_signal, grid_average_g_per_kwh=s.grid_average_g_per_kwh,
                 grid_marginal_g_per_kwh=s.grid_marginal_g_per_kwh, cfe_pct=s.cfe_pct)
-            cached = self._region_codes[key] = (codes, intensity)
+            cached = self._policy_cache[id(policy)] = (policy, codes, intensity)
+        return cached[1], cached[2]
+
+    def _candidates(self, alternatives: tuple[tuple[str, int], ...]) -> _CandidateSet:
+        cached = self._candidate_cache.get(alternatives)
+        if cached is None:
+            a = self.arrays
+            idx = np.sort(np.concatenate([a.offers_by_accelerator[n] for n, _ in alternatives]))
+            wanted = dict(alternatives)
+            requested = np.array([wanted[a.accelerator_names[k]]
+                                  for k in a.accelerator_index[idx]], dtype=float)
+            region_idx = a.region_index[idx]
+            cached = self._candidate_cache[alternatives] = _CandidateSet(
+                offer_index=idx, region_index=region_idx, requested_count=requested,
+                accelerator_count=a.accelerator_count[idx], tdp_w=a.tdp_w[idx],
+                peak_dense_tflops=a.peak_dense_tflops[idx], pue=a.pue[region_idx],
+                name_rank=a.name_rank[idx])
         return cached
 
     def place(self, job: Job, *, now: dt.datetime, allow_defer: bool = True) -> PlacementDecision:
@@ -96,31 +128,26 @@ class Placer:
         """
         a = self.arrays
         policy = job.policy
-        accel_counts = dict(job.alternatives)
-        idx = np.concatenate([a.offers_by_accelerator[name] for name in accel_counts])
-        idx.sort()
-        requested = np.array([accel_counts[a.accelerator_names[k]]
-                              for k in a.accelerator_index[idx]], dtype=float)
-        region_idx = a.region_index[idx]
+        c = self._candidates(job.alternatives)
         region_codes, region_intensity = self._policy_columns(policy)
         spot = bool(job.spec.resources.spot) or policy.constraints.spot is SpotMode.REQUIRE
-        price = (a.spot_price_usd_per_hour if spot else a.price_usd_per_hour)[idx]
+        price = (a.spot_price_usd_per_hour if spot else a.price_usd_per_hour)[c.offer_index]
 
-        ref = self.arrays.catalog.accelerator(job.reference[0])
-        count = a.accelerator_count[idx]
+        ref = a.catalog.accelerator(job.reference[0])
         runtime_h = estimate.scaled_runtime_h(
             reference_hours=job.spec.work.hours, reference_tflops=ref.peak_dense_tflops,
-            reference_count=job.reference[1], tflops=a.peak_dense_tflops[idx], count=count)
+            reference_count=job.reference[1], tflops=c.peak_dense_tflops,
+            count=c.accelerator_count)
         power_w = estimate.average_power_w(
-            tdp_w=a.tdp_w[idx], utilization=job.utilization, measured_w=job.spec.work.avg_power_w)
-        energy = estimate.energy_kwh(runtime_h=runtime_h, accelerator_count=count,
-                                     average_power_w=power_w, pue=a.pue[region_idx])
-        intensity = region_intensity[region_idx]
+            tdp_w=c.tdp_w, utilization=job.utilization, measured_w=job.spec.work.avg_power_w)
+        energy = estimate.energy_kwh(runtime_h=runtime_h, accelerator_count=c.accelerator_count,
+                                     average_power_w=power_w, pue=c.pue)
+        intensity = region_intensity[c.region_index]
         co2e = estimate.co2e_kg(energy_kwh=energy, intensity_g_per_kwh=intensity)
         cost = price * runtime_h
 
-        codes = np.where(count != requested, CODE["accelerator_count"], region_codes[region_idx])
-        codes = codes.astype(np.int8)
+        codes = np.where(c.accelerator_count != c.requested_count, CODE["accelerator_count"],
+                         region_codes[c.region_index]).astype(np.int8)
 
         def reject(name: str, mask: np.ndarray) -> None:
             codes[(codes == FEASIBLE) & mask] = CODE[name]
@@ -135,38 +162,24 @@ class Placer:
             reject("deadline", runtime_h > hours_left)
 
         feasible = codes == FEASIBLE
-        name_rank = a.name_rank[idx]
         n_carbon, n_cost, n_time, score, ranking = rank(
             policy.weights, feasible=feasible, co2e_kg=co2e, cost_usd=cost,
-            runtime_h=runtime_h, name_rank=name_rank)
+            runtime_h=runtime_h, name_rank=c.name_rank)
         *_, baseline_ranking = rank(
             PRICE_ONLY, feasible=feasible, co2e_kg=co2e, cost_usd=cost, runtime_h=runtime_h,
-            name_rank=name_rank)
-
-        cfe = self.signals.cfe_pct[region_idx]
-        notes = []
-        if str(policy.carbon_signal) == "cfe" and np.isnan(cfe[feasible]).any():
-            missing = sorted({a.regions[r].key for r in region_idx[feasible & np.isnan(cfe)]})
-            notes.append(
-                f"CFE % is not published for {len(missing)} feasible region(s) "
-                f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); they are "
-                "scored as 0 % CFE (the full grid average), never as green.")
-        if len(idx) == 0:
-            notes.append("no offer in the catalog carries the requested accelerators")
+            name_rank=c.name_rank)
         power_basis = ("measured avg_power_w" if job.spec.work.avg_power_w is not None
                        else f"TDP x utilisation {job.utilization:.2f}")
         return PlacementDecision(
             job=job.name, policy=policy, spot=spot, power_basis=power_basis,
             deadline=deadline.isoformat() if deadline else None,
-            offers=tuple(a.offers[k] for k in idx),
-            regions=tuple(a.regions[r] for r in region_idx),
-            requested_count=requested, rejected_by=codes, price_usd_per_hour=price,
-            runtime_h=runtime_h, energy_kwh=energy, intensity_g_per_kwh=intensity,
-            co2e_kg=co2e, cost_usd=cost, cfe_pct=cfe,
-            signal_source=tuple(self.signals.source[r] for r in region_idx),
-            signal_observed_at=tuple(self.signals.observed_at[r] for r in region_idx),
+            arrays=a, signals=self.signals, offer_index=c.offer_index,
+            region_index=c.region_index, requested_count=c.requested_count,
+            rejected_by=codes, price_usd_per_hour=price, runtime_h=runtime_h,
+            energy_kwh=energy, intensity_g_per_kwh=intensity, co2e_kg=co2e, cost_usd=cost,
+            cfe_pct=self.signals.cfe_pct[c.region_index],
             norm_carbon=n_carbon, norm_cost=n_cost, norm_time=n_time, score=score,
-            ranking=ranking, baseline_ranking=baseline_ranking, notes=tuple(notes),
+            ranking=ranking, baseline_ranking=baseline_ranking,
         )
 
     def place_all(self, jobs: Iterable[Job], *, now: dt.datetime) -> list[PlacementDecision]:

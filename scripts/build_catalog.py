@@ -1,0 +1,1296 @@
+#!/usr/bin/env python3
+"""Build the embedded catalog CSVs from the public reference figures in ``../shared/data``.
+
+Usage::
+
+    python scripts/build_catalog.py [--shared-data ../shared/data] [--out scheduler/catalog/data]
+
+Writes ``regions.csv``, ``accelerators.csv`` and ``offers.csv`` (sorted rows, ``\\n`` line
+endings, fixed float formatting) so that the same inputs always give byte-identical files.
+The project reads only these generated files at run time; nothing under ``../shared`` is
+needed on a user's machine. Standard library only.
+
+Regions
+-------
+One row per (cloud, region) for every AWS, GCP and Azure region found in the data (OCI
+excluded; the provider "geography" aliases, staging/EUAP regions and GCP multi-regions that
+Cloud Carbon Footprint lists are not regions and are left out).
+
+* ``year`` is the data year of the average grid intensity, the row's primary figure: the newest
+  year for which the GSF Cloud_Region_Metadata row has
+  ``grid-carbon-intensity-average-consumption-annual``, or (GCP only) Google's region-carbon-info
+  grid intensity (2021 onwards; the 2019-2020 files use lifecycle intensity and are never used).
+  Regions with neither fall back to Cloud Carbon Footprint's emission factor (gCO2e/kWh, the
+  year of the factor's source). A region with no figure at all is dropped (listed below).
+* ``cfe_pct`` and ``grid_intensity_marginal_g_per_kwh`` are only taken from a row of that same
+  year, so one row never mixes years. GCP CFE is Google's hourly-matched CFE from
+  region-carbon-info; otherwise GSF ``provider-cfe-hourly``, then ``provider-cfe-annual``;
+  otherwise empty (never 0 for "unknown").
+* ``pue``: the newest GSF region PUE, else a region figure from
+  hardware/pue_by_provider_and_region.csv (Google's trailing-twelve-month campus PUE first),
+  else the provider's fleet PUE (``pue_basis`` says which).
+* ``as_of`` is the last day of ``year``.
+
+Upstream errors fixed here (each also noted where the fix is made):
+
+* Azure ``northeurope`` appears twice per year in GSF (FI and IE); it is Dublin, Ireland. The FI
+  row is dropped.
+* Azure ``westus`` is mapped by GSF to BPA / Washington state; West US is in California. Zone,
+  WattTime region and location are corrected and the grid figures are taken from the same GSF
+  year's AWS us-west-1 row, which GSF maps to the same CAISO zone and WattTime region.
+* Azure ``asiapacific`` is a geography name, not a region; GSF uses it for the Jakarta
+  datacentre region, which Azure names ``indonesiacentral``.
+* GCP ``me-central1`` (Doha) carries the UAE zone ``AE`` in GSF; Doha is in Qatar (``QA``).
+* Wrong or missing coordinates: AWS sa-east-1 and GCP southamerica-east1 (point in Amazonas, not
+  Sao Paulo), GCP us-south1 (Oregon, not Dallas), us-west4 (New Mexico, not Las Vegas), us-east5
+  (Columbus, Nebraska, not Ohio), europe-west4 (Rotterdam area, not Eemshaven),
+  northamerica-south1 (centre of Mexico, not Queretaro); africa-south1, me-central1 and
+  me-central2 have none.
+* Missing Electricity Maps zones filled from the location (Azure westcentralus -> US-NW-WACM,
+  westus3 -> US-SW-AZPS; GCP europe-west10, europe-north2, us-east2, northamerica-south1).
+* CCF maps Azure westus2 (Quincy, Washington) to PacifiCorp East; Quincy is served by Grant County
+  PUD (``US-NW-GCPD``).
+
+Dropped regions (no average grid intensity in any source): AWS ca-west-1, Azure mexicocentral.
+
+GSF oddities kept as published: AWS me-south-1 (Bahrain) average intensity is exactly 700.0 in
+every year; GSF's 2024 GCP ``provider-cfe-hourly`` column holds Google's 2023 figures (we use
+region-carbon-info for GCP CFE, so it does not matter here).
+
+Accelerators
+------------
+Every row of hardware/accelerators.csv (the V100 row gives two entries, 16 GB and 32 GB), plus
+P100, TPU v2 and TPU v3 from public papers and datasheets. All figures are PER CHIP (a TPU v2/v3
+chip has two TensorCores; a v5p chip two; a v5e chip one). ``peak_dense_tflops`` is dense BF16
+where the chip has it, else dense FP16. Where the vendor publishes no power figure (TPU v5e,
+TPU v5p, Trainium, Trainium2, Inferentia2) ``tdp_w`` is an ESTIMATE: the chip's peak TFLOPS
+divided by the TFLOPS-per-watt of a published reference chip (TPU v4 for the TPUs, A100 for
+Trainium and Inferentia2, H100 for Trainium2); the row's ``source`` says so.
+
+Offers
+------
+One row per (cloud, region, instance_type). Rules:
+
+* Availability zones: the lowest on-demand and, separately, the lowest spot price across the
+  region's zones. AWS Local Zones (zone ids like ``use1-atl2-az1``) are not the region and are
+  skipped.
+* An empty price means "not sold that way" and stays empty (never 0). GCP's 700.0 means
+  unavailable and becomes empty. A row with neither price is dropped. Spot prices at or above
+  on-demand are kept as published.
+* Accelerators outside the catalog (K80, M60, Radeon MI25, A10, B200, TPU v6e) are dropped.
+* AWS p5e.48xlarge has no on-demand price (spot only), as published.
+* Azure Standard_ND96isr_H100_v5 has 8 GPUs (the reference says 12). Azure NCads H100 v5 uses the
+  H100 NVL (94 GB) and is mapped to ``H100-NVL``; Azure NC A100 v4 uses the PCIe A100 80 GB and
+  is mapped to ``A100-80GB``.
+
+GCP summing rule: GCP prices a GPU (per GPU, scaled by count) and its host VM as separate rows;
+the offer's price is GPU row + VM row of the same region, and the spot price is the sum of the
+two spot prices (empty if either is missing). The host VM for each (accelerator, count) is
+fixed by ``GCP_HOST_FOR``: A2/A3/G2 machine types bundle a fixed GPU count; N1 hosts for T4 and
+V100 follow Google's per-GPU vCPU limits (n1-standard-4 for 1 T4, n1-standard-8 for 1 V100,
+n1-standard-64 for 8 V100). ``instance_type`` is the host machine type and
+``accelerator_count`` the GPU count. a3-highgpu-8g is not listed in the reference; A3 VMs are
+billed per vCPU and GB, and 208 vCPU / 1872 GB is exactly 8 x a3-highgpu-1g, so its VM price
+is 8 x the a3-highgpu-1g VM price (spot likewise).
+
+TPU rule: a TPU slice price already includes its TPU VM hosts, so no VM row is added. The
+price per chip is the listed slice price / chips (v5p slice names count TensorCores, 2 per chip;
+v5e names count chips), and the offer is the smallest single-host slice, ``v5p-8`` (4 chips)
+and ``v5litepod-8`` (8 chips), priced per chip x chips.
+
+Where the reference subsets lack a figure the scheduler needs, a small number of figures are
+re-keyed (``SUPPLEMENTARY_*`` below): GCP host-VM rows (g2-standard-4, n1-standard-4/8/64,
+a3-ultragpu-8g), GCP V100 GPU rows and TPU v5e slices from the full GCP table of the same public
+catalog the subsets were transcribed from, and AWS g4dn (T4) and trn1 (Trainium) on-demand
+prices from the AWS EC2 on-demand price page. Their ``source`` column says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_OUT = REPO_ROOT / "scheduler" / "catalog" / "data"
+
+REGION_COLUMNS = (
+    "cloud", "region", "location", "country", "continent", "latitude", "longitude", "em_zone",
+    "watttime_region", "cfe_pct", "cfe_basis", "grid_intensity_avg_g_per_kwh",
+    "grid_intensity_marginal_g_per_kwh", "pue", "pue_basis", "year", "source", "as_of",
+)
+ACCELERATOR_COLUMNS = (
+    "name", "aliases", "vendor", "tdp_w", "peak_dense_tflops", "memory_gib", "source", "as_of",
+)
+OFFER_COLUMNS = (
+    "cloud", "region", "instance_type", "accelerator", "accelerator_count", "vcpus",
+    "memory_gib", "price_usd_per_hour", "spot_price_usd_per_hour", "source", "as_of",
+)
+
+# The reference price subsets carry no date. Their contents (AWS's mid-2025 P4/P5 price cut,
+# p5.4xlarge and p5en present, GCP A4/A3 Ultra and TPU v6e listed) place the snapshot no earlier
+# than August 2025; we record the earliest date consistent with the figures.
+PRICE_SNAPSHOT_AS_OF = "2025-08-01"
+# hardware/accelerators.csv and pue_by_provider_and_region.csv were compiled with the prices.
+HARDWARE_TABLE_AS_OF = "2025-08-01"
+
+GSF_FILE = "regions/gsf_cloud_region_metadata.csv"
+RCI_DIR = "regions/gcp_region_carbon_info"
+CCF_FILE = "regions/ccf_grid_emission_factors.csv"
+PUE_FILE = "hardware/pue_by_provider_and_region.csv"
+HARDWARE_FILE = "hardware/accelerators.csv"
+AWS_PRICES = "prices-reference/aws_vms_v9_gpu_subset.csv"
+AZURE_PRICES = "prices-reference/azure_vms_v6_gpu_subset.csv"
+GCP_PRICES = "prices-reference/gcp_vms_v9_gpu_tpu_subset.csv"
+
+GSF_CLOUDS = {"Amazon Web Services": "aws", "Google Cloud": "gcp", "Microsoft Azure": "azure"}
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Read a CSV file into a list of row dicts (UTF-8, BOM tolerated)."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        return list(csv.DictReader(handle))
+
+
+def parse_float(text: str | None) -> float | None:
+    """Parse a plain decimal figure; empty or non-numeric text gives None."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+_LEADING_NUMBER = re.compile(r"^\s*~?\s*(\d+(?:\.\d+)?)")
+
+
+def leading_number(text: str) -> float | None:
+    """The number a free-text figure starts with: ``"~70 (unofficial)"`` -> 70.
+
+    Text that does not start with a number (``"n/a (no BF16)"``, ``"not published"``) gives None.
+    """
+    match = _LEADING_NUMBER.match(text)
+    return float(match.group(1)) if match else None
+
+
+def fmt(value: float | None, digits: int) -> str:
+    """Format a float deterministically: rounded, shortest repr, empty for None."""
+    if value is None:
+        return ""
+    rounded = round(value, digits)
+    if rounded == 0:
+        rounded = 0.0  # no "-0.0"
+    return repr(float(rounded))
+
+
+def normalize_name(name: str) -> str:
+    """Same folding as scheduler.catalog.model.normalize_name (kept here: stdlib-only script)."""
+    return re.sub(r"[\s\-_./]+", "", name.strip().lower())
+
+
+# --------------------------------------------------------------------------------------------
+# Regions
+# --------------------------------------------------------------------------------------------
+
+CONTINENT_BY_COUNTRY = {
+    **dict.fromkeys(("US", "CA", "MX"), "north-america"),
+    **dict.fromkeys(("BR", "CL"), "south-america"),
+    **dict.fromkeys(
+        ("AT", "BE", "CH", "DE", "DK", "ES", "FI", "FR", "GB", "GR", "IE", "IT", "NL", "NO",
+         "PL", "SE"),
+        "europe",
+    ),
+    **dict.fromkeys(("CN", "HK", "ID", "IN", "JP", "KR", "SG", "TW"), "asia"),
+    **dict.fromkeys(("AU", "NZ"), "oceania"),
+    "ZA": "africa",
+    **dict.fromkeys(("AE", "BH", "IL", "QA", "SA"), "middle-east"),
+}
+
+# Renamed regions: (cloud, name in the data) -> region id.
+REGION_RENAMES = {
+    # "asiapacific" is an Azure geography; the GSF row describes the Jakarta region.
+    ("azure", "asiapacific"): "indonesiacentral",
+}
+
+
+@dataclass(frozen=True)
+class Fix:
+    """Corrections applied to a region's descriptive fields (all years)."""
+
+    reason: str
+    location: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    em_zone: str | None = None
+    watttime_region: str | None = None
+    country: str | None = None
+
+
+REGION_FIXES: dict[tuple[str, str], Fix] = {
+    ("aws", "sa-east-1"): Fix("coordinates: GSF points to Amazonas", latitude=-23.55,
+                              longitude=-46.63),
+    ("gcp", "southamerica-east1"): Fix("coordinates: GSF points to Amazonas",
+                                       location="São Paulo", latitude=-23.55, longitude=-46.63),
+    ("gcp", "us-south1"): Fix("coordinates: GSF points to Oregon", latitude=32.78,
+                              longitude=-96.8),
+    ("gcp", "us-west4"): Fix("coordinates: GSF points to New Mexico", latitude=36.17,
+                             longitude=-115.14),
+    ("gcp", "us-east5"): Fix("coordinates: GSF points to Columbus, Nebraska", latitude=39.96,
+                             longitude=-83.0),
+    ("gcp", "europe-west4"): Fix("coordinates: GSF points near Rotterdam", latitude=53.44,
+                                 longitude=6.83),
+    ("gcp", "africa-south1"): Fix("coordinates missing in GSF", latitude=-26.2, longitude=28.05),
+    ("gcp", "me-central2"): Fix("coordinates missing in GSF", latitude=26.43, longitude=50.1),
+    ("gcp", "me-central1"): Fix("zone: GSF gives AE for Doha; coordinates missing",
+                                latitude=25.29, longitude=51.53, em_zone="QA"),
+    ("gcp", "northamerica-south1"): Fix("coordinates and zones: region is in Queretaro",
+                                        location="Querétaro", latitude=20.59,
+                                        longitude=-100.39, em_zone="MX",
+                                        watttime_region="MX_SIN"),
+    ("gcp", "europe-north2"): Fix("zones missing in GSF", em_zone="SE", watttime_region="SE"),
+    ("gcp", "europe-west10"): Fix("zones missing in GSF", em_zone="DE", watttime_region="DE"),
+    ("gcp", "us-east2"): Fix("zones missing in GSF", em_zone="US-SE-SOCO",
+                             watttime_region="SOCO"),
+    ("azure", "westus"): Fix("West US is in California, not BPA/Washington (GSF error)",
+                             location="California: West US", latitude=37.78, longitude=-122.42,
+                             em_zone="US-CAL-CISO", watttime_region="CAISO_NORTH"),
+    ("azure", "westcentralus"): Fix("zone missing in GSF", em_zone="US-NW-WACM"),
+    ("azure", "westus3"): Fix("zone missing in GSF", em_zone="US-SW-AZPS"),
+    ("aws", "cn-north-1"): Fix("country missing in GSF", country="CN"),
+    ("aws", "cn-northwest-1"): Fix("country missing in GSF", country="CN"),
+    ("aws", "ca-west-1"): Fix("zone missing in GSF", em_zone="CA-AB"),
+}
+
+# Regions whose GSF grid figures belong to the wrong grid: take the same year's figures from a
+# donor region that GSF maps to the corrected zone and WattTime region.
+GRID_FIGURE_DONORS = {("azure", "westus"): ("aws", "us-west-1")}
+
+# Regions that only appear in GCP region-carbon-info or in CCF, with their documented city.
+# (location, latitude, longitude, Electricity Maps zone)
+EXTRA_REGION_META: dict[tuple[str, str], tuple[str, float, float, str]] = {
+    ("gcp", "us-central2"): ("Oklahoma", 36.24, -95.33, "US-CENT-SWPP"),
+    ("azure", "southafricanorth"): ("Johannesburg", -26.2, 28.05, "ZA"),
+    ("azure", "southafricawest"): ("Cape Town", -33.92, 18.42, "ZA"),
+    ("azure", "australiacentral"): ("Canberra", -35.31, 149.12, "AU-NSW"),
+    ("azure", "australiacentral2"): ("Canberra", -35.31, 149.12, "AU-NSW"),
+    ("azure", "japaneast"): ("Tokyo", 35.68, 139.77, "JP-TK"),
+    ("azure", "japanwest"): ("Osaka", 34.69, 135.5, "JP-KN"),
+    ("azure", "koreacentral"): ("Seoul", 37.57, 126.98, "KR"),
+    ("azure", "koreasouth"): ("Busan", 35.18, 129.08, "KR"),
+    ("azure", "eastasia"): ("Hong Kong", 22.27, 114.19, "HK"),
+    ("azure", "centralindia"): ("Pune", 18.58, 73.92, "IN-WE"),
+    ("azure", "southindia"): ("Chennai", 12.98, 80.16, "IN-SO"),
+    ("azure", "westindia"): ("Mumbai", 19.09, 72.87, "IN-WE"),
+    ("azure", "jioindiacentral"): ("Nagpur", 21.15, 79.09, "IN-WE"),
+    ("azure", "jioindiawest"): ("Jamnagar", 22.47, 70.06, "IN-WE"),
+    ("azure", "francecentral"): ("Paris", 48.86, 2.35, "FR"),
+    ("azure", "francesouth"): ("Marseille", 43.3, 5.37, "FR"),
+    ("azure", "switzerlandnorth"): ("Zurich", 47.45, 8.56, "CH"),
+    ("azure", "switzerlandwest"): ("Geneva", 46.2, 6.14, "CH"),
+    ("azure", "uksouth"): ("London", 51.51, -0.13, "GB"),
+    ("azure", "ukwest"): ("Cardiff", 51.48, -3.18, "GB"),
+    ("azure", "germanynorth"): ("Berlin", 52.52, 13.4, "DE"),
+    ("azure", "germanywestcentral"): ("Frankfurt", 50.11, 8.68, "DE"),
+    ("azure", "norwayeast"): ("Oslo", 59.91, 10.75, "NO-NO1"),
+    ("azure", "norwaywest"): ("Stavanger", 58.97, 5.73, "NO-NO2"),
+    ("azure", "uaecentral"): ("Abu Dhabi", 24.47, 54.37, "AE"),
+    ("azure", "uaenorth"): ("Dubai", 25.27, 55.3, "AE"),
+    ("azure", "canadacentral"): ("Toronto", 43.65, -79.38, "CA-ON"),
+    ("azure", "canadaeast"): ("Quebec City", 46.82, -71.22, "CA-QC"),
+    # CCF says US-NW-PACE (PacifiCorp East); Quincy, WA is in Grant County PUD's area.
+    ("azure", "westus2"): ("Washington: West US 2", 47.23, -119.85, "US-NW-GCPD"),
+    ("azure", "brazilsoutheast"): ("Rio de Janeiro", -22.91, -43.17, "BR-CS"),
+}
+
+# CCF rows that are not regions: provider geographies, staging/EUAP rings, GCP multi-regions.
+CCF_NOT_REGIONS = {
+    "aws": {"unknown"},
+    "azure": {
+        "unknown", "southafrica", "australia", "apeast", "apsoutheast", "japan", "korea", "asia",
+        "asiapacific", "eastasiastage", "southeastasiastage", "india", "france", "switzerland",
+        "uk", "germany", "norway", "uae", "canada", "brazil", "unitedstates", "unitedstateseuap",
+        "centraluseuap", "centralusstage", "eastusstage", "eastus2euap", "eastus2stage",
+        "usnorth", "northcentralusstage", "southcentralusstage", "westusstage", "westus2stage",
+    },
+    "gcp": {"unknown", "asia1", "eur4", "nam4", "asia", "europe", "us"},
+}
+
+
+def ccf_source_year(source: str) -> int:
+    """Data year of a CCF emission factor, from its cited source."""
+    if "eGRID2020" in source:
+        return 2020
+    if "2021" in source:  # carbonfootprint.com 2021 electricity factors (v11)
+        return 2021
+    if source == "EEA":
+        # CCF cites the EEA intensity series without a year; its constants date from 2021,
+        # so the figure is at the latest 2020.
+        return 2020
+    if source.startswith("CCF constant"):
+        return 2021  # listed next to the carbonfootprint.com 2021 factors
+    raise ValueError(f"unknown CCF source year for {source!r}")
+
+
+def parse_geolocation(text: str) -> tuple[float | None, float | None]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2:
+        return None, None
+    return parse_float(parts[0]), parse_float(parts[1])
+
+
+@dataclass
+class RegionSources:
+    """Everything the inputs say about one (cloud, region)."""
+
+    gsf: dict[int, dict[str, str]]
+    rci: dict[int, dict[str, str]]
+    ccf: dict[str, str] | None
+
+
+def load_gsf(shared: Path) -> dict[tuple[str, str], dict[int, dict[str, str]]]:
+    """GSF rows by (cloud, region) and year, with the northeurope duplicate removed."""
+    out: dict[tuple[str, str], dict[int, dict[str, str]]] = {}
+    for row in read_csv(shared / GSF_FILE):
+        cloud = GSF_CLOUDS.get(row["cloud-provider"].strip())
+        if cloud is None:  # Oracle
+            continue
+        region = row["cloud-region"].strip()
+        # GSF lists Azure northeurope twice a year, as Finland and as Ireland; it is Ireland.
+        if (cloud, region) == ("azure", "northeurope") and row["em-zone-id"].strip() == "FI":
+            continue
+        region = REGION_RENAMES.get((cloud, region), region)
+        year = int(row["year"])
+        by_year = out.setdefault((cloud, region), {})
+        if year in by_year:
+            raise ValueError(f"duplicate GSF row for {cloud}:{region} {year}")
+        by_year[year] = row
+    return out
+
+
+def load_rci(shared: Path) -> dict[str, dict[int, dict[str, str]]]:
+    """Google region-carbon-info rows by region and year, 2021+ only (grid, not lifecycle)."""
+    out: dict[str, dict[int, dict[str, str]]] = {}
+    for path in sorted((shared / RCI_DIR).glob("*.csv")):
+        year = int(path.stem)
+        if year < 2021:
+            continue  # 2019-2020 are lifecycle intensities: never mixed with grid figures
+        for row in read_csv(path):
+            out.setdefault(row["Google Cloud Region"].strip(), {})[year] = row
+    return out
+
+
+def load_ccf(shared: Path) -> dict[tuple[str, str], dict[str, str]]:
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for row in read_csv(shared / CCF_FILE):
+        cloud = row["provider"].strip()
+        region = row["region_normalized"].strip()
+        if region.lower() in CCF_NOT_REGIONS.get(cloud, set()):
+            continue
+        out[(cloud, region)] = row
+    return out
+
+
+@dataclass(frozen=True)
+class PueChoice:
+    value: float
+    basis: str
+    source: str
+
+
+def load_pue(shared: Path) -> tuple[dict[tuple[str, str], PueChoice], dict[str, PueChoice]]:
+    """Region and fleet PUE figures from hardware/pue_by_provider_and_region.csv."""
+    rows = read_csv(shared / PUE_FILE)
+
+    def rank(row: dict[str, str]) -> int:
+        vintage = row["year_or_vintage"]
+        if "TTM" in vintage:  # Google's trailing-twelve-month campus PUE (newest)
+            return 0
+        if vintage.startswith("2020-09"):
+            return 1
+        return 2
+
+    region: dict[tuple[str, str], PueChoice] = {}
+    for row in sorted(rows, key=rank):
+        if row["scope"] != "region" or row["provider"] not in ("aws", "gcp", "azure"):
+            continue
+        key = (row["provider"], row["region"])
+        if key not in region:
+            region[key] = PueChoice(
+                float(row["pue"]), "region",
+                f"PUE: {row['source']}, {row['year_or_vintage']} (pue_by_provider_and_region)",
+            )
+
+    # Fleet figures: the provider's own latest published annual figure, chosen by vintage.
+    # cloud -> (vintage prefix in the file, short label for the source column)
+    fleet_choice = {
+        "aws": ("2024", "AWS fleet PUE 2024 (AWS sustainability page)"),
+        "gcp": ("~2021-2023", "Google fleet PUE (Google data center efficiency page)"),
+        "azure": ("2022-2024", "Microsoft fleet PUE 2022-2024 (Microsoft via DatacenterDynamics)"),
+    }
+    fleet: dict[str, PueChoice] = {}
+    for cloud, (vintage, label) in fleet_choice.items():
+        matches = [r for r in rows if r["provider"] == cloud and r["scope"] == "fleet"
+                   and r["year_or_vintage"].startswith(vintage)]
+        if len(matches) != 1:
+            raise ValueError(f"expected one fleet PUE row for {cloud}, got {len(matches)}")
+        fleet[cloud] = PueChoice(float(matches[0]["pue"]), "fleet", f"PUE: {label}")
+    return region, fleet
+
+
+def zone_to_watttime(gsf: dict[tuple[str, str], dict[int, dict[str, str]]]) -> dict[str, str]:
+    """Most common WattTime region per Electricity Maps zone in GSF (for regions without one)."""
+    counts: dict[str, Counter[str]] = {}
+    for (cloud, region), by_year in gsf.items():
+        if (cloud, region) in REGION_FIXES and REGION_FIXES[(cloud, region)].em_zone:
+            continue
+        for row in by_year.values():
+            zone, wt = row["em-zone-id"].strip(), row["wt-region-id"].strip()
+            if zone and wt:
+                counts.setdefault(zone, Counter())[wt] += 1
+    return {
+        zone: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        for zone, c in counts.items()
+    }
+
+
+def build_regions(shared: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Region rows and a list of human-readable notes about dropped regions."""
+    gsf = load_gsf(shared)
+    rci = load_rci(shared)
+    ccf = load_ccf(shared)
+    pue_region, pue_fleet = load_pue(shared)
+    wt_by_zone = zone_to_watttime(gsf)
+
+    keys = set(gsf) | {("gcp", r) for r in rci} | set(ccf)
+    rows: list[dict[str, str]] = []
+    notes: list[str] = []
+    for cloud, region in sorted(keys):
+        src = RegionSources(
+            gsf=gsf.get((cloud, region), {}),
+            rci=rci.get(region, {}) if cloud == "gcp" else {},
+            ccf=ccf.get((cloud, region)),
+        )
+        row = _region_row(cloud, region, src, gsf, pue_region, pue_fleet, wt_by_zone)
+        if row is None:
+            notes.append(f"dropped {cloud}:{region}: no average grid intensity in any source")
+            continue
+        rows.append(row)
+    rows.sort(key=lambda r: (r["cloud"], r["region"]))
+    return rows, notes
+
+
+def _region_row(
+    cloud: str,
+    region: str,
+    src: RegionSources,
+    gsf: dict[tuple[str, str], dict[int, dict[str, str]]],
+    pue_region: dict[tuple[str, str], PueChoice],
+    pue_fleet: dict[str, PueChoice],
+    wt_by_zone: dict[str, str],
+) -> dict[str, str] | None:
+    key = (cloud, region)
+    fix = REGION_FIXES.get(key)
+    donor = GRID_FIGURE_DONORS.get(key)
+    sources: list[str] = []
+
+    def gsf_avg(year: int) -> float | None:
+        row = (gsf.get(donor, {}) if donor else src.gsf).get(year)
+        if row is None:
+            return None
+        value = parse_float(row["grid-carbon-intensity-average-consumption-annual"])
+        return value if value and value > 0 else None
+
+    def gsf_marginal(year: int) -> float | None:
+        row = (gsf.get(donor, {}) if donor else src.gsf).get(year)
+        if row is None:
+            return None
+        return parse_float(row["grid-carbon-intensity-marginal-consumption-annual"])
+
+    def rci_avg(year: int) -> float | None:
+        row = src.rci.get(year)
+        value = parse_float(row["Grid carbon intensity (gCO2eq / kWh)"]) if row else None
+        return value if value and value > 0 else None
+
+    # --- average grid intensity and the row's year -----------------------------------------
+    year: int | None = None
+    avg: float | None = None
+    for y in sorted(set(src.gsf) | set(src.rci), reverse=True):
+        if gsf_avg(y) is not None:
+            year, avg = y, gsf_avg(y)
+            donor_note = f" (grid figures from {donor[0]} {donor[1]})" if donor else ""
+            sources.append(f"GSF Cloud_Region_Metadata {y}{donor_note}")
+            break
+        if rci_avg(y) is not None:
+            year, avg = y, rci_avg(y)
+            sources.append(f"GCP region-carbon-info {y}")
+            break
+    if avg is None and src.ccf is not None:
+        avg = parse_float(src.ccf["gco2e_per_kwh"])
+        year = ccf_source_year(src.ccf["source"])
+        sources.append(f"CCF emission factor ({src.ccf['source']})")
+    if avg is None or year is None:
+        return None
+
+    # --- descriptive fields: newest GSF row, then extra table, then fixes ------------------
+    newest = src.gsf[max(src.gsf)] if src.gsf else None
+    location = newest["location"].strip() if newest else ""
+    lat, lon = parse_geolocation(newest["geolocation"]) if newest else (None, None)
+    em_zone = newest["em-zone-id"].strip() if newest else ""
+    wt = newest["wt-region-id"].strip() if newest else ""
+    country = ""
+    extra = EXTRA_REGION_META.get(key)
+    if extra:
+        location, lat, lon, em_zone = extra
+        wt = wt_by_zone.get(em_zone, "")
+    if not location and src.rci:
+        location = src.rci[max(src.rci)]["Location"].strip()
+    if fix:
+        location = fix.location or location
+        lat = fix.latitude if fix.latitude is not None else lat
+        lon = fix.longitude if fix.longitude is not None else lon
+        em_zone = fix.em_zone or em_zone
+        wt = fix.watttime_region or wt
+        country = fix.country or ""
+        sources.append(f"corrected: {fix.reason}")
+    if not country:
+        country = em_zone.split("-")[0]
+    if lat is None or lon is None:
+        raise ValueError(f"{cloud}:{region} has no coordinates; add a REGION_FIXES entry")
+    if country not in CONTINENT_BY_COUNTRY:
+        raise ValueError(f"{cloud}:{region}: unknown country {country!r}")
+
+    # --- CFE and marginal: same year only ---------------------------------------------------
+    cfe_pct: float | None = None
+    cfe_basis = ""
+    rci_row = src.rci.get(year)
+    gsf_row = src.gsf.get(year)
+    if rci_row is not None and parse_float(rci_row["Google CFE"]) is not None:
+        cfe_pct, cfe_basis = 100 * float(rci_row["Google CFE"]), "hourly"
+        if not sources[0].startswith("GCP region-carbon-info"):
+            sources.append(f"CFE: GCP region-carbon-info {year}")
+    elif gsf_row is not None and not donor:
+        hourly = parse_float(gsf_row["provider-cfe-hourly"])
+        annual = parse_float(gsf_row["provider-cfe-annual"])
+        if hourly is not None:
+            cfe_pct, cfe_basis = 100 * hourly, "hourly"
+        elif annual is not None:
+            cfe_pct, cfe_basis = 100 * annual, "annual"
+    marginal = gsf_marginal(year)
+
+    # --- PUE ---------------------------------------------------------------------------------
+    pue: PueChoice | None = None
+    for y in sorted(src.gsf, reverse=True):
+        value = parse_float(src.gsf[y]["power-usage-effectiveness"])
+        if value is not None:
+            pue = PueChoice(value, "region", f"PUE: GSF {y}")
+            break
+    if pue is None:
+        pue = pue_region.get(key) or pue_fleet[cloud]
+    sources.append(pue.source)
+
+    return {
+        "cloud": cloud,
+        "region": region,
+        "location": location,
+        "country": country,
+        "continent": CONTINENT_BY_COUNTRY[country],
+        "latitude": fmt(lat, 4),
+        "longitude": fmt(lon, 4),
+        "em_zone": em_zone,
+        "watttime_region": wt,
+        "cfe_pct": fmt(cfe_pct, 1),
+        "cfe_basis": cfe_basis,
+        "grid_intensity_avg_g_per_kwh": fmt(avg, 2),
+        "grid_intensity_marginal_g_per_kwh": fmt(marginal, 2),
+        "pue": fmt(pue.value, 3),
+        "pue_basis": pue.basis,
+        "year": str(year),
+        "source": "; ".join(sources),
+        "as_of": f"{year}-12-31",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Accelerators
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcceleratorSpec:
+    """How one row of hardware/accelerators.csv becomes a catalog entry."""
+
+    name: str
+    vendor: str
+    memory_gib: float
+    aliases: tuple[str, ...] = ()
+
+
+# (accelerator, variant) in hardware/accelerators.csv -> catalog entries.
+HARDWARE_ROWS: dict[tuple[str, str], tuple[AcceleratorSpec, ...]] = {
+    ("NVIDIA V100", "SXM2 16/32GB"): (
+        AcceleratorSpec("V100", "nvidia", 16, ("Tesla V100", "V100-16GB", "nvidia-tesla-v100")),
+        AcceleratorSpec("V100-32GB", "nvidia", 32, ("Tesla V100 32GB",)),
+    ),
+    ("NVIDIA A100 40GB", "SXM4"): (
+        AcceleratorSpec("A100", "nvidia", 40,
+                        ("A100-40GB", "Tesla A100", "nvidia-tesla-a100", "A100-SXM4-40GB")),
+    ),
+    ("NVIDIA A100 80GB", "SXM4"): (
+        AcceleratorSpec("A100-80GB", "nvidia", 80, ("nvidia-a100-80gb", "A100-SXM4-80GB")),
+    ),
+    ("NVIDIA H100", "SXM5 80GB"): (
+        AcceleratorSpec("H100", "nvidia", 80,
+                        ("H100-SXM", "H100-SXM5", "H100-80GB", "nvidia-h100-80gb", "H100-MEGA",
+                         "nvidia-h100-mega-80gb")),
+    ),
+    ("NVIDIA H100", "PCIe 80GB"): (AcceleratorSpec("H100-PCIe", "nvidia", 80),),
+    ("NVIDIA H100", "NVL 94GB"): (AcceleratorSpec("H100-NVL", "nvidia", 94, ("H100-94GB",)),),
+    ("NVIDIA H200", "SXM 141GB"): (
+        AcceleratorSpec("H200", "nvidia", 141, ("H200-SXM", "H200-141GB", "nvidia-h200-141gb")),
+    ),
+    ("NVIDIA H200", "NVL 141GB"): (AcceleratorSpec("H200-NVL", "nvidia", 141),),
+    ("NVIDIA L4", "PCIe"): (AcceleratorSpec("L4", "nvidia", 24, ("nvidia-l4",)),),
+    ("NVIDIA T4", "PCIe"): (AcceleratorSpec("T4", "nvidia", 16, ("Tesla T4", "nvidia-tesla-t4")),),
+    ("NVIDIA A10G", "AWS G5 variant"): (AcceleratorSpec("A10G", "nvidia", 24),),
+    ("NVIDIA L40S", "PCIe"): (AcceleratorSpec("L40S", "nvidia", 48, ("nvidia-l40s",)),),
+    ("Google TPU v4", "chip"): (
+        AcceleratorSpec("TPU-v4", "google", 32, ("tpu-v4-podslice",)),
+    ),
+    ("Google TPU v5e", "chip"): (
+        AcceleratorSpec("TPU-v5e", "google", 16,
+                        ("tpu-v5-lite-podslice", "tpu-v5-lite-device", "tpu-v5litepod",
+                         "TPU v5 lite", "v5litepod", "tpu-v5e-slice")),
+    ),
+    ("Google TPU v5p", "chip"): (
+        AcceleratorSpec("TPU-v5p", "google", 95, ("tpu-v5p-slice",)),
+    ),
+    ("AWS Trainium (Trn1)", "chip (2x NeuronCore-v2)"): (
+        AcceleratorSpec("Trainium", "aws", 32, ("Trainium1", "trn1", "trn1n", "AWS Trainium")),
+    ),
+    ("AWS Trainium2 (Trn2)", "chip (8x NeuronCore-v3)"): (
+        AcceleratorSpec("Trainium2", "aws", 96, ("trn2", "AWS Trainium2")),
+    ),
+    ("AWS Inferentia2 (Inf2)", "chip (2x NeuronCore-v2)"): (
+        AcceleratorSpec("Inferentia2", "aws", 32, ("inf2", "AWS Inferentia2")),
+    ),
+}
+
+# Chips the hardware table lacks. Figures PER CHIP.
+EXTRA_ACCELERATORS: tuple[dict[str, str], ...] = (
+    {
+        # Tesla P100 SXM2 (NVLink) module: 300 W, 21.2 TFLOPS FP16 (no BF16), 16 GB HBM2.
+        # (The PCIe card GCP attaches to N1 VMs is 250 W / 18.7 TFLOPS FP16.)
+        "name": "P100", "aliases": "Tesla P100|nvidia-tesla-p100|P100-SXM2", "vendor": "nvidia",
+        "tdp_w": "300.0", "peak_dense_tflops": "21.2", "memory_gib": "16.0",
+        "source": "NVIDIA Tesla P100 datasheet (SXM2 module: 300 W, 21.2 TFLOPS FP16, 16 GB)",
+        "as_of": "2016-10-01",
+    },
+    {
+        # Jouppi et al., "A Domain-Specific Supercomputer for Training Deep Neural Networks",
+        # CACM 63(7), 2020, table of TPUv2/v3 features: per CHIP (2 TensorCores each),
+        # TPUv2 46 TFLOPS bf16, 16 GiB HBM, TDP 280 W; TPUv3 123 TFLOPS, 32 GiB, 450 W.
+        # Google Cloud's docs quote 45 TFLOPS per v2 chip; we keep the paper's figure.
+        "name": "TPU-v2", "aliases": "", "vendor": "google",
+        "tdp_w": "280.0", "peak_dense_tflops": "46.0", "memory_gib": "16.0",
+        "source": "Jouppi et al., CACM 63(7) 2020, TPUv2 per chip (2 TensorCores): 280 W TDP, "
+                  "46 TFLOPS bf16, 16 GiB HBM",
+        "as_of": "2020-07-01",
+    },
+    {
+        "name": "TPU-v3", "aliases": "", "vendor": "google",
+        "tdp_w": "450.0", "peak_dense_tflops": "123.0", "memory_gib": "32.0",
+        "source": "Jouppi et al., CACM 63(7) 2020, TPUv3 per chip (2 TensorCores): 450 W TDP, "
+                  "123 TFLOPS bf16, 32 GiB HBM",
+        "as_of": "2020-07-01",
+    },
+)
+
+# No published power figure: estimate = peak TFLOPS / (reference TFLOPS per watt).
+TDP_ESTIMATE_REFERENCE = {
+    "TPU-v5e": "TPU-v4",
+    "TPU-v5p": "TPU-v4",
+    "Trainium": "A100",
+    "Inferentia2": "A100",
+    "Trainium2": "H100",
+}
+
+
+@dataclass(frozen=True)
+class _HardwareFigures:
+    spec: AcceleratorSpec
+    tdp_w: float | None  # None: not published
+    tflops: float
+    source: str
+
+
+def build_accelerators(shared: Path) -> list[dict[str, str]]:
+    parsed: dict[str, _HardwareFigures] = {}
+    seen_rows = set()
+    for row in read_csv(shared / HARDWARE_FILE):
+        key = (row["accelerator"].strip(), row["variant"].strip())
+        specs = HARDWARE_ROWS.get(key)
+        if specs is None:
+            raise ValueError(f"hardware row {key} has no catalog mapping; add it to HARDWARE_ROWS")
+        seen_rows.add(key)
+        tflops = leading_number(row["peak_dense_bf16_tflops"])
+        if tflops is None:  # no BF16: dense FP16
+            tflops = leading_number(row["peak_dense_fp16_tflops"])
+        if tflops is None:
+            raise ValueError(f"no dense TFLOPS for {key}")
+        source = (f"{row['source'].strip()} (hardware/accelerators.csv, confidence: "
+                  f"{row['confidence'].strip()})")
+        for spec in specs:
+            parsed[spec.name] = _HardwareFigures(spec, leading_number(row["tdp_w"]), tflops,
+                                                 source)
+    missing = set(HARDWARE_ROWS) - seen_rows
+    if missing:
+        raise ValueError(f"hardware rows missing from the input: {sorted(missing)}")
+
+    rows: list[dict[str, str]] = []
+    for name, figures in parsed.items():
+        tdp, source = figures.tdp_w, figures.source
+        if tdp is None:
+            ref_name = TDP_ESTIMATE_REFERENCE[name]
+            ref = parsed[ref_name]
+            if ref.tdp_w is None:
+                raise ValueError(f"estimate reference {ref_name} has no TDP")
+            tdp = float(round(figures.tflops * ref.tdp_w / ref.tflops))
+            source = (f"ESTIMATE tdp_w: vendor publishes no power figure; {figures.tflops:g} TF x "
+                      f"({ref.tdp_w:g} W / {ref.tflops:g} TF of {ref_name}); other figures: "
+                      f"{source}")
+        rows.append({
+            "name": name,
+            "aliases": "|".join(figures.spec.aliases),
+            "vendor": figures.spec.vendor,
+            "tdp_w": fmt(tdp, 1),
+            "peak_dense_tflops": fmt(figures.tflops, 1),
+            "memory_gib": fmt(figures.spec.memory_gib, 1),
+            "source": source,
+            "as_of": HARDWARE_TABLE_AS_OF,
+        })
+    rows.extend(dict(extra) for extra in EXTRA_ACCELERATORS)
+    rows.sort(key=lambda r: r["name"])
+    _check_names_unique(rows)
+    return rows
+
+
+def _check_names_unique(rows: list[dict[str, str]]) -> None:
+    owner: dict[str, str] = {}
+    for row in rows:
+        for label in [row["name"], *filter(None, row["aliases"].split("|"))]:
+            folded = normalize_name(label)
+            if folded in owner and owner[folded] != row["name"]:
+                raise ValueError(f"name {label!r} of {row['name']} clashes with {owner[folded]}")
+            if folded in owner and label != row["name"]:
+                raise ValueError(f"alias {label!r} of {row['name']} folds to an existing name")
+            owner[folded] = row["name"]
+
+
+def accelerator_resolver(rows: list[dict[str, str]]) -> dict[str, str]:
+    """Folded name or alias -> canonical name."""
+    out: dict[str, str] = {}
+    for row in rows:
+        out[normalize_name(row["name"])] = row["name"]
+        for alias in filter(None, row["aliases"].split("|")):
+            out[normalize_name(alias)] = row["name"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Offers
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PriceAgg:
+    """Lowest on-demand and lowest spot price seen for one key across zones."""
+
+    price: float | None = None
+    spot: float | None = None
+
+    def add(self, price: float | None, spot: float | None) -> None:
+        if price is not None and (self.price is None or price < self.price):
+            self.price = price
+        if spot is not None and (self.spot is None or spot < self.spot):
+            self.spot = spot
+
+
+def _price(text: str, *, gcp: bool = False) -> float | None:
+    value = parse_float(text)
+    if value is None:
+        return None
+    if gcp and value == 700.0:  # the GCP catalog's "unavailable" marker
+        return None
+    if value <= 0:
+        return None
+    return value
+
+
+_AWS_LOCAL_ZONE = re.compile(r"^[a-z0-9]+-[a-z]+[0-9]+-az[0-9]+$")  # e.g. use1-atl2-az1
+
+AWS_SOURCE = "prices-reference aws_vms_v9_gpu_subset (public catalog from the AWS price API)"
+AZURE_SOURCE = "prices-reference azure_vms_v6_gpu_subset (public catalog from the Azure price API)"
+GCP_SOURCE = "prices-reference gcp_vms_v9_gpu_tpu_subset"
+GCP_FULL_SOURCE = "full GCP table of the public catalog behind prices-reference"
+AWS_PAGE_SOURCE = "AWS EC2 On-Demand pricing page, Linux (aws.amazon.com/ec2/pricing/on-demand)"
+
+# AWS on-demand prices re-keyed from the AWS EC2 on-demand price page (Linux), for families the
+# subset lacks: g4dn (T4) and trn1 (Trainium). Spot prices vary and are left empty.
+# (instance_type, accelerator, count, vcpus, memory_gib, price_usd_per_hour, regions)
+SUPPLEMENTARY_AWS = (
+    ("g4dn.xlarge", "T4", 1, 4, 16.0, 0.526, ("us-east-1", "us-east-2", "us-west-2")),
+    ("g4dn.12xlarge", "T4", 4, 48, 192.0, 3.912, ("us-east-1", "us-east-2", "us-west-2")),
+    ("trn1.2xlarge", "Trainium", 1, 8, 32.0, 1.34375, ("us-east-1", "us-west-2")),
+    ("trn1.32xlarge", "Trainium", 16, 128, 512.0, 21.5, ("us-east-1", "us-west-2")),
+)
+
+# Azure instance types whose GPU differs from the reference's name or count.
+# instance type -> (accelerator or None to keep the reference's, GPU count or None to keep it)
+AZURE_OVERRIDES: dict[str, tuple[str | None, int | None]] = {
+    # The reference lists 12 GPUs; the ND H100 v5 has 8 H100 SXM GPUs.
+    "Standard_ND96isr_H100_v5": (None, 8),
+    # NCads H100 v5 uses the H100 NVL (94 GB), not the SXM part.
+    "Standard_NC40ads_H100_v5": ("H100-NVL", None),
+    "Standard_NC80adis_H100_v5": ("H100-NVL", None),
+}
+
+# GCP host machine type for each (accelerator name in the GCP catalog, GPU count).
+GCP_HOST_FOR = {
+    ("A100", 1): "a2-highgpu-1g",
+    ("A100", 8): "a2-highgpu-8g",
+    ("A100-80GB", 1): "a2-ultragpu-1g",
+    ("A100-80GB", 8): "a2-ultragpu-8g",
+    ("H100", 1): "a3-highgpu-1g",
+    ("H100", 8): "a3-highgpu-8g",
+    ("H100-MEGA", 8): "a3-megagpu-8g",  # same H100 SXM; no VM price in the data
+    ("H200", 8): "a3-ultragpu-8g",
+    ("L4", 1): "g2-standard-4",
+    ("T4", 1): "n1-standard-4",
+    ("V100", 1): "n1-standard-8",
+    ("V100", 8): "n1-standard-64",
+}
+
+# A3 VMs are billed per vCPU and GB; a3-highgpu-8g (208 vCPU, 1872 GB) = 8 x a3-highgpu-1g.
+GCP_DERIVED_VMS = {"a3-highgpu-8g": ("a3-highgpu-1g", 8)}
+
+# Host-VM rows the GCP subset lacks, re-keyed from the full GCP table of the same public catalog
+# (lowest price across the region's zones). machine type -> (vcpus, memory_gib, {region: (price,
+# spot)}).
+SUPPLEMENTARY_GCP_VMS: dict[str, tuple[int, float, dict[str, tuple[float, float]]]] = {
+    "g2-standard-4": (4, 16.0, {
+        "asia-east1": (0.16997, 0.0765), "asia-northeast1": (0.18851, 0.1088),
+        "asia-northeast3": (0.18851, 0.05112), "asia-south1": (0.1528, 0.06738),
+        "asia-southeast1": (0.1811, 0.10867), "europe-west1": (0.16163, 0.07072),
+        "europe-west2": (0.16714, 0.09646), "europe-west3": (0.173, 0.09528),
+        "europe-west4": (0.15429, 0.08096), "europe-west6": (0.19231, 0.10604),
+        "me-central2": (0.23487, 0.11091), "northamerica-northeast1": (0.16163, 0.08118),
+        "northamerica-northeast2": (0.16163, 0.08278), "us-central1": (0.14679, 0.07502),
+        "us-east1": (0.14679, 0.07502),
+    }),
+    "n1-standard-4": (4, 15.0, {
+        "asia-east1": (0.22, 0.04531), "asia-east2": (0.26584, 0.06022),
+        "asia-northeast1": (0.24376, 0.07712), "asia-northeast3": (0.24376, 0.08618),
+        "asia-south1": (0.2282, 0.05782), "asia-southeast1": (0.23439, 0.04945),
+        "asia-southeast2": (0.25548, 0.04022), "australia-southeast1": (0.26959, 0.09172),
+        "europe-central2": (0.2299, 0.05751), "europe-west1": (0.20901, 0.07922),
+        "europe-west2": (0.24479, 0.05801), "europe-west3": (0.24479, 0.08192),
+        "europe-west4": (0.20917, 0.11052), "me-west1": (0.209, 0.07496),
+        "northamerica-northeast1": (0.20917, 0.10404), "southamerica-east1": (0.3016, 0.0574),
+        "us-central1": (0.19, 0.06382), "us-east1": (0.19, 0.06382),
+        "us-east4": (0.21398, 0.04977), "us-west1": (0.19, 0.06382),
+        "us-west2": (0.22822, 0.08794), "us-west3": (0.22822, 0.07633),
+        "us-west4": (0.21398, 0.06395),
+    }),
+    "n1-standard-8": (8, 30.0, {
+        "asia-east1": (0.44, 0.09062), "europe-west4": (0.41834, 0.22104),
+        "us-central1": (0.38, 0.12765), "us-east1": (0.38, 0.12765),
+        "us-west1": (0.38, 0.12765),
+    }),
+    "n1-standard-64": (64, 240.0, {
+        "asia-east1": (3.51997, 0.72496), "europe-west4": (3.34669, 1.76832),
+        "us-central1": (3.03998, 1.0212), "us-east1": (3.03998, 1.0212),
+        "us-west1": (3.03998, 1.0212),
+    }),
+    "a3-ultragpu-8g": (224, 2952.0, {
+        "asia-south1": (12.75664, 4.97815), "asia-south2": (14.73269, 4.09367),
+        "europe-west1": (13.50609, 5.01674), "europe-west4": (12.8793, 4.79562),
+        "us-central1": (12.266, 6.68552), "us-east4": (12.266, 4.77261),
+        "us-east5": (13.81519, 4.90394), "us-south1": (14.47387, 3.62842),
+        "us-west1": (12.266, 6.68552),
+    }),
+}
+
+# GPU / TPU rows the GCP subset lacks, from the same full GCP table.
+# (accelerator name as in the catalog file, count) -> {region: (price, spot)}
+SUPPLEMENTARY_GCP_ACCELERATORS: dict[tuple[str, int], dict[str, tuple[float, float]]] = {
+    ("V100", 1): {
+        "asia-east1": (2.48, 0.4856), "europe-west4": (2.604, 0.722),
+        "us-central1": (2.48, 1.2338), "us-east1": (2.48, 1.2338), "us-west1": (2.48, 1.2338),
+    },
+    ("V100", 8): {
+        "asia-east1": (19.84, 3.8848), "europe-west4": (20.832, 5.776),
+        "us-central1": (19.84, 9.8704), "us-east1": (19.84, 9.8704),
+        "us-west1": (19.84, 9.8704),
+    },
+    ("tpu-v5litepod-8", 1): {
+        "asia-east1": (11.11584, 3.81218), "asia-northeast1": (12.32832, 2.02722),
+        "asia-southeast1": (12.48, 6.24), "europe-north1": (10.57056, 5.28528),
+        "europe-west1": (10.57056, 4.22822), "europe-west3": (11.328, 1.86271),
+        "europe-west4": (12.48, 4.08089), "northamerica-northeast1": (10.57056, 1.73818),
+        "southamerica-west1": (13.728, 2.25736), "us-central1": (9.6, 2.38168),
+        "us-east1": (9.6, 2.38168), "us-east5": (9.6, 4.8), "us-south1": (11.328, 5.23354),
+        "us-west1": (9.6, 2.38168), "us-west4": (9.6, 4.2029),
+    },
+}
+
+
+@dataclass(frozen=True)
+class TpuRule:
+    """How a GCP TPU family's slice names map to chips and which slice the catalog offers."""
+
+    canonical: str
+    cores_per_chip: int  # slice names count TensorCores
+    offered_slice: str  # smallest single-host slice
+    offered_chips: int
+    host_vcpus: int  # TPU VM host shape of the offered slice (Google Cloud TPU docs)
+    host_memory_gib: float
+
+
+TPU_RULES = {
+    # v5p-N: N TensorCores, 2 per chip; v5p-8 = 4 chips on one ct5p-hightpu-4t host.
+    "tpu-v5p": TpuRule("TPU-v5p", 2, "v5p-8", 4, 208, 448.0),
+    # v5litepod-N: N chips (1 TensorCore each); v5litepod-8 = one ct5lp-hightpu-8t host.
+    "tpu-v5litepod": TpuRule("TPU-v5e", 1, "v5litepod-8", 8, 224, 384.0),
+}
+_TPU_NAME = re.compile(r"^(tpu-v[0-9a-z]+)-([0-9]+)$")
+
+
+@dataclass
+class OfferBuild:
+    rows: list[dict[str, str]]
+    notes: list[str]
+
+
+def _offer(
+    cloud: str, region: str, instance_type: str, accelerator: str, count: int, vcpus: int,
+    memory_gib: float, price: float | None, spot: float | None, source: str,
+) -> dict[str, str]:
+    return {
+        "cloud": cloud,
+        "region": region,
+        "instance_type": instance_type,
+        "accelerator": accelerator,
+        "accelerator_count": str(count),
+        "vcpus": str(vcpus),
+        "memory_gib": fmt(memory_gib, 3),
+        "price_usd_per_hour": fmt(price, 6),
+        "spot_price_usd_per_hour": fmt(spot, 6),
+        "source": source,
+        "as_of": PRICE_SNAPSHOT_AS_OF,
+    }
+
+
+def aws_offers(
+    shared: Path, resolve: dict[str, str], notes: list[str]
+) -> Iterator[dict[str, str]]:
+    aggs: dict[tuple[str, str], PriceAgg] = {}
+    shape: dict[str, tuple[str, int, int, float]] = {}
+    for row in read_csv(shared / AWS_PRICES):
+        name = row["AcceleratorName"].strip()
+        if not name:
+            continue  # CPU-only rows
+        if _AWS_LOCAL_ZONE.match(row["AvailabilityZone"].strip()):
+            continue  # Local Zone, not the region itself
+        accelerator = resolve.get(normalize_name(name))
+        instance = row["InstanceType"].strip()
+        if accelerator is None:
+            notes.append(f"aws {instance}: accelerator {name!r} not in catalog, dropped")
+            continue
+        shape[instance] = (accelerator, int(float(row["AcceleratorCount"])),
+                           int(float(row["vCPUs"])), float(row["MemoryGiB"]))
+        aggs.setdefault((row["Region"].strip(), instance), PriceAgg()).add(
+            _price(row["Price"]), _price(row["SpotPrice"]))
+    for (region, instance), agg in aggs.items():
+        if agg.price is None and agg.spot is None:
+            notes.append(f"aws {region} {instance}: no price at all, dropped")
+            continue
+        accelerator, count, vcpus, memory = shape[instance]
+        yield _offer("aws", region, instance, accelerator, count, vcpus, memory, agg.price,
+                     agg.spot, AWS_SOURCE)
+    for instance, accelerator, count, vcpus, memory, price, regions in SUPPLEMENTARY_AWS:
+        for region in regions:
+            if (region, instance) in aggs:
+                continue
+            yield _offer("aws", region, instance, accelerator, count, vcpus, memory, price, None,
+                         AWS_PAGE_SOURCE)
+
+
+def azure_offers(
+    shared: Path, resolve: dict[str, str], notes: list[str]
+) -> Iterator[dict[str, str]]:
+    aggs: dict[tuple[str, str], PriceAgg] = {}
+    shape: dict[str, tuple[str, int, int, float]] = {}
+    dropped: set[str] = set()
+    for row in read_csv(shared / AZURE_PRICES):
+        name = row["AcceleratorName"].strip()
+        instance = row["InstanceType"].strip()
+        if not name:
+            continue
+        override_acc, override_count = AZURE_OVERRIDES.get(instance, (None, None))
+        accelerator = override_acc or resolve.get(normalize_name(name))
+        if accelerator is None:
+            if name not in dropped:
+                notes.append(f"azure: accelerator {name!r} not in catalog, its VMs dropped")
+                dropped.add(name)
+            continue
+        count = override_count or int(float(row["AcceleratorCount"]))
+        shape[instance] = (accelerator, count, int(float(row["vCPUs"])),
+                           float(row["MemoryGiB"]))
+        aggs.setdefault((row["Region"].strip(), instance), PriceAgg()).add(
+            _price(row["Price"]), _price(row["SpotPrice"]))
+    for (region, instance), agg in aggs.items():
+        if agg.price is None and agg.spot is None:
+            notes.append(f"azure {region} {instance}: no price at all, dropped")
+            continue
+        accelerator, count, vcpus, memory = shape[instance]
+        yield _offer("azure", region, instance, accelerator, count, vcpus, memory, agg.price,
+                     agg.spot, AZURE_SOURCE)
+
+
+def _sum(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def gcp_offers(
+    shared: Path, resolve: dict[str, str], notes: list[str]
+) -> Iterator[dict[str, str]]:
+    vm_prices: dict[tuple[str, str], PriceAgg] = {}
+    vm_shape: dict[str, tuple[int, float]] = {}
+    vm_origin: dict[tuple[str, str], str] = {}
+    acc_prices: dict[tuple[str, int, str], PriceAgg] = {}
+    acc_origin: dict[tuple[str, int, str], str] = {}
+
+    for row in read_csv(shared / GCP_PRICES):
+        price = _price(row["Price"], gcp=True)
+        spot = _price(row["SpotPrice"], gcp=True)
+        region = row["Region"].strip()
+        instance = row["InstanceType"].strip()
+        if instance:
+            vm_shape[instance] = (int(float(row["vCPUs"])), float(row["MemoryGiB"]))
+            vm_prices.setdefault((instance, region), PriceAgg()).add(price, spot)
+            vm_origin[(instance, region)] = GCP_SOURCE
+        else:
+            key = (row["AcceleratorName"].strip(), int(float(row["AcceleratorCount"])), region)
+            acc_prices.setdefault(key, PriceAgg()).add(price, spot)
+            acc_origin[key] = GCP_SOURCE
+
+    for instance, (vcpus, memory, by_region) in SUPPLEMENTARY_GCP_VMS.items():
+        vm_shape.setdefault(instance, (vcpus, memory))
+        for region, (price, spot) in by_region.items():
+            if (instance, region) not in vm_prices:
+                vm_prices[(instance, region)] = PriceAgg(price, spot)
+                vm_origin[(instance, region)] = GCP_FULL_SOURCE
+    for (name, count), by_region in SUPPLEMENTARY_GCP_ACCELERATORS.items():
+        for region, (price, spot) in by_region.items():
+            if (name, count, region) not in acc_prices:
+                acc_prices[(name, count, region)] = PriceAgg(price, spot)
+                acc_origin[(name, count, region)] = GCP_FULL_SOURCE
+
+    for instance, (base, factor) in GCP_DERIVED_VMS.items():
+        base_shape = vm_shape[base]
+        vm_shape.setdefault(instance, (base_shape[0] * factor, base_shape[1] * factor))
+        for (machine, region), agg in list(vm_prices.items()):
+            if machine == base and (instance, region) not in vm_prices:
+                vm_prices[(instance, region)] = PriceAgg(
+                    None if agg.price is None else agg.price * factor,
+                    None if agg.spot is None else agg.spot * factor,
+                )
+                vm_origin[(instance, region)] = (
+                    f"{factor} x {base} from {vm_origin[(machine, region)]}"
+                )
+
+    # One on-demand/spot figure per TPU family and region: price per chip from the listed slice.
+    tpu_per_chip: dict[tuple[str, str], tuple[PriceAgg, str, str]] = {}
+
+    for (name, count, region), agg in sorted(acc_prices.items()):
+        origin = acc_origin[(name, count, region)]
+        tpu = _TPU_NAME.match(name)
+        if tpu:
+            family, size = tpu.group(1), int(tpu.group(2))
+            rule = TPU_RULES.get(family)
+            if rule is None:
+                notes.append(f"gcp {region} {name}: TPU family not in catalog, dropped")
+                continue
+            chips = size // rule.cores_per_chip
+            per_chip = PriceAgg(
+                None if agg.price is None else agg.price / chips,
+                None if agg.spot is None else agg.spot / chips,
+            )
+            # Prefer the smallest listed slice as the basis for the per-chip price.
+            prev = tpu_per_chip.get((family, region))
+            if prev is None or _slice_size(prev[1]) > size:
+                tpu_per_chip[(family, region)] = (per_chip, name, origin)
+            continue
+        accelerator = resolve.get(normalize_name(name))
+        if accelerator is None:
+            notes.append(f"gcp {region} {name}: accelerator not in catalog, dropped")
+            continue
+        host = GCP_HOST_FOR.get((name, count))
+        if host is None:
+            notes.append(f"gcp {region} {name} x{count}: no host machine type, dropped")
+            continue
+        vm = vm_prices.get((host, region))
+        if vm is None:
+            notes.append(f"gcp {region} {name} x{count}: no {host} VM price, dropped")
+            continue
+        price = _sum(agg.price, vm.price)
+        spot = _sum(agg.spot, vm.spot)
+        if price is None and spot is None:
+            notes.append(f"gcp {region} {host}: no price at all, dropped")
+            continue
+        vcpus, memory = vm_shape[host]
+        source = (f"GCP GPU + host VM summed (public catalog from the GCP price API); GPU: "
+                  f"{origin}; VM: {vm_origin[(host, region)]}")
+        yield _offer("gcp", region, host, accelerator, count, vcpus, memory, price, spot, source)
+
+    for (family, region), (per_chip, basis, origin) in sorted(tpu_per_chip.items()):
+        rule = TPU_RULES[family]
+        price = None if per_chip.price is None else per_chip.price * rule.offered_chips
+        spot = None if per_chip.spot is None else per_chip.spot * rule.offered_chips
+        if price is None and spot is None:
+            notes.append(f"gcp {region} {rule.offered_slice}: no price at all, dropped")
+            continue
+        source = (f"GCP TPU price per chip x {rule.offered_chips} chips (public catalog from "
+                  f"the GCP price API); per-chip price from {basis} in {origin}")
+        yield _offer("gcp", region, rule.offered_slice, rule.canonical, rule.offered_chips,
+                     rule.host_vcpus, rule.host_memory_gib, price, spot, source)
+
+
+def _slice_size(name: str) -> int:
+    match = _TPU_NAME.match(name)
+    return int(match.group(2)) if match else 0
+
+
+def build_offers(shared: Path, accelerators: list[dict[str, str]]) -> OfferBuild:
+    resolve = accelerator_resolver(accelerators)
+    notes: list[str] = []
+    rows = [
+        *aws_offers(shared, resolve, notes),
+        *azure_offers(shared, resolve, notes),
+        *gcp_offers(shared, resolve, notes),
+    ]
+    rows.sort(key=lambda r: (r["cloud"], r["region"], r["instance_type"]))
+    return OfferBuild(rows, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-checks and output
+# --------------------------------------------------------------------------------------------
+
+
+def validate(
+    regions: list[dict[str, str]], accelerators: list[dict[str, str]],
+    offers: list[dict[str, str]],
+) -> list[str]:
+    """Every problem found; an empty list means the three tables agree."""
+    problems: list[str] = []
+    region_keys = {(r["cloud"], r["region"]) for r in regions}
+    if len(region_keys) != len(regions):
+        problems.append("duplicate (cloud, region) in regions")
+    names = {a["name"] for a in accelerators}
+    seen: set[tuple[str, str, str]] = set()
+    for o in offers:
+        key = (o["cloud"], o["region"], o["instance_type"])
+        if key in seen:
+            problems.append(f"duplicate offer {key}")
+        seen.add(key)
+        if (o["cloud"], o["region"]) not in region_keys:
+            problems.append(f"offer {key} references unknown region")
+        if o["accelerator"] not in names:
+            problems.append(f"offer {key} references unknown accelerator {o['accelerator']}")
+        if int(o["vcpus"]) <= 0 or float(o["memory_gib"]) <= 0:
+            problems.append(f"offer {key} has no machine shape")
+        if not o["price_usd_per_hour"] and not o["spot_price_usd_per_hour"]:
+            problems.append(f"offer {key} has no price")
+    for r in regions:
+        if float(r["grid_intensity_avg_g_per_kwh"]) <= 0:
+            problems.append(f"region {r['cloud']}:{r['region']} has no grid intensity")
+        if bool(r["cfe_pct"]) != bool(r["cfe_basis"]):
+            problems.append(f"region {r['cloud']}:{r['region']} cfe_pct/cfe_basis disagree")
+    return problems
+
+
+def render_csv(columns: Iterable[str], rows: Iterable[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = tuple(columns)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row[c] for c in columns])
+    return buffer.getvalue()
+
+
+def build(shared: Path) -> tuple[dict[str, str], list[str]]:
+    """All three files as text, and the build notes."""
+    regions, region_notes = build_regions(shared)
+    accelerators = build_accelerators(shared)
+    offers = build_offers(shared, accelerators)
+    problems = validate(regions, accelerators, offers.rows)
+    if problems:
+        raise SystemExit("catalog build failed:\n  " + "\n  ".join(problems))
+    files = {
+        "regions.csv": render_csv(REGION_COLUMNS, regions),
+        "accelerators.csv": render_csv(ACCELERATOR_COLUMNS, accelerators),
+        "offers.csv": render_csv(OFFER_COLUMNS, offers.rows),
+    }
+    summary = [
+        f"regions: {len(regions)} ("
+        + ", ".join(f"{c} {n}" for c, n in sorted(Counter(r['cloud'] for r in regions).items()))
+        + ")",
+        f"accelerators: {len(accelerators)}",
+        f"offers: {len(offers.rows)} ("
+        + ", ".join(f"{c} {n}" for c, n in sorted(Counter(o['cloud'] for o in offers.rows)
+                                                     .items()))
+        + f"), in {len({(o['cloud'], o['region']) for o in offers.rows})} regions",
+    ]
+    return files, summary + region_notes + sorted(set(offers.notes))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared-data", type=Path, default=DEFAULT_SHARED_DATA,
+                        help="folder holding the reference figures (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="folder to write the CSV files to (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
+    args = parser.parse_args(argv)
+    if not (args.shared_data / GSF_FILE).is_file():
+        parser.error(f"{args.shared_data} does not hold the reference data ({GSF_FILE} missing)")
+    files, notes = build(args.shared_data)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (args.out / name).write_text(text, encoding="utf-8", newline="")
+    if not args.quiet:
+        for line in notes:
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

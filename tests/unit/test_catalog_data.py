@@ -1,0 +1,330 @@
+"""Checks on the shipped catalog CSVs, read directly with the csv module (no loader).
+
+These guard the figures themselves: exact headers, coverage, the upstream errors the build
+script corrects, and the GCP GPU + VM price summing. The last test rebuilds the files from
+``../shared/data`` (when present) and requires a byte-for-byte match with what ships.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler.catalog.model import Accelerator, Offer, Region, normalize_name
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = REPO_ROOT / "scheduler" / "catalog" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+BUILD_SCRIPT = REPO_ROOT / "scripts" / "build_catalog.py"
+FILES = ("regions.csv", "accelerators.csv", "offers.csv")
+
+REGION_HEADER = [
+    "cloud", "region", "location", "country", "continent", "latitude", "longitude", "em_zone",
+    "watttime_region", "cfe_pct", "cfe_basis", "grid_intensity_avg_g_per_kwh",
+    "grid_intensity_marginal_g_per_kwh", "pue", "pue_basis", "year", "source", "as_of",
+]
+ACCELERATOR_HEADER = [
+    "name", "aliases", "vendor", "tdp_w", "peak_dense_tflops", "memory_gib", "source", "as_of",
+]
+OFFER_HEADER = [
+    "cloud", "region", "instance_type", "accelerator", "accelerator_count", "vcpus",
+    "memory_gib", "price_usd_per_hour", "spot_price_usd_per_hour", "source", "as_of",
+]
+
+
+def read(name: str) -> tuple[list[str], list[dict[str, str]]]:
+    with (DATA_DIR / name).open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def regions() -> list[dict[str, str]]:
+    return read("regions.csv")[1]
+
+
+def accelerators() -> list[dict[str, str]]:
+    return read("accelerators.csv")[1]
+
+
+def offers() -> list[dict[str, str]]:
+    return read("offers.csv")[1]
+
+
+def offer(cloud: str, region: str, instance_type: str) -> dict[str, str]:
+    matches = [o for o in offers()
+               if (o["cloud"], o["region"], o["instance_type"]) == (cloud, region, instance_type)]
+    assert len(matches) == 1, (cloud, region, instance_type, matches)
+    return matches[0]
+
+
+# --- headers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected", "row_type"),
+    [
+        ("regions.csv", REGION_HEADER, Region),
+        ("accelerators.csv", ACCELERATOR_HEADER, Accelerator),
+        ("offers.csv", OFFER_HEADER, Offer),
+    ],
+)
+def test_headers_are_exact_and_match_the_row_types(
+    name: str, expected: list[str], row_type: type
+) -> None:
+    header, rows = read(name)
+    assert header == expected
+    assert header == [f.name for f in dataclasses.fields(row_type)]
+    assert rows, f"{name} is empty"
+
+
+def test_files_use_plain_newlines_and_end_with_one() -> None:
+    for name in FILES:
+        raw = (DATA_DIR / name).read_bytes()
+        assert b"\r" not in raw, name
+        assert raw.endswith(b"\n") and not raw.endswith(b"\n\n"), name
+
+
+# --- provenance -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_row_has_source_and_iso_as_of(name: str) -> None:
+    for row in read(name)[1]:
+        assert row["source"].strip(), row
+        assert dt.date.fromisoformat(row["as_of"]).isoformat() == row["as_of"], row
+
+
+# --- regions --------------------------------------------------------------------------------
+
+
+def test_at_least_90_regions_over_three_clouds() -> None:
+    rows = regions()
+    assert len(rows) >= 90
+    assert {r["cloud"] for r in rows} == {"aws", "gcp", "azure"}
+    keys = [(r["cloud"], r["region"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert keys == sorted(keys)
+
+
+def test_region_values_are_in_range() -> None:
+    continents = {"europe", "north-america", "south-america", "asia", "oceania", "africa",
+                  "middle-east"}
+    for r in regions():
+        assert len(r["country"]) == 2 and r["country"].isupper(), r
+        assert r["continent"] in continents, r
+        assert -90 <= float(r["latitude"]) <= 90 and -180 <= float(r["longitude"]) <= 180, r
+        assert float(r["grid_intensity_avg_g_per_kwh"]) > 0, r
+        if r["grid_intensity_marginal_g_per_kwh"]:
+            assert float(r["grid_intensity_marginal_g_per_kwh"]) > 0, r
+        assert 1.0 <= float(r["pue"]) < 2.0, r
+        assert r["pue_basis"] in ("region", "fleet"), r
+        assert 2019 <= int(r["year"]) <= 2030, r
+        assert r["as_of"] == f"{r['year']}-12-31", r
+
+
+def test_cfe_is_empty_not_zero_when_unknown() -> None:
+    for r in regions():
+        if r["cfe_pct"] == "":
+            assert r["cfe_basis"] == "", r
+        else:
+            assert r["cfe_basis"] in ("hourly", "annual"), r
+            assert 0 <= float(r["cfe_pct"]) <= 100, r
+    # AWS publishes no per-region CFE: every AWS row is unknown, i.e. empty (never "0").
+    aws = [r for r in regions() if r["cloud"] == "aws"]
+    assert aws and all(r["cfe_pct"] == "" for r in aws)
+    # Google publishes hourly-matched CFE for its regions.
+    us_central1 = next(r for r in regions() if (r["cloud"], r["region"]) == ("gcp", "us-central1"))
+    assert us_central1["cfe_basis"] == "hourly" and float(us_central1["cfe_pct"]) > 50
+
+
+def test_gcp_grid_intensity_is_never_lifecycle() -> None:
+    # region-carbon-info 2019-2020 figures are lifecycle intensities and must not be used.
+    for r in regions():
+        if r["cloud"] == "gcp" and "region-carbon-info" in r["source"]:
+            assert int(r["year"]) >= 2021, r
+
+
+def test_azure_northeurope_is_ireland_and_listed_once() -> None:
+    rows = [r for r in regions() if (r["cloud"], r["region"]) == ("azure", "northeurope")]
+    assert len(rows) == 1
+    assert rows[0]["country"] == "IE"
+    assert rows[0]["em_zone"] == "IE"
+    assert rows[0]["continent"] == "europe"
+
+
+def test_azure_westus_is_california() -> None:
+    (row,) = [r for r in regions() if (r["cloud"], r["region"]) == ("azure", "westus")]
+    assert row["em_zone"] == "US-CAL-CISO"
+    assert row["watttime_region"] == "CAISO_NORTH"
+    assert 32 < float(row["latitude"]) < 42  # California, not Washington state
+    # The BPA (hydro) figure GSF attached to westus must be gone.
+    bpa = next(r for r in regions() if (r["cloud"], r["region"]) == ("aws", "us-west-2"))
+    assert row["grid_intensity_avg_g_per_kwh"] != bpa["grid_intensity_avg_g_per_kwh"]
+
+
+def test_region_names_are_provider_ids() -> None:
+    ids = {(r["cloud"], r["region"]) for r in regions()}
+    for expected in [("aws", "us-east-1"), ("gcp", "europe-west4"), ("azure", "westeurope")]:
+        assert expected in ids
+    # Provider geographies and CCF's staging rings are not regions.
+    for not_a_region in [("azure", "asiapacific"), ("azure", "unitedstates"), ("gcp", "us"),
+                         ("azure", "eastus2euap")]:
+        assert not_a_region not in ids
+
+
+# --- accelerators -----------------------------------------------------------------------------
+
+
+def test_accelerators_cover_the_hardware_table_and_extras() -> None:
+    names = {a["name"] for a in accelerators()}
+    assert {
+        "V100", "A100", "A100-80GB", "H100", "H200", "L4", "T4", "A10G", "L40S", "P100",
+        "TPU-v2", "TPU-v3", "TPU-v4", "TPU-v5e", "TPU-v5p", "Trainium", "Trainium2",
+        "Inferentia2",
+    } <= names
+
+
+def test_accelerator_names_and_aliases_are_unambiguous() -> None:
+    owner: dict[str, str] = {}
+    for a in accelerators():
+        for spelling in [a["name"], *filter(None, a["aliases"].split("|"))]:
+            folded = normalize_name(spelling)
+            assert owner.get(folded, a["name"]) == a["name"], spelling
+            owner[folded] = a["name"]
+        assert float(a["tdp_w"]) > 0 and float(a["peak_dense_tflops"]) > 0, a
+        assert float(a["memory_gib"]) > 0, a
+
+
+def test_accelerator_figures_per_chip() -> None:
+    by_name = {a["name"]: a for a in accelerators()}
+    # V100 has no BF16: dense FP16 tensor peak (125 TF), not a number read from "no BF16".
+    assert float(by_name["V100"]["peak_dense_tflops"]) == 125.0
+    assert float(by_name["T4"]["peak_dense_tflops"]) == 65.0
+    assert float(by_name["TPU-v3"]["tdp_w"]) == 450.0
+    assert float(by_name["TPU-v3"]["peak_dense_tflops"]) == 123.0
+    assert float(by_name["TPU-v3"]["memory_gib"]) == 32.0
+    assert float(by_name["P100"]["tdp_w"]) == 300.0
+    # Unpublished power figures are labelled as estimates.
+    for name in ("TPU-v5e", "TPU-v5p", "Trainium", "Trainium2", "Inferentia2"):
+        assert "ESTIMATE" in by_name[name]["source"], name
+
+
+def test_price_file_spellings_resolve_through_aliases() -> None:
+    lookup: dict[str, str] = {}
+    for a in accelerators():
+        for spelling in [a["name"], *filter(None, a["aliases"].split("|"))]:
+            lookup[normalize_name(spelling)] = a["name"]
+    assert lookup[normalize_name("A100 80GB")] == "A100-80GB"
+    assert lookup[normalize_name("tpu-v5-lite-podslice")] == "TPU-v5e"
+    assert lookup[normalize_name("trn1")] == "Trainium"
+    assert lookup[normalize_name("nvidia-tesla-t4")] == "T4"
+
+
+# --- offers ---------------------------------------------------------------------------------
+
+
+def test_offers_reference_known_regions_and_accelerators() -> None:
+    region_keys = {(r["cloud"], r["region"]) for r in regions()}
+    names = {a["name"] for a in accelerators()}
+    keys = []
+    for o in offers():
+        assert (o["cloud"], o["region"]) in region_keys, o
+        assert o["accelerator"] in names, o  # canonical name, not an alias
+        keys.append((o["cloud"], o["region"], o["instance_type"]))
+    assert len(keys) == len(set(keys))
+    assert keys == sorted(keys)
+
+
+def test_offer_values_are_in_range() -> None:
+    for o in offers():
+        assert int(o["accelerator_count"]) > 0, o
+        assert int(o["vcpus"]) > 0, o
+        assert float(o["memory_gib"]) > 0, o
+        prices = [o["price_usd_per_hour"], o["spot_price_usd_per_hour"]]
+        assert any(prices), o  # sold at least one way
+        for price in prices:
+            assert price == "" or float(price) > 0, o  # empty, never 0, for "not sold"
+            assert price == "" or float(price) != 700.0, o  # GCP's "unavailable" marker
+
+
+# Required coverage: (cloud, accelerator) pairs the scheduler must be able to place.
+# Azure sells no L4 and no TPUs/Trainium, so those pairs are not required there.
+REQUIRED = [
+    (cloud, acc)
+    for cloud in ("aws", "gcp", "azure")
+    for acc in ("H100", "A100", "A100-80GB", "T4", "V100")
+] + [
+    ("aws", "L4"), ("gcp", "L4"), ("gcp", "TPU-v5e"), ("gcp", "TPU-v5p"), ("aws", "Trainium"),
+]
+
+
+@pytest.mark.parametrize(("cloud", "accelerator"), REQUIRED)
+def test_coverage(cloud: str, accelerator: str) -> None:
+    assert any(o["cloud"] == cloud and o["accelerator"] == accelerator for o in offers())
+
+
+def test_at_least_40_regions_have_offers() -> None:
+    assert len({(o["cloud"], o["region"]) for o in offers()}) >= 40
+
+
+def test_azure_nd_h100_v5_has_eight_gpus() -> None:
+    row = offer("azure", "eastus", "Standard_ND96isr_H100_v5")
+    assert row["accelerator"] == "H100"
+    assert row["accelerator_count"] == "8"  # the reference says 12
+
+
+def test_aws_p5e_has_no_on_demand_price() -> None:
+    rows = [o for o in offers() if o["cloud"] == "aws" and o["instance_type"] == "p5e.48xlarge"]
+    assert rows
+    assert all(o["price_usd_per_hour"] == "" and o["spot_price_usd_per_hour"] for o in rows)
+
+
+def test_gcp_offer_prices_are_gpu_plus_vm() -> None:
+    # Hand-checked against prices-reference/gcp_vms_v9_gpu_tpu_subset.csv:
+    #   A100 x8, us-central1-a: 23.47126 on demand, 12.3192 spot (GPU row)
+    #   a2-highgpu-8g, us-central1-a: 5.91582 on demand, 3.10496 spot (VM row)
+    #   -> 23.47126 + 5.91582 = 29.38708 ; 12.3192 + 3.10496 = 15.42416
+    row = offer("gcp", "us-central1", "a2-highgpu-8g")
+    assert (row["accelerator"], row["accelerator_count"]) == ("A100", "8")
+    assert float(row["price_usd_per_hour"]) == pytest.approx(29.38708, abs=1e-9)
+    assert float(row["spot_price_usd_per_hour"]) == pytest.approx(15.42416, abs=1e-9)
+
+    #   A100-80GB x1, europe-west4-a: 2.03285 / 2.26 ; a2-ultragpu-1g: 1.2105 / 0.54683
+    #   -> 2.03285 + 1.2105 = 3.24335 ; 2.26 + 0.54683 = 2.80683
+    row = offer("gcp", "europe-west4", "a2-ultragpu-1g")
+    assert (row["accelerator"], row["accelerator_count"]) == ("A100-80GB", "1")
+    assert float(row["price_usd_per_hour"]) == pytest.approx(3.24335, abs=1e-9)
+    assert float(row["spot_price_usd_per_hour"]) == pytest.approx(2.80683, abs=1e-9)
+
+
+def test_gcp_tpu_price_is_per_chip_times_chips() -> None:
+    #   tpu-v5p-12288 (12288 TensorCores = 6144 chips), us-central1: 25804.8 per hour
+    #   -> 25804.8 / 6144 = 4.2 per chip ; v5p-8 = 4 chips -> 16.8
+    row = offer("gcp", "us-central1", "v5p-8")
+    assert (row["accelerator"], row["accelerator_count"]) == ("TPU-v5p", "4")
+    assert float(row["price_usd_per_hour"]) == pytest.approx(16.8, abs=1e-9)
+
+
+# --- reproducibility ------------------------------------------------------------------------
+
+
+def test_rebuilding_from_shared_data_reproduces_the_shipped_files(tmp_path: Path) -> None:
+    if not (SHARED_DATA / "regions" / "gsf_cloud_region_metadata.csv").is_file():
+        pytest.skip(f"reference data not present at {SHARED_DATA}")
+    result = subprocess.run(
+        [sys.executable, str(BUILD_SCRIPT), "--shared-data", str(SHARED_DATA),
+         "--out", str(tmp_path), "--quiet"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in FILES:
+        assert (tmp_path / name).read_bytes() == (DATA_DIR / name).read_bytes(), (
+            f"{name} differs from a fresh build: run scripts/build_catalog.py and commit"
+        )
