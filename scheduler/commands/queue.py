@@ -1,0 +1,331 @@
+"""Commands of the service: submit, status, events, cancel, worker, beat, sim instances.
+
+Exit codes (as everywhere): 0 ok; 1 some jobs unschedulable or failed (``submit
+--dry-run``, ``status``); 2 bad input, unusable settings or Redis unreachable.
+Celery is imported only by the commands that send tasks or run a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from scheduler.catalog import load_catalog
+from scheduler.jobs import Job, load_jobs
+from scheduler.output import fmt, print_json, print_table
+from scheduler.settings import Settings, load_settings
+from scheduler.store import (
+    FINAL_STATES,
+    JobRecord,
+    JobState,
+    JobStore,
+    NewJob,
+    new_job_id,
+    reachable,
+    redis_client,
+    utc_now,
+)
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+_output = click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
+                       show_default=True, help="table for people, json for machines")
+_BAD_STATES = frozenset({JobState.FAILED, JobState.UNSCHEDULABLE})
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The job store on the settings' Redis (connects on first command)."""
+    return JobStore(redis_client(settings.redis_url, ca_cert=settings.redis_ca_cert))
+
+
+def submit_jobs(store: JobStore, app: Celery, jobs: Sequence[Job]) -> list[str]:
+    """Write QUEUED records for ``jobs`` (all or none) and enqueue ``place`` for each.
+
+    If sending stops half-way (Redis gone), the records already written stay
+    QUEUED and reconcile's stall sweep enqueues them later.
+    """
+    new = [NewJob(job_id=new_job_id(), job=job) for job in jobs]
+    ids = store.create(new)
+    with app.producer_or_acquire() as producer:
+        # kombu >= 5.7 pipelines the publishes of a batch; older ones publish one by one.
+        batch = getattr(producer, "batch", None)
+        with batch() if batch is not None else contextlib.nullcontext():
+            for job_id in ids:
+                app.send_task("greenplace.place", args=[job_id], producer=producer)
+    return ids
+
+
+def _dry_run(jobs: Sequence[Job], settings: Settings, output: str) -> None:
+    from scheduler.dispatch import Providers, plan
+    from scheduler.placement import Placer
+
+    launches = plan(jobs, placer=Placer(load_catalog()), providers=Providers(settings),
+                    now=utc_now())
+    rows = []
+    for launch in launches:
+        row: dict[str, Any] = {"job": launch.job.name, "policy": launch.job.policy.name,
+                               "status": "placed" if launch.request else "unschedulable",
+                               "start_at": launch.decision.start_at}
+        if launch.request is None:
+            row["reasons"] = launch.decision.summary()["reasons"]
+        else:
+            row.update(provider=launch.provider, cloud=launch.request.cloud,
+                       region=launch.request.region,
+                       instance_type=launch.request.instance_type,
+                       request=dataclasses.asdict(launch.request),
+                       fallbacks=[f"{p.cloud}:{p.region}:{p.instance_type}"
+                                  for p in launch.fallbacks[:10]])
+        rows.append(row)
+    if output == "json":
+        print_json(rows)
+    else:
+        for row in rows:
+            if row["status"] != "placed":
+                click.echo(f"{row['job']}: UNSCHEDULABLE under policy {row['policy']!r}")
+                for r in row["reasons"][:10]:
+                    click.echo(f"  - {r['region']}: [{r['filter']}] {r['reason']}")
+                continue
+            later = f", not before {row['start_at']}" if row["start_at"] else ""
+            click.echo(f"{row['job']}: {row['cloud']}:{row['region']} {row['instance_type']} "
+                       f"via {row['provider']}{later}; then "
+                       f"{', '.join(row['fallbacks'][:3]) or 'no fallback'}")
+            click.echo("  " + json.dumps(row["request"], indent=2).replace("\n", "\n  "))
+        click.echo("Dry run: nothing was written or sent; job ids are assigned at submit.")
+    if any(r["status"] != "placed" for r in rows):
+        raise click.exceptions.Exit(1)
+
+
+@click.command("submit")
+@click.argument("jobs_file", type=click.Path(path_type=Path))
+@click.option("--policy", "-p", help="preset name or policy YAML path; overrides each job's own")
+@click.option("--dry-run", is_flag=True,
+              help="print each job's placement and exact launch request; no Redis, no cloud")
+@_output
+def submit_cmd(jobs_file: Path, policy: str | None, dry_run: bool, output: str) -> None:
+    """Queue every job of JOBS_FILE and print their ids (nothing is written on bad input)."""
+    settings = load_settings()
+    jobs = load_jobs(jobs_file, load_catalog(), policy_override=policy)
+    if dry_run:
+        _dry_run(jobs, settings, output)
+        return
+    from scheduler.worker.app import app
+
+    store = open_store(settings)
+    with reachable(settings.redacted_redis_url):
+        ids = submit_jobs(store, app, jobs)
+    if output == "json":
+        print_json([{"job_id": i, "name": j.name, "state": str(JobState.QUEUED)}
+                    for i, j in zip(ids, jobs, strict=True)])
+    else:
+        for job_id, job in zip(ids, jobs, strict=True):
+            click.echo(f"{job_id}  {job.name}")
+
+
+def _status_rows(store: JobStore, job_id: str | None) -> list[JobRecord]:
+    if job_id is not None:
+        return [store.get(job_id)]
+    return store.get_many(store.job_ids())
+
+
+def _status_table(records: Sequence[JobRecord]) -> None:
+    cells = []
+    for r in records:
+        s = r.summary()
+        where = f"{s['cloud']}:{s['region']}" if s["cloud"] else "-"
+        reason = (s["reason"] or "")[:80] or (f"not before {s['not_before']}"
+                                              if s["not_before"] else "")
+        cells.append([r.job_id, r.name, str(r.state), where, fmt(s["instance_type"]),
+                      fmt(s["instance_id"]), str(r.attempt), r.updated_at[11:19], reason])
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[str(r.state)] = counts.get(str(r.state), 0) + 1
+    print_table(f"{len(records)} job(s)", [
+        ("job id", "left"), ("name", "left"), ("state", "left"), ("where", "left"),
+        ("instance type", "left"), ("instance", "left"), ("attempts", "right"),
+        ("updated", "left"), ("reason", "left")], cells,
+        footer=", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+@click.command("status")
+@click.argument("job_id", required=False)
+@click.option("--watch", "-w", is_flag=True, help="refresh until every job shown is final")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="seconds between refreshes with --watch")
+@_output
+def status_cmd(job_id: str | None, watch: bool, interval: float, output: str) -> None:
+    """Show jobs (all, or JOB_ID): state, where, instance, attempts, reason."""
+    settings = load_settings()
+    store = open_store(settings)
+    with reachable(settings.redacted_redis_url):
+        records = _status_rows(store, job_id)
+        if watch:
+            records = _watch(store, job_id, interval, output, records)
+        elif output == "json":
+            print_json([r.summary() for r in records])
+        else:
+            _status_table(records)
+    if any(r.state in _BAD_STATES for r in records):
+        raise click.exceptions.Exit(1)
+
+
+def _watch(store: JobStore, job_id: str | None, interval: float, output: str,
+           records: list[JobRecord]) -> list[JobRecord]:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    def render(rs: Sequence[JobRecord]) -> Table:
+        table = Table(title=f"{len(rs)} job(s), {dt.datetime.now():%H:%M:%S}",
+                      title_justify="left")
+        for name in ("job id", "name", "state", "where", "instance", "attempts", "reason"):
+            table.add_column(name)
+        for r in rs:
+            s = r.summary()
+            table.add_row(r.job_id, r.name, str(r.state),
+                          f"{s['cloud']}:{s['region']}" if s["cloud"] else "-",
+                          fmt(s["instance_id"]), str(r.attempt), (s["reason"] or "")[:60])
+        return table
+
+    last = ""
+    try:
+        if output == "json":
+            while True:
+                text = json.dumps([r.summary() for r in records], default=str)
+                if text != last:
+                    sys.stdout.write(text + "\n")
+                    sys.stdout.flush()
+                    last = text
+                if all(r.state in FINAL_STATES for r in records):
+                    return records
+                time.sleep(interval)
+                records = _status_rows(store, job_id)
+        console = Console(width=200 if not sys.stdout.isatty() else None)
+        with Live(render(records), console=console, refresh_per_second=4) as live:
+            while not all(r.state in FINAL_STATES for r in records):
+                time.sleep(interval)
+                records = _status_rows(store, job_id)
+                live.update(render(records))
+    except KeyboardInterrupt:
+        pass
+    return records
+
+
+@click.command("events")
+@click.argument("job_id")
+@_output
+def events_cmd(job_id: str, output: str) -> None:
+    """Show the event history of JOB_ID, oldest first."""
+    settings = load_settings()
+    store = open_store(settings)
+    with reachable(settings.redacted_redis_url):
+        events = store.events(job_id)
+    if output == "json":
+        print_json([e.as_json() for e in events])
+        return
+    print_table(f"events of {job_id}", [("at", "left"), ("change", "left"),
+                                        ("message", "left")],
+                [[e.at, f"{e.state_from} -> {e.state_to}" if e.kind == "transition" else "note",
+                  e.message] for e in events])
+
+
+@click.command("cancel")
+@click.argument("job_id")
+def cancel_cmd(job_id: str) -> None:
+    """Cancel JOB_ID; an instance it launched is terminated."""
+    from scheduler.dispatch import cancel_job
+
+    settings = load_settings()
+    store = open_store(settings)
+    with reachable(settings.redacted_redis_url):
+        outcome = cancel_job(store, job_id, now=utc_now())
+        if outcome.followups:
+            from scheduler.worker.app import app
+            from scheduler.worker.tasks import enqueue
+
+            enqueue(app, outcome.followups)
+    tail = "; its instance will be terminated" if outcome.followups else ""
+    click.echo(f"{job_id}: {outcome.message}{tail}")
+
+
+@click.command("worker")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True,
+              help="pool processes")
+@click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork",
+              show_default=True)
+@click.option("--queues", "-Q", help="comma-separated queues [default: all of greenplace's]")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--beat", "-B", "with_beat", is_flag=True,
+              help="also run beat inside this worker (one such worker per deployment)")
+def worker_cmd(concurrency: int, pool: str, queues: str | None, loglevel: str,
+               with_beat: bool) -> None:
+    """Run a Celery worker with greenplace's options (acks late, prefetch 1, JSON only)."""
+    from scheduler.worker.app import QUEUES, app
+
+    argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}",
+            f"--loglevel={loglevel}", f"--queues={queues or ','.join(QUEUES)}",
+            "--prefetch-multiplier=1", "--without-gossip", "--without-mingle",
+            f"--hostname=greenplace-{os.getpid()}@%h"]
+    if with_beat:
+        argv += ["--beat", f"--schedule={_schedule_file()}"]
+    app.worker_main(argv)
+
+
+def _schedule_file() -> Path:
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    path = base / "greenplace" / "celerybeat-schedule"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@click.command("beat")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--schedule", type=click.Path(path_type=Path),
+              help="beat's state file [default: ~/.local/state/greenplace/celerybeat-schedule]")
+def beat_cmd(loglevel: str, schedule: Path | None) -> None:
+    """Run Celery beat: it sends `reconcile` every GREENPLACE_RECONCILE_INTERVAL_S."""
+    from scheduler.worker.app import app
+
+    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule or _schedule_file()}"])
+
+
+@click.group("sim")
+def sim_group() -> None:
+    """Inspect the local-sim provider (the simulated multi-cloud)."""
+
+
+@sim_group.command("instances")
+@_output
+def sim_instances_cmd(output: str) -> None:
+    """List every instance local-sim launched, with its job, idempotency key and state."""
+    from providers.local_sim import create
+
+    settings = load_settings()
+    sim = create(settings.provider_config("local-sim"))
+    with reachable(settings.redacted_redis_url):
+        rows = sim.instances()
+    if output == "json":
+        print_json(rows)
+        return
+    print_table(f"{len(rows)} local-sim instance(s)", [
+        ("instance", "left"), ("job id", "left"), ("job", "left"), ("attempt", "right"),
+        ("where", "left"), ("instance type", "left"), ("spot", "left"), ("state", "left")],
+        [[r["instance_id"], r["job_id"], r["job_name"], r["attempt"],
+          f"{r['cloud']}:{r['region']}", r["instance_type"], "yes" if r["spot"] else "no",
+          r["state"]] for r in rows])
+
+
+COMMANDS: list[click.Command] = [submit_cmd, status_cmd, events_cmd, cancel_cmd, worker_cmd,
+                                 beat_cmd, sim_group]
+
+__all__ = ["COMMANDS", "open_store", "submit_jobs"]

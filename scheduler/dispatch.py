@@ -1,0 +1,794 @@
+"""The flow of one job from QUEUED to a final state: place, dispatch, reconcile, cancel.
+
+Plain functions over a ``Context`` (store, providers, placer): no Celery here,
+so every rule is tested against a real Redis without a worker. Each function
+returns an ``Outcome``: a log line, the follow-up tasks to enqueue, and whether
+the task should run again later. ``scheduler.worker.tasks`` turns those into
+Celery messages.
+
+Exactly-once launch, the argument in four steps:
+
+1. A launch attempt ``k`` of a job starts only by the atomic move PLACED ->
+   DISPATCHING that also sets ``attempt = k`` and freezes its target; a second
+   ``dispatch(job, k)`` message finds DISPATCHING (resume) or something else (stale).
+2. Every ``submit`` for attempt ``k`` uses ``idempotency_key(job, k)``, so the
+   provider returns the one instance that key created, however often a crashed or
+   redelivered task repeats the call. A per-job lock (SET NX PX, released only
+   by its owner) keeps two live workers from racing the same attempt.
+3. Attempt ``k + 1`` starts only after attempt ``k`` was refused (capacity /
+   quota: no instance exists) or its instance is gone (spot preemption).
+4. Lost messages are found by ``reconcile``, which re-enqueues a job that made no
+   progress for ``stall_s``; the steps above make the duplicate harmless.
+
+The dry run (``plan``) calls the same ``decide``, ``job_launch`` and
+``provider.prepare`` as ``place`` and ``dispatch``: what it prints is what the
+first launch attempt sends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.base import (
+    Feature,
+    InstanceHandle,
+    InstanceState,
+    JobLaunch,
+    LaunchRequest,
+    Placement,
+    Provider,
+    idempotency_key,
+    missing_features,
+)
+from providers.registry import get_provider
+from scheduler.catalog import Catalog, load_catalog
+from scheduler.exceptions import (
+    AuthError,
+    CapacityError,
+    GreenplaceError,
+    InvalidRequestError,
+    ProviderError,
+    QuotaError,
+    TransientError,
+    UserInputError,
+)
+from scheduler.jobs import Job, JobSpec, resolve_job
+from scheduler.placement import PlacementDecision, Placer
+from scheduler.settings import MAX_COUNTDOWN_S, Settings
+from scheduler.store import (
+    FINAL_STATES,
+    AttemptReason,
+    JobRecord,
+    JobState,
+    JobStore,
+    Lock,
+    Move,
+    TransitionRefused,
+    encode_fields,
+    iso,
+    offer_key,
+    parse_iso,
+    policy_of,
+)
+
+log = logging.getLogger("greenplace.dispatch")
+
+S = JobState
+MAX_TRANSIENT_RETRIES = 5
+DRY_RUN_JOB_ID = "<job-id>"  # job ids are assigned at submit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Followup:
+    """A task to enqueue after the current one: ``greenplace.<task>(*args)``."""
+
+    task: str  # "place", "dispatch" or "terminate"
+    args: tuple[str | int, ...]
+    countdown_s: float = 0.0  # send it to run no sooner than this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What a step did, and what should happen next."""
+
+    message: str
+    followups: tuple[Followup, ...] = ()
+    retry_in_s: float | None = None  # run this step again after that many seconds
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _dispatch(job_id: str, attempt: int) -> Followup:
+    return Followup(task="dispatch", args=(job_id, attempt))
+
+
+class Providers:
+    """Provider adapters by name, built on first use and reused by a worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._by_name: dict[str, Provider] = {}
+
+    def by_name(self, name: str) -> Provider:
+        if name not in self._by_name:
+            self._by_name[name] = get_provider(name, config=self.settings.provider_config(name))
+        return self._by_name[name]
+
+    def for_cloud(self, cloud: str) -> Provider:
+        """The provider the settings map ``cloud`` to (local-sim by default)."""
+        return self.by_name(self.settings.provider_for(cloud))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    """Everything the flow needs; one per worker process."""
+
+    settings: Settings
+    store: JobStore
+    providers: Providers
+    catalog: Catalog
+    placer: Placer
+
+    @classmethod
+    def build(cls, settings: Settings, store: JobStore) -> Context:
+        catalog = load_catalog()
+        return cls(settings=settings, store=store, providers=Providers(settings),
+                   catalog=catalog, placer=Placer(catalog))
+
+
+# --- shared with the dry run --------------------------------------------------------
+def decide(placer: Placer, job: Job, *, now: dt.datetime, allow_defer: bool) -> PlacementDecision:
+    """The placement step of the flow (the dry run and ``place`` both call this)."""
+    return placer.place(job, now=now, allow_defer=allow_defer)
+
+
+def frozen_ranking(decision: PlacementDecision) -> list[Placement]:
+    """The failover order a job record keeps: the best feasible candidates.
+
+    Design choice: a job makes at most ``failover.max_attempts`` launch attempts,
+    and cooling offers are only moved back, so the record keeps the best
+    ``4 x max_attempts`` (at least 12) candidates rather than every feasible one
+    (often 40+): records stay small for the reconcile passes that read them all.
+    The decision summary still says how many were feasible.
+    """
+    keep = max(12, 4 * decision.policy.failover.max_attempts)
+    return decision.placements()[:keep]
+
+
+def job_launch(job_id: str, job: Job, *, attempt: int) -> JobLaunch:
+    """The job facts a provider gets for one launch attempt."""
+    return JobLaunch(job_id=job_id, name=job.name, run=job.spec.run, policy=job.policy.name,
+                     attempt=attempt)
+
+
+def rebuild_job(record: JobRecord, catalog: Catalog) -> Job:
+    """The Job of a stored record (spec and policy validated again). Raises SpecError."""
+    spec = JobSpec.model_validate(record.spec)
+    return resolve_job(spec, catalog, policy=policy_of(record),
+                       where=f"job {record.job_id} ({record.name})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlannedLaunch:
+    """What the dry run shows for one job: the decision and the first launch request."""
+
+    job: Job
+    decision: PlacementDecision
+    provider: str | None
+    request: LaunchRequest | None
+    fallbacks: tuple[Placement, ...]  # the failover order after the first choice
+
+
+def plan(jobs: Iterable[Job], *, placer: Placer, providers: Providers,
+         now: dt.datetime) -> list[PlannedLaunch]:
+    """The dry run of the service: decide and ``prepare()`` each job; no Redis, no cloud.
+
+    It assumes no offer is cooling down (cool-downs live in Redis).
+    """
+    out = []
+    for job in jobs:
+        decision = decide(placer, job, now=now, allow_defer=True)
+        placements = decision.placements()
+        if not placements:
+            out.append(PlannedLaunch(job=job, decision=decision, provider=None, request=None,
+                                     fallbacks=()))
+            continue
+        provider = providers.for_cloud(placements[0].cloud)
+        request = provider.prepare(job_launch(DRY_RUN_JOB_ID, job, attempt=1), placements[0])
+        out.append(PlannedLaunch(job=job, decision=decision, provider=provider.name,
+                                 request=request, fallbacks=tuple(placements[1:])))
+    return out
+
+
+# --- place -------------------------------------------------------------------------
+def _rejection_text(summary: dict[str, Any]) -> str:
+    reasons = summary.get("reasons") or []
+    shown = "; ".join(f"{r['region']}: {r['reason']}" for r in reasons[:5])
+    more = f" (and {len(reasons) - 5} more; see `greenplace events`)" if len(reasons) > 5 else ""
+    notes = " ".join(summary.get("notes") or [])
+    return (f"no candidate is feasible under policy {summary.get('policy')!r}: "
+            f"{shown or notes or 'no offer matches'}{more}")
+
+
+def place_job(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
+    """Run the pipeline for a QUEUED job and freeze its ranked decision."""
+    record = ctx.store.get(job_id)
+    if record.state is S.PLACED and record.attempt == 0:
+        # A redelivered place whose dispatch message may never have been sent.
+        return Outcome(message="already placed", followups=(_dispatch(job_id, 1),))
+    if record.state is S.DISPATCHING:
+        # A redelivered place whose inline dispatch was interrupted: resume it.
+        return Outcome(message="already dispatching",
+                       followups=(_dispatch(job_id, record.attempt),))
+    if record.state is not S.QUEUED:
+        return Outcome(message=f"nothing to do: the job is {record.state}")
+    try:
+        job = rebuild_job(record, ctx.catalog)
+    except GreenplaceError as exc:
+        return _fail(ctx, record, expect=S.QUEUED, reason=f"cannot rebuild the job: {exc}",
+                     now=now)
+    decision = decide(ctx.placer, job, now=now, allow_defer=True)
+    return apply_decision(ctx, record, decision, expect=S.QUEUED, now=now)
+
+
+def apply_decision(ctx: Context, record: JobRecord, decision: PlacementDecision, *,
+                   expect: JobState, now: dt.datetime) -> Outcome:
+    """Freeze ``decision`` in the record: PLACED, DEFERRED or UNSCHEDULABLE."""
+    summary = decision.summary(explain=False)
+    placements = frozen_ranking(decision)
+    job_id = record.job_id
+    try:
+        if not decision.placed:
+            reason = _rejection_text(summary)
+            ctx.store.transition(
+                job_id, to=S.UNSCHEDULABLE, expect=expect, message=reason,
+                data={"rejections": summary.get("reasons", [])[:50]},
+                fields=encode_fields(decision=summary, placements=[], reason=reason), now=now)
+            return Outcome(message=reason)
+        first = placements[0]
+        where = f"{first.cloud}:{first.region} {first.instance_type}"
+        if decision.start_at is not None and parse_iso(decision.start_at) > now:
+            not_before = parse_iso(decision.start_at)
+            ctx.store.transition(
+                job_id, to=S.DEFERRED, expect=expect,
+                message=f"deferred to a greener window: not before {iso(not_before)} "
+                        f"(then re-placed; now best: {where})",
+                fields=encode_fields(decision=summary, placements=placements,
+                                     not_before=iso(not_before), target=-1, exhausted=[]),
+                score=not_before.timestamp(), now=now)
+            return Outcome(message=f"deferred until {iso(not_before)}")
+        placed = _placed_move(decision, summary, placements, expect=expect)
+        ctx.store.transition(job_id, to=placed.to, expect=placed.expect,
+                             message=placed.message, data=placed.data, fields=placed.fields,
+                             now=now)
+    except TransitionRefused as exc:
+        return Outcome(message=f"nothing to do: the job is now {exc.current}")
+    return Outcome(message=f"placed on {where}",
+                   followups=(_dispatch(job_id, record.attempt + 1),))
+
+
+def _placed_move(decision: PlacementDecision, summary: dict[str, Any],
+                 placements: Sequence[Placement], *, expect: JobState) -> Move:
+    first = placements[0]
+    return Move(
+        to=S.PLACED, expect=expect,
+        message=f"placed: {first.cloud}:{first.region} {first.instance_type} "
+                f"({summary.get('feasible_candidates')} feasible candidate(s), policy "
+                f"{decision.policy.name!r}, "
+                f"est. {summary.get('co2e_kg')} kg CO2e)",
+        data={"cloud": first.cloud, "region": first.region,
+              "instance_type": first.instance_type},
+        fields=encode_fields(decision=summary, placements=placements, target=-1,
+                             exhausted=[]))
+
+
+def _begin_move(ctx: Context, attempt: int, target: int, placement: Placement) -> Move:
+    provider_name = ctx.settings.provider_for(placement.cloud)
+    return Move(
+        to=S.DISPATCHING, expect=S.PLACED, attempt=attempt - 1,
+        message=f"attempt {attempt}: launching {placement.instance_type} in "
+                f"{placement.cloud}:{placement.region} via {provider_name}",
+        data={"attempt": attempt, "candidate": target},
+        fields=encode_fields(attempt=attempt, target=target))
+
+
+def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
+    """Place a QUEUED job and launch its first attempt, in one task and 4 round trips.
+
+    Under the job's dispatch lock (taken with the read), the moves QUEUED -> PLACED
+    -> DISPATCHING are written in one script call, then the launch runs exactly as
+    ``dispatch_job`` resumes an attempt. Any other situation (a redelivered
+    message, a held lock, a deferral) takes the general path: ``place_job`` then
+    ``dispatch_job``.
+
+    Design choice: the happy path of a job is one Celery message, not two: a
+    dispatch message would only carry the job to the same worker pool a moment
+    later, and each message costs about as much as the placement itself. Every
+    guarantee stays with the dispatch code (lock, state and attempt checks,
+    idempotency key); a crash in between redelivers the place message, which
+    resumes the dispatch. Later attempts (failover, retries, preemption,
+    recovery) still travel as ``greenplace.dispatch`` messages.
+    """
+    store = ctx.store
+    lock, record, cooling = store.lock_and_read(job_id, lock=f"dispatch:{job_id}",
+                                                ttl_s=ctx.settings.dispatch_lock_ttl_s)
+    if lock is None or record.state is not S.QUEUED:
+        if lock is not None:
+            store.release_lock(lock.name, lock.token)
+        return _place_then_dispatch(ctx, job_id, now=now)
+    try:
+        try:
+            job = rebuild_job(record, ctx.catalog)
+        except GreenplaceError as exc:
+            return _fail(ctx, record, expect=S.QUEUED, now=now,
+                         reason=f"cannot rebuild the job: {exc}")
+        decision = decide(ctx.placer, job, now=now, allow_defer=True)
+        placements = frozen_ranking(decision)
+        later = decision.start_at is not None and parse_iso(decision.start_at) > now
+        if not placements or later:
+            return apply_decision(ctx, record, decision, expect=S.QUEUED, now=now)
+        summary = decision.summary(explain=False)
+        target = choose_target(placements, (), cooling)
+        assert target is not None
+        placed_move = _placed_move(decision, summary, placements, expect=S.QUEUED)
+        placed, begun = store.transitions(job_id, [
+            placed_move, _begin_move(ctx, 1, target, placements[target])], now=now)
+        if isinstance(placed, TransitionRefused):
+            return Outcome(message=f"nothing to do: the job is now {placed.current}")
+        if isinstance(begun, TransitionRefused):
+            return Outcome(message=f"placed; the launch found the job {begun.current}",
+                           followups=(_dispatch(job_id, 1),))
+        assert placed_move.fields is not None
+        record = dataclasses.replace(record, state=S.DISPATCHING, attempt=1, target=target,
+                                     placements_text=placed_move.fields["placements"],
+                                     decision=summary)
+        launched = _dispatch_locked(ctx, record, 1, "resume", lock=lock, cooling=cooling,
+                                    retries=0, now=now, job=job)
+    finally:
+        if not lock.released:
+            store.release_lock(lock.name, lock.token)
+    return _with_retry_as_message(job_id, 1, launched, prefix="placed")
+
+
+def _with_retry_as_message(job_id: str, attempt: int, outcome: Outcome, *,
+                           prefix: str) -> Outcome:
+    followups = outcome.followups
+    if outcome.retry_in_s is not None:
+        followups += (Followup(task="dispatch", args=(job_id, attempt),
+                               countdown_s=outcome.retry_in_s),)
+    return Outcome(message=f"{prefix}; {outcome.message}", followups=followups)
+
+
+def _place_then_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
+    """``place_job``, then its first ``dispatch_job`` in the same task.
+
+    Design choice: the happy path of a job is one Celery message, not two: a
+    dispatch message would only carry the job to the same worker pool a moment
+    later, and each message costs about as much as the placement itself. Every
+    guarantee stays with ``dispatch_job`` (lock, state and attempt checks,
+    idempotency key); a crash in between redelivers the place message, which
+    resumes the dispatch. Later attempts (failover, retries, preemption,
+    recovery) still travel as ``greenplace.dispatch`` messages.
+    """
+    """The general path: ``place_job``, then the dispatch it asks for, inline."""
+    placed = place_job(ctx, job_id, now=now)
+    first = [f for f in placed.followups if f.task == "dispatch"]
+    if len(first) != 1:
+        return placed
+    attempt = int(first[0].args[1])
+    launched = dispatch_job(ctx, job_id, attempt, now=now)
+    return _with_retry_as_message(job_id, attempt, launched, prefix=placed.message)
+
+
+# --- dispatch ----------------------------------------------------------------------
+def choose_target(placements: Sequence[Placement], exhausted: Iterable[int],
+                  cooling: set[str]) -> int | None:
+    """The next candidate to try: best-ranked not yet refused, preferring ones not cooling.
+
+    Design choice: a cooling offer is tried last rather than never, so one job's
+    bad luck cannot make another job unschedulable; it only reorders its attempts.
+    """
+    used = set(exhausted)
+    left = [i for i in range(len(placements)) if i not in used]
+    if not left:
+        return None
+    fresh = [i for i in left if offer_key(placements[i]) not in cooling]
+    return (fresh or left)[0]
+
+
+def _backoff_s(retries: int) -> float:
+    return min(MAX_COUNTDOWN_S, 0.5 * 2 ** retries) * random.uniform(0.8, 1.0)
+
+
+def dispatch_job(ctx: Context, job_id: str, attempt: int, *, retries: int = 0,
+                 now: dt.datetime) -> Outcome:
+    """Launch attempt ``attempt`` of a job (idempotent: resumes or ignores duplicates).
+
+    Args:
+        attempt: the attempt this message is for (1 for the first launch).
+        retries: how many times this message was retried already (transient errors).
+    """
+    store = ctx.store
+    name = f"dispatch:{job_id}"
+    lock, record, cooling = store.lock_and_read(job_id, lock=name,
+                                                ttl_s=ctx.settings.dispatch_lock_ttl_s)
+    try:
+        if record.state is S.PLACED and record.attempt == attempt:
+            # This attempt already failed over; make sure the next one was enqueued.
+            return Outcome(message=f"attempt {attempt} already resolved",
+                           followups=(_dispatch(job_id, attempt + 1),))
+        mode = _mode(record, attempt)
+        if mode is None:
+            return Outcome(message=f"nothing to do: the job is {record.state} at attempt "
+                                   f"{record.attempt}")
+        if lock is None:
+            wait = min(max(store.lock_ttl_s(name), 0.2), MAX_COUNTDOWN_S)
+            return Outcome(message="another worker holds this job's dispatch lock",
+                           retry_in_s=wait)
+        return _dispatch_locked(ctx, record, attempt, mode, lock=lock, cooling=cooling,
+                                retries=retries, now=now)
+    finally:
+        if lock is not None and not lock.released:
+            store.release_lock(lock.name, lock.token)
+
+
+def _mode(record: JobRecord, attempt: int) -> str | None:
+    """begin / resume / settle, or None when the message is stale."""
+    if record.state is S.PLACED and record.attempt == attempt - 1:
+        return "begin"
+    if record.state is S.DISPATCHING and record.attempt == attempt:
+        return "resume"
+    if (record.state is S.CANCELLED and record.cancelled_from == S.DISPATCHING
+            and record.attempt == attempt and record.handle is None
+            and not record.terminated_at):
+        # Cancelled while this attempt was in flight and nobody knows whether an
+        # instance exists: submit again with the same key to find it, then cancel it.
+        return "settle"
+    return None
+
+
+def _dispatch_locked(ctx: Context, record: JobRecord, attempt: int, mode: str, *,
+                     lock: Lock, cooling: set[str], retries: int,
+                     now: dt.datetime, job: Job | None = None) -> Outcome:
+    store = ctx.store
+    job_id = record.job_id
+    if mode == "begin":
+        target = choose_target(record.placements, record.exhausted, cooling)
+        if target is None:
+            return _unschedulable(ctx, record, expect=S.PLACED, attempt_guard=attempt - 1,
+                                  tail="no candidate is left in the ranking", now=now)
+        begin = _begin_move(ctx, attempt, target, record.placements[target])
+        try:
+            store.transition(job_id, to=begin.to, expect=begin.expect, attempt=begin.attempt,
+                             message=begin.message, data=begin.data, fields=begin.fields,
+                             now=now)
+        except TransitionRefused as exc:
+            return Outcome(message=f"nothing to do: the job is now {exc.current}")
+        record = dataclasses.replace(record, state=S.DISPATCHING, attempt=attempt,
+                                     target=target)
+    current = record.placement
+    assert current is not None  # DISPATCHING / settle always have a target
+    placement = current
+    settle = mode == "settle"
+    expect = S.CANCELLED if settle else S.DISPATCHING
+    try:
+        provider = ctx.providers.for_cloud(placement.cloud)
+        needed = {Feature.IDEMPOTENT_SUBMIT} | ({Feature.SPOT} if placement.spot else set())
+        missing = missing_features(provider, needed)
+        if missing:
+            raise InvalidRequestError(
+                f"the provider lacks {', '.join(missing)}. To fix: map {placement.cloud} to a "
+                "provider that has them in GREENPLACE_PROVIDERS.",
+                provider=provider.name, operation="dispatch", code="MissingFeature")
+        job = job or rebuild_job(record, ctx.catalog)
+        request = provider.prepare(job_launch(job_id, job, attempt=attempt), placement)
+        handle = provider.submit(request, idempotency_key=idempotency_key(job_id, attempt))
+    except (CapacityError, QuotaError) as exc:
+        if settle:
+            store.terminated(job_id, message="cancelled before any instance was created")
+            return Outcome(message="settled: no instance exists")
+        return _failover(ctx, record, exc, now=now)
+    except TransientError as exc:
+        if retries < MAX_TRANSIENT_RETRIES:
+            wait = _backoff_s(retries)
+            store.note(job_id, f"attempt {attempt}: transient error, retrying in {wait:.1f} s: "
+                               f"{exc}", data={"code": exc.code}, now=now)
+            return Outcome(message=f"transient error: {exc}", retry_in_s=wait)
+        if settle:
+            return Outcome(message=f"settling gave up for now: {exc}")
+        return _fail(ctx, record, expect=expect, attempt_guard=attempt, now=now, reason=(
+            f"attempt {attempt} on {offer_key(placement)} kept failing with transient errors "
+            f"({retries + 1} tries): {exc}. An instance may exist with tag "
+            f"greenplace:job-id={job_id}."))
+    except (AuthError, InvalidRequestError, ProviderError, GreenplaceError) as exc:
+        if settle:
+            store.terminated(job_id, message=f"no instance to terminate ({exc})")
+            return Outcome(message="settled")
+        kind = ("credentials were refused" if isinstance(exc, AuthError)
+                else "the request was refused")
+        return _fail(ctx, record, expect=expect, attempt_guard=attempt, now=now,
+                     reason=f"attempt {attempt} on {offer_key(placement)}: {kind}: {exc}")
+    if settle:
+        return _terminate_late(ctx, record, handle, now=now)
+    try:
+        store.transition(
+            job_id, to=S.RUNNING, expect=S.DISPATCHING, attempt=attempt,
+            message=f"launched {handle.instance_id} ({placement.instance_type} in "
+                    f"{placement.cloud}:{placement.region}, attempt {attempt})",
+            data={"instance_id": handle.instance_id, "provider": handle.provider},
+            fields=encode_fields(handle=handle), now=now, release=lock)
+    except TransitionRefused as exc:
+        if exc.current is S.CANCELLED:
+            return _terminate_late(ctx, record, handle, now=now)
+        return Outcome(message=f"launched, but the job is now {exc.current}")
+    return Outcome(message=f"running as {handle.instance_id}")
+
+
+def _terminate_late(ctx: Context, record: JobRecord, handle: InstanceHandle, *,
+                    now: dt.datetime) -> Outcome:
+    """The job was cancelled while its launch was in flight: record and stop the instance."""
+    store = ctx.store
+    store.update(record.job_id, expect=S.CANCELLED, fields=encode_fields(handle=handle),
+                 message=f"instance {handle.instance_id} came up after the job was cancelled",
+                 now=now)
+    return terminate_job(ctx, record.job_id, now=now)
+
+
+def _failover(ctx: Context, record: JobRecord, exc: ProviderError, *,
+              now: dt.datetime) -> Outcome:
+    placement = record.placement
+    assert placement is not None and record.target is not None
+    attempt = record.attempt
+    ctx.store.cool_down(placement, seconds=ctx.settings.cooldown_s, reason=str(exc))
+    reasons = (*record.attempt_reasons, AttemptReason(
+        attempt=attempt, cloud=placement.cloud, region=placement.region,
+        instance_type=placement.instance_type, error=type(exc).__name__, code=exc.code,
+        message=str(exc)))
+    exhausted = (*record.exhausted, record.target)
+    max_attempts = policy_of(record).failover.max_attempts
+    next_target = choose_target(record.placements, exhausted, ctx.store.cooling_offers())
+    if attempt >= max_attempts or next_target is None:
+        tail = (f"the policy allows {max_attempts} attempt(s)" if attempt >= max_attempts
+                else "no candidate is left in the ranking")
+        return _unschedulable(ctx, record, expect=S.DISPATCHING, attempt_guard=attempt,
+                              tail=tail, reasons=reasons, exhausted=exhausted, now=now)
+    nxt = record.placements[next_target]
+    try:
+        ctx.store.transition(
+            record.job_id, to=S.PLACED, expect=S.DISPATCHING, attempt=attempt,
+            message=f"attempt {attempt} refused by {offer_key(placement)} "
+                    f"({type(exc).__name__}{f' {exc.code}' if exc.code else ''}); "
+                    f"failing over to {offer_key(nxt)}",
+            data={"error": type(exc).__name__, "code": exc.code},
+            fields=encode_fields(exhausted=exhausted, attempt_reasons=reasons), now=now)
+    except TransitionRefused as refused:
+        return Outcome(message=f"nothing to do: the job is now {refused.current}")
+    return Outcome(message=f"failing over to {offer_key(nxt)}",
+                   followups=(_dispatch(record.job_id, attempt + 1),))
+
+
+def _unschedulable(ctx: Context, record: JobRecord, *, expect: JobState, attempt_guard: int,
+                   tail: str, now: dt.datetime,
+                   reasons: Sequence[AttemptReason] | None = None,
+                   exhausted: Sequence[int] | None = None) -> Outcome:
+    reasons = tuple(record.attempt_reasons if reasons is None else reasons)
+    listed = "; ".join(f"attempt {r.attempt} {r.cloud}:{r.region} {r.instance_type}: "
+                       f"{r.error}{f' [{r.code}]' if r.code else ''}" for r in reasons)
+    reason = (f"{len(reasons)} launch attempt(s) refused ({listed}); {tail}" if reasons
+              else f"no launch attempt possible: {tail}")
+    try:
+        ctx.store.transition(
+            record.job_id, to=S.UNSCHEDULABLE, expect=expect, attempt=attempt_guard,
+            message=reason, fields=encode_fields(
+                reason=reason, attempt_reasons=reasons,
+                exhausted=record.exhausted if exhausted is None else exhausted), now=now)
+    except TransitionRefused as exc:
+        return Outcome(message=f"nothing to do: the job is now {exc.current}")
+    return Outcome(message=reason)
+
+
+def _fail(ctx: Context, record: JobRecord, *, expect: JobState, reason: str,
+          now: dt.datetime, attempt_guard: int | None = None) -> Outcome:
+    try:
+        ctx.store.transition(record.job_id, to=S.FAILED, expect=expect, attempt=attempt_guard,
+                             message=reason, fields=encode_fields(reason=reason), now=now)
+    except TransitionRefused as exc:
+        return Outcome(message=f"nothing to do: the job is now {exc.current}")
+    return Outcome(message=f"failed: {reason}")
+
+
+# --- cancel and terminate -------------------------------------------------------------
+def cancel_job(store: JobStore, job_id: str, *, now: dt.datetime) -> Outcome:
+    """Cancel an active job; a launched (or launching) instance is queued for termination.
+
+    Raises:
+        JobNotFoundError; UserInputError when the job already reached a final state.
+    """
+    for _ in range(10):
+        record = store.get(job_id)
+        if record.state in FINAL_STATES:
+            raise UserInputError(
+                f"Job {job_id} ({record.name}) is already {record.state}; there is nothing "
+                "to cancel. To fix: pick an active job from `greenplace status`.")
+        launched = record.state in (S.DISPATCHING, S.RUNNING)
+        try:
+            store.transition(job_id, to=S.CANCELLED, expect=record.state,
+                             message=f"cancelled by the user (was {record.state})",
+                             fields=encode_fields(cancelled_from=str(record.state)),
+                             terminate=launched, now=now)
+        except TransitionRefused:
+            continue  # it moved on meanwhile; look again
+        followups = (Followup(task="terminate", args=(job_id,)),) if launched else ()
+        return Outcome(message=f"cancelled (was {record.state})", followups=followups)
+    raise UserInputError(f"Job {job_id} keeps changing state; try again. To fix: run "
+                         "`greenplace cancel` once more.")
+
+
+def terminate_job(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
+    """Terminate the instance of a cancelled job (idempotent)."""
+    store = ctx.store
+    record = store.get(job_id)
+    if record.state is not S.CANCELLED or record.terminated_at:
+        store.forget_termination(job_id)
+        return Outcome(message="nothing to terminate")
+    if record.handle is None:
+        if record.cancelled_from == S.DISPATCHING:
+            return Outcome(message="waiting for the in-flight launch to settle",
+                           followups=(_dispatch(job_id, record.attempt),))
+        store.forget_termination(job_id)
+        return Outcome(message="no instance was launched")
+    try:
+        ctx.providers.by_name(record.handle.provider).cancel(record.handle)
+    except TransientError as exc:
+        return Outcome(message=f"terminate failed transiently: {exc}", retry_in_s=_backoff_s(1))
+    except GreenplaceError as exc:
+        store.note(job_id, f"terminating {record.handle.instance_id} failed: {exc}", now=now)
+        return Outcome(message=f"terminate failed: {exc}")
+    store.terminated(job_id, message=f"terminated instance {record.handle.instance_id}",
+                     now=now)
+    return Outcome(message=f"terminated {record.handle.instance_id}")
+
+
+# --- reconcile -----------------------------------------------------------------------
+def _follow(ctx: Context, record: JobRecord, *, now: dt.datetime) -> Outcome | None:
+    """Move one RUNNING job on if its instance finished; None while it still runs."""
+    handle = record.handle
+    if handle is None:
+        return _fail(ctx, record, expect=S.RUNNING, now=now,
+                     reason="running without an instance handle (store damaged)")
+    try:
+        status = ctx.providers.by_name(handle.provider).status(handle)
+    except GreenplaceError as exc:
+        log.warning("status of %s (%s) failed: %s", record.job_id, handle.instance_id, exc)
+        return None
+    state, where = status.state, f"{handle.instance_id} ({handle.cloud}:{handle.region})"
+    guard = record.attempt
+    try:
+        if state in (InstanceState.PENDING, InstanceState.RUNNING):
+            return None
+        if state is InstanceState.SUCCEEDED:
+            ctx.store.transition(record.job_id, to=S.SUCCEEDED, expect=S.RUNNING, attempt=guard,
+                                 message=f"{where} finished: {status.detail or 'succeeded'}",
+                                 now=now)
+            return Outcome(message="succeeded")
+        if state is InstanceState.PREEMPTED and (record.placement and record.placement.spot):
+            limit = policy_of(record).failover.max_attempts
+            if record.attempt >= limit:
+                return _fail(ctx, record, expect=S.RUNNING, attempt_guard=guard, now=now,
+                             reason=f"{where} was preempted (preemption "
+                                    f"{record.preemptions + 1}); all {limit} launch attempts "
+                                    "the policy allows are used")
+            ctx.store.transition(
+                record.job_id, to=S.PLACED, expect=S.RUNNING, attempt=guard,
+                message=f"{where} was preempted; launching again",
+                fields=encode_fields(preemptions=record.preemptions + 1), now=now)
+            return Outcome(message="preempted; requeued",
+                           followups=(_dispatch(record.job_id, guard + 1),))
+    except TransitionRefused:
+        return None
+    reasons = {
+        InstanceState.FAILED: f"the job failed on {where}: {status.detail}",
+        InstanceState.PREEMPTED: f"{where} was preempted",
+        InstanceState.TERMINATED: f"{where} was terminated outside greenplace",
+        InstanceState.MISSING: f"{where} disappeared: {status.detail}",
+    }
+    return _fail(ctx, record, expect=S.RUNNING, attempt_guard=guard, now=now,
+                 reason=reasons.get(state, f"{where} is {state}"))
+
+
+def reconcile(ctx: Context, *, now: dt.datetime, budget_s: float) -> Outcome:
+    """One pass over the service: release due DEFERRED jobs, follow RUNNING ones,
+    terminate cancelled instances, and re-enqueue jobs whose messages were lost.
+
+    Only one pass runs at a time (a lock); the pass stops after ``budget_s`` and
+    the next one carries on.
+    """
+    store = ctx.store
+    token = store.acquire_lock("reconcile", ttl_s=budget_s + 5)
+    if token is None:
+        return Outcome(message="another reconcile pass is running")
+    stop_at = time.monotonic() + budget_s
+    counts = {"released": 0, "finished": 0, "terminated": 0, "nudged": 0}
+    followups: list[Followup] = []
+
+    def add(outcome: Outcome | None, counter: str) -> None:
+        if outcome is not None:
+            counts[counter] += 1
+            followups.extend(outcome.followups)
+
+    try:
+        for job_id in store.ids_in_state(S.DEFERRED, max_score=now.timestamp(), limit=500):
+            if time.monotonic() > stop_at:
+                break
+            add(_release(ctx, job_id, now=now), "released")
+        running = store.ids_in_state(S.RUNNING)
+        for start in range(0, len(running), 200):
+            if time.monotonic() > stop_at:
+                break
+            for record in store.get_many(running[start:start + 200]):
+                if record.state is S.RUNNING:
+                    add(_follow(ctx, record, now=now), "finished")
+        for job_id in store.to_terminate():
+            if time.monotonic() > stop_at:
+                break
+            outcome = terminate_job(ctx, job_id, now=now)
+            if outcome.followups and not store.claim_nudge(job_id, ttl_s=ctx.settings.stall_s):
+                continue
+            add(outcome, "terminated")
+        followups.extend(_nudges(ctx, now=now, counts=counts))
+    finally:
+        store.release_lock("reconcile", token)
+    return Outcome(message=", ".join(f"{k} {v}" for k, v in counts.items()),
+                   followups=tuple(followups), counts=counts)
+
+
+def _release(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
+    """A DEFERRED job's window opened: place it again on fresh data, now, and dispatch."""
+    record = ctx.store.get(job_id)
+    if record.state is not S.DEFERRED:
+        return Outcome(message="not deferred any more")
+    try:
+        job = rebuild_job(record, ctx.catalog)
+    except GreenplaceError as exc:
+        return _fail(ctx, record, expect=S.DEFERRED, reason=f"cannot rebuild the job: {exc}",
+                     now=now)
+    decision = decide(ctx.placer, job, now=now, allow_defer=False)
+    return apply_decision(ctx, record, decision, expect=S.DEFERRED, now=now)
+
+
+def _nudges(ctx: Context, *, now: dt.datetime, counts: dict[str, int]) -> list[Followup]:
+    """Re-enqueue the next step of jobs stuck for ``stall_s`` (a lost or dropped message)."""
+    store, settings = ctx.store, ctx.settings
+    cutoff = now.timestamp() - settings.stall_s
+    out: list[Followup] = []
+    for state in (S.QUEUED, S.PLACED, S.DISPATCHING):
+        ids = store.ids_in_state(state, max_score=cutoff, limit=1000)
+        for record in store.get_many(ids):
+            if record.state is not state:
+                continue
+            if state is S.DISPATCHING and store.lock_ttl_s(f"dispatch:{record.job_id}") > 0:
+                continue
+            if not store.claim_nudge(record.job_id, ttl_s=settings.stall_s):
+                continue
+            if state is S.QUEUED:
+                out.append(Followup(task="place", args=(record.job_id,)))
+            elif state is S.PLACED:
+                out.append(_dispatch(record.job_id, record.attempt + 1))
+            else:
+                out.append(_dispatch(record.job_id, record.attempt))
+            counts["nudged"] += 1
+    return out
+
+
+__all__ = [
+    "Context", "Followup", "Outcome", "PlannedLaunch", "Providers",
+    "apply_decision", "cancel_job", "choose_target", "decide", "dispatch_job", "frozen_ranking",
+    "job_launch",
+    "place_and_dispatch", "place_job", "plan", "reconcile", "rebuild_job", "terminate_job",
+]

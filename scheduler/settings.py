@@ -1,0 +1,212 @@
+"""Service settings from the environment: Redis, provider per cloud, timings.
+
+Every variable is optional; ``load_settings()`` validates them all and reports
+every problem in one ``ConfigError`` paragraph (CLI exit code 2).
+
+Variable (default): meaning.
+
+- ``GREENPLACE_REDIS_URL`` (``redis://127.0.0.1:6379/0``): broker and job store.
+  ``redis://``, ``rediss://`` (TLS) or ``unix:///path/redis.sock?db=0`` (a local
+  socket, no password); a password may be in the URL (``redis://:PASSWORD@host:6379/0``).
+- ``GREENPLACE_REDIS_PASSWORD`` (none): the password, if you keep it out of the URL.
+- ``GREENPLACE_REDIS_CA_CERT`` (system CAs): the CA bundle that signed the server's
+  TLS certificate, for ``rediss://``.
+- ``GREENPLACE_PROVIDERS`` (every cloud -> ``local-sim``): which provider launches
+  in each cloud, e.g. ``aws=aws,gcp=local-sim``; unnamed clouds stay on local-sim.
+- ``GREENPLACE_SIM_CONFIG`` (built-in defaults): the local-sim YAML file.
+- ``GREENPLACE_RECONCILE_INTERVAL_S`` (10): how often beat sends ``reconcile``.
+- ``GREENPLACE_VISIBILITY_TIMEOUT_S`` (45): the Redis transport's visibility timeout.
+- ``GREENPLACE_TASK_TIME_LIMIT_S`` (25): hard time limit of every task.
+- ``GREENPLACE_COOLDOWN_S`` (300): how long an exhausted offer is tried last.
+- ``GREENPLACE_STALL_S`` (120): after how long without progress reconcile
+  re-enqueues a job's next step (a lost message).
+
+Design choice: the timings are linked. A message delivered to a worker that
+dies stays invisible for the visibility timeout; it must exceed the longest a
+live worker can legitimately hold one (a task's hard limit plus the longest
+retry countdown), or Redis would hand a running task to a second worker. The
+loader enforces ``visibility_timeout_s >= task_time_limit_s + MAX_COUNTDOWN_S + 5``
+so a misconfiguration cannot break exactly-once dispatch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from scheduler.exceptions import ConfigError
+
+CLOUDS = ("aws", "gcp", "azure")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PROVIDER = "local-sim"
+# Longest countdown any task retry waits (transient backoff, lock contention).
+MAX_COUNTDOWN_S = 10.0
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Validated service settings; build with ``load_settings()``."""
+
+    redis_url: str  # password included when one was given; print ``redacted_redis_url``
+    redis_ca_cert: Path | None = None
+    providers: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType(dict.fromkeys(CLOUDS, DEFAULT_PROVIDER)))
+    sim_config: Path | None = None
+    reconcile_interval_s: float = 10.0
+    visibility_timeout_s: float = 45.0
+    task_time_limit_s: float = 25.0
+    cooldown_s: float = 300.0
+    stall_s: float = 120.0
+
+    @property
+    def tls(self) -> bool:
+        return self.redis_url.startswith("rediss://")
+
+    @property
+    def broker_url(self) -> str:
+        """The URL for Celery (kombu spells a Unix socket ``redis+socket://PATH?virtual_host=DB``)."""
+        parts = urllib.parse.urlsplit(self.redis_url)
+        if parts.scheme != "unix":
+            return self.redis_url
+        db = urllib.parse.parse_qs(parts.query).get("db", ["0"])[0]
+        return f"redis+socket://{parts.path}?virtual_host={db}"
+
+    @property
+    def redacted_redis_url(self) -> str:
+        """The Redis URL with any password replaced by ``***`` (safe to print and log)."""
+        return redact_url(self.redis_url)
+
+    @property
+    def dispatch_lock_ttl_s(self) -> float:
+        """How long a dispatch lock outlives a worker that died holding it."""
+        return self.task_time_limit_s + 5.0
+
+    def provider_for(self, cloud: str) -> str:
+        """The provider name that launches instances in ``cloud``."""
+        return self.providers.get(cloud, DEFAULT_PROVIDER)
+
+    def provider_config(self, name: str) -> dict[str, str]:
+        """The adapter settings handed to ``providers.registry.get_provider`` (never secrets)."""
+        if name != "local-sim":
+            return {}
+        config = {"redis_url": self.redis_url}
+        if self.redis_ca_cert is not None:
+            config["redis_ca_cert"] = str(self.redis_ca_cert)
+        if self.sim_config is not None:
+            config["config_path"] = str(self.sim_config)
+        return config
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is not None or parts.scheme == "unix":
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = urllib.parse.quote(parts.username or "", safe="")
+    secret = urllib.parse.quote(password, safe="")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
+
+
+def _parse_providers(raw: str, problems: list[str]) -> dict[str, str]:
+    from providers.registry import REGISTRY
+
+    mapping = dict.fromkeys(CLOUDS, DEFAULT_PROVIDER)
+    for item in (p.strip() for p in raw.split(",")):
+        if not item:
+            continue
+        cloud, sep, name = (s.strip() for s in item.partition("="))
+        if not sep or not cloud or not name:
+            problems.append(f"GREENPLACE_PROVIDERS item {item!r} is not CLOUD=PROVIDER")
+            continue
+        if cloud not in CLOUDS:
+            problems.append(f"GREENPLACE_PROVIDERS names unknown cloud {cloud!r} "
+                            f"(clouds: {', '.join(CLOUDS)})")
+            continue
+        if name not in REGISTRY:
+            close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            problems.append(f"GREENPLACE_PROVIDERS maps {cloud} to unknown provider {name!r}."
+                            f"{hint} (providers: {', '.join(sorted(REGISTRY))})")
+            continue
+        mapping[cloud] = name
+    return mapping
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[str],
+             *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        problems.append(f"{name}={raw!r} is not a number of seconds")
+        return default
+    if not value >= minimum:
+        problems.append(f"{name}={raw!r} must be at least {minimum:g}")
+        return default
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the ``GREENPLACE_*`` variables (``os.environ`` by default).
+
+    Raises:
+        ConfigError: listing every unusable variable, then how to fix it.
+    """
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    url = env.get("GREENPLACE_REDIS_URL", "").strip() or DEFAULT_REDIS_URL
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in _SCHEMES:
+        problems.append(f"GREENPLACE_REDIS_URL {redact_url(url)!r} must start with redis:// "
+                        "(plain), rediss:// (TLS) or unix:// (socket)")
+    password = env.get("GREENPLACE_REDIS_PASSWORD", "")
+    if password and scheme in ("redis", "rediss"):
+        url = _with_password(url, password)
+    ca_raw = env.get("GREENPLACE_REDIS_CA_CERT", "").strip()
+    ca_cert = Path(ca_raw) if ca_raw else None
+    if ca_cert is not None and not ca_cert.is_file():
+        problems.append(f"GREENPLACE_REDIS_CA_CERT {ca_raw!r} is not a file")
+    providers = _parse_providers(env.get("GREENPLACE_PROVIDERS", ""), problems)
+    sim_raw = env.get("GREENPLACE_SIM_CONFIG", "").strip()
+    sim_config = Path(sim_raw) if sim_raw else None
+    if sim_config is not None and not sim_config.is_file():
+        problems.append(f"GREENPLACE_SIM_CONFIG {sim_raw!r} is not a file")
+    interval = _seconds(env, "GREENPLACE_RECONCILE_INTERVAL_S", 10.0, problems, minimum=0.1)
+    visibility = _seconds(env, "GREENPLACE_VISIBILITY_TIMEOUT_S", 45.0, problems, minimum=1.0)
+    task_limit = _seconds(env, "GREENPLACE_TASK_TIME_LIMIT_S", 25.0, problems, minimum=2.0)
+    cooldown = _seconds(env, "GREENPLACE_COOLDOWN_S", 300.0, problems, minimum=0.0)
+    stall = _seconds(env, "GREENPLACE_STALL_S", 120.0, problems, minimum=1.0)
+    if visibility < task_limit + MAX_COUNTDOWN_S + 5:
+        problems.append(
+            f"GREENPLACE_VISIBILITY_TIMEOUT_S ({visibility:g}) must be at least the task "
+            f"time limit ({task_limit:g}) + {MAX_COUNTDOWN_S:g} + 5 s, or a task still "
+            "running would be handed to a second worker")
+    if problems:
+        raise ConfigError("Unusable settings: " + "; ".join(problems) + ". To fix: correct "
+                          "or unset the variable(s) named above (see `scheduler/settings.py` "
+                          "for each one's meaning).")
+    return Settings(
+        redis_url=url, redis_ca_cert=ca_cert, providers=MappingProxyType(providers),
+        sim_config=sim_config, reconcile_interval_s=interval, visibility_timeout_s=visibility,
+        task_time_limit_s=task_limit, cooldown_s=cooldown, stall_s=stall,
+    )

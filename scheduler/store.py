@@ -1,0 +1,767 @@
+"""The Redis job store: job records, atomic state transitions, event history, coordination.
+
+Owns every Redis key the service writes (the local-sim provider keeps its own
+``gpsim:`` keys):
+
+=============================  ======================================================
+key                            holds
+=============================  ======================================================
+``gp:job:{id}``                hash: the job record (spec, policy, frozen decision,
+                               attempts, provider handle, timestamps, reasons)
+``gp:job:{id}:events``         list: the append-only event history (JSON per event)
+``gp:jobs``                    zset: every job id, scored by submission time
+``gp:state:{STATE}``           zset: the ids in that state, scored by when they
+                               entered it; DEFERRED ones by their not-before time
+``gp:terminate``               set: cancelled jobs whose instance must be terminated
+``gp:lock:{name}``             dispatch / reconcile locks (SET NX PX, owner token)
+``gp:cooldowns``               zset: exhausted (cloud, region, instance type) -> until
+``gp:nudge:{id}``              reconcile re-enqueued this stalled job recently
+=============================  ======================================================
+
+Every state change runs in one Lua script that checks the current state (and
+optionally the attempt number) and writes the new state, the indexes and the
+event together, so two workers can never both move a job, and an illegal move
+is refused with ``IllegalTransitionError``.
+
+Durability: jobs survive a Redis restart when Redis persists them. Run Redis
+with ``appendonly yes``; ``appendfsync always`` loses nothing that was
+acknowledged, ``everysec`` (the default fsync policy) at most the last second. The Celery
+broker's queues live in the same Redis and are persisted the same way.
+Design choice: the store targets one Redis server (or a primary with replicas),
+not Redis Cluster: the scripts touch index keys that are not declared up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from policies.model import Policy
+from providers.base import InstanceHandle, Placement
+from scheduler.exceptions import ConfigError, IllegalTransitionError, JobNotFoundError
+from scheduler.jobs import Job
+
+
+class JobState(StrEnum):
+    """The life cycle of one job (see ``TRANSITIONS``)."""
+
+    QUEUED = "QUEUED"  # submitted; waiting for `place`
+    PLACED = "PLACED"  # ranked decision frozen; waiting for `dispatch`
+    DEFERRED = "DEFERRED"  # placed for a greener window; reconcile releases it
+    DISPATCHING = "DISPATCHING"  # a launch attempt is in flight
+    RUNNING = "RUNNING"  # the provider accepted the launch; reconcile follows it
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    UNSCHEDULABLE = "UNSCHEDULABLE"  # no feasible candidate, or every attempt refused
+
+
+S = JobState
+FINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.UNSCHEDULABLE})
+ACTIVE_STATES = frozenset(set(S) - FINAL_STATES)
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    S.QUEUED: frozenset({S.PLACED, S.DEFERRED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
+    S.PLACED: frozenset({S.DISPATCHING, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
+    S.DEFERRED: frozenset({S.PLACED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
+    # -> PLACED: the attempt was refused (capacity / quota); the next candidate is tried.
+    S.DISPATCHING: frozenset({S.RUNNING, S.PLACED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
+    # -> PLACED: a spot instance was preempted; the job is launched again.
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PLACED}),
+    **{final: frozenset() for final in FINAL_STATES},
+}
+
+# One or more state changes of one job, in order, stopping at the first refused one.
+# KEYS: job hash, events list[, lock]. ARGV: state-index prefix, job id, set to SADD the
+# id to ('' = none), lock token, number of moves; then per move: allowed from-states,
+# to-state ('' = keep), attempt guard, event JSON, index score, number of field/value
+# items, the items. Returns per move {status, state it was in}; 'skipped' after a
+# refusal. The lock (if given) is released at the end, whatever happened, when the
+# token still owns it.
+_MOVES_LUA = """
+local function move(allowed_states, to, attempt, event, score, first, last)
+  local cur = redis.call('HGET', KEYS[1], 'state')
+  if not cur then return 'missing', '' end
+  local allowed = false
+  for s in string.gmatch(allowed_states, '[^,]+') do
+    if s == cur then allowed = true end
+  end
+  if not allowed then return 'illegal', cur end
+  if attempt ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= attempt then
+    return 'stale', cur
+  end
+  if last >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first, last)) end
+  if to ~= '' then
+    redis.call('HSET', KEYS[1], 'state', to)
+    redis.call('ZREM', ARGV[1] .. cur, ARGV[2])
+    redis.call('ZADD', ARGV[1] .. to, score, ARGV[2])
+  end
+  redis.call('RPUSH', KEYS[2], '{"from":"' .. cur .. '",' .. string.sub(event, 2))
+  return 'ok', cur
+end
+local results = {}
+local i = 6
+local go = true
+for m = 1, tonumber(ARGV[5]) do
+  local n = tonumber(ARGV[i + 5])
+  if go then
+    local status, cur = move(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
+                             i + 6, i + 5 + n)
+    table.insert(results, status)
+    table.insert(results, cur)
+    go = status == 'ok'
+    if go and ARGV[3] ~= '' then redis.call('SADD', ARGV[3], ARGV[2]) end
+  else
+    table.insert(results, 'skipped')
+    table.insert(results, '')
+  end
+  i = i + 6 + n
+end
+if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+return results
+"""
+
+# KEYS: lock, job hash, cool-downs zset. ARGV: token, ttl ms, now (epoch s).
+_LOCK_AND_READ_LUA = """
+local taken = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+local fields = redis.call('HGETALL', KEYS[2])
+if taken and #fields == 0 then redis.call('DEL', KEYS[1]) end
+return {taken and 1 or 0, fields, redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[3], '+inf')}
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class TransitionRefused(IllegalTransitionError):
+    """A transition refused because the job is in another state (``current``) or attempt."""
+
+    def __init__(self, message: str, *, current: JobState) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+def new_job_id() -> str:
+    """A short random job id (64 bits: collisions are not a practical concern)."""
+    return secrets.token_hex(8)
+
+
+def offer_key(placement: Placement) -> str:
+    """``cloud:region:instance_type``: the unit capacity errors and cool-downs apply to."""
+    return f"{placement.cloud}:{placement.region}:{placement.instance_type}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One entry of a job's event history."""
+
+    at: str
+    kind: str  # "transition" or "note"
+    state_from: str
+    state_to: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"at": self.at, "kind": self.kind, "from": self.state_from,
+                "to": self.state_to, "message": self.message, "data": self.data}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptReason:
+    """Why one launch attempt did not produce a running instance."""
+
+    attempt: int
+    cloud: str
+    region: str
+    instance_type: str
+    error: str  # the ProviderError class name
+    code: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """A job as the store holds it. Built only by ``JobStore``."""
+
+    job_id: str
+    name: str
+    state: JobState
+    spec: dict[str, Any]  # JobSpec.model_dump(mode="json")
+    policy_text: str  # Policy.model_dump_json(): the policy as submitted
+    decision: dict[str, Any] | None  # PlacementDecision.summary(explain=False)
+    placements_text: str  # the frozen ranking (the failover order), as stored
+    attempt: int  # launch attempts started so far (the current one's number)
+    target: int | None  # index into placements of the current / last attempt
+    exhausted: tuple[int, ...]  # placements refused with capacity / quota errors
+    attempt_reasons: tuple[AttemptReason, ...]
+    handle: InstanceHandle | None
+    not_before: str | None
+    reason: str
+    preemptions: int
+    cancelled_from: str
+    terminated_at: str
+    created_at: str
+    updated_at: str
+
+    @property
+    def placements(self) -> tuple[Placement, ...]:
+        """The frozen ranking: feasible candidates, best first (the failover order)."""
+        return _placements_from_text(self.placements_text)
+
+    @property
+    def placement(self) -> Placement | None:
+        """The placement of the current / last launch attempt."""
+        return None if self.target is None else self.placements[self.target]
+
+    @property
+    def policy(self) -> Policy:
+        """The job's Policy (validated once per distinct policy per process)."""
+        return _policy_from_text(self.policy_text)
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy.name
+
+    def summary(self) -> dict[str, Any]:
+        """The ``greenplace status --output json`` view."""
+        p = self.placement
+        if p is None and self.placements:
+            p = self.placements[0]
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "state": str(self.state),
+            "cloud": p.cloud if p else None,
+            "region": p.region if p else None,
+            "instance_type": p.instance_type if p else None,
+            "attempts": self.attempt,
+            "policy": self.policy_name,
+            "provider": self.handle.provider if self.handle else None,
+            "instance_id": self.handle.instance_id if self.handle else None,
+            "not_before": self.not_before,
+            "reason": self.reason or None,
+            "attempt_reasons": [asdict(r) for r in self.attempt_reasons],
+            "co2e_kg": (self.decision or {}).get("co2e_kg"),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+@functools.lru_cache(maxsize=1024)
+def _placements_from_text(text: str) -> tuple[Placement, ...]:
+    """Parsed on first use only: reconcile reads many records and never their rankings."""
+    if not text:
+        return ()
+    return tuple(Placement(cloud=p[0], region=p[1], instance_type=p[2], accelerator=p[3],
+                           accelerator_count=p[4], spot=p[5], price_usd_per_hour=p[6])
+                 for p in json.loads(text))
+
+
+def _record(fields: Mapping[str, str]) -> JobRecord:
+    def loads(name: str, default: Any) -> Any:
+        raw = fields.get(name, "")
+        return json.loads(raw) if raw else default
+
+    handle = loads("handle", None)
+    target = int(fields.get("target") or -1)
+    return JobRecord(
+        job_id=fields["job_id"],
+        name=fields["name"],
+        state=JobState(fields["state"]),
+        spec=loads("spec", {}),
+        policy_text=fields.get("policy", "{}"),
+        decision=loads("decision", None),
+        placements_text=fields.get("placements", ""),
+        attempt=int(fields.get("attempt") or 0),
+        target=None if target < 0 else target,
+        exhausted=tuple(loads("exhausted", [])),
+        attempt_reasons=tuple(AttemptReason(**r) for r in loads("attempt_reasons", [])),
+        handle=InstanceHandle(**handle) if handle else None,
+        not_before=fields.get("not_before") or None,
+        reason=fields.get("reason", ""),
+        preemptions=int(fields.get("preemptions") or 0),
+        cancelled_from=fields.get("cancelled_from", ""),
+        terminated_at=fields.get("terminated_at", ""),
+        created_at=fields.get("created_at", ""),
+        updated_at=fields.get("updated_at", ""),
+    )
+
+
+def encode_fields(
+    *, decision: Mapping[str, Any] | None = None,
+    placements: Sequence[Placement] | None = None,
+    attempt: int | None = None, target: int | None = None,
+    exhausted: Sequence[int] | None = None,
+    attempt_reasons: Sequence[AttemptReason] | None = None,
+    handle: InstanceHandle | None = None, not_before: str | None = None,
+    reason: str | None = None, preemptions: int | None = None,
+    cancelled_from: str | None = None, terminated_at: str | None = None,
+) -> dict[str, str]:
+    """Record fields to write with a transition, encoded as the hash stores them."""
+    out: dict[str, str] = {}
+    if decision is not None:
+        out["decision"] = _dumps(decision)
+    if placements is not None:
+        out["placements"] = _dumps([[p.cloud, p.region, p.instance_type, p.accelerator,
+                                     p.accelerator_count, p.spot, p.price_usd_per_hour]
+                                    for p in placements])
+    if attempt is not None:
+        out["attempt"] = str(attempt)
+    if target is not None:
+        out["target"] = str(target)
+    if exhausted is not None:
+        out["exhausted"] = _dumps(list(exhausted))
+    if attempt_reasons is not None:
+        out["attempt_reasons"] = _dumps([asdict(r) for r in attempt_reasons])
+    if handle is not None:
+        out["handle"] = _dumps(asdict(handle))
+    if not_before is not None:
+        out["not_before"] = not_before
+    if reason is not None:
+        out["reason"] = reason
+    if preemptions is not None:
+        out["preemptions"] = str(preemptions)
+    if cancelled_from is not None:
+        out["cancelled_from"] = cancelled_from
+    if terminated_at is not None:
+        out["terminated_at"] = terminated_at
+    return out
+
+
+def redis_client(url: str, *, ca_cert: Path | str | None = None) -> redis.Redis:
+    """A Redis client for ``url``; connects on first command, retries brief outages.
+
+    Design choice: a Redis restart (minutes apart from a failover) drops every
+    connection; five retries with exponential backoff capped at 1 s ride over a
+    restart of a few seconds instead of failing the task in hand.
+    """
+    kwargs: dict[str, Any] = {}
+    if url.startswith("rediss://") and ca_cert is not None:
+        kwargs["ssl_ca_certs"] = str(ca_cert)
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+        health_check_interval=30, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError], **kwargs,
+    )
+
+
+@contextlib.contextmanager
+def reachable(redacted_url: str) -> Iterator[None]:
+    """Turn "Redis is down / refuses us" into a one-paragraph ConfigError (CLI exit 2)."""
+    try:
+        yield
+    except redis.AuthenticationError as exc:
+        raise ConfigError(
+            f"Redis at {redacted_url} refused the credentials ({exc}). To fix: put the right "
+            "password in GREENPLACE_REDIS_URL or GREENPLACE_REDIS_PASSWORD.") from exc
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConfigError(
+            f"Cannot reach Redis at {redacted_url} ({exc}). To fix: start redis-server "
+            "(e.g. `redis-server --appendonly yes`) or point GREENPLACE_REDIS_URL at it."
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Move:
+    """One state change for ``JobStore.transitions`` (the arguments of ``transition``)."""
+
+    to: JobState
+    message: str
+    expect: JobState | frozenset[JobState] | None = None
+    attempt: int | None = None
+    data: Mapping[str, Any] | None = None
+    fields: Mapping[str, str] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Lock:
+    """A lock this process holds; ``released`` once a transition let it go."""
+
+    name: str
+    token: str
+    released: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A validated job about to be submitted."""
+
+    job_id: str
+    job: Job
+
+
+class JobStore:
+    """Job records, transitions and events in one Redis database."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "gp") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._moves = client.register_script(_MOVES_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+        self._lock_and_read = client.register_script(_LOCK_AND_READ_LUA)
+
+    # keys ---------------------------------------------------------------------------
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _events_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def _state_key(self, state: JobState) -> str:
+        return f"{self.prefix}:state:{state}"
+
+    @property
+    def _terminate_key(self) -> str:
+        return f"{self.prefix}:terminate"
+
+    # records ------------------------------------------------------------------------
+    def create(self, jobs: Sequence[NewJob], *, now: dt.datetime | None = None) -> list[str]:
+        """Write QUEUED records for ``jobs`` in one MULTI/EXEC: all of them or none."""
+        moment = now or utc_now()
+        stamp = iso(moment)
+        pipe = self.client.pipeline(transaction=True)
+        for index, new in enumerate(jobs):
+            job = new.job
+            score = moment.timestamp() + index * 1e-6  # keeps the file's order
+            pipe.hset(self._job_key(new.job_id), mapping={
+                "job_id": new.job_id, "name": job.name, "state": str(S.QUEUED),
+                "spec": _dumps(job.spec.model_dump(mode="json")),
+                "policy": policy_text(job.policy),
+                "attempt": "0", "target": "-1", "created_at": stamp, "updated_at": stamp,
+            })
+            pipe.zadd(f"{self.prefix}:jobs", {new.job_id: score})
+            pipe.zadd(self._state_key(S.QUEUED), {new.job_id: score})
+            pipe.rpush(self._events_key(new.job_id), _dumps({
+                "from": "", "at": stamp, "kind": "transition", "to": str(S.QUEUED),
+                "message": f"submitted with policy {job.policy.name!r}", "data": {}}))
+        pipe.execute()
+        return [new.job_id for new in jobs]
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job's record. Raises JobNotFoundError."""
+        fields = cast(dict[str, str], self.client.hgetall(self._job_key(job_id)))
+        if not fields:
+            raise JobNotFoundError(
+                f"No job has id {job_id!r}. To fix: use an id printed by `greenplace submit` "
+                "or listed by `greenplace status`.")
+        return _record(fields)
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        """Records of the ids that exist, in the order given."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self._job_key(job_id))
+        return [_record(f) for f in pipe.execute() if f]
+
+    def job_ids(self) -> list[str]:
+        """Every job id, oldest submission first."""
+        return [str(i) for i in self.client.zrange(f"{self.prefix}:jobs", 0, -1)]
+
+    def ids_in_state(self, state: JobState, *, max_score: float | None = None,
+                     limit: int | None = None) -> list[str]:
+        """Ids in ``state``, lowest index score (oldest / due first) first."""
+        top = "+inf" if max_score is None else max_score
+        if limit is None:
+            ids = self.client.zrangebyscore(self._state_key(state), "-inf", top)
+        else:
+            ids = self.client.zrangebyscore(self._state_key(state), "-inf", top, start=0,
+                                            num=limit)
+        return [str(i) for i in ids]
+
+    def count(self, state: JobState) -> int:
+        return int(self.client.zcard(self._state_key(state)))
+
+    def counts(self) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for state in S:
+            pipe.zcard(self._state_key(state))
+        return {str(s): int(n) for s, n in zip(S, pipe.execute(), strict=True)}
+
+    # transitions ----------------------------------------------------------------------
+    def transition(
+        self, job_id: str, *, to: JobState, expect: JobState | frozenset[JobState] | None = None,
+        attempt: int | None = None, message: str, data: Mapping[str, Any] | None = None,
+        fields: Mapping[str, str] | None = None, score: float | None = None,
+        terminate: bool = False, now: dt.datetime | None = None, release: Lock | None = None,
+    ) -> JobState:
+        """Move the job to ``to`` atomically; returns the state it left.
+
+        Args:
+            to: the new state.
+            expect: the state(s) the caller believes the job is in (default: every
+                state from which ``to`` is legal). Intersected with the legal ones.
+            attempt: refuse unless the record's attempt number equals it.
+            message, data: the event recorded with the change.
+            fields: record fields to write in the same step (see ``encode_fields``).
+            score: the new state-index score (default now; DEFERRED: the not-before time).
+            terminate: also queue the job's instance for termination.
+            release: a lock to release in the same step, whatever the outcome.
+
+        Raises:
+            JobNotFoundError; IllegalTransitionError when the job is in another state
+            (or another attempt), or the life cycle forbids the move.
+        """
+        legal = frozenset(s for s, targets in TRANSITIONS.items() if to in targets)
+        if expect is not None:
+            legal &= {expect} if isinstance(expect, JobState) else expect
+        return self._run(job_id, to=str(to), allowed=legal, attempt=attempt, kind="transition",
+                         message=message, data=data, fields=fields, score=score,
+                         terminate=terminate, now=now, release=release)
+
+    def update(self, job_id: str, *, expect: JobState | frozenset[JobState],
+               message: str, data: Mapping[str, Any] | None = None,
+               fields: Mapping[str, str] | None = None, attempt: int | None = None,
+               now: dt.datetime | None = None) -> JobState:
+        """Write fields and a note without changing state, if the job is in ``expect``."""
+        allowed = frozenset({expect}) if isinstance(expect, JobState) else expect
+        return self._run(job_id, to="", allowed=allowed, attempt=attempt, kind="note",
+                         message=message, data=data, fields=fields, score=None,
+                         terminate=False, now=now)
+
+    @staticmethod
+    def _move_args(*, to: str, allowed: frozenset[JobState], attempt: int | None, kind: str,
+                   message: str, data: Mapping[str, Any] | None,
+                   fields: Mapping[str, str] | None, score: float | None,
+                   now: dt.datetime) -> list[str]:
+        stamp = iso(now)
+        event = _dumps({"at": stamp, "kind": kind, "to": to, "message": message,
+                        "data": dict(data or {})})
+        pairs: list[str] = ["updated_at", stamp]
+        for key, value in (fields or {}).items():
+            pairs += [key, value]
+        return [",".join(sorted(allowed)) or "-", to, "" if attempt is None else str(attempt),
+                event, repr(now.timestamp() if score is None else score), str(len(pairs)),
+                *pairs]
+
+    def _call_moves(self, job_id: str, moves: list[list[str]], *, terminate: bool,
+                    release: Lock | None) -> list[tuple[str, str]]:
+        keys = [self._job_key(job_id), self._events_key(job_id)]
+        if release is not None:
+            keys.append(self._lock_key(release.name))
+        args = [f"{self.prefix}:state:", job_id, self._terminate_key if terminate else "",
+                release.token if release is not None else "", str(len(moves))]
+        for move in moves:
+            args += move
+        flat = self._moves(keys=keys, args=args)
+        if release is not None:
+            release.released = True
+        return [(str(flat[k]), str(flat[k + 1])) for k in range(0, len(flat), 2)]
+
+    def _outcome(self, job_id: str, to: str, attempt: int | None, reply: tuple[str, str]
+                 ) -> JobState | TransitionRefused:
+        status, current = reply
+        if status == "missing":
+            self.get(job_id)  # raises JobNotFoundError
+        if status == "ok":
+            return JobState(current)
+        if status == "skipped":
+            return TransitionRefused(
+                f"job {job_id}: the move to {to} was not tried (an earlier one was refused).",
+                current=JobState(self.get(job_id).state))
+        why = f"its attempt is no longer {attempt}" if status == "stale" else f"it is {current}"
+        return TransitionRefused(
+            f"job {job_id} cannot move to {to or current}: {why}. To fix: check "
+            f"`greenplace status {job_id}`; a job only moves along its life cycle.",
+            current=JobState(current))
+
+    def _run(self, job_id: str, *, to: str, allowed: frozenset[JobState], attempt: int | None,
+             kind: str, message: str, data: Mapping[str, Any] | None,
+             fields: Mapping[str, str] | None, score: float | None, terminate: bool,
+             now: dt.datetime | None, release: Lock | None = None) -> JobState:
+        args = self._move_args(to=to, allowed=allowed, attempt=attempt, kind=kind,
+                               message=message, data=data, fields=fields, score=score,
+                               now=now or utc_now())
+        (reply,) = self._call_moves(job_id, [args], terminate=terminate, release=release)
+        outcome = self._outcome(job_id, to, attempt, reply)
+        if isinstance(outcome, TransitionRefused):
+            raise outcome
+        return outcome
+
+    def transitions(self, job_id: str, moves: Sequence[Move], *,
+                    now: dt.datetime | None = None) -> list[JobState | TransitionRefused]:
+        """Apply ``moves`` in order, atomically, in one round trip; stop at the first refusal.
+
+        A refused move changes nothing and the moves after it are not tried, so a
+        later move can rely on the earlier ones. Returns, per move, the state it
+        left or the refusal (not raised).
+        """
+        moment = now or utc_now()
+        calls = []
+        for m in moves:
+            legal = frozenset(s for s, targets in TRANSITIONS.items() if m.to in targets)
+            if m.expect is not None:
+                legal &= {m.expect} if isinstance(m.expect, JobState) else m.expect
+            calls.append(self._move_args(
+                to=str(m.to), allowed=legal, attempt=m.attempt, kind="transition",
+                message=m.message, data=m.data, fields=m.fields, score=None, now=moment))
+        replies = self._call_moves(job_id, calls, terminate=False, release=None)
+        return [self._outcome(job_id, str(m.to), m.attempt, reply)
+                for m, reply in zip(moves, replies, strict=True)]
+
+    def note(self, job_id: str, message: str, *, data: Mapping[str, Any] | None = None,
+             now: dt.datetime | None = None) -> None:
+        """Append an event without changing anything else."""
+        self.client.rpush(self._events_key(job_id), _dumps({
+            "from": "", "at": iso(now or utc_now()), "kind": "note", "to": "",
+            "message": message, "data": dict(data or {})}))
+
+    def events(self, job_id: str) -> list[Event]:
+        """The job's event history, oldest first. Raises JobNotFoundError."""
+        raw = self.client.lrange(self._events_key(job_id), 0, -1)
+        if not raw:
+            self.get(job_id)
+        out = []
+        for text in raw:
+            e = json.loads(text)
+            out.append(Event(at=e["at"], kind=e["kind"], state_from=e.get("from", ""),
+                             state_to=e.get("to", ""), message=e["message"],
+                             data=e.get("data", {})))
+        return out
+
+    # termination queue ----------------------------------------------------------------
+    def to_terminate(self) -> list[str]:
+        return sorted(str(i) for i in self.client.smembers(self._terminate_key))
+
+    def terminated(self, job_id: str, *, message: str, now: dt.datetime | None = None) -> None:
+        """Record that the job's instance is gone and drop it from the termination queue."""
+        moment = now or utc_now()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self._job_key(job_id), "terminated_at", iso(moment))
+        pipe.srem(self._terminate_key, job_id)
+        pipe.rpush(self._events_key(job_id), _dumps({
+            "from": "", "at": iso(moment), "kind": "note", "to": "", "message": message,
+            "data": {}}))
+        pipe.execute()
+
+    def forget_termination(self, job_id: str) -> None:
+        self.client.srem(self._terminate_key, job_id)
+
+    # coordination -------------------------------------------------------------------
+    def _lock_key(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+    @property
+    def _cooldowns_key(self) -> str:
+        return f"{self.prefix}:cooldowns"
+
+    def acquire_lock(self, name: str, *, ttl_s: float) -> str | None:
+        """Take ``name`` (SET NX PX); returns the owner token, or None when it is held."""
+        token = uuid.uuid4().hex
+        taken = self.client.set(self._lock_key(name), token, nx=True,
+                                px=max(1, int(ttl_s * 1000)))
+        return token if taken else None
+
+    def lock_and_read(self, job_id: str, *, lock: str, ttl_s: float
+                      ) -> tuple[Lock | None, JobRecord, set[str]]:
+        """One round trip: try to take ``lock``, read the job, read the cooling offers.
+
+        Raises:
+            JobNotFoundError (after releasing the lock it took).
+        """
+        token = uuid.uuid4().hex
+        taken, flat, cooling = self._lock_and_read(
+            keys=[self._lock_key(lock), self._job_key(job_id), self._cooldowns_key],
+            args=[token, max(1, int(ttl_s * 1000)), repr(time.time())])
+        if not flat:
+            self.get(job_id)  # raises JobNotFoundError (the script dropped the lock)
+        fields = {str(flat[k]): str(flat[k + 1]) for k in range(0, len(flat), 2)}
+        held = Lock(name=lock, token=token) if taken else None
+        return held, _record(fields), {str(c) for c in cooling}
+
+    def release_lock(self, name: str, token: str) -> None:
+        """Release ``name`` if ``token`` still owns it (a lock that expired is not touched)."""
+        self._release(keys=[self._lock_key(name)], args=[token])
+
+    def lock_ttl_s(self, name: str) -> float:
+        """Seconds until ``name`` expires; 0 when it is free."""
+        ms = int(self.client.pttl(self._lock_key(name)))
+        return max(ms, 0) / 1000.0
+
+    def cool_down(self, placement: Placement, *, seconds: float, reason: str) -> None:
+        """Try this (cloud, region, instance type) last, for every job, for ``seconds``.
+
+        Design choice: one sorted set of offer -> expiry (wall clock) rather than a
+        key per offer, so a dispatch reads every cooling offer in the same round trip
+        as its lock and record.
+        """
+        if seconds <= 0:
+            return
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self._cooldowns_key, {offer_key(placement): now + seconds})
+        pipe.zremrangebyscore(self._cooldowns_key, "-inf", now)
+        pipe.execute()
+
+    def cooling_offers(self) -> set[str]:
+        """Every ``cloud:region:instance_type`` cooling down now."""
+        return {str(k) for k in self.client.zrangebyscore(self._cooldowns_key, time.time(),
+                                                           "+inf")}
+
+    def cooling(self, placements: Sequence[Placement]) -> set[str]:
+        """The offer keys among ``placements`` that are cooling down now."""
+        return {offer_key(p) for p in placements} & self.cooling_offers()
+
+    def claim_nudge(self, job_id: str, *, ttl_s: float) -> bool:
+        """True at most once per ``ttl_s`` per job (reconcile's re-enqueue throttle)."""
+        return bool(self.client.set(f"{self.prefix}:nudge:{job_id}", "1", nx=True,
+                                    px=max(1, int(ttl_s * 1000))))
+
+
+def policy_of(record: JobRecord) -> Policy:
+    """The record's Policy (validated again: the record crossed a trust boundary)."""
+    return record.policy
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_from_text(text: str) -> Policy:
+    """One Policy object per distinct policy text.
+
+    Design choice: jobs that share a policy get the same (immutable) object, so the
+    placement pipeline's per-policy caches hit instead of growing with every job.
+    """
+    return Policy.model_validate_json(text)
+
+
+_POLICY_TEXT: dict[int, tuple[Policy, str]] = {}
+
+
+def policy_text(policy: Policy) -> str:
+    """``policy`` as stored (JSON), computed once per policy object of a submission."""
+    cached = _POLICY_TEXT.get(id(policy))
+    if cached is None or cached[0] is not policy:
+        if len(_POLICY_TEXT) > 256:
+            _POLICY_TEXT.clear()
+        cached = _POLICY_TEXT[id(policy)] = (policy, policy.model_dump_json())
+    return cached[1]

@@ -1,0 +1,129 @@
+"""The Celery app factory and the module-level ``app`` that ``celery -A`` and Flower load.
+
+Creating the app reads the settings and opens no connection. The settings, in
+Celery terms, and why:
+
+- JSON only (``task_serializer``, ``accept_content``): no pickle on the wire.
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged
+  after its task ran; a pool process that dies mid-task gets its message
+  requeued at once by the worker's main process.
+- ``worker_prefetch_multiplier = 1``: a worker holds at most one unstarted
+  message per pool process, so a crash strands as few as possible.
+- Time limits on every task (soft = hard - 3 s): no task can hold a message,
+  or the dispatch lock, longer than ``task_time_limit_s``.
+- **Visibility timeout** (``GREENPLACE_VISIBILITY_TIMEOUT_S``, 45 s): when a whole
+  worker is SIGKILLed (machine gone), its unacknowledged messages sit in Redis'
+  ``unacked`` hash; any live worker moves those older than the visibility timeout
+  back to their queue. The sweep runs every 5 s (``unacked_restore_interval``,
+  with ``unacked_restore_throttle = 1``: kombu's defaults would sweep every
+  100 s), so such a message is running again 45-50 s after it was delivered:
+  within about a minute. It cannot be shorter than the longest time a live
+  worker may hold a message (a task's hard limit plus the longest retry
+  countdown, ``MAX_COUNTDOWN_S``): the settings loader enforces that, or Redis
+  would hand a running task to a second worker.
+- ``unacked_mutex_expire = 30`` s: a worker killed while sweeping blocks the
+  sweep for 30 s, not kombu's default 5 minutes.
+- Deferred jobs are never held as ETA messages (an ETA beyond the visibility
+  timeout would be redelivered over and over); ``reconcile`` releases them.
+- No result backend: job state lives in the job store.
+- Task events are off by default (they cost throughput); Flower switches them on
+  by itself (``enable_events``), so it works against this app unchanged.
+"""
+
+from __future__ import annotations
+
+import ssl
+import weakref
+from typing import Any
+
+from celery import Celery
+
+from scheduler.settings import Settings, load_settings
+
+PLACE_QUEUE = "greenplace.place"
+DISPATCH_QUEUE = "greenplace.dispatch"
+CONTROL_QUEUE = "greenplace.control"
+QUEUES = (DISPATCH_QUEUE, PLACE_QUEUE, CONTROL_QUEUE)
+TASK_QUEUES = {
+    "greenplace.place": PLACE_QUEUE,
+    "greenplace.dispatch": DISPATCH_QUEUE,
+    "greenplace.reconcile": CONTROL_QUEUE,
+    "greenplace.terminate": CONTROL_QUEUE,
+    "greenplace.noop": CONTROL_QUEUE,
+}
+UNACKED_RESTORE_INTERVAL_S = 5.0
+
+_SETTINGS: weakref.WeakKeyDictionary[Celery, Settings] = weakref.WeakKeyDictionary()
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings ``app`` was created with."""
+    found = _SETTINGS.get(app)
+    return found if found is not None else load_settings()
+
+
+def _ssl_options(settings: Settings) -> dict[str, Any] | None:
+    if not settings.tls:
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_ca_cert is not None:
+        options["ssl_ca_certs"] = str(settings.redis_ca_cert)
+    return options
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A configured Celery app on the settings' Redis. Opens no connection.
+
+    Raises:
+        ConfigError: unusable ``GREENPLACE_*`` variables (when ``settings`` is None).
+    """
+    settings = settings or load_settings()
+    limit = settings.task_time_limit_s
+    soft = max(1.0, limit - 3.0)
+    app = Celery("greenplace", broker=settings.broker_url, include=["scheduler.worker.tasks"])
+    ssl_options = _ssl_options(settings)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        event_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=limit,
+        task_soft_time_limit=soft,
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        task_default_queue=CONTROL_QUEUE,
+        task_create_missing_queues=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 30,
+            "socket_connect_timeout": 5,
+        },
+        broker_use_ssl=ssl_options,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        enable_utc=True,
+        timezone="UTC",
+        beat_schedule={
+            "greenplace-reconcile": {
+                "task": "greenplace.reconcile",
+                "schedule": settings.reconcile_interval_s,
+                # A pass that waited longer than one interval is superseded by the next.
+                "options": {"expires": max(settings.reconcile_interval_s, 1.0)},
+            },
+        },
+    )
+    _SETTINGS[app] = settings
+    return app
+
+
+app = create_app()
