@@ -167,7 +167,15 @@ def job_tags(job: JobLaunch) -> dict[str, str]:
 
 
 def startup_script(job: JobLaunch) -> str:
-    """The boot script that runs the job's command and reports its exit status."""
+    """The boot script: run the job's command, log its exit status, then power off.
+
+    Design choice: the instance powers itself off when the command ends so that it
+    stops billing for compute. On EC2 the adapter sets shutdown to terminate; a GCE
+    VM that powers off stops (its boot disk stays until the instance is deleted); an
+    Azure VM shut down from inside stays allocated until it is deallocated or deleted
+    (``cancel``). The exit status is only in the console log: a clean power-off reads
+    as SUCCEEDED whatever the command returned.
+    """
     quoted = job.run.replace("'", "'\"'\"'")
     return (
         "#!/bin/bash\n"
@@ -176,7 +184,8 @@ def startup_script(job: JobLaunch) -> str:
         f"bash -lc '{quoted}'\n"
         "status=$?\n"
         "echo \"greenplace: job exited with $status\"\n"
-        "exit $status\n"
+        "sync\n"
+        "shutdown -h now\n"
     )
 
 

@@ -12,6 +12,11 @@
     │   ├── JobNotFoundError
     │   └── IllegalTransitionError    a state change the job's life cycle forbids
     ├── SignalError                   a carbon signal source could not answer
+    │   ├── SignalUnavailableError    down, 5xx, rate-limited or unreachable: skip the source
+    │   │   └── SignalTimeoutError    no answer within the client timeout
+    │   ├── SignalAuthError           key or credentials missing or refused: skip the source
+    │   ├── SignalPayloadError        the answer does not have the documented format
+    │   └── NoSignalDataError         the source has no value for this zone, time or type
     └── ProviderError                 a cloud call failed; carries provider, operation, code
         ├── CapacityError             no capacity here now: fail over to the next candidate
         ├── QuotaError                account quota reached: fail over
@@ -94,6 +99,26 @@ class SignalError(GreenplaceError):
     """A carbon signal source could not answer."""
 
 
+class SignalUnavailableError(SignalError):
+    """The source is down, rate-limited, answered 5xx or could not be reached."""
+
+
+class SignalTimeoutError(SignalUnavailableError):
+    """The source did not answer within the client timeout."""
+
+
+class SignalAuthError(SignalError):
+    """The source's API key or credentials are missing or were refused."""
+
+
+class NoSignalDataError(SignalError):
+    """The source has no value for this zone, time or signal type."""
+
+
+class SignalPayloadError(SignalError):
+    """The source answered, but not in its documented format."""
+
+
 class ProviderError(GreenplaceError):
     """A cloud call failed. Carries the provider, the operation and the cloud's own code."""
 
@@ -128,4 +153,6 @@ class InvalidRequestError(ProviderError):
 
 
 class MissingSDKError(ProviderError):
-    """The cloud's SDK is not installed."""
+    """The cloud's SDK is not installed (a set-up problem: CLI exit code 2)."""
+
+    exit_code = 2

@@ -1,0 +1,891 @@
+"""Azure adapter: virtual machines through azure-mgmt-compute and azure-mgmt-network.
+
+This module is the only place that imports the Azure SDKs (``azure.mgmt.*``,
+``azure.identity``, ``azure.core``). It owns the ARM request bodies for one
+job's VM and the network it needs, the idempotent submit (deterministic names,
+look-up before PUT), the long-running-operation polling with a deadline, and the
+mapping of ARM error codes onto the ProviderError tree.
+
+What it creates, all in one configured resource group, with deterministic names:
+
+- ``greenplace-<region>`` virtual network with subnet ``jobs`` (created once per
+  region with a GET-then-PUT; skipped when ``subnet_id`` names an existing subnet);
+- ``<vm>-nic`` network interface (PUT, idempotent by name);
+- ``<vm>`` Linux VM (PUT, idempotent by name) whose NIC and OS disk have
+  ``deleteOption: Delete``, so deleting the VM removes them too.
+
+Settings come from ``create(config)``, else ``GREENPLACE_AZURE_<KEY>``, else the JSON
+object ``GREENPLACE_AZURE_SETTINGS`` (see ``AzureSettings.from_config`` for the keys);
+credentials come from ``DefaultAzureCredential`` and are never read, printed or stored
+here.
+
+Tags: Azure tag names may not contain ``< > % & \\ ? /`` (``:`` is allowed), so
+``greenplace:job-id`` is used as-is; any forbidden character is replaced by ``-``
+and values are cut to 256 characters.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import ipaddress
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.polling import LROPoller
+from azure.mgmt.compute import ComputeManagementClient
+from azure.mgmt.core.polling.arm_polling import ARMPolling
+from azure.mgmt.network import NetworkManagementClient
+
+from providers.base import (
+    Feature,
+    InstanceHandle,
+    InstanceState,
+    InstanceStatus,
+    JobLaunch,
+    LaunchRequest,
+    Placement,
+    idempotency_key,
+    job_tags,
+    short_token,
+    startup_script,
+)
+from providers.errors import ErrorCodeTable, provider_error
+from scheduler.exceptions import (
+    AuthError,
+    CapacityError,
+    ConfigError,
+    InvalidRequestError,
+    ProviderError,
+    QuotaError,
+    TransientError,
+    UnknownNameError,
+)
+
+PROVIDER = "azure"
+ARM_SCOPE = "https://management.azure.com/.default"
+SUBSCRIPTION_PLACEHOLDER = "{subscriptionId}"
+SUBNET_NAME = "jobs"
+
+# ARM error.code values by class (read from the response body, including nested
+# details); a code not listed falls back to the HTTP status (429 / 5xx transient,
+# 401 / 403 auth), then InvalidRequestError.
+ERRORS = ErrorCodeTable(
+    capacity=frozenset({"SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed",
+                        "Overconstrained*"}),
+    quota=frozenset({"QuotaExceeded"}),
+    transient=frozenset({"TooManyRequests", "InternalServerError", "ServiceUnavailable",
+                         "InternalExecutionError", "InternalOperationError", "RetryableError",
+                         "OperationPreempted", "GatewayTimeout"}),
+    auth=frozenset({"AuthorizationFailed", "InvalidAuthenticationToken",
+                    "InvalidAuthenticationTokenTenant", "InvalidAuthenticationTokenAudience",
+                    "AuthenticationFailed", "ExpiredAuthenticationToken",
+                    "LinkedAuthorizationFailed", "SubscriptionNotFound"}),
+)
+
+_TAG_FORBIDDEN = re.compile(r"[<>%&\\?/]")
+_NAME_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AzureSettings:
+    """The adapter's own settings (never secrets: credentials come from azure-identity)."""
+
+    subscription_id: str | None = None
+    resource_group: str = "greenplace"
+    image: str = "microsoft-dsvm:ubuntu-hpc:2204:latest"
+    admin_username: str = "greenplace"
+    ssh_public_key: str | None = None
+    subnet_id: str | None = None
+    vnet_address_prefix: str = "10.64.0.0/16"
+    subnet_address_prefix: str = "10.64.0.0/20"
+    os_disk_gb: int = 256
+    os_disk_type: str = "StandardSSD_LRS"
+    security_type: str = "Standard"
+    spot_eviction_policy: str = "Delete"
+    spot_max_price: float = -1.0
+    operation_timeout_s: float = 120.0
+    polling_interval_s: float = 5.0
+    base_url: str | None = None
+    ca_bundle: str | None = None
+    test_token: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, str]) -> AzureSettings:
+        """Parse the flat config mapping.
+
+        Keys: subscription_id (else AZURE_SUBSCRIPTION_ID), resource_group, image (URN
+        ``publisher:offer:sku:version`` or an image resource id), admin_username,
+        ssh_public_key, subnet_id, vnet_address_prefix, subnet_address_prefix,
+        os_disk_gb, os_disk_type, security_type (Standard / TrustedLaunch / "" to
+        omit), spot_eviction_policy (Delete / Deallocate), spot_max_price,
+        operation_timeout_s, polling_interval_s, base_url (ARM endpoint), ca_bundle
+        (a PEM file to verify the endpoint's TLS certificate), credentials
+        ("default", or "test-token", accepted only with a loopback base_url).
+
+        Raises:
+            UnknownNameError: a key the adapter does not know ("Did you mean").
+            ConfigError: an unusable value.
+        """
+        for key in config:
+            if key not in _CONFIG_KEYS:
+                raise UnknownNameError("azure adapter setting", key, _CONFIG_KEYS,
+                                       hint=f"To fix: use one of {sorted(_CONFIG_KEYS)}.")
+        d = cls()  # the defaults (slots dataclasses keep no class-level values)
+        get = config.get
+        image = get("image") or d.image
+        _image_reference(image)  # validate early
+        eviction = (get("spot_eviction_policy") or d.spot_eviction_policy).capitalize()
+        if eviction not in ("Delete", "Deallocate"):
+            raise ConfigError(f"azure spot_eviction_policy {eviction!r} is not Delete or "
+                              "Deallocate. To fix: set Delete (default) or Deallocate.")
+        credentials = (get("credentials") or "default").strip().lower()
+        base_url = get("base_url") or None
+        if credentials not in ("default", "test-token"):
+            raise ConfigError(f"azure credentials {credentials!r} is not 'default' or "
+                              "'test-token'. To fix: leave it unset to use "
+                              "DefaultAzureCredential.")
+        if credentials == "test-token" and not _is_loopback(base_url):
+            raise ConfigError("azure credentials 'test-token' is only for a local ARM fake. "
+                              "To fix: also set base_url to an https://127.0.0.1:PORT "
+                              "address, or leave credentials unset.")
+        return cls(
+            subscription_id=get("subscription_id") or os.environ.get("AZURE_SUBSCRIPTION_ID")
+            or None,
+            resource_group=get("resource_group") or d.resource_group,
+            image=image,
+            admin_username=get("admin_username") or d.admin_username,
+            ssh_public_key=get("ssh_public_key") or None,
+            subnet_id=get("subnet_id") or None,
+            vnet_address_prefix=get("vnet_address_prefix") or d.vnet_address_prefix,
+            subnet_address_prefix=get("subnet_address_prefix") or d.subnet_address_prefix,
+            os_disk_gb=int(_number(config, "os_disk_gb", d.os_disk_gb, minimum=1)),
+            os_disk_type=get("os_disk_type") or d.os_disk_type,
+            security_type=get("security_type", d.security_type),
+            spot_eviction_policy=eviction,
+            spot_max_price=_number(config, "spot_max_price", d.spot_max_price, minimum=-1),
+            operation_timeout_s=_number(config, "operation_timeout_s", d.operation_timeout_s,
+                                        minimum=0),
+            polling_interval_s=_number(config, "polling_interval_s", d.polling_interval_s,
+                                       minimum=0),
+            base_url=base_url,
+            ca_bundle=get("ca_bundle") or None,
+            test_token=credentials == "test-token",
+        )
+
+
+_CONFIG_KEYS = (
+    "subscription_id", "resource_group", "image", "admin_username", "ssh_public_key",
+    "subnet_id", "vnet_address_prefix", "subnet_address_prefix", "os_disk_gb", "os_disk_type",
+    "security_type", "spot_eviction_policy", "spot_max_price", "operation_timeout_s",
+    "polling_interval_s", "base_url", "ca_bundle", "credentials",
+)
+
+
+def _is_loopback(url: str | None) -> bool:
+    if not url:
+        return False
+    host = urlsplit(url if "://" in url else f"https://{url}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _number(config: Mapping[str, str], key: str, default: float, *, minimum: float) -> float:
+    raw = config.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"azure {key} {raw!r} is not a number >= {minimum:g}. "
+                          f"To fix: set it to a number such as {default:g}.")
+    return value
+
+
+def _image_reference(image: str) -> dict[str, str]:
+    """An ARM imageReference from a URN or an image resource id."""
+    if image.startswith("/subscriptions/"):
+        return {"id": image}
+    parts = image.split(":")
+    if len(parts) != 4 or not all(parts):
+        raise ConfigError(f"azure image {image!r} is not publisher:offer:sku:version or an "
+                          "image resource id. To fix: use a URN such as "
+                          "'microsoft-dsvm:ubuntu-hpc:2204:latest'.")
+    publisher, offer, sku, version = parts
+    return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
+
+
+# --------------------------------------------------------------------------- names and tags
+
+
+def vm_name(key: str, region: str) -> str:
+    """The deterministic VM name for an idempotency key in a region.
+
+    Linux VM names are 1-64 letters, digits and hyphens. Design choice: the hash
+    suffix covers the key *and* the region, because VM names are unique per
+    resource group across regions; a key reused for another region after a
+    failover must not collide with the VM (or failed VM) left in the first region.
+    """
+    slug = _NAME_BAD.sub("-", key.lower()).strip("-")
+    if not slug or not slug[0].isalpha():
+        slug = f"gp-{slug}".rstrip("-")
+    return f"{slug[:55].rstrip('-')}-{short_token(f'{key}@{region}', 8)}"
+
+
+def azure_tags(job: JobLaunch) -> dict[str, str]:
+    """The tags every resource this adapter creates carries (names keep their ``:``)."""
+    return {_TAG_FORBIDDEN.sub("-", k)[:512]: v[:256] for k, v in job_tags(job).items()}
+
+
+# Design choice: Linux VMs need a password or an SSH key, and a job VM needs
+# neither (the job runs from customData). Unless ``ssh_public_key`` is set, the VM
+# gets this RSA-3072 public key, whose private half was discarded when it was
+# generated for greenplace: nobody can log in, and prepare() stays deterministic.
+NO_LOGIN_SSH_KEY = (
+    "ssh-rsa "
+    "AAAAB3NzaC1yc2EAAAADAQABAAABgQC84XN/CjFjnKpomChHfQkRHvIUvoNRqY4bCNwbMRTFygaRLyPg"
+    "UEZxcjgBXCN5woQIBO1joY3OZsZhLg+QnsYFrO2Z5jqtdlSq6FSou0WTRa7nZu8aZOn2w5vNgQ3PQGD3"
+    "vp1XYr6iSVHY9hpxPv8S1fEfLhy8ya5izylqFB7rSEMNprII/DlSJygotLimFVdVb0/BgIIMKynX0cex"
+    "k1zqyONMuelj1U4LjNWN9EaWs55W9HodrZlmYXayZLEBybt1m9DRgIPIFHz83KTa+86bHj1fFxkA7m/o"
+    "4KfJCMnse7QyvqqbTlVBq09mMIRvS4eVr3DjQaQ05tr7trW92uOuKc2bOQ8x9FrP6UcrEaKm3Ma4Q+qC"
+    "qQjm0nMqhyZ+cJTi/+afi4oHEe1tnNu9U+bcAc0owBLj7R43KElws23OA/2ayIF9KjwbL/gbBiKprg8K"
+    "Y3p5qlrL33EX/w2cSmGznS6IWg39QC9jZcBejWQko/RXk3Yi55wu28AJa8XMR7U="
+    " greenplace-no-login"
+)
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+FIXES: dict[type[ProviderError], str] = {
+    CapacityError: "nothing in the job; greenplace fails over to the next candidate region, "
+                   "or retry later",
+    QuotaError: "request a vCPU quota increase for this VM family (and the Spot quota for Spot "
+                "VMs) in this region (Portal > Quotas > Compute), or let the job fail over",
+    TransientError: "nothing; the call is retried with backoff",
+    AuthError: "sign in with `az login`, or set AZURE_CLIENT_ID / AZURE_TENANT_ID / "
+               "AZURE_CLIENT_SECRET (or use a managed identity), check the subscription id, "
+               "and grant the principal 'Virtual Machine Contributor' and 'Network "
+               "Contributor' on the resource group",
+    InvalidRequestError: "check the azure settings (subscription_id, resource_group, image, "
+                         "subnet_id) and the VM size; a missing resource group is created "
+                         "with `az group create -n <name> -l <region>`",
+}
+
+
+def _error(cls: type[ProviderError], message: str, *, operation: str,
+           code: str | None) -> ProviderError:
+    return provider_error(cls, message, provider=PROVIDER, operation=operation, code=code,
+                          fix=FIXES[cls])
+
+
+def _body_of(exc: HttpResponseError) -> dict[str, Any]:
+    response = exc.response
+    if response is None:
+        return {}
+    try:
+        body = json.loads(response.text() or "{}")
+    except (ValueError, TypeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _error_codes(error: dict[str, Any]) -> list[str]:
+    """The error's code and the codes of its details, depth first."""
+    codes = [str(error["code"])] if error.get("code") else []
+    for detail in error.get("details") or []:
+        if isinstance(detail, dict):
+            codes.extend(_error_codes(detail))
+    return codes
+
+
+def classify(codes: list[str], *, message: str,
+             http_status: int | None) -> tuple[type[ProviderError], str | None]:
+    """The error class of an ARM error and the code that decided it.
+
+    ``OperationNotAllowed`` is ARM's code for many refusals; only with a quota
+    message ("exceeding approved ... Cores quota") is it a quota error.
+    """
+    if "OperationNotAllowed" in codes and "quota" in message.lower():
+        return QuotaError, "OperationNotAllowed"
+    for code in codes:
+        cls = ERRORS.classify(code)
+        if cls is not InvalidRequestError:
+            return cls, code
+    fallback = codes[0] if codes else (str(http_status) if http_status else None)
+    return ERRORS.classify(None, http_status=http_status), fallback
+
+
+def map_azure_error(exc: Exception, *, operation: str, call: str) -> ProviderError:
+    """Map an Azure SDK exception to a ProviderError, reading ``error.code`` from the body.
+
+    ``operation`` is the Provider method (submit, status, ...); ``call`` the ARM call
+    that failed, which opens the message.
+    """
+    if isinstance(exc, HttpResponseError) and exc.response is not None:
+        body = _body_of(exc)
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        assert isinstance(error, dict)
+        codes = _error_codes(error)
+        if not codes and exc.error is not None and getattr(exc.error, "code", None):
+            codes = [str(exc.error.code)]
+        details = [str(d.get("message")) for d in error.get("details") or []
+                   if isinstance(d, dict) and d.get("message")]
+        text = " ".join([str(error.get("message") or exc.reason or ""), *details]).strip()
+        cls, code = classify(codes, message=text, http_status=exc.status_code)
+        return _error(cls, f"{call}: {text}", operation=operation, code=code)
+    if isinstance(exc, ClientAuthenticationError):
+        # azure-identity's messages name the credentials it tried, never a secret.
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return _error(AuthError, f"{call}: Azure credentials are unusable ({first})",
+                      operation=operation, code=type(exc).__name__)
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return _error(TransientError, f"{call}: Azure Resource Manager could not be reached "
+                      f"({type(exc).__name__})", operation=operation, code=type(exc).__name__)
+    return _error(InvalidRequestError, f"{call}: {type(exc).__name__}: {exc}",
+                  operation=operation, code=type(exc).__name__)
+
+
+_SDK_ERRORS = (HttpResponseError, ClientAuthenticationError, ServiceRequestError,
+               ServiceResponseError)
+
+
+class _PollDeadline(Exception):
+    """The long-running operation outlived the adapter's deadline (not an error)."""
+
+
+class _DeadlinePolling(ARMPolling):
+    """ARM polling that gives up (raises _PollDeadline) at a deadline.
+
+    Design choice: an LROPoller polls in a thread; giving up through the polling
+    method ends that thread instead of leaving it polling after submit returned.
+    """
+
+    def __init__(self, interval_s: float, *, deadline_s: float, base_url: str) -> None:
+        super().__init__(interval_s, path_format_arguments={"endpoint": base_url})
+        self._deadline = time.monotonic() + deadline_s
+
+    def _delay(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise _PollDeadline()
+        self._sleep(min(self._extract_delay(), remaining))
+
+
+LOOPBACK_TEST_TOKEN = "greenplace-loopback-test-token"
+
+
+class _LoopbackTestCredential:
+    """A TokenCredential for a local ARM fake only (config ``credentials: test-token``)."""
+
+    def get_token(self, *scopes: str, claims: str | None = None, tenant_id: str | None = None,
+                  enable_cae: bool = False, **kwargs: Any) -> AccessToken:
+        return AccessToken(LOOPBACK_TEST_TOKEN, int(time.time()) + 3600)
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+class AzureProvider:
+    """Launches placed jobs as Azure virtual machines."""
+
+    name = PROVIDER
+    features = frozenset({Feature.SPOT, Feature.CANCEL, Feature.TAGS, Feature.STARTUP_SCRIPT,
+                          Feature.IDEMPOTENT_SUBMIT})
+
+    def __init__(self, settings: AzureSettings, *,
+                 credential: TokenCredential | None = None) -> None:
+        """Build the adapter; no network until the first call that needs it.
+
+        Args:
+            settings: parsed configuration.
+            credential: an explicit TokenCredential (tests); default DefaultAzureCredential.
+        """
+        self.settings = settings
+        self._credential = credential
+        self._owns_credential = credential is None
+        self._compute: ComputeManagementClient | None = None
+        self._network: NetworkManagementClient | None = None
+        self._ssh_key = settings.ssh_public_key or NO_LOGIN_SSH_KEY
+
+    # -- plumbing
+
+    def subscription_id(self) -> str:
+        if not self.settings.subscription_id:
+            raise ConfigError("No Azure subscription is configured. To fix: set the azure "
+                              "'subscription_id' setting or AZURE_SUBSCRIPTION_ID.")
+        return self.settings.subscription_id
+
+    def _resolve_credential(self) -> TokenCredential:
+        if self._credential is None:
+            if self.settings.test_token:
+                self._credential = _LoopbackTestCredential()
+            else:
+                from azure.identity import DefaultAzureCredential
+
+                self._credential = DefaultAzureCredential()
+        return self._credential
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            # No SDK retries: a capacity error must fail over at once, and transient
+            # errors are retried with backoff by the caller (the dispatch task).
+            "retry_total": 0,
+            "polling_interval": self.settings.polling_interval_s,
+        }
+        if self.settings.base_url:
+            kwargs["base_url"] = self.settings.base_url
+        if self.settings.ca_bundle:
+            kwargs["connection_verify"] = self.settings.ca_bundle
+        return kwargs
+
+    def compute(self) -> ComputeManagementClient:
+        if self._compute is None:
+            self._compute = ComputeManagementClient(
+                self._resolve_credential(), self.subscription_id(), **self._client_kwargs())
+        return self._compute
+
+    def network(self) -> NetworkManagementClient:
+        if self._network is None:
+            self._network = NetworkManagementClient(
+                self._resolve_credential(), self.subscription_id(), **self._client_kwargs())
+        return self._network
+
+    def close(self) -> None:
+        """Close the HTTP sessions of the clients (and the credential) this adapter opened."""
+        for client in (self._compute, self._network):
+            if client is not None:
+                client.close()
+        self._compute = self._network = None
+        if self._owns_credential and self._credential is not None:
+            close = getattr(self._credential, "close", None)
+            if callable(close):
+                close()
+            self._credential = None
+
+    def _base_url(self) -> str:
+        return self.settings.base_url or "https://management.azure.com"
+
+    def _polling(self, deadline_s: float) -> _DeadlinePolling:
+        return _DeadlinePolling(self.settings.polling_interval_s, deadline_s=deadline_s,
+                                base_url=self._base_url())
+
+    def _ids(self, subscription: str) -> str:
+        return (f"/subscriptions/{subscription}/resourceGroups/"
+                f"{self.settings.resource_group}/providers")
+
+    # -- Provider protocol
+
+    def check_credentials(self) -> str:
+        """Get an ARM token through the credential chain and list the resource group's VMs.
+
+        Returns the subscription and the principal's name or app id (read from the
+        token's claims); never the token.
+        """
+        subscription = self.subscription_id()
+        try:
+            token = self._resolve_credential().get_token(ARM_SCOPE)
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation="check_credentials", call="get_token") from exc
+        try:
+            next(iter(self.compute().virtual_machines.list(self.settings.resource_group)), None)
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation="check_credentials",
+                                  call="virtualMachines.list") from exc
+        claims = _jwt_claims(token.token)
+        who = (claims.get("upn") or claims.get("unique_name") or claims.get("appid")
+               or claims.get("oid"))
+        if isinstance(self._credential, _LoopbackTestCredential):
+            who = "test token (local fake endpoint)"
+        return (f"subscription {subscription}, resource group {self.settings.resource_group}"
+                f" as {who or 'the default credential'}")
+
+    def prepare(self, job: JobLaunch, placement: Placement) -> LaunchRequest:
+        """The exact ARM request bodies; pure (no network, no credentials needed)."""
+        if placement.cloud != PROVIDER:
+            raise InvalidRequestError(
+                f"the azure adapter was handed a {placement.cloud} placement. "
+                "To fix: dispatch through the provider named by the placement's cloud.",
+                provider=PROVIDER, operation="prepare", code="WRONG_CLOUD",
+            )
+        key = idempotency_key(job.job_id, job.attempt)
+        name = vm_name(key, placement.region)
+        sub = self.settings.subscription_id or SUBSCRIPTION_PLACEHOLDER
+        tags = azure_tags(job)
+        region = placement.region
+        vnet_name = f"greenplace-{region}"
+        subnet_id = self.settings.subnet_id or (
+            f"{self._ids(sub)}/Microsoft.Network/virtualNetworks/{vnet_name}/subnets/"
+            f"{SUBNET_NAME}")
+        nic_name = f"{name}-nic"
+        payload: dict[str, Any] = {
+            "subscriptionId": sub,
+            "resourceGroup": self.settings.resource_group,
+            "virtualNetwork": None if self.settings.subnet_id else {
+                "name": vnet_name,
+                "body": {
+                    "location": region,
+                    "tags": {"greenplace:managed": "true"},
+                    "properties": {
+                        "addressSpace": {"addressPrefixes": [self.settings.vnet_address_prefix]},
+                        "subnets": [{"name": SUBNET_NAME, "properties": {
+                            "addressPrefix": self.settings.subnet_address_prefix,
+                            "defaultOutboundAccess": True,
+                        }}],
+                    },
+                },
+            },
+            "networkInterface": {
+                "name": nic_name,
+                "body": {
+                    "location": region,
+                    "tags": tags,
+                    "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": {
+                        "subnet": {"id": subnet_id},
+                        "privateIPAllocationMethod": "Dynamic",
+                    }}]},
+                },
+            },
+            "virtualMachine": {
+                "name": name,
+                "body": self._vm_body(job, placement, name=name, tags=tags,
+                                      nic_id=f"{self._ids(sub)}/Microsoft.Network/"
+                                             f"networkInterfaces/{nic_name}"),
+            },
+        }
+        return LaunchRequest(
+            provider=PROVIDER, cloud=PROVIDER, region=region,
+            instance_type=placement.instance_type, spot=placement.spot, tags=tags,
+            startup_script=startup_script(job), payload=payload,
+        )
+
+    def _vm_body(self, job: JobLaunch, placement: Placement, *, name: str,
+                 tags: dict[str, str], nic_id: str) -> dict[str, Any]:
+        s = self.settings
+        props: dict[str, Any] = {
+            "hardwareProfile": {"vmSize": placement.instance_type},
+            "storageProfile": {
+                "imageReference": _image_reference(s.image),
+                "osDisk": {
+                    "name": f"{name}-osdisk", "createOption": "FromImage",
+                    "deleteOption": "Delete", "diskSizeGB": s.os_disk_gb,
+                    "managedDisk": {"storageAccountType": s.os_disk_type},
+                },
+            },
+            "osProfile": {
+                "computerName": name,
+                "adminUsername": s.admin_username,
+                "customData": base64.b64encode(startup_script(job).encode()).decode(),
+                "linuxConfiguration": {
+                    "disablePasswordAuthentication": True,
+                    "ssh": {"publicKeys": [{
+                        "path": f"/home/{s.admin_username}/.ssh/authorized_keys",
+                        "keyData": self._ssh_key,
+                    }]},
+                },
+            },
+            "networkProfile": {"networkInterfaces": [{
+                "id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"},
+            }]},
+        }
+        if s.security_type:
+            props["securityProfile"] = {"securityType": s.security_type}
+        if placement.spot:
+            props.update({
+                "priority": "Spot",
+                "evictionPolicy": s.spot_eviction_policy,
+                "billingProfile": {"maxPrice": s.spot_max_price},
+            })
+        return {"location": placement.region, "tags": tags, "properties": props}
+
+    def submit(self, request: LaunchRequest, *, idempotency_key: str) -> InstanceHandle:
+        """Find the VM of this key, or create its network interface and VM.
+
+        Design choice: the VM name comes from the key passed here (and the region),
+        and a GET precedes the PUT, so a redelivered dispatch returns the VM the
+        first delivery created instead of re-sending a PUT that could reset it.
+        A VM whose creation failed (ARM leaves it in provisioningState Failed) is
+        deleted, NIC and disk with it, and its error is raised again, so a
+        redelivery ends the same way as the first delivery.
+
+        Raises:
+            CapacityError, QuotaError, AuthError, TransientError, InvalidRequestError.
+        """
+        if request.provider != PROVIDER:
+            raise InvalidRequestError(
+                f"the azure adapter was handed a {request.provider} request. "
+                "To fix: submit through the provider that prepared it.",
+                provider=PROVIDER, operation="submit", code="WRONG_PROVIDER",
+            )
+        sub = self.subscription_id()
+        rg = self.settings.resource_group
+        payload = _fill_subscription(copy.deepcopy(request.payload), sub)
+        name = vm_name(idempotency_key, request.region)
+        vm = payload["virtualMachine"]
+        if vm["name"] != name:  # prepared under another key: the key passed here wins
+            payload = _rename(payload, new=name)
+        extra = {"resource_group": rg, "subscription_id": sub,
+                 "spot": str(request.spot).lower()}
+
+        existing = self._get_vm(name, operation="submit")
+        if existing is not None:
+            failure = _failed_provisioning(existing)
+            if failure is None:
+                return self._handle(request.region, name, extra)
+            self._delete_quietly(vm_name=name)
+            raise _failure_error(failure, operation="submit", call="virtualMachines.createOrUpdate")
+
+        if payload["virtualNetwork"] is not None:
+            self._ensure_network(payload["virtualNetwork"])
+        nic = payload["networkInterface"]
+        self._run_lro(
+            lambda: self.network().network_interfaces.begin_create_or_update(
+                rg, nic["name"], nic["body"],
+                polling=self._polling(self.settings.operation_timeout_s)),
+            call="networkInterfaces.createOrUpdate")
+        call = "virtualMachines.createOrUpdate"
+        try:
+            poller = self.compute().virtual_machines.begin_create_or_update(
+                rg, name, vm["body"], polling=self._polling(self.settings.operation_timeout_s))
+        except _SDK_ERRORS as exc:  # refused up front: no VM, only the NIC to remove
+            self._delete_quietly(nic_name=nic["name"])
+            raise map_azure_error(exc, operation="submit", call=call) from exc
+        try:
+            poller.wait()
+            done = True
+        except _PollDeadline:
+            done = False
+        except _SDK_ERRORS as exc:  # the VM exists in state Failed: delete it (and its NIC)
+            self._delete_quietly(vm_name=name)
+            raise map_azure_error(exc, operation="submit", call=call) from exc
+        return self._handle(request.region, name, extra if done else {**extra, "pending": "true"})
+
+    def status(self, handle: InstanceHandle) -> InstanceStatus:
+        """Map the VM's provisioning and power state; a vanished Spot VM was evicted."""
+        vm = self._get_vm(handle.instance_id, operation="status")
+        spot = handle.extra.get("spot") == "true"
+        if vm is None:
+            if spot:
+                return InstanceStatus(state=InstanceState.PREEMPTED,
+                                      detail="Spot VM was evicted (eviction policy Delete)")
+            return InstanceStatus(state=InstanceState.MISSING,
+                                  detail=f"no VM {handle.instance_id} in "
+                                         f"{self.settings.resource_group}")
+        failure = _failed_provisioning(vm)
+        if failure is not None:
+            return InstanceStatus(state=InstanceState.FAILED,
+                                  detail=f"provisioning failed: {failure[0]}: {failure[1]}")
+        props = vm.get("properties") or {}
+        provisioning = str(props.get("provisioningState") or "")
+        statuses = (props.get("instanceView") or {}).get("statuses") or []
+        power = next((str(s.get("code"))[len("PowerState/"):] for s in statuses
+                      if str(s.get("code", "")).startswith("PowerState/")), "")
+        detail = f"provisioningState {provisioning or '-'}, power {power or '-'}"
+        if provisioning == "Deleting":
+            return InstanceStatus(state=InstanceState.PREEMPTED if spot
+                                  else InstanceState.TERMINATED, detail=detail)
+        if power in ("deallocating", "deallocated"):
+            # Spot eviction with policy Deallocate; an on-demand VM was deallocated by someone.
+            return InstanceStatus(state=InstanceState.PREEMPTED if spot
+                                  else InstanceState.TERMINATED, detail=detail)
+        state = {"starting": InstanceState.PENDING, "running": InstanceState.RUNNING,
+                 "stopping": InstanceState.RUNNING,
+                 "stopped": InstanceState.SUCCEEDED}.get(power, InstanceState.PENDING)
+        return InstanceStatus(state=state, detail=detail)
+
+    def cancel(self, handle: InstanceHandle) -> None:
+        """Delete the VM (its NIC and OS disk go with it); a no-op when it is gone."""
+        try:
+            self.compute().virtual_machines.begin_delete(
+                self.settings.resource_group, handle.instance_id, polling=False)
+        except ResourceNotFoundError:
+            return
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation="cancel", call="virtualMachines.delete") from exc
+
+    # -- helpers
+
+    def _handle(self, region: str, name: str, extra: dict[str, str]) -> InstanceHandle:
+        return InstanceHandle(provider=PROVIDER, cloud=PROVIDER, region=region,
+                              instance_id=name, zone=None, extra=dict(extra))
+
+    def _get_vm(self, name: str, *, operation: str) -> dict[str, Any] | None:
+        try:
+            vm = self.compute().virtual_machines.get(self.settings.resource_group, name,
+                                                     expand="instanceView")
+        except ResourceNotFoundError as exc:
+            codes = _error_codes(_body_of(exc).get("error") or {})
+            if "ResourceGroupNotFound" in codes:
+                raise map_azure_error(exc, operation=operation, call="virtualMachines.get") from exc
+            return None
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation=operation, call="virtualMachines.get") from exc
+        return dict(vm.as_dict())
+
+    def _run_lro(self, start: Callable[[], LROPoller[Any]], *, call: str) -> bool:
+        """Start an LRO and wait for it: True when it finished, False at the deadline.
+
+        Raises the mapped error when the initial request or the operation fails.
+        """
+        try:
+            start().wait()
+        except _PollDeadline:
+            return False
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation="submit", call=call) from exc
+        return True
+
+    def _ensure_network(self, vnet: dict[str, Any]) -> None:
+        """Create the region's virtual network and subnet unless they exist (GET, then PUT)."""
+        rg = self.settings.resource_group
+        try:
+            found = self.network().virtual_networks.get(rg, vnet["name"])
+        except ResourceNotFoundError as exc:
+            codes = _error_codes(_body_of(exc).get("error") or {})
+            if "ResourceGroupNotFound" in codes:
+                raise map_azure_error(exc, operation="submit", call="virtualNetworks.get") from exc
+            found = None
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation="submit", call="virtualNetworks.get") from exc
+        if found is None:
+            done = self._run_lro(
+                lambda: self.network().virtual_networks.begin_create_or_update(
+                    rg, vnet["name"], vnet["body"],
+                    polling=self._polling(self.settings.operation_timeout_s)),
+                call="virtualNetworks.createOrUpdate")
+            if not done:
+                raise _error(TransientError,
+                             f"virtual network {vnet['name']} is still being created",
+                             operation="submit", code="InProgress")
+            return
+        subnets = {s.get("name") for s in (found.as_dict().get("properties") or {})
+                   .get("subnets") or []}
+        if SUBNET_NAME not in subnets:
+            subnet = vnet["body"]["properties"]["subnets"][0]
+            self._run_lro(
+                lambda: self.network().subnets.begin_create_or_update(
+                    rg, vnet["name"], SUBNET_NAME,
+                    {"properties": subnet["properties"]},  # type: ignore[call-overload]
+                    polling=self._polling(self.settings.operation_timeout_s)),
+                call="subnets.createOrUpdate")
+
+    def _delete_quietly(self, *, vm_name: str | None = None, nic_name: str | None = None) -> None:
+        """Best-effort clean-up after a failed create: start the deletes, do not wait.
+
+        Deleting the VM also deletes its NIC and OS disk (deleteOption Delete).
+        """
+        rg = self.settings.resource_group
+        try:
+            if vm_name is not None:
+                self.compute().virtual_machines.begin_delete(rg, vm_name, polling=False)
+            if nic_name is not None:
+                self.network().network_interfaces.begin_delete(rg, nic_name, polling=False)
+        except _SDK_ERRORS:
+            return
+
+
+def _fill_subscription(value: Any, subscription: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(SUBSCRIPTION_PLACEHOLDER, subscription)
+    if isinstance(value, list):
+        return [_fill_subscription(v, subscription) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill_subscription(v, subscription) for k, v in value.items()}
+    return value
+
+
+def _rename(payload: dict[str, Any], *, new: str) -> dict[str, Any]:
+    """The payload with the VM (and its NIC, OS disk and host name) renamed to ``new``."""
+    nic = payload["networkInterface"]
+    vm = payload["virtualMachine"]
+    props = vm["body"]["properties"]
+    nic_ref = props["networkProfile"]["networkInterfaces"][0]
+    nic_ref["id"] = nic_ref["id"].rsplit("/", 1)[0] + f"/{new}-nic"
+    nic["name"] = f"{new}-nic"
+    vm["name"] = new
+    props["osProfile"]["computerName"] = new
+    props["storageProfile"]["osDisk"]["name"] = f"{new}-osdisk"
+    return payload
+
+
+def _failed_provisioning(vm: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(code, message) when the VM's provisioning failed, read from its instance view."""
+    props = vm.get("properties") or {}
+    if props.get("provisioningState") != "Failed":
+        return None
+    for status in (props.get("instanceView") or {}).get("statuses") or []:
+        code = str(status.get("code", ""))
+        if code.startswith("ProvisioningState/failed/"):
+            return code.rsplit("/", 1)[1], str(status.get("message") or "")
+    return "ProvisioningFailed", "the VM's provisioning failed"
+
+
+def _failure_error(failure: tuple[str, str], *, operation: str, call: str) -> ProviderError:
+    code, message = failure
+    cls, _ = classify([code], message=message, http_status=None)
+    return _error(cls, f"{call}: {message}", operation=operation, code=code)
+
+
+def _jwt_claims(token: str) -> dict[str, Any]:
+    """The (unverified) claims of a JWT access token; {} when it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return {}
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(padded))
+    except ValueError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def merged_config(config: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """Settings from, in rising precedence: GREENPLACE_AZURE_SETTINGS (a JSON object),
+    GREENPLACE_AZURE_<KEY> for each known key, then ``config``."""
+    merged: dict[str, str] = {}
+    raw = environ.get("GREENPLACE_AZURE_SETTINGS")
+    if raw:
+        try:
+            loaded = json.loads(raw)
+        except ValueError as exc:
+            raise ConfigError(f"GREENPLACE_AZURE_SETTINGS is not JSON ({exc}). To fix: give a "
+                              "JSON object of azure settings.") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError("GREENPLACE_AZURE_SETTINGS must be a JSON object. To fix: wrap the "
+                              "settings in {...}.")
+        merged.update({str(k): str(v) for k, v in loaded.items()})
+    for key in _CONFIG_KEYS:
+        value = environ.get(f"GREENPLACE_AZURE_{key.upper()}")
+        if value:
+            merged[key] = value
+    merged.update(config)
+    return merged
+
+
+def create(config: Mapping[str, str]) -> AzureProvider:
+    """The registry's factory: ``get_provider("azure", config=...)``.
+
+    ``config`` wins over GREENPLACE_AZURE_<KEY> variables, which win over
+    GREENPLACE_AZURE_SETTINGS.
+    """
+    return AzureProvider(AzureSettings.from_config(merged_config(config, os.environ)))

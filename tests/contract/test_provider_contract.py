@@ -1,0 +1,195 @@
+"""The Provider contract, run against every adapter that has a case (see adapter_case.py).
+
+What the queue relies on, whatever the cloud: prepare() is pure and exact,
+submit() is idempotent per key (also from another adapter object), status()
+and cancel() follow the instance and tolerate its absence, capabilities are
+declared honestly, errors arrive as the right class with provider, operation
+and the cloud's own code, and no secret ever shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+
+import pytest
+
+from providers.base import (
+    Feature,
+    InstanceHandle,
+    InstanceState,
+    JobLaunch,
+    Provider,
+    idempotency_key,
+    startup_script,
+)
+from providers.registry import REGISTRY
+from scheduler.exceptions import (
+    AuthError,
+    CapacityError,
+    ProviderError,
+    QuotaError,
+    TransientError,
+)
+from tests.contract.adapter_case import ERROR_KINDS, AdapterCase
+
+LIVE = (InstanceState.PENDING, InstanceState.RUNNING)
+GONE = (InstanceState.TERMINATED, InstanceState.MISSING)
+EXPECTED_CLASS = {"capacity": CapacityError, "quota": QuotaError, "transient": TransientError,
+                  "auth": AuthError}
+
+
+@pytest.fixture
+def job() -> JobLaunch:
+    return JobLaunch(job_id=f"contract-{uuid.uuid4().hex[:10]}", name="contract-train",
+                     run="python train.py --epochs 1", policy="balanced", attempt=1)
+
+
+def _key(job: JobLaunch) -> str:
+    return idempotency_key(job.job_id, job.attempt)
+
+
+def _no_secret(case: AdapterCase, text: str) -> None:
+    for secret in case.secrets:
+        assert secret not in text
+
+
+def _needs(provider: Provider, feature: Feature) -> None:
+    if feature not in provider.features:
+        pytest.skip(f"{provider.name} does not declare {feature}")
+
+
+def test_is_a_registered_provider_with_declared_features(adapter_case: AdapterCase) -> None:
+    provider = adapter_case.make_provider()
+    assert isinstance(provider, Provider)
+    assert provider.name == adapter_case.name and provider.name in REGISTRY
+    assert isinstance(provider.features, frozenset)
+    assert all(isinstance(f, Feature) for f in provider.features)
+    assert Feature.CANCEL in provider.features  # the queue cannot work without it
+
+
+def test_prepare_is_pure_deterministic_and_serialisable(adapter_case: AdapterCase,
+                                                        job: JobLaunch) -> None:
+    provider = adapter_case.make_provider()
+    before = adapter_case.count_instances() if adapter_case.count_instances else None
+    request = provider.prepare(job, adapter_case.placement)
+    if adapter_case.count_instances is not None:
+        assert adapter_case.count_instances() == before
+    assert provider.prepare(job, adapter_case.placement) == request
+    assert adapter_case.make_provider().prepare(job, adapter_case.placement) == request
+    text = json.dumps(dataclasses.asdict(request))
+    _no_secret(adapter_case, text)
+    assert request.provider == adapter_case.name
+    assert request.region == adapter_case.placement.region
+    assert request.instance_type == adapter_case.placement.instance_type
+    assert request.spot is False
+    if Feature.TAGS in provider.features:
+        assert request.tags["greenplace:job-id"] == job.job_id
+        assert request.tags["greenplace:attempt"] == str(job.attempt)
+        assert request.tags["greenplace:policy"] == job.policy
+    if Feature.STARTUP_SCRIPT in provider.features:
+        assert request.startup_script == startup_script(job)
+
+
+def test_spot_is_declared_or_refused(adapter_case: AdapterCase, job: JobLaunch) -> None:
+    provider = adapter_case.make_provider()
+    spot = dataclasses.replace(adapter_case.placement, spot=True)
+    if Feature.SPOT in provider.features:
+        assert adapter_case.spot_placement is not None
+        assert provider.prepare(job, adapter_case.spot_placement).spot is True
+    else:
+        with pytest.raises(ProviderError, match="To fix:"):
+            provider.prepare(job, spot)
+
+
+def test_submit_launches_and_status_follows(adapter_case: AdapterCase, job: JobLaunch) -> None:
+    provider = adapter_case.make_provider()
+    before = adapter_case.count_instances() if adapter_case.count_instances else None
+    handle = provider.submit(provider.prepare(job, adapter_case.placement),
+                             idempotency_key=_key(job))
+    assert isinstance(handle, InstanceHandle)
+    assert handle.provider == adapter_case.name and handle.instance_id
+    assert handle.region == adapter_case.placement.region
+    assert provider.status(handle).state in LIVE
+    if before is not None and adapter_case.count_instances is not None:
+        assert adapter_case.count_instances() == before + 1
+
+
+def test_same_key_returns_the_same_instance(adapter_case: AdapterCase, job: JobLaunch) -> None:
+    provider = adapter_case.make_provider()
+    _needs(provider, Feature.IDEMPOTENT_SUBMIT)
+    request = provider.prepare(job, adapter_case.placement)
+    handle = provider.submit(request, idempotency_key=_key(job))
+    count = adapter_case.count_instances() if adapter_case.count_instances else None
+    assert provider.submit(request, idempotency_key=_key(job)).instance_id == handle.instance_id
+    other = adapter_case.make_provider()  # a redelivery to another worker
+    again = other.submit(other.prepare(job, adapter_case.placement), idempotency_key=_key(job))
+    assert again.instance_id == handle.instance_id
+    if count is not None and adapter_case.count_instances is not None:
+        assert adapter_case.count_instances() == count
+
+
+def test_next_attempt_is_a_new_instance(adapter_case: AdapterCase, job: JobLaunch) -> None:
+    provider = adapter_case.make_provider()
+    first = provider.submit(provider.prepare(job, adapter_case.placement),
+                            idempotency_key=_key(job))
+    retry = dataclasses.replace(job, attempt=2)
+    second = provider.submit(provider.prepare(retry, adapter_case.placement),
+                             idempotency_key=_key(retry))
+    assert second.instance_id != first.instance_id
+
+
+def test_cancel_ends_the_instance_and_is_idempotent(adapter_case: AdapterCase,
+                                                    job: JobLaunch) -> None:
+    provider = adapter_case.make_provider()
+    handle = provider.submit(provider.prepare(job, adapter_case.placement),
+                             idempotency_key=_key(job))
+    provider.cancel(handle)
+    assert provider.status(handle).state in GONE
+    provider.cancel(handle)
+    assert adapter_case.make_provider().status(handle).state in GONE
+
+
+def test_unknown_instance_is_missing_and_cancel_is_a_no_op(adapter_case: AdapterCase,
+                                                           job: JobLaunch) -> None:
+    provider = adapter_case.make_provider()
+    handle = provider.submit(provider.prepare(job, adapter_case.placement),
+                             idempotency_key=_key(job))
+    unknown = dataclasses.replace(handle, instance_id=adapter_case.unknown_instance_id)
+    assert provider.status(unknown).state is InstanceState.MISSING
+    provider.cancel(unknown)
+
+
+def test_spot_launch(adapter_case: AdapterCase, job: JobLaunch) -> None:
+    provider = adapter_case.make_provider()
+    _needs(provider, Feature.SPOT)
+    assert adapter_case.spot_placement is not None
+    handle = provider.submit(provider.prepare(job, adapter_case.spot_placement),
+                             idempotency_key=_key(job))
+    assert provider.status(handle).state in LIVE
+
+
+def test_check_credentials_describes_without_secrets(
+        adapter_case: AdapterCase, capsys: pytest.CaptureFixture[str]) -> None:
+    identity = adapter_case.make_provider().check_credentials()
+    assert isinstance(identity, str) and identity
+    out = capsys.readouterr()
+    _no_secret(adapter_case, identity + out.out + out.err)
+
+
+@pytest.mark.parametrize("kind", ERROR_KINDS)
+def test_cloud_errors_arrive_as_their_class(adapter_case: AdapterCase, job: JobLaunch,
+                                            kind: str) -> None:
+    if adapter_case.inject_error is None or kind not in adapter_case.error_kinds:
+        pytest.skip(f"this case cannot inject {kind} errors")
+    provider = adapter_case.inject_error(kind)
+    request = provider.prepare(job, adapter_case.placement)
+    with pytest.raises(ProviderError) as exc:
+        provider.submit(request, idempotency_key=_key(job))
+    error = exc.value
+    assert isinstance(error, EXPECTED_CLASS[kind]), repr(error)
+    assert (error.provider, error.operation) == (adapter_case.name, "submit")
+    assert error.code
+    assert "To fix:" in str(error)
+    _no_secret(adapter_case, str(error))
