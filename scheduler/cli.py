@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from scheduler.commands import placement
+from scheduler.commands import placement, queue, signals
+from scheduler.commands import providers as provider_commands
 from scheduler.exceptions import GreenplaceError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -24,6 +25,15 @@ def cli() -> None:
 
 
 for command in placement.COMMANDS:
+    cli.add_command(command)
+
+for command in queue.COMMANDS:
+    cli.add_command(command)
+
+for command in signals.COMMANDS:
+    cli.add_command(command)
+
+for command in provider_commands.COMMANDS:
     cli.add_command(command)
 
 

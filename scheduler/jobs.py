@@ -73,6 +73,12 @@ class JobSpec(_Strict):
     work: Work
     deadline: dt.datetime | None = None
     policy: str | None = None
+    # Temporal shifting: how long the job may wait for a greener window (with or
+    # instead of `deadline`), and whether it may be paused and resumed.
+    max_delay_hours: float | None = Field(None, gt=0, le=8_760)
+    pausable: bool = False
+    # Where the job would run without greenplace (CLOUD:REGION); the backtest's run-now case.
+    home: str | None = Field(None, pattern=r"^[a-z]+:[A-Za-z0-9-]+$")
 
     @pydantic.field_validator("deadline")
     @classmethod
@@ -132,6 +138,11 @@ def resolve_job(
                 f"accelerators {[a for a, _ in alternatives]}. To fix: name one of them."
             )
         reference = matches[0]
+    if spec.home is not None:
+        try:
+            catalog.region(spec.home)
+        except UnknownNameError as exc:
+            raise SpecError(f"{where}, field 'home': {exc}") from exc
     spot_mode = policy.constraints.spot
     if spec.resources.spot is True and spot_mode == SpotMode.FORBID:
         raise SpecError(

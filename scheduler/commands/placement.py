@@ -16,6 +16,7 @@ from scheduler.exceptions import UserInputError
 from scheduler.jobs import JobSpec, load_jobs
 from scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
 from scheduler.placement import PlacementDecision, Placer
+from scheduler.signals.chain import live_notes, place_live
 
 _output = click.option("--output", "-o", type=click.Choice(FORMATS), default="table",
                        show_default=True, help="table for people, json or csv for machines")
@@ -23,11 +24,20 @@ _output = click.option("--output", "-o", type=click.Choice(FORMATS), default="ta
 
 def dry_run_rows(
     jobs_file: Path, *, policy: str | None, explain: bool, now: dt.datetime | None = None,
+    signals: str = "static",
 ) -> tuple[list[dict[str, Any]], list[PlacementDecision]]:
-    """Validate and place every job of a jobs file; returns summaries and decisions."""
+    """Validate and place every job of a jobs file; returns summaries and decisions.
+
+    ``signals="live"`` scores on the configured live sources (fallback chain, in-memory
+    cache, temporal shifting from their forecasts); ``static`` on the catalog only.
+    """
     catalog = load_catalog()
     jobs = load_jobs(jobs_file, catalog, policy_override=policy)
-    decisions = Placer(catalog).place_all(jobs, now=now or dt.datetime.now(dt.UTC))
+    when = now or dt.datetime.now(dt.UTC)
+    if signals == "live":
+        decisions = place_live(catalog, jobs, now=when)
+    else:
+        decisions = Placer(catalog).place_all(jobs, now=when)
     return [d.summary(explain=explain) for d in decisions], decisions
 
 
@@ -90,9 +100,13 @@ def _print_dry_run_table(rows: list[dict[str, Any]], explain: bool,
 @click.option("--policy", "-p", help="preset name or policy YAML path; overrides each job's own")
 @_output
 @click.option("--explain", is_flag=True, help="list every candidate, its scores and rejection")
-def dry_run(jobs_file: Path, policy: str | None, output: str, explain: bool) -> None:
+@click.option("--signals", type=click.Choice(["static", "live"]), default="static",
+              show_default=True, help="static: catalog figures; live: the configured carbon "
+              "APIs with fallback to static (see `greenplace signals`)")
+def dry_run(jobs_file: Path, policy: str | None, output: str, explain: bool,
+            signals: str) -> None:
     """Show where each job would run and why, with no service and no cloud call."""
-    rows, decisions = dry_run_rows(jobs_file, policy=policy, explain=explain)
+    rows, decisions = dry_run_rows(jobs_file, policy=policy, explain=explain, signals=signals)
     if output == "json":
         print_json(rows)
     elif output == "csv":
@@ -100,6 +114,8 @@ def dry_run(jobs_file: Path, policy: str | None, output: str, explain: bool) -> 
                    for r in rows])
     else:
         _print_dry_run_table(rows, explain, decisions)
+        for line in live_notes(decisions) if signals == "live" else []:
+            click.echo(line)
     if any(r["status"] != "placed" for r in rows):
         raise click.exceptions.Exit(1)
 

@@ -24,6 +24,7 @@ from policies.model import Policy, SpotMode, Weights
 from scheduler import estimate
 from scheduler.catalog import Catalog
 from scheduler.jobs import Job
+from scheduler.placement import timing
 from scheduler.placement.arrays import OfferArrays, RegionSignals, arrays_for
 from scheduler.placement.decision import PlacementDecision
 from scheduler.placement.filters import CODE, FEASIBLE, region_rejections
@@ -81,9 +82,13 @@ class Placer:
     handful of NumPy operations per job.
     """
 
-    def __init__(self, catalog: Catalog, *, signals: RegionSignals | None = None) -> None:
+    def __init__(self, catalog: Catalog, *, signals: RegionSignals | None = None,
+                 forecast: timing.ForecastProvider | None = None) -> None:
         self.arrays: OfferArrays = arrays_for(catalog)
         self.signals = signals or RegionSignals.from_catalog(catalog)
+        # Temporal shifting (scheduler.placement.timing) runs only with a forecast provider:
+        # the one seam through which placement may reach the network.
+        self.forecast = forecast
         self._policy_cache: dict[int, tuple[Policy, np.ndarray, np.ndarray]] = {}
         self._candidate_cache: dict[tuple[tuple[str, int], ...], _CandidateSet] = {}
 
@@ -170,7 +175,7 @@ class Placer:
             name_rank=c.name_rank)
         power_basis = ("measured avg_power_w" if job.spec.work.avg_power_w is not None
                        else f"TDP x utilisation {job.utilization:.2f}")
-        return PlacementDecision(
+        decision = PlacementDecision(
             job=job.name, policy=policy, spot=spot, power_basis=power_basis,
             deadline=deadline.isoformat() if deadline else None,
             arrays=a, signals=self.signals, offer_index=c.offer_index,
@@ -181,6 +186,9 @@ class Placer:
             norm_carbon=n_carbon, norm_cost=n_cost, norm_time=n_time, score=score,
             ranking=ranking, baseline_ranking=baseline_ranking,
         )
+        if self.forecast is not None and allow_defer:
+            decision = timing.shift(decision, job=job, forecasts=self.forecast, now=now)
+        return decision
 
     def place_all(self, jobs: Iterable[Job], *, now: dt.datetime) -> list[PlacementDecision]:
         """Place each job independently (no shared capacity is modelled in a dry run)."""

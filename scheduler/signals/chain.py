@@ -1,0 +1,576 @@
+"""The fallback chain over signal sources, and the builder of live RegionSignals.
+
+``SignalChain`` asks its sources in the configured order for one signal type.
+A source that does not return that type is never asked (types are never mixed);
+a source with no zone for the region is passed over; a source that is down,
+slow (timeout on every HTTP call), unauthorised or answers a malformed payload
+is skipped with one warning and left alone for ``down_for_s`` seconds, and the
+next source of the same type answers. The static catalog source, always last,
+answers whatever the catalog has. Every answer is cached with a TTL and comes
+back as a ``ChainResult`` carrying the value and every attempt, so a decision
+can say which source, which signal type and how old each value was.
+
+``build_region_signals`` turns chain answers into the ``RegionSignals`` the
+placement pipeline scores with, for one policy signal type; ``ChainForecasts``
+gives temporal shifting its forecasts from the same chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from policies.model import CarbonSignal
+from scheduler.catalog import Catalog, Region
+from scheduler.exceptions import (
+    NoSignalDataError,
+    SignalAuthError,
+    SignalError,
+    SignalPayloadError,
+    SignalTimeoutError,
+    SignalUnavailableError,
+)
+from scheduler.jobs import Job
+from scheduler.placement.arrays import RegionSignals
+from scheduler.placement.decision import PlacementDecision
+from scheduler.placement.pipeline import Placer
+from scheduler.signals import static
+from scheduler.signals.base import (
+    Clock,
+    Forecast,
+    SignalSource,
+    SignalValue,
+    iso,
+    utc,
+    utc_now,
+)
+from scheduler.signals.cache import MemoryCache, SignalCache
+from scheduler.signals.config import SignalSettings, build_sources
+
+log = logging.getLogger("greenplace.signals")
+
+# Attempt outcomes. The first group means "this source cannot serve this question"
+# (no warning); the second means "this source failed" (warning, and the source is
+# left alone for a while); the last two mean it answered.
+NOT_CONFIGURED, TYPE_NOT_OFFERED, NO_ZONE, NO_DATA = (
+    "not configured", "type not offered", "no zone", "no data")
+DOWN, TIMEOUT, UNAUTHORISED, MALFORMED = "down", "timeout", "unauthorised", "malformed"
+OK, CACHED = "ok", "cached"
+FAILURES = frozenset({DOWN, TIMEOUT, UNAUTHORISED, MALFORMED})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One source asked (or passed over) for one question, and what happened."""
+
+    source: str
+    outcome: str
+    detail: str = ""
+
+    def text(self) -> str:
+        return f"{self.source}: {self.outcome}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainResult:
+    """The chain's answer for one region and signal type, with every attempt."""
+
+    subject: str  # region key (or zone id for a direct zone question)
+    signal: CarbonSignal
+    value: SignalValue | None
+    attempts: tuple[Attempt, ...]
+
+    @property
+    def source(self) -> str | None:
+        return self.value.source if self.value else None
+
+    @property
+    def live(self) -> bool:
+        """Whether a live source (not the static catalog) answered."""
+        return self.value is not None and self.value.source != static.NAME
+
+    def failures(self) -> list[Attempt]:
+        """Sources that were skipped because they failed (not merely inapplicable)."""
+        return [a for a in self.attempts if a.outcome in FAILURES or a.outcome == NO_DATA]
+
+    def label(self) -> str:
+        """Short source label: ``electricitymaps`` or ``static:catalog 2024``."""
+        if self.value is None:
+            return "unknown"
+        if self.value.source == static.NAME:
+            year = self.value.detail.split()[1] if self.value.detail.startswith("catalog ") else ""
+            return f"static:catalog {year}".strip()
+        return self.value.source
+
+    def age_text(self, now: dt.datetime) -> str:
+        if self.value is None:
+            return "no source has it"
+        if self.value.source == static.NAME:
+            return "annual"
+        return _age(self.value.age_s(now))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForecastResult:
+    """The chain's forecast for one region and signal type (None when no live source had one)."""
+
+    forecast: Forecast | None
+    attempts: tuple[Attempt, ...]
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s old"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min old"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h old"
+    return f"{seconds / 86400:.0f} days old"
+
+
+def _outcome(exc: SignalError) -> str:
+    if isinstance(exc, SignalTimeoutError):
+        return TIMEOUT
+    if isinstance(exc, SignalUnavailableError):
+        return DOWN
+    if isinstance(exc, SignalAuthError):
+        return UNAUTHORISED
+    if isinstance(exc, SignalPayloadError):
+        return MALFORMED
+    if isinstance(exc, NoSignalDataError):
+        return NO_DATA
+    return DOWN
+
+
+def _floor(value: dt.datetime, minutes: int) -> dt.datetime:
+    value = utc(value)
+    return value.replace(minute=value.minute - value.minute % minutes, second=0, microsecond=0)
+
+
+class SignalChain:
+    """Ordered signal sources with a TTL cache, per-source back-off and provenance.
+
+    Args:
+        sources: the sources, in fallback order.
+        order: every configured source name in order, including unconfigured ones
+            (defaults to the sources' names).
+        unconfigured: name -> why that source is not available (reported in attempts).
+        cache: where answers are cached (default: in memory).
+        ttl_s / forecast_ttl_s: cache lifetimes of current values and forecasts.
+        down_for_s: how long a failed source is left alone before it is tried again.
+
+    Design choice: a failure that concerns the source as a whole (down, timeout,
+    refused credentials, malformed answers) marks the source down for
+    ``down_for_s``, so a dead API costs one timeout per placement batch, not one
+    per region. "No data for this zone" concerns one zone and marks nothing.
+    """
+
+    def __init__(
+        self, sources: Sequence[SignalSource], *, order: Sequence[str] | None = None,
+        unconfigured: Mapping[str, str] | None = None, cache: SignalCache | None = None,
+        ttl_s: float = 300.0, forecast_ttl_s: float = 1800.0, down_for_s: float = 120.0,
+        clock: Clock = utc_now, monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sources = {s.name: s for s in sources}
+        self.order: tuple[str, ...] = tuple(order or [s.name for s in sources])
+        self.unconfigured = dict(unconfigured or {})
+        self._cache: SignalCache = cache if cache is not None else MemoryCache()
+        self._ttl_s, self._forecast_ttl_s, self._down_for_s = ttl_s, forecast_ttl_s, down_for_s
+        self._clock, self._monotonic = clock, monotonic
+        self._down: dict[str, tuple[float, str]] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+
+    @classmethod
+    def from_settings(cls, settings: SignalSettings, catalog: Catalog, *,
+                      cache: SignalCache | None = None) -> SignalChain:
+        """The chain the settings describe (sources in order, unconfigured ones reported)."""
+        sources, unconfigured = build_sources(settings, catalog)
+        return cls(sources, order=settings.sources, unconfigured=unconfigured, cache=cache,
+                   ttl_s=settings.ttl_s, forecast_ttl_s=settings.forecast_ttl_s)
+
+    @property
+    def sources(self) -> tuple[SignalSource, ...]:
+        return tuple(self._sources[n] for n in self.order if n in self._sources)
+
+    def now(self) -> dt.datetime:
+        return self._clock()
+
+    def close(self) -> None:
+        for source in self._sources.values():
+            source.close()
+
+    def __enter__(self) -> SignalChain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- bookkeeping -------------------------------------------------------------------
+
+    def _is_down(self, name: str) -> str | None:
+        with self._lock:
+            entry = self._down.get(name)
+            if entry is None:
+                return None
+            until, reason = entry
+            if self._monotonic() >= until:
+                del self._down[name]
+                return None
+            return reason
+
+    def _failed(self, name: str, outcome: str, exc: SignalError) -> None:
+        with self._lock:
+            if outcome in FAILURES:
+                self._down[name] = (self._monotonic() + self._down_for_s, f"{outcome}, {exc}")
+            first = (name, outcome) not in self._warned
+            self._warned.add((name, outcome))
+        if first and outcome in FAILURES:
+            log.warning("signal source %s skipped (%s): %s Using the next source; %s is left "
+                        "alone for %.0f s.", name, outcome, exc, name, self._down_for_s)
+        elif first:
+            log.info("signal source %s: %s", name, exc)
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            lock = self._key_locks.get(key)
+            if lock is None:
+                lock = self._key_locks[key] = threading.Lock()
+            return lock
+
+    def _pass_over(self, name: str, signal: CarbonSignal, *, forecast: bool) -> Attempt | None:
+        """Why source ``name`` cannot be asked at all, or None when it can."""
+        if name in self.unconfigured:
+            return Attempt(source=name, outcome=NOT_CONFIGURED, detail=self.unconfigured[name])
+        source = self._sources.get(name)
+        if source is None:
+            return Attempt(source=name, outcome=NOT_CONFIGURED)
+        offered = source.forecast_types if forecast else source.signal_types
+        if signal not in offered:
+            have = ", ".join(sorted(map(str, offered))) or "none"
+            return Attempt(source=name, outcome=TYPE_NOT_OFFERED,
+                           detail=f"{'forecasts' if forecast else 'returns'} {have}")
+        down = self._is_down(name)
+        if down is not None:
+            return Attempt(source=name, outcome=DOWN, detail=f"left alone after an earlier "
+                           f"failure: {down}")
+        return None
+
+    # --- questions ---------------------------------------------------------------------
+
+    def value(self, region: Region, *, signal: CarbonSignal,
+              at: dt.datetime | None = None) -> ChainResult:
+        """The first answer for ``region`` and ``signal`` along the chain (now, or at ``at``)."""
+        attempts: list[Attempt] = []
+        for name in self.order:
+            skip = self._pass_over(name, signal, forecast=False)
+            if skip is not None:
+                attempts.append(skip)
+                continue
+            source = self._sources[name]
+            zone = source.zone_for(region)
+            if zone is None:
+                attempts.append(Attempt(source=name, outcome=NO_ZONE))
+                continue
+            found, attempt = self._ask_value(source, zone, signal=signal, at=at)
+            attempts.append(attempt)
+            if found is not None:
+                return ChainResult(subject=region.key, signal=signal, value=found,
+                                   attempts=tuple(attempts))
+        return ChainResult(subject=region.key, signal=signal, value=None,
+                           attempts=tuple(attempts))
+
+    def value_in_zone(self, name: str, zone: str, *, signal: CarbonSignal) -> ChainResult:
+        """Ask one source directly for one of its zones (``greenplace signals --zone``)."""
+        skip = self._pass_over(name, signal, forecast=False)
+        if skip is not None:
+            return ChainResult(subject=zone, signal=signal, value=None, attempts=(skip,))
+        found, attempt = self._ask_value(self._sources[name], zone, signal=signal, at=None)
+        return ChainResult(subject=zone, signal=signal, value=found, attempts=(attempt,))
+
+    def _ask_value(self, source: SignalSource, zone: str, *, signal: CarbonSignal,
+                   at: dt.datetime | None) -> tuple[SignalValue | None, Attempt]:
+        when = "latest" if at is None else iso(_floor(at, 5))
+        key = f"v|{source.name}|{signal}|{zone}|{when}"
+        with self._key_lock(key):
+            cached = self._cache.get(key)
+            if cached is not None:
+                return SignalValue.from_json(cached), Attempt(source=source.name, outcome=CACHED)
+            if self._is_down(source.name):
+                return None, Attempt(source=source.name, outcome=DOWN,
+                                     detail="skipped after an earlier failure")
+            try:
+                found = source.value(zone, signal=signal, at=at)
+            except SignalError as exc:
+                outcome = _outcome(exc)
+                self._failed(source.name, outcome, exc)
+                return None, Attempt(source=source.name, outcome=outcome, detail=str(exc))
+            if not math.isfinite(found.value) or found.value < 0 or (
+                    signal is CarbonSignal.CFE and found.value > 100):
+                bad = SignalPayloadError(
+                    f"{source.name}: value {found.value!r} for {zone} is out of range.")
+                self._failed(source.name, MALFORMED, bad)
+                return None, Attempt(source=source.name, outcome=MALFORMED, detail=str(bad))
+            self._cache.set(key, found.to_json(), ttl_s=self._ttl_s)
+            return found, Attempt(source=source.name, outcome=OK)
+
+    def forecast(self, region: Region, *, signal: CarbonSignal, start: dt.datetime,
+                 end: dt.datetime) -> ForecastResult:
+        """The first live forecast of ``signal`` for ``region`` over ``[start, end]``."""
+        attempts: list[Attempt] = []
+        span_start, span_end = _floor(start, 60), _floor(end, 60) + dt.timedelta(hours=1)
+        for name in self.order:
+            skip = self._pass_over(name, signal, forecast=True)
+            if skip is not None:
+                attempts.append(skip)
+                continue
+            source = self._sources[name]
+            zone = source.zone_for(region)
+            if zone is None:
+                attempts.append(Attempt(source=name, outcome=NO_ZONE))
+                continue
+            key = f"f|{name}|{signal}|{zone}|{iso(span_start)}|{iso(span_end)}"
+            with self._key_lock(key):
+                cached = self._cache.get(key)
+                if cached is not None:
+                    attempts.append(Attempt(source=name, outcome=CACHED))
+                    return ForecastResult(forecast=Forecast.from_json(cached),
+                                          attempts=tuple(attempts))
+                if self._is_down(name):
+                    attempts.append(Attempt(source=name, outcome=DOWN,
+                                            detail="skipped after an earlier failure"))
+                    continue
+                try:
+                    found = source.forecast(zone, signal=signal, start=span_start, end=span_end)
+                except SignalError as exc:
+                    outcome = _outcome(exc)
+                    self._failed(name, outcome, exc)
+                    attempts.append(Attempt(source=name, outcome=outcome, detail=str(exc)))
+                    continue
+                self._cache.set(key, found.to_json(), ttl_s=self._forecast_ttl_s)
+                attempts.append(Attempt(source=name, outcome=OK))
+                return ForecastResult(forecast=found, attempts=tuple(attempts))
+        return ForecastResult(forecast=None, attempts=tuple(attempts))
+
+
+class ChainForecasts:
+    """Temporal shifting's forecast provider, backed by a signal chain (live forecasts only).
+
+    Design choice: answers are also kept in this object for its lifetime (one placement
+    batch), keyed by region, signal and hour-aligned span, so a batch of many waiting
+    jobs decodes each region's forecast once instead of once per job. Make a new one
+    per batch; the chain's TTL cache spans batches.
+    """
+
+    def __init__(self, chain: SignalChain) -> None:
+        self._chain = chain
+        self._memo: dict[tuple[str, CarbonSignal, dt.datetime, dt.datetime], Forecast | None] = {}
+        self._lock = threading.Lock()
+
+    def forecast(self, region: Region, *, signal: CarbonSignal, start: dt.datetime,
+                 end: dt.datetime) -> Forecast | None:
+        key = (region.key, signal, _floor(start, 60), _floor(end, 60))
+        with self._lock:
+            if key in self._memo:
+                return self._memo[key]
+        found = self._chain.forecast(region, signal=signal, start=start, end=end).forecast
+        with self._lock:
+            self._memo[key] = found
+        return found
+
+
+# Which RegionSignals columns a policy's signal type is scored from.
+COLUMNS_FOR: dict[CarbonSignal, tuple[CarbonSignal, ...]] = {
+    CarbonSignal.AVERAGE: (CarbonSignal.AVERAGE,),
+    CarbonSignal.MARGINAL: (CarbonSignal.MARGINAL,),
+    CarbonSignal.CFE: (CarbonSignal.CFE, CarbonSignal.AVERAGE),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveSignals:
+    """RegionSignals built from a chain for one policy signal type, with how it went."""
+
+    signal: CarbonSignal
+    signals: RegionSignals
+    results: tuple[dict[CarbonSignal, ChainResult], ...]  # per catalog region
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def live_regions(self) -> int:
+        return sum(1 for r in self.results if any(c.live for c in r.values()))
+
+
+def build_region_signals(
+    catalog: Catalog, chain: SignalChain, *, signal: CarbonSignal, now: dt.datetime,
+    regions: Iterable[str] | None = None, max_workers: int = 8,
+) -> LiveSignals:
+    """RegionSignals for every catalog region, scored columns taken from the chain.
+
+    Only the columns that ``signal`` is scored from are asked for (``cfe`` needs the
+    CFE share and the grid average; ``average`` and ``marginal`` one column each);
+    the others keep the static catalog figures (the ``min_cfe_pct`` filter reads the
+    CFE column whatever the signal). A value no source has stays NaN: the pipeline
+    then treats it as unknown and never fills it from another type.
+
+    Args:
+        regions: only these region keys are asked (the rest keep static figures);
+            default all.
+    """
+    base = RegionSignals.from_catalog(catalog)
+    columns = {
+        CarbonSignal.AVERAGE: base.grid_average_g_per_kwh.copy(),
+        CarbonSignal.MARGINAL: base.grid_marginal_g_per_kwh.copy(),
+        CarbonSignal.CFE: base.cfe_pct.copy(),
+    }
+    wanted = COLUMNS_FOR[signal]
+    keys = set(regions) if regions is not None else None
+    todo = [i for i, r in enumerate(catalog.regions) if keys is None or r.key in keys]
+
+    def ask(i: int) -> dict[CarbonSignal, ChainResult]:
+        return {t: chain.value(catalog.regions[i], signal=t) for t in wanted}
+
+    results: list[dict[CarbonSignal, ChainResult]] = [{} for _ in catalog.regions]
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(todo)))) as pool:
+            for i, answer in zip(todo, pool.map(ask, todo), strict=True):
+                results[i] = answer
+    sources = list(base.source)
+    observed = list(base.observed_at)
+    for i in todo:
+        answer = results[i]
+        for t, result in answer.items():
+            columns[t][i] = result.value.value if result.value is not None else np.nan
+        sources[i] = _provenance(answer, now)
+        times = [r.value.observed_at for r in answer.values() if r.value is not None]
+        if times:
+            observed[i] = iso(min(times))
+    signals = RegionSignals(
+        grid_average_g_per_kwh=columns[CarbonSignal.AVERAGE],
+        grid_marginal_g_per_kwh=columns[CarbonSignal.MARGINAL],
+        cfe_pct=columns[CarbonSignal.CFE], source=tuple(sources), observed_at=tuple(observed))
+    asked = [results[i] for i in todo]
+    return LiveSignals(signal=signal, signals=signals, results=tuple(results),
+                       notes=tuple(_notes(signal, asked, chain)))
+
+
+def _provenance(answer: Mapping[CarbonSignal, ChainResult], now: dt.datetime) -> str:
+    """One region's signal_source text: sources, types, ages, and live failures skipped."""
+    labels = {(r.label(), r.age_text(now)) for r in answer.values()}
+    if len(labels) == 1:
+        label, age = labels.pop()
+        text = f"{label} ({'+'.join(str(t) for t in answer)}, {age})"
+    else:
+        text = "; ".join(f"{t}={r.label()} ({r.age_text(now)})" for t, r in answer.items())
+    failed = sorted({f"{a.source} {a.outcome}" for r in answer.values() for a in r.failures()
+                     if a.source != static.NAME})
+    if failed:
+        text += f" [skipped: {', '.join(failed)}]"
+    return text
+
+
+def _notes(signal: CarbonSignal, asked: list[dict[CarbonSignal, ChainResult]],
+           chain: SignalChain) -> list[str]:
+    notes: list[str] = []
+    if not asked:
+        return notes
+    live_by_source: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for answer in asked:
+        for result in answer.values():
+            if result.live:
+                live_by_source[result.label()] += 1
+            for a in result.attempts:
+                if a.source != static.NAME and a.outcome not in (OK, CACHED, TYPE_NOT_OFFERED):
+                    reasons[f"{a.source} {a.outcome}"] += 1
+    live_regions = sum(1 for answer in asked if any(r.live for r in answer.values()))
+    live_names = [n for n in chain.order if n != static.NAME]
+    if live_regions == 0:
+        why = []
+        for name in live_names:
+            first: dict[str, str] = {}
+            for answer in asked:
+                for r in answer.values():
+                    for a in r.attempts:
+                        if a.source == name and a.outcome not in first:
+                            first[a.outcome] = a.detail
+            parts = [o + (f" ({d[:140]})" if d and (o in FAILURES or o == NOT_CONFIGURED)
+                          else "") for o, d in sorted(first.items())]
+            why.append(f"{name}: {', '.join(parts) or 'not asked'}")
+        notes.append(
+            "live signals: no live source answered (" + "; ".join(why) + "); every region was "
+            "placed on the static catalog figures.")
+    else:
+        by_source = ", ".join(f"{n} {c}" for n, c in live_by_source.most_common())
+        fell = ", ".join(f"{k} x{c}" for k, c in reasons.most_common(6))
+        notes.append(
+            f"live signals ({signal}): {live_regions}/{len(asked)} regions scored with at least "
+            f"one live value (answers: {by_source}); the others use the static catalog figures"
+            + (f" (passed over: {fell})." if fell else "."))
+    other_type = sorted({f"{a.source} {a.detail}" for answer in asked for r in answer.values()
+                         for a in r.attempts if a.outcome == TYPE_NOT_OFFERED})
+    if other_type:
+        wanted = "+".join(str(t) for t in COLUMNS_FOR[signal])
+        notes.append(
+            f"signal type {signal} (scored from {wanted}): each figure was asked only of sources "
+            f"that return its type ({'; '.join(other_type)}); where no live source had a "
+            "figure, the static catalog figure of the same type was used, never another type.")
+    return notes
+
+
+def place_live(catalog: Catalog, jobs: Sequence[Job], *, now: dt.datetime,
+               chain: SignalChain | None = None) -> list[PlacementDecision]:
+    """Place ``jobs`` on live signals (and forecasts) from ``chain``, static where none answer.
+
+    Jobs are grouped by their policy's signal type; each group is scored on a
+    RegionSignals built for that type, and every decision carries the chain's
+    notes (how many regions got live values, which sources were passed over and
+    why, or that every live source was unavailable). Jobs that may wait get
+    temporal shifting from the chain's forecasts.
+
+    Args:
+        chain: default: the chain the environment configures, with an in-memory cache.
+    """
+    own = chain is None
+    active = chain or SignalChain.from_settings(SignalSettings.from_env(), catalog,
+                                                cache=MemoryCache())
+    try:
+        placers: dict[CarbonSignal, tuple[Placer, tuple[str, ...]]] = {}
+        decisions = []
+        for job in jobs:
+            signal = job.policy.carbon_signal
+            if signal not in placers:
+                live = build_region_signals(catalog, active, signal=signal, now=now)
+                placers[signal] = (Placer(catalog, signals=live.signals,
+                                          forecast=ChainForecasts(active)), live.notes)
+            placer, notes = placers[signal]
+            decision = placer.place(job, now=now)
+            decisions.append(dataclasses.replace(
+                decision, extra_notes=(*notes, *decision.extra_notes)))
+        return decisions
+    finally:
+        if own:
+            active.close()
+
+
+def live_notes(decisions: Sequence[PlacementDecision]) -> list[str]:
+    """The signal and timing notes of a live dry run, each once, for people to read."""
+    lines: dict[str, None] = {}
+    for d in decisions:
+        for note in d.extra_notes:
+            if note.startswith(("live signals", "signal type")):
+                lines[f"note: {note}"] = None
+            elif note.startswith("temporal shifting"):
+                lines[f"note ({d.job}): {note}"] = None
+    return list(lines)
