@@ -34,7 +34,7 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from providers.base import (
     Feature,
@@ -62,6 +62,9 @@ from scheduler.exceptions import (
 from scheduler.jobs import Job, JobSpec, resolve_job
 from scheduler.placement import PlacementDecision, Placer
 from scheduler.settings import MAX_COUNTDOWN_S, Settings
+from scheduler.signals.cache import RedisCache
+from scheduler.signals.chain import LivePlacer, SignalChain
+from scheduler.signals.config import SignalSettings
 from scheduler.store import (
     FINAL_STATES,
     AttemptReason,
@@ -133,17 +136,30 @@ class Context:
     store: JobStore
     providers: Providers
     catalog: Catalog
-    placer: Placer
+    placer: Places
 
     @classmethod
     def build(cls, settings: Settings, store: JobStore) -> Context:
         catalog = load_catalog()
+        placer: Places = Placer(catalog)
+        if settings.signals == "live":
+            signal_settings = SignalSettings.from_env()
+            chain = SignalChain.from_settings(signal_settings, catalog,
+                                              cache=RedisCache(store.client))
+            placer = LivePlacer(catalog, chain, refresh_s=signal_settings.ttl_s)
         return cls(settings=settings, store=store, providers=Providers(settings),
-                   catalog=catalog, placer=Placer(catalog))
+                   catalog=catalog, placer=placer)
+
+
+class Places(Protocol):
+    """What places a job: a static ``Placer`` or a live-signal ``LivePlacer``."""
+
+    def place(self, job: Job, *, now: dt.datetime, allow_defer: bool = True
+              ) -> PlacementDecision: ...
 
 
 # --- shared with the dry run --------------------------------------------------------
-def decide(placer: Placer, job: Job, *, now: dt.datetime, allow_defer: bool) -> PlacementDecision:
+def decide(placer: Places, job: Job, *, now: dt.datetime, allow_defer: bool) -> PlacementDecision:
     """The placement step of the flow (the dry run and ``place`` both call this)."""
     return placer.place(job, now=now, allow_defer=allow_defer)
 
@@ -185,7 +201,7 @@ class PlannedLaunch:
     fallbacks: tuple[Placement, ...]  # the failover order after the first choice
 
 
-def plan(jobs: Iterable[Job], *, placer: Placer, providers: Providers,
+def plan(jobs: Iterable[Job], *, placer: Places, providers: Providers,
          now: dt.datetime) -> list[PlannedLaunch]:
     """The dry run of the service: decide and ``prepare()`` each job; no Redis, no cloud.
 

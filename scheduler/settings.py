@@ -20,6 +20,9 @@ Variable (default): meaning.
 - ``GREENPLACE_COOLDOWN_S`` (300): how long an exhausted offer is tried last.
 - ``GREENPLACE_STALL_S`` (120): after how long without progress reconcile
   re-enqueues a job's next step (a lost message).
+- ``GREENPLACE_SIGNALS`` (``static``): ``live`` places on the carbon signal chain
+  (``scheduler/signals/config.py`` configures its sources; answers are cached in
+  Redis) with temporal shifting; ``static`` uses the embedded catalog figures.
 
 Design choice: the timings are linked. A message delivered to a worker that
 dies stays invisible for the visibility timeout; it must exceed the longest a
@@ -63,6 +66,7 @@ class Settings:
     task_time_limit_s: float = 25.0
     cooldown_s: float = 300.0
     stall_s: float = 120.0
+    signals: str = "static"  # "static" (catalog figures) or "live" (the signal chain)
 
     @property
     def tls(self) -> bool:
@@ -196,6 +200,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     task_limit = _seconds(env, "GREENPLACE_TASK_TIME_LIMIT_S", 25.0, problems, minimum=2.0)
     cooldown = _seconds(env, "GREENPLACE_COOLDOWN_S", 300.0, problems, minimum=0.0)
     stall = _seconds(env, "GREENPLACE_STALL_S", 120.0, problems, minimum=1.0)
+    signals = env.get("GREENPLACE_SIGNALS", "").strip() or "static"
+    if signals not in ("static", "live"):
+        problems.append(f"GREENPLACE_SIGNALS={signals!r} must be static or live")
     if visibility < task_limit + MAX_COUNTDOWN_S + 5:
         problems.append(
             f"GREENPLACE_VISIBILITY_TIMEOUT_S ({visibility:g}) must be at least the task "
@@ -208,5 +215,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         redis_url=url, redis_ca_cert=ca_cert, providers=MappingProxyType(providers),
         sim_config=sim_config, reconcile_interval_s=interval, visibility_timeout_s=visibility,
-        task_time_limit_s=task_limit, cooldown_s=cooldown, stall_s=stall,
+        task_time_limit_s=task_limit, cooldown_s=cooldown, stall_s=stall, signals=signals,
     )

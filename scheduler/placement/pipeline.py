@@ -30,6 +30,7 @@ from scheduler.placement.decision import PlacementDecision
 from scheduler.placement.filters import CODE, FEASIBLE, region_rejections
 
 PRICE_ONLY = Weights(carbon=0.0, cost=1.0, time=0.0)
+_POLICY_CACHE_SIZE = 256
 
 
 def _goodness(values: np.ndarray, feasible: np.ndarray) -> np.ndarray:
@@ -96,6 +97,8 @@ class Placer:
         """(region rejection codes, scoring intensity per region) for ``policy``; cached."""
         cached = self._policy_cache.get(id(policy))
         if cached is None or cached[0] is not policy:
+            if len(self._policy_cache) >= _POLICY_CACHE_SIZE:
+                self._policy_cache.clear()  # a long-lived worker sees ever new Policy objects
             s = self.signals
             codes = region_rejections(
                 policy, self.arrays.regions, cfe_pct=s.cfe_pct,

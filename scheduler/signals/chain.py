@@ -529,15 +529,45 @@ def _notes(signal: CarbonSignal, asked: list[dict[CarbonSignal, ChainResult]],
     return notes
 
 
+class LivePlacer:
+    """Places jobs on live signals and forecasts from a chain (static where none answer).
+
+    Keeps one Placer per carbon-signal type, built from the chain's current values
+    and rebuilt once it is ``refresh_s`` old, so a long-lived worker re-reads the
+    grid as it changes while a batch of jobs shares one snapshot. Every decision
+    carries the chain's notes (how many regions got live values, which sources were
+    passed over and why, or that every live source was unavailable). Jobs that may
+    wait get temporal shifting from the chain's forecasts.
+
+    Design choice: it has Placer's ``place`` signature, so the service and the dry
+    run call the same method whether signals are static or live.
+    """
+
+    def __init__(self, catalog: Catalog, chain: SignalChain, *, refresh_s: float) -> None:
+        self.catalog = catalog
+        self.chain = chain
+        self.refresh_s = refresh_s
+        self._placers: dict[CarbonSignal, tuple[dt.datetime, Placer, tuple[str, ...]]] = {}
+
+    def _placer(self, signal: CarbonSignal, now: dt.datetime) -> tuple[Placer, tuple[str, ...]]:
+        entry = self._placers.get(signal)
+        if entry is None or (now - entry[0]).total_seconds() >= self.refresh_s:
+            live = build_region_signals(self.catalog, self.chain, signal=signal, now=now)
+            placer = Placer(self.catalog, signals=live.signals,
+                            forecast=ChainForecasts(self.chain))
+            entry = self._placers[signal] = (now, placer, tuple(live.notes))
+        return entry[1], entry[2]
+
+    def place(self, job: Job, *, now: dt.datetime, allow_defer: bool = True) -> PlacementDecision:
+        """Like ``Placer.place``, on the live snapshot for the job's signal type."""
+        placer, notes = self._placer(job.policy.carbon_signal, now)
+        decision = placer.place(job, now=now, allow_defer=allow_defer)
+        return dataclasses.replace(decision, extra_notes=(*notes, *decision.extra_notes))
+
+
 def place_live(catalog: Catalog, jobs: Sequence[Job], *, now: dt.datetime,
                chain: SignalChain | None = None) -> list[PlacementDecision]:
-    """Place ``jobs`` on live signals (and forecasts) from ``chain``, static where none answer.
-
-    Jobs are grouped by their policy's signal type; each group is scored on a
-    RegionSignals built for that type, and every decision carries the chain's
-    notes (how many regions got live values, which sources were passed over and
-    why, or that every live source was unavailable). Jobs that may wait get
-    temporal shifting from the chain's forecasts.
+    """Place ``jobs`` on one live snapshot from ``chain`` (see ``LivePlacer``).
 
     Args:
         chain: default: the chain the environment configures, with an in-memory cache.
@@ -546,19 +576,8 @@ def place_live(catalog: Catalog, jobs: Sequence[Job], *, now: dt.datetime,
     active = chain or SignalChain.from_settings(SignalSettings.from_env(), catalog,
                                                 cache=MemoryCache())
     try:
-        placers: dict[CarbonSignal, tuple[Placer, tuple[str, ...]]] = {}
-        decisions = []
-        for job in jobs:
-            signal = job.policy.carbon_signal
-            if signal not in placers:
-                live = build_region_signals(catalog, active, signal=signal, now=now)
-                placers[signal] = (Placer(catalog, signals=live.signals,
-                                          forecast=ChainForecasts(active)), live.notes)
-            placer, notes = placers[signal]
-            decision = placer.place(job, now=now)
-            decisions.append(dataclasses.replace(
-                decision, extra_notes=(*notes, *decision.extra_notes)))
-        return decisions
+        placer = LivePlacer(catalog, active, refresh_s=float("inf"))
+        return [placer.place(job, now=now) for job in jobs]
     finally:
         if own:
             active.close()

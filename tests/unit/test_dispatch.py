@@ -437,3 +437,50 @@ def test_a_redelivered_place_resumes_an_interrupted_launch(
     record = ctx.store.get(job_id)
     assert record.state is S.RUNNING and record.attempt == 1
     assert len(sim_of(ctx).instances()) == 1
+
+
+def test_live_signals_defer_a_job_to_the_forecast_green_window(
+    server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GREENPLACE_SIGNALS=live: the service places on the signal chain, defers to the
+    greener window the forecast shows, and reconcile releases the job there."""
+    from scheduler.signals.chain import LivePlacer
+    from tests.fakes_signals.electricitymaps import FakeElectricityMaps
+    from tests.fakes_signals.server import FakeServer
+
+    server.client().flushall()
+    now = utc_now()
+    green_from = now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=5)
+    api = FakeElectricityMaps(api_key="em-key", now=now, intensity={
+        "DE": lambda t: 40.0 if t >= green_from else 400.0})
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump({
+        "name": "frankfurt-green", "weights": {"carbon": 1, "cost": 0},
+        "carbon_signal": "average",
+        "constraints": {"regions": {"include": ["gcp:europe-west3"]}}}))
+    raw = {"name": "wait-ok", "run": "python train.py", "max_delay_hours": 12,
+           "resources": {"accelerators": {"H100": 8}}, "work": {"hours": 2}}
+    job = resolve_job(JobSpec.model_validate(raw), load_catalog(),
+                      policy=load_policy(str(tmp_path / "policy.yaml")), where="test")
+    with FakeServer(api) as fake:
+        monkeypatch.setenv("ELECTRICITYMAPS_API_KEY", "em-key")
+        monkeypatch.setenv("GREENPLACE_ELECTRICITYMAPS_URL", f"{fake.url}/v3")
+        monkeypatch.setenv("GREENPLACE_SIGNAL_SOURCES", "electricitymaps")
+        (tmp_path / "sim.yaml").write_text(yaml.safe_dump({"launch_latency_s": 0}))
+        settings = Settings(redis_url=server.url, sim_config=tmp_path / "sim.yaml",
+                            signals="live")
+        ctx = Context.build(settings, JobStore(server.client()))
+        (job_id,) = submit(ctx, job)
+        assert place_job(ctx, job_id, now=now).followups == ()
+        record = ctx.store.get(job_id)
+        assert record.state is S.DEFERRED
+        assert record.decision is not None
+        assert dt.datetime.fromisoformat(record.decision["start_at"]) == green_from
+        assert record.decision["signal_source"].startswith("electricitymaps")
+        released = reconcile(ctx, now=green_from + dt.timedelta(seconds=1), budget_s=5)
+        assert released.counts["released"] == 1
+        run(ctx, released.followups)
+        assert isinstance(ctx.placer, LivePlacer)
+        ctx.placer.chain.close()
+    record = ctx.store.get(job_id)
+    assert record.state is S.RUNNING and record.decision is not None
+    assert record.decision["start_at"] is None and record.decision["region"] == "europe-west3"
