@@ -26,7 +26,6 @@ any of them from ``GREENPLACE_AWS_SETTINGS``, a JSON object):
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Mapping
@@ -50,9 +49,9 @@ from providers.base import (
     startup_script,
 )
 from providers.errors import ErrorCodeTable, provider_error
+from providers.settings import merged_settings
 from scheduler.exceptions import (
     AuthError,
-    ConfigError,
     InvalidRequestError,
     TransientError,
     UnknownNameError,
@@ -152,24 +151,7 @@ def _settings(config: Mapping[str, str], environ: Mapping[str, str]) -> dict[str
     """Settings from, in rising precedence: GREENPLACE_AWS_SETTINGS (a JSON object),
     GREENPLACE_AWS_<KEY> for the plain keys, then ``config``."""
     known = [*_PLAIN_KEYS, *(k + "<region>" for k in _REGIONAL_KEYS)]
-    merged: dict[str, str] = {}
-    raw = environ.get("GREENPLACE_AWS_SETTINGS")
-    if raw:
-        try:
-            loaded = json.loads(raw)
-        except ValueError as exc:
-            raise ConfigError(f"GREENPLACE_AWS_SETTINGS is not JSON ({exc}). To fix: give a "
-                              'JSON object, e.g. {"subnet_id.eu-north-1": "subnet-0abc"}.'
-                              ) from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError("GREENPLACE_AWS_SETTINGS must be a JSON object. To fix: wrap "
-                              "the settings in {...}.")
-        merged.update({str(k): str(v) for k, v in loaded.items()})
-    for key in _PLAIN_KEYS:
-        env_value = environ.get(f"GREENPLACE_AWS_{key.upper()}")
-        if env_value:
-            merged[key] = env_value
-    merged.update(config)
+    merged = merged_settings("AWS", config, environ, from_env=lambda key: key in _PLAIN_KEYS)
     settings: dict[str, str] = {}
     for key, value in merged.items():
         if key not in _PLAIN_KEYS and not key.startswith(_REGIONAL_KEYS):

@@ -65,6 +65,7 @@ from providers.base import (
     startup_script,
 )
 from providers.errors import ErrorCodeTable, provider_error
+from providers.settings import merged_settings
 from scheduler.exceptions import (
     AuthError,
     CapacityError,
@@ -860,26 +861,8 @@ def _jwt_claims(token: str) -> dict[str, Any]:
 
 
 def merged_config(config: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
-    """Settings from, in rising precedence: GREENPLACE_AZURE_SETTINGS (a JSON object),
-    GREENPLACE_AZURE_<KEY> for each known key, then ``config``."""
-    merged: dict[str, str] = {}
-    raw = environ.get("GREENPLACE_AZURE_SETTINGS")
-    if raw:
-        try:
-            loaded = json.loads(raw)
-        except ValueError as exc:
-            raise ConfigError(f"GREENPLACE_AZURE_SETTINGS is not JSON ({exc}). To fix: give a "
-                              "JSON object of azure settings.") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError("GREENPLACE_AZURE_SETTINGS must be a JSON object. To fix: wrap the "
-                              "settings in {...}.")
-        merged.update({str(k): str(v) for k, v in loaded.items()})
-    for key in _CONFIG_KEYS:
-        value = environ.get(f"GREENPLACE_AZURE_{key.upper()}")
-        if value:
-            merged[key] = value
-    merged.update(config)
-    return merged
+    """Settings from GREENPLACE_AZURE_SETTINGS, GREENPLACE_AZURE_<KEY>, then ``config``."""
+    return merged_settings("AZURE", config, environ, from_env=lambda key: key in _CONFIG_KEYS)
 
 
 def create(config: Mapping[str, str]) -> AzureProvider:

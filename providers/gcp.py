@@ -61,6 +61,7 @@ from providers.base import (
     startup_script,
 )
 from providers.errors import ErrorCodeTable, provider_error
+from providers.settings import merged_settings
 from scheduler.catalog.model import normalize_name
 from scheduler.exceptions import (
     AuthError,
@@ -876,26 +877,8 @@ class GcpProvider:
 
 
 def merged_config(config: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
-    """Settings from, in rising precedence: GREENPLACE_GCP_SETTINGS (a JSON object),
-    GREENPLACE_GCP_<KEY> for each known key, then ``config``."""
-    merged: dict[str, str] = {}
-    raw = environ.get("GREENPLACE_GCP_SETTINGS")
-    if raw:
-        try:
-            loaded = json.loads(raw)
-        except ValueError as exc:
-            raise ConfigError(f"GREENPLACE_GCP_SETTINGS is not JSON ({exc}). To fix: give a "
-                              "JSON object of gcp settings.") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError("GREENPLACE_GCP_SETTINGS must be a JSON object. To fix: wrap the "
-                              "settings in {...}.")
-        merged.update({str(k): str(v) for k, v in loaded.items()})
-    for key in _CONFIG_KEYS:
-        value = environ.get(f"GREENPLACE_GCP_{key.upper()}")
-        if value:
-            merged[key] = value
-    merged.update(config)
-    return merged
+    """Settings from GREENPLACE_GCP_SETTINGS, GREENPLACE_GCP_<KEY>, then ``config``."""
+    return merged_settings("GCP", config, environ, from_env=lambda key: key in _CONFIG_KEYS)
 
 
 def create(config: Mapping[str, str]) -> GcpProvider:

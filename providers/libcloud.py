@@ -43,7 +43,6 @@ create call returned; ``status()`` then answers FAILED with that fault.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -72,6 +71,7 @@ from providers.base import (
     startup_script,
 )
 from providers.errors import ErrorCodeTable, provider_error, redact
+from providers.settings import merged_settings
 from scheduler.exceptions import (
     AuthError,
     CapacityError,
@@ -488,25 +488,8 @@ class LibcloudProvider:
 def _settings(config: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
     """Settings from, in rising precedence: GREENPLACE_LIBCLOUD_SETTINGS (a JSON object),
     GREENPLACE_LIBCLOUD_<KEY> for plain and ``ex_*`` keys, then ``config``."""
-    merged: dict[str, str] = {}
-    raw = environ.get("GREENPLACE_LIBCLOUD_SETTINGS")
-    if raw:
-        try:
-            loaded = json.loads(raw)
-        except ValueError as exc:
-            raise ConfigError(f"GREENPLACE_LIBCLOUD_SETTINGS is not JSON ({exc}). To fix: "
-                              'give a JSON object, e.g. {"size.p4d.24xlarge": "gpu.a100.8"}.'
-                              ) from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError("GREENPLACE_LIBCLOUD_SETTINGS must be a JSON object. To fix: "
-                              'wrap the settings in {...}.')
-        merged.update({str(k): str(v) for k, v in loaded.items()})
-    for name, value in environ.items():
-        if name.startswith("GREENPLACE_LIBCLOUD_") and name != "GREENPLACE_LIBCLOUD_SETTINGS":
-            key = name.removeprefix("GREENPLACE_LIBCLOUD_").lower()
-            if value and (key in _PLAIN_KEYS or key.startswith("ex_")):
-                merged[key] = value
-    merged.update(config)
+    merged = merged_settings("LIBCLOUD", config, environ,
+                             from_env=lambda key: key in _PLAIN_KEYS or key.startswith("ex_"))
     settings: dict[str, str] = {}
     known = [*_PLAIN_KEYS, *(p + "<...>" for p in _PREFIX_KEYS)]
     for key, value in merged.items():
