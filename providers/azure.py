@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import base64
 import copy
-import ipaddress
+import functools
 import json
 import os
 import re
@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import (
@@ -65,7 +64,7 @@ from providers.base import (
     startup_script,
 )
 from providers.errors import ErrorCodeTable, provider_error
-from providers.settings import merged_settings
+from providers.settings import is_loopback, merged_settings, number_setting
 from scheduler.exceptions import (
     AuthError,
     CapacityError,
@@ -148,6 +147,7 @@ class AzureSettings:
                                        hint=f"To fix: use one of {sorted(_CONFIG_KEYS)}.")
         d = cls()  # the defaults (slots dataclasses keep no class-level values)
         get = config.get
+        number = functools.partial(number_setting, "azure", config)
         image = get("image") or d.image
         _image_reference(image)  # validate early
         eviction = (get("spot_eviction_policy") or d.spot_eviction_policy).capitalize()
@@ -160,7 +160,7 @@ class AzureSettings:
             raise ConfigError(f"azure credentials {credentials!r} is not 'default' or "
                               "'test-token'. To fix: leave it unset to use "
                               "DefaultAzureCredential.")
-        if credentials == "test-token" and not _is_loopback(base_url):
+        if credentials == "test-token" and not is_loopback(base_url):
             raise ConfigError("azure credentials 'test-token' is only for a local ARM fake. "
                               "To fix: also set base_url to an https://127.0.0.1:PORT "
                               "address, or leave credentials unset.")
@@ -174,15 +174,13 @@ class AzureSettings:
             subnet_id=get("subnet_id") or None,
             vnet_address_prefix=get("vnet_address_prefix") or d.vnet_address_prefix,
             subnet_address_prefix=get("subnet_address_prefix") or d.subnet_address_prefix,
-            os_disk_gb=int(_number(config, "os_disk_gb", d.os_disk_gb, minimum=1)),
+            os_disk_gb=int(number("os_disk_gb", d.os_disk_gb, minimum=1)),
             os_disk_type=get("os_disk_type") or d.os_disk_type,
             security_type=get("security_type", d.security_type),
             spot_eviction_policy=eviction,
-            spot_max_price=_number(config, "spot_max_price", d.spot_max_price, minimum=-1),
-            operation_timeout_s=_number(config, "operation_timeout_s", d.operation_timeout_s,
-                                        minimum=0),
-            polling_interval_s=_number(config, "polling_interval_s", d.polling_interval_s,
-                                       minimum=0),
+            spot_max_price=number("spot_max_price", d.spot_max_price, minimum=-1),
+            operation_timeout_s=number("operation_timeout_s", d.operation_timeout_s, minimum=0),
+            polling_interval_s=number("polling_interval_s", d.polling_interval_s, minimum=0),
             base_url=base_url,
             ca_bundle=get("ca_bundle") or None,
             test_token=credentials == "test-token",
@@ -195,32 +193,6 @@ _CONFIG_KEYS = (
     "security_type", "spot_eviction_policy", "spot_max_price", "operation_timeout_s",
     "polling_interval_s", "base_url", "ca_bundle", "credentials",
 )
-
-
-def _is_loopback(url: str | None) -> bool:
-    if not url:
-        return False
-    host = urlsplit(url if "://" in url else f"https://{url}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _number(config: Mapping[str, str], key: str, default: float, *, minimum: float) -> float:
-    raw = config.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ConfigError(f"azure {key} {raw!r} is not a number >= {minimum:g}. "
-                          f"To fix: set it to a number such as {default:g}.")
-    return value
 
 
 def _image_reference(image: str) -> dict[str, str]:

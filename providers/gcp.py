@@ -29,7 +29,6 @@ metadata (``greenplace-job-id``, ``greenplace-attempt``, ``greenplace-policy``).
 from __future__ import annotations
 
 import copy
-import ipaddress
 import json
 import os
 import re
@@ -37,7 +36,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import google.auth
 import requests
@@ -61,7 +59,7 @@ from providers.base import (
     startup_script,
 )
 from providers.errors import ErrorCodeTable, provider_error
-from providers.settings import merged_settings
+from providers.settings import is_loopback, merged_settings, number_setting
 from scheduler.catalog.model import normalize_name
 from scheduler.exceptions import (
     AuthError,
@@ -190,7 +188,7 @@ class GcpSettings:
                 f"gcp credentials {credentials!r} is not 'default' or 'anonymous'. "
                 "To fix: leave it unset to use Application Default Credentials."
             )
-        if credentials == "anonymous" and not _is_loopback(endpoint):
+        if credentials == "anonymous" and not is_loopback(endpoint):
             raise ConfigError(
                 "gcp credentials 'anonymous' is only for a local Compute Engine fake. "
                 "To fix: also set api_endpoint to an http://127.0.0.1:PORT address, "
@@ -209,8 +207,8 @@ class GcpSettings:
             external_ip=_bool_setting(config, "external_ip", True),
             service_account=get("service_account") or None,
             spot_termination_action=termination,
-            operation_timeout_s=_float_setting(config, "operation_timeout_s",
-                                               d.operation_timeout_s),
+            operation_timeout_s=number_setting("gcp", config, "operation_timeout_s",
+                                               d.operation_timeout_s, minimum=0),
             api_endpoint=endpoint,
             anonymous_credentials=credentials == "anonymous",
         )
@@ -221,18 +219,6 @@ _CONFIG_KEYS = (
     "network", "subnetwork", "external_ip", "service_account", "spot_termination_action",
     "operation_timeout_s", "api_endpoint", "credentials",
 )
-
-
-def _is_loopback(url: str | None) -> bool:
-    if not url:
-        return False
-    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _int_setting(config: Mapping[str, str], key: str, default: int) -> int:
@@ -246,20 +232,6 @@ def _int_setting(config: Mapping[str, str], key: str, default: int) -> int:
     if value <= 0:
         raise ConfigError(f"gcp {key} {raw!r} is not a positive integer. "
                           f"To fix: set it to a whole number such as {default}.")
-    return value
-
-
-def _float_setting(config: Mapping[str, str], key: str, default: float) -> float:
-    raw = config.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise ConfigError(f"gcp {key} {raw!r} is not a non-negative number. "
-                          f"To fix: set it to seconds, such as {default:g}.")
     return value
 
 

@@ -9,8 +9,10 @@ come from each SDK's own credential chain.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 from scheduler.exceptions import ConfigError
 
@@ -51,3 +53,34 @@ def merged_settings(
                 merged[key] = value
     merged.update(config)
     return merged
+
+
+def is_loopback(url: str | None) -> bool:
+    """Whether ``url`` (or a bare host) points at this machine; test-only credentials
+    are accepted only there."""
+    if not url:
+        return False
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def number_setting(
+    cloud: str, config: Mapping[str, str], key: str, default: float, *, minimum: float,
+) -> float:
+    """A numeric setting (``default`` when unset). Raises ConfigError below ``minimum``."""
+    raw = config.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = minimum - 1
+    if not value >= minimum:
+        raise ConfigError(f"{cloud} {key} {raw!r} is not a number >= {minimum:g}. "
+                          f"To fix: set it to a number such as {default:g}.")
+    return value
