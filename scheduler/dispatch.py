@@ -494,17 +494,7 @@ def _dispatch_locked(ctx: Context, record: JobRecord, attempt: int, mode: str, *
     settle = mode == "settle"
     expect = S.CANCELLED if settle else S.DISPATCHING
     try:
-        provider = ctx.providers.for_cloud(placement.cloud)
-        needed = {Feature.IDEMPOTENT_SUBMIT} | ({Feature.SPOT} if placement.spot else set())
-        missing = missing_features(provider, needed)
-        if missing:
-            raise InvalidRequestError(
-                f"the provider lacks {', '.join(missing)}. To fix: map {placement.cloud} to a "
-                "provider that has them in GREENPLACE_PROVIDERS.",
-                provider=provider.name, operation="dispatch", code="MissingFeature")
-        job = job or rebuild_job(record, ctx.catalog)
-        request = provider.prepare(job_launch(job_id, job, attempt=attempt), placement)
-        handle = provider.submit(request, idempotency_key=idempotency_key(job_id, attempt))
+        handle = _launch(ctx, record, placement, attempt=attempt, job=job)
     except (CapacityError, QuotaError) as exc:
         if settle:
             store.terminated(job_id, message="cancelled before any instance was created")
@@ -544,6 +534,38 @@ def _dispatch_locked(ctx: Context, record: JobRecord, attempt: int, mode: str, *
             return _terminate_late(ctx, record, handle, now=now)
         return Outcome(message=f"launched, but the job is now {exc.current}")
     return Outcome(message=f"running as {handle.instance_id}")
+
+
+def _launch(ctx: Context, record: JobRecord, placement: Placement, *, attempt: int,
+            job: Job | None) -> InstanceHandle:
+    """prepare() + submit() of one attempt through the provider mapped to its cloud.
+
+    Raises:
+        ProviderError (or another GreenplaceError): as the adapter classified it.
+        TransientError: for any other exception (an SDK error the adapter does not
+            map, or an adapter bug), so it is retried a bounded number of times and
+            then fails the job with a reason, instead of leaving it DISPATCHING.
+    """
+    try:
+        provider = ctx.providers.for_cloud(placement.cloud)
+        needed = {Feature.IDEMPOTENT_SUBMIT} | ({Feature.SPOT} if placement.spot else set())
+        missing = missing_features(provider, needed)
+        if missing:
+            raise InvalidRequestError(
+                f"the provider lacks {', '.join(missing)}. To fix: map {placement.cloud} to a "
+                "provider that has them in GREENPLACE_PROVIDERS.",
+                provider=provider.name, operation="dispatch", code="MissingFeature")
+        job = job or rebuild_job(record, ctx.catalog)
+        request = provider.prepare(job_launch(record.job_id, job, attempt=attempt), placement)
+        return provider.submit(request, idempotency_key=idempotency_key(record.job_id, attempt))
+    except GreenplaceError:
+        raise
+    except Exception as exc:
+        log.exception("unexpected error launching job %s attempt %d", record.job_id, attempt)
+        raise TransientError(
+            f"unexpected {type(exc).__name__}: {str(exc)[:300]}",
+            provider=ctx.settings.provider_for(placement.cloud), operation="submit",
+            code=type(exc).__name__) from exc
 
 
 def _terminate_late(ctx: Context, record: JobRecord, handle: InstanceHandle, *,

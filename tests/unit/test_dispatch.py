@@ -262,6 +262,10 @@ class Only(Providers):
     # the try inside `place`, then the dispatch message's own tries
     (TransientError("throttled", provider="refusing", operation="submit", code="Throttling"),
      "kept failing with transient errors", MAX_TRANSIENT_RETRIES + 2),
+    # an exception the adapter does not classify is retried like a transient one, then
+    # fails the job with a reason instead of leaving it DISPATCHING
+    (ConnectionResetError("peer reset"), "unexpected ConnectionResetError: peer reset",
+     MAX_TRANSIENT_RETRIES + 2),
 ])
 def test_auth_fails_at_once_and_transient_errors_retry_to_a_cap(
     make_ctx: Callable[..., Context], error: Exception, expected: str, calls: int,
