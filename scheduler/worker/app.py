@@ -25,6 +25,18 @@ Celery terms, and why:
   sweep for 30 s, not kombu's default 5 minutes.
 - Deferred jobs are never held as ETA messages (an ETA beyond the visibility
   timeout would be redelivered over and over); ``reconcile`` releases them.
+- **No restore on connection close** (kombu's Redis ``QoS.restore_at_shutdown``
+  off): when Redis goes away, Celery closes the broker connection and kombu would
+  try to push the worker's unacknowledged messages back through that dead
+  connection; kombu fails there with an AttributeError that Celery treats as
+  unrecoverable, and the worker exits (seen in the Redis-restart test under load).
+  Those messages stay in the ``unacked`` hash instead and the visibility sweep
+  above brings them back within 45-50 s, as for a killed worker.
+- ``worker_cancel_long_running_tasks_on_connection_loss``: on a lost broker
+  connection, tasks still running are cancelled and redelivered later. Otherwise
+  such a task acknowledges its message on the dead channel when it ends, kombu
+  fails there and the worker exits. Every task is idempotent (dispatch holds a
+  lock and an idempotency key), so a cancelled one is safe to run again.
 - No result backend: job state lives in the job store.
 - Task events are off by default (they cost throughput); Flower switches them on
   by itself (``enable_events``), so it works against this app unchanged.
@@ -37,6 +49,7 @@ import weakref
 from typing import Any
 
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 from scheduler.settings import Settings, load_settings
 
@@ -78,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         ConfigError: unusable ``GREENPLACE_*`` variables (when ``settings`` is None).
     """
     settings = settings or load_settings()
+    kombu_redis.QoS.restore_at_shutdown = False  # see the module docstring
     limit = settings.task_time_limit_s
     soft = max(1.0, limit - 3.0)
     app = Celery("greenplace", broker=settings.broker_url, include=["scheduler.worker.tasks"])
@@ -110,7 +124,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_use_ssl=ssl_options,
         worker_send_task_events=False,
         task_send_sent_event=False,
-        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         enable_utc=True,
         timezone="UTC",
         beat_schedule={
