@@ -174,7 +174,7 @@ def frozen_ranking(decision: PlacementDecision) -> list[Placement]:
     The decision summary still says how many were feasible.
     """
     keep = max(12, 4 * decision.policy.failover.max_attempts)
-    return decision.placements()[:keep]
+    return decision.placements(limit=keep)
 
 
 def job_launch(job_id: str, job: Job, *, attempt: int) -> JobLaunch:

@@ -103,10 +103,11 @@ class PlacementDecision:
         """Candidate position a price-only scheduler would pick under the same constraints."""
         return int(self.baseline_ranking[0]) if len(self.baseline_ranking) else None
 
-    def placements(self) -> list[Placement]:
-        """The feasible candidates as launch targets, best first (the failover order)."""
+    def placements(self, limit: int | None = None) -> list[Placement]:
+        """The feasible candidates as launch targets, best first (the failover order);
+        the best ``limit`` of them when given."""
         placements = []
-        for i in self.ranking.tolist():
+        for i in self.ranking[:limit].tolist():
             o = self.arrays.offers[self.offer_index[i]]
             placements.append(Placement(
                 cloud=o.cloud, region=o.region, instance_type=o.instance_type,
