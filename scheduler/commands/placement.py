@@ -13,7 +13,7 @@ from policies.model import CarbonSignal, Policy
 from scheduler import estimate as est
 from scheduler.catalog import load_catalog
 from scheduler.exceptions import UserInputError
-from scheduler.jobs import JobSpec, load_jobs
+from scheduler.jobs import DEFAULT_UTILIZATION, JobSpec, load_jobs
 from scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
 from scheduler.placement import PlacementDecision, Placer
 from scheduler.signals.chain import live_notes, place_live
@@ -139,8 +139,6 @@ def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float 
                  intensity_g_per_kwh: float | None, region_key: str | None, signal: str,
                  output: str) -> None:
     """Energy and emissions of ACCELERATOR x COUNT for HOURS (Patterson et al. 2021)."""
-    from scheduler.jobs import DEFAULT_UTILIZATION
-
     catalog = load_catalog()
     accel = catalog.accelerator(accelerator)
     if (intensity_g_per_kwh is None) == (region_key is None):
