@@ -72,7 +72,6 @@ class JobState(StrEnum):
 
 S = JobState
 FINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.UNSCHEDULABLE})
-ACTIVE_STATES = frozenset(set(S) - FINAL_STATES)
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.PLACED, S.DEFERRED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
     S.PLACED: frozenset({S.DISPATCHING, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),

@@ -224,12 +224,6 @@ def _shipped(trace: str) -> Traversable | None:
     return None
 
 
-def shipped_traces() -> list[str]:
-    """File names of the trace samples shipped with greenplace."""
-    files = importlib.resources.files(TRACES_PACKAGE)
-    return sorted(p.name for p in files.iterdir() if p.name.endswith(".csv"))
-
-
 def _print_backtest(result: BacktestResult) -> None:
     print_table(
         f"backtest over {result.trace.name} ({result.trace.basis}, {result.trace.hours} h): "

@@ -50,8 +50,6 @@ UNITS = {
 # One pound per megawatt-hour in grams per kilowatt-hour (WattTime reports lbs/MWh).
 G_PER_KWH_PER_LB_PER_MWH = 0.45359237
 
-DEFAULT_TIMEOUT_S = 5.0
-
 
 Clock = Callable[[], dt.datetime]
 
