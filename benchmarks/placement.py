@@ -19,10 +19,10 @@ import statistics
 import time
 import tracemalloc
 
-from policies.model import load_policy
-from scheduler.catalog import load_catalog
-from scheduler.jobs import Job, JobSpec, resolve_job
-from scheduler.placement import Placer
+from greenplace.policies.model import load_policy
+from greenplace.scheduler.catalog import load_catalog
+from greenplace.scheduler.jobs import Job, JobSpec, resolve_job
+from greenplace.scheduler.placement import Placer
 
 SHAPES = [
     [{"A100": 8}, {"A100-80GB": 8}, {"H100": 8}],

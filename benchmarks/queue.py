@@ -48,13 +48,13 @@ import time  # noqa: E402
 
 import yaml  # noqa: E402
 
-from scheduler.catalog import load_catalog  # noqa: E402
-from scheduler.commands.queue import submit_jobs  # noqa: E402
-from scheduler.dispatch import Providers, plan  # noqa: E402
-from scheduler.jobs import load_jobs  # noqa: E402
-from scheduler.placement import Placer  # noqa: E402
-from scheduler.settings import load_settings  # noqa: E402
-from scheduler.store import JobState, JobStore, redis_client, utc_now  # noqa: E402
+from greenplace.scheduler.catalog import load_catalog  # noqa: E402
+from greenplace.scheduler.commands.queue import submit_jobs  # noqa: E402
+from greenplace.scheduler.dispatch import Providers, plan  # noqa: E402
+from greenplace.scheduler.jobs import load_jobs  # noqa: E402
+from greenplace.scheduler.placement import Placer  # noqa: E402
+from greenplace.scheduler.settings import load_settings  # noqa: E402
+from greenplace.scheduler.store import JobState, JobStore, redis_client, utc_now  # noqa: E402
 
 SHAPES = [
     [{"A100": 8}, {"H100": 8}],
@@ -127,7 +127,7 @@ def main() -> None:
     client = redis_client(settings.redis_url)
     wait(lambda: _ping(client), timeout_s=20, poll_s=0.05)
 
-    from scheduler.worker.app import CONTROL_QUEUE, create_app
+    from greenplace.scheduler.worker.app import CONTROL_QUEUE, create_app
 
     app = create_app(settings)
     store = JobStore(client)
@@ -142,7 +142,7 @@ def main() -> None:
 
     log = (tmp / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "scheduler", "worker", "--concurrency", str(args.concurrency),
+        [sys.executable, "-m", "greenplace", "worker", "--concurrency", str(args.concurrency),
          "--loglevel", "WARNING"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     try:

@@ -1,6 +1,6 @@
 """Placement policies: the Policy model, its loader and the preset YAML files."""
 
-from policies.model import (
+from greenplace.policies.model import (
     DEFAULT_POLICY,
     CarbonSignal,
     Policy,

@@ -14,8 +14,8 @@ from typing import Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from scheduler.exceptions import SpecError, UnknownNameError
-from scheduler.yamlfile import read_yaml, validation_message
+from greenplace.scheduler.exceptions import SpecError, UnknownNameError
+from greenplace.scheduler.yamlfile import read_yaml, validation_message
 
 DEFAULT_POLICY = "balanced"
 
@@ -112,7 +112,7 @@ class Policy(_Strict):
 
 def preset_names() -> list[str]:
     """Names of the preset policies shipped in the ``policies`` package."""
-    files = importlib.resources.files("policies")
+    files = importlib.resources.files("greenplace.policies")
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -144,7 +144,7 @@ def load_policy(name_or_path: str, *, base_dir: Path | None = None) -> Policy:
                 "policy preset", name_or_path, preset_names(),
                 hint="To fix: use a preset name or a path to a policy .yaml file.",
             )
-        resource = importlib.resources.files("policies") / f"{name_or_path}.yaml"
+        resource = importlib.resources.files("greenplace.policies") / f"{name_or_path}.yaml"
         with importlib.resources.as_file(resource) as path:
             return parse_policy(read_yaml(path, what="policy"), where=f"policy {name_or_path}")
     path = Path(name_or_path)

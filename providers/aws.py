@@ -35,7 +35,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from providers.base import (
+from greenplace.providers.base import (
     Feature,
     InstanceHandle,
     InstanceState,
@@ -48,9 +48,9 @@ from providers.base import (
     short_token,
     startup_script,
 )
-from providers.errors import ErrorCodeTable, provider_error
-from providers.settings import merged_settings
-from scheduler.exceptions import (
+from greenplace.providers.errors import ErrorCodeTable, provider_error
+from greenplace.providers.settings import merged_settings
+from greenplace.scheduler.exceptions import (
     AuthError,
     InvalidRequestError,
     TransientError,

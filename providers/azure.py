@@ -50,7 +50,7 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 from azure.mgmt.network import NetworkManagementClient
 
-from providers.base import (
+from greenplace.providers.base import (
     Feature,
     InstanceHandle,
     InstanceState,
@@ -63,9 +63,9 @@ from providers.base import (
     short_token,
     startup_script,
 )
-from providers.errors import ErrorCodeTable, provider_error
-from providers.settings import is_loopback, merged_settings, number_setting
-from scheduler.exceptions import (
+from greenplace.providers.errors import ErrorCodeTable, provider_error
+from greenplace.providers.settings import is_loopback, merged_settings, number_setting
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     ConfigError,

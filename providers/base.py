@@ -9,7 +9,7 @@ Optional capabilities are declared data (``features``), checked up front by
 ``missing_features``; no adapter has a method that only raises NotImplementedError.
 
 Errors: adapters wrap their SDK's errors (``raise ... from exc``) into the
-ProviderError subclasses of ``scheduler.exceptions`` with provider, operation
+ProviderError subclasses of ``greenplace.scheduler.exceptions`` with provider, operation
 and the cloud's own error code attached.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from scheduler.exceptions import ProviderError
+from greenplace.scheduler.exceptions import ProviderError
 
 # Namespace for UUID5 request ids derived from idempotency keys (GCE requestId).
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c7f0e-4b8a-5a44-9c1e-2b7a8d0c5e11")

@@ -16,7 +16,7 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from scheduler.exceptions import (
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     InvalidRequestError,

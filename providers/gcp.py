@@ -44,7 +44,7 @@ from google.auth import exceptions as auth_exc
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import compute_v1
 
-from providers.base import (
+from greenplace.providers.base import (
     Feature,
     InstanceHandle,
     InstanceState,
@@ -58,10 +58,10 @@ from providers.base import (
     short_token,
     startup_script,
 )
-from providers.errors import ErrorCodeTable, provider_error
-from providers.settings import is_loopback, merged_settings, number_setting
-from scheduler.catalog.model import normalize_name
-from scheduler.exceptions import (
+from greenplace.providers.errors import ErrorCodeTable, provider_error
+from greenplace.providers.settings import is_loopback, merged_settings, number_setting
+from greenplace.scheduler.catalog.model import normalize_name
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     ConfigError,

@@ -57,7 +57,7 @@ from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeLocation, Nod
 from libcloud.compute.providers import DRIVERS, get_driver
 from libcloud.compute.types import NodeState
 
-from providers.base import (
+from greenplace.providers.base import (
     Feature,
     InstanceHandle,
     InstanceState,
@@ -70,9 +70,9 @@ from providers.base import (
     short_token,
     startup_script,
 )
-from providers.errors import ErrorCodeTable, provider_error, redact
-from providers.settings import merged_settings
-from scheduler.exceptions import (
+from greenplace.providers.errors import ErrorCodeTable, provider_error, redact
+from greenplace.providers.settings import merged_settings
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     ConfigError,

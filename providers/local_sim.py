@@ -54,7 +54,7 @@ import pydantic
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.base import (
+from greenplace.providers.base import (
     Feature,
     InstanceHandle,
     InstanceState,
@@ -65,7 +65,7 @@ from providers.base import (
     job_tags,
     startup_script,
 )
-from scheduler.exceptions import (
+from greenplace.scheduler.exceptions import (
     CapacityError,
     ConfigError,
     InvalidRequestError,
@@ -180,8 +180,8 @@ def load_sim_config(
     Raises:
         ConfigError: a missing or invalid file or value, naming it.
     """
-    from scheduler.exceptions import SpecError
-    from scheduler.yamlfile import read_yaml, validation_message
+    from greenplace.scheduler.exceptions import SpecError
+    from greenplace.scheduler.yamlfile import read_yaml, validation_message
 
     env = os.environ if environ is None else environ
     config = config or {}
@@ -235,14 +235,14 @@ class LocalSim:
     def client(self) -> redis.Redis:
         """The Redis client, created on first use (the dry run never needs one)."""
         if self._client is None:
-            from scheduler.store import redis_client
+            from greenplace.scheduler.store import redis_client
 
             self._client = redis_client(self._redis_url, ca_cert=self._redis_ca_cert)
         return self._client
 
     def _offer(self, offer_key: str) -> Any:
         if self._offers is None:
-            from scheduler.catalog import load_catalog
+            from greenplace.scheduler.catalog import load_catalog
 
             self._offers = {f"{o.cloud}:{o.region}:{o.instance_type}": o
                             for o in load_catalog().offers}
@@ -254,7 +254,7 @@ class LocalSim:
 
     # the Provider protocol ----------------------------------------------------------
     def check_credentials(self) -> str:
-        from scheduler.settings import redact_url
+        from greenplace.scheduler.settings import redact_url
 
         self.client.ping()
         return f"local-sim (no credentials needed; state in Redis at {redact_url(self._redis_url)})"
@@ -442,7 +442,7 @@ def create(config: Mapping[str, str]) -> LocalSim:
     redis_url = config.get("redis_url")
     ca_cert = config.get("redis_ca_cert")
     if not redis_url:
-        from scheduler.settings import load_settings
+        from greenplace.scheduler.settings import load_settings
 
         settings = load_settings()
         redis_url = settings.redis_url

@@ -1,6 +1,6 @@
 """Maps provider names to adapter modules, imported on first use.
 
-``import scheduler`` or ``import providers`` imports no cloud SDK; an adapter's
+``import greenplace`` (any of its packages) imports no cloud SDK; an adapter's
 SDK is imported only when that adapter is asked for, and a missing SDK says
 which extra to install.
 """
@@ -10,16 +10,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
-from providers.base import Provider
-from scheduler.exceptions import MissingSDKError, UnknownNameError
+from greenplace.providers.base import Provider
+from greenplace.scheduler.exceptions import MissingSDKError, UnknownNameError
 
 # provider name -> (module path, factory name, pip extra)
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
-    "local-sim": ("providers.local_sim", "create", None),
-    "aws": ("providers.aws", "create", "aws"),
-    "gcp": ("providers.gcp", "create", "gcp"),
-    "azure": ("providers.azure", "create", "azure"),
-    "libcloud": ("providers.libcloud", "create", "libcloud"),
+    "local-sim": ("greenplace.providers.local_sim", "create", None),
+    "aws": ("greenplace.providers.aws", "create", "aws"),
+    "gcp": ("greenplace.providers.gcp", "create", "gcp"),
+    "azure": ("greenplace.providers.azure", "create", "azure"),
+    "libcloud": ("greenplace.providers.libcloud", "create", "libcloud"),
 }
 
 
@@ -40,7 +40,7 @@ def get_provider(name: str, *, config: Mapping[str, str] | None = None) -> Provi
     try:
         module = importlib.import_module(module_path)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(("providers", "scheduler")):
+        if exc.name and exc.name.startswith("greenplace"):
             raise
         raise MissingSDKError(
             f"the {name} adapter needs {exc.name!r}, which is not installed. "

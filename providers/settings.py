@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-from scheduler.exceptions import ConfigError
+from greenplace.scheduler.exceptions import ConfigError
 
 
 def merged_settings(

@@ -1,6 +1,4 @@
-"""greenplace: a carbon-aware multi-cloud scheduler for ML training jobs.
+"""The greenplace service: catalog, signals, estimation, placement, job store, worker and CLI.
 
-Importing this package imports no cloud SDK and opens no connection.
+Installed as ``greenplace.scheduler``. Importing it imports no cloud SDK and opens no connection.
 """
-
-__version__ = "0.1.0"

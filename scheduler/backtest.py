@@ -53,15 +53,15 @@ from typing import Any
 
 import numpy as np
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Catalog, Region
-from scheduler.exceptions import SpecError
-from scheduler.jobs import Job
-from scheduler.placement import timing
-from scheduler.placement.arrays import RegionSignals
-from scheduler.placement.decision import PlacementDecision
-from scheduler.placement.pipeline import Placer
-from scheduler.signals.base import Forecast, SignalPoint, iso, utc
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Catalog, Region
+from greenplace.scheduler.exceptions import SpecError
+from greenplace.scheduler.jobs import Job
+from greenplace.scheduler.placement import timing
+from greenplace.scheduler.placement.arrays import RegionSignals
+from greenplace.scheduler.placement.decision import PlacementDecision
+from greenplace.scheduler.placement.pipeline import Placer
+from greenplace.scheduler.signals.base import Forecast, SignalPoint, iso, utc
 
 MAX_GAP_H = 6
 HOUR = dt.timedelta(hours=1)

@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok; 1 some jobs unschedulable or failed; 2 bad input or usage.
 Only this module catches errors broadly: a user's mistake prints one paragraph
-on stderr, never a traceback. Commands live in ``scheduler.commands.*``.
+on stderr, never a traceback. Commands live in ``greenplace.scheduler.commands.*``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 
 import click
 
-from scheduler.commands import placement, queue, signals
-from scheduler.commands import providers as provider_commands
-from scheduler.exceptions import GreenplaceError
+from greenplace.scheduler.commands import placement, queue, signals
+from greenplace.scheduler.commands import providers as provider_commands
+from greenplace.scheduler.exceptions import GreenplaceError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 

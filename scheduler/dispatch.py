@@ -3,7 +3,7 @@
 Plain functions over a ``Context`` (store, providers, placer): no Celery here,
 so every rule is tested against a real Redis without a worker. Each function
 returns an ``Outcome``: a log line, the follow-up tasks to enqueue, and whether
-the task should run again later. ``scheduler.worker.tasks`` turns those into
+the task should run again later. ``greenplace.scheduler.worker.tasks`` turns those into
 Celery messages.
 
 Exactly-once launch, the argument in four steps:
@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from providers.base import (
+from greenplace.providers.base import (
     Feature,
     InstanceHandle,
     InstanceState,
@@ -47,9 +47,9 @@ from providers.base import (
     idempotency_key,
     missing_features,
 )
-from providers.registry import get_provider
-from scheduler.catalog import Catalog, load_catalog
-from scheduler.exceptions import (
+from greenplace.providers.registry import get_provider
+from greenplace.scheduler.catalog import Catalog, load_catalog
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     GreenplaceError,
@@ -59,13 +59,13 @@ from scheduler.exceptions import (
     TransientError,
     UserInputError,
 )
-from scheduler.jobs import Job, JobSpec, resolve_job
-from scheduler.placement import PlacementDecision, Placer
-from scheduler.settings import MAX_COUNTDOWN_S, Settings
-from scheduler.signals.cache import RedisCache
-from scheduler.signals.chain import LivePlacer, SignalChain
-from scheduler.signals.config import SignalSettings
-from scheduler.store import (
+from greenplace.scheduler.jobs import Job, JobSpec, resolve_job
+from greenplace.scheduler.placement import PlacementDecision, Placer
+from greenplace.scheduler.settings import MAX_COUNTDOWN_S, Settings
+from greenplace.scheduler.signals.cache import RedisCache
+from greenplace.scheduler.signals.chain import LivePlacer, SignalChain
+from greenplace.scheduler.signals.config import SignalSettings
+from greenplace.scheduler.store import (
     FINAL_STATES,
     AttemptReason,
     JobRecord,

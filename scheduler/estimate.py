@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from policies.model import CarbonSignal
+from greenplace.policies.model import CarbonSignal
 
 Num = TypeVar("Num", float, np.ndarray)
 

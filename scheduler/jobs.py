@@ -13,10 +13,10 @@ from pathlib import Path
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.model import DEFAULT_POLICY, Policy, SpotMode, load_policy
-from scheduler.catalog import Catalog
-from scheduler.exceptions import SpecError, UnknownNameError
-from scheduler.yamlfile import read_yaml, validation_message
+from greenplace.policies.model import DEFAULT_POLICY, Policy, SpotMode, load_policy
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.exceptions import SpecError, UnknownNameError
+from greenplace.scheduler.yamlfile import read_yaml, validation_message
 
 JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from scheduler.exceptions import ConfigError
+from greenplace.scheduler.exceptions import ConfigError
 
 CLOUDS = ("aws", "gcp", "azure")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -130,7 +130,7 @@ def _with_password(url: str, password: str) -> str:
 
 
 def _parse_providers(raw: str, problems: list[str]) -> dict[str, str]:
-    from providers.registry import REGISTRY
+    from greenplace.providers.registry import REGISTRY
 
     mapping = dict.fromkeys(CLOUDS, DEFAULT_PROVIDER)
     for item in (p.strip() for p in raw.split(",")):

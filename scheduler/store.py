@@ -50,10 +50,10 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from policies.model import Policy
-from providers.base import InstanceHandle, Placement
-from scheduler.exceptions import ConfigError, IllegalTransitionError, JobNotFoundError
-from scheduler.jobs import Job
+from greenplace.policies.model import Policy
+from greenplace.providers.base import InstanceHandle, Placement
+from greenplace.scheduler.exceptions import ConfigError, IllegalTransitionError, JobNotFoundError
+from greenplace.scheduler.jobs import Job
 
 
 class JobState(StrEnum):

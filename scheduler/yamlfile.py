@@ -13,7 +13,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from scheduler.exceptions import SpecError
+from greenplace.scheduler.exceptions import SpecError
 
 
 def read_yaml(path: Path, *, what: str) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.catalog import Accelerator, Catalog, Offer, Region
+from greenplace.scheduler.catalog import Accelerator, Catalog, Offer, Region
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

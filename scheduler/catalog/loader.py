@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from scheduler.catalog.model import Accelerator, Offer, Region, normalize_name
-from scheduler.exceptions import CatalogError, UnknownNameError
+from greenplace.scheduler.catalog.model import Accelerator, Offer, Region, normalize_name
+from greenplace.scheduler.exceptions import CatalogError, UnknownNameError
 
 CLOUDS = ("aws", "gcp", "azure")
 CONTINENTS = (
@@ -187,7 +187,7 @@ class Catalog:
         return found
 
 
-_DATA_PACKAGE = "scheduler.catalog.data"
+_DATA_PACKAGE = "greenplace.scheduler.catalog.data"
 
 
 

@@ -1,1 +1,1 @@
-"""CLI commands, one module per area; ``scheduler.cli`` registers them."""
+"""CLI commands, one module per area; ``greenplace.scheduler.cli`` registers them."""

@@ -9,14 +9,14 @@ from typing import Any
 
 import click
 
-from policies.model import CarbonSignal, Policy
-from scheduler import estimate as est
-from scheduler.catalog import load_catalog
-from scheduler.exceptions import UserInputError
-from scheduler.jobs import DEFAULT_UTILIZATION, JobSpec, load_jobs
-from scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
-from scheduler.placement import PlacementDecision, Placer
-from scheduler.signals.chain import live_notes, place_live
+from greenplace.policies.model import CarbonSignal, Policy
+from greenplace.scheduler import estimate as est
+from greenplace.scheduler.catalog import load_catalog
+from greenplace.scheduler.exceptions import UserInputError
+from greenplace.scheduler.jobs import DEFAULT_UTILIZATION, JobSpec, load_jobs
+from greenplace.scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
+from greenplace.scheduler.placement import PlacementDecision, Placer
+from greenplace.scheduler.signals.chain import live_notes, place_live
 
 _output = click.option("--output", "-o", type=click.Choice(FORMATS), default="table",
                        show_default=True, help="table for people, json or csv for machines")

@@ -11,9 +11,9 @@ chain its adapter uses at launch time:
 
 Only identity descriptions are printed (ARN, service-account e-mail, tenant and
 object ids, variable names); tokens, keys and passwords never are, and every
-line is passed through ``providers.errors.redact`` with the secret values found
+line is passed through ``greenplace.providers.errors.redact`` with the secret values found
 in the environment as a second guard. SDKs are imported inside the checks, so
-``import scheduler.cli`` stays free of them.
+``import greenplace.scheduler.cli`` stays free of them.
 
 Exit codes: 0 when every cloud asked for with ``--cloud`` is usable (or, with
 no ``--cloud``, when at least one is); 1 otherwise; 2 for bad usage.
@@ -33,8 +33,8 @@ from typing import Any
 
 import click
 
-from providers.errors import provider_error, redact
-from scheduler.exceptions import (
+from greenplace.providers.errors import provider_error, redact
+from greenplace.scheduler.exceptions import (
     AuthError,
     ConfigError,
     GreenplaceError,
@@ -42,7 +42,7 @@ from scheduler.exceptions import (
     TransientError,
     UserInputError,
 )
-from scheduler.output import FORMATS, print_csv, print_json, print_table
+from greenplace.scheduler.output import FORMATS, print_csv, print_json, print_table
 
 CLOUDS = ("aws", "gcp", "azure", "libcloud")
 SDK_DISTRIBUTIONS = {"aws": "boto3", "gcp": "google-auth", "azure": "azure-identity",
@@ -86,7 +86,7 @@ def _missing_sdk(cloud: str, exc: ModuleNotFoundError) -> MissingSDKError:
 
 def check_aws() -> str:
     """boto3's default chain, verified with sts:GetCallerIdentity (through the adapter)."""
-    from providers.registry import get_provider
+    from greenplace.providers.registry import get_provider
 
     return get_provider("aws").check_credentials()
 
@@ -98,7 +98,7 @@ def check_libcloud() -> str:
         raise ConfigError("no libcloud driver is configured. To fix: set "
                           "GREENPLACE_LIBCLOUD_DRIVER, GREENPLACE_LIBCLOUD_KEY_ENV and "
                           "GREENPLACE_LIBCLOUD_IMAGE (see the README) to use one.")
-    from providers.registry import get_provider
+    from greenplace.providers.registry import get_provider
 
     return get_provider("libcloud").check_credentials()
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from scheduler.catalog import load_catalog
-from scheduler.jobs import Job, load_jobs
-from scheduler.output import fmt, print_json, print_table
-from scheduler.settings import Settings, load_settings
-from scheduler.store import (
+from greenplace.scheduler.catalog import load_catalog
+from greenplace.scheduler.jobs import Job, load_jobs
+from greenplace.scheduler.output import fmt, print_json, print_table
+from greenplace.scheduler.settings import Settings, load_settings
+from greenplace.scheduler.store import (
     FINAL_STATES,
     JobRecord,
     JobState,
@@ -67,8 +67,8 @@ def submit_jobs(store: JobStore, app: Celery, jobs: Sequence[Job]) -> list[str]:
 
 
 def _dry_run(jobs: Sequence[Job], settings: Settings, output: str) -> None:
-    from scheduler.dispatch import Providers, plan
-    from scheduler.placement import Placer
+    from greenplace.scheduler.dispatch import Providers, plan
+    from greenplace.scheduler.placement import Placer
 
     launches = plan(jobs, placer=Placer(load_catalog()), providers=Providers(settings),
                     now=utc_now())
@@ -119,7 +119,7 @@ def submit_cmd(jobs_file: Path, policy: str | None, dry_run: bool, output: str) 
     if dry_run:
         _dry_run(jobs, settings, output)
         return
-    from scheduler.worker.app import app
+    from greenplace.scheduler.worker.app import app
 
     store = open_store(settings)
     with reachable(settings.redacted_redis_url):
@@ -243,15 +243,15 @@ def events_cmd(job_id: str, output: str) -> None:
 @click.argument("job_id")
 def cancel_cmd(job_id: str) -> None:
     """Cancel JOB_ID; an instance it launched is terminated."""
-    from scheduler.dispatch import cancel_job
+    from greenplace.scheduler.dispatch import cancel_job
 
     settings = load_settings()
     store = open_store(settings)
     with reachable(settings.redacted_redis_url):
         outcome = cancel_job(store, job_id, now=utc_now())
         if outcome.followups:
-            from scheduler.worker.app import app
-            from scheduler.worker.tasks import enqueue
+            from greenplace.scheduler.worker.app import app
+            from greenplace.scheduler.worker.tasks import enqueue
 
             enqueue(app, outcome.followups)
     tail = "; its instance will be terminated" if outcome.followups else ""
@@ -270,7 +270,7 @@ def cancel_cmd(job_id: str) -> None:
 def worker_cmd(concurrency: int, pool: str, queues: str | None, loglevel: str,
                with_beat: bool) -> None:
     """Run a Celery worker with greenplace's options (acks late, prefetch 1, JSON only)."""
-    from scheduler.worker.app import QUEUES, app
+    from greenplace.scheduler.worker.app import QUEUES, app
 
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}",
             f"--loglevel={loglevel}", f"--queues={queues or ','.join(QUEUES)}",
@@ -294,7 +294,7 @@ def _schedule_file() -> Path:
               help="beat's state file [default: ~/.local/state/greenplace/celerybeat-schedule]")
 def beat_cmd(loglevel: str, schedule: Path | None) -> None:
     """Run Celery beat: it sends `reconcile` every GREENPLACE_RECONCILE_INTERVAL_S."""
-    from scheduler.worker.app import app
+    from greenplace.scheduler.worker.app import app
 
     app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule or _schedule_file()}"])
 
@@ -308,7 +308,7 @@ def sim_group() -> None:
 @_output
 def sim_instances_cmd(output: str) -> None:
     """List every instance local-sim launched, with its job, idempotency key and state."""
-    from providers.local_sim import create
+    from greenplace.providers.local_sim import create
 
     settings = load_settings()
     sim = create(settings.provider_config("local-sim"))

@@ -12,20 +12,20 @@ from typing import Any
 
 import click
 
-from policies.model import CarbonSignal
-from scheduler.backtest import FORECASTS, BacktestResult, backtest, read_trace
-from scheduler.catalog import Catalog, Region, load_catalog
-from scheduler.exceptions import SignalError, UserInputError
-from scheduler.jobs import load_jobs
-from scheduler.output import fmt, print_csv, print_json, print_table
-from scheduler.signals import static, watttime
-from scheduler.signals.base import iso
-from scheduler.signals.cache import MemoryCache
-from scheduler.signals.chain import ChainResult, SignalChain
-from scheduler.signals.config import SignalSettings
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.backtest import FORECASTS, BacktestResult, backtest, read_trace
+from greenplace.scheduler.catalog import Catalog, Region, load_catalog
+from greenplace.scheduler.exceptions import SignalError, UserInputError
+from greenplace.scheduler.jobs import load_jobs
+from greenplace.scheduler.output import fmt, print_csv, print_json, print_table
+from greenplace.scheduler.signals import static, watttime
+from greenplace.scheduler.signals.base import iso
+from greenplace.scheduler.signals.cache import MemoryCache
+from greenplace.scheduler.signals.chain import ChainResult, SignalChain
+from greenplace.scheduler.signals.config import SignalSettings
 
 _TYPES = [s.value for s in CarbonSignal]
-TRACES_PACKAGE = "scheduler.signals.traces"
+TRACES_PACKAGE = "greenplace.scheduler.signals.traces"
 
 
 def _chain(catalog: Catalog) -> SignalChain:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.catalog import Catalog, Offer, Region
+from greenplace.scheduler.catalog import Catalog, Offer, Region
 
 
 def _floats(values: list[float | None]) -> np.ndarray:

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from policies.model import CarbonSignal, Policy
-from providers.base import Placement
-from scheduler.catalog import Offer, Region
-from scheduler.placement.arrays import OfferArrays, RegionSignals
-from scheduler.placement.filters import FEASIBLE, FILTERS, ReasonContext, reason_text
+from greenplace.policies.model import CarbonSignal, Policy
+from greenplace.providers.base import Placement
+from greenplace.scheduler.catalog import Offer, Region
+from greenplace.scheduler.placement.arrays import OfferArrays, RegionSignals
+from greenplace.scheduler.placement.filters import FEASIBLE, FILTERS, ReasonContext, reason_text
 
 
 def _num(value: float, digits: int = 4) -> float | None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.model import CarbonSignal, Policy
-from scheduler.catalog import Offer, Region
+from greenplace.policies.model import CarbonSignal, Policy
+from greenplace.scheduler.catalog import Offer, Region
 
 FEASIBLE = 0
 FILTERS = (

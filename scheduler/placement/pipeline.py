@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.model import Policy, SpotMode, Weights
-from scheduler import estimate
-from scheduler.catalog import Catalog
-from scheduler.jobs import Job
-from scheduler.placement import timing
-from scheduler.placement.arrays import OfferArrays, RegionSignals, arrays_for
-from scheduler.placement.decision import PlacementDecision
-from scheduler.placement.filters import CODE, FEASIBLE, region_rejections
+from greenplace.policies.model import Policy, SpotMode, Weights
+from greenplace.scheduler import estimate
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.jobs import Job
+from greenplace.scheduler.placement import timing
+from greenplace.scheduler.placement.arrays import OfferArrays, RegionSignals, arrays_for
+from greenplace.scheduler.placement.decision import PlacementDecision
+from greenplace.scheduler.placement.filters import CODE, FEASIBLE, region_rejections
 
 PRICE_ONLY = Weights(carbon=0.0, cost=1.0, time=0.0)
 _POLICY_CACHE_SIZE = 256

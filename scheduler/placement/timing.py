@@ -31,11 +31,11 @@ from typing import Protocol
 
 import numpy as np
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Region
-from scheduler.jobs import Job
-from scheduler.placement.decision import PlacementDecision
-from scheduler.signals.base import Forecast, iso, utc
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Region
+from greenplace.scheduler.jobs import Job
+from greenplace.scheduler.placement.decision import PlacementDecision
+from greenplace.scheduler.signals.base import Forecast, iso, utc
 
 # Design choice: forecasts carry errors of several percent (day-ahead MAPE of
 # 5-15 % is typical), so a deferral must promise at least this saving against
@@ -194,7 +194,9 @@ def choose(decision: PlacementDecision, *, job: Job, forecasts: ForecastProvider
     feasible candidates and a 5-minute forecast stays a few NumPy operations; only
     the winning option becomes a ``Window``.
     """
-    from scheduler.placement.pipeline import rank  # the pipeline's own scoring; imported late
+    from greenplace.scheduler.placement.pipeline import (
+        rank,  # the pipeline's own scoring; imported late
+    )
 
     if not decision.placed:
         return None

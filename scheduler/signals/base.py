@@ -31,9 +31,9 @@ import httpx
 import numpy as np
 import pydantic
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Region
-from scheduler.exceptions import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Region
+from greenplace.scheduler.exceptions import (
     NoSignalDataError,
     SignalAuthError,
     SignalPayloadError,

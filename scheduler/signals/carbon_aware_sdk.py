@@ -24,10 +24,10 @@ from collections.abc import Mapping
 
 import pydantic
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Region
-from scheduler.exceptions import NoSignalDataError
-from scheduler.signals.base import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Region
+from greenplace.scheduler.exceptions import NoSignalDataError
+from greenplace.scheduler.signals.base import (
     Clock,
     Forecast,
     Payload,

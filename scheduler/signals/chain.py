@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Catalog, Region
-from scheduler.exceptions import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Catalog, Region
+from greenplace.scheduler.exceptions import (
     NoSignalDataError,
     SignalAuthError,
     SignalError,
@@ -40,12 +40,12 @@ from scheduler.exceptions import (
     SignalTimeoutError,
     SignalUnavailableError,
 )
-from scheduler.jobs import Job
-from scheduler.placement.arrays import RegionSignals
-from scheduler.placement.decision import PlacementDecision
-from scheduler.placement.pipeline import Placer
-from scheduler.signals import static
-from scheduler.signals.base import (
+from greenplace.scheduler.jobs import Job
+from greenplace.scheduler.placement.arrays import RegionSignals
+from greenplace.scheduler.placement.decision import PlacementDecision
+from greenplace.scheduler.placement.pipeline import Placer
+from greenplace.scheduler.signals import static
+from greenplace.scheduler.signals.base import (
     Clock,
     Forecast,
     SignalSource,
@@ -54,8 +54,8 @@ from scheduler.signals.base import (
     utc,
     utc_now,
 )
-from scheduler.signals.cache import MemoryCache, SignalCache
-from scheduler.signals.config import SignalSettings, build_sources
+from greenplace.scheduler.signals.cache import MemoryCache, SignalCache
+from greenplace.scheduler.signals.config import SignalSettings, build_sources
 
 log = logging.getLogger("greenplace.signals")
 

@@ -31,18 +31,18 @@ from collections.abc import Mapping
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Catalog
-from scheduler.exceptions import ConfigError
-from scheduler.signals import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.exceptions import ConfigError
+from greenplace.scheduler.signals import (
     carbon_aware_sdk,
     electricitymaps,
     static,
     uk_carbon_intensity,
     watttime,
 )
-from scheduler.signals.base import SignalSource
-from scheduler.yamlfile import validation_message
+from greenplace.scheduler.signals.base import SignalSource
+from greenplace.scheduler.yamlfile import validation_message
 
 SOURCE_NAMES = (
     electricitymaps.NAME, watttime.NAME, carbon_aware_sdk.NAME, uk_carbon_intensity.NAME,

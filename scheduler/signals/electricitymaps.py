@@ -9,7 +9,7 @@ Endpoints used (all ``GET``, ``auth-token`` header, zone ids such as ``DE`` or
 - ``/carbon-intensity/forecast?zone=Z`` -> ``{zone, forecast: [{carbonIntensity, datetime}]}``
 - ``/power-breakdown/latest|history?zone=Z`` -> ``{..., fossilFreePercentage, ...}``: the CFE %
 
-The API key comes from ``ELECTRICITYMAPS_API_KEY`` (see ``scheduler.signals.config``);
+The API key comes from ``ELECTRICITYMAPS_API_KEY`` (see ``greenplace.scheduler.signals.config``);
 it travels only in the ``auth-token`` header and never appears in a message or log.
 """
 
@@ -20,10 +20,10 @@ from typing import Literal
 
 import httpx
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Region
-from scheduler.exceptions import NoSignalDataError
-from scheduler.signals.base import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Region
+from greenplace.scheduler.exceptions import NoSignalDataError
+from greenplace.scheduler.signals.base import (
     Clock,
     Forecast,
     Payload,

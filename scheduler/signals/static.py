@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Catalog, Region
-from scheduler.exceptions import NoSignalDataError
-from scheduler.signals.base import Forecast, SignalPoint, SignalValue, require_type, utc
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Catalog, Region
+from greenplace.scheduler.exceptions import NoSignalDataError
+from greenplace.scheduler.signals.base import Forecast, SignalPoint, SignalValue, require_type, utc
 
 NAME = "static"
 

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 
 import httpx
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Region
-from scheduler.exceptions import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Region
+from greenplace.scheduler.exceptions import (
     NoSignalDataError,
     SignalAuthError,
     SignalPayloadError,
 )
-from scheduler.signals.base import (
+from greenplace.scheduler.signals.base import (
     G_PER_KWH_PER_LB_PER_MWH,
     Clock,
     Forecast,

@@ -51,7 +51,7 @@ from typing import Any
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
-from scheduler.settings import Settings, load_settings
+from greenplace.scheduler.settings import Settings, load_settings
 
 PLACE_QUEUE = "greenplace.place"
 DISPATCH_QUEUE = "greenplace.dispatch"
@@ -94,7 +94,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     kombu_redis.QoS.restore_at_shutdown = False  # see the module docstring
     limit = settings.task_time_limit_s
     soft = max(1.0, limit - 3.0)
-    app = Celery("greenplace", broker=settings.broker_url, include=["scheduler.worker.tasks"])
+    app = Celery("greenplace", broker=settings.broker_url,
+                 include=["greenplace.scheduler.worker.tasks"])
     ssl_options = _ssl_options(settings)
     app.conf.update(
         task_serializer="json",

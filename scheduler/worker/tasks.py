@@ -1,6 +1,6 @@
-"""The thin, named Celery tasks: ids in, ``scheduler.dispatch`` does the work.
+"""The thin, named Celery tasks: ids in, ``greenplace.scheduler.dispatch`` does the work.
 
-Each task reads the job store, calls one function of ``scheduler.dispatch``,
+Each task reads the job store, calls one function of ``greenplace.scheduler.dispatch``,
 enqueues the follow-ups it returns and, when asked, retries itself with a
 bounded countdown. Every task is idempotent: a redelivered or duplicated message
 finds the job already moved on and does nothing (or re-sends the next step).
@@ -21,7 +21,7 @@ import redis
 from celery import Celery, Task, shared_task
 from celery.exceptions import MaxRetriesExceededError
 
-from scheduler.dispatch import (
+from greenplace.scheduler.dispatch import (
     Context,
     Followup,
     Outcome,
@@ -30,9 +30,9 @@ from scheduler.dispatch import (
     reconcile,
     terminate_job,
 )
-from scheduler.exceptions import JobNotFoundError
-from scheduler.store import JobStore, redis_client, utc_now
-from scheduler.worker.app import settings_of
+from greenplace.scheduler.exceptions import JobNotFoundError
+from greenplace.scheduler.store import JobStore, redis_client, utc_now
+from greenplace.scheduler.worker.app import settings_of
 
 log = logging.getLogger("greenplace.tasks")
 

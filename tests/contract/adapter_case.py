@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from providers.base import Placement, Provider
+from greenplace.providers.base import Placement, Provider
 
 T = TypeVar("T")
 

@@ -9,8 +9,8 @@ from contextlib import ExitStack, contextmanager
 
 import boto3
 
-from providers.base import Placement, Provider
-from providers.registry import get_provider
+from greenplace.providers.base import Placement, Provider
+from greenplace.providers.registry import get_provider
 from tests.contract.adapter_case import AdapterCase, CaseEnv
 from tests.fakes.ec2 import Ec2ErrorProxy, ec2_with_errors
 

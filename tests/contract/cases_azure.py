@@ -11,9 +11,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from providers.azure import LOOPBACK_TEST_TOKEN
-from providers.base import Placement, Provider
-from providers.registry import get_provider
+from greenplace.providers.azure import LOOPBACK_TEST_TOKEN
+from greenplace.providers.base import Placement, Provider
+from greenplace.providers.registry import get_provider
 from tests.contract.adapter_case import AdapterCase, CaseEnv
 from tests.fakes.arm_server import FakeResourceManager, Fault
 from tests.fakes.json_server import make_test_ca

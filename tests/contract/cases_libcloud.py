@@ -7,8 +7,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from providers.base import Placement, Provider
-from providers.registry import get_provider
+from greenplace.providers.base import Placement, Provider
+from greenplace.providers.registry import get_provider
 from tests.contract.adapter_case import AdapterCase, CaseEnv
 from tests.fakes import libcloud_dummy
 from tests.fakes.http import Reply

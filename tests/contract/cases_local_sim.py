@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from providers.base import Placement, Provider
-from providers.registry import get_provider
+from greenplace.providers.base import Placement, Provider
+from greenplace.providers.registry import get_provider
 from tests.contract.adapter_case import AdapterCase, CaseEnv
 
 
@@ -32,7 +32,7 @@ def _tempdir() -> Iterator[Path]:
 
 
 def _placement() -> Placement:
-    from scheduler.catalog import load_catalog
+    from greenplace.scheduler.catalog import load_catalog
 
     offer = min((o for o in load_catalog().offers if o.spot_price_usd_per_hour is not None),
                 key=lambda o: (o.cloud, o.region, o.instance_type))
@@ -43,7 +43,7 @@ def _placement() -> Placement:
 
 @contextmanager
 def local_sim_case(env: CaseEnv) -> Iterator[AdapterCase]:
-    if importlib.util.find_spec("providers.local_sim") is None:
+    if importlib.util.find_spec("greenplace.providers.local_sim") is None:
         pytest.skip("providers/local_sim.py does not exist yet")
     from tests.redisproc import REDIS_SERVER
 

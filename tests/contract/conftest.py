@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.registry import REGISTRY
+from greenplace.providers.registry import REGISTRY
 from tests.contract.adapter_case import AdapterCase, CaseEnv, CaseFactory, Shared
 
 CASES: dict[str, CaseFactory] = {}

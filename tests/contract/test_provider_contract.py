@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from providers.base import (
+from greenplace.providers.base import (
     Feature,
     InstanceHandle,
     InstanceState,
@@ -24,8 +24,8 @@ from providers.base import (
     idempotency_key,
     startup_script,
 )
-from providers.registry import REGISTRY
-from scheduler.exceptions import (
+from greenplace.providers.registry import REGISTRY
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     ProviderError,

@@ -21,7 +21,7 @@ from typing import Any
 
 import boto3
 
-from scheduler.catalog import load_catalog
+from greenplace.scheduler.catalog import load_catalog
 from tests.fakes.ec2 import moto_server
 from tests.fakes.gce_server import FakeComputeEngine
 from tests.fakes.http import serve
@@ -98,7 +98,7 @@ class CloudFakes:
 @contextmanager
 def cloud_fakes(tmp: Path) -> Iterator[CloudFakes]:
     """Start the EC2 (moto + proxy), Compute Engine and ARM fakes on loopback ports."""
-    from providers.azure import LOOPBACK_TEST_TOKEN
+    from greenplace.providers.azure import LOOPBACK_TEST_TOKEN
 
     gcp_regions = sorted({r.region for r in load_catalog().regions if r.cloud == "gcp"})
     with ExitStack() as stack:

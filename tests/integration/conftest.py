@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scheduler.store import JobRecord, JobState, JobStore
+from greenplace.scheduler.store import JobRecord, JobState, JobStore
 from tests.redisproc import REDIS_SERVER, RedisServer, TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,7 +153,7 @@ class Service:
     # processes --------------------------------------------------------------------
     def _start(self, name: str, *args: str) -> Proc:
         self._count += 1
-        proc = Proc([sys.executable, "-m", "scheduler", *args], env=self.env,
+        proc = Proc([sys.executable, "-m", "greenplace", *args], env=self.env,
                     log=self.tmp / f"{self._count:02d}-{name}.log")
         self.procs.append(proc)
         return proc
@@ -176,7 +176,7 @@ class Service:
 
     def cli(self, *args: str, timeout_s: float = 120, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "scheduler", *args], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "greenplace", *args], cwd=REPO,
                               env=env or self.env, capture_output=True, text=True,
                               timeout=timeout_s)
 
@@ -191,7 +191,7 @@ class Service:
 
     # state --------------------------------------------------------------------------
     def store(self) -> JobStore:
-        from scheduler.store import redis_client
+        from greenplace.scheduler.store import redis_client
 
         ca = self.env.get("GREENPLACE_REDIS_CA_CERT")
         return JobStore(redis_client(self.redis.url, ca_cert=ca))
@@ -213,7 +213,7 @@ class Service:
             raise AssertionError(f"jobs not in {states}: {seen}\n{logs}") from None
 
     def instances(self) -> list[dict[str, Any]]:
-        from providers.local_sim import LocalSim, load_sim_config
+        from greenplace.providers.local_sim import LocalSim, load_sim_config
 
         sim = LocalSim(config=load_sim_config({"config_path": str(self.sim_path)}, environ={}),
                        redis_url=self.redis.url,

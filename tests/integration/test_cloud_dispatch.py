@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
-from providers.base import Placement
-from scheduler.catalog import Catalog, load_catalog
-from scheduler.dispatch import decide, frozen_ranking
-from scheduler.jobs import load_jobs
-from scheduler.placement import Placer
-from scheduler.settings import load_settings
-from scheduler.store import JobState
+from greenplace.providers.base import Placement
+from greenplace.scheduler.catalog import Catalog, load_catalog
+from greenplace.scheduler.dispatch import decide, frozen_ranking
+from greenplace.scheduler.jobs import load_jobs
+from greenplace.scheduler.placement import Placer
+from greenplace.scheduler.settings import load_settings
+from greenplace.scheduler.store import JobState
 from tests.fakes.arm_server import Fault
 from tests.fakes.gce_server import InsertFault
 from tests.integration.cloud_fixtures import CloudFakes, cloud_service
@@ -139,7 +139,7 @@ def test_submit_launches_one_ec2_instance_tagged_with_the_job_in_the_chosen_regi
 
     # A second delivery of the same dispatch (and of the place that led to it) reaches
     # the real worker and launches nothing.
-    from scheduler.worker.app import create_app
+    from greenplace.scheduler.worker.app import create_app
 
     launches_before = fakes.ec2.calls_of("RunInstances")
     app = create_app(load_settings(service.env))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.store import JobState
+from greenplace.scheduler.store import JobState
 from tests.integration.conftest import (
     REPO,
     Service,
@@ -69,9 +69,9 @@ def test_a_batch_runs_to_succeeded_where_the_dry_run_said(service: Service) -> N
         ("DISPATCHING", "RUNNING"), ("RUNNING", "SUCCEEDED")]
     # What Flower uses (remote control) works against the app unchanged.
     inspect = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "scheduler.worker.app", "inspect", "registered",
-         "--timeout", "10"], cwd=REPO, env=service.env, capture_output=True, text=True,
-        timeout=60)
+        [sys.executable, "-m", "celery", "-A", "greenplace.scheduler.worker.app", "inspect",
+         "registered", "--timeout", "10"], cwd=REPO, env=service.env, capture_output=True,
+        text=True, timeout=60)
     assert inspect.returncode == 0, inspect.stderr
     assert "greenplace.dispatch" in inspect.stdout
 
@@ -173,7 +173,7 @@ def test_concurrent_submissions_from_several_processes(service: Service) -> None
     service.start_beat()
     files = [write_jobs(service.tmp / f"team{t}.yaml",
                         [training_job(f"t{t}-{i}") for i in range(4)]) for t in range(4)]
-    procs = [subprocess.Popen([sys.executable, "-m", "scheduler", "submit", str(f), "--output",
+    procs = [subprocess.Popen([sys.executable, "-m", "greenplace", "submit", str(f), "--output",
                                "json"], cwd=REPO, env=service.env, stdout=subprocess.PIPE,
                               text=True) for f in files]
     ids = []

@@ -21,8 +21,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from providers import aws
-from providers.base import (
+from greenplace.providers import aws
+from greenplace.providers.base import (
     InstanceHandle,
     InstanceState,
     JobLaunch,
@@ -30,8 +30,8 @@ from providers.base import (
     idempotency_key,
     startup_script,
 )
-from providers.registry import get_provider
-from scheduler.exceptions import (
+from greenplace.providers.registry import get_provider
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     ConfigError,
@@ -439,8 +439,8 @@ def test_spot_interruption_reads_as_preempted(server: Ec2ErrorProxy) -> None:
 
 WORKER = """
 import json, sys
-from providers.base import JobLaunch, Placement, idempotency_key
-from providers.registry import get_provider
+from greenplace.providers.base import JobLaunch, Placement, idempotency_key
+from greenplace.providers.registry import get_provider
 job = JobLaunch(job_id="job-proc", name="p", run="true", policy="balanced", attempt=1)
 placement = Placement(cloud="aws", region="eu-west-1", instance_type="g6.2xlarge",
                       accelerator="L4", accelerator_count=1, spot=False)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken
 
-from providers.azure import (
+from greenplace.providers.azure import (
     LOOPBACK_TEST_TOKEN,
     NO_LOGIN_SSH_KEY,
     AzureProvider,
@@ -26,7 +26,7 @@ from providers.azure import (
     create,
     vm_name,
 )
-from providers.base import (
+from greenplace.providers.base import (
     InstanceState,
     JobLaunch,
     Placement,
@@ -34,8 +34,8 @@ from providers.base import (
     idempotency_key,
     startup_script,
 )
-from providers.registry import get_provider
-from scheduler.exceptions import (
+from greenplace.providers.registry import get_provider
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     ConfigError,

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
-from policies.model import CarbonSignal, Policy
-from scheduler.backtest import MAX_GAP_H, TraceForecasts, backtest, read_trace
-from scheduler.catalog import Catalog
-from scheduler.cli import main
-from scheduler.exceptions import SpecError
-from scheduler.jobs import JobSpec, resolve_job
+from greenplace.policies.model import CarbonSignal, Policy
+from greenplace.scheduler.backtest import MAX_GAP_H, TraceForecasts, backtest, read_trace
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.cli import main
+from greenplace.scheduler.exceptions import SpecError
+from greenplace.scheduler.jobs import JobSpec, resolve_job
 from tests.conftest import ACCELERATORS, SHARED_DATA, make_offer, make_region
 
-TRACES = importlib.resources.files("scheduler.signals.traces")
+TRACES = importlib.resources.files("greenplace.scheduler.signals.traces")
 EM_SAMPLE = "electricitymaps_hourly_2023-06-05_to_11_4zones.csv"
 EIA_SAMPLE = "eia_ba_hourly_2022-06-06_to_12_4bas.csv"
 EM_HEADER = ("Datetime (UTC),Country,Zone Name,Zone Id,Carbon Intensity gCO₂eq/kWh (direct),"

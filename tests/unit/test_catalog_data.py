@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.catalog.model import Accelerator, Offer, Region, normalize_name
+from greenplace.scheduler.catalog.model import Accelerator, Offer, Region, normalize_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO_ROOT / "scheduler" / "catalog" / "data"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.catalog import Accelerator, Offer, Region, load_catalog, load_catalog_from
-from scheduler.exceptions import CatalogError, UnknownNameError
+from greenplace.scheduler.catalog import Accelerator, Offer, Region, load_catalog, load_catalog_from
+from greenplace.scheduler.exceptions import CatalogError, UnknownNameError
 from tests.conftest import ACCELERATORS, make_offer, make_region
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.cli import main
+from greenplace.scheduler.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "jobs.yaml"
 

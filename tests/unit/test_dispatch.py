@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from policies.model import load_policy
-from providers.base import (
+from greenplace.policies.model import load_policy
+from greenplace.providers.base import (
     Feature,
     InstanceHandle,
     InstanceStatus,
@@ -24,9 +24,9 @@ from providers.base import (
     Placement,
     Provider,
 )
-from providers.local_sim import LocalSim
-from scheduler.catalog import load_catalog
-from scheduler.dispatch import (
+from greenplace.providers.local_sim import LocalSim
+from greenplace.scheduler.catalog import load_catalog
+from greenplace.scheduler.dispatch import (
     DRY_RUN_JOB_ID,
     MAX_TRANSIENT_RETRIES,
     Context,
@@ -44,10 +44,18 @@ from scheduler.dispatch import (
     reconcile,
     terminate_job,
 )
-from scheduler.exceptions import AuthError, TransientError, UserInputError
-from scheduler.jobs import Job, JobSpec, resolve_job
-from scheduler.settings import Settings
-from scheduler.store import JobState, JobStore, NewJob, encode_fields, iso, offer_key, utc_now
+from greenplace.scheduler.exceptions import AuthError, TransientError, UserInputError
+from greenplace.scheduler.jobs import Job, JobSpec, resolve_job
+from greenplace.scheduler.settings import Settings
+from greenplace.scheduler.store import (
+    JobState,
+    JobStore,
+    NewJob,
+    encode_fields,
+    iso,
+    offer_key,
+    utc_now,
+)
 from tests.redisproc import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary")
@@ -448,7 +456,7 @@ def test_live_signals_defer_a_job_to_the_forecast_green_window(
 ) -> None:
     """GREENPLACE_SIGNALS=live: the service places on the signal chain, defers to the
     greener window the forecast shows, and reconcile releases the job there."""
-    from scheduler.signals.chain import LivePlacer
+    from greenplace.scheduler.signals.chain import LivePlacer
     from tests.fakes_signals.electricitymaps import FakeElectricityMaps
     from tests.fakes_signals.server import FakeServer
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from policies.model import CarbonSignal
-from scheduler import estimate
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler import estimate
 
 
 def test_energy_and_emissions_worked_example() -> None:

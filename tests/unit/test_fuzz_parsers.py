@@ -9,10 +9,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies.model import parse_policy
-from scheduler.catalog import Catalog
-from scheduler.exceptions import UserInputError
-from scheduler.jobs import load_jobs
+from greenplace.policies.model import parse_policy
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.exceptions import UserInputError
+from greenplace.scheduler.jobs import load_jobs
 
 KEYS = st.sampled_from([
     "name", "run", "resources", "accelerators", "work", "hours", "reference", "policy",

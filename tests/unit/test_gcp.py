@@ -13,7 +13,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
-from providers.base import (
+from greenplace.providers.base import (
     InstanceState,
     JobLaunch,
     Placement,
@@ -22,7 +22,7 @@ from providers.base import (
     job_tags,
     startup_script,
 )
-from providers.gcp import (
+from greenplace.providers.gcp import (
     GcpProvider,
     GcpSettings,
     _for_zone,
@@ -30,8 +30,8 @@ from providers.gcp import (
     instance_name,
     zone_request_id,
 )
-from providers.registry import get_provider
-from scheduler.exceptions import (
+from greenplace.providers.registry import get_provider
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     ConfigError,

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.catalog import Catalog
-from scheduler.exceptions import SpecError
-from scheduler.jobs import DEFAULT_UTILIZATION, load_jobs
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.exceptions import SpecError
+from greenplace.scheduler.jobs import DEFAULT_UTILIZATION, load_jobs
 
 GOOD_JOB = """
 name: ft

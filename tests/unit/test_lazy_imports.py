@@ -1,4 +1,4 @@
-"""``import scheduler`` (and the CLI, providers, policies) pulls in no cloud SDK; a missing
+"""``import greenplace`` (and the CLI, providers, policies) pulls in no cloud SDK; a missing
 SDK is reported with the pip extra that installs it.
 
 Both run in a fresh interpreter: this test process has the SDKs loaded already.
@@ -19,8 +19,9 @@ CLOUD_SDKS = ("boto3", "botocore", "libcloud", "google.cloud", "google.auth",
 
 IMPORTS = """
 import json, sys
-import scheduler, scheduler.cli, providers, providers.registry, providers.base, providers.errors
-import policies, policies.model
+import greenplace.scheduler.cli, greenplace.providers.registry, greenplace.providers.base
+import greenplace.providers.errors
+import greenplace.policies.model
 sdks = {sdks!r}
 print(json.dumps(sorted(m for m in sys.modules if any(m == s or m.startswith(s + ".")
                                                       for s in sdks))))
@@ -34,8 +35,8 @@ class Refuse(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
         return None
 sys.meta_path.insert(0, Refuse())
-from providers.registry import get_provider
-from scheduler.exceptions import MissingSDKError
+from greenplace.providers.registry import get_provider
+from greenplace.scheduler.exceptions import MissingSDKError
 try:
     get_provider({provider!r}, config={config!r})
 except MissingSDKError as exc:

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from libcloud.compute.base import Node
 from libcloud.compute.types import NodeState
 
-from providers import libcloud as lc
-from providers.base import (
+from greenplace.providers import libcloud as lc
+from greenplace.providers.base import (
     Feature,
     InstanceState,
     JobLaunch,
@@ -29,8 +29,8 @@ from providers.base import (
     job_tags,
     startup_script,
 )
-from providers.registry import get_provider
-from scheduler.exceptions import (
+from greenplace.providers.registry import get_provider
+from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
     ConfigError,

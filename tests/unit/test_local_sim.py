@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.base import (
+from greenplace.providers.base import (
     Feature,
     InstanceState,
     JobLaunch,
@@ -17,10 +17,10 @@ from providers.base import (
     Provider,
     idempotency_key,
 )
-from providers.local_sim import LocalSim, SimConfig, create, load_sim_config
-from providers.registry import get_provider
-from scheduler.catalog import load_catalog
-from scheduler.exceptions import (
+from greenplace.providers.local_sim import LocalSim, SimConfig, create, load_sim_config
+from greenplace.providers.registry import get_provider
+from greenplace.scheduler.catalog import load_catalog
+from greenplace.scheduler.exceptions import (
     CapacityError,
     ConfigError,
     InvalidRequestError,

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from policies.model import Policy, load_policy
-from scheduler.catalog import Catalog
-from scheduler.jobs import Job, JobSpec, resolve_job
-from scheduler.placement import Placer
-from scheduler.placement.filters import FILTERS
+from greenplace.policies.model import Policy, load_policy
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.jobs import Job, JobSpec, resolve_job
+from greenplace.scheduler.placement import Placer
+from greenplace.scheduler.placement.filters import FILTERS
 from tests.conftest import NOW
 
 

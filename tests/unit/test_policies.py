@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from policies import DEFAULT_POLICY, CarbonSignal, load_policy, preset_names
-from scheduler.exceptions import SpecError, UnknownNameError
+from greenplace.policies import DEFAULT_POLICY, CarbonSignal, load_policy, preset_names
+from greenplace.scheduler.exceptions import SpecError, UnknownNameError
 
 
 @pytest.mark.parametrize("name", ["greenest", "cheapest", "balanced", "eu-sovereign"])

@@ -61,7 +61,7 @@ def _base_env(home: Path) -> dict[str, str]:
 
 
 def _check(env: dict[str, str], *args: str) -> tuple[int, list[dict], str]:
-    out = subprocess.run([sys.executable, "-m", "scheduler", "providers", "check",
+    out = subprocess.run([sys.executable, "-m", "greenplace", "providers", "check",
                           "--output", "json", "--timeout-s", "40", *args],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     return out.returncode, json.loads(out.stdout), out.stdout + out.stderr

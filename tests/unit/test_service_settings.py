@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.exceptions import ConfigError
-from scheduler.settings import DEFAULT_REDIS_URL, load_settings, redact_url
+from greenplace.scheduler.exceptions import ConfigError
+from greenplace.scheduler.settings import DEFAULT_REDIS_URL, load_settings, redact_url
 
 
 def test_defaults_map_every_cloud_to_local_sim() -> None:
@@ -77,7 +77,7 @@ def test_visibility_timeout_must_cover_the_longest_hold() -> None:
 
 
 def test_celery_app_is_configured_and_connects_to_nothing(tmp_path: Path) -> None:
-    from scheduler.worker.app import TASK_QUEUES, create_app
+    from greenplace.scheduler.worker.app import TASK_QUEUES, create_app
 
     app = create_app(load_settings({"GREENPLACE_REDIS_URL": "redis://127.0.0.1:1/0"}))
     c = app.conf
@@ -99,7 +99,7 @@ def test_celery_app_is_configured_and_connects_to_nothing(tmp_path: Path) -> Non
 
 
 def test_tasks_are_named_and_registered() -> None:
-    from scheduler.worker.app import create_app
+    from greenplace.scheduler.worker.app import create_app
 
     app = create_app(load_settings({}))
     app.loader.import_default_modules()

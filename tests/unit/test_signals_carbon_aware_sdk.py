@@ -7,14 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from policies.model import CarbonSignal
-from scheduler.exceptions import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.exceptions import (
     NoSignalDataError,
     SignalPayloadError,
     SignalTimeoutError,
     SignalUnavailableError,
 )
-from scheduler.signals.carbon_aware_sdk import CarbonAwareSdkSource, _minutes
+from greenplace.scheduler.signals.carbon_aware_sdk import CarbonAwareSdkSource, _minutes
 from tests.conftest import make_region
 from tests.fakes_signals.carbon_aware_sdk import FakeCarbonAwareSdk
 from tests.fakes_signals.server import FakeServer

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.model import CarbonSignal, Policy
-from scheduler.catalog import Catalog
-from scheduler.jobs import JobSpec, resolve_job
-from scheduler.placement import Placer
-from scheduler.signals.cache import MemoryCache, RedisCache, SignalCache
-from scheduler.signals.chain import (
+from greenplace.policies.model import CarbonSignal, Policy
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.jobs import JobSpec, resolve_job
+from greenplace.scheduler.placement import Placer
+from greenplace.scheduler.signals.cache import MemoryCache, RedisCache, SignalCache
+from greenplace.scheduler.signals.chain import (
     CACHED,
     DOWN,
     MALFORMED,
@@ -32,10 +32,10 @@ from scheduler.signals.chain import (
     build_region_signals,
     place_live,
 )
-from scheduler.signals.electricitymaps import ElectricityMapsSource
-from scheduler.signals.static import StaticSource
-from scheduler.signals.uk_carbon_intensity import UkCarbonIntensitySource
-from scheduler.signals.watttime import WattTimeSource
+from greenplace.scheduler.signals.electricitymaps import ElectricityMapsSource
+from greenplace.scheduler.signals.static import StaticSource
+from greenplace.scheduler.signals.uk_carbon_intensity import UkCarbonIntensitySource
+from greenplace.scheduler.signals.watttime import WattTimeSource
 from tests.conftest import ACCELERATORS, make_offer, make_region
 from tests.fakes_signals.electricitymaps import FakeElectricityMaps
 from tests.fakes_signals.server import FakeServer

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scheduler.cli import main
+from greenplace.scheduler.cli import main
 from tests.fakes_signals.electricitymaps import FakeElectricityMaps
 from tests.fakes_signals.server import FakeServer, closed_port_url
 from tests.fakes_signals.uk_carbon_intensity import FakeUkCarbonIntensity

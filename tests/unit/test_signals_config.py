@@ -6,14 +6,20 @@ import datetime as dt
 
 import pytest
 
-from policies.model import CarbonSignal
-from scheduler.catalog import Catalog
-from scheduler.exceptions import ConfigError, NoSignalDataError
-from scheduler.signals.base import Forecast, SignalPoint, SignalSource, SignalValue, make_forecast
-from scheduler.signals.cache import MemoryCache
-from scheduler.signals.chain import SignalChain
-from scheduler.signals.config import SOURCE_NAMES, SignalSettings, build_sources
-from scheduler.signals.static import StaticSource
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.exceptions import ConfigError, NoSignalDataError
+from greenplace.scheduler.signals.base import (
+    Forecast,
+    SignalPoint,
+    SignalSource,
+    SignalValue,
+    make_forecast,
+)
+from greenplace.scheduler.signals.cache import MemoryCache
+from greenplace.scheduler.signals.chain import SignalChain
+from greenplace.scheduler.signals.config import SOURCE_NAMES, SignalSettings, build_sources
+from greenplace.scheduler.signals.static import StaticSource
 
 
 def test_defaults_without_environment(small_catalog: Catalog) -> None:

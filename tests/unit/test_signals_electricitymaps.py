@@ -8,15 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from policies.model import CarbonSignal
-from scheduler.exceptions import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.exceptions import (
     NoSignalDataError,
     SignalAuthError,
     SignalPayloadError,
     SignalTimeoutError,
     SignalUnavailableError,
 )
-from scheduler.signals.electricitymaps import ElectricityMapsSource
+from greenplace.scheduler.signals.electricitymaps import ElectricityMapsSource
 from tests.conftest import make_region
 from tests.fakes_signals.electricitymaps import FakeElectricityMaps
 from tests.fakes_signals.server import FakeServer, closed_port_url

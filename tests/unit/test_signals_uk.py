@@ -7,14 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from policies.model import CarbonSignal
-from scheduler.exceptions import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.exceptions import (
     NoSignalDataError,
     SignalPayloadError,
     SignalTimeoutError,
     SignalUnavailableError,
 )
-from scheduler.signals.uk_carbon_intensity import UkCarbonIntensitySource
+from greenplace.scheduler.signals.uk_carbon_intensity import UkCarbonIntensitySource
 from tests.conftest import make_region
 from tests.fakes_signals.server import FakeServer
 from tests.fakes_signals.uk_carbon_intensity import FakeUkCarbonIntensity

@@ -8,16 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from policies.model import CarbonSignal
-from scheduler.exceptions import (
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.exceptions import (
     NoSignalDataError,
     SignalAuthError,
     SignalPayloadError,
     SignalTimeoutError,
     SignalUnavailableError,
 )
-from scheduler.signals.base import G_PER_KWH_PER_LB_PER_MWH
-from scheduler.signals.watttime import TOKEN_RENEW_AFTER_S, WattTimeSource
+from greenplace.scheduler.signals.base import G_PER_KWH_PER_LB_PER_MWH
+from greenplace.scheduler.signals.watttime import TOKEN_RENEW_AFTER_S, WattTimeSource
 from tests.conftest import make_region
 from tests.fakes_signals.server import FakeServer
 from tests.fakes_signals.watttime import FakeWattTime

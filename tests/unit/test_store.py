@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies.model import load_policy
-from providers.base import InstanceHandle, Placement
-from scheduler.catalog import Catalog, load_catalog
-from scheduler.dispatch import rebuild_job
-from scheduler.exceptions import IllegalTransitionError, JobNotFoundError
-from scheduler.jobs import Job, JobSpec, resolve_job
-from scheduler.store import (
+from greenplace.policies.model import load_policy
+from greenplace.providers.base import InstanceHandle, Placement
+from greenplace.scheduler.catalog import Catalog, load_catalog
+from greenplace.scheduler.dispatch import rebuild_job
+from greenplace.scheduler.exceptions import IllegalTransitionError, JobNotFoundError
+from greenplace.scheduler.jobs import Job, JobSpec, resolve_job
+from greenplace.scheduler.store import (
     FINAL_STATES,
     TRANSITIONS,
     AttemptReason,
@@ -267,8 +267,8 @@ def test_any_sequence_of_moves_matches_the_life_cycle(
 
 
 def test_wrong_password_is_a_config_error(tmp_path: Path) -> None:
-    from scheduler.exceptions import ConfigError
-    from scheduler.store import reachable, redis_client
+    from greenplace.scheduler.exceptions import ConfigError
+    from greenplace.scheduler.store import reachable, redis_client
 
     server = RedisServer(tmp_path / "pw", password="s3cret").start()
     try:
@@ -287,7 +287,7 @@ def test_wrong_password_is_a_config_error(tmp_path: Path) -> None:
 def test_several_moves_in_one_step_and_after_a_script_flush(
     store: JobStore, catalog: Catalog
 ) -> None:
-    from scheduler.store import Move, TransitionRefused
+    from greenplace.scheduler.store import Move, TransitionRefused
 
     (job_id,) = submit(store, catalog)
     store.client.script_flush()  # as after a Redis restart without the script cache

@@ -8,18 +8,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from policies.model import CarbonSignal, Policy
-from scheduler.catalog import Catalog, Region
-from scheduler.jobs import Job, JobSpec, resolve_job
-from scheduler.placement import Placer
-from scheduler.placement.timing import (
+from greenplace.policies.model import CarbonSignal, Policy
+from greenplace.scheduler.catalog import Catalog, Region
+from greenplace.scheduler.jobs import Job, JobSpec, resolve_job
+from greenplace.scheduler.placement import Placer
+from greenplace.scheduler.placement.timing import (
     choose,
     greenest_slots,
     series,
     wait_limits,
     window_means,
 )
-from scheduler.signals.base import Forecast, SignalPoint
+from greenplace.scheduler.signals.base import Forecast, SignalPoint
 from tests.conftest import NOW
 
 H = 3600.0

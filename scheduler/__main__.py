@@ -1,5 +1,0 @@
-"""``python -m scheduler`` runs the greenplace CLI."""
-
-from scheduler.cli import main
-
-main()

@@ -1,0 +1,1 @@
+"""Shipped hourly carbon-intensity traces (CSV) used by the backtest."""

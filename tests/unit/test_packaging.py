@@ -1,0 +1,68 @@
+"""The distribution installs one top-level package, ``greenplace``, and nothing generic.
+
+The repository keeps ``scheduler/``, ``providers/`` and ``policies/`` at its root; pyproject maps
+them beneath ``greenplace``. These tests catch a new sub-package that was not listed (it would be
+missing from the wheel) and a wheel that would put anything beside ``greenplace/`` in
+site-packages.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
+
+
+def _packages_on_disk() -> set[str]:
+    found = set()
+    for folder, package in SETUPTOOLS["package-dir"].items():
+        root = REPO / package
+        for init in root.rglob("__init__.py"):
+            relative = init.parent.relative_to(root).parts
+            found.add(".".join((folder, *relative)))
+    return found
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    assert set(SETUPTOOLS["packages"]) == _packages_on_disk()
+
+
+def test_the_console_script_and_python_m_use_the_namespace() -> None:
+    assert PYPROJECT["project"]["scripts"]["greenplace"] == "greenplace.scheduler.cli:main"
+    out = subprocess.run([sys.executable, "-m", "greenplace", "--help"], capture_output=True,
+                         text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert "dry-run" in out.stdout
+
+
+@pytest.mark.skipif(subprocess.run([sys.executable, "-m", "pip", "--version"],
+                                   capture_output=True).returncode != 0, reason="no pip")
+def test_the_wheel_holds_only_greenplace(tmp_path: Path) -> None:
+    # Built from a copy (setuptools writes build/ beside the sources) with the setuptools already
+    # installed (--no-build-isolation: no index needed).
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(source)], check=True, timeout=300,
+                   capture_output=True)
+    (wheel,) = tmp_path.glob("greenplace-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    assert {t for t in top_level if not t.endswith(".dist-info")} == {"greenplace"}
+    for data_file in ("greenplace/scheduler/catalog/data/offers.csv",
+                      "greenplace/policies/balanced.yaml",
+                      "greenplace/scheduler/signals/traces/eia_ba_hourly_2022-06-06_to_12_4bas.csv",
+                      "greenplace/__main__.py"):
+        assert data_file in names
+    dist_info = next(t for t in top_level if t.endswith(".dist-info"))
+    assert f"{dist_info}/licenses/LICENSE" in names
