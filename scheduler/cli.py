@@ -3,38 +3,82 @@
 Exit codes: 0 ok; 1 some jobs unschedulable or failed; 2 bad input or usage.
 Only this module catches errors broadly: a user's mistake prints one paragraph
 on stderr, never a traceback. Commands live in ``greenplace.scheduler.commands.*``.
+
+Design choice: the group knows each command by name, module and one-line help, and imports
+a command's module only when that command runs. ``greenplace --help`` then loads click alone,
+and a dry run loads no Redis, HTTP, Celery or cloud client. A test checks that each entry's
+help is the command's own, so the table cannot drift from the code.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
-from greenplace.scheduler.commands import placement, queue, signals
-from greenplace.scheduler.commands import providers as provider_commands
 from greenplace.scheduler.exceptions import GreenplaceError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
+_COMMANDS_PACKAGE = "greenplace.scheduler.commands"
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# name -> (module in scheduler/commands, attribute, the command's one-line help)
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "dry-run": ("placement", "dry_run",
+        "Show where each job would run and why, with no service and no cloud call."),
+    "estimate": ("placement", "estimate_cmd",
+        "Energy and emissions of ACCELERATOR x COUNT for HOURS (Patterson et al. 2021)."),
+    "regions": ("placement", "regions_cmd",
+        "List catalog regions with their carbon figures, PUE and cheapest accelerator-hour."),
+    "schema": ("placement", "schema_cmd",
+        "Print the JSON Schema of a job or a policy (for editors and CI linting)."),
+    "submit": ("queue", "submit_cmd",
+        "Queue every job of JOBS_FILE and print their ids (nothing is written on bad input)."),
+    "status": ("queue", "status_cmd",
+        "Show jobs (all, or JOB_ID): state, where, instance, attempts, reason."),
+    "events": ("queue", "events_cmd", "Show the event history of JOB_ID, oldest first."),
+    "cancel": ("queue", "cancel_cmd", "Cancel JOB_ID; an instance it launched is terminated."),
+    "worker": ("queue", "worker_cmd",
+        "Run a Celery worker with greenplace's options (acks late, prefetch 1, JSON only)."),
+    "beat": ("queue", "beat_cmd",
+        "Run Celery beat: it sends `reconcile` every GREENPLACE_RECONCILE_INTERVAL_S."),
+    "sim": ("queue", "sim_group", "Inspect the local-sim provider (the simulated multi-cloud)."),
+    "signals": ("signals", "signals_cmd",
+        "Current carbon signal values per source, and which one the fallback chain uses."),
+    "backtest": ("signals", "backtest_cmd",
+        "Replay JOBS_FILE over an hourly carbon trace and compare placement strategies."),
+    "providers": ("providers", "providers_group", "Cloud adapters: credentials and set-up."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """Import the module of command ``name`` and return the command."""
+    module, attribute, _ = LAZY_COMMANDS[name]
+    command: click.Command = getattr(importlib.import_module(f"{_COMMANDS_PACKAGE}.{module}"),
+                                     attribute)
+    return command
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use (see the module docstring)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(LAZY_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name) if cmd_name in LAZY_COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, LAZY_COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="greenplace")
 def cli() -> None:
     """greenplace: place ML training jobs in the greenest cloud region the policy allows."""
-
-
-for command in placement.COMMANDS:
-    cli.add_command(command)
-
-for command in queue.COMMANDS:
-    cli.add_command(command)
-
-for command in signals.COMMANDS:
-    cli.add_command(command)
-
-for command in provider_commands.COMMANDS:
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

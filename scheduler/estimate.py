@@ -4,25 +4,32 @@
     co2e_kg    = energy_kwh x intensity_g_per_kwh / 1000
 
 Every function works on Python floats and on NumPy arrays alike, so the dry run,
-``greenplace estimate`` and the vectorised placement pipeline share one formula.
+``greenplace estimate`` and the vectorised placement pipeline share one formula. NumPy is
+only imported for arrays (which come from NumPy), so ``greenplace estimate`` never loads it.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
-
-import numpy as np
+import math
+from typing import TYPE_CHECKING, TypeVar
 
 from greenplace.policies.model import CarbonSignal
 
-Num = TypeVar("Num", float, np.ndarray)
+if TYPE_CHECKING:
+    import numpy as np
+
+Num = TypeVar("Num", float, "np.ndarray")
 
 
 def average_power_w(*, tdp_w: Num, utilization: float, measured_w: float | None = None) -> Num:
     """Average draw per accelerator: the measured figure when known, else TDP x utilisation."""
-    if measured_w is not None:
-        return np.full_like(tdp_w, measured_w) if isinstance(tdp_w, np.ndarray) else measured_w
-    return tdp_w * utilization
+    if measured_w is None:
+        return tdp_w * utilization
+    if isinstance(tdp_w, float | int):
+        return measured_w
+    import numpy as np
+
+    return np.full_like(tdp_w, measured_w)
 
 
 def scaled_runtime_h(
@@ -71,6 +78,10 @@ def scoring_intensity_g_per_kwh(
         return grid_average_g_per_kwh
     if signal is CarbonSignal.MARGINAL:
         return grid_marginal_g_per_kwh
-    cfe_share = np.nan_to_num(np.asarray(cfe_pct, dtype=float), nan=0.0) / 100.0
-    result = grid_average_g_per_kwh * (1.0 - cfe_share)
-    return float(result) if np.ndim(result) == 0 else result  # type: ignore[return-value]
+    if isinstance(grid_average_g_per_kwh, float | int) and isinstance(cfe_pct, float | int):
+        cfe_share = 0.0 if math.isnan(cfe_pct) else cfe_pct / 100.0
+        return grid_average_g_per_kwh * (1.0 - cfe_share)
+    import numpy as np
+
+    array_share = np.nan_to_num(np.asarray(cfe_pct, dtype=float), nan=0.0) / 100.0
+    return grid_average_g_per_kwh * (1.0 - array_share)

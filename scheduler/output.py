@@ -9,9 +9,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 FORMATS = ("table", "json", "csv")
 
 
@@ -58,6 +55,9 @@ def print_table(
     *, footer: str = "",
 ) -> None:
     """``columns``: (header, justify) pairs; ``rows``: already formatted cells."""
+    from rich.console import Console  # imported by the commands that draw a table
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for header, justify in columns:
         table.add_column(header, justify=justify)  # type: ignore[arg-type]

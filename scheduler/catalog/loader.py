@@ -52,27 +52,33 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def _parse(raw: str, annotation: Any) -> Any:
+def _converter(annotation: Any) -> Callable[[str], Any]:
+    """The parser of one column's text, decided once from the field's type annotation."""
     optional = get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(
         annotation
     )
     base = next(a for a in get_args(annotation) if a is not type(None)) if optional else annotation
-    if get_origin(base) is tuple:
-        return tuple(a.strip() for a in raw.split("|") if a.strip())
-    if raw.strip() == "":
-        if optional:
-            return None
-        if base is str:
-            return ""
-        raise ValueError("is empty")
-    if base is int:
-        return int(raw)
-    if base is float:
-        value = float(raw)
-        if not math.isfinite(value):
-            raise ValueError("is not finite")
-        return value
-    return raw.strip()
+    is_tuple = get_origin(base) is tuple
+
+    def parse(raw: str) -> Any:
+        if is_tuple:
+            return tuple(a.strip() for a in raw.split("|") if a.strip())
+        if raw.strip() == "":
+            if optional:
+                return None
+            if base is str:
+                return ""
+            raise ValueError("is empty")
+        if base is int:
+            return int(raw)
+        if base is float:
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError("is not finite")
+            return value
+        return raw.strip()
+
+    return parse
 
 
 def read_rows(path_name: str, text: str, row_type: type[T]) -> list[T]:
@@ -83,6 +89,7 @@ def read_rows(path_name: str, text: str, row_type: type[T]) -> list[T]:
     """
     hints = get_type_hints(row_type)
     fields = [f.name for f in dataclasses.fields(row_type)]  # type: ignore[arg-type]
+    converters = {name: _converter(hints[name]) for name in fields}
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames != fields:
         raise CatalogError(
@@ -94,7 +101,7 @@ def read_rows(path_name: str, text: str, row_type: type[T]) -> list[T]:
         values = {}
         for name in fields:
             try:
-                value = _parse(raw[name] or "", hints[name])
+                value = converters[name](raw[name] or "")
             except ValueError as exc:
                 raise CatalogError(
                     f"{path_name} line {line_no}, column {name!r}: value {raw[name]!r} {exc}."
@@ -188,7 +195,6 @@ class Catalog:
 
 
 _DATA_PACKAGE = "greenplace.scheduler.catalog.data"
-
 
 
 def load_catalog_from(directory: Path) -> Catalog:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,8 +15,9 @@ from greenplace.scheduler.catalog import load_catalog
 from greenplace.scheduler.exceptions import UserInputError
 from greenplace.scheduler.jobs import DEFAULT_UTILIZATION, JobSpec, load_jobs
 from greenplace.scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
-from greenplace.scheduler.placement import PlacementDecision, Placer
-from greenplace.scheduler.signals.chain import live_notes, place_live
+
+if TYPE_CHECKING:
+    from greenplace.scheduler.placement import PlacementDecision
 
 _output = click.option("--output", "-o", type=click.Choice(FORMATS), default="table",
                        show_default=True, help="table for people, json or csv for machines")
@@ -31,10 +32,14 @@ def dry_run_rows(
     ``signals="live"`` scores on the configured live sources (fallback chain, in-memory
     cache, temporal shifting from their forecasts); ``static`` on the catalog only.
     """
+    from greenplace.scheduler.placement import Placer  # NumPy: imported when placing
+
     catalog = load_catalog()
     jobs = load_jobs(jobs_file, catalog, policy_override=policy)
     when = now or dt.datetime.now(dt.UTC)
     if signals == "live":
+        from greenplace.scheduler.signals.chain import place_live  # HTTP clients, Redis cache
+
         decisions = place_live(catalog, jobs, now=when)
     else:
         decisions = Placer(catalog).place_all(jobs, now=when)
@@ -114,8 +119,11 @@ def dry_run(jobs_file: Path, policy: str | None, output: str, explain: bool,
                    for r in rows])
     else:
         _print_dry_run_table(rows, explain, decisions)
-        for line in live_notes(decisions) if signals == "live" else []:
-            click.echo(line)
+        if signals == "live":
+            from greenplace.scheduler.signals.chain import live_notes
+
+            for line in live_notes(decisions):
+                click.echo(line)
     if any(r["status"] != "placed" for r in rows):
         raise click.exceptions.Exit(1)
 

@@ -30,17 +30,14 @@ from greenplace.scheduler.exceptions import NoSignalDataError
 from greenplace.scheduler.signals.base import (
     Clock,
     Forecast,
-    Payload,
     SignalValue,
-    get_json,
     iso,
     make_forecast,
-    new_client,
     require_type,
     utc,
     utc_now,
-    validate,
 )
+from greenplace.scheduler.signals.http import Payload, get_json, new_client, validate
 
 NAME = "carbon-aware-sdk"
 

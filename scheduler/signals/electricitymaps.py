@@ -26,17 +26,14 @@ from greenplace.scheduler.exceptions import NoSignalDataError
 from greenplace.scheduler.signals.base import (
     Clock,
     Forecast,
-    Payload,
     SignalValue,
-    get_json,
     iso,
     make_forecast,
-    new_client,
     require_type,
     utc,
     utc_now,
-    validate,
 )
+from greenplace.scheduler.signals.http import Payload, get_json, new_client, validate
 
 NAME = "electricitymaps"
 DEFAULT_BASE_URL = "https://api.electricitymaps.com/v3"

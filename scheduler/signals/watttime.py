@@ -36,17 +36,14 @@ from greenplace.scheduler.signals.base import (
     G_PER_KWH_PER_LB_PER_MWH,
     Clock,
     Forecast,
-    Payload,
     SignalValue,
-    get_json,
     iso,
     make_forecast,
-    new_client,
     require_type,
     utc,
     utc_now,
-    validate,
 )
+from greenplace.scheduler.signals.http import Payload, get_json, new_client, validate
 
 NAME = "watttime"
 DEFAULT_BASE_URL = "https://api.watttime.org"
