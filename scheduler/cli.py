@@ -7,11 +7,12 @@ on stderr, never a traceback. Commands live in ``greenplace.scheduler.commands.*
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from greenplace.scheduler.commands import placement, queue, signals
+from greenplace.scheduler.commands import placement, policies, queue, signals
 from greenplace.scheduler.commands import providers as provider_commands
 from greenplace.scheduler.exceptions import GreenplaceError
 
@@ -36,11 +37,28 @@ for command in signals.COMMANDS:
 for command in provider_commands.COMMANDS:
     cli.add_command(command)
 
+for command in policies.COMMANDS:
+    cli.add_command(command)
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``greenplace regions | head``): stop quietly, exit 0.
+
+    Design choice: as the Python docs advise for SIGPIPE, stdout is pointed at devnull so
+    that the interpreter's final flush does not raise a second time.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
+
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns (and exits with) the documented exit code."""
     try:
         code = cli.main(args=argv, prog_name="greenplace", standalone_mode=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:

@@ -53,6 +53,23 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+class _Console(Console):
+    """rich's Console, but a closed stdout raises BrokenPipeError (the CLI exits 0 quietly).
+
+    rich's own handling exits with code 1, which breaks ``greenplace regions | head``
+    under ``set -o pipefail``.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def console() -> Console:
+    """The console every table goes to: full width when stdout is not a terminal."""
+    return _Console(width=200 if not sys.stdout.isatty() else None)
+
+
 def print_table(
     title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]],
     *, footer: str = "",
@@ -63,7 +80,7 @@ def print_table(
         table.add_column(header, justify=justify)  # type: ignore[arg-type]
     for row in rows:
         table.add_row(*row)
-    console = Console(width=200 if not sys.stdout.isatty() else None)
-    console.print(table)
+    out = console()
+    out.print(table)
     if footer:
-        console.print(footer)
+        out.print(footer)
