@@ -54,10 +54,16 @@ def _quiet_broken_pipe() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns (and exits with) the documented exit code."""
+    stdout = sys.stdout
     try:
         code = cli.main(args=argv, prog_name="greenplace", standalone_mode=False)
         sys.stdout.flush()
     except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    except SystemExit:
+        # click turns EPIPE into exit 1, and only then swaps stdout for a wrapper.
+        if sys.stdout is stdout:
+            raise
         code = _quiet_broken_pipe()
     except click.exceptions.Exit as exc:
         code = exc.exit_code
