@@ -157,8 +157,8 @@ def dry_run(jobs_file: Path, policy: str | None, override_policy: bool, output: 
 @click.option("--intensity-g-per-kwh", type=click.FloatRange(min=0))
 @click.option("--region", "region_key", help="CLOUD:REGION, e.g. gcp:europe-west4")
 @click.option("--signal", type=click.Choice([s.value for s in CarbonSignal]),
-              help="which region figure to use with --region [default: the default policy's, "
-              f"as dry-run: {DEFAULT_POLICY}]")
+              help="which region figure to use with --region [default: the signal of the "
+              f"default policy, {DEFAULT_POLICY}, as in dry-run]")
 @_output
 def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float | None,
                  utilization: float | None, pue: float | None,
