@@ -134,7 +134,7 @@ def main() -> None:
     jobs_file = tmp / "jobs.yaml"
     write_jobs(jobs_file, args.jobs)
     catalog = load_catalog()
-    jobs = load_jobs(jobs_file, catalog, policy_override=None)
+    jobs = load_jobs(jobs_file, catalog)
     planned = plan(jobs, placer=Placer(catalog), providers=Providers(settings), now=utc_now())
     unplaced = [p.job.name for p in planned if p.request is None]
     if unplaced:

@@ -19,6 +19,20 @@ from greenplace.scheduler.yamlfile import read_yaml, validation_message
 
 DEFAULT_POLICY = "balanced"
 
+# ISO 3166-1 alpha-2 codes (from the tz database's iso3166.tab), and common look-alikes.
+ISO_3166_ALPHA2 = frozenset("""
+AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO
+BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ
+DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP
+GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG
+KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML
+MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE
+PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL
+SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM
+US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+""".split())
+_COUNTRY_ALIASES = {"UK": "GB", "EL": "GR"}
+
 
 class CarbonSignal(StrEnum):
     """Which carbon figure scores a candidate. Never mixed within one decision."""
@@ -87,9 +101,13 @@ class Constraints(_Strict):
     def _iso_codes(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return None
-        bad = [c for c in value if len(c) != 2 or not c.isalpha()]
+        bad = [c for c in value if c.upper() not in ISO_3166_ALPHA2]
         if bad:
-            raise ValueError(f"countries must be ISO 3166 two-letter codes, got {bad}")
+            hints = [f"{_COUNTRY_ALIASES[c.upper()]!r} for {c!r}" for c in bad
+                     if c.upper() in _COUNTRY_ALIASES]
+            raise ValueError(f"countries must be ISO 3166 two-letter codes (e.g. DE, FR, US), "
+                             f"got {bad}" + (f" (Did you mean {', '.join(hints)}?)" if hints
+                                             else ""))
         return [c.upper() for c in value]
 
 
@@ -105,7 +123,7 @@ class Policy(_Strict):
     name: str = Field(min_length=1, max_length=64)
     description: str = ""
     weights: Weights = Field(default_factory=Weights)  # type: ignore[arg-type]
-    carbon_signal: CarbonSignal = CarbonSignal.AVERAGE
+    carbon_signal: CarbonSignal = CarbonSignal.CFE  # as the default preset, balanced
     constraints: Constraints = Field(default_factory=Constraints)  # type: ignore[arg-type]
     failover: Failover = Field(default_factory=Failover)  # type: ignore[arg-type]
 

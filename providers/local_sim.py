@@ -196,7 +196,8 @@ def load_sim_config(
             raise ConfigError(str(exc)) from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path_text}: the local-sim config must be a YAML mapping. "
-                              "To fix: see providers/local_sim.py for its fields.")
+                              "To fix: write a mapping of its fields "
+                              f"({', '.join(SimConfig.model_fields)}).")
         data.update(loaded or {})
     overrides: dict[str, str] = {}
     for name in SimConfig.model_fields:

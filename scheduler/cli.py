@@ -13,6 +13,7 @@ help is the command's own, so the table cannot drift from the code.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -32,7 +33,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "regions": ("placement", "regions_cmd",
         "List catalog regions with their carbon figures, PUE and cheapest accelerator-hour."),
     "schema": ("placement", "schema_cmd",
-        "Print the JSON Schema of a job or a policy (for editors and CI linting)."),
+        "Print the JSON Schema of a job, a whole jobs file or a policy (for editors and CI)."),
     "submit": ("queue", "submit_cmd",
         "Queue every job of JOBS_FILE and print their ids (nothing is written on bad input)."),
     "status": ("queue", "status_cmd",
@@ -49,6 +50,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "backtest": ("signals", "backtest_cmd",
         "Replay JOBS_FILE over an hourly carbon trace and compare placement strategies."),
     "providers": ("providers", "providers_group", "Cloud adapters: credentials and set-up."),
+    "policies": ("policies", "policies_group",
+        "The preset placement policies: their weights, carbon signal and constraints."),
+    "validate": ("policies", "validate_cmd",
+        "Check a jobs file or a policy file as dry-run and submit would; prints OK or the error."),
 }
 
 
@@ -70,7 +75,10 @@ class LazyGroup(click.Group):
         return load_command(cmd_name) if cmd_name in LAZY_COMMANDS else None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, LAZY_COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))  # one line each, as click does
+        rows = [(name, click.Command(name, help=LAZY_COMMANDS[name][2]).get_short_help_str(limit))
+                for name in names]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -81,10 +89,30 @@ def cli() -> None:
     """greenplace: place ML training jobs in the greenest cloud region the policy allows."""
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``greenplace regions | head``): stop quietly, exit 0.
+
+    Design choice: as the Python docs advise for SIGPIPE, stdout is pointed at devnull so
+    that the interpreter's final flush does not raise a second time.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns (and exits with) the documented exit code."""
+    stdout = sys.stdout
     try:
         code = cli.main(args=argv, prog_name="greenplace", standalone_mode=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    except SystemExit:
+        # click turns EPIPE into exit 1, and only then swaps stdout for a wrapper.
+        if sys.stdout is stdout:
+            raise
+        code = _quiet_broken_pipe()
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.ClickException as exc:

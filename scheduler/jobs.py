@@ -6,6 +6,7 @@ the file, the job and the field, and nothing is returned unless every job is val
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,18 @@ class JobSpec(_Strict):
         return value
 
 
+class JobsFile(_Strict):
+    """A whole jobs file in its list form; a file may also hold one job mapping."""
+
+    jobs: list[JobSpec] = Field(min_length=1)
+
+
+def jobs_file_schema() -> dict[str, object]:
+    """The JSON Schema of a jobs file: ``jobs:`` with a list of jobs, or a single job."""
+    schema = pydantic.TypeAdapter(JobsFile | JobSpec).json_schema()
+    return {"title": "greenplace jobs file", **schema}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     """A validated job, resolved against the catalog: canonical names and its policy."""
@@ -98,6 +111,8 @@ class Job:
     alternatives: tuple[tuple[str, int], ...]  # canonical accelerator names, counts
     reference: tuple[str, int]
     policy: Policy
+    # The job's own `policy:` that a command line --override-policy replaced (None: kept).
+    replaced_policy: str | None = None
 
     @property
     def name(self) -> str:
@@ -164,15 +179,30 @@ def _job_label(raw: object, index: int) -> str:
     return f"job {name!r}" if isinstance(name, str) else f"job #{index + 1}"
 
 
+def _kind(value: object) -> str:
+    """What a YAML value is, in the user's words (never a Python type name)."""
+    if value is None:
+        return "nothing (an empty document or entry)"
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number"}
+    return names.get(type(value), "a scalar value")
+
+
 def load_jobs(
-    path: Path, catalog: Catalog, *, policy_override: str | None = None
+    path: Path, catalog: Catalog, *, policy: Policy | None = None,
+    override_policy: bool = False, now: dt.datetime | None = None,
 ) -> list[Job]:
     """Load, validate and resolve every job of a jobs file; all or nothing.
 
     Args:
         path: the jobs YAML file.
         catalog: the catalog accelerator names are resolved against.
-        policy_override: a preset name or path that replaces every job's own policy.
+        policy: the policy of jobs without their own `policy:` (default: the preset
+            ``DEFAULT_POLICY``). A job's own relative policy path is resolved from the
+            jobs file's folder.
+        override_policy: apply ``policy`` to every job, also those with their own (each
+            such job records the name it lost in ``Job.replaced_policy``).
+        now: when given, a deadline at or before it is an input error.
 
     Raises:
         SpecError / UnknownNameError: the first problem found, naming file, job and field.
@@ -193,7 +223,7 @@ def load_jobs(
     else:
         raise SpecError(
             f"{path}: expected `jobs:` with a list of jobs, or a single job mapping; "
-            f"found {type(data).__name__}."
+            f"found {_kind(data)}."
         )
     policies: dict[str, Policy] = {}
     jobs: list[Job] = []
@@ -201,7 +231,7 @@ def load_jobs(
     for index, raw in enumerate(raw_jobs):
         where = f"{path}, {_job_label(raw, index)}"
         if not isinstance(raw, dict):
-            raise SpecError(f"{where}: a job must be a mapping, found {type(raw).__name__}.")
+            raise SpecError(f"{where}: a job must be a mapping, found {_kind(raw)}.")
         try:
             spec = JobSpec.model_validate(raw)
         except pydantic.ValidationError as exc:
@@ -209,13 +239,25 @@ def load_jobs(
         if spec.name in seen:
             raise SpecError(f"{where}, field 'name': the name is used twice in this file.")
         seen.add(spec.name)
-        policy_ref = policy_override or spec.policy or DEFAULT_POLICY
-        if policy_ref not in policies:
-            try:
-                policies[policy_ref] = load_policy(policy_ref, base_dir=path.parent)
-            except (SpecError, UnknownNameError) as exc:
-                raise SpecError(f"{where}, field 'policy': {exc}") from exc
-        jobs.append(resolve_job(spec, catalog, policy=policies[policy_ref], where=where))
+        if now is not None and spec.deadline is not None and spec.deadline <= now:
+            raise SpecError(
+                f"{where}, field 'deadline': the deadline {spec.deadline.isoformat()} has "
+                f"passed (now {now.isoformat(timespec='seconds')}). To fix: set a deadline in "
+                "the future, or remove it.")
+        if policy is not None and (override_policy or spec.policy is None):
+            job_policy = policy
+        else:
+            ref = spec.policy or DEFAULT_POLICY
+            if ref not in policies:
+                try:
+                    policies[ref] = load_policy(ref, base_dir=path.parent)
+                except (SpecError, UnknownNameError) as exc:
+                    raise SpecError(f"{where}, field 'policy': {exc}") from exc
+            job_policy = policies[ref]
+        job = resolve_job(spec, catalog, policy=job_policy, where=where)
+        if override_policy and spec.policy is not None:
+            job = dataclasses.replace(job, replaced_policy=spec.policy)
+        jobs.append(job)
     return jobs
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 FORMATS = ("table", "json", "csv")
 
@@ -50,20 +54,41 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+@functools.cache
+def _console_class() -> type[Console]:
+    """rich's Console, but a closed stdout raises BrokenPipeError (the CLI exits 0 quietly).
+
+    rich's own handling exits with code 1, which breaks ``greenplace regions | head``
+    under ``set -o pipefail``. Built on first use: only commands that draw import rich.
+    """
+    from rich.console import Console
+
+    class QuietPipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return QuietPipeConsole
+
+
+def console() -> Console:
+    """The console every table goes to: full width when stdout is not a terminal."""
+    return _console_class()(width=200 if not sys.stdout.isatty() else None)
+
+
 def print_table(
     title: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]],
     *, footer: str = "",
 ) -> None:
     """``columns``: (header, justify) pairs; ``rows``: already formatted cells."""
-    from rich.console import Console  # imported by the commands that draw a table
-    from rich.table import Table
+    from rich.table import Table  # imported by the commands that draw a table
 
     table = Table(title=title, title_justify="left")
     for header, justify in columns:
         table.add_column(header, justify=justify)  # type: ignore[arg-type]
     for row in rows:
         table.add_row(*row)
-    console = Console(width=200 if not sys.stdout.isatty() else None)
-    console.print(table)
+    out = console()
+    out.print(table)
     if footer:
-        console.print(footer)
+        out.print(footer)

@@ -210,8 +210,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "running would be handed to a second worker")
     if problems:
         raise ConfigError("Unusable settings: " + "; ".join(problems) + ". To fix: correct "
-                          "or unset the variable(s) named above (see `scheduler/settings.py` "
-                          "for each one's meaning).")
+                          "or unset the variable(s) named above (the README's 'Running the "
+                          "service' section says what each one means).")
     return Settings(
         redis_url=url, redis_ca_cert=ca_cert, providers=MappingProxyType(providers),
         sim_config=sim_config, reconcile_interval_s=interval, visibility_timeout_s=visibility,

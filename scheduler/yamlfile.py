@@ -7,6 +7,8 @@ that translation for both jobs files and policy files.
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +40,33 @@ def read_yaml(path: Path, *, what: str) -> Any:
         ) from exc
 
 
+def _field_message(err: Any) -> str:
+    """pydantic's message in the user's words: no Python type or class names."""
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["input"] is None and err["type"] != "missing":
+        return "is empty (null); give it a value"
+    message = re.sub(r" or instance of \w+", "", err["msg"]).removeprefix("Value error, ")
+    if err["type"] in ("literal_error", "enum") and isinstance(err["input"], str):
+        expected = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+        close = difflib.get_close_matches(err["input"].lower(), expected, n=1, cutoff=0.5)
+        if close:
+            message += f" (Did you mean {close[0]!r}?)"
+    return message
+
+
 def validation_message(exc: pydantic.ValidationError, *, where: str) -> str:
-    """One paragraph listing every field error, each with its dotted field path."""
-    parts = []
+    """One paragraph listing every field error, each with its dotted field path.
+
+    Union branches (``dict[str,int]``, ``list[...]``) are dropped from the path, one
+    field gets one message (the first pydantic gives), and a field whose member also
+    failed is left to the member's more precise message.
+    """
+    parts: dict[str, str] = {}
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"field {field!r}: {message}")
-    return f"{where}: " + "; ".join(parts) + ". To fix: correct the field(s) named above."
+        field = ".".join(str(p) for p in err["loc"] if "[" not in str(p)) or "(top level)"
+        parts.setdefault(field, f"field {field!r}: {_field_message(err)}")
+    shown = [text for field, text in parts.items()
+             if not any(other.startswith(f"{field}.") for other in parts)]
+    return (f"{where}: " + "; ".join(shown)
+            + ". To fix: correct the field(s) named above.")

@@ -94,7 +94,8 @@ def read_rows(path_name: str, text: str, row_type: type[T]) -> list[T]:
     if reader.fieldnames != fields:
         raise CatalogError(
             f"{path_name}: header is {reader.fieldnames}, expected {fields}. "
-            "To fix: regenerate the file with scripts/build_catalog.py."
+            "To fix: reinstall greenplace, or rebuild the catalog files with the repository's "
+            "catalog build script."
         )
     rows = []
     for line_no, raw in enumerate(reader, start=2):

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from greenplace.policies.model import CarbonSignal, Policy
+from greenplace.policies.model import DEFAULT_POLICY, CarbonSignal, Policy, load_policy
 from greenplace.scheduler import estimate as est
 from greenplace.scheduler.catalog import load_catalog
+from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
 from greenplace.scheduler.exceptions import UserInputError
-from greenplace.scheduler.jobs import DEFAULT_UTILIZATION, JobSpec, load_jobs
+from greenplace.scheduler.jobs import DEFAULT_UTILIZATION, JobSpec, jobs_file_schema
 from greenplace.scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ _output = click.option("--output", "-o", type=click.Choice(FORMATS), default="ta
 
 def dry_run_rows(
     jobs_file: Path, *, policy: str | None, explain: bool, now: dt.datetime | None = None,
-    signals: str = "static",
+    signals: str = "static", override_policy: bool = False,
 ) -> tuple[list[dict[str, Any]], list[PlacementDecision]]:
     """Validate and place every job of a jobs file; returns summaries and decisions.
 
@@ -35,15 +36,20 @@ def dry_run_rows(
     from greenplace.scheduler.placement import Placer  # NumPy: imported when placing
 
     catalog = load_catalog()
-    jobs = load_jobs(jobs_file, catalog, policy_override=policy)
     when = now or dt.datetime.now(dt.UTC)
+    jobs = load_cli_jobs(jobs_file, catalog, policy=policy, override_policy=override_policy,
+                         now=when)
     if signals == "live":
         from greenplace.scheduler.signals.chain import place_live  # HTTP clients, Redis cache
 
         decisions = place_live(catalog, jobs, now=when)
     else:
         decisions = Placer(catalog).place_all(jobs, now=when)
-    return [d.summary(explain=explain) for d in decisions], decisions
+    rows = [d.summary(explain=explain) for d in decisions]
+    for row, job in zip(rows, jobs, strict=True):
+        if job.replaced_policy:
+            row["replaced_policy"] = job.replaced_policy
+    return rows, decisions
 
 
 def _print_dry_run_table(rows: list[dict[str, Any]], explain: bool,
@@ -100,23 +106,42 @@ def _print_dry_run_table(rows: list[dict[str, Any]], explain: bool,
                 click.echo(f"  note: {note}")
 
 
+def _csv_row(row: dict[str, Any], explain: bool) -> dict[str, Any]:
+    """One job per CSV row; --explain adds what the table's explanation shows, as columns."""
+    out = {k: v for k, v in row.items() if k not in ("candidates", "notes")}
+    if not explain:
+        return out
+    candidates = row.get("candidates", [])
+    rejected: dict[str, int] = {}
+    for c in candidates:
+        if c["rejected_by"]:
+            rejected[c["rejected_by"]["filter"]] = rejected.get(c["rejected_by"]["filter"], 0) + 1
+    out["notes"] = " | ".join(row["notes"])
+    out["rejected_candidates"] = sum(rejected.values())
+    out["rejected_by_filter"] = " ".join(f"{k}={n}" for k, n in sorted(rejected.items()))
+    out["top_candidates"] = " | ".join(
+        f"{c['cloud']}:{c['region']} {c['instance_type']} score {c['score']:.3f}"
+        for c in candidates[:5] if c["rejected_by"] is None)
+    return out
+
+
 @click.command("dry-run")
 @click.argument("jobs_file", type=click.Path(path_type=Path))
-@click.option("--policy", "-p", help="preset name or policy YAML path; overrides each job's own")
+@policy_options
 @_output
 @click.option("--explain", is_flag=True, help="list every candidate, its scores and rejection")
 @click.option("--signals", type=click.Choice(["static", "live"]), default="static",
               show_default=True, help="static: catalog figures; live: the configured carbon "
               "APIs with fallback to static (see `greenplace signals`)")
-def dry_run(jobs_file: Path, policy: str | None, output: str, explain: bool,
-            signals: str) -> None:
+def dry_run(jobs_file: Path, policy: str | None, override_policy: bool, output: str,
+            explain: bool, signals: str) -> None:
     """Show where each job would run and why, with no service and no cloud call."""
-    rows, decisions = dry_run_rows(jobs_file, policy=policy, explain=explain, signals=signals)
+    rows, decisions = dry_run_rows(jobs_file, policy=policy, explain=explain, signals=signals,
+                                   override_policy=override_policy)
     if output == "json":
         print_json(rows)
     elif output == "csv":
-        print_csv([{k: v for k, v in r.items() if k not in ("candidates", "notes")}
-                   for r in rows])
+        print_csv([_csv_row(r, explain) for r in rows])
     else:
         _print_dry_run_table(rows, explain, decisions)
         if signals == "live":
@@ -139,13 +164,14 @@ def dry_run(jobs_file: Path, policy: str | None, output: str, explain: bool,
 @click.option("--pue", type=click.FloatRange(min=1.0), help="default: the region's, else 1.0")
 @click.option("--intensity-g-per-kwh", type=click.FloatRange(min=0))
 @click.option("--region", "region_key", help="CLOUD:REGION, e.g. gcp:europe-west4")
-@click.option("--signal", type=click.Choice([s.value for s in CarbonSignal]), default="average",
-              show_default=True, help="which region figure to use with --region")
+@click.option("--signal", type=click.Choice([s.value for s in CarbonSignal]),
+              help="which region figure to use with --region [default: the signal of the "
+              f"default policy, {DEFAULT_POLICY}, as in dry-run]")
 @_output
 def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float | None,
                  utilization: float | None, pue: float | None,
-                 intensity_g_per_kwh: float | None, region_key: str | None, signal: str,
-                 output: str) -> None:
+                 intensity_g_per_kwh: float | None, region_key: str | None,
+                 signal: str | None, output: str) -> None:
     """Energy and emissions of ACCELERATOR x COUNT for HOURS (Patterson et al. 2021)."""
     catalog = load_catalog()
     accel = catalog.accelerator(accelerator)
@@ -156,7 +182,7 @@ def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float 
                               "runtime_h": hours}
     if region_key is not None:
         region = catalog.region(region_key)
-        carbon_signal = CarbonSignal(signal)
+        carbon_signal = CarbonSignal(signal or load_policy(DEFAULT_POLICY).carbon_signal)
         cfe = float("nan") if region.cfe_pct is None else region.cfe_pct
         marginal = region.grid_intensity_marginal_g_per_kwh
         if carbon_signal is CarbonSignal.MARGINAL and marginal is None:
@@ -165,8 +191,9 @@ def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float 
         intensity = est.scoring_intensity_g_per_kwh(
             carbon_signal, grid_average_g_per_kwh=region.grid_intensity_avg_g_per_kwh,
             grid_marginal_g_per_kwh=float("nan") if marginal is None else marginal, cfe_pct=cfe)
-        pue_used, pue_basis = (pue, "given") if pue else (region.pue, f"region {region.pue_basis}")
-        result.update(region=region.key, carbon_signal=signal, cfe_pct=region.cfe_pct)
+        pue_used, pue_basis = (pue, "given") if pue else (region.pue, _PUE_BASIS[region.pue_basis])
+        result.update(region=region.key, carbon_signal=str(carbon_signal),
+                      cfe_pct=region.cfe_pct)
     else:
         intensity = float(intensity_g_per_kwh)  # type: ignore[arg-type]
         pue_used, pue_basis = (pue, "given") if pue else (1.0, "assumed 1.0 (no region given)")
@@ -191,8 +218,13 @@ def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float 
                           price_usd_per_hour=cheapest.price_usd_per_hour,
                           cost_usd=round((cheapest.price_usd_per_hour or 0.0) * hours, 2))
         else:
-            result.update(cost_usd=None, note=f"no on-demand offer of {count} x {accel.name} "
-                          f"in {result['region']} in the catalog")
+            sold = sorted({f"{o.accelerator_count} x {o.accelerator}" for o in catalog.offers
+                           if f"{o.cloud}:{o.region}" == result["region"]})
+            result.update(cost_usd=None, note=(
+                f"no price: the catalog sells no {count} x {accel.name} on demand in "
+                f"{result['region']} (it sells {', '.join(sold) or 'no accelerators'} there); "
+                f"`greenplace regions --accelerator {accel.name} --sort price` lists regions "
+                "that do"))
     if output == "json":
         print_json(result)
     elif output == "csv":
@@ -200,6 +232,9 @@ def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float 
     else:
         for key, value in result.items():
             click.echo(f"{key:>22}: {fmt(value, 4)}")
+
+
+_PUE_BASIS = {"region": "published for the region", "fleet": "provider's fleet average"}
 
 
 def _region_rows(cloud: str | None, accelerator: str | None, sort: str) -> list[dict[str, Any]]:
@@ -262,11 +297,12 @@ def regions_cmd(cloud: str | None, accelerator: str | None, sort: str, output: s
 
 
 @click.command("schema")
-@click.argument("kind", type=click.Choice(["job", "policy"]))
+@click.argument("kind", type=click.Choice(["job", "jobs-file", "policy"]))
 def schema_cmd(kind: str) -> None:
-    """Print the JSON Schema of a job or a policy (for editors and CI linting)."""
-    model = JobSpec if kind == "job" else Policy
-    click.echo(json.dumps(model.model_json_schema(), indent=2))
+    """Print the JSON Schema of a job, a whole jobs file or a policy (for editors and CI).
 
-
-COMMANDS = [dry_run, estimate_cmd, regions_cmd, schema_cmd]
+    `greenplace validate FILE` checks a file against the catalog as well.
+    """
+    schemas = {"job": JobSpec.model_json_schema, "jobs-file": jobs_file_schema,
+               "policy": Policy.model_json_schema}
+    click.echo(json.dumps(schemas[kind](), indent=2))

@@ -291,6 +291,3 @@ def check_cmd(clouds: tuple[str, ...], timeout_s: float, output: str) -> None:
     usable = [r.usable for r in results]
     if not (all(usable) if clouds else any(usable)):
         raise click.exceptions.Exit(1)
-
-
-COMMANDS = [providers_group]

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from greenplace.scheduler.catalog import load_catalog
-from greenplace.scheduler.jobs import Job, load_jobs
-from greenplace.scheduler.output import fmt, print_json, print_table
+from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
+from greenplace.scheduler.jobs import Job
+from greenplace.scheduler.output import console, fmt, print_json, print_table
 from greenplace.scheduler.settings import Settings, load_settings
 from greenplace.scheduler.store import (
     FINAL_STATES,
@@ -66,6 +67,10 @@ def submit_jobs(store: JobStore, app: Celery, jobs: Sequence[Job]) -> list[str]:
     return ids
 
 
+def _replaced(job: Job) -> dict[str, str]:
+    return {"replaced_policy": job.replaced_policy} if job.replaced_policy else {}
+
+
 def _dry_run(jobs: Sequence[Job], settings: Settings, output: str) -> None:
     from greenplace.scheduler.dispatch import Providers, plan
     from greenplace.scheduler.placement import Placer
@@ -76,7 +81,8 @@ def _dry_run(jobs: Sequence[Job], settings: Settings, output: str) -> None:
     for launch in launches:
         row: dict[str, Any] = {"job": launch.job.name, "policy": launch.job.policy.name,
                                "status": "placed" if launch.request else "unschedulable",
-                               "start_at": launch.decision.start_at}
+                               "start_at": launch.decision.start_at,
+                               **_replaced(launch.job)}
         if launch.request is None:
             row["reasons"] = launch.decision.summary()["reasons"]
         else:
@@ -108,14 +114,16 @@ def _dry_run(jobs: Sequence[Job], settings: Settings, output: str) -> None:
 
 @click.command("submit")
 @click.argument("jobs_file", type=click.Path(path_type=Path))
-@click.option("--policy", "-p", help="preset name or policy YAML path; overrides each job's own")
+@policy_options
 @click.option("--dry-run", is_flag=True,
               help="print each job's placement and exact launch request; no Redis, no cloud")
 @_output
-def submit_cmd(jobs_file: Path, policy: str | None, dry_run: bool, output: str) -> None:
+def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_run: bool,
+               output: str) -> None:
     """Queue every job of JOBS_FILE and print their ids (nothing is written on bad input)."""
     settings = load_settings()
-    jobs = load_jobs(jobs_file, load_catalog(), policy_override=policy)
+    jobs = load_cli_jobs(jobs_file, load_catalog(), policy=policy,
+                         override_policy=override_policy, now=utc_now())
     if dry_run:
         _dry_run(jobs, settings, output)
         return
@@ -124,12 +132,23 @@ def submit_cmd(jobs_file: Path, policy: str | None, dry_run: bool, output: str) 
     store = open_store(settings)
     with reachable(settings.redacted_redis_url):
         ids = submit_jobs(store, app, jobs)
+    _warn_without_worker(app)
     if output == "json":
-        print_json([{"job_id": i, "name": j.name, "state": str(JobState.QUEUED)}
+        print_json([{"job_id": i, "name": j.name, "state": str(JobState.QUEUED), **_replaced(j)}
                     for i, j in zip(ids, jobs, strict=True)])
     else:
         for job_id, job in zip(ids, jobs, strict=True):
             click.echo(f"{job_id}  {job.name}")
+
+
+def _warn_without_worker(app: Celery) -> None:
+    """Say on stderr when no worker answers a ping within 1 s (queued jobs would wait)."""
+    from greenplace.scheduler.worker.app import worker_answers
+
+    if not worker_answers(app, timeout_s=1.0):
+        click.echo("warning: no greenplace worker answered within 1 s, so queued jobs wait "
+                   "until one runs. To fix: start `greenplace worker --beat` (or `greenplace "
+                   "worker` and `greenplace beat`) with the same GREENPLACE_REDIS_URL.", err=True)
 
 
 def _status_rows(store: JobStore, job_id: str | None) -> list[JobRecord]:
@@ -159,7 +178,8 @@ def _status_table(records: Sequence[JobRecord]) -> None:
 
 @click.command("status")
 @click.argument("job_id", required=False)
-@click.option("--watch", "-w", is_flag=True, help="refresh until every job shown is final")
+@click.option("--watch", "-w", is_flag=True, help="refresh until every job shown is final; "
+              "with --output json, JSON lines: one object per job each time it changes")
 @click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               help="seconds between refreshes with --watch")
 @_output
@@ -169,6 +189,10 @@ def status_cmd(job_id: str | None, watch: bool, interval: float, output: str) ->
     store = open_store(settings)
     with reachable(settings.redacted_redis_url):
         records = _status_rows(store, job_id)
+        if any(r.state not in FINAL_STATES for r in records):
+            from greenplace.scheduler.worker.app import create_app
+
+            _warn_without_worker(create_app(settings))
         if watch:
             records = _watch(store, job_id, interval, output, records)
         elif output == "json":
@@ -181,7 +205,6 @@ def status_cmd(job_id: str | None, watch: bool, interval: float, output: str) ->
 
 def _watch(store: JobStore, job_id: str | None, interval: float, output: str,
            records: list[JobRecord]) -> list[JobRecord]:
-    from rich.console import Console
     from rich.live import Live
     from rich.table import Table
 
@@ -197,21 +220,22 @@ def _watch(store: JobStore, job_id: str | None, interval: float, output: str,
                           fmt(s["instance_id"]), str(r.attempt), (s["reason"] or "")[:60])
         return table
 
-    last = ""
+    last: dict[str, str] = {}
     try:
         if output == "json":
+            # JSON lines: one object per job each time that job's summary changes.
             while True:
-                text = json.dumps([r.summary() for r in records], default=str)
-                if text != last:
-                    sys.stdout.write(text + "\n")
-                    sys.stdout.flush()
-                    last = text
+                for r in records:
+                    text = json.dumps(r.summary(), default=str)
+                    if last.get(r.job_id) != text:
+                        sys.stdout.write(text + "\n")
+                        last[r.job_id] = text
+                sys.stdout.flush()
                 if all(r.state in FINAL_STATES for r in records):
                     return records
                 time.sleep(interval)
                 records = _status_rows(store, job_id)
-        console = Console(width=200 if not sys.stdout.isatty() else None)
-        with Live(render(records), console=console, refresh_per_second=4) as live:
+        with Live(render(records), console=console(), refresh_per_second=4) as live:
             while not all(r.state in FINAL_STATES for r in records):
                 time.sleep(interval)
                 records = _status_rows(store, job_id)
@@ -320,12 +344,9 @@ def sim_instances_cmd(output: str) -> None:
     print_table(f"{len(rows)} local-sim instance(s)", [
         ("instance", "left"), ("job id", "left"), ("job", "left"), ("attempt", "right"),
         ("where", "left"), ("instance type", "left"), ("spot", "left"), ("state", "left")],
-        [[r["instance_id"], r["job_id"], r["job_name"], r["attempt"],
+        [[r["instance_id"], r["job_id"], r["job_name"], fmt(r["attempt"]),
           f"{r['cloud']}:{r['region']}", r["instance_type"], "yes" if r["spot"] else "no",
           r["state"]] for r in rows])
 
 
-COMMANDS: list[click.Command] = [submit_cmd, status_cmd, events_cmd, cancel_cmd, worker_cmd,
-                                 beat_cmd, sim_group]
-
-__all__ = ["COMMANDS", "open_store", "submit_jobs"]
+__all__ = ["open_store", "submit_jobs"]

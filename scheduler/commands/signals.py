@@ -15,8 +15,8 @@ import click
 from greenplace.policies.model import CarbonSignal
 from greenplace.scheduler.backtest import FORECASTS, BacktestResult, backtest, read_trace
 from greenplace.scheduler.catalog import Catalog, Region, load_catalog
+from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
 from greenplace.scheduler.exceptions import SignalError, UserInputError
-from greenplace.scheduler.jobs import load_jobs
 from greenplace.scheduler.output import fmt, print_csv, print_json, print_table
 from greenplace.scheduler.signals import static, watttime
 from greenplace.scheduler.signals.base import iso
@@ -165,7 +165,7 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
 
     Sources and their order come from the environment (GREENPLACE_SIGNAL_SOURCES,
     ELECTRICITYMAPS_API_KEY, WATTTIME_USERNAME/PASSWORD, GREENPLACE_CARBON_AWARE_SDK_URL;
-    see scheduler/signals/config.py). Without --zone or --region, every catalog region
+    see the README's "Live carbon signals"). Without --zone or --region, every catalog region
     is listed with the fallback outcome only.
     """
     if zone and region_key:
@@ -246,7 +246,7 @@ def _print_backtest(result: BacktestResult) -> None:
               help="an Electricity Maps or EIA hourly CSV, or the name of a shipped sample: "
               "electricitymaps_hourly_2023-06-05_to_11_4zones, "
               "eia_ba_hourly_2022-06-06_to_12_4bas")
-@click.option("--policy", "-p", help="preset name or policy YAML path; overrides each job's own")
+@policy_options
 @click.option("--every", "every_h", type=click.FloatRange(min=0, min_open=True), default=6.0,
               show_default=True, help="hours between replayed submissions")
 @click.option("--forecast", type=click.Choice(FORECASTS), default="oracle", show_default=True,
@@ -258,7 +258,8 @@ def _print_backtest(result: BacktestResult) -> None:
               "run-now region)")
 @click.option("--output", "-o", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
-def backtest_cmd(jobs_file: Path, trace: str, policy: str | None, every_h: float,
+def backtest_cmd(jobs_file: Path, trace: str, policy: str | None, override_policy: bool,
+                 every_h: float,
                  forecast: str, basis: str, home: str | None, output: str) -> None:
     """Replay JOBS_FILE over an hourly carbon trace and compare placement strategies.
 
@@ -268,7 +269,7 @@ def backtest_cmd(jobs_file: Path, trace: str, policy: str | None, every_h: float
     region + time choice, with savings against run-now.
     """
     catalog = load_catalog()
-    jobs = load_jobs(jobs_file, catalog, policy_override=policy)
+    jobs = load_cli_jobs(jobs_file, catalog, policy=policy, override_policy=override_policy)
     resource = _shipped(trace)
     if resource is not None:
         with importlib.resources.as_file(resource) as path:
@@ -285,6 +286,3 @@ def backtest_cmd(jobs_file: Path, trace: str, policy: str | None, every_h: float
                    for s in result.strategies])
     else:
         _print_backtest(result)
-
-
-COMMANDS = [signals_cmd, backtest_cmd]

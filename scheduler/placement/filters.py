@@ -34,7 +34,8 @@ FILTERS = (
 CODE = {name: code for code, name in enumerate(FILTERS)}
 
 
-def _region_matches(region: Region, patterns: list[str]) -> bool:
+def region_matches(region: Region, patterns: list[str]) -> bool:
+    """Whether any glob of ``patterns`` matches ``cloud:region`` or the bare region name."""
     return any(
         fnmatch.fnmatchcase(region.key, p) or fnmatch.fnmatchcase(region.region, p)
         for p in patterns
@@ -55,7 +56,7 @@ def region_rejections(
     if c.clouds is not None:
         reject("cloud", np.array([r.cloud not in c.clouds for r in regions]))
     reject("region", np.array([
-        not _region_matches(r, c.regions.include) or _region_matches(r, c.regions.exclude)
+        not region_matches(r, c.regions.include) or region_matches(r, c.regions.exclude)
         for r in regions
     ]))
     if c.countries is not None:

@@ -50,7 +50,7 @@ def test_dry_run_json_places_every_example_job(capsys: pytest.CaptureFixture[str
 def test_greenest_is_at_least_as_green_as_every_feasible_candidate(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for row in dry_run_json(capsys, "--policy", "greenest", "--explain"):
+    for row in dry_run_json(capsys, "--policy", "greenest", "--override-policy", "--explain"):
         feasible = [c for c in row["candidates"] if c["rejected_by"] is None]
         assert feasible
         assert set(CANDIDATE) <= set(feasible[0])
@@ -59,7 +59,7 @@ def test_greenest_is_at_least_as_green_as_every_feasible_candidate(
 
 
 def test_cheapest_matches_the_baseline(capsys: pytest.CaptureFixture[str]) -> None:
-    for row in dry_run_json(capsys, "--policy", "cheapest"):
+    for row in dry_run_json(capsys, "--policy", "cheapest", "--override-policy"):
         base = row["baseline"]
         assert (row["cloud"], row["region"], row["instance_type"]) == (
             base["cloud"], base["region"], base["instance_type"])

@@ -1,13 +1,16 @@
 """Jobs files: the accepted forms and every bad-input case, with file/job/field named."""
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
 
+from greenplace.policies.model import load_policy
 from greenplace.scheduler.catalog import Catalog
 from greenplace.scheduler.exceptions import SpecError
 from greenplace.scheduler.jobs import DEFAULT_UTILIZATION, load_jobs
 
+JOB_FLOW = "run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1}"
 GOOD_JOB = """
 name: ft
 run: python train.py
@@ -48,16 +51,53 @@ jobs:
     assert c.alternatives == (("TPU-v3", 8), ("A100", 8)) and c.reference == ("A100", 8)
 
 
-def test_policy_override_replaces_each_jobs_policy(tmp_path: Path, small_catalog: Catalog) -> None:
-    (job,) = load_jobs(write(tmp_path, GOOD_JOB + "policy: greenest\n"), small_catalog,
-                       policy_override="cheapest")
-    assert job.policy.name == "cheapest"
+def test_a_given_policy_applies_to_jobs_without_their_own_unless_overriding(
+    tmp_path: Path, small_catalog: Catalog
+) -> None:
+    text = (f"jobs:\n  - {{name: own, {JOB_FLOW}, policy: eu-sovereign}}\n"
+            f"  - {{name: none, {JOB_FLOW}}}\n")
+    cheapest = load_policy("cheapest")
+    own, none = load_jobs(write(tmp_path, text), small_catalog, policy=cheapest)
+    assert (own.policy.name, none.policy.name) == ("eu-sovereign", "cheapest")
+    assert own.replaced_policy is None and none.replaced_policy is None
+    own, none = load_jobs(write(tmp_path, text), small_catalog, policy=cheapest,
+                          override_policy=True)
+    assert (own.policy.name, none.policy.name) == ("cheapest", "cheapest")
+    assert (own.replaced_policy, none.replaced_policy) == ("eu-sovereign", None)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", "found nothing"),
+    ("jobs:\n  -\n", "found nothing"),
+    ("name: a\nrun: x\nresources:\nwork: {hours: 1}\n", "'resources': is empty (null)"),
+    ("name: a\nrun: x\nresources: {accelerators: {A100: null}}\nwork: {hours: 1}\n",
+     "'resources.accelerators.A100': is empty (null)"),
+])
+def test_empty_values_are_named_without_python_type_names(
+    tmp_path: Path, small_catalog: Catalog, text: str, expected: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        load_jobs(write(tmp_path, text), small_catalog)
+    message = str(info.value)
+    assert expected in message
+    assert "NoneType" not in message and "instance of" not in message and "[str,int]" not in message
+
+
+def test_a_past_deadline_is_one_clear_error(tmp_path: Path, small_catalog: Catalog) -> None:
+    now = dt.datetime(2030, 1, 2, tzinfo=dt.UTC)
+    path = write(tmp_path, GOOD_JOB + "deadline: 2030-01-01T00:00:00Z\n")
+    with pytest.raises(SpecError) as info:
+        load_jobs(path, small_catalog, now=now)
+    message = str(info.value)
+    assert "field 'deadline'" in message and "has passed" in message
+    assert "2030-01-01T00:00:00+00:00" in message and "now 2030-01-02T00:00:00+00:00" in message
+    assert load_jobs(path, small_catalog)  # no `now`, no check (e.g. a backtest's replays)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("jobs: [{name: a, run: x\n", "broken YAML"),
     ("jobs: []\n", "non-empty list"),
-    ("42\n", "found int"),
+    ("42\n", "found a number"),
     ("jobs: [1]\n", "job #1: a job must be a mapping"),
     ("jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: ten}}\n",
      "job 'a': field 'work.hours'"),
