@@ -83,6 +83,8 @@ _ENV_PREFIX = "GREENPLACE_SIM_"
 
 # ARGV[9]: a fault the caller rolled for a *new* launch ('capacity', 'transient' or '');
 # a key seen before always returns its instance, as a cloud's idempotency does.
+# KEYS[2] (an offer's live instances, scored by when they end) is pruned only when a
+# capacity applies, the only time it is counted.
 _SUBMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -93,9 +95,11 @@ if existing then
   return {'existing', existing}
 end
 if ARGV[9] ~= '' then return {ARGV[9], ''} end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local cap = tonumber(ARGV[3])
-if cap >= 0 and redis.call('ZCARD', KEYS[2]) >= cap then return {'capacity', ''} end
+if cap >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= cap then return {'capacity', ''} end
+end
 local id = ARGV[1]
 local running_at = now + tonumber(ARGV[4])
 local ends_at = running_at + tonumber(ARGV[5])

@@ -365,7 +365,7 @@ def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcom
                                      placements_text=placed_move.fields["placements"],
                                      decision=summary)
         launched = _dispatch_locked(ctx, record, 1, "resume", lock=lock, cooling=cooling,
-                                    retries=0, now=now, job=job)
+                                    retries=0, now=now, job=job, placement=placements[target])
     finally:
         if not lock.released:
             store.release_lock(lock.name, lock.token)
@@ -470,8 +470,10 @@ def _mode(record: JobRecord, attempt: int) -> str | None:
 
 
 def _dispatch_locked(ctx: Context, record: JobRecord, attempt: int, mode: str, *,
-                     lock: Lock, cooling: set[str], retries: int,
-                     now: dt.datetime, job: Job | None = None) -> Outcome:
+                     lock: Lock, cooling: set[str], retries: int, now: dt.datetime,
+                     job: Job | None = None, placement: Placement | None = None) -> Outcome:
+    """One launch attempt under the job's lock. ``job`` and ``placement`` (the record's
+    current one) save rebuilding what the caller already holds."""
     store = ctx.store
     job_id = record.job_id
     if mode == "begin":
@@ -488,9 +490,10 @@ def _dispatch_locked(ctx: Context, record: JobRecord, attempt: int, mode: str, *
             return Outcome(message=f"nothing to do: the job is now {exc.current}")
         record = dataclasses.replace(record, state=S.DISPATCHING, attempt=attempt,
                                      target=target)
-    current = record.placement
-    assert current is not None  # DISPATCHING / settle always have a target
-    placement = current
+        placement = record.placements[target]
+    if placement is None:
+        placement = record.placement
+    assert placement is not None  # DISPATCHING / settle always have a target
     settle = mode == "settle"
     expect = S.CANCELLED if settle else S.DISPATCHING
     try:

@@ -90,44 +90,54 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 # items, the items. Returns per move {status, state it was in}; 'skipped' after a
 # refusal. The lock (if given) is released at the end, whatever happened, when the
 # token still owns it.
+# The moves are checked one after the other against the record as the earlier ones
+# left it, then written together: one HSET, one index move (first state -> last state),
+# one RPUSH of their events. Nothing outside the script sees the states in between.
 _MOVES_LUA = """
-local function move(allowed_states, to, attempt, event, score, first, last)
-  local cur = redis.call('HGET', KEYS[1], 'state')
-  if not cur then return 'missing', '' end
-  local allowed = false
-  for s in string.gmatch(allowed_states, '[^,]+') do
-    if s == cur then allowed = true end
-  end
-  if not allowed then return 'illegal', cur end
-  if attempt ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= attempt then
-    return 'stale', cur
-  end
-  if last >= first then redis.call('HSET', KEYS[1], unpack(ARGV, first, last)) end
-  if to ~= '' then
-    redis.call('HSET', KEYS[1], 'state', to)
-    redis.call('ZREM', ARGV[1] .. cur, ARGV[2])
-    redis.call('ZADD', ARGV[1] .. to, score, ARGV[2])
-  end
-  redis.call('RPUSH', KEYS[2], '{"from":"' .. cur .. '",' .. string.sub(event, 2))
-  return 'ok', cur
-end
-local results = {}
+local read = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+local first, cur, attempt = read[1], read[1], read[2]
+local results, writes, events = {}, {}, {}
+local score
 local i = 6
 local go = true
 for m = 1, tonumber(ARGV[5]) do
   local n = tonumber(ARGV[i + 5])
+  local status, was = 'skipped', ''
   if go then
-    local status, cur = move(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-                             i + 6, i + 5 + n)
-    table.insert(results, status)
-    table.insert(results, cur)
+    if not cur then
+      status = 'missing'
+    elseif not string.find(',' .. ARGV[i] .. ',', ',' .. cur .. ',', 1, true) then
+      status, was = 'illegal', cur
+    elseif ARGV[i + 2] ~= '' and attempt ~= ARGV[i + 2] then
+      status, was = 'stale', cur
+    else
+      status, was = 'ok', cur
+      for k = i + 6, i + 5 + n, 2 do
+        writes[#writes + 1] = ARGV[k]
+        writes[#writes + 1] = ARGV[k + 1]
+        if ARGV[k] == 'attempt' then attempt = ARGV[k + 1] end
+      end
+      if ARGV[i + 1] ~= '' then
+        cur, score = ARGV[i + 1], ARGV[i + 4]
+        writes[#writes + 1] = 'state'
+        writes[#writes + 1] = cur
+      end
+      events[#events + 1] = '{"from":"' .. was .. '",' .. string.sub(ARGV[i + 3], 2)
+    end
     go = status == 'ok'
-    if go and ARGV[3] ~= '' then redis.call('SADD', ARGV[3], ARGV[2]) end
-  else
-    table.insert(results, 'skipped')
-    table.insert(results, '')
   end
+  results[#results + 1] = status
+  results[#results + 1] = was
   i = i + 6 + n
+end
+if #events > 0 then
+  redis.call('HSET', KEYS[1], unpack(writes))
+  if score then
+    redis.call('ZREM', ARGV[1] .. first, ARGV[2])
+    redis.call('ZADD', ARGV[1] .. cur, score, ARGV[2])
+  end
+  redis.call('RPUSH', KEYS[2], unpack(events))
+  if ARGV[3] ~= '' then redis.call('SADD', ARGV[3], ARGV[2]) end
 end
 if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
 return results

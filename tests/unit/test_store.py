@@ -297,9 +297,24 @@ def test_several_moves_in_one_step_and_after_a_script_flush(
              fields=encode_fields(attempt=1))])
     assert left == [S.QUEUED, S.PLACED]
     assert store.get(job_id).state is S.DISPATCHING and store.get(job_id).attempt == 1
+    assert store.ids_in_state(S.DISPATCHING) == [job_id]
+    assert store.ids_in_state(S.QUEUED) == store.ids_in_state(S.PLACED) == []
     # A refused move stops the sequence: later moves may rely on the earlier ones.
     refused = store.transitions(job_id, [Move(to=S.PLACED, expect=S.QUEUED, message="x"),
                                          Move(to=S.RUNNING, attempt=1, message="up")])
     assert all(isinstance(r, TransitionRefused) for r in refused)
     assert store.get(job_id).state is S.DISPATCHING
     assert len(store.events(job_id)) == 3
+    # A later move's guard sees what the earlier moves wrote; a refusal keeps them.
+    replies = store.transitions(job_id, [
+        Move(to=S.PLACED, expect=S.DISPATCHING, attempt=1, message="refused by the cloud"),
+        Move(to=S.DISPATCHING, expect=S.PLACED, attempt=1, message="next",
+             fields=encode_fields(attempt=2)),
+        Move(to=S.RUNNING, attempt=1, message="stale")])
+    assert replies[:2] == [S.DISPATCHING, S.PLACED]
+    assert isinstance(replies[2], TransitionRefused) and replies[2].current is S.DISPATCHING
+    record = store.get(job_id)
+    assert record.state is S.DISPATCHING and record.attempt == 2
+    assert [(e.state_from, e.state_to) for e in store.events(job_id)[3:]] == [
+        ("DISPATCHING", "PLACED"), ("PLACED", "DISPATCHING")]
+    assert store.ids_in_state(S.DISPATCHING) == [job_id] and store.ids_in_state(S.PLACED) == []
