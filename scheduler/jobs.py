@@ -1,4 +1,4 @@
-"""Job specs (the YAML trust boundary) and the jobs-file loader.
+"""Job specs (the jobs-file trust boundary) and the jobs-file loader.
 
 A jobs file holds ``jobs:`` (a list) or a single job mapping. Every error names
 the file, the job and the field, and nothing is returned unless every job is valid.
@@ -7,6 +7,7 @@ the file, the job and the field, and nothing is returned unless every job is val
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from greenplace.policies.model import DEFAULT_POLICY, Policy, SpotMode, load_policy
 from greenplace.scheduler.catalog import Catalog
-from greenplace.scheduler.exceptions import SpecError, UnknownNameError
-from greenplace.scheduler.yamlfile import read_yaml, validation_message
+from greenplace.scheduler.exceptions import SpecError, UnknownNameError, UserInputError
+from greenplace.scheduler.jobfile import RawJob, read_jobs
+from greenplace.scheduler.yamlfile import validation_message
 
 JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
@@ -159,9 +161,10 @@ def resolve_job(
     return Job(spec=spec, alternatives=tuple(alternatives), reference=reference, policy=policy)
 
 
-def _job_label(raw: object, index: int) -> str:
+def _job_label(raw: object, index: int, line: int | None) -> str:
     name = raw.get("name") if isinstance(raw, dict) else None
-    return f"job {name!r}" if isinstance(name, str) else f"job #{index + 1}"
+    label = f"job {name!r}" if isinstance(name, str) else f"job #{index + 1}"
+    return label if line is None else f"line {line}, {label}"
 
 
 def load_jobs(
@@ -170,36 +173,32 @@ def load_jobs(
     """Load, validate and resolve every job of a jobs file; all or nothing.
 
     Args:
-        path: the jobs YAML file.
+        path: the jobs file: YAML, JSON or JSON lines (see ``scheduler.jobfile``).
         catalog: the catalog accelerator names are resolved against.
         policy_override: a preset name or path that replaces every job's own policy.
 
     Raises:
-        SpecError / UnknownNameError: the first problem found, naming file, job and field.
+        SpecError / UnknownNameError: naming file, job and field. Broken syntax or a
+        wrong top level anywhere in the file is reported before a bad job.
     """
-    data = read_yaml(path, what="jobs")
-    if isinstance(data, dict) and "jobs" in data:
-        extra = sorted(set(data) - {"jobs"})
-        if extra:
-            raise SpecError(
-                f"{path}: unknown top-level field(s) {extra}. To fix: a jobs file holds "
-                "`jobs:` (a list) or a single job."
-            )
-        raw_jobs = data["jobs"]
-        if not isinstance(raw_jobs, list) or not raw_jobs:
-            raise SpecError(f"{path}: `jobs` must be a non-empty list of jobs.")
-    elif isinstance(data, dict):
-        raw_jobs = [data]
-    else:
-        raise SpecError(
-            f"{path}: expected `jobs:` with a list of jobs, or a single job mapping; "
-            f"found {type(data).__name__}."
-        )
+    raw_jobs = read_jobs(path)
+    try:
+        return _resolve_all(path, raw_jobs, catalog, policy_override=policy_override)
+    except UserInputError:
+        for _ in raw_jobs:  # the rest of the file may hold a problem that explains more
+            pass
+        raise
+
+
+def _resolve_all(
+    path: Path, raw_jobs: Iterable[RawJob], catalog: Catalog, *, policy_override: str | None
+) -> list[Job]:
     policies: dict[str, Policy] = {}
     jobs: list[Job] = []
     seen: set[str] = set()
-    for index, raw in enumerate(raw_jobs):
-        where = f"{path}, {_job_label(raw, index)}"
+    for index, raw_job in enumerate(raw_jobs):
+        raw = raw_job.data
+        where = f"{path}, {_job_label(raw, index, raw_job.line)}"
         if not isinstance(raw, dict):
             raise SpecError(f"{where}: a job must be a mapping, found {type(raw).__name__}.")
         try:
@@ -217,5 +216,3 @@ def load_jobs(
                 raise SpecError(f"{where}, field 'policy': {exc}") from exc
         jobs.append(resolve_job(spec, catalog, policy=policies[policy_ref], where=where))
     return jobs
-
-
