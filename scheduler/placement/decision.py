@@ -69,6 +69,9 @@ class PlacementDecision:
     baseline_ranking: np.ndarray  # same, under the price-only objective
     extra_notes: tuple[str, ...] = field(default=())
     data_notes: tuple[str, ...] = field(default=())  # from ``data_notes()``
+    # Views that do not depend on the job's hours, computed once for all the decisions of
+    # one shape (``Placer.place_each`` hands them one dict); a job with a deadline has its own.
+    shape_memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # When the job should start (ISO 8601, UTC); None = now. Set by temporal shifting
     # when a forecast shows a greener window before the deadline (job becomes DEFERRED).
     start_at: str | None = None
@@ -163,12 +166,14 @@ class PlacementDecision:
 
     def rejections(self) -> list[dict[str, str]]:
         """Every distinct (region, filter, reason) that ruled a candidate out."""
-        seen: dict[tuple[str, str, str], None] = {}
-        for i in np.flatnonzero(self.rejected_by != FEASIBLE):
-            reason = self.reason(int(i)) or ""
-            region = self.arrays.regions[self.region_index[i]].key
-            seen[(region, FILTERS[int(self.rejected_by[i])], reason)] = None
-        return [{"region": r, "filter": f, "reason": why} for r, f, why in seen]
+        reasons = self.shape_memo.get("rejections")
+        if reasons is None:
+            seen: dict[tuple[str, str, str], None] = {}
+            for i in np.flatnonzero(self.rejected_by != FEASIBLE).tolist():
+                region = self.arrays.regions[self.region_index[i]].key
+                seen[(region, FILTERS[int(self.rejected_by[i])], self.reason(i) or "")] = None
+            reasons = self.shape_memo["rejections"] = tuple(seen)
+        return [{"region": r, "filter": f, "reason": why} for r, f, why in reasons]
 
     def summary(self, *, explain: bool = False) -> dict[str, Any]:
         """The dry-run / job-record view: choice, baseline, savings; all candidates if asked."""

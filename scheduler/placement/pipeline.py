@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -230,6 +231,7 @@ class Placer:
         cfe_pct = self.signals.cfe_pct[c.region_index]
         notes = data_notes(policy.carbon_signal, arrays=a, region_index=c.region_index,
                            feasible=feasible, cfe_pct=cfe_pct)
+        memo: dict[str, Any] = {}
         return [PlacementDecision(
             job=j.name, policy=policy, spot=spot, power_basis=power_basis,
             deadline=deadline.isoformat() if deadline else None,
@@ -240,6 +242,7 @@ class Placer:
             cost_usd=cost[row], cfe_pct=cfe_pct, norm_carbon=n_carbon[row],
             norm_cost=n_cost[row], norm_time=n_time[row], score=score[row],
             ranking=ranking[row], baseline_ranking=baseline_ranking[row], data_notes=notes,
+            shape_memo=memo,
         ) for row, j in enumerate(jobs)]
 
 
