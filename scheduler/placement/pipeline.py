@@ -155,17 +155,18 @@ class Placer:
         """Place each job independently (no shared capacity is modelled in a dry run)."""
         return list(self.place_each(jobs, now=now))
 
-    def place_each(self, jobs: Sequence[Job], *, now: dt.datetime) -> Iterator[PlacementDecision]:
+    def place_each(self, jobs: Sequence[Job], *, now: dt.datetime,
+                   chunk_jobs: int = CHUNK_JOBS) -> Iterator[PlacementDecision]:
         """The decision of each job, in order, each identical to ``place(job)``.
 
         Design choice: jobs of one shape (``shape_key``) differ only in their hours, so
-        within each run of ``CHUNK_JOBS`` jobs they are scored as one matrix (a row per
+        within each run of ``chunk_jobs`` jobs they are scored as one matrix (a row per
         job) with the same element-wise formulas and ranked by one sort along the rows:
         a batch costs a few NumPy operations per shape instead of per job, and memory
         stays bounded by the chunk whatever the batch size.
         """
-        for start in range(0, len(jobs), CHUNK_JOBS):
-            chunk = jobs[start:start + CHUNK_JOBS]
+        for start in range(0, len(jobs), chunk_jobs):
+            chunk = jobs[start:start + chunk_jobs]
             shapes: dict[object, list[int]] = {}
             for i, job in enumerate(chunk):
                 shapes.setdefault(shape_key(job) or i, []).append(i)
