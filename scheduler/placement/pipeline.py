@@ -175,11 +175,10 @@ class Placer:
                 placed = self._place_shape([chunk[i] for i in members], now=now)
                 for i, decision in zip(members, placed, strict=True):
                     decisions[i] = decision
-            for job, decision in zip(chunk, decisions, strict=True):
-                assert decision is not None
-                if self.forecast is not None:
-                    decision = timing.shift(decision, job=job, forecasts=self.forecast, now=now)
-                yield decision
+            for job, decided in zip(chunk, decisions, strict=True):
+                assert decided is not None
+                yield decided if self.forecast is None else timing.shift(
+                    decided, job=job, forecasts=self.forecast, now=now)
 
     def _place_shape(self, jobs: Sequence[Job], *, now: dt.datetime) -> list[PlacementDecision]:
         """Place jobs of one shape (or one job alone): one row of figures per job."""
