@@ -36,13 +36,13 @@ _output = click.option("--output", "-o", type=click.Choice(FORMATS), default="ta
 def dry_run_rows(
     jobs_file: Path, *, policy: str | None, explain: bool, now: dt.datetime | None = None,
     signals: str = "static",
-) -> tuple[int, Iterator[tuple[dict[str, Any], PlacementDecision]]]:
+) -> Iterator[tuple[dict[str, Any], PlacementDecision]]:
     """Validate every job of a jobs file, then place them as the result is read.
 
-    Returns the number of jobs and, in file order, each job's summary with its decision;
-    nothing is kept, so a batch of any size streams through. ``signals="live"`` scores on
-    the configured live sources (fallback chain, in-memory cache, temporal shifting from
-    their forecasts); ``static`` on the catalog only.
+    Returns, in file order, each job's summary with its decision; nothing is kept, so a
+    batch of any size streams through. ``signals="live"`` scores on the configured live
+    sources (fallback chain, in-memory cache, temporal shifting from their forecasts);
+    ``static`` on the catalog only.
     """
     catalog = load_catalog()
     jobs = load_jobs(jobs_file, catalog, policy_override=policy)
@@ -55,7 +55,7 @@ def dry_run_rows(
     else:
         decisions = Placer(catalog).place_each(jobs, now=when)
     decisions = progress(decisions, total=len(jobs), what="placing")
-    return len(jobs), ((d.summary(explain=explain), d) for d in decisions)
+    return ((d.summary(explain=explain), d) for d in decisions)
 
 
 def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision]],
@@ -146,7 +146,7 @@ def dry_run(jobs_file: Path, policy: str | None, output: str, explain: bool,
 
     JOBS_FILE is YAML, JSON or JSON lines (one job per line: .jsonl / .ndjson).
     """
-    _, pairs = dry_run_rows(jobs_file, policy=policy, explain=explain, signals=signals)
+    pairs = dry_run_rows(jobs_file, policy=policy, explain=explain, signals=signals)
     unschedulable = 0
 
     def counted() -> Iterator[tuple[dict[str, Any], PlacementDecision]]:
