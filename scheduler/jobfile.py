@@ -11,7 +11,8 @@ composer builds one job of the ``jobs:`` list at a time, which is then construct
 (with the same safe constructor) and handed on. A whole-file load keeps a node graph
 of about 10 KB per job (1 GB for 100,000 jobs) and spends two thirds of its time in
 the garbage collector walking it; streaming keeps memory to the validated jobs and
-makes a large file load about 2x faster than ``yaml.load`` with ``CSafeLoader``.
+makes a large file load about 3x faster than ``yaml.load`` with ``CSafeLoader``
+(benchmarks/README.md).
 """
 
 from __future__ import annotations

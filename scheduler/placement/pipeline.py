@@ -169,7 +169,8 @@ class Placer:
             chunk = jobs[start:start + chunk_jobs]
             shapes: dict[object, list[int]] = {}
             for i, job in enumerate(chunk):
-                shapes.setdefault(shape_key(job) or i, []).append(i)
+                key = shape_key(job)
+                shapes.setdefault(i if key is None else key, []).append(i)
             decisions: list[PlacementDecision | None] = [None] * len(chunk)
             for members in shapes.values():
                 placed = self._place_shape([chunk[i] for i in members], now=now)
