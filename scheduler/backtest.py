@@ -46,7 +46,7 @@ import dataclasses
 import datetime as dt
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -380,11 +380,13 @@ def _emitted_kg(decision: PlacementDecision, candidate: int, trace: Trace,
 
 def backtest(jobs: Sequence[Job], trace: Trace, catalog: Catalog, *, every_h: float = 6.0,
              forecast: str = "oracle", horizon_h: int = 72, home: str | None = None,
-             min_saving_pct: float = timing.MIN_SAVING_PCT) -> BacktestResult:
+             min_saving_pct: float = timing.MIN_SAVING_PCT,
+             progress: Callable[[Sequence[Job]], Iterable[Job]] = iter) -> BacktestResult:
     """Replay ``jobs`` over ``trace`` and total each strategy's emissions and cost.
 
     Args:
         home: a CLOUD:REGION that replaces every job's own ``home`` (the run-now region).
+        progress: wraps the loop over the jobs (the CLI shows a progress bar with it).
 
     Raises:
         SpecError: no catalog region in the trace's zones, a job's home region outside
@@ -403,7 +405,7 @@ def backtest(jobs: Sequence[Job], trace: Trace, catalog: Catalog, *, every_h: fl
     replays = deferred = 0
     delay_h = 0.0
     signals_cache: dict[dt.datetime, RegionSignals] = {}
-    for job in jobs:
+    for job in progress(jobs):
         scored = _for_backtest(job)
         if job.policy.carbon_signal is not CarbonSignal.AVERAGE:
             notes.append(f"{job.name}: policy {job.policy.name!r} scores on "

@@ -34,7 +34,7 @@ def average_power_w(*, tdp_w: Num, utilization: float, measured_w: float | None 
 
 def scaled_runtime_h(
     *,
-    reference_hours: float,
+    reference_hours: float | np.ndarray,
     reference_tflops: float,
     reference_count: int,
     tflops: Num,
@@ -42,11 +42,13 @@ def scaled_runtime_h(
 ) -> Num:
     """Runtime on another accelerator set, scaled by peak dense throughput.
 
+    ``reference_hours`` may be a column of several jobs' hours (one row per job).
+
     Design choice: peak dense throughput is the only figure the catalog has for
     every accelerator; real speed-ups depend on the model, so the result is an
     estimate and the decision labels it as such.
     """
-    return reference_hours * (reference_tflops * reference_count) / (tflops * count)
+    return reference_hours * (reference_tflops * reference_count) / (tflops * count)  # type: ignore[return-value]
 
 
 def energy_kwh(*, runtime_h: Num, accelerator_count: Num, average_power_w: Num, pue: Num) -> Num:

@@ -1,4 +1,4 @@
-"""Job specs (the YAML trust boundary) and the jobs-file loader.
+"""Job specs (the jobs-file trust boundary) and the jobs-file loader.
 
 A jobs file holds ``jobs:`` (a list) or a single job mapping. Every error names
 the file, the job and the field, and nothing is returned unless every job is valid.
@@ -6,8 +6,11 @@ the file, the job and the field, and nothing is returned unless every job is val
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import gc
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from greenplace.policies.model import DEFAULT_POLICY, Policy, SpotMode, load_policy
 from greenplace.scheduler.catalog import Catalog
-from greenplace.scheduler.exceptions import SpecError, UnknownNameError
-from greenplace.scheduler.yamlfile import read_yaml, validation_message
+from greenplace.scheduler.exceptions import SpecError, UnknownNameError, UserInputError
+from greenplace.scheduler.jobfile import RawJob, kind_of, read_jobs
+from greenplace.scheduler.yamlfile import validation_message
 
 JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
@@ -174,18 +178,10 @@ def resolve_job(
     return Job(spec=spec, alternatives=tuple(alternatives), reference=reference, policy=policy)
 
 
-def _job_label(raw: object, index: int) -> str:
+def _job_label(raw: object, index: int, line: int | None) -> str:
     name = raw.get("name") if isinstance(raw, dict) else None
-    return f"job {name!r}" if isinstance(name, str) else f"job #{index + 1}"
-
-
-def _kind(value: object) -> str:
-    """What a YAML value is, in the user's words (never a Python type name)."""
-    if value is None:
-        return "nothing (an empty document or entry)"
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number"}
-    return names.get(type(value), "a scalar value")
+    label = f"job {name!r}" if isinstance(name, str) else f"job #{index + 1}"
+    return label if line is None else f"line {line}, {label}"
 
 
 def load_jobs(
@@ -195,7 +191,7 @@ def load_jobs(
     """Load, validate and resolve every job of a jobs file; all or nothing.
 
     Args:
-        path: the jobs YAML file.
+        path: the jobs file: YAML, JSON or JSON lines (see ``scheduler.jobfile``).
         catalog: the catalog accelerator names are resolved against.
         policy: the policy of jobs without their own `policy:` (default: the preset
             ``DEFAULT_POLICY``). A job's own relative policy path is resolved from the
@@ -205,33 +201,50 @@ def load_jobs(
         now: when given, a deadline at or before it is an input error.
 
     Raises:
-        SpecError / UnknownNameError: the first problem found, naming file, job and field.
+        SpecError / UnknownNameError: naming file, job and field. Broken syntax or a
+        wrong top level anywhere in the file is reported before a bad job.
     """
-    data = read_yaml(path, what="jobs")
-    if isinstance(data, dict) and "jobs" in data:
-        extra = sorted(set(data) - {"jobs"})
-        if extra:
-            raise SpecError(
-                f"{path}: unknown top-level field(s) {extra}. To fix: a jobs file holds "
-                "`jobs:` (a list) or a single job."
-            )
-        raw_jobs = data["jobs"]
-        if not isinstance(raw_jobs, list) or not raw_jobs:
-            raise SpecError(f"{path}: `jobs` must be a non-empty list of jobs.")
-    elif isinstance(data, dict):
-        raw_jobs = [data]
-    else:
-        raise SpecError(
-            f"{path}: expected `jobs:` with a list of jobs, or a single job mapping; "
-            f"found {_kind(data)}."
-        )
+    raw_jobs = read_jobs(path)
+    try:
+        with _collector_paused():
+            return _resolve_all(path, raw_jobs, catalog, policy=policy,
+                                override_policy=override_policy, now=now)
+    except UserInputError:
+        for _ in raw_jobs:  # the rest of the file may hold a problem that explains more
+            pass
+        raise
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector, then resume it if it ran before.
+
+    Design choice: a load keeps every job it builds, so each collection during it
+    rescans all the jobs so far and finds no garbage (raw jobs, specs and jobs hold no
+    reference cycles): more than half the time of a 100,000-job load (3.7 s against
+    1.4 s). Reference counting still frees everything else as usual.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _resolve_all(
+    path: Path, raw_jobs: Iterable[RawJob], catalog: Catalog, *, policy: Policy | None,
+    override_policy: bool, now: dt.datetime | None,
+) -> list[Job]:
     policies: dict[str, Policy] = {}
     jobs: list[Job] = []
     seen: set[str] = set()
-    for index, raw in enumerate(raw_jobs):
-        where = f"{path}, {_job_label(raw, index)}"
+    for index, raw_job in enumerate(raw_jobs):
+        raw = raw_job.data
+        where = f"{path}, {_job_label(raw, index, raw_job.line)}"
         if not isinstance(raw, dict):
-            raise SpecError(f"{where}: a job must be a mapping, found {_kind(raw)}.")
+            raise SpecError(f"{where}: a job must be a mapping, found {kind_of(raw)}.")
         try:
             spec = JobSpec.model_validate(raw)
         except pydantic.ValidationError as exc:
@@ -259,5 +272,3 @@ def load_jobs(
             job = dataclasses.replace(job, replaced_policy=spec.policy)
         jobs.append(job)
     return jobs
-
-

@@ -7,13 +7,18 @@ import functools
 import io
 import json
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 FORMATS = ("table", "json", "csv")
+# Work on more items than this shows a progress bar (on stderr, when it is a terminal).
+PROGRESS_MIN_ITEMS = 1_000
+_ROWS_PER_WRITE = 512
+
+T = TypeVar("T")
 
 
 def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -31,6 +36,43 @@ def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_json_rows(rows: Iterable[dict[str, Any]]) -> None:
+    """Print a JSON array of ``rows`` as they come, never holding them all.
+
+    The layout is ``print_json``'s (two-space indent); orjson encodes each row.
+    """
+    import orjson
+
+    def encoded() -> Iterator[bytes]:
+        for row in rows:
+            yield b"  " + orjson.dumps(row, default=str, option=orjson.OPT_INDENT_2).replace(
+                b"\n", b"\n  ")
+
+    pending: list[bytes] = []
+    opened = False
+    for item in encoded():
+        pending.append(item)
+        if len(pending) >= _ROWS_PER_WRITE:
+            sys.stdout.write(("[\n" if not opened else ",\n") + b",\n".join(pending).decode())
+            opened, pending = True, []
+    if pending:
+        sys.stdout.write(("[\n" if not opened else ",\n") + b",\n".join(pending).decode())
+        opened = True
+    sys.stdout.write("\n]\n" if opened else "[]\n")
+
+
+def progress(items: Iterable[T], *, total: int, what: str,
+             min_items: int = PROGRESS_MIN_ITEMS) -> Iterable[T]:
+    """``items``, with a transient progress bar on stderr when stderr is a terminal and
+    there are more than ``min_items`` of them; stdout is never touched."""
+    if total <= min_items or not sys.stderr.isatty():
+        return items
+    from rich.progress import track
+
+    return track(items, total=total, description=what, console=Console(stderr=True),
+                 transient=True)
 
 
 def print_csv(rows: Sequence[dict[str, Any]]) -> None:

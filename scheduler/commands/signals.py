@@ -17,7 +17,7 @@ from greenplace.scheduler.backtest import FORECASTS, BacktestResult, backtest, r
 from greenplace.scheduler.catalog import Catalog, Region, load_catalog
 from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
 from greenplace.scheduler.exceptions import SignalError, UserInputError
-from greenplace.scheduler.output import fmt, print_csv, print_json, print_table
+from greenplace.scheduler.output import fmt, print_csv, print_json, print_table, progress
 from greenplace.scheduler.signals import static, watttime
 from greenplace.scheduler.signals.base import iso
 from greenplace.scheduler.signals.cache import MemoryCache
@@ -278,7 +278,9 @@ def backtest_cmd(jobs_file: Path, trace: str, policy: str | None, override_polic
         parsed = read_trace(Path(trace), basis=basis)
     if home is not None:
         home = catalog.region(home).key
-    result = backtest(jobs, parsed, catalog, every_h=every_h, forecast=forecast, home=home)
+    result = backtest(jobs, parsed, catalog, every_h=every_h, forecast=forecast, home=home,
+                      progress=lambda js: progress(js, total=len(js), what="replaying",
+                                                   min_items=0))
     if output == "json":
         print_json(result.to_dict())
     elif output == "csv":

@@ -8,7 +8,6 @@ record and the logs all read this object; rows are materialised only on demand.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +19,24 @@ from greenplace.scheduler.catalog import Offer, Region
 from greenplace.scheduler.placement.arrays import OfferArrays, RegionSignals
 from greenplace.scheduler.placement.filters import FEASIBLE, FILTERS, ReasonContext, reason_text
 
+# Digits each candidate figure is rounded to in every view (summary, candidates).
+DIGITS = {"price_usd_per_hour": 4, "runtime_h": 4, "energy_kwh": 4, "intensity_g_per_kwh": 4,
+          "co2e_kg": 4, "cost_usd": 2, "cfe_pct": 1, "norm_carbon": 4, "norm_cost": 4,
+          "norm_time": 4, "score": 4}
 
-def _num(value: float, digits: int = 4) -> float | None:
-    return None if math.isnan(value) else round(float(value), digits)
+
+def data_notes(signal: CarbonSignal, *, arrays: OfferArrays, region_index: np.ndarray,
+               feasible: np.ndarray, cfe_pct: np.ndarray) -> tuple[str, ...]:
+    """What the candidates' data lacks and how it was scored (computed once per shape)."""
+    if len(region_index) == 0:
+        return ("no offer in the catalog carries the requested accelerators",)
+    missing_mask = feasible & np.isnan(cfe_pct)
+    if signal is not CarbonSignal.CFE or not missing_mask.any():
+        return ()
+    missing = sorted({arrays.regions[r].key for r in region_index[missing_mask].tolist()})
+    return (f"CFE % is not published for {len(missing)} feasible region(s) "
+            f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); they are "
+            "scored as 0 % CFE (the full grid average), never as green.",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +68,10 @@ class PlacementDecision:
     ranking: np.ndarray  # candidate positions of the feasible ones, best first
     baseline_ranking: np.ndarray  # same, under the price-only objective
     extra_notes: tuple[str, ...] = field(default=())
+    data_notes: tuple[str, ...] = field(default=())  # from ``data_notes()``
+    # Views that do not depend on the job's hours, computed once for all the decisions of
+    # one shape (``Placer.place_each`` hands them one dict); a job with a deadline has its own.
+    shape_memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # When the job should start (ISO 8601, UTC); None = now. Set by temporal shifting
     # when a forecast shows a greener window before the deadline (job becomes DEFERRED).
     start_at: str | None = None
@@ -71,19 +89,7 @@ class PlacementDecision:
     @property
     def notes(self) -> tuple[str, ...]:
         """What a reader must know to trust the figures (missing data and how it was scored)."""
-        notes = list(self.extra_notes)
-        if len(self.offer_index) == 0:
-            notes.append("no offer in the catalog carries the requested accelerators")
-        feasible = self.rejected_by == FEASIBLE
-        missing_mask = feasible & np.isnan(self.cfe_pct)
-        if self.carbon_signal is CarbonSignal.CFE and missing_mask.any():
-            missing = sorted({self.arrays.regions[r].key
-                              for r in self.region_index[missing_mask].tolist()})
-            notes.append(
-                f"CFE % is not published for {len(missing)} feasible region(s) "
-                f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); they are "
-                "scored as 0 % CFE (the full grid average), never as green.")
-        return tuple(notes)
+        return self.extra_notes + self.data_notes
 
     @property
     def carbon_signal(self) -> CarbonSignal:
@@ -130,6 +136,11 @@ class PlacementDecision:
             deadline=self.deadline,
         ))
 
+    def figure(self, name: str, i: int) -> float | None:
+        """Figure ``name`` (a key of ``DIGITS``) of candidate ``i``, rounded; None if unknown."""
+        value: float = getattr(self, name).item(i)
+        return None if value != value else round(value, DIGITS[name])
+
     def candidate(self, i: int) -> dict[str, Any]:
         """Candidate ``i`` as a plain dict (JSON-ready), raw and normalised scores included."""
         o = self.arrays.offers[self.offer_index[i]]
@@ -142,31 +153,27 @@ class PlacementDecision:
             "accelerator": o.accelerator,
             "accelerator_count": o.accelerator_count,
             "spot": self.spot,
-            "price_usd_per_hour": _num(self.price_usd_per_hour[i]),
-            "runtime_h": _num(self.runtime_h[i]),
-            "energy_kwh": _num(self.energy_kwh[i]),
-            "intensity_g_per_kwh": _num(self.intensity_g_per_kwh[i]),
-            "co2e_kg": _num(self.co2e_kg[i]),
-            "cost_usd": _num(self.cost_usd[i], 2),
-            "cfe_pct": _num(self.cfe_pct[i], 1),
+            **{name: self.figure(name, i) for name in (
+                "price_usd_per_hour", "runtime_h", "energy_kwh", "intensity_g_per_kwh",
+                "co2e_kg", "cost_usd", "cfe_pct")},
             "signal_source": self.signals.source[region],
             "signal_observed_at": self.signals.observed_at[region],
-            "norm_carbon": _num(self.norm_carbon[i]),
-            "norm_cost": _num(self.norm_cost[i]),
-            "norm_time": _num(self.norm_time[i]),
-            "score": _num(self.score[i]),
+            **{name: self.figure(name, i) for name in (
+                "norm_carbon", "norm_cost", "norm_time", "score")},
             "rejected_by": None if code == FEASIBLE else {
                 "filter": FILTERS[code], "reason": self.reason(i)},
         }
 
     def rejections(self) -> list[dict[str, str]]:
         """Every distinct (region, filter, reason) that ruled a candidate out."""
-        seen: dict[tuple[str, str, str], None] = {}
-        for i in np.flatnonzero(self.rejected_by != FEASIBLE):
-            reason = self.reason(int(i)) or ""
-            region = self.arrays.regions[self.region_index[i]].key
-            seen[(region, FILTERS[int(self.rejected_by[i])], reason)] = None
-        return [{"region": r, "filter": f, "reason": why} for r, f, why in seen]
+        reasons = self.shape_memo.get("rejections")
+        if reasons is None:
+            seen: dict[tuple[str, str, str], None] = {}
+            for i in np.flatnonzero(self.rejected_by != FEASIBLE).tolist():
+                region = self.arrays.regions[self.region_index[i]].key
+                seen[(region, FILTERS[int(self.rejected_by[i])], self.reason(i) or "")] = None
+            reasons = self.shape_memo["rejections"] = tuple(seen)
+        return [{"region": r, "filter": f, "reason": why} for r, f, why in reasons]
 
     def summary(self, *, explain: bool = False) -> dict[str, Any]:
         """The dry-run / job-record view: choice, baseline, savings; all candidates if asked."""
@@ -182,20 +189,25 @@ class PlacementDecision:
         if chosen is None or base is None:
             out["reasons"] = self.rejections()
         else:
-            row = self.candidate(chosen)
-            out.update({k: row[k] for k in (
-                "cloud", "region", "instance_type", "accelerator", "accelerator_count", "spot",
+            o = self.arrays.offers[self.offer_index.item(chosen)]
+            out.update(cloud=o.cloud, region=o.region, instance_type=o.instance_type,
+                       accelerator=o.accelerator, accelerator_count=o.accelerator_count,
+                       spot=self.spot)
+            out.update((name, self.figure(name, chosen)) for name in (
                 "price_usd_per_hour", "runtime_h", "energy_kwh", "intensity_g_per_kwh",
-                "co2e_kg", "cost_usd", "cfe_pct", "signal_source", "score")})
-            base_row = self.candidate(base)
-            out["baseline"] = {k: base_row[k] for k in (
-                "cloud", "region", "instance_type", "accelerator", "co2e_kg", "cost_usd",
-                "cfe_pct")}
-            saved = float(self.co2e_kg[base] - self.co2e_kg[chosen])
+                "co2e_kg", "cost_usd", "cfe_pct"))
+            out["signal_source"] = self.signals.source[self.region_index.item(chosen)]
+            out["score"] = self.figure("score", chosen)
+            b = self.arrays.offers[self.offer_index.item(base)]
+            out["baseline"] = {
+                "cloud": b.cloud, "region": b.region, "instance_type": b.instance_type,
+                "accelerator": b.accelerator, "co2e_kg": self.figure("co2e_kg", base),
+                "cost_usd": self.figure("cost_usd", base), "cfe_pct": self.figure("cfe_pct", base)}
+            base_co2e: float = self.co2e_kg.item(base)
+            saved = base_co2e - self.co2e_kg.item(chosen)
             out["savings_co2e_kg"] = round(saved, 4)
-            base_co2e = float(self.co2e_kg[base])
             out["savings_pct"] = round(100.0 * saved / base_co2e, 2) if base_co2e > 0 else 0.0
-            out["feasible_candidates"] = int(len(self.ranking))
+            out["feasible_candidates"] = len(self.ranking)
         out["notes"] = list(self.notes)
         if explain:
             rejected = np.flatnonzero(self.rejected_by != FEASIBLE)

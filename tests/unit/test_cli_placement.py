@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from greenplace.scheduler.cli import main
+from greenplace.scheduler.commands.placement import DEFAULT_TABLE_ROWS
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "jobs.yaml"
 
@@ -103,6 +104,30 @@ def test_unschedulable_job_exits_1_with_reasons(
     assert {"continent", "max_price"} <= filters
     code, out, _ = run(capsys, "dry-run", str(jobs))
     assert code == 1 and "unschedulable" in out and "[max_price]" in out
+
+
+def test_large_table_is_limited_but_totals_and_json_cover_every_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(
+        json.dumps({"name": f"j{i}", "run": "x", "resources": {"accelerators": {"H100": 8}},
+                    "work": {"hours": 1 + i % 7}}) + "\n" for i in range(120)))
+    code, out, err = run(capsys, "dry-run", str(jobs), "--output", "json")
+    rows = json.loads(out)
+    assert code == 0 and err == ""  # no progress bar when stderr is not a terminal
+    assert [r["job"] for r in rows] == [f"j{i}" for i in range(120)]
+    total = sum(r["co2e_kg"] for r in rows)
+    code, out, _ = run(capsys, "dry-run", str(jobs), "--output", "csv")
+    assert code == 0 and len(list(csv.DictReader(io.StringIO(out)))) == 120
+    code, out, _ = run(capsys, "dry-run", str(jobs), "--limit", "10")
+    assert code == 0 and "j9 " in out and "j10 " not in out
+    assert "120/120 placed" in out and f"Estimated {total:,.1f} kg CO2e" in out
+    assert "110 more rows not shown" in out
+    code, out, _ = run(capsys, "dry-run", str(jobs), "--limit", "0")
+    assert "j119 " in out and "not shown" not in out
+    code, out, _ = run(capsys, "dry-run", str(jobs))
+    assert f"{120 - DEFAULT_TABLE_ROWS} more rows not shown" in out
 
 
 @pytest.mark.parametrize(("content", "expected"), [

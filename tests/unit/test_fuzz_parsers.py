@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -49,6 +50,18 @@ def test_jobs_parser_never_crashes(small_catalog: Catalog, text: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "jobs.yaml"
         path.write_text(text, encoding="utf-8")
+        try:
+            load_jobs(path, small_catalog)
+        except UserInputError as exc:
+            assert str(path) in str(exc)
+
+
+@FUZZ
+@given(st.lists(st.one_of(VALUES.map(json.dumps), st.text(max_size=40)), max_size=5))
+def test_json_lines_parser_never_crashes(small_catalog: Catalog, lines: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "jobs.jsonl"
+        path.write_text("\n".join(lines), encoding="utf-8")
         try:
             load_jobs(path, small_catalog)
         except UserInputError as exc:

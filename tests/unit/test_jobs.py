@@ -1,6 +1,7 @@
 """Jobs files: the accepted forms and every bad-input case, with file/job/field named."""
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,93 @@ def test_bad_jobs_files(tmp_path: Path, small_catalog: Catalog, text: str, expec
 def test_missing_jobs_file(tmp_path: Path, small_catalog: Catalog) -> None:
     with pytest.raises(SpecError, match="does not exist"):
         load_jobs(tmp_path / "nope.yaml", small_catalog)
+
+
+JOBS_YAML = """
+jobs:
+  - name: a
+    run: x
+    resources: {accelerators: {A100: 8}, spot: true}
+    work: {hours: 1.5}
+  - name: b
+    run: x
+    resources:
+      accelerators: [{tpu v3: 8}, {A100: 8}]
+    work: {hours: 2, reference: A100}
+    deadline: 2026-12-01T00:00:00Z
+"""
+JOBS_DATA = [
+    {"name": "a", "run": "x", "resources": {"accelerators": {"A100": 8}, "spot": True},
+     "work": {"hours": 1.5}},
+    {"name": "b", "run": "x", "resources": {"accelerators": [{"tpu v3": 8}, {"A100": 8}]},
+     "work": {"hours": 2, "reference": "A100"}, "deadline": "2026-12-01T00:00:00Z"},
+]
+
+
+@pytest.mark.parametrize(("filename", "text"), [
+    ("jobs.yaml", JOBS_YAML),
+    ("jobs.json", json.dumps({"jobs": JOBS_DATA}, indent=2)),
+    ("jobs.jsonl", "\n".join(json.dumps(j) for j in JOBS_DATA) + "\n\n"),
+    ("jobs.ndjson", "\n".join(json.dumps(j) for j in JOBS_DATA)),
+    ("jobs.txt", json.dumps({"jobs": JOBS_DATA})),  # JSON by content
+    ("jobs", "\n".join(json.dumps(j) for j in JOBS_DATA)),  # JSON lines by content
+    ("jobs.yml", "\n".join(json.dumps(j) for j in JOBS_DATA)),  # JSON lines by content
+])
+def test_yaml_json_and_json_lines_give_the_same_jobs(
+    tmp_path: Path, small_catalog: Catalog, filename: str, text: str
+) -> None:
+    path = tmp_path / filename
+    path.write_text(text)
+    a, b = load_jobs(path, small_catalog)
+    assert (a.name, a.alternatives, a.spec.resources.spot, a.spec.work.hours) == (
+        "a", (("A100", 8),), True, 1.5)
+    assert b.alternatives == (("TPU-v3", 8), ("A100", 8)) and b.reference == ("A100", 8)
+    assert b.spec.deadline is not None
+    assert b.spec.deadline.isoformat() == "2026-12-01T00:00:00+00:00"
+
+
+def test_yaml_anchors_and_merge_keys_work_across_streamed_jobs(
+    tmp_path: Path, small_catalog: Catalog
+) -> None:
+    text = """jobs:
+  - &base {name: a, run: x, resources: {accelerators: {A100: 8}}, work: {hours: 1}}
+  - <<: *base
+    name: b
+    work: {hours: 3}
+"""
+    a, b = load_jobs(write(tmp_path, text), small_catalog)
+    assert (a.name, b.name, b.alternatives, b.spec.work.hours) == ("a", "b", (("A100", 8),), 3)
+
+
+@pytest.mark.parametrize(("filename", "text", "expected"), [
+    ("jobs.yaml", "jobs:\n  - {name: a, run: x, resources: {accelerators: {A100: 8}}, work: "
+     "{hours: 1}}\n  - name: b\n    run: x\n    resources: {accelerators: {A100: 8}}\n"
+     "    work: {hours: -1}\n", "line 3, job 'b': field 'work.hours'"),
+    ("jobs.jsonl", '{"name": "a", "run": "x", "resources": {"accelerators": {"A100": 8}}, '
+     '"work": {"hours": 1}}\n\n{"name": "b", "run": "x"}\n',
+     "line 3, job 'b': field 'resources': Field required"),
+    ("jobs.jsonl", '{"name": "a"}\n{"name": "b", "run": }\n',
+     "broken JSON at line 2, column 22"),
+    ("jobs.jsonl", '{"name": "a", "run": "x", "resources": {"accelerators": {"A100": 8}}, '
+     '"work": {"hours": 1}}\n[1, 2]\n', "line 2, job #2: a job must be a mapping, found a list"),
+    ("jobs.jsonl", "\n\n", "no jobs"),
+    ("jobs.json", '{"jobs": [\n  {"name": "a",}\n]}',
+     "broken JSON at line 2, column 15: trailing comma"),
+    ("jobs.json", '{"jobs": []}', "non-empty list"),
+    ("jobs.json", "[1]", "found a list"),
+    ("jobs.yaml", "jobs: [{name: a}]\n---\njobs: []\n",
+     "line 2, column 1: but found another document"),
+    # a problem at the top level after the list is reported before a bad job in it
+    ("jobs.yaml", "jobs:\n  - {name: a}\nextra: 1\n", "unknown top-level field(s) ['extra']"),
+    ("jobs.yaml", "jobs:\n  - {name: a}\n  - {name: b\n", "broken YAML at line 4"),
+])
+def test_bad_json_and_streamed_yaml_files_name_the_line(
+    tmp_path: Path, small_catalog: Catalog, filename: str, text: str, expected: str
+) -> None:
+    path = tmp_path / filename
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_jobs(path, small_catalog)
+    message = str(info.value)
+    assert expected in message
+    assert message.startswith(str(path)) and "\n" not in message

@@ -176,3 +176,56 @@ def test_spot_job_uses_spot_prices(small_catalog: Catalog) -> None:
 def test_every_filter_name_is_documented() -> None:
     assert set(FILTERS[1:]) == {"accelerator_count", "cloud", "region", "country", "continent",
                                 "pricing", "max_price", "min_cfe", "carbon_signal", "deadline"}
+
+
+def test_jobs_of_one_shape_ranked_together_decide_exactly_as_one_by_one() -> None:
+    """Batch placement (a matrix per shape, chunked) equals placing each job alone, figure
+    for figure: choice, ranking, baseline, savings, every candidate's scores and reasons."""
+    import dataclasses
+    import random
+
+    from greenplace.scheduler.catalog import load_catalog
+
+    catalog = load_catalog()
+    policies = [load_policy(name) for name in ("balanced", "greenest", "cheapest",
+                                                 "eu-sovereign")]
+    policies += [Policy.model_validate({"name": "capped", "weights": {"carbon": 1, "cost": 1,
+                                        "time": 1}, "constraints": {"max_price_usd_per_hour": 30}}),
+                 Policy.model_validate({"name": "marginal", "carbon_signal": "marginal"})]
+    shapes = [{"A100": 8}, [{"L4": 1}, {"T4": 1}, {"A100": 1}], [{"H100": 8}, {"A100": 8}],
+              {"TPU-v5p": 8}, [{"T4": 4}, {"V100": 4}]]
+    rng = random.Random(11)
+    jobs = []
+    for i in range(700):
+        policy = rng.choice(policies)
+        work: dict[str, Any] = {"hours": rng.choice([0.1, 1.0, 2.5, 7.3, 99_999.0,
+                                                     round(rng.uniform(0.2, 500), 2)])}
+        if rng.random() < 0.2:
+            work["utilization"] = rng.choice([0.3, 0.55])
+        if rng.random() < 0.1:
+            work["avg_power_w"] = 250.0
+        accelerators = rng.choice(shapes)
+        if isinstance(accelerators, list) and rng.random() < 0.3:
+            work["reference"] = next(iter(accelerators[-1]))
+        raw: dict[str, Any] = {"name": f"j{i}", "run": "x", "work": work, "resources": {
+            "accelerators": accelerators,
+            "spot": rng.choice([None, True]) if policy.name != "eu-sovereign" else None}}
+        if rng.random() < 0.05:
+            raw["deadline"] = (NOW + dt.timedelta(hours=rng.choice([1, 30]))).isoformat()
+        if rng.random() < 0.05:
+            raw["max_delay_hours"] = 6
+        jobs.append(resolve_job(JobSpec.model_validate(raw), catalog, policy=policy, where="t"))
+
+    alone = [Placer(catalog).place(j, now=NOW) for j in jobs]
+    for chunk_jobs in (64, 4096):
+        together = list(Placer(catalog).place_each(jobs, now=NOW, chunk_jobs=chunk_jobs))
+        assert [d.job for d in together] == [j.name for j in jobs]
+        for a, b in zip(alone, together, strict=True):
+            for f in dataclasses.fields(a):
+                x, y = getattr(a, f.name), getattr(b, f.name)
+                if isinstance(x, np.ndarray):
+                    assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), (a.job, f.name)
+            assert a.summary(explain=True) == b.summary(explain=True)
+    assert {d.placed for d in alone} == {True, False}
+    assert len({(d.chosen, d.baseline) for d in alone if d.placed}) > 5
+    assert any(d.chosen != d.baseline for d in alone if d.placed)
