@@ -159,14 +159,15 @@ def test_racing_workers_move_a_job_once(server: RedisServer, store: JobStore,
     barrier = threading.Barrier(8)
 
     def worker(n: int) -> None:
-        own = JobStore(server.client())
-        barrier.wait()
-        try:
-            own.transition(job_id, to=S.DISPATCHING, expect=S.PLACED, attempt=0,
-                           message=f"worker {n}", fields=encode_fields(attempt=1))
-            wins.append(n)
-        except IllegalTransitionError:
-            pass
+        with server.client() as client:  # closed here, not whenever the GC gets to it
+            own = JobStore(client)
+            barrier.wait()
+            try:
+                own.transition(job_id, to=S.DISPATCHING, expect=S.PLACED, attempt=0,
+                               message=f"worker {n}", fields=encode_fields(attempt=1))
+                wins.append(n)
+            except IllegalTransitionError:
+                pass
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for t in threads:
