@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,17 @@ ACCELERATORS = (
     Accelerator(name="TPU-v3", aliases=(), vendor="Google", tdp_w=450.0,
                 peak_dense_tflops=123.0, memory_gib=32.0, source="test", as_of="2024-01-01"),
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With GREENPLACE_TESTS_REQUIRE_REDIS=1 (.ci/run sets it), a missing redis-server is an
+    error, not a quiet skip of every test that needs one."""
+    if os.environ.get("GREENPLACE_TESTS_REQUIRE_REDIS") == "1" and not shutil.which(
+            "redis-server"):
+        raise pytest.UsageError(
+            "GREENPLACE_TESTS_REQUIRE_REDIS=1 but no redis-server is on PATH, so the Redis and "
+            "integration tests would all be skipped. To fix: install redis-server (e.g. "
+            "`apt-get install redis-server`) or unset GREENPLACE_TESTS_REQUIRE_REDIS.")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
