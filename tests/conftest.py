@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,30 @@ ACCELERATORS = (
     Accelerator(name="TPU-v3", aliases=(), vendor="Google", tdp_w=450.0,
                 peak_dense_tflops=123.0, memory_gib=32.0, source="test", as_of="2024-01-01"),
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With GREENPLACE_TESTS_REQUIRE_REDIS=1 (.ci/run sets it), a missing redis-server is an
+    error, not a quiet skip of every test that needs one."""
+    if os.environ.get("GREENPLACE_TESTS_REQUIRE_REDIS") == "1" and not shutil.which(
+            "redis-server"):
+        raise pytest.UsageError(
+            "GREENPLACE_TESTS_REQUIRE_REDIS=1 but no redis-server is on PATH, so the Redis and "
+            "integration tests would all be skipped. To fix: install redis-server (e.g. "
+            "`apt-get install redis-server`) or unset GREENPLACE_TESTS_REQUIRE_REDIS.")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the integration tests first, keeping the collection order otherwise.
+
+    Design choice: scripts/check runs the suite on pytest-xdist workers that each take the
+    next test when they finish one. The integration tests take seconds to half a minute
+    each, the rest milliseconds; started first, the long ones spread over the workers and
+    the short ones fill the gaps, instead of one 30 s test running alone at the end. Every
+    test is independent (own Redis, own temp dir), so the order changes no outcome.
+    """
+    integration = Path(__file__).parent / "integration"
+    items.sort(key=lambda item: integration not in item.path.parents)
 
 
 @pytest.fixture

@@ -53,6 +53,10 @@ def make_tls_files(directory: Path) -> TlsFiles:
     return TlsFiles(ca_cert=ca_cert, cert=cert, key=key)
 
 
+class _PortTaken(RuntimeError):
+    """redis-server could not bind its port (another process took it first)."""
+
+
 class RedisServer:
     """One redis-server process with AOF (``appendfsync always``) in ``directory``."""
 
@@ -64,6 +68,8 @@ class RedisServer:
         self.tls = tls
         self.extra = list(extra)
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
+        self._clients: list[redis.Redis] = []
 
     @property
     def url(self) -> str:
@@ -87,27 +93,74 @@ class RedisServer:
         return args + self.extra
 
     def client(self) -> redis.Redis:
+        """A new client; ``stop()`` closes every client handed out.
+
+        Design choice: a client dropped unclosed is closed by redis-py's ``__del__`` only
+        when it is freed by reference count; one caught in a reference cycle is collected
+        by the GC in any order, and its socket's own finalizer may run first and raise a
+        ResourceWarning (an error in this suite) in whatever test happens to be running.
+        """
         kwargs = {"ssl_ca_certs": str(self.tls.ca_cert)} if self.tls else {}
-        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5,
-                                    **kwargs)  # type: ignore[arg-type]
+        client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5,
+                                      **kwargs)  # type: ignore[arg-type]
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        """Close every client ``client()`` handed out (they reconnect if used again)."""
+        clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def start(self, *, timeout_s: float = 20.0) -> RedisServer:
+        """Start (or restart, on the same port) and wait until it answers PING.
+
+        Design choice: ``free_port`` closes its probe socket before redis-server binds, so
+        under parallel tests another process can take the port in between; a first start
+        that loses that race retries on a new port. A restart keeps its port (clients
+        hold the URL), so it does not retry.
+        """
+        first_start = not self._started
+        for _ in range(5 if first_start else 1):
+            try:
+                self._start_once(timeout_s=timeout_s)
+            except _PortTaken:
+                self.port = free_port()
+                continue
+            self._started = True
+            return self
+        raise RuntimeError(f"redis-server found no free port: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def _start_once(self, *, timeout_s: float) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        log_before = len(self._log_tail())
         self.process = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if self.client().ping():
-                    return self
-            except redis.RedisError:
-                pass
-            if self.process.poll() is not None:
-                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server exited: {log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not answer PING in time")
-            time.sleep(0.05)
+        kwargs = {"ssl_ca_certs": str(self.tls.ca_cert)} if self.tls else {}
+        with redis.Redis.from_url(self.url, socket_timeout=5,
+                                  **kwargs) as probe:  # type: ignore[arg-type]
+            while True:
+                try:
+                    if probe.ping():
+                        return
+                except redis.RedisError:
+                    pass
+                if self.process.poll() is not None:
+                    self.process = None
+                    log = self._log_tail()
+                    if "already in use" in log[log_before:] and not self._started:
+                        raise _PortTaken(log)
+                    raise RuntimeError(f"redis-server exited: {log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not answer PING in time")
+                time.sleep(0.02)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save; only what AOF already fsynced survives."""
@@ -117,6 +170,7 @@ class RedisServer:
         self.process = None
 
     def stop(self) -> None:
+        self.close_clients()
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -18,6 +18,7 @@ from greenplace.policies.model import load_policy
 from greenplace.providers.base import (
     Feature,
     InstanceHandle,
+    InstanceState,
     InstanceStatus,
     JobLaunch,
     LaunchRequest,
@@ -57,6 +58,7 @@ from greenplace.scheduler.store import (
     utc_now,
 )
 from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary")
 S = JobState
@@ -323,7 +325,10 @@ def test_reconcile_follows_instances_to_their_end(make_ctx: Callable[..., Contex
     gone = ctx.store.get(gone_id).handle
     assert gone is not None
     sim_of(ctx).client.delete(f"gpsim:instance:{gone.instance_id}")
-    time.sleep(0.4)
+    ok = ctx.store.get(ok_id).handle
+    assert ok is not None
+    wait_for(lambda: sim_of(ctx).status(ok).state is InstanceState.SUCCEEDED, timeout_s=10,
+             what="the instance to finish", interval_s=0.05)
     outcome = reconcile(ctx, now=utc_now(), budget_s=5)
     assert outcome.counts["finished"] == 2
     assert ctx.store.get(ok_id).state is S.SUCCEEDED
@@ -339,8 +344,12 @@ def test_preempted_spot_jobs_are_launched_again_up_to_the_limit(
     (job_id,) = submit(ctx, spot_job)
     place_and_run(ctx, job_id)
     for expected_attempt in (1, 2, 3):
-        assert ctx.store.get(job_id).attempt == expected_attempt
-        time.sleep(0.15)
+        record = ctx.store.get(job_id)
+        assert record.attempt == expected_attempt and record.handle is not None
+        handle = record.handle
+        wait_for(lambda h=handle: sim_of(ctx).status(h).state is InstanceState.PREEMPTED,
+                 timeout_s=10, what=f"attempt {expected_attempt} to be preempted",
+                 interval_s=0.05)
         run(ctx, reconcile(ctx, now=utc_now(), budget_s=5).followups)
     record = ctx.store.get(job_id)
     assert record.state is S.FAILED and "(preemption 3)" in record.reason

@@ -27,6 +27,7 @@ from greenplace.scheduler.exceptions import (
     TransientError,
 )
 from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary")
 
@@ -151,8 +152,8 @@ def test_capacity_per_offer_is_enforced_and_freed(make_sim: Callable[..., LocalS
     sim.cancel(first)
     assert sim.status(first).state is InstanceState.TERMINATED
     second = sim.submit(sim.prepare(launch("b"), target), idempotency_key="b")
-    time.sleep(0.7)  # it finishes and frees its slot
-    assert sim.status(second).state is InstanceState.SUCCEEDED
+    wait_for(lambda: sim.status(second).state is InstanceState.SUCCEEDED, timeout_s=10,
+             what="the second instance to finish", interval_s=0.05)  # and free its slot
     sim.submit(sim.prepare(launch("c"), target), idempotency_key="c")
     sim.cancel(second)  # finished already: a no-op
     assert sim.status(second).state is InstanceState.SUCCEEDED
@@ -207,7 +208,10 @@ def test_failures_and_preemption(make_sim: Callable[..., LocalSim]) -> None:
                      accelerator_count=spot_offer.accelerator_count, spot=True)
     preempting = make_sim(run_time_s=0.1, preemption_rate=1.0)
     preempted = preempting.submit(preempting.prepare(launch("p"), spot), idempotency_key="p")
-    time.sleep(0.3)
+    live = {InstanceState.PENDING, InstanceState.RUNNING}
+    wait_for(lambda: sim.status(failed).state not in live
+             and sim.status(preempted).state not in live,
+             timeout_s=10, what="both instances to end", interval_s=0.05)
     assert sim.status(failed).state is InstanceState.FAILED
     assert sim.status(preempted).state is InstanceState.PREEMPTED
 

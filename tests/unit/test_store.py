@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from greenplace.scheduler.store import (
     new_job_id,
 )
 from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary")
 S = JobState
@@ -159,14 +159,15 @@ def test_racing_workers_move_a_job_once(server: RedisServer, store: JobStore,
     barrier = threading.Barrier(8)
 
     def worker(n: int) -> None:
-        own = JobStore(server.client())
-        barrier.wait()
-        try:
-            own.transition(job_id, to=S.DISPATCHING, expect=S.PLACED, attempt=0,
-                           message=f"worker {n}", fields=encode_fields(attempt=1))
-            wins.append(n)
-        except IllegalTransitionError:
-            pass
+        with server.client() as client:  # closed here, not whenever the GC gets to it
+            own = JobStore(client)
+            barrier.wait()
+            try:
+                own.transition(job_id, to=S.DISPATCHING, expect=S.PLACED, attempt=0,
+                               message=f"worker {n}", fields=encode_fields(attempt=1))
+                wins.append(n)
+            except IllegalTransitionError:
+                pass
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for t in threads:
@@ -212,8 +213,8 @@ def test_cool_downs_are_shared_and_expire(store: JobStore) -> None:
     other = JobStore(store.client)
     assert other.cooling([a, b]) == {"gcp:europe-north1:a2"}
     store.cool_down(b, seconds=0.05, reason="short")
-    time.sleep(0.1)
-    assert store.cooling([b]) == set()
+    wait_for(lambda: store.cooling([b]) == set(), timeout_s=10, what="the cool-down to expire",
+             interval_s=0.02)
     assert store.claim_nudge("j", ttl_s=30) and not store.claim_nudge("j", ttl_s=30)
 
 
