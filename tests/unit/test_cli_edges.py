@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -176,7 +177,6 @@ def test_a_closed_pipe_is_quiet_and_exits_0(args: list[str]) -> None:
 
 
 def test_schema_of_a_whole_jobs_file(capsys: pytest.CaptureFixture[str]) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     code, out, _ = run(capsys, "schema", "jobs-file")
     schema = json.loads(out)
     assert code == 0
