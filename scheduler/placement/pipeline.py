@@ -30,7 +30,6 @@ from greenplace.scheduler.placement.arrays import OfferArrays, RegionSignals, ar
 from greenplace.scheduler.placement.decision import PlacementDecision, data_notes
 from greenplace.scheduler.placement.filters import CODE, FEASIBLE, region_rejections
 
-PRICE_ONLY = Weights(carbon=0.0, cost=1.0, time=0.0)
 _POLICY_CACHE_SIZE = 256
 # Jobs placed together at most (memory: about 8 x 8 bytes per job and candidate).
 CHUNK_JOBS = 4096
@@ -66,10 +65,18 @@ def rank(
     total_weight = weights.carbon + weights.cost + weights.time
     score = (weights.carbon * n_carbon + weights.cost * n_cost + weights.time * n_time) / (
         total_weight)
+    return n_carbon, n_cost, n_time, score, order(
+        score, feasible=feasible, co2e_kg=co2e_kg, cost_usd=cost_usd, runtime_h=runtime_h,
+        name_rank=name_rank)
+
+
+def order(score: np.ndarray, *, feasible: np.ndarray, co2e_kg: np.ndarray,
+          cost_usd: np.ndarray, runtime_h: np.ndarray, name_rank: np.ndarray) -> np.ndarray:
+    """The feasible positions of each row, best ``score`` first, under the fixed tie-break."""
     idx = np.flatnonzero(feasible)
     keys = [runtime_h[..., idx], cost_usd[..., idx], co2e_kg[..., idx], -score[..., idx]]
-    order = np.lexsort([np.broadcast_to(name_rank[idx], keys[0].shape), *keys], axis=-1)
-    return n_carbon, n_cost, n_time, score, idx[order]
+    positions = np.lexsort([np.broadcast_to(name_rank[idx], keys[0].shape), *keys], axis=-1)
+    return idx[positions]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,9 +231,10 @@ class Placer:
         n_carbon, n_cost, n_time, score, ranking = rank(
             policy.weights, feasible=feasible, co2e_kg=co2e, cost_usd=cost,
             runtime_h=runtime_h, name_rank=c.name_rank)
-        *_, baseline_ranking = rank(
-            PRICE_ONLY, feasible=feasible, co2e_kg=co2e, cost_usd=cost, runtime_h=runtime_h,
-            name_rank=c.name_rank)
+        # Price-only weights (carbon 0, cost 1, time 0) score a candidate by its normalised
+        # cost alone: the baseline orders that column under the same tie-break.
+        baseline_ranking = order(n_cost, feasible=feasible, co2e_kg=co2e, cost_usd=cost,
+                                 runtime_h=runtime_h, name_rank=c.name_rank)
         power_basis = ("measured avg_power_w" if job.spec.work.avg_power_w is not None
                        else f"TDP x utilisation {job.utilization:.2f}")
         cfe_pct = self.signals.cfe_pct[c.region_index]
