@@ -166,7 +166,7 @@ def test_same_zone_same_grid_figures_whatever_the_cloud() -> None:
 
 
 def test_grid_figures_are_the_electricity_maps_figures_of_the_zone() -> None:
-    path = SHARED_DATA / "regions" / "electricitymaps_yearly" / "electricitymaps_yearly_2021_2025.csv"
+    path = SHARED_DATA / "regions/electricitymaps_yearly/electricitymaps_yearly_2021_2025.csv"
     if not path.is_file():
         pytest.skip(f"reference data not present at {SHARED_DATA}")
     with path.open(newline="", encoding="utf-8") as handle:
