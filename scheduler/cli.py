@@ -26,6 +26,8 @@ _COMMANDS_PACKAGE = "greenplace.scheduler.commands"
 
 # name -> (module in scheduler/commands, attribute, the command's one-line help)
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "catalog": ("catalog", "catalog_group",
+        "The embedded catalog (regions, accelerators, offers): check its figures."),
     "dry-run": ("placement", "dry_run",
         "Show where each job would run and why, with no service and no cloud call."),
     "estimate": ("placement", "estimate_cmd",

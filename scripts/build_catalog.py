@@ -16,28 +16,38 @@ One row per (cloud, region) for every AWS, GCP and Azure region found in the dat
 excluded; the provider "geography" aliases, staging/EUAP regions and GCP multi-regions that
 Cloud Carbon Footprint lists are not regions and are left out).
 
-* ``year`` is the data year of the average grid intensity, the row's primary figure: the newest
-  year for which the GSF Cloud_Region_Metadata row has
-  ``grid-carbon-intensity-average-consumption-annual``, or (GCP only) Google's region-carbon-info
-  grid intensity (2021 onwards; the 2019-2020 files use lifecycle intensity and are never used).
-  Regions with neither fall back to Cloud Carbon Footprint's emission factor (gCO2e/kWh, the
-  year of the factor's source). A region with no figure at all is dropped (listed below).
-* ``cfe_pct`` and ``grid_intensity_marginal_g_per_kwh`` are only taken from a row of that same
-  year, so one row never mixes years. GCP CFE is Google's hourly-matched CFE from
-  region-carbon-info; otherwise GSF ``provider-cfe-hourly``, then ``provider-cfe-annual``;
-  otherwise empty (never 0 for "unknown").
-* ``pue``: the newest GSF region PUE, else a region figure from
+One basis for every cloud: a region's grid figures are looked up by its Electricity Maps zone
+(``em_zone``), so regions in the same zone carry the same figures whatever the cloud.
+
+* ``grid_intensity_avg_g_per_kwh`` and ``grid_cfe_pct``: Electricity Maps' yearly average
+  carbon intensity (lifecycle, consumption-based; ``intensity_basis`` = ``lifecycle``) and the
+  grid's carbon-free %, from regions/electricitymaps_yearly, year ``EM_YEAR``. ``year`` is that
+  year and ``as_of`` its last day. ``EM_YEAR`` is the newest COMPLETE year in the file: the
+  file (co2.js' yearly_YEAR.json, one API call per zone for ``YEAR-12-31``) was fetched on
+  2026-02-04, after 2025 ended, so 2025 is a whole year; a year still in progress when fetched
+  (a year-to-date average) must never be used. Google's region-carbon-info intensity (Google's
+  operational "grid" figure, direct emissions), the GSF averages (older years) and Cloud Carbon
+  Footprint's country factors are no longer used for intensity: they mix bases and years.
+* ``provider_cfe_pct``: the provider's published hourly-matched CFE. Only Google publishes one
+  (region-carbon-info, newest year with a figure; the source names the year); empty for every
+  AWS and Azure region. GSF's provider-cfe columns are not used (its 2024 GCP column holds
+  Google's 2023 figures; its one Azure figure is annual, not hourly).
+* ``grid_intensity_marginal_g_per_kwh``: WattTime's annual marginal intensity as republished
+  by GSF, from the newest GSF year that has one for the region (the source names the year);
+  empty when GSF has none.
+* ``pue`` (unchanged rule): the newest GSF region PUE, else a region figure from
   hardware/pue_by_provider_and_region.csv (Google's trailing-twelve-month campus PUE first),
   else the provider's fleet PUE (``pue_basis`` says which).
-* ``as_of`` is the last day of ``year``.
+* Region keys come from GSF, GCP region-carbon-info and Cloud Carbon Footprint (CCF); a region
+  whose Electricity Maps zone is unknown is dropped (the build prints a note).
 
 Upstream errors fixed here (each also noted where the fix is made):
 
 * Azure ``northeurope`` appears twice per year in GSF (FI and IE); it is Dublin, Ireland. The FI
   row is dropped.
 * Azure ``westus`` is mapped by GSF to BPA / Washington state; West US is in California. Zone,
-  WattTime region and location are corrected and the grid figures are taken from the same GSF
-  year's AWS us-west-1 row, which GSF maps to the same CAISO zone and WattTime region.
+  WattTime region and location are corrected and the marginal figure is taken from the AWS
+  us-west-1 row, which GSF maps to the same CAISO zone and WattTime region.
 * Azure ``asiapacific`` is a geography name, not a region; GSF uses it for the Jakarta
   datacentre region, which Azure names ``indonesiacentral``.
 * GCP ``me-central1`` (Doha) carries the UAE zone ``AE`` in GSF; Doha is in Qatar (``QA``).
@@ -47,15 +57,13 @@ Upstream errors fixed here (each also noted where the fix is made):
   northamerica-south1 (centre of Mexico, not Queretaro); africa-south1, me-central1 and
   me-central2 have none.
 * Missing Electricity Maps zones filled from the location (Azure westcentralus -> US-NW-WACM,
-  westus3 -> US-SW-AZPS; GCP europe-west10, europe-north2, us-east2, northamerica-south1).
+  westus3 -> US-SW-AZPS; GCP europe-west10, europe-north2, us-east2, northamerica-south1; AWS
+  ca-west-1 -> CA-AB, cn-north-1 and cn-northwest-1 -> CN).
 * CCF maps Azure westus2 (Quincy, Washington) to PacifiCorp East; Quincy is served by Grant County
   PUD (``US-NW-GCPD``).
 
-Dropped regions (no average grid intensity in any source): AWS ca-west-1, Azure mexicocentral.
-
-GSF oddities kept as published: AWS me-south-1 (Bahrain) average intensity is exactly 700.0 in
-every year; GSF's 2024 GCP ``provider-cfe-hourly`` column holds Google's 2023 figures (we use
-region-carbon-info for GCP CFE, so it does not matter here).
+No region is dropped today: AWS ca-west-1 and Azure mexicocentral, which had no average
+intensity in the older sources, have a zone and so Electricity Maps figures.
 
 Accelerators
 ------------
@@ -123,8 +131,9 @@ DEFAULT_OUT = REPO_ROOT / "scheduler" / "catalog" / "data"
 
 REGION_COLUMNS = (
     "cloud", "region", "location", "country", "continent", "latitude", "longitude", "em_zone",
-    "watttime_region", "cfe_pct", "cfe_basis", "grid_intensity_avg_g_per_kwh",
-    "grid_intensity_marginal_g_per_kwh", "pue", "pue_basis", "year", "source", "as_of",
+    "watttime_region", "grid_intensity_avg_g_per_kwh", "intensity_basis", "grid_cfe_pct",
+    "provider_cfe_pct", "grid_intensity_marginal_g_per_kwh", "pue", "pue_basis", "year",
+    "source", "as_of",
 )
 ACCELERATOR_COLUMNS = (
     "name", "aliases", "vendor", "tdp_w", "peak_dense_tflops", "memory_gib", "source", "as_of",
@@ -142,6 +151,9 @@ PRICE_SNAPSHOT_AS_OF = "2025-08-01"
 HARDWARE_TABLE_AS_OF = "2025-08-01"
 
 GSF_FILE = "regions/gsf_cloud_region_metadata.csv"
+EM_FILE = "regions/electricitymaps_yearly/electricitymaps_yearly_2021_2025.csv"
+# Newest complete year of EM_FILE: fetched 2026-02-04, so 2025 is whole (see the docstring).
+EM_YEAR = 2025
 RCI_DIR = "regions/gcp_region_carbon_info"
 CCF_FILE = "regions/ccf_grid_emission_factors.csv"
 PUE_FILE = "hardware/pue_by_provider_and_region.csv"
@@ -272,8 +284,9 @@ REGION_FIXES: dict[tuple[str, str], Fix] = {
                              em_zone="US-CAL-CISO", watttime_region="CAISO_NORTH"),
     ("azure", "westcentralus"): Fix("zone missing in GSF", em_zone="US-NW-WACM"),
     ("azure", "westus3"): Fix("zone missing in GSF", em_zone="US-SW-AZPS"),
-    ("aws", "cn-north-1"): Fix("country missing in GSF", country="CN"),
-    ("aws", "cn-northwest-1"): Fix("country missing in GSF", country="CN"),
+    ("aws", "cn-north-1"): Fix("zone and country missing in GSF", em_zone="CN", country="CN"),
+    ("aws", "cn-northwest-1"): Fix("zone and country missing in GSF", em_zone="CN",
+                                   country="CN"),
     ("aws", "ca-west-1"): Fix("zone missing in GSF", em_zone="CA-AB"),
 }
 
@@ -332,21 +345,6 @@ CCF_NOT_REGIONS = {
 }
 
 
-def ccf_source_year(source: str) -> int:
-    """Data year of a CCF emission factor, from its cited source."""
-    if "eGRID2020" in source:
-        return 2020
-    if "2021" in source:  # carbonfootprint.com 2021 electricity factors (v11)
-        return 2021
-    if source == "EEA":
-        # CCF cites the EEA intensity series without a year; its constants date from 2021,
-        # so the figure is at the latest 2020.
-        return 2020
-    if source.startswith("CCF constant"):
-        return 2021  # listed next to the carbonfootprint.com 2021 factors
-    raise ValueError(f"unknown CCF source year for {source!r}")
-
-
 def parse_geolocation(text: str) -> tuple[float | None, float | None]:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 2:
@@ -360,7 +358,6 @@ class RegionSources:
 
     gsf: dict[int, dict[str, str]]
     rci: dict[int, dict[str, str]]
-    ccf: dict[str, str] | None
 
 
 def load_gsf(shared: Path) -> dict[tuple[str, str], dict[int, dict[str, str]]]:
@@ -403,6 +400,28 @@ def load_ccf(shared: Path) -> dict[tuple[str, str], dict[str, str]]:
         if region.lower() in CCF_NOT_REGIONS.get(cloud, set()):
             continue
         out[(cloud, region)] = row
+    return out
+
+
+@dataclass(frozen=True)
+class GridFigures:
+    """Electricity Maps' yearly figures for one zone."""
+
+    intensity_g_per_kwh: float
+    cfe_pct: float
+
+
+def load_em(shared: Path) -> dict[str, GridFigures]:
+    """Electricity Maps yearly figures of ``EM_YEAR`` by zone."""
+    out: dict[str, GridFigures] = {}
+    for row in read_csv(shared / EM_FILE):
+        if int(row["year"]) != EM_YEAR:
+            continue
+        intensity = parse_float(row["carbon_intensity_g_per_kwh"])
+        cfe = parse_float(row["carbon_free_pct"])
+        if intensity is None or intensity <= 0 or cfe is None:
+            raise ValueError(f"{EM_FILE}: zone {row['zone']} {EM_YEAR} lacks a figure")
+        out[row["zone"].strip()] = GridFigures(intensity, cfe)
     return out
 
 
@@ -474,6 +493,7 @@ def build_regions(shared: Path) -> tuple[list[dict[str, str]], list[str]]:
     gsf = load_gsf(shared)
     rci = load_rci(shared)
     ccf = load_ccf(shared)
+    em = load_em(shared)
     pue_region, pue_fleet = load_pue(shared)
     wt_by_zone = zone_to_watttime(gsf)
 
@@ -484,15 +504,23 @@ def build_regions(shared: Path) -> tuple[list[dict[str, str]], list[str]]:
         src = RegionSources(
             gsf=gsf.get((cloud, region), {}),
             rci=rci.get(region, {}) if cloud == "gcp" else {},
-            ccf=ccf.get((cloud, region)),
         )
-        row = _region_row(cloud, region, src, gsf, pue_region, pue_fleet, wt_by_zone)
+        row = _region_row(cloud, region, src, gsf, em, pue_region, pue_fleet, wt_by_zone)
         if row is None:
-            notes.append(f"dropped {cloud}:{region}: no average grid intensity in any source")
+            notes.append(f"dropped {cloud}:{region}: no Electricity Maps zone in any source")
             continue
         rows.append(row)
     rows.sort(key=lambda r: (r["cloud"], r["region"]))
     return rows, notes
+
+
+def _newest(by_year: dict[int, dict[str, str]], column: str) -> tuple[int, float] | None:
+    """(year, value) of the newest row whose ``column`` holds a number."""
+    for year in sorted(by_year, reverse=True):
+        value = parse_float(by_year[year][column])
+        if value is not None:
+            return year, value
+    return None
 
 
 def _region_row(
@@ -500,6 +528,7 @@ def _region_row(
     region: str,
     src: RegionSources,
     gsf: dict[tuple[str, str], dict[int, dict[str, str]]],
+    em: dict[str, GridFigures],
     pue_region: dict[tuple[str, str], PueChoice],
     pue_fleet: dict[str, PueChoice],
     wt_by_zone: dict[str, str],
@@ -507,45 +536,6 @@ def _region_row(
     key = (cloud, region)
     fix = REGION_FIXES.get(key)
     donor = GRID_FIGURE_DONORS.get(key)
-    sources: list[str] = []
-
-    def gsf_avg(year: int) -> float | None:
-        row = (gsf.get(donor, {}) if donor else src.gsf).get(year)
-        if row is None:
-            return None
-        value = parse_float(row["grid-carbon-intensity-average-consumption-annual"])
-        return value if value and value > 0 else None
-
-    def gsf_marginal(year: int) -> float | None:
-        row = (gsf.get(donor, {}) if donor else src.gsf).get(year)
-        if row is None:
-            return None
-        return parse_float(row["grid-carbon-intensity-marginal-consumption-annual"])
-
-    def rci_avg(year: int) -> float | None:
-        row = src.rci.get(year)
-        value = parse_float(row["Grid carbon intensity (gCO2eq / kWh)"]) if row else None
-        return value if value and value > 0 else None
-
-    # --- average grid intensity and the row's year -----------------------------------------
-    year: int | None = None
-    avg: float | None = None
-    for y in sorted(set(src.gsf) | set(src.rci), reverse=True):
-        if gsf_avg(y) is not None:
-            year, avg = y, gsf_avg(y)
-            donor_note = f" (grid figures from {donor[0]} {donor[1]})" if donor else ""
-            sources.append(f"GSF Cloud_Region_Metadata {y}{donor_note}")
-            break
-        if rci_avg(y) is not None:
-            year, avg = y, rci_avg(y)
-            sources.append(f"GCP region-carbon-info {y}")
-            break
-    if avg is None and src.ccf is not None:
-        avg = parse_float(src.ccf["gco2e_per_kwh"])
-        year = ccf_source_year(src.ccf["source"])
-        sources.append(f"CCF emission factor ({src.ccf['source']})")
-    if avg is None or year is None:
-        return None
 
     # --- descriptive fields: newest GSF row, then extra table, then fixes ------------------
     newest = src.gsf[max(src.gsf)] if src.gsf else None
@@ -567,7 +557,10 @@ def _region_row(
         em_zone = fix.em_zone or em_zone
         wt = fix.watttime_region or wt
         country = fix.country or ""
-        sources.append(f"corrected: {fix.reason}")
+    if not em_zone:
+        return None
+    if em_zone not in em:
+        raise ValueError(f"{cloud}:{region}: zone {em_zone} has no {EM_YEAR} figures in {EM_FILE}")
     if not country:
         country = em_zone.split("-")[0]
     if lat is None or lon is None:
@@ -575,32 +568,31 @@ def _region_row(
     if country not in CONTINENT_BY_COUNTRY:
         raise ValueError(f"{cloud}:{region}: unknown country {country!r}")
 
-    # --- CFE and marginal: same year only ---------------------------------------------------
-    cfe_pct: float | None = None
-    cfe_basis = ""
-    rci_row = src.rci.get(year)
-    gsf_row = src.gsf.get(year)
-    if rci_row is not None and parse_float(rci_row["Google CFE"]) is not None:
-        cfe_pct, cfe_basis = 100 * float(rci_row["Google CFE"]), "hourly"
-        if not sources[0].startswith("GCP region-carbon-info"):
-            sources.append(f"CFE: GCP region-carbon-info {year}")
-    elif gsf_row is not None and not donor:
-        hourly = parse_float(gsf_row["provider-cfe-hourly"])
-        annual = parse_float(gsf_row["provider-cfe-annual"])
-        if hourly is not None:
-            cfe_pct, cfe_basis = 100 * hourly, "hourly"
-        elif annual is not None:
-            cfe_pct, cfe_basis = 100 * annual, "annual"
-    marginal = gsf_marginal(year)
+    # --- grid figures: Electricity Maps, by zone, one year and one basis for every cloud ---
+    grid = em[em_zone]
+    sources = [f"Electricity Maps yearly {EM_YEAR} (zone {em_zone}, lifecycle)"]
+
+    # --- provider CFE: Google's hourly-matched CFE, GCP only -------------------------------
+    provider_cfe = _newest(src.rci, "Google CFE")
+    if provider_cfe is not None:
+        sources.append(f"provider CFE: GCP region-carbon-info {provider_cfe[0]} (hourly)")
+
+    # --- marginal: WattTime via GSF, newest year that has one -------------------------------
+    marginal = _newest(gsf.get(donor, {}) if donor else src.gsf,
+                       "grid-carbon-intensity-marginal-consumption-annual")
+    if marginal is not None:
+        donor_note = f", from {donor[0]} {donor[1]}" if donor else ""
+        sources.append(f"marginal: WattTime via GSF Cloud_Region_Metadata {marginal[0]}"
+                       f"{donor_note}")
+    if fix:
+        sources.append(f"corrected: {fix.reason}")
 
     # --- PUE ---------------------------------------------------------------------------------
     pue: PueChoice | None = None
-    for y in sorted(src.gsf, reverse=True):
-        value = parse_float(src.gsf[y]["power-usage-effectiveness"])
-        if value is not None:
-            pue = PueChoice(value, "region", f"PUE: GSF {y}")
-            break
-    if pue is None:
+    gsf_pue = _newest(src.gsf, "power-usage-effectiveness")
+    if gsf_pue is not None:
+        pue = PueChoice(gsf_pue[1], "region", f"PUE: GSF {gsf_pue[0]}")
+    else:
         pue = pue_region.get(key) or pue_fleet[cloud]
     sources.append(pue.source)
 
@@ -614,15 +606,16 @@ def _region_row(
         "longitude": fmt(lon, 4),
         "em_zone": em_zone,
         "watttime_region": wt,
-        "cfe_pct": fmt(cfe_pct, 1),
-        "cfe_basis": cfe_basis,
-        "grid_intensity_avg_g_per_kwh": fmt(avg, 2),
-        "grid_intensity_marginal_g_per_kwh": fmt(marginal, 2),
+        "grid_intensity_avg_g_per_kwh": fmt(grid.intensity_g_per_kwh, 2),
+        "intensity_basis": "lifecycle",
+        "grid_cfe_pct": fmt(grid.cfe_pct, 1),
+        "provider_cfe_pct": fmt(None if provider_cfe is None else 100 * provider_cfe[1], 1),
+        "grid_intensity_marginal_g_per_kwh": fmt(None if marginal is None else marginal[1], 2),
         "pue": fmt(pue.value, 3),
         "pue_basis": pue.basis,
-        "year": str(year),
+        "year": str(EM_YEAR),
         "source": "; ".join(sources),
-        "as_of": f"{year}-12-31",
+        "as_of": f"{EM_YEAR}-12-31",
     }
 
 
@@ -1231,8 +1224,8 @@ def validate(
     for r in regions:
         if float(r["grid_intensity_avg_g_per_kwh"]) <= 0:
             problems.append(f"region {r['cloud']}:{r['region']} has no grid intensity")
-        if bool(r["cfe_pct"]) != bool(r["cfe_basis"]):
-            problems.append(f"region {r['cloud']}:{r['region']} cfe_pct/cfe_basis disagree")
+        if r["provider_cfe_pct"] and r["cloud"] != "gcp":
+            problems.append(f"region {r['cloud']}:{r['region']} has a provider CFE")
     return problems
 
 

@@ -19,13 +19,11 @@ def make_region(cloud: str, region: str, **kw: object) -> Region:
     fields: dict[str, object] = dict(
         cloud=cloud, region=region, location=region, country="US",
         continent="north-america", latitude=0.0, longitude=0.0, em_zone="", watttime_region="",
-        cfe_pct=None, cfe_basis="", grid_intensity_avg_g_per_kwh=400.0,
-        grid_intensity_marginal_g_per_kwh=None, pue=1.1, pue_basis="fleet", year=2024,
-        source="test", as_of="2024-12-31",
+        grid_intensity_avg_g_per_kwh=400.0, intensity_basis="lifecycle", grid_cfe_pct=0.0,
+        provider_cfe_pct=None, grid_intensity_marginal_g_per_kwh=None, pue=1.1,
+        pue_basis="fleet", year=2025, source="test", as_of="2025-12-31",
     )
     fields.update(kw)
-    if fields["cfe_pct"] is not None and not fields["cfe_basis"]:
-        fields["cfe_basis"] = "hourly"
     return Region(**fields)  # type: ignore[arg-type]
 
 
@@ -75,15 +73,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def small_catalog() -> Catalog:
     """Four regions with known figures and a few offers.
 
-    - gcp:europe-north1  (FI, Europe) avg 100 g/kWh, CFE 90 %, PUE 1.1 -> cfe intensity 10 g
-    - gcp:us-central1    (US)         avg 400 g/kWh, CFE 95 %, PUE 1.1 -> cfe intensity 20 g
-    - aws:us-east-1      (US)         avg 380 g/kWh, marginal 600, CFE unknown, PUE 1.15
-    - azure:westeurope   (NL, Europe) avg 300 g/kWh, CFE unknown, PUE 1.2
+    - gcp:europe-north1  (FI, Europe) avg 100 g/kWh, grid CFE 90 %, PUE 1.1 -> cfe intensity 10 g
+    - gcp:us-central1    (US)         avg 400 g/kWh, grid CFE 95 %, PUE 1.1 -> cfe intensity 20 g
+    - aws:us-east-1      (US)         avg 380 g/kWh, marginal 600, grid CFE 0 %, PUE 1.15
+    - azure:westeurope   (NL, Europe) avg 300 g/kWh, grid CFE 0 %, PUE 1.2
     """
     regions = (
         make_region("gcp", "europe-north1", country="FI", continent="europe",
-                    grid_intensity_avg_g_per_kwh=100.0, cfe_pct=90.0),
-        make_region("gcp", "us-central1", grid_intensity_avg_g_per_kwh=400.0, cfe_pct=95.0),
+                    grid_intensity_avg_g_per_kwh=100.0, grid_cfe_pct=90.0),
+        make_region("gcp", "us-central1", grid_intensity_avg_g_per_kwh=400.0,
+                    grid_cfe_pct=95.0),
         make_region("aws", "us-east-1", grid_intensity_avg_g_per_kwh=380.0,
                     grid_intensity_marginal_g_per_kwh=600.0, pue=1.15),
         make_region("azure", "westeurope", country="NL", continent="europe",

@@ -26,6 +26,10 @@ CONTINENTS = (
     "africa", "asia", "europe", "middle-east", "north-america", "oceania", "south-america",
 )
 
+# Emission bases of a grid intensity. Only lifecycle ships; the loader refuses any other, so
+# a direct ("operational") figure can never sit beside lifecycle ones.
+INTENSITY_BASES = ("lifecycle",)
+
 T = TypeVar("T")
 
 # Per-field range checks, beyond the type each dataclass field declares.
@@ -35,8 +39,9 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "country": lambda v: len(v) == 2 and v.isupper(),
     "latitude": lambda v: -90 <= v <= 90,
     "longitude": lambda v: -180 <= v <= 180,
-    "cfe_pct": lambda v: v is None or 0 <= v <= 100,
-    "cfe_basis": lambda v: v in ("hourly", "annual", ""),
+    "grid_cfe_pct": lambda v: 0 <= v <= 100,
+    "provider_cfe_pct": lambda v: v is None or 0 <= v <= 100,
+    "intensity_basis": lambda v: v in INTENSITY_BASES,
     "grid_intensity_avg_g_per_kwh": lambda v: 0 < v < 2000,
     "grid_intensity_marginal_g_per_kwh": lambda v: v is None or 0 < v < 2500,
     "pue": lambda v: 1.0 <= v < 3.0,

@@ -20,7 +20,14 @@ def normalize_name(name: str) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Region:
-    """One cloud region and its carbon, location and efficiency figures."""
+    """One cloud region and its carbon, location and efficiency figures.
+
+    Design choice: the grid figures (average intensity, grid CFE) come from one source on one
+    basis for every cloud, by the region's Electricity Maps zone, so regions in the same zone
+    carry the same figures whatever the cloud. The provider's own CFE (Google's hourly-matched
+    CFE, which counts its clean-energy contracts) is a different signal, kept apart.
+    ``year`` and ``as_of`` date the grid figures; ``source`` names every figure's origin.
+    """
 
     cloud: str
     region: str
@@ -31,10 +38,11 @@ class Region:
     longitude: float
     em_zone: str  # Electricity Maps zone id ("" when unknown)
     watttime_region: str  # WattTime region id ("" when unknown)
-    cfe_pct: float | None  # provider's carbon-free energy %, None when not published
-    cfe_basis: str  # "hourly", "annual" or "" when cfe_pct is None
-    grid_intensity_avg_g_per_kwh: float
-    grid_intensity_marginal_g_per_kwh: float | None
+    grid_intensity_avg_g_per_kwh: float  # Electricity Maps yearly average of em_zone
+    intensity_basis: str  # emission basis of the average: "lifecycle" for every cloud
+    grid_cfe_pct: float  # carbon-free % of em_zone's grid (Electricity Maps, same year)
+    provider_cfe_pct: float | None  # provider's hourly-matched CFE % (GCP only), else None
+    grid_intensity_marginal_g_per_kwh: float | None  # WattTime marginal (via GSF), None if unknown
     pue: float
     pue_basis: str  # "region" or "fleet"
     year: int

@@ -249,17 +249,17 @@ def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float 
     if region_key is not None:
         region = catalog.region(region_key)
         carbon_signal = CarbonSignal(signal or load_policy(DEFAULT_POLICY).carbon_signal)
-        cfe = float("nan") if region.cfe_pct is None else region.cfe_pct
         marginal = region.grid_intensity_marginal_g_per_kwh
         if carbon_signal is CarbonSignal.MARGINAL and marginal is None:
             raise UserInputError(f"No marginal intensity is known for {region.key}. To fix: use "
                                  "--signal average or cfe, or give --intensity-g-per-kwh.")
         intensity = est.scoring_intensity_g_per_kwh(
             carbon_signal, grid_average_g_per_kwh=region.grid_intensity_avg_g_per_kwh,
-            grid_marginal_g_per_kwh=float("nan") if marginal is None else marginal, cfe_pct=cfe)
+            grid_marginal_g_per_kwh=float("nan") if marginal is None else marginal,
+            cfe_pct=region.grid_cfe_pct)
         pue_used, pue_basis = (pue, "given") if pue else (region.pue, _PUE_BASIS[region.pue_basis])
         result.update(region=region.key, carbon_signal=str(carbon_signal),
-                      cfe_pct=region.cfe_pct)
+                      grid_cfe_pct=region.grid_cfe_pct)
     else:
         intensity = float(intensity_g_per_kwh)  # type: ignore[arg-type]
         pue_used, pue_basis = (pue, "given") if pue else (1.0, "assumed 1.0 (no region given)")
@@ -319,14 +319,17 @@ def _region_rows(cloud: str | None, accelerator: str | None, sort: str) -> list[
             continue
         rows.append({
             "cloud": r.cloud, "region": r.region, "location": r.location, "country": r.country,
-            "continent": r.continent, "cfe_pct": r.cfe_pct, "cfe_basis": r.cfe_basis,
+            "continent": r.continent,
             "grid_intensity_avg_g_per_kwh": r.grid_intensity_avg_g_per_kwh,
+            "basis": r.intensity_basis, "grid_cfe_pct": r.grid_cfe_pct,
+            "provider_cfe_pct": r.provider_cfe_pct,
             "grid_intensity_marginal_g_per_kwh": r.grid_intensity_marginal_g_per_kwh,
-            "pue": r.pue, "min_price_usd_per_accelerator_hour": price.get(r.key),
+            "pue": r.pue, "pue_basis": r.pue_basis,
+            "min_price_usd_per_accelerator_hour": price.get(r.key),
             "em_zone": r.em_zone, "year": r.year, "source": r.source, "as_of": r.as_of,
         })
     keys = {
-        "cfe": lambda x: (x["cfe_pct"] is None, -(x["cfe_pct"] or 0)),
+        "cfe": lambda x: -x["grid_cfe_pct"],
         "intensity": lambda x: x["grid_intensity_avg_g_per_kwh"],
         "price": lambda x: (x["min_price_usd_per_accelerator_hour"] is None,
                             x["min_price_usd_per_accelerator_hour"] or 0),
@@ -340,7 +343,7 @@ def _region_rows(cloud: str | None, accelerator: str | None, sort: str) -> list[
 @click.option("--cloud", type=click.Choice(["aws", "gcp", "azure"]))
 @click.option("--accelerator", "-a", help="only regions that sell it; price is per accelerator")
 @click.option("--sort", type=click.Choice(["cfe", "intensity", "price"]), default="intensity",
-              show_default=True)
+              show_default=True, help="cfe: the grid's carbon-free %, highest first")
 @_output
 def regions_cmd(cloud: str | None, accelerator: str | None, sort: str, output: str) -> None:
     """List catalog regions with their carbon figures, PUE and cheapest accelerator-hour."""
@@ -352,14 +355,15 @@ def regions_cmd(cloud: str | None, accelerator: str | None, sort: str, output: s
     else:
         print_table(
             f"{len(rows)} regions" + (f" selling {accelerator}" if accelerator else ""),
-            [("region", "left"), ("location", "left"), ("CFE %", "right"),
-             ("avg g/kWh", "right"), ("marg g/kWh", "right"), ("PUE", "right"),
-             ("USD/accel-h", "right")],
-            [[f"{r['cloud']}:{r['region']}", r["location"], fmt(r["cfe_pct"], 0),
-              fmt(r["grid_intensity_avg_g_per_kwh"], 0),
+            [("region", "left"), ("location", "left"), ("grid CFE %", "right"),
+             ("provider CFE %", "right"), ("avg g/kWh", "right"), ("marg g/kWh", "right"),
+             ("PUE", "right"), ("USD/accel-h", "right")],
+            [[f"{r['cloud']}:{r['region']}", r["location"], fmt(r["grid_cfe_pct"], 0),
+              fmt(r["provider_cfe_pct"], 0), fmt(r["grid_intensity_avg_g_per_kwh"], 0),
               fmt(r["grid_intensity_marginal_g_per_kwh"], 0), fmt(r["pue"], 2),
               fmt(r["min_price_usd_per_accelerator_hour"], 2)] for r in rows],
-            footer="CFE '-' = not published by the provider (scored as 0 %, never as green).")
+            footer="Grid figures: Electricity Maps yearly, lifecycle, by grid zone (same zone, "
+            "same figures on every cloud). Provider CFE '-' = not published (GCP only).")
 
 
 @click.command("schema")

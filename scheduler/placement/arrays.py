@@ -41,7 +41,7 @@ class RegionSignals:
         return cls(
             grid_average_g_per_kwh=_floats([r.grid_intensity_avg_g_per_kwh for r in regions]),
             grid_marginal_g_per_kwh=_floats([r.grid_intensity_marginal_g_per_kwh for r in regions]),
-            cfe_pct=_floats([r.cfe_pct for r in regions]),
+            cfe_pct=np.array([r.grid_cfe_pct for r in regions], dtype=float),
             source=tuple(f"static:catalog {r.year}" for r in regions),
             observed_at=tuple(r.as_of for r in regions),
         )

@@ -2,8 +2,8 @@
 
 Its zones are catalog region keys (``gcp:europe-west4``): the annual figures are
 per cloud region, not per grid zone. It returns every signal type the catalog
-has for a region (grid average, grid marginal where published, and the
-provider's CFE % where published); a figure the catalog does not have is
+has for a region (grid average, grid marginal where published, and the grid's
+carbon-free %); a figure the catalog does not have is
 NoSignalDataError, never a stand-in from another type.
 """
 
@@ -43,7 +43,7 @@ class StaticSource:
             return region.grid_intensity_avg_g_per_kwh
         if signal is CarbonSignal.MARGINAL:
             return region.grid_intensity_marginal_g_per_kwh
-        return region.cfe_pct
+        return region.grid_cfe_pct
 
     def value(self, zone: str, *, signal: CarbonSignal,
               at: dt.datetime | None = None) -> SignalValue:
@@ -54,7 +54,7 @@ class StaticSource:
         if figure is None:
             raise NoSignalDataError(
                 f"static: the catalog has no {signal} figure for {region.key}.")
-        basis = f", {region.cfe_basis} CFE" if signal is CarbonSignal.CFE else ""
+        basis = ", grid CFE" if signal is CarbonSignal.CFE else ""
         return SignalValue(
             source=NAME, zone=region.key, signal=signal, value=float(figure),
             observed_at=dt.datetime.fromisoformat(region.as_of).replace(tzinfo=dt.UTC),

@@ -26,8 +26,9 @@ FILES = ("regions.csv", "accelerators.csv", "offers.csv")
 
 REGION_HEADER = [
     "cloud", "region", "location", "country", "continent", "latitude", "longitude", "em_zone",
-    "watttime_region", "cfe_pct", "cfe_basis", "grid_intensity_avg_g_per_kwh",
-    "grid_intensity_marginal_g_per_kwh", "pue", "pue_basis", "year", "source", "as_of",
+    "watttime_region", "grid_intensity_avg_g_per_kwh", "intensity_basis", "grid_cfe_pct",
+    "provider_cfe_pct", "grid_intensity_marginal_g_per_kwh", "pue", "pue_basis", "year",
+    "source", "as_of",
 ]
 ACCELERATOR_HEADER = [
     "name", "aliases", "vendor", "tdp_w", "peak_dense_tflops", "memory_gib", "source", "as_of",
@@ -129,26 +130,52 @@ def test_region_values_are_in_range() -> None:
         assert r["as_of"] == f"{r['year']}-12-31", r
 
 
-def test_cfe_is_empty_not_zero_when_unknown() -> None:
-    for r in regions():
-        if r["cfe_pct"] == "":
-            assert r["cfe_basis"] == "", r
-        else:
-            assert r["cfe_basis"] in ("hourly", "annual"), r
-            assert 0 <= float(r["cfe_pct"]) <= 100, r
-    # AWS publishes no per-region CFE: every AWS row is unknown, i.e. empty (never "0").
-    aws = [r for r in regions() if r["cloud"] == "aws"]
-    assert aws and all(r["cfe_pct"] == "" for r in aws)
-    # Google publishes hourly-matched CFE for its regions.
-    us_central1 = next(r for r in regions() if (r["cloud"], r["region"]) == ("gcp", "us-central1"))
-    assert us_central1["cfe_basis"] == "hourly" and float(us_central1["cfe_pct"]) > 50
+def region(cloud: str, name: str) -> dict[str, str]:
+    (row,) = [r for r in regions() if (r["cloud"], r["region"]) == (cloud, name)]
+    return row
 
 
-def test_gcp_grid_intensity_is_never_lifecycle() -> None:
-    # region-carbon-info 2019-2020 figures are lifecycle intensities and must not be used.
+def test_grid_cfe_everywhere_provider_cfe_only_where_published() -> None:
     for r in regions():
-        if r["cloud"] == "gcp" and "region-carbon-info" in r["source"]:
-            assert int(r["year"]) >= 2021, r
+        assert 0 <= float(r["grid_cfe_pct"]) <= 100, r
+        # AWS and Azure publish no hourly-matched CFE per region: empty, never "0".
+        assert r["provider_cfe_pct"] == "" or r["cloud"] == "gcp", r
+    # Google's hourly-matched CFE counts its contracts; the grid's carbon-free % does not.
+    us_central1 = region("gcp", "us-central1")
+    assert float(us_central1["provider_cfe_pct"]) > 80 > 50 > float(us_central1["grid_cfe_pct"])
+
+
+def test_every_region_is_on_one_basis_from_one_complete_year() -> None:
+    rows = regions()
+    assert {r["intensity_basis"] for r in rows} == {"lifecycle"}
+    (year,) = {int(r["year"]) for r in rows}
+    assert year < dt.date.today().year  # a complete year, never the year in progress
+    for r in rows:
+        assert r["source"].startswith(f"Electricity Maps yearly {year} (zone {r['em_zone']},"), r
+
+
+def test_same_zone_same_grid_figures_whatever_the_cloud() -> None:
+    quebec = [region("gcp", "northamerica-northeast1"), region("aws", "ca-central-1"),
+              region("azure", "canadaeast")]
+    assert {r["em_zone"] for r in quebec} == {"CA-QC"}
+    assert {(r["grid_intensity_avg_g_per_kwh"], r["grid_cfe_pct"]) for r in quebec} == {
+        ("41.0", "97.0")}
+    # Azure's three western regions sit on three different grids.
+    west = [region("azure", name) for name in ("westus2", "westus3", "westcentralus")]
+    assert len({r["grid_intensity_avg_g_per_kwh"] for r in west}) == 3
+
+
+def test_grid_figures_are_the_electricity_maps_figures_of_the_zone() -> None:
+    path = SHARED_DATA / "regions/electricitymaps_yearly/electricitymaps_yearly_2021_2025.csv"
+    if not path.is_file():
+        pytest.skip(f"reference data not present at {SHARED_DATA}")
+    with path.open(newline="", encoding="utf-8") as handle:
+        em = {(row["zone"], row["year"]): row for row in csv.DictReader(handle)}
+    for r in regions():
+        figures = em[(r["em_zone"], r["year"])]
+        assert float(r["grid_intensity_avg_g_per_kwh"]) == float(
+            figures["carbon_intensity_g_per_kwh"]), r
+        assert float(r["grid_cfe_pct"]) == float(figures["carbon_free_pct"]), r
 
 
 def test_azure_northeurope_is_ireland_and_listed_once() -> None:

@@ -32,7 +32,8 @@ def write_csv(path: Path, rows: list[object], row_type: type) -> None:
 
 @pytest.fixture
 def catalog_dir(tmp_path: Path) -> Path:
-    write_csv(tmp_path / "regions.csv", [make_region("gcp", "europe-north1", cfe_pct=90.0),
+    write_csv(tmp_path / "regions.csv", [make_region("gcp", "europe-north1", grid_cfe_pct=95.0,
+                                                     provider_cfe_pct=90.0),
                                          make_region("aws", "us-east-1")], Region)
     write_csv(tmp_path / "accelerators.csv", list(ACCELERATORS), Accelerator)
     write_csv(tmp_path / "offers.csv", [make_offer("aws", "us-east-1", "p4d.24xlarge", "A100",
@@ -43,7 +44,8 @@ def catalog_dir(tmp_path: Path) -> Path:
 def test_valid_files_round_trip(catalog_dir: Path) -> None:
     catalog = load_catalog_from(catalog_dir)
     assert [r.key for r in catalog.regions] == ["gcp:europe-north1", "aws:us-east-1"]
-    assert catalog.regions[1].cfe_pct is None  # empty cell -> unknown, not 0
+    assert catalog.regions[0].provider_cfe_pct == 90.0
+    assert catalog.regions[1].provider_cfe_pct is None  # empty cell -> unknown, not 0
     assert catalog.offers[0].spot_price_usd_per_hour is None
 
 
@@ -54,7 +56,9 @@ def edit(path: Path, old: str, new: str) -> None:
 @pytest.mark.parametrize(("file", "old", "new", "expected"), [
     ("regions.csv", "cloud,region", "provider,region", "header is"),
     ("regions.csv", "gcp,europe-north1", "ibm,europe-north1", "column 'cloud'"),
-    ("regions.csv", ",90.0,hourly,", ",190.0,hourly,", "column 'cfe_pct'"),
+    ("regions.csv", ",95.0,90.0,", ",95.0,190.0,", "column 'provider_cfe_pct'"),
+    ("regions.csv", ",95.0,90.0,", ",,90.0,", "column 'grid_cfe_pct'"),
+    ("regions.csv", ",lifecycle,", ",direct,", "column 'intensity_basis'"),
     ("regions.csv", ",400.0,", ",lots,", "column 'grid_intensity_avg_g_per_kwh'"),
     ("regions.csv", ",1.1,fleet", ",0.9,fleet", "column 'pue'"),
     ("offers.csv", ",21.96,", ",-3,", "column 'price_usd_per_hour'"),

@@ -199,11 +199,29 @@ def test_regions_sorting_and_filters(capsys: pytest.CaptureFixture[str]) -> None
     code, out, _ = run(capsys, "regions", "--cloud", "gcp", "--sort", "cfe", "--output", "json")
     rows = json.loads(out)
     assert {r["cloud"] for r in rows} == {"gcp"}
-    known = [r["cfe_pct"] for r in rows if r["cfe_pct"] is not None]
-    assert known == sorted(known, reverse=True)
+    cfe = [r["grid_cfe_pct"] for r in rows]
+    assert cfe == sorted(cfe, reverse=True)
     code, out, _ = run(capsys, "regions", "-a", "H100", "--sort", "price", "--output", "json")
     prices = [r["min_price_usd_per_accelerator_hour"] for r in json.loads(out)]
     assert prices and prices == sorted(prices)
+
+
+def test_regions_json_puts_same_zone_regions_on_one_basis(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "regions", "--output", "json")
+    assert code == 0
+    rows = {f"{r['cloud']}:{r['region']}": r for r in json.loads(out)}
+    # AWS ca-central-1, Azure canadaeast and GCP northamerica-northeast1 share Quebec's grid.
+    quebec = [rows[k] for k in ("aws:ca-central-1", "azure:canadaeast",
+                                "gcp:northamerica-northeast1")]
+    assert {r["em_zone"] for r in quebec} == {"CA-QC"}
+    for field in ("grid_intensity_avg_g_per_kwh", "grid_cfe_pct", "basis", "year"):
+        assert len({r[field] for r in quebec}) == 1, field
+    assert quebec[0]["basis"] == "lifecycle" and "Electricity Maps" in quebec[0]["source"]
+    # Only Google publishes an hourly-matched CFE; it is a column of its own.
+    assert quebec[0]["provider_cfe_pct"] is None and quebec[1]["provider_cfe_pct"] is None
+    assert quebec[2]["provider_cfe_pct"] is not None
+    assert {r["basis"] for r in rows.values()} == {"lifecycle"}
 
 
 def test_schema_commands(capsys: pytest.CaptureFixture[str]) -> None:

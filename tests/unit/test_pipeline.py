@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -12,6 +13,7 @@ from greenplace.policies.model import Policy, load_policy
 from greenplace.scheduler.catalog import Catalog
 from greenplace.scheduler.jobs import Job, JobSpec, resolve_job
 from greenplace.scheduler.placement import Placer
+from greenplace.scheduler.placement.arrays import RegionSignals
 from greenplace.scheduler.placement.filters import FILTERS
 from tests.conftest import NOW
 
@@ -158,8 +160,20 @@ def test_unschedulable_lists_every_reason(small_catalog: Catalog) -> None:
                      ("azure:westeurope", "min_cfe")}
 
 
-def test_missing_cfe_is_noted_and_scored_as_full_grid(small_catalog: Catalog) -> None:
+def test_every_catalog_region_has_a_grid_cfe(small_catalog: Catalog) -> None:
     d = Placer(small_catalog).place(job(small_catalog, "greenest"), now=NOW)
+    assert not any("not published" in n for n in d.summary(explain=True)["notes"])
+    assert by_region(d)["azure:westeurope:Standard_ND96asr_v4"]["cfe_pct"] == 0.0
+
+
+def test_missing_cfe_is_noted_and_scored_as_full_grid(small_catalog: Catalog) -> None:
+    # A live source can lack a region's CFE; the catalog always has one.
+    static = RegionSignals.from_catalog(small_catalog)
+    keys = [r.key for r in small_catalog.regions]
+    cfe = static.cfe_pct.copy()
+    cfe[keys.index("azure:westeurope")] = np.nan
+    signals = dataclasses.replace(static, cfe_pct=cfe)
+    d = Placer(small_catalog, signals=signals).place(job(small_catalog, "greenest"), now=NOW)
     s = d.summary(explain=True)
     assert any("not published" in n and "azure:westeurope" in n for n in s["notes"])
     az = by_region(d)["azure:westeurope:Standard_ND96asr_v4"]

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from greenplace.policies.model import CarbonSignal, Policy
@@ -50,13 +49,14 @@ EM_KEY = "em-key-chain-test"
 def catalog() -> Catalog:
     regions = (
         make_region("gcp", "europe-west3", country="DE", continent="europe", em_zone="DE",
-                    watttime_region="DE", grid_intensity_avg_g_per_kwh=350.0, cfe_pct=60.0),
+                    watttime_region="DE", grid_intensity_avg_g_per_kwh=350.0, grid_cfe_pct=60.0),
         make_region("aws", "eu-west-2", country="GB", continent="europe", location="London",
-                    em_zone="GB", watttime_region="UK", grid_intensity_avg_g_per_kwh=200.0),
+                    em_zone="GB", watttime_region="UK", grid_intensity_avg_g_per_kwh=200.0,
+                    grid_cfe_pct=55.0),
         make_region("aws", "us-west-1", em_zone="US-CAL-CISO", watttime_region="CAISO_NORTH",
                     grid_intensity_avg_g_per_kwh=250.0, grid_intensity_marginal_g_per_kwh=400.0),
         make_region("azure", "eastus", em_zone="US-MIDA-PJM", watttime_region="PJM_DC",
-                    grid_intensity_avg_g_per_kwh=380.0),
+                    grid_intensity_avg_g_per_kwh=380.0, grid_cfe_pct=40.0),
     )
     offers = (
         make_offer("gcp", "europe-west3", "a2-highgpu-8g", "A100", 8, 30.0),
@@ -153,8 +153,10 @@ def test_signal_types_are_never_mixed(catalog: Catalog, em, wt) -> None:  # type
     assert pjm.value is None
     assert outcomes(pjm)[-1] == ("static", "no data")
     assert cfe.value.source == "electricitymaps" and cfe.value.value == 50.0
+    # No live source has PJM's CFE: the catalog's annual grid CFE, the same type, is used.
     assert outcomes(pjm_cfe) == [("electricitymaps", "no data"), ("watttime", TYPE_NOT_OFFERED),
-                                 ("uk-carbon-intensity", NOT_CONFIGURED), ("static", "no data")]
+                                 ("uk-carbon-intensity", NOT_CONFIGURED), ("static", "ok")]
+    assert pjm_cfe.value.source == "static" and pjm_cfe.value.value == 40.0
     assert em[0].calls("carbon-intensity") == []  # never asked for an average
 
 
@@ -229,14 +231,14 @@ def test_live_region_signals_and_provenance(catalog: Catalog, em, uk) -> None:  
     assert s.grid_average_g_per_kwh[de] == 120.0 and s.cfe_pct[de] == 70.0
     assert s.source[de] == "electricitymaps (cfe+average, 30 min old)"
     assert s.observed_at[de] == "2026-11-27T12:00:00Z"
-    # GB: average from the GB API, CFE unknown live and not in the catalog -> NaN
-    assert s.grid_average_g_per_kwh[gb] == 150.0 and np.isnan(s.cfe_pct[gb])
+    # GB: average from the GB API, CFE unknown live -> the catalog's annual grid CFE
+    assert s.grid_average_g_per_kwh[gb] == 150.0 and s.cfe_pct[gb] == 55.0
     assert "average=uk-carbon-intensity" in s.source[gb]
     assert s.grid_average_g_per_kwh[ciso] == 102.0 and s.cfe_pct[ciso] == 50.0
     assert s.grid_average_g_per_kwh[pjm] == 380.0
-    assert s.source[pjm] == ("cfe=unknown (no source has it); average=static:catalog 2024 "
-                             "(annual) [skipped: electricitymaps no data]")
-    assert np.isnan(s.cfe_pct[pjm])
+    assert s.source[pjm] == ("static:catalog 2025 (cfe+average, annual) "
+                             "[skipped: electricitymaps no data]")
+    assert s.cfe_pct[pjm] == 40.0
     assert live.live_regions == 3
     assert any("3/4 regions" in n for n in live.notes)
 

@@ -64,7 +64,7 @@ def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> N
 def test_static_source_returns_catalog_figures_by_type(small_catalog: Catalog) -> None:
     src = StaticSource(small_catalog)
     value = src.value("aws:us-east-1", signal=CarbonSignal.MARGINAL)
-    assert value.value == 600.0 and value.observed_at == dt.datetime(2024, 12, 31,
+    assert value.value == 600.0 and value.observed_at == dt.datetime(2025, 12, 31,
                                                                      tzinfo=dt.UTC)
     assert src.value("gcp:europe-north1", signal=CarbonSignal.CFE).value == 90.0
     with pytest.raises(NoSignalDataError):
