@@ -14,7 +14,14 @@ import datetime as dt
 from greenplace.policies.model import CarbonSignal
 from greenplace.scheduler.catalog import Catalog, Region
 from greenplace.scheduler.exceptions import NoSignalDataError
-from greenplace.scheduler.signals.base import Forecast, SignalPoint, SignalValue, require_type, utc
+from greenplace.scheduler.signals.base import (
+    CATALOG_BASIS,
+    Forecast,
+    SignalPoint,
+    SignalValue,
+    require_type,
+    utc,
+)
 
 NAME = "static"
 
@@ -31,6 +38,7 @@ class StaticSource:
     name = NAME
     signal_types = frozenset({CarbonSignal.AVERAGE, CarbonSignal.MARGINAL, CarbonSignal.CFE})
     forecast_types: frozenset[CarbonSignal] = frozenset()
+    emission_basis = CATALOG_BASIS
 
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
