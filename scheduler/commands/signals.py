@@ -91,7 +91,7 @@ def _region_report(chain: SignalChain, region: Region, types: list[CarbonSignal]
     outcome = [_outcome(chain.value(region, signal=t), now) for t in types]
     return {"region": region.key, "em_zone": region.em_zone or None,
             "watttime_region": region.watttime_region or None, "sources": rows,
-            "fallback": outcome}
+            "fallback": outcome, "notes": chain.basis_notes(types)}
 
 
 def _index_row(source: watttime.WattTimeSource, zone: str) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def _zone_report(chain: SignalChain, catalog: Catalog, zone: str, types: list[Ca
                 outcome[str(t)] = _outcome(result, now)
     return {"zone": zone, "regions": [r.key for r in regions], "sources": rows,
             "fallback": [outcome.get(str(t), {"signal": str(t), "source": None, "value": None})
-                         for t in types]}
+                         for t in types], "notes": chain.basis_notes(types)}
 
 
 def _all_regions(chain: SignalChain, catalog: Catalog, types: list[CarbonSignal],
@@ -166,7 +166,8 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
     Sources and their order come from the environment (GREENPLACE_SIGNAL_SOURCES,
     ELECTRICITYMAPS_API_KEY, WATTTIME_USERNAME/PASSWORD, GREENPLACE_CARBON_AWARE_SDK_URL;
     see the README's "Live carbon signals"). Without --zone or --region, every catalog region
-    is listed with the fallback outcome only.
+    is listed with the fallback outcome only. Sources whose emission basis is not the chain's
+    (GREENPLACE_SIGNAL_BASIS, lifecycle by default) are shown as skipped, with a note.
     """
     if zone and region_key:
         raise UserInputError("Give --zone or --region, not both. To fix: drop one of them.")
@@ -180,6 +181,7 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
             report = _zone_report(chain, catalog, zone, types, now)
         else:
             report = _all_regions(chain, catalog, types, now)
+        notes = chain.basis_notes(types)
     if output == "json":
         print_json(report)
         return
@@ -193,6 +195,8 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
               "; ".join(p for p in r["passed_over"] if not _quiet(p)) or "-"]
              for r in report],
             footer="Sources not configured: " + (", ".join(chain.unconfigured) or "none") + ".")
+        for note in notes:
+            click.echo(f"note: {note}")
         return
     subject = report.get("region") or report.get("zone")
     print_table(
@@ -210,6 +214,8 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
         passed = [p for p in o.get("passed_over", []) if not _quiet(p)]
         click.echo(f"  {o['signal']}: {o['value']} {o['unit']} from {o['source']} "
                    f"({o['age']})" + (f"; passed over: {'; '.join(passed)}" if passed else ""))
+    for note in notes:
+        click.echo(f"note: {note}")
 
 
 def _shipped(trace: str) -> Traversable | None:
