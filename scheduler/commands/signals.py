@@ -19,7 +19,7 @@ from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
 from greenplace.scheduler.exceptions import SignalError, UserInputError
 from greenplace.scheduler.output import fmt, print_csv, print_json, print_table, progress
 from greenplace.scheduler.signals import static, watttime
-from greenplace.scheduler.signals.base import iso
+from greenplace.scheduler.signals.base import LIVE_FORECAST_HORIZON_H, iso
 from greenplace.scheduler.signals.cache import MemoryCache
 from greenplace.scheduler.signals.chain import ChainResult, SignalChain
 from greenplace.scheduler.signals.config import SignalSettings
@@ -239,7 +239,8 @@ def _print_backtest(result: BacktestResult) -> None:
         [[s.label, fmt(s.co2e_kg, 1), fmt(s.cost_usd, 0), fmt(s.saved_co2e_kg, 1),
           fmt(s.saved_pct, 1), fmt(s.cost_change_usd, 0)] for s in result.strategies],
         footer=(f"{result.replays} replays (a submission every {result.every_h:g} h); "
-                f"forecast: {result.forecast}; greenplace deferred {result.deferred} of them "
+                f"forecast: {result.forecast}, {result.horizon_h} h ahead; greenplace deferred "
+                f"{result.deferred} of them "
                 f"(mean wait {result.mean_delay_h:.1f} h). Emissions charged at the trace's "
                 f"actual hourly intensity. Data: {result.trace.attribution}"))
     for note in result.notes:
@@ -258,6 +259,11 @@ def _print_backtest(result: BacktestResult) -> None:
 @click.option("--forecast", type=click.Choice(FORECASTS), default="oracle", show_default=True,
               help="oracle: the trace itself (an upper bound); persistence: same hour of the "
               "last observed day")
+@click.option("--horizon-h", "horizon_h", type=click.IntRange(min=1),
+              default=LIVE_FORECAST_HORIZON_H, show_default=True,
+              help="hours each forecast reaches ahead; the default is what live mode gets "
+              "(Electricity Maps' forecast covers the next 24 h), so the backtest promises no "
+              "deferral live mode could not see")
 @click.option("--basis", type=click.Choice(["direct", "lifecycle"]), default="direct",
               show_default=True, help="Electricity Maps traces: which intensity column")
 @click.option("--home", "home", help="CLOUD:REGION replacing every job's own `home:` (the "
@@ -266,7 +272,7 @@ def _print_backtest(result: BacktestResult) -> None:
               show_default=True)
 def backtest_cmd(jobs_file: Path, trace: str, policy: str | None, override_policy: bool,
                  every_h: float,
-                 forecast: str, basis: str, home: str | None, output: str) -> None:
+                 forecast: str, horizon_h: int, basis: str, home: str | None, output: str) -> None:
     """Replay JOBS_FILE over an hourly carbon trace and compare placement strategies.
 
     Reports total kg CO2e and cost for: run now in each job's home region
@@ -284,13 +290,15 @@ def backtest_cmd(jobs_file: Path, trace: str, policy: str | None, override_polic
         parsed = read_trace(Path(trace), basis=basis)
     if home is not None:
         home = catalog.region(home).key
-    result = backtest(jobs, parsed, catalog, every_h=every_h, forecast=forecast, home=home,
+    result = backtest(jobs, parsed, catalog, every_h=every_h, forecast=forecast,
+                      horizon_h=horizon_h, home=home,
                       progress=lambda js: progress(js, total=len(js), what="replaying",
                                                    min_items=0))
     if output == "json":
         print_json(result.to_dict())
     elif output == "csv":
-        print_csv([{"trace": parsed.name, "forecast": forecast, **dataclasses.asdict(s)}
+        print_csv([{"trace": parsed.name, "forecast": forecast, "horizon_h": horizon_h,
+                    **dataclasses.asdict(s)}
                    for s in result.strategies])
     else:
         _print_backtest(result)

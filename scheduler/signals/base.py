@@ -257,8 +257,10 @@ class SignalSource(Protocol):
     name: str
     signal_types: frozenset[CarbonSignal]
     forecast_types: frozenset[CarbonSignal]  # a subset of signal_types; may be empty
-    # The basis of each intensity type it returns (average, marginal); cfe has none.
-    emission_basis: Mapping[CarbonSignal, EmissionBasis]
+    @property
+    def emission_basis(self) -> Mapping[CarbonSignal, EmissionBasis]:
+        """The basis of each intensity type it returns (average, marginal); cfe has none."""
+        ...
 
     def zone_for(self, region: Region) -> str | None:
         """This source's zone id for a catalog region, or None when it does not cover it."""

@@ -119,7 +119,7 @@ class CarbonAwareSdkSource:
         self.signal_types: frozenset[CarbonSignal] = frozenset({signal})
         self.forecast_types: frozenset[CarbonSignal] = frozenset({signal})
         self.basis = basis or default_basis(signal)
-        self.emission_basis = {signal: self.basis}
+        self.emission_basis: Mapping[CarbonSignal, EmissionBasis] = {signal: self.basis}
         self._signal = signal
         self._client = new_client(timeout_s=timeout_s, base_url=base_url.rstrip("/") + "/")
         self._locations = dict(locations or {})

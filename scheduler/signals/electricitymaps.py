@@ -28,6 +28,7 @@ it travels only in the ``auth-token`` header and never appears in a message or l
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 import httpx
 
@@ -111,7 +112,8 @@ class ElectricityMapsSource:
                                                 base_url=base_url.rstrip("/") + "/")
         self._emission_factor = EmissionBasis(emission_factor)
         # The basis it asks for, declared beside its signal types (cfe has none).
-        self.emission_basis = {CarbonSignal.AVERAGE: self._emission_factor}
+        self.emission_basis: Mapping[CarbonSignal, EmissionBasis] = {
+            CarbonSignal.AVERAGE: self._emission_factor}
         self._clock = clock
 
     def __repr__(self) -> str:  # never show the key

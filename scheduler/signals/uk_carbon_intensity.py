@@ -22,6 +22,7 @@ catalog's lifecycle ones; the chain skips this source for ``average`` unless
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 import pydantic
 
@@ -86,7 +87,8 @@ class UkCarbonIntensitySource:
     forecast_types = frozenset({CarbonSignal.AVERAGE})
     # NESO's methodology counts generation emissions only: direct (operational), not
     # lifecycle, so the chain uses it for `average` only when that is the configured basis.
-    emission_basis = {CarbonSignal.AVERAGE: EmissionBasis.DIRECT}
+    emission_basis: Mapping[CarbonSignal, EmissionBasis] = {
+        CarbonSignal.AVERAGE: EmissionBasis.DIRECT}
 
     def __init__(self, *, base_url: str = DEFAULT_BASE_URL, timeout_s: float = 5.0,
                  clock: Clock = utc_now) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -96,7 +96,8 @@ class WattTimeSource:
     name = NAME
     signal_types = frozenset({CarbonSignal.MARGINAL})
     forecast_types = frozenset({CarbonSignal.MARGINAL})
-    emission_basis = {CarbonSignal.MARGINAL: EmissionBasis.DIRECT}  # MOER: combustion only
+    emission_basis: Mapping[CarbonSignal, EmissionBasis] = {
+        CarbonSignal.MARGINAL: EmissionBasis.DIRECT}  # MOER: combustion only
 
     def __init__(
         self, *, username: str, password: str, base_url: str = DEFAULT_BASE_URL,

@@ -24,7 +24,6 @@ from greenplace.scheduler.signals.chain import (
     CACHED,
     DOWN,
     MALFORMED,
-    NO_ZONE,
     NOT_CONFIGURED,
     NOT_IN_PLAN,
     OK,
