@@ -22,7 +22,10 @@ two in a row; all are interpolated.)
 the trace, with the trace's value at submission as the "live" signal and a
 forecast drawn from the trace (``oracle``: the trace itself, an upper bound;
 ``persistence``: each future hour takes the value observed 24 h, 48 h... earlier,
-a forecast anyone could make). Each strategy's run is then charged the trace's
+a forecast anyone could make), each reaching ``horizon_h`` hours ahead: by default
+``LIVE_FORECAST_HORIZON_H`` (24 h), as far as live mode's Electricity Maps forecast
+reaches, so the backtest never defers into a window live mode could not see. Each
+strategy's run is then charged the trace's
 actual intensities over the hours it really ran:
 
 ==================  ============================================================
@@ -61,7 +64,13 @@ from greenplace.scheduler.placement import timing
 from greenplace.scheduler.placement.arrays import RegionSignals
 from greenplace.scheduler.placement.decision import PlacementDecision
 from greenplace.scheduler.placement.pipeline import Placer
-from greenplace.scheduler.signals.base import Forecast, SignalPoint, iso, utc
+from greenplace.scheduler.signals.base import (
+    LIVE_FORECAST_HORIZON_H,
+    Forecast,
+    SignalPoint,
+    iso,
+    utc,
+)
 
 MAX_GAP_H = 6
 HOUR = dt.timedelta(hours=1)
@@ -263,7 +272,7 @@ class TraceForecasts:
 
     trace: Trace
     mode: str = "oracle"
-    horizon_h: int = 72
+    horizon_h: int = LIVE_FORECAST_HORIZON_H
 
     def forecast(self, region: Region, *, signal: CarbonSignal, start: dt.datetime,
                  end: dt.datetime) -> Forecast | None:
@@ -311,6 +320,7 @@ class BacktestResult:
     trace: Trace
     forecast: str
     every_h: float
+    horizon_h: int
     replays: int
     jobs: tuple[str, ...]
     strategies: tuple[StrategyTotal, ...]
@@ -327,7 +337,8 @@ class BacktestResult:
                       "filled_hours": {z: [iso(h) for h in hours]
                                        for z, hours in self.trace.filled},
                       "attribution": self.trace.attribution},
-            "forecast": self.forecast, "every_h": self.every_h, "replays": self.replays,
+            "forecast": self.forecast, "horizon_h": self.horizon_h, "every_h": self.every_h,
+            "replays": self.replays,
             "jobs": list(self.jobs),
             "strategies": [dataclasses.asdict(s) for s in self.strategies],
             "greenplace_deferred": self.deferred,
@@ -379,12 +390,15 @@ def _emitted_kg(decision: PlacementDecision, candidate: int, trace: Trace,
 
 
 def backtest(jobs: Sequence[Job], trace: Trace, catalog: Catalog, *, every_h: float = 6.0,
-             forecast: str = "oracle", horizon_h: int = 72, home: str | None = None,
+             forecast: str = "oracle", horizon_h: int = LIVE_FORECAST_HORIZON_H,
+             home: str | None = None,
              min_saving_pct: float = timing.MIN_SAVING_PCT,
              progress: Callable[[Sequence[Job]], Iterable[Job]] = iter) -> BacktestResult:
     """Replay ``jobs`` over ``trace`` and total each strategy's emissions and cost.
 
     Args:
+        horizon_h: how far ahead each forecast reaches, in hours (default: what live mode
+            gets, ``LIVE_FORECAST_HORIZON_H``).
         home: a CLOUD:REGION that replaces every job's own ``home`` (the run-now region).
         progress: wraps the loop over the jobs (the CLI shows a progress bar with it).
 
@@ -396,6 +410,9 @@ def backtest(jobs: Sequence[Job], trace: Trace, catalog: Catalog, *, every_h: fl
         raise SpecError(f"unknown forecast {forecast!r}. To fix: use one of {FORECASTS}.")
     if every_h <= 0:
         raise SpecError("--every must be a positive number of hours.")
+    if horizon_h < 1:
+        raise SpecError(f"--horizon-h {horizon_h} is not a positive number of hours. To fix: "
+                        f"give at least 1 (live mode sees {LIVE_FORECAST_HORIZON_H}).")
     sub = trace_catalog(catalog, trace)
     forecasts = TraceForecasts(trace, mode=forecast, horizon_h=horizon_h)
     first = trace.start + (dt.timedelta(days=1) if forecast == "persistence" else dt.timedelta())
@@ -479,7 +496,7 @@ def backtest(jobs: Sequence[Job], trace: Trace, catalog: Catalog, *, every_h: fl
                      f"rule ({', '.join(iso(h) for h in hours[:5])}"
                      f"{'...' if len(hours) > 5 else ''}).")
     return BacktestResult(
-        trace=trace, forecast=forecast, every_h=every_h, replays=replays,
+        trace=trace, forecast=forecast, every_h=every_h, horizon_h=horizon_h, replays=replays,
         jobs=tuple(j.name for j in jobs), strategies=strategies, deferred=deferred,
         mean_delay_h=delay_h / deferred if deferred else 0.0, per_job=tuple(per_job),
         notes=tuple(dict.fromkeys(notes)))

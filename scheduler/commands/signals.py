@@ -19,7 +19,7 @@ from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
 from greenplace.scheduler.exceptions import SignalError, UserInputError
 from greenplace.scheduler.output import fmt, print_csv, print_json, print_table, progress
 from greenplace.scheduler.signals import static, watttime
-from greenplace.scheduler.signals.base import iso
+from greenplace.scheduler.signals.base import LIVE_FORECAST_HORIZON_H, iso
 from greenplace.scheduler.signals.cache import MemoryCache
 from greenplace.scheduler.signals.chain import ChainResult, SignalChain
 from greenplace.scheduler.signals.config import SignalSettings
@@ -91,7 +91,7 @@ def _region_report(chain: SignalChain, region: Region, types: list[CarbonSignal]
     outcome = [_outcome(chain.value(region, signal=t), now) for t in types]
     return {"region": region.key, "em_zone": region.em_zone or None,
             "watttime_region": region.watttime_region or None, "sources": rows,
-            "fallback": outcome}
+            "fallback": outcome, "notes": chain.basis_notes(types)}
 
 
 def _index_row(source: watttime.WattTimeSource, zone: str) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def _zone_report(chain: SignalChain, catalog: Catalog, zone: str, types: list[Ca
                 outcome[str(t)] = _outcome(result, now)
     return {"zone": zone, "regions": [r.key for r in regions], "sources": rows,
             "fallback": [outcome.get(str(t), {"signal": str(t), "source": None, "value": None})
-                         for t in types]}
+                         for t in types], "notes": chain.basis_notes(types)}
 
 
 def _all_regions(chain: SignalChain, catalog: Catalog, types: list[CarbonSignal],
@@ -166,7 +166,8 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
     Sources and their order come from the environment (GREENPLACE_SIGNAL_SOURCES,
     ELECTRICITYMAPS_API_KEY, WATTTIME_USERNAME/PASSWORD, GREENPLACE_CARBON_AWARE_SDK_URL;
     see the README's "Live carbon signals"). Without --zone or --region, every catalog region
-    is listed with the fallback outcome only.
+    is listed with the fallback outcome only. Sources whose emission basis is not the chain's
+    (GREENPLACE_SIGNAL_BASIS, lifecycle by default) are shown as skipped, with a note.
     """
     if zone and region_key:
         raise UserInputError("Give --zone or --region, not both. To fix: drop one of them.")
@@ -180,6 +181,7 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
             report = _zone_report(chain, catalog, zone, types, now)
         else:
             report = _all_regions(chain, catalog, types, now)
+        notes = chain.basis_notes(types)
     if output == "json":
         print_json(report)
         return
@@ -193,6 +195,8 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
               "; ".join(p for p in r["passed_over"] if not _quiet(p)) or "-"]
              for r in report],
             footer="Sources not configured: " + (", ".join(chain.unconfigured) or "none") + ".")
+        for note in notes:
+            click.echo(f"note: {note}")
         return
     subject = report.get("region") or report.get("zone")
     print_table(
@@ -210,6 +214,8 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
         passed = [p for p in o.get("passed_over", []) if not _quiet(p)]
         click.echo(f"  {o['signal']}: {o['value']} {o['unit']} from {o['source']} "
                    f"({o['age']})" + (f"; passed over: {'; '.join(passed)}" if passed else ""))
+    for note in notes:
+        click.echo(f"note: {note}")
 
 
 def _shipped(trace: str) -> Traversable | None:
@@ -233,7 +239,8 @@ def _print_backtest(result: BacktestResult) -> None:
         [[s.label, fmt(s.co2e_kg, 1), fmt(s.cost_usd, 0), fmt(s.saved_co2e_kg, 1),
           fmt(s.saved_pct, 1), fmt(s.cost_change_usd, 0)] for s in result.strategies],
         footer=(f"{result.replays} replays (a submission every {result.every_h:g} h); "
-                f"forecast: {result.forecast}; greenplace deferred {result.deferred} of them "
+                f"forecast: {result.forecast}, {result.horizon_h} h ahead; greenplace deferred "
+                f"{result.deferred} of them "
                 f"(mean wait {result.mean_delay_h:.1f} h). Emissions charged at the trace's "
                 f"actual hourly intensity. Data: {result.trace.attribution}"))
     for note in result.notes:
@@ -252,6 +259,11 @@ def _print_backtest(result: BacktestResult) -> None:
 @click.option("--forecast", type=click.Choice(FORECASTS), default="oracle", show_default=True,
               help="oracle: the trace itself (an upper bound); persistence: same hour of the "
               "last observed day")
+@click.option("--horizon-h", "horizon_h", type=click.IntRange(min=1),
+              default=LIVE_FORECAST_HORIZON_H, show_default=True,
+              help="hours each forecast reaches ahead; the default is what live mode gets "
+              "(Electricity Maps' forecast covers the next 24 h), so the backtest promises no "
+              "deferral live mode could not see")
 @click.option("--basis", type=click.Choice(["direct", "lifecycle"]), default="direct",
               show_default=True, help="Electricity Maps traces: which intensity column")
 @click.option("--home", "home", help="CLOUD:REGION replacing every job's own `home:` (the "
@@ -260,7 +272,7 @@ def _print_backtest(result: BacktestResult) -> None:
               show_default=True)
 def backtest_cmd(jobs_file: Path, trace: str, policy: str | None, override_policy: bool,
                  every_h: float,
-                 forecast: str, basis: str, home: str | None, output: str) -> None:
+                 forecast: str, horizon_h: int, basis: str, home: str | None, output: str) -> None:
     """Replay JOBS_FILE over an hourly carbon trace and compare placement strategies.
 
     Reports total kg CO2e and cost for: run now in each job's home region
@@ -278,13 +290,15 @@ def backtest_cmd(jobs_file: Path, trace: str, policy: str | None, override_polic
         parsed = read_trace(Path(trace), basis=basis)
     if home is not None:
         home = catalog.region(home).key
-    result = backtest(jobs, parsed, catalog, every_h=every_h, forecast=forecast, home=home,
+    result = backtest(jobs, parsed, catalog, every_h=every_h, forecast=forecast,
+                      horizon_h=horizon_h, home=home,
                       progress=lambda js: progress(js, total=len(js), what="replaying",
                                                    min_items=0))
     if output == "json":
         print_json(result.to_dict())
     elif output == "csv":
-        print_csv([{"trace": parsed.name, "forecast": forecast, **dataclasses.asdict(s)}
+        print_csv([{"trace": parsed.name, "forecast": forecast, "horizon_h": horizon_h,
+                    **dataclasses.asdict(s)}
                    for s in result.strategies])
     else:
         _print_backtest(result)

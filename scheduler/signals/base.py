@@ -6,9 +6,16 @@ A source answers two questions for one of its zones:
   or at a past time ``at``;
 - ``forecast(zone, signal=..., start=..., end=...)``: the figures over ``[start, end]``.
 
-Every source declares, as data, which signal types it returns (``signal_types``)
-and which of them it can forecast (``forecast_types``), so the fallback chain
-never asks a source for a type it does not have and never mixes types.
+Every source declares, as data, which signal types it returns (``signal_types``),
+which of them it can forecast (``forecast_types``) and the emission basis of each
+intensity type (``emission_basis``: ``lifecycle`` or ``direct``), so the fallback
+chain never asks a source for a type it does not have and never mixes types or bases.
+
+Emission basis: a ``lifecycle`` intensity counts the whole life of each plant (build,
+fuel supply, operation; Electricity Maps' default, and the catalog's annual grid
+averages); a ``direct`` (operational) one counts only what the stacks emit (the GB
+Carbon Intensity API, WattTime's MOER). The same grid differs by tens of percent
+between the two, so figures of different bases are never compared in one decision.
 
 Units: ``average`` and ``marginal`` are grid intensities in gCO2e/kWh; ``cfe`` is
 a carbon-free-energy share in percent. Every value carries its source, zone,
@@ -22,21 +29,81 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from greenplace.policies.model import CarbonSignal
 from greenplace.scheduler.catalog import Region
-from greenplace.scheduler.exceptions import NoSignalDataError, SignalPayloadError
+from greenplace.scheduler.exceptions import (
+    NoSignalDataError,
+    SignalPayloadError,
+    SignalUnavailableError,
+)
 
 UNITS = {
     CarbonSignal.AVERAGE: "gCO2e/kWh",
     CarbonSignal.MARGINAL: "gCO2e/kWh",
     CarbonSignal.CFE: "%",
 }
+
+# Design choice: live mode's forecast horizon. Temporal shifting asks the chain for a
+# forecast up to the job's latest end, but Electricity Maps (the source of the catalog's
+# basis, lifecycle grid averages) answers /carbon-intensity/forecast with the next 24
+# hours when no horizon is given, and greenplace gives none. So live mode sees 24 h
+# ahead at most; the backtest's default horizon is the same, so it promises no saving
+# that live mode could not find.
+LIVE_FORECAST_HORIZON_H = 24
+
+
+class EmissionBasis(StrEnum):
+    """What an intensity counts: the plants' whole life, or only their stacks."""
+
+    LIFECYCLE = "lifecycle"
+    DIRECT = "direct"  # operational: combustion only
+
+    @property
+    def label(self) -> str:
+        return "lifecycle" if self is EmissionBasis.LIFECYCLE else "direct (operational)"
+
+
+# The catalog's bases (its annual grid averages are Electricity Maps lifecycle figures via
+# the GSF Cloud_Region_Metadata; its marginal figures are WattTime MOERs, operational).
+CATALOG_BASIS: Mapping[CarbonSignal, EmissionBasis] = {
+    CarbonSignal.AVERAGE: EmissionBasis.LIFECYCLE,
+    CarbonSignal.MARGINAL: EmissionBasis.DIRECT,
+}
+
+
+class NotInPlanError(NoSignalDataError):
+    """HTTP 403 for one zone or endpoint: the account's plan does not cover it.
+
+    Concerns that (zone, endpoint) only: the source stays in use for the others.
+    """
+
+    def __init__(self, message: str, *, endpoint: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+class RateLimitedError(SignalUnavailableError):
+    """HTTP 429; ``retry_after_s`` is what the service's ``Retry-After`` asks (None: absent)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ZoneMismatchError(SignalPayloadError):
+    """The answer is for another zone than the one asked; it is never scored."""
+
+    def __init__(self, message: str, *, asked: str, answered: str) -> None:
+        super().__init__(message)
+        self.asked, self.answered = asked, answered
+
 
 # One pound per megawatt-hour in grams per kilowatt-hour (WattTime reports lbs/MWh).
 G_PER_KWH_PER_LB_PER_MWH = 0.45359237
@@ -190,6 +257,10 @@ class SignalSource(Protocol):
     name: str
     signal_types: frozenset[CarbonSignal]
     forecast_types: frozenset[CarbonSignal]  # a subset of signal_types; may be empty
+    @property
+    def emission_basis(self) -> Mapping[CarbonSignal, EmissionBasis]:
+        """The basis of each intensity type it returns (average, marginal); cfe has none."""
+        ...
 
     def zone_for(self, region: Region) -> str | None:
         """This source's zone id for a catalog region, or None when it does not cover it."""

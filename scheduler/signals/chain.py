@@ -1,11 +1,16 @@
 """The fallback chain over signal sources, and the builder of live RegionSignals.
 
 ``SignalChain`` asks its sources in the configured order for one signal type.
-A source that does not return that type is never asked (types are never mixed);
-a source with no zone for the region is passed over; a source that is down,
-slow (timeout on every HTTP call), unauthorised or answers a malformed payload
-is skipped with one warning and left alone for ``down_for_s`` seconds, and the
-next source of the same type answers. The static catalog source, always last,
+A source that does not return that type is never asked (types are never mixed),
+nor one whose emission basis for that type is not the chain's (``bases``: the
+catalog's lifecycle grid averages unless configured otherwise; bases are never
+mixed either); a source with no zone for the region is passed over; a source that
+is down, slow (timeout on every HTTP call), unauthorised or answers a malformed
+payload is skipped with one warning and left alone for ``down_for_s`` seconds (a
+429 for as long as its ``Retry-After`` asks), and the next source of the same type
+answers. A 403 "not in your plan" for one zone or endpoint skips that (source, zone,
+endpoint) for ``plan_skip_s`` only; an answer for another zone than the one asked is
+rejected and that zone alone falls back. The static catalog source, always last,
 answers whatever the catalog has. Every answer is cached with a TTL and comes
 back as a ``ChainResult`` carrying the value and every attempt, so a decision
 can say which source, which signal type and how old each value was.
@@ -46,10 +51,15 @@ from greenplace.scheduler.placement.decision import PlacementDecision
 from greenplace.scheduler.placement.pipeline import Placer
 from greenplace.scheduler.signals import static
 from greenplace.scheduler.signals.base import (
+    CATALOG_BASIS,
     Clock,
+    EmissionBasis,
     Forecast,
+    NotInPlanError,
+    RateLimitedError,
     SignalSource,
     SignalValue,
+    ZoneMismatchError,
     iso,
     utc,
     utc_now,
@@ -60,13 +70,18 @@ from greenplace.scheduler.signals.config import SignalSettings, build_sources
 log = logging.getLogger("greenplace.signals")
 
 # Attempt outcomes. The first group means "this source cannot serve this question"
-# (no warning); the second means "this source failed" (warning, and the source is
-# left alone for a while); the last two mean it answered.
-NOT_CONFIGURED, TYPE_NOT_OFFERED, NO_ZONE, NO_DATA = (
-    "not configured", "type not offered", "no zone", "no data")
-DOWN, TIMEOUT, UNAUTHORISED, MALFORMED = "down", "timeout", "unauthorised", "malformed"
+# (no warning; "not in plan" and "wrong zone" concern one zone or endpoint); the second
+# means "this source failed" (warning, and the source is left alone for a while); the
+# last two mean it answered.
+NOT_CONFIGURED, TYPE_NOT_OFFERED, OTHER_BASIS, NO_ZONE, NO_DATA = (
+    "not configured", "type not offered", "other basis", "no zone", "no data")
+NOT_IN_PLAN, WRONG_ZONE = "not in plan", "wrong zone"
+DOWN, TIMEOUT, UNAUTHORISED, MALFORMED, RATE_LIMITED = (
+    "down", "timeout", "unauthorised", "malformed", "rate limited")
 OK, CACHED = "ok", "cached"
-FAILURES = frozenset({DOWN, TIMEOUT, UNAUTHORISED, MALFORMED})
+FAILURES = frozenset({DOWN, TIMEOUT, UNAUTHORISED, MALFORMED, RATE_LIMITED})
+# Outcomes that concern one zone or endpoint of a source, reported like failures.
+ZONE_PROBLEMS = frozenset({NO_DATA, NOT_IN_PLAN, WRONG_ZONE})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,7 +116,7 @@ class ChainResult:
 
     def failures(self) -> list[Attempt]:
         """Sources that were skipped because they failed (not merely inapplicable)."""
-        return [a for a in self.attempts if a.outcome in FAILURES or a.outcome == NO_DATA]
+        return [a for a in self.attempts if a.outcome in FAILURES or a.outcome in ZONE_PROBLEMS]
 
     def label(self) -> str:
         """Short source label: ``electricitymaps`` or ``static:catalog 2024``."""
@@ -139,6 +154,12 @@ def _age(seconds: float) -> str:
 
 
 def _outcome(exc: SignalError) -> str:
+    if isinstance(exc, RateLimitedError):
+        return RATE_LIMITED
+    if isinstance(exc, NotInPlanError):
+        return NOT_IN_PLAN
+    if isinstance(exc, ZoneMismatchError):
+        return WRONG_ZONE
     if isinstance(exc, SignalTimeoutError):
         return TIMEOUT
     if isinstance(exc, SignalUnavailableError):
@@ -150,6 +171,11 @@ def _outcome(exc: SignalError) -> str:
     if isinstance(exc, NoSignalDataError):
         return NO_DATA
     return DOWN
+
+
+def _endpoint(signal: CarbonSignal, *, forecast: bool, past: bool) -> str:
+    """The kind of question a 403 "not in plan" is remembered for (with source and zone)."""
+    return f"{'forecast' if forecast else 'past value' if past else 'value'} {signal}"
 
 
 def _floor(value: dt.datetime, minutes: int) -> dt.datetime:
@@ -167,18 +193,29 @@ class SignalChain:
         unconfigured: name -> why that source is not available (reported in attempts).
         cache: where answers are cached (default: in memory).
         ttl_s / forecast_ttl_s: cache lifetimes of current values and forecasts.
-        down_for_s: how long a failed source is left alone before it is tried again.
+        down_for_s: how long a failed source is left alone before it is tried again (a
+            429 with ``Retry-After``: as long as the service asks instead).
+        bases: the emission basis kept per intensity type (default: the catalog's,
+            lifecycle averages and direct marginal figures); a source that declares
+            another basis for the type asked is passed over, never mixed in.
+        plan_skip_s: how long a (source, zone, endpoint) answered 403 "not in plan" is
+            skipped before it is asked again.
 
     Design choice: a failure that concerns the source as a whole (down, timeout,
-    refused credentials, malformed answers) marks the source down for
+    refused credentials, malformed answers, rate limit) marks the source down for
     ``down_for_s``, so a dead API costs one timeout per placement batch, not one
-    per region. "No data for this zone" concerns one zone and marks nothing.
+    per region. "No data for this zone", a 403 for one zone or endpoint outside the
+    account's plan, and an answer for the wrong zone concern one zone and never take
+    the source down; a 403 is remembered so that zone or endpoint is not asked again
+    for ``plan_skip_s``.
     """
 
     def __init__(
         self, sources: Sequence[SignalSource], *, order: Sequence[str] | None = None,
         unconfigured: Mapping[str, str] | None = None, cache: SignalCache | None = None,
         ttl_s: float = 300.0, forecast_ttl_s: float = 1800.0, down_for_s: float = 120.0,
+        bases: Mapping[CarbonSignal, EmissionBasis] = CATALOG_BASIS,
+        plan_skip_s: float = 3600.0,
         clock: Clock = utc_now, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sources = {s.name: s for s in sources}
@@ -188,6 +225,9 @@ class SignalChain:
         self._ttl_s, self._forecast_ttl_s, self._down_for_s = ttl_s, forecast_ttl_s, down_for_s
         self._clock, self._monotonic = clock, monotonic
         self._down: dict[str, tuple[float, str]] = {}
+        self.bases: dict[CarbonSignal, EmissionBasis] = dict(bases)
+        self._plan_skip_s = plan_skip_s
+        self._not_in_plan: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
@@ -198,7 +238,8 @@ class SignalChain:
         """The chain the settings describe (sources in order, unconfigured ones reported)."""
         sources, unconfigured = build_sources(settings, catalog)
         return cls(sources, order=settings.sources, unconfigured=unconfigured, cache=cache,
-                   ttl_s=settings.ttl_s, forecast_ttl_s=settings.forecast_ttl_s)
+                   ttl_s=settings.ttl_s, forecast_ttl_s=settings.forecast_ttl_s,
+                   bases=settings.bases())
 
     @property
     def sources(self) -> tuple[SignalSource, ...]:
@@ -230,17 +271,39 @@ class SignalChain:
                 return None
             return reason
 
-    def _failed(self, name: str, outcome: str, exc: SignalError) -> None:
+    def _failed(self, name: str, outcome: str, exc: SignalError, *,
+                zone: str = "", endpoint: str = "") -> None:
+        down_for_s = self._down_for_s
+        if isinstance(exc, RateLimitedError) and exc.retry_after_s is not None:
+            down_for_s = exc.retry_after_s
         with self._lock:
             if outcome in FAILURES:
-                self._down[name] = (self._monotonic() + self._down_for_s, f"{outcome}, {exc}")
+                self._down[name] = (self._monotonic() + down_for_s, f"{outcome}, {exc}")
+            if outcome == NOT_IN_PLAN:
+                self._not_in_plan[(name, zone, endpoint)] = (
+                    self._monotonic() + self._plan_skip_s, str(exc))
             first = (name, outcome) not in self._warned
             self._warned.add((name, outcome))
         if first and outcome in FAILURES:
+            until = iso(self._clock() + dt.timedelta(seconds=down_for_s))
             log.warning("signal source %s skipped (%s): %s Using the next source; %s is left "
-                        "alone for %.0f s.", name, outcome, exc, name, self._down_for_s)
+                        "alone for %.0f s (until %s).", name, outcome, exc, name, down_for_s,
+                        until)
+        elif first and outcome == WRONG_ZONE:
+            log.warning("signal source %s: %s", name, exc)
         elif first:
             log.info("signal source %s: %s", name, exc)
+
+    def _plan_excludes(self, name: str, zone: str, endpoint: str) -> str | None:
+        """Why (source, zone, endpoint) is skipped after a 403 "not in plan", or None."""
+        with self._lock:
+            entry = self._not_in_plan.get((name, zone, endpoint))
+            if entry is None:
+                return None
+            if self._monotonic() >= entry[0]:
+                del self._not_in_plan[(name, zone, endpoint)]
+                return None
+            return entry[1]
 
     def _key_lock(self, key: str) -> threading.Lock:
         with self._lock:
@@ -261,11 +324,41 @@ class SignalChain:
             have = ", ".join(sorted(map(str, offered))) or "none"
             return Attempt(source=name, outcome=TYPE_NOT_OFFERED,
                            detail=f"{'forecasts' if forecast else 'returns'} {have}")
+        wanted = self.bases.get(signal)
+        basis = source.emission_basis.get(signal)
+        if wanted is not None and basis != wanted:
+            theirs = basis.label if basis is not None else "an undeclared basis"
+            return Attempt(source=name, outcome=OTHER_BASIS, detail=(
+                f"{signal} on a {theirs} basis; this chain keeps {wanted.label} {signal} "
+                "figures (GREENPLACE_SIGNAL_BASIS)"))
         down = self._is_down(name)
         if down is not None:
             return Attempt(source=name, outcome=DOWN, detail=f"left alone after an earlier "
                            f"failure: {down}")
         return None
+
+    def basis_notes(self, signals: Iterable[CarbonSignal]) -> list[str]:
+        """One note per signal type for which configured sources of another basis are skipped."""
+        notes = []
+        for signal in signals:
+            wanted = self.bases.get(signal)
+            if wanted is None:
+                continue
+            skipped = []
+            for source in self.sources:
+                basis = source.emission_basis.get(signal)
+                if signal in source.signal_types and basis != wanted:
+                    skipped.append(f"{source.name} ({basis.label if basis else 'undeclared'})")
+            if skipped:
+                notes.append(
+                    f"emission basis: {signal} is kept on the {wanted.label} basis, so "
+                    f"{', '.join(skipped)} {'is' if len(skipped) == 1 else 'are'} skipped for "
+                    f"{signal}, never mixed in." + (
+                        f" To use {'it' if len(skipped) == 1 else 'them'}, set "
+                        "GREENPLACE_SIGNAL_BASIS to that basis (every source of the other "
+                        "basis, the catalog's included, is then skipped instead)."
+                        if signal is CarbonSignal.AVERAGE else ""))
+        return notes
 
     # --- questions ---------------------------------------------------------------------
 
@@ -303,10 +396,15 @@ class SignalChain:
                    at: dt.datetime | None) -> tuple[SignalValue | None, Attempt]:
         when = "latest" if at is None else iso(_floor(at, 5))
         key = f"v|{source.name}|{signal}|{zone}|{when}"
+        endpoint = _endpoint(signal, forecast=False, past=at is not None)
         with self._key_lock(key):
             cached = self._cache.get(key)
             if cached is not None:
                 return SignalValue.from_json(cached), Attempt(source=source.name, outcome=CACHED)
+            excluded = self._plan_excludes(source.name, zone, endpoint)
+            if excluded is not None:
+                return None, Attempt(source=source.name, outcome=NOT_IN_PLAN,
+                                     detail=f"skipped after an earlier 403: {excluded}")
             if self._is_down(source.name):
                 return None, Attempt(source=source.name, outcome=DOWN,
                                      detail="skipped after an earlier failure")
@@ -314,7 +412,7 @@ class SignalChain:
                 found = source.value(zone, signal=signal, at=at)
             except SignalError as exc:
                 outcome = _outcome(exc)
-                self._failed(source.name, outcome, exc)
+                self._failed(source.name, outcome, exc, zone=zone, endpoint=endpoint)
                 return None, Attempt(source=source.name, outcome=outcome, detail=str(exc))
             if not math.isfinite(found.value) or found.value < 0 or (
                     signal is CarbonSignal.CFE and found.value > 100):
@@ -341,12 +439,18 @@ class SignalChain:
                 attempts.append(Attempt(source=name, outcome=NO_ZONE))
                 continue
             key = f"f|{name}|{signal}|{zone}|{iso(span_start)}|{iso(span_end)}"
+            endpoint = _endpoint(signal, forecast=True, past=False)
             with self._key_lock(key):
                 cached = self._cache.get(key)
                 if cached is not None:
                     attempts.append(Attempt(source=name, outcome=CACHED))
                     return ForecastResult(forecast=Forecast.from_json(cached),
                                           attempts=tuple(attempts))
+                excluded = self._plan_excludes(name, zone, endpoint)
+                if excluded is not None:
+                    attempts.append(Attempt(source=name, outcome=NOT_IN_PLAN,
+                                            detail=f"skipped after an earlier 403: {excluded}"))
+                    continue
                 if self._is_down(name):
                     attempts.append(Attempt(source=name, outcome=DOWN,
                                             detail="skipped after an earlier failure"))
@@ -355,7 +459,7 @@ class SignalChain:
                     found = source.forecast(zone, signal=signal, start=span_start, end=span_end)
                 except SignalError as exc:
                     outcome = _outcome(exc)
-                    self._failed(name, outcome, exc)
+                    self._failed(name, outcome, exc, zone=zone, endpoint=endpoint)
                     attempts.append(Attempt(source=name, outcome=outcome, detail=str(exc)))
                     continue
                 self._cache.set(key, found.to_json(), ttl_s=self._forecast_ttl_s)
@@ -492,7 +596,8 @@ def _notes(signal: CarbonSignal, asked: list[dict[CarbonSignal, ChainResult]],
             if result.live:
                 live_by_source[result.label()] += 1
             for a in result.attempts:
-                if a.source != static.NAME and a.outcome not in (OK, CACHED, TYPE_NOT_OFFERED):
+                if a.source != static.NAME and a.outcome not in (OK, CACHED, TYPE_NOT_OFFERED,
+                                                                 OTHER_BASIS):
                     reasons[f"{a.source} {a.outcome}"] += 1
     live_regions = sum(1 for answer in asked if any(r.live for r in answer.values()))
     live_names = [n for n in chain.order if n != static.NAME]
@@ -526,6 +631,7 @@ def _notes(signal: CarbonSignal, asked: list[dict[CarbonSignal, ChainResult]],
             f"signal type {signal} (scored from {wanted}): each figure was asked only of sources "
             f"that return its type ({'; '.join(other_type)}); where no live source had a "
             "figure, the static catalog figure of the same type was used, never another type.")
+    notes.extend(chain.basis_notes(COLUMNS_FOR[signal]))
     return notes
 
 
@@ -588,7 +694,7 @@ def live_notes(decisions: Sequence[PlacementDecision]) -> list[str]:
     lines: dict[str, None] = {}
     for d in decisions:
         for note in d.extra_notes:
-            if note.startswith(("live signals", "signal type")):
+            if note.startswith(("live signals", "signal type", "emission basis")):
                 lines[f"note: {note}"] = None
             elif note.startswith("temporal shifting"):
                 lines[f"note ({d.job}): {note}"] = None

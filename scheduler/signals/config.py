@@ -9,6 +9,10 @@ GREENPLACE_SIGNAL_SOURCES              fallback order, comma-separated (electric
 GREENPLACE_SIGNAL_TIMEOUT_S            timeout of every HTTP call in seconds (5)
 GREENPLACE_SIGNAL_TTL_S                cache lifetime of a current value (300)
 GREENPLACE_SIGNAL_FORECAST_TTL_S       cache lifetime of a forecast (1800)
+GREENPLACE_SIGNAL_BASIS                emission basis of `average` intensities: lifecycle (the
+                                       catalog's, and what Electricity Maps is asked for) or
+                                       direct (operational: the GB Carbon Intensity API's); a
+                                       source of the other basis is skipped (lifecycle)
 ELECTRICITYMAPS_API_KEY                Electricity Maps key (unset: source not configured)
 GREENPLACE_ELECTRICITYMAPS_URL         https://api.electricitymaps.com/v3
 WATTTIME_USERNAME / WATTTIME_PASSWORD  WattTime credentials (unset: source not configured)
@@ -16,7 +20,14 @@ GREENPLACE_WATTTIME_URL                https://api.watttime.org
 GREENPLACE_CARBON_AWARE_SDK_URL        base URL of your Carbon Aware SDK Web API (unset: not
                                        configured)
 GREENPLACE_CARBON_AWARE_SDK_SIGNAL     the SDK's signal type: marginal (WattTime data source) or
-                                       average (Electricity Maps data source) (marginal)
+                                       average (Electricity Maps data source); required with
+                                       the URL (unset: source not configured)
+GREENPLACE_CARBON_AWARE_SDK_BASIS      the SDK's emission basis (direct for marginal, lifecycle
+                                       for average)
+GREENPLACE_CARBON_AWARE_SDK_LOCATIONS  catalog region -> SDK location name, for any cloud:
+                                       aws:us-east-1=eastus,gcp:europe-west4=westeurope (or a
+                                       JSON object); Azure regions keep their own name unless
+                                       listed
 GREENPLACE_UK_CARBON_INTENSITY_URL     https://api.carbonintensity.org.uk
 =====================================  ==========================================================
 
@@ -41,7 +52,7 @@ from greenplace.scheduler.signals import (
     uk_carbon_intensity,
     watttime,
 )
-from greenplace.scheduler.signals.base import SignalSource
+from greenplace.scheduler.signals.base import CATALOG_BASIS, EmissionBasis, SignalSource
 from greenplace.scheduler.yamlfile import validation_message
 
 SOURCE_NAMES = (
@@ -59,13 +70,16 @@ class SignalSettings(BaseModel):
     timeout_s: float = Field(5.0, gt=0, le=120)
     ttl_s: float = Field(300.0, ge=0)
     forecast_ttl_s: float = Field(1800.0, ge=0)
+    basis: EmissionBasis = EmissionBasis.LIFECYCLE
     electricitymaps_api_key: SecretStr | None = None
     electricitymaps_url: str = electricitymaps.DEFAULT_BASE_URL
     watttime_username: str | None = None
     watttime_password: SecretStr | None = None
     watttime_url: str = watttime.DEFAULT_BASE_URL
     carbon_aware_sdk_url: str | None = None
-    carbon_aware_sdk_signal: CarbonSignal = CarbonSignal.MARGINAL
+    carbon_aware_sdk_signal: CarbonSignal | None = None
+    carbon_aware_sdk_basis: EmissionBasis | None = None
+    carbon_aware_sdk_locations: dict[str, str] = Field(default_factory=dict)
     uk_carbon_intensity_url: str = uk_carbon_intensity.DEFAULT_BASE_URL
 
     @pydantic.field_validator("sources", mode="before")
@@ -87,10 +101,21 @@ class SignalSettings(BaseModel):
 
     @pydantic.field_validator("carbon_aware_sdk_signal")
     @classmethod
-    def _intensity_only(cls, value: CarbonSignal) -> CarbonSignal:
+    def _intensity_only(cls, value: CarbonSignal | None) -> CarbonSignal | None:
         if value is CarbonSignal.CFE:
             raise ValueError("the Carbon Aware SDK reports intensities: use marginal or average")
         return value
+
+    @pydantic.field_validator("carbon_aware_sdk_locations", mode="before")
+    @classmethod
+    def _locations(cls, value: object) -> object:
+        if isinstance(value, str):
+            return carbon_aware_sdk.parse_locations(value)
+        return value
+
+    def bases(self) -> dict[CarbonSignal, EmissionBasis]:
+        """The emission basis the chain keeps per intensity type (``average`` configurable)."""
+        return {**CATALOG_BASIS, CarbonSignal.AVERAGE: self.basis}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SignalSettings:
@@ -101,6 +126,7 @@ class SignalSettings(BaseModel):
             "timeout_s": "GREENPLACE_SIGNAL_TIMEOUT_S",
             "ttl_s": "GREENPLACE_SIGNAL_TTL_S",
             "forecast_ttl_s": "GREENPLACE_SIGNAL_FORECAST_TTL_S",
+            "basis": "GREENPLACE_SIGNAL_BASIS",
             "electricitymaps_api_key": "ELECTRICITYMAPS_API_KEY",
             "electricitymaps_url": "GREENPLACE_ELECTRICITYMAPS_URL",
             "watttime_username": "WATTTIME_USERNAME",
@@ -108,6 +134,8 @@ class SignalSettings(BaseModel):
             "watttime_url": "GREENPLACE_WATTTIME_URL",
             "carbon_aware_sdk_url": "GREENPLACE_CARBON_AWARE_SDK_URL",
             "carbon_aware_sdk_signal": "GREENPLACE_CARBON_AWARE_SDK_SIGNAL",
+            "carbon_aware_sdk_basis": "GREENPLACE_CARBON_AWARE_SDK_BASIS",
+            "carbon_aware_sdk_locations": "GREENPLACE_CARBON_AWARE_SDK_LOCATIONS",
             "uk_carbon_intensity_url": "GREENPLACE_UK_CARBON_INTENSITY_URL",
         }
         raw = {field: env[var] for field, var in names.items() if env.get(var, "").strip()}
@@ -140,7 +168,8 @@ def build_sources(
                 continue
             sources.append(electricitymaps.ElectricityMapsSource(
                 api_key=settings.electricitymaps_api_key.get_secret_value(),
-                base_url=settings.electricitymaps_url, timeout_s=settings.timeout_s))
+                base_url=settings.electricitymaps_url, timeout_s=settings.timeout_s,
+                emission_factor=settings.basis))
         elif name == watttime.NAME:
             if not settings.watttime_username or settings.watttime_password is None:
                 unconfigured[name] = "set WATTTIME_USERNAME and WATTTIME_PASSWORD"
@@ -153,9 +182,15 @@ def build_sources(
             if not settings.carbon_aware_sdk_url:
                 unconfigured[name] = "set GREENPLACE_CARBON_AWARE_SDK_URL"
                 continue
+            if settings.carbon_aware_sdk_signal is None:
+                unconfigured[name] = (
+                    "set GREENPLACE_CARBON_AWARE_SDK_SIGNAL to the signal type of your SDK's "
+                    "data source (marginal for WattTime, average for Electricity Maps)")
+                continue
             sources.append(carbon_aware_sdk.CarbonAwareSdkSource(
                 base_url=settings.carbon_aware_sdk_url, signal=settings.carbon_aware_sdk_signal,
-                timeout_s=settings.timeout_s))
+                basis=settings.carbon_aware_sdk_basis,
+                locations=settings.carbon_aware_sdk_locations, timeout_s=settings.timeout_s))
         elif name == uk_carbon_intensity.NAME:
             sources.append(uk_carbon_intensity.UkCarbonIntensitySource(
                 base_url=settings.uk_carbon_intensity_url, timeout_s=settings.timeout_s))

@@ -9,6 +9,18 @@ Endpoints used (all ``GET``, ``auth-token`` header, zone ids such as ``DE`` or
 - ``/carbon-intensity/forecast?zone=Z`` -> ``{zone, forecast: [{carbonIntensity, datetime}]}``
 - ``/power-breakdown/latest|history?zone=Z`` -> ``{..., fossilFreePercentage, ...}``: the CFE %
 
+Every zone request carries ``shouldUseFallbackCallerLookup=false``: without it the API
+answers a zone it does not know with the zone of the caller's IP address, so a
+typo or a retired zone id would silently score another grid. Carbon-intensity
+requests name ``emissionFactorType`` (the chain's basis, ``lifecycle`` by default,
+like the catalog) instead of relying on the API's default. An answer whose ``zone``
+is not the zone asked is rejected (ZoneMismatchError), never scored.
+
+A 403 means the key's plan does not cover that zone or endpoint (a free key covers
+one zone and no forecast): NotInPlanError, so the chain skips that zone or endpoint
+only. Without a horizon the forecast covers the next 24 hours
+(``base.LIVE_FORECAST_HORIZON_H``).
+
 The API key comes from ``ELECTRICITYMAPS_API_KEY`` (see ``greenplace.scheduler.signals.config``);
 it travels only in the ``auth-token`` header and never appears in a message or log.
 """
@@ -16,17 +28,19 @@ it travels only in the ``auth-token`` header and never appears in a message or l
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from collections.abc import Mapping
 
 import httpx
 
 from greenplace.policies.model import CarbonSignal
 from greenplace.scheduler.catalog import Region
-from greenplace.scheduler.exceptions import NoSignalDataError
+from greenplace.scheduler.exceptions import NoSignalDataError, SignalPayloadError
 from greenplace.scheduler.signals.base import (
     Clock,
+    EmissionBasis,
     Forecast,
     SignalValue,
+    ZoneMismatchError,
     iso,
     make_forecast,
     require_type,
@@ -90,13 +104,16 @@ class ElectricityMapsSource:
 
     def __init__(
         self, *, api_key: str, base_url: str = DEFAULT_BASE_URL, timeout_s: float = 5.0,
-        emission_factor: Literal["lifecycle", "direct"] = "lifecycle",
+        emission_factor: EmissionBasis = EmissionBasis.LIFECYCLE,
         clock: Clock = utc_now,
     ) -> None:
         self._key = api_key
         self._client: httpx.Client = new_client(timeout_s=timeout_s,
                                                 base_url=base_url.rstrip("/") + "/")
-        self._emission_factor = emission_factor
+        self._emission_factor = EmissionBasis(emission_factor)
+        # The basis it asks for, declared beside its signal types (cfe has none).
+        self.emission_basis: Mapping[CarbonSignal, EmissionBasis] = {
+            CarbonSignal.AVERAGE: self._emission_factor}
         self._clock = clock
 
     def __repr__(self) -> str:  # never show the key
@@ -107,7 +124,8 @@ class ElectricityMapsSource:
 
     def _get(self, path: str, params: dict[str, str], operation: str) -> object:
         return get_json(self._client, path, params=params, headers={"auth-token": self._key},
-                        source=NAME, operation=operation, secrets=(self._key,))
+                        source=NAME, operation=operation, secrets=(self._key,),
+                        forbidden_is_not_in_plan=True, clock=self._clock)
 
     def _now(self) -> dt.datetime:
         return self._clock()
@@ -117,6 +135,7 @@ class ElectricityMapsSource:
         body = validate(_Intensity, self._get(
             "carbon-intensity/latest", self._params(zone), "carbon-intensity/latest"),
             source=NAME, operation="carbon-intensity/latest")
+        _same_zone(zone, body.zone, "carbon-intensity/latest")
         return self._intensity_value(zone, body)
 
     def history(self, zone: str) -> list[SignalValue]:
@@ -124,6 +143,7 @@ class ElectricityMapsSource:
         body = validate(_History, self._get(
             "carbon-intensity/history", self._params(zone), "carbon-intensity/history"),
             source=NAME, operation="carbon-intensity/history")
+        _same_zone(zone, body.zone, "carbon-intensity/history")
         return sorted((self._intensity_value(zone, p) for p in body.history
                        if p.carbonIntensity is not None), key=lambda v: v.observed_at)
 
@@ -131,12 +151,14 @@ class ElectricityMapsSource:
         """The grid's carbon-free share (``fossilFreePercentage``) now or at a past hour."""
         if at is None:
             body = validate(_Breakdown, self._get(
-                "power-breakdown/latest", {"zone": zone}, "power-breakdown/latest"),
+                "power-breakdown/latest", _zone_params(zone), "power-breakdown/latest"),
                 source=NAME, operation="power-breakdown/latest")
+            _same_zone(zone, body.zone, "power-breakdown/latest")
             return self._cfe_value(zone, body)
         hist = validate(_BreakdownHistory, self._get(
-            "power-breakdown/history", {"zone": zone}, "power-breakdown/history"),
+            "power-breakdown/history", _zone_params(zone), "power-breakdown/history"),
             source=NAME, operation="power-breakdown/history")
+        _same_zone(zone, hist.zone, "power-breakdown/history")
         point = _covering([p for p in hist.history if p.fossilFreePercentage is not None], at)
         if point is None:
             raise NoSignalDataError(f"{NAME}: no power breakdown for {zone} at {iso(at)}.")
@@ -157,6 +179,7 @@ class ElectricityMapsSource:
         body = validate(_Intensity, self._get(
             "carbon-intensity/past", {**self._params(zone), "datetime": iso(at)},
             "carbon-intensity/past"), source=NAME, operation="carbon-intensity/past")
+        _same_zone(zone, body.zone, "carbon-intensity/past")
         return self._intensity_value(zone, body)
 
     def forecast(self, zone: str, *, signal: CarbonSignal, start: dt.datetime,
@@ -165,6 +188,7 @@ class ElectricityMapsSource:
         body = validate(_ForecastBody, self._get(
             "carbon-intensity/forecast", self._params(zone), "carbon-intensity/forecast"),
             source=NAME, operation="carbon-intensity/forecast")
+        _same_zone(zone, body.zone, "carbon-intensity/forecast")
         points = [(p.datetime, p.carbonIntensity) for p in body.forecast
                   if p.carbonIntensity is not None]
         if not points:
@@ -177,15 +201,20 @@ class ElectricityMapsSource:
         self._client.close()
 
     def _params(self, zone: str) -> dict[str, str]:
-        return {"zone": zone, "emissionFactorType": self._emission_factor}
+        return {**_zone_params(zone), "emissionFactorType": str(self._emission_factor)}
 
     def _intensity_value(self, zone: str, body: _Intensity) -> SignalValue:
         if body.carbonIntensity is None:
             raise NoSignalDataError(f"{NAME}: no carbon intensity for {zone} (null).")
+        if body.emissionFactorType and body.emissionFactorType != self._emission_factor:
+            raise SignalPayloadError(
+                f"{NAME}: asked for {self._emission_factor} intensities of {zone} but the answer "
+                f"is {body.emissionFactorType}; greenplace never mixes emission bases. To fix: "
+                "report it to Electricity Maps; meanwhile the next source answers.")
         return SignalValue(
             source=NAME, zone=zone, signal=CarbonSignal.AVERAGE, value=body.carbonIntensity,
             observed_at=utc(body.datetime), estimated=bool(body.isEstimated),
-            detail=body.emissionFactorType or self._emission_factor)
+            detail=body.emissionFactorType or str(self._emission_factor))
 
     def _cfe_value(self, zone: str, body: _Breakdown) -> SignalValue:
         if body.fossilFreePercentage is None:
@@ -194,6 +223,22 @@ class ElectricityMapsSource:
             source=NAME, zone=zone, signal=CarbonSignal.CFE, value=body.fossilFreePercentage,
             observed_at=utc(body.datetime), estimated=bool(body.isEstimated),
             detail="grid fossil-free share")
+
+
+def _zone_params(zone: str) -> dict[str, str]:
+    """The zone, and no fallback to the caller's IP location when the API does not know it."""
+    return {"zone": zone, "shouldUseFallbackCallerLookup": "false"}
+
+
+def _same_zone(asked: str, answered: str | None, operation: str) -> None:
+    """Raise ZoneMismatchError when the answer names another zone than the one asked."""
+    if answered is not None and answered != asked:
+        raise ZoneMismatchError(
+            f"{NAME} {operation}: asked for zone {asked} but the answer is for zone "
+            f"{answered}; greenplace does not score it as {asked}. To fix: check the "
+            f"catalog's em_zone for the region (the zone ids are listed by GET /v3/zones), or "
+            f"ask Electricity Maps why {asked} resolves to {answered}.",
+            asked=asked, answered=answered)
 
 
 def _covering(points: list[_Breakdown], at: dt.datetime) -> _Breakdown | None:

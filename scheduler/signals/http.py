@@ -7,7 +7,9 @@ and validator for the sources' answers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import email.utils
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -20,6 +22,7 @@ from greenplace.scheduler.exceptions import (
     SignalTimeoutError,
     SignalUnavailableError,
 )
+from greenplace.scheduler.signals.base import NotInPlanError, RateLimitedError, iso, utc_now
 
 
 def validate(model: type[pydantic.BaseModel], data: Any, *, source: str,
@@ -56,7 +59,8 @@ def get_json(
     client: httpx.Client, path: str, *, source: str, operation: str,
     params: Mapping[str, str | list[str]] | None = None,
     headers: Mapping[str, str] | None = None, auth: httpx.Auth | None = None,
-    secrets: tuple[str, ...] = (), forbidden_is_no_data: bool = False,
+    secrets: tuple[str, ...] = (), forbidden_is_not_in_plan: bool = False,
+    clock: Callable[[], dt.datetime] = utc_now,
 ) -> Any:
     """GET ``path`` and decode JSON, mapping every failure onto the SignalError tree.
 
@@ -65,9 +69,12 @@ def get_json(
 
     Raises:
         SignalTimeoutError: no answer within the client's timeout.
-        SignalUnavailableError: connection refused, 429 or 5xx.
-        SignalAuthError: 401 or 403 (403 is NoSignalDataError when ``forbidden_is_no_data``:
-            an API that answers 403 for a zone outside the account's plan).
+        SignalUnavailableError: connection refused or 5xx.
+        RateLimitedError: 429, with the wait its ``Retry-After`` asks (seconds or an HTTP
+            date, read against ``clock``).
+        SignalAuthError: 401 or 403.
+        NotInPlanError: 403 when ``forbidden_is_not_in_plan`` (an API that answers 403 for a
+            zone or endpoint outside the account's plan, such as a free key's second zone).
         NoSignalDataError: 404, 204 or another 4xx (the zone or time is not covered).
         SignalPayloadError: the body is not JSON.
     """
@@ -81,15 +88,25 @@ def get_json(
         raise SignalUnavailableError(
             f"{source} {operation}: cannot reach the service ({type(exc).__name__}).") from exc
     status = response.status_code
-    if status == 403 and forbidden_is_no_data:
-        raise NoSignalDataError(
-            f"{source} {operation}: HTTP 403, the account has no access to this zone or signal. "
-            f"{_error_hint(response, secrets)}")
+    if status == 403 and forbidden_is_not_in_plan:
+        raise NotInPlanError(
+            f"{source} {operation}: HTTP 403, the account's plan does not cover this zone or "
+            f"endpoint; greenplace skips it and keeps using {source} for the others. "
+            f"{_error_hint(response, secrets)} To fix: extend the plan, or accept the fallback "
+            "for this zone.", endpoint=operation)
     if status in (401, 403):
         raise SignalAuthError(
             f"{source} {operation}: HTTP {status}, the credentials were refused. "
             f"{_error_hint(response, secrets)}")
-    if status == 429 or status >= 500:
+    if status == 429:
+        wait_s = retry_after_s(response.headers.get("retry-after"), now=clock())
+        until = (f"asks to wait {wait_s:.0f} s, until "
+                 f"{iso(clock() + dt.timedelta(seconds=wait_s))} (Retry-After)"
+                 if wait_s is not None else "gives no Retry-After")
+        raise RateLimitedError(
+            f"{source} {operation}: HTTP 429, rate limited; the service {until}. "
+            f"{_error_hint(response, secrets)}", retry_after_s=wait_s)
+    if status >= 500:
         raise SignalUnavailableError(
             f"{source} {operation}: HTTP {status}. {_error_hint(response, secrets)}")
     if status == 204 or 400 <= status < 500:
@@ -99,6 +116,25 @@ def get_json(
         return response.json()
     except ValueError as exc:
         raise SignalPayloadError(f"{source} {operation}: the answer is not JSON.") from exc
+
+
+def retry_after_s(value: str | None, *, now: dt.datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
+
+    None when the header is absent or unreadable; never negative.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - now).total_seconds())
 
 
 def _timeout_s(client: httpx.Client) -> float | None:

@@ -10,11 +10,20 @@ NoSignalDataError, never a stand-in from another type.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 from greenplace.policies.model import CarbonSignal
 from greenplace.scheduler.catalog import Catalog, Region
 from greenplace.scheduler.exceptions import NoSignalDataError
-from greenplace.scheduler.signals.base import Forecast, SignalPoint, SignalValue, require_type, utc
+from greenplace.scheduler.signals.base import (
+    CATALOG_BASIS,
+    EmissionBasis,
+    Forecast,
+    SignalPoint,
+    SignalValue,
+    require_type,
+    utc,
+)
 
 NAME = "static"
 
@@ -31,6 +40,7 @@ class StaticSource:
     name = NAME
     signal_types = frozenset({CarbonSignal.AVERAGE, CarbonSignal.MARGINAL, CarbonSignal.CFE})
     forecast_types: frozenset[CarbonSignal] = frozenset()
+    emission_basis: Mapping[CarbonSignal, EmissionBasis] = CATALOG_BASIS
 
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog

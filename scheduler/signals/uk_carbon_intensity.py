@@ -13,11 +13,16 @@ Endpoints used (``GET``, times as ``YYYY-MM-DDThh:mmZ``, half-hour periods):
 Zones: ``national`` or ``regionid:N`` (13 = London, 7 = South Wales). Regional
 figures are forecasts only; national ones carry an actual when it is known,
 and the value's detail says which was used.
+
+Emission basis: direct (operational) intensities, unlike Electricity Maps' and the
+catalog's lifecycle ones; the chain skips this source for ``average`` unless
+``GREENPLACE_SIGNAL_BASIS=direct``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 import pydantic
 
@@ -26,6 +31,7 @@ from greenplace.scheduler.catalog import Region
 from greenplace.scheduler.exceptions import NoSignalDataError
 from greenplace.scheduler.signals.base import (
     Clock,
+    EmissionBasis,
     Forecast,
     SignalValue,
     make_forecast,
@@ -79,6 +85,10 @@ class UkCarbonIntensitySource:
     name = NAME
     signal_types = frozenset({CarbonSignal.AVERAGE})
     forecast_types = frozenset({CarbonSignal.AVERAGE})
+    # NESO's methodology counts generation emissions only: direct (operational), not
+    # lifecycle, so the chain uses it for `average` only when that is the configured basis.
+    emission_basis: Mapping[CarbonSignal, EmissionBasis] = {
+        CarbonSignal.AVERAGE: EmissionBasis.DIRECT}
 
     def __init__(self, *, base_url: str = DEFAULT_BASE_URL, timeout_s: float = 5.0,
                  clock: Clock = utc_now) -> None:
@@ -111,10 +121,11 @@ class UkCarbonIntensitySource:
                  operation: str) -> list[_Period]:
         region_id = self._region_id(zone)
         if region_id is None:
-            raw = get_json(self._client, path_national, source=NAME, operation=operation)
+            raw = get_json(self._client, path_national, source=NAME, operation=operation,
+                           clock=self._clock)
             return validate(_National, raw, source=NAME, operation=operation).data
         raw = get_json(self._client, path_regional.format(id=region_id), source=NAME,
-                       operation=operation)
+                       operation=operation, clock=self._clock)
         body = validate(_Regional, raw, source=NAME, operation=operation)
         regions = body.data if isinstance(body.data, list) else [body.data]
         found = [r for r in regions if r.regionid == region_id] or regions[:1]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -35,6 +35,7 @@ from greenplace.scheduler.exceptions import (
 from greenplace.scheduler.signals.base import (
     G_PER_KWH_PER_LB_PER_MWH,
     Clock,
+    EmissionBasis,
     Forecast,
     SignalValue,
     iso,
@@ -95,6 +96,8 @@ class WattTimeSource:
     name = NAME
     signal_types = frozenset({CarbonSignal.MARGINAL})
     forecast_types = frozenset({CarbonSignal.MARGINAL})
+    emission_basis: Mapping[CarbonSignal, EmissionBasis] = {
+        CarbonSignal.MARGINAL: EmissionBasis.DIRECT}  # MOER: combustion only
 
     def __init__(
         self, *, username: str, password: str, base_url: str = DEFAULT_BASE_URL,
@@ -144,7 +147,8 @@ class WattTimeSource:
                 return get_json(
                     self._client, path, params=params, source=NAME, operation=operation,
                     headers={"authorization": f"Bearer {token}"},
-                    secrets=(*self._secrets, token), forbidden_is_no_data=True)
+                    secrets=(*self._secrets, token), forbidden_is_not_in_plan=True,
+                    clock=self._clock)
             except SignalAuthError:
                 if attempt == 2:
                     raise

@@ -4,6 +4,16 @@ Answers in the documented v3 shapes, e.g. ``/v3/carbon-intensity/latest?zone=DE`
 ``{"zone": "DE", "carbonIntensity": 302, "datetime": "2026-11-27T11:00:00.000Z",
 "updatedAt": ..., "createdAt": ..., "emissionFactorType": "lifecycle",
 "isEstimated": false, "estimationMethod": null}``. Requires the ``auth-token`` header.
+
+Behaves like the real API where greenplace depends on it:
+
+- a zone it does not know is answered with the zone of the caller's IP location
+  (``caller_zone``) unless the request says ``shouldUseFallbackCallerLookup=false``; then
+  it is an error (404 ``Zone '...' does not exist.``);
+- ``emissionFactorType`` picks lifecycle (the default when absent) or direct figures;
+- a key's plan covers ``plan_zones`` (None: every zone) and the forecast endpoint only when
+  ``forecast_in_plan``; anything else is 403 (a free key: one zone, no forecast);
+- ``answer_as`` makes the API answer another zone's id than the one asked (zone aliases).
 """
 
 from __future__ import annotations
@@ -33,18 +43,29 @@ class FakeElectricityMaps(FakeApi):
     intensity: dict[str, Curve] = field(default_factory=dict)
     fossil_free_pct: dict[str, Curve] = field(default_factory=dict)
     forecast_hours: int = 24
+    caller_zone: str | None = None  # the zone the caller's IP geolocates to
+    plan_zones: set[str] | None = None
+    forecast_in_plan: bool = True
+    answer_as: dict[str, str] = field(default_factory=dict)
+    direct_factor: float = 0.8  # direct figures are this share of the lifecycle ones
 
     def malformed_body(self, request: Request) -> Any:
         return {"zone": request.arg("zone"), "carbonIntensity": "high", "datetime": "soon"}
 
+    def _intensity(self, zone: str, t: dt.datetime, factor: str) -> Any:
+        value = self.intensity[zone](t)
+        return value * self.direct_factor if factor == "direct" and value is not None else value
+
     def _point(self, zone: str, t: dt.datetime, factor: str) -> dict[str, Any]:
-        return {"zone": zone, "carbonIntensity": self.intensity[zone](t), "datetime": _stamp(t),
+        return {"zone": self.answer_as.get(zone, zone),
+                "carbonIntensity": self._intensity(zone, t, factor), "datetime": _stamp(t),
                 "updatedAt": _stamp(self.now), "createdAt": _stamp(t),
                 "emissionFactorType": factor, "isEstimated": False, "estimationMethod": None}
 
     def _breakdown(self, zone: str, t: dt.datetime, factor: str) -> dict[str, Any]:
         ff = self.fossil_free_pct[zone](t)
-        return {"zone": zone, "datetime": _stamp(t), "updatedAt": _stamp(self.now),
+        return {"zone": self.answer_as.get(zone, zone), "datetime": _stamp(t),
+                "updatedAt": _stamp(self.now),
                 "createdAt": _stamp(t),
                 "powerConsumptionBreakdown": {"nuclear": 100, "wind": 200, "gas": 300},
                 "powerProductionBreakdown": {"nuclear": 100, "wind": 200, "gas": 300},
@@ -64,22 +85,34 @@ class FakeElectricityMaps(FakeApi):
         table = self.intensity if kind == "carbon-intensity" else self.fossil_free_pct
         if kind not in ("carbon-intensity", "power-breakdown"):
             return Reply(status=404, body={"error": "Not found"})
-        if zone not in table:
+        fallback = request.arg("shouldUseFallbackCallerLookup") != "false"
+        if zone not in table and fallback and self.caller_zone in table:
+            zone = self.caller_zone  # the real API silently answers the caller's own zone
+        elif zone not in table:
             return Reply(status=404, body={"status": "error",
                                            "message": f"Zone '{zone}' does not exist."})
+        if self.plan_zones is not None and zone not in self.plan_zones:
+            return Reply(status=403, body={
+                "status": "error",
+                "message": f"Request unauthorized for zone {zone}: not included in your plan."})
+        if temporality == "forecast" and not self.forecast_in_plan:
+            return Reply(status=403, body={
+                "status": "error",
+                "message": "Request unauthorized: forecast is not included in your plan."})
         point = self._point if kind == "carbon-intensity" else self._breakdown
         latest = _hour(self.now)
         if temporality == "latest":
             return Reply(body=point(zone, latest, factor))
         if temporality == "history":
             hours = [latest - dt.timedelta(hours=h) for h in range(23, -1, -1)]
-            return Reply(body={"zone": zone, "history": [point(zone, t, factor) for t in hours]})
+            return Reply(body={"zone": self.answer_as.get(zone, zone),
+                               "history": [point(zone, t, factor) for t in hours]})
         if temporality == "past" and kind == "carbon-intensity":
             raw = (request.arg("datetime") or "").replace("Z", "+00:00")
             return Reply(body=point(zone, _hour(dt.datetime.fromisoformat(raw)), factor))
         if temporality == "forecast" and kind == "carbon-intensity":
             hours = [latest + dt.timedelta(hours=h) for h in range(1, self.forecast_hours + 1)]
-            return Reply(body={"zone": zone, "forecast": [
-                {"carbonIntensity": self.intensity[zone](t), "datetime": _stamp(t)}
+            return Reply(body={"zone": self.answer_as.get(zone, zone), "forecast": [
+                {"carbonIntensity": self._intensity(zone, t, factor), "datetime": _stamp(t)}
                 for t in hours], "updatedAt": _stamp(self.now)})
         return Reply(status=404, body={"error": "Not found"})

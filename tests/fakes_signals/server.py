@@ -30,6 +30,7 @@ class Reply:
     status: int = 200
     body: Any = None  # JSON-encoded unless ``raw`` is given
     raw: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After
 
 
 @dataclass
@@ -37,7 +38,7 @@ class FakeApi:
     """Routing plus failure knobs shared by every fake.
 
     Knobs (apply to every route except the ones a subclass exempts):
-        fail_status: answer this HTTP status with ``fail_body``.
+        fail_status: answer this HTTP status with ``fail_body`` and ``fail_headers``.
         delay_s: sleep this long before answering (a slow service).
         malformed: answer JSON of the wrong shape.
         not_json: answer a body that is not JSON.
@@ -45,6 +46,7 @@ class FakeApi:
 
     fail_status: int | None = None
     fail_body: Any = None
+    fail_headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     malformed: bool = False
     not_json: bool = False
@@ -67,7 +69,8 @@ class FakeApi:
             if self.delay_s:
                 self._stop.wait(self.delay_s)
             if self.fail_status is not None:
-                return Reply(status=self.fail_status, body=self.fail_body)
+                return Reply(status=self.fail_status, body=self.fail_body,
+                             headers=dict(self.fail_headers))
             if self.not_json:
                 return Reply(raw=b"<html>upstream error</html>")
             if self.malformed:
@@ -128,6 +131,8 @@ def _handler_for(api: FakeApi) -> type[BaseHTTPRequestHandler]:
                 self.send_response(reply.status)
                 self.send_header("content-type", kind)
                 self.send_header("content-length", str(len(data)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 if data:
                     self.wfile.write(data)

@@ -13,11 +13,18 @@ import pytest
 import yaml
 
 from greenplace.policies.model import CarbonSignal, Policy
-from greenplace.scheduler.backtest import MAX_GAP_H, TraceForecasts, backtest, read_trace
+from greenplace.scheduler.backtest import (
+    FORECASTS,
+    MAX_GAP_H,
+    TraceForecasts,
+    backtest,
+    read_trace,
+)
 from greenplace.scheduler.catalog import Catalog
 from greenplace.scheduler.cli import main
 from greenplace.scheduler.exceptions import SpecError
 from greenplace.scheduler.jobs import JobSpec, resolve_job
+from greenplace.scheduler.signals.base import LIVE_FORECAST_HORIZON_H
 from tests.conftest import ACCELERATORS, SHARED_DATA, make_offer, make_region
 
 TRACES = importlib.resources.files("greenplace.scheduler.signals.traces")
@@ -119,7 +126,7 @@ def test_trace_forecasts(tmp_path: Path) -> None:
     oracle = TraceForecasts(trace, horizon_h=5).forecast(
         region, signal=CarbonSignal.AVERAGE, start=now, end=now + dt.timedelta(hours=10))
     assert oracle is not None and [p.value for p in oracle.points] == [30, 31, 32, 33, 34]
-    persistence = TraceForecasts(trace, mode="persistence").forecast(
+    persistence = TraceForecasts(trace, mode="persistence", horizon_h=72).forecast(
         region, signal=CarbonSignal.AVERAGE, start=now, end=now + dt.timedelta(hours=30))
     assert persistence is not None
     got = [p.value for p in persistence.points]
@@ -128,6 +135,11 @@ def test_trace_forecasts(tmp_path: Path) -> None:
     assert got[25] == 7.0  # 25 h ahead: 31:00 is not observed yet, so two days back
     assert TraceForecasts(trace).forecast(region, signal=CarbonSignal.MARGINAL, start=now,
                                           end=now) is None
+    # by default a forecast reaches as far as live mode's does (24 h), oracle or persistence
+    for mode in FORECASTS:
+        default = TraceForecasts(trace, mode=mode).forecast(
+            region, signal=CarbonSignal.AVERAGE, start=now, end=now + dt.timedelta(hours=40))
+        assert default is not None and len(default.points) == LIVE_FORECAST_HORIZON_H == 24
 
 
 @pytest.fixture
@@ -213,6 +225,20 @@ def test_backtest_cli_on_the_shipped_sample(tmp_path: Path,
                      "greenplace-region", "greenplace"]
     assert out["replays"] > 0 and out["trace"]["zones"] == ["DE", "GB", "US-CAL-CISO",
                                                             "US-MIDA-PJM"]
+    assert out["horizon_h"] == LIVE_FORECAST_HORIZON_H
+    with pytest.raises(SystemExit) as exit_info:
+        main(["backtest", str(path), "--trace", EM_SAMPLE.removesuffix(".csv"),
+              "--every", "12", "--horizon-h", "6", "--output", "json"])
+    assert exit_info.value.code == 0
+    short = json.loads(capsys.readouterr().out)
+    assert short["horizon_h"] == 6
+    # a shorter view of the future can only find fewer or shorter deferrals
+    assert short["greenplace_deferred"] <= out["greenplace_deferred"] or (
+        short["greenplace_mean_delay_h"] <= out["greenplace_mean_delay_h"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["backtest", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--horizon-h" in help_text and "live mode" in help_text
     with pytest.raises(SystemExit) as exit_info:
         main(["backtest", str(path), "--trace", str(tmp_path / "nope.csv")])
     assert exit_info.value.code == 2

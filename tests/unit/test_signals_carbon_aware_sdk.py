@@ -8,14 +8,23 @@ from collections.abc import Iterator
 import pytest
 
 from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Catalog
 from greenplace.scheduler.exceptions import (
+    ConfigError,
     NoSignalDataError,
     SignalPayloadError,
     SignalTimeoutError,
     SignalUnavailableError,
 )
-from greenplace.scheduler.signals.carbon_aware_sdk import CarbonAwareSdkSource, _minutes
-from tests.conftest import make_region
+from greenplace.scheduler.signals.base import EmissionBasis
+from greenplace.scheduler.signals.carbon_aware_sdk import (
+    CarbonAwareSdkSource,
+    _minutes,
+    parse_locations,
+)
+from greenplace.scheduler.signals.chain import SignalChain
+from greenplace.scheduler.signals.config import SignalSettings, build_sources
+from tests.conftest import ACCELERATORS, make_region
 from tests.fakes_signals.carbon_aware_sdk import FakeCarbonAwareSdk
 from tests.fakes_signals.server import FakeServer
 
@@ -82,7 +91,7 @@ def test_signal_type_comes_from_config_and_is_never_mixed() -> None:
 
 
 def test_locations_azure_by_name_others_by_table() -> None:
-    src = CarbonAwareSdkSource(base_url="http://127.0.0.1:9",
+    src = CarbonAwareSdkSource(base_url="http://127.0.0.1:9", signal=CarbonSignal.MARGINAL,
                                locations={"aws:us-east-1": "eastus"})
     try:
         assert src.zone_for(make_region("azure", "northeurope")) == "northeurope"
@@ -120,3 +129,63 @@ def test_no_content_unknown_location_and_errors(fake: tuple[FakeCarbonAwareSdk,
             src.value("eastus", signal=CarbonSignal.MARGINAL)
     finally:
         src.close()
+
+
+def test_location_map_signal_and_basis_come_from_configuration(
+    fake: tuple[FakeCarbonAwareSdk, FakeServer],
+) -> None:
+    api, server = fake
+    regions = (
+        make_region("aws", "us-east-1", em_zone="US-MIDA-PJM"),
+        make_region("gcp", "europe-west4", country="NL", continent="europe", em_zone="NL"),
+        make_region("azure", "eastus", em_zone="US-MIDA-PJM"),
+        make_region("azure", "westeurope", country="NL", continent="europe", em_zone="NL"),
+    )
+    catalog = Catalog.build(regions, ACCELERATORS, ())
+    api.rating["westeurope"] = lambda t: 222.0
+    env = {"GREENPLACE_SIGNAL_SOURCES": "carbon-aware-sdk",
+           "GREENPLACE_CARBON_AWARE_SDK_URL": server.url,
+           "GREENPLACE_CARBON_AWARE_SDK_SIGNAL": "average",
+           "GREENPLACE_CARBON_AWARE_SDK_LOCATIONS":
+               "aws:us-east-1=eastus, gcp:europe-west4=westeurope, azure:eastus=westeurope"}
+    sources, unconfigured = build_sources(SignalSettings.from_env(env), catalog)
+    [src] = [s for s in sources if s.name == "carbon-aware-sdk"]
+    try:
+        assert unconfigured == {}
+        assert src.signal_types == {CarbonSignal.AVERAGE}
+        # an average from the SDK's Electricity Maps data source: lifecycle by default
+        assert src.emission_basis == {CarbonSignal.AVERAGE: EmissionBasis.LIFECYCLE}
+        zones = [src.zone_for(r) for r in regions]
+        assert zones == ["eastus", "westeurope", "westeurope", "westeurope"]
+        chain = SignalChain([src], clock=lambda: NOW)
+        gcp = chain.value(regions[1], signal=CarbonSignal.AVERAGE)
+        aws = chain.value(regions[0], signal=CarbonSignal.AVERAGE)
+    finally:
+        src.close()
+    assert gcp.value is not None and gcp.value.value == 222.0
+    assert gcp.value.signal is CarbonSignal.AVERAGE and "lifecycle" in gcp.value.detail
+    assert aws.value is not None and aws.value.value == rating(aws.value.observed_at)
+    assert [c.query["location"] for c in api.calls("/emissions/bylocations")] == [
+        ["westeurope"], ["eastus"]]
+
+
+def test_signal_type_is_required_and_basis_overridable() -> None:
+    catalog = Catalog.build((make_region("azure", "eastus"),), ACCELERATORS, ())
+    env = {"GREENPLACE_CARBON_AWARE_SDK_URL": "http://127.0.0.1:9"}
+    sources, unconfigured = build_sources(SignalSettings.from_env(env), catalog)
+    assert "GREENPLACE_CARBON_AWARE_SDK_SIGNAL" in unconfigured["carbon-aware-sdk"]
+    assert all(s.name != "carbon-aware-sdk" for s in sources)
+    env |= {"GREENPLACE_CARBON_AWARE_SDK_SIGNAL": "marginal"}
+    sources, _ = build_sources(SignalSettings.from_env(env), catalog)
+    [src] = [s for s in sources if s.name == "carbon-aware-sdk"]
+    assert src.emission_basis == {CarbonSignal.MARGINAL: EmissionBasis.DIRECT}
+    src.close()
+    env |= {"GREENPLACE_CARBON_AWARE_SDK_SIGNAL": "average",
+            "GREENPLACE_CARBON_AWARE_SDK_BASIS": "direct"}
+    sources, _ = build_sources(SignalSettings.from_env(env), catalog)
+    [src] = [s for s in sources if s.name == "carbon-aware-sdk"]
+    assert src.emission_basis == {CarbonSignal.AVERAGE: EmissionBasis.DIRECT}
+    src.close()
+    with pytest.raises(ConfigError, match="GREENPLACE_CARBON_AWARE_SDK_LOCATIONS.*CLOUD:REGION"):
+        SignalSettings.from_env({"GREENPLACE_CARBON_AWARE_SDK_LOCATIONS": "us-east-1=eastus"})
+    assert parse_locations('{"gcp:us-central1": "centralus"}') == {"gcp:us-central1": "centralus"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import logging
 import shutil
 import subprocess
@@ -16,16 +17,20 @@ from greenplace.policies.model import CarbonSignal, Policy
 from greenplace.scheduler.catalog import Catalog
 from greenplace.scheduler.jobs import JobSpec, resolve_job
 from greenplace.scheduler.placement import Placer
+from greenplace.scheduler.signals.base import CATALOG_BASIS, EmissionBasis
 from greenplace.scheduler.signals.cache import MemoryCache, RedisCache, SignalCache
 from greenplace.scheduler.signals.chain import (
     CACHED,
     DOWN,
     MALFORMED,
-    NO_ZONE,
     NOT_CONFIGURED,
+    NOT_IN_PLAN,
     OK,
+    OTHER_BASIS,
+    RATE_LIMITED,
     TIMEOUT,
     TYPE_NOT_OFFERED,
+    WRONG_ZONE,
     ChainForecasts,
     SignalChain,
     build_region_signals,
@@ -101,12 +106,15 @@ def wt() -> Iterator[tuple[FakeWattTime, FakeServer]]:
 
 def make_chain(catalog: Catalog, *, em: FakeServer | None = None, uk: FakeServer | None = None,
                wt: FakeServer | None = None, timeout_s: float = 2.0,
-               ticker: Ticker | None = None, cache: SignalCache | None = None) -> SignalChain:
+               ticker: Ticker | None = None, cache: SignalCache | None = None,
+               bases: dict[CarbonSignal, EmissionBasis] | None = None,
+               em_basis: EmissionBasis = EmissionBasis.LIFECYCLE) -> SignalChain:
     sources: list = []
     unconfigured = {}
     if em is not None:
         sources.append(ElectricityMapsSource(api_key=EM_KEY, base_url=f"{em.url}/v3",
-                                             timeout_s=timeout_s, clock=lambda: NOW))
+                                             timeout_s=timeout_s, clock=lambda: NOW,
+                                             emission_factor=em_basis))
     else:
         unconfigured["electricitymaps"] = "set ELECTRICITYMAPS_API_KEY"
     if wt is not None:
@@ -120,7 +128,8 @@ def make_chain(catalog: Catalog, *, em: FakeServer | None = None, uk: FakeServer
     ticker = ticker or Ticker()
     return SignalChain(sources, order=order, unconfigured=unconfigured,
                        cache=cache or MemoryCache(monotonic=ticker), clock=lambda: NOW,
-                       monotonic=ticker, down_for_s=60.0)
+                       monotonic=ticker, down_for_s=60.0,
+                       bases=bases if bases is not None else CATALOG_BASIS)
 
 
 def outcomes(result) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -134,11 +143,13 @@ def test_fallback_order_per_region(catalog: Catalog, em, uk) -> None:  # type: i
         pjm = chain.value(catalog.region("azure:eastus"), signal=CarbonSignal.AVERAGE)
     assert de.value.source == "electricitymaps" and de.value.value == 120.0
     assert outcomes(de) == [("electricitymaps", OK)]
-    # EM has no GB data in this fake (404): the GB API answers for London
-    assert gb.value.source == "uk-carbon-intensity" and gb.value.value == 150.0
-    assert outcomes(gb)[0][0] == "electricitymaps" and outcomes(gb)[0][1] == "no data"
+    # EM has no GB data in this fake (404); the GB API's figures are direct (operational),
+    # not the chain's lifecycle basis, so it is passed over and the catalog answers
+    assert gb.value.source == "static" and gb.value.value == 200.0
+    assert outcomes(gb)[0] == ("electricitymaps", "no data")
+    assert ("uk-carbon-intensity", OTHER_BASIS) in outcomes(gb)
     assert pjm.value.source == "static" and pjm.value.value == 380.0 and not pjm.live
-    assert ("uk-carbon-intensity", NO_ZONE) in outcomes(pjm)
+    assert ("uk-carbon-intensity", OTHER_BASIS) in outcomes(pjm)  # asked for no basis's zone
 
 
 def test_signal_types_are_never_mixed(catalog: Catalog, em, wt) -> None:  # type: ignore[no-untyped-def]
@@ -158,6 +169,103 @@ def test_signal_types_are_never_mixed(catalog: Catalog, em, wt) -> None:  # type
                                  ("uk-carbon-intensity", NOT_CONFIGURED), ("static", "ok")]
     assert pjm_cfe.value.source == "static" and pjm_cfe.value.value == 40.0
     assert em[0].calls("carbon-intensity") == []  # never asked for an average
+
+
+def test_other_basis_is_skipped_never_mixed(catalog: Catalog, em, uk) -> None:  # type: ignore[no-untyped-def]
+    london = catalog.region("aws:eu-west-2")
+    with make_chain(catalog, em=em[1], uk=uk[1]) as chain:  # lifecycle, the catalog's basis
+        lifecycle = chain.value(london, signal=CarbonSignal.AVERAGE)
+        forecast = chain.forecast(london, signal=CarbonSignal.AVERAGE, start=NOW,
+                                  end=NOW + dt.timedelta(hours=3))
+    assert lifecycle.value.source == "static"
+    skip = next(a for a in lifecycle.attempts if a.source == "uk-carbon-intensity")
+    assert skip.outcome == OTHER_BASIS and "direct (operational)" in skip.detail
+    assert forecast.forecast is None and ("uk-carbon-intensity", OTHER_BASIS) in outcomes(forecast)
+    assert uk[0].requests == []  # never asked
+    direct = {**CATALOG_BASIS, CarbonSignal.AVERAGE: EmissionBasis.DIRECT}
+    with make_chain(catalog, em=em[1], uk=uk[1], bases=direct,
+                    em_basis=EmissionBasis.DIRECT) as chain:
+        gb = chain.value(london, signal=CarbonSignal.AVERAGE)
+        de = chain.value(catalog.region("gcp:europe-west3"), signal=CarbonSignal.AVERAGE)
+        pjm = chain.value(catalog.region("azure:eastus"), signal=CarbonSignal.AVERAGE)
+        notes = chain.basis_notes([CarbonSignal.AVERAGE])
+    assert gb.value.source == "uk-carbon-intensity" and gb.value.value == 150.0
+    # Electricity Maps is asked for direct figures when that is the basis
+    assert de.value.source == "electricitymaps" and de.value.value == 120.0 * 0.8
+    assert em[0].calls("/latest")[-1].arg("emissionFactorType") == "direct"
+    # the catalog's lifecycle averages are another basis now: unknown, not mixed in
+    assert pjm.value is None and outcomes(pjm)[-1] == ("static", OTHER_BASIS)
+    assert notes and "static (lifecycle) is skipped for average" in notes[0]
+
+
+def test_403_skips_one_zone_and_endpoint_only(catalog: Catalog, em) -> None:  # type: ignore[no-untyped-def]
+    api, server = em
+    api.plan_zones = {"DE"}  # a free key: one zone and no forecast
+    api.forecast_in_plan = False
+    ciso, de = catalog.region("aws:us-west-1"), catalog.region("gcp:europe-west3")
+    with make_chain(catalog, em=server) as chain:
+        other = chain.value(ciso, signal=CarbonSignal.AVERAGE)
+        own = chain.value(de, signal=CarbonSignal.AVERAGE)
+        fc = chain.forecast(de, signal=CarbonSignal.AVERAGE, start=NOW,
+                            end=NOW + dt.timedelta(hours=3))
+        cfe = chain.value(de, signal=CarbonSignal.CFE)
+        again = chain.value(ciso, signal=CarbonSignal.AVERAGE, at=NOW - dt.timedelta(hours=1))
+        fc_again = chain.forecast(de, signal=CarbonSignal.AVERAGE, start=NOW,
+                                  end=NOW + dt.timedelta(hours=5))
+        latest_again = chain.value(ciso, signal=CarbonSignal.AVERAGE)
+    assert outcomes(other)[0] == ("electricitymaps", NOT_IN_PLAN)
+    assert "403" in other.attempts[0].detail and other.value.source == "static"
+    assert own.value.source == "electricitymaps" and own.value.value == 120.0  # not marked down
+    assert outcomes(fc)[0] == ("electricitymaps", NOT_IN_PLAN) and fc.forecast is None
+    assert cfe.value.source == "electricitymaps"
+    # a past value of the other zone is another endpoint: asked once, also 403
+    assert outcomes(again)[0] == ("electricitymaps", NOT_IN_PLAN)
+    # the same (zone, endpoint) again is skipped without a request
+    assert outcomes(fc_again)[0] == ("electricitymaps", NOT_IN_PLAN)
+    assert "earlier 403" in fc_again.attempts[0].detail
+    assert outcomes(latest_again)[0] == ("electricitymaps", NOT_IN_PLAN)
+    assert len(api.calls("/forecast")) == 1
+    assert len([r for r in api.calls("/carbon-intensity/latest")
+                if r.arg("zone") == "US-CAL-CISO"]) == 1
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_429_honours_retry_after(catalog: Catalog, em, form: str,  # type: ignore[no-untyped-def]
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    api, server = em
+    api.fail_status, api.fail_body = 429, {"message": "Too many requests"}
+    api.fail_headers = {"Retry-After": "600" if form == "seconds" else
+                        email.utils.format_datetime(NOW + dt.timedelta(seconds=600),
+                                                    usegmt=True)}
+    ticker = Ticker()
+    caplog.set_level(logging.WARNING, logger="greenplace.signals")
+    de = catalog.region("gcp:europe-west3")
+    with make_chain(catalog, em=server, ticker=ticker) as chain:  # down_for_s is 60 s
+        first = chain.value(de, signal=CarbonSignal.AVERAGE)
+        api.fail_status = None
+        ticker.t += 61  # past the fixed back-off, not past Retry-After
+        still = chain.value(de, signal=CarbonSignal.AVERAGE)
+        ticker.t += 540  # 601 s: past Retry-After
+        back = chain.value(de, signal=CarbonSignal.AVERAGE)
+    assert outcomes(first)[0] == ("electricitymaps", RATE_LIMITED)
+    assert "wait 600 s, until 2026-11-27T12:40:00Z" in first.attempts[0].detail
+    assert outcomes(still)[0] == ("electricitymaps", DOWN)
+    assert "rate limited" in still.attempts[0].detail
+    assert back.value.source == "electricitymaps"
+    assert len(api.calls("/latest")) == 2
+    assert "left alone for 600 s (until 2026-11-27T12:40:00Z)" in caplog.text
+
+
+def test_answer_for_another_zone_is_never_scored(catalog: Catalog, em) -> None:  # type: ignore[no-untyped-def]
+    api, server = em
+    api.answer_as = {"DE": "FR"}
+    with make_chain(catalog, em=server) as chain:
+        de = chain.value(catalog.region("gcp:europe-west3"), signal=CarbonSignal.AVERAGE)
+        ciso = chain.value(catalog.region("aws:us-west-1"), signal=CarbonSignal.AVERAGE)
+    assert outcomes(de)[0] == ("electricitymaps", WRONG_ZONE)
+    assert "asked for zone DE but the answer is for zone FR" in de.attempts[0].detail
+    assert de.value.source == "static" and de.value.value == 350.0
+    assert ciso.value.source == "electricitymaps"  # the source stays in use
 
 
 def test_cache_hit_then_ttl_expiry(catalog: Catalog, em) -> None:  # type: ignore[no-untyped-def]
@@ -191,7 +299,7 @@ def test_down_source_is_skipped_with_one_warning(catalog: Catalog, em, uk,  # ty
     assert outcomes(first)[0] == ("electricitymaps", DOWN) and first.value.source == "static"
     assert outcomes(second)[0] == ("electricitymaps", DOWN)
     assert "earlier failure: down, electricitymaps" in second.attempts[0].detail
-    assert second.value.source == "uk-carbon-intensity"
+    assert second.value.source == "static"
     assert third.value.source == "electricitymaps"
     warnings = [r for r in caplog.records if "electricitymaps skipped" in r.getMessage()]
     assert len(warnings) == 1 and "503" in warnings[0].getMessage()
@@ -218,7 +326,7 @@ def test_malformed_answer_falls_back(catalog: Catalog, em, uk) -> None:  # type:
     with make_chain(catalog, em=server, uk=uk[1]) as chain:
         gb = chain.value(catalog.region("aws:eu-west-2"), signal=CarbonSignal.AVERAGE)
     assert outcomes(gb)[0] == ("electricitymaps", MALFORMED)
-    assert gb.value.source == "uk-carbon-intensity"
+    assert gb.value.source == "static"
 
 
 def test_live_region_signals_and_provenance(catalog: Catalog, em, uk) -> None:  # type: ignore[no-untyped-def]
@@ -231,16 +339,18 @@ def test_live_region_signals_and_provenance(catalog: Catalog, em, uk) -> None:  
     assert s.grid_average_g_per_kwh[de] == 120.0 and s.cfe_pct[de] == 70.0
     assert s.source[de] == "electricitymaps (cfe+average, 30 min old)"
     assert s.observed_at[de] == "2026-11-27T12:00:00Z"
-    # GB: average from the GB API, CFE unknown live -> the catalog's annual grid CFE
-    assert s.grid_average_g_per_kwh[gb] == 150.0 and s.cfe_pct[gb] == 55.0
-    assert "average=uk-carbon-intensity" in s.source[gb]
+    # GB: the GB API is direct, not lifecycle: the catalog's average and annual grid CFE
+    assert s.grid_average_g_per_kwh[gb] == 200.0 and s.cfe_pct[gb] == 55.0
+    assert "static:catalog 2025" in s.source[gb]
     assert s.grid_average_g_per_kwh[ciso] == 102.0 and s.cfe_pct[ciso] == 50.0
     assert s.grid_average_g_per_kwh[pjm] == 380.0
     assert s.source[pjm] == ("static:catalog 2025 (cfe+average, annual) "
                              "[skipped: electricitymaps no data]")
     assert s.cfe_pct[pjm] == 40.0
-    assert live.live_regions == 3
-    assert any("3/4 regions" in n for n in live.notes)
+    assert live.live_regions == 2
+    assert any("2/4 regions" in n for n in live.notes)
+    basis = next(n for n in live.notes if n.startswith("emission basis"))
+    assert "uk-carbon-intensity (direct (operational)) is skipped for average" in basis
 
 
 def test_every_live_source_down_places_on_static_and_says_so(catalog: Catalog) -> None:

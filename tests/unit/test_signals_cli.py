@@ -21,7 +21,9 @@ WT_PASSWORD = "wt-cli-password-2718"
 ENV = ("GREENPLACE_SIGNAL_SOURCES", "ELECTRICITYMAPS_API_KEY", "GREENPLACE_ELECTRICITYMAPS_URL",
        "WATTTIME_USERNAME", "WATTTIME_PASSWORD", "GREENPLACE_WATTTIME_URL",
        "GREENPLACE_CARBON_AWARE_SDK_URL", "GREENPLACE_UK_CARBON_INTENSITY_URL",
-       "GREENPLACE_SIGNAL_TIMEOUT_S")
+       "GREENPLACE_SIGNAL_TIMEOUT_S", "GREENPLACE_SIGNAL_BASIS",
+       "GREENPLACE_CARBON_AWARE_SDK_SIGNAL", "GREENPLACE_CARBON_AWARE_SDK_BASIS",
+       "GREENPLACE_CARBON_AWARE_SDK_LOCATIONS")
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -95,8 +97,35 @@ def test_signals_for_every_region(live: dict[str, object],
     rows = json.loads(out)
     by_region = {r["region"]: r for r in rows}
     assert by_region["gcp:europe-west3"]["source"] == "electricitymaps"
-    assert by_region["gcp:europe-west2"]["source"] == "uk-carbon-intensity"  # London
+    # London: the GB API's figures are direct, not the catalog's lifecycle basis
+    london = by_region["gcp:europe-west2"]
+    assert london["source"].startswith("static")
+    assert any(p.startswith("uk-carbon-intensity: other basis (average on a direct "
+                            "(operational) basis") for p in london["passed_over"])
     assert by_region["aws:us-east-1"]["source"].startswith("static")
+
+
+def test_signals_shows_the_basis_skip(live: dict[str, object],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "signals", "--region", "gcp:europe-west2", "--signal",
+                         "average")
+    assert code == 0, err
+    assert "other basis" in out
+    assert ("note: emission basis: average is kept on the lifecycle basis, so "
+            "uk-carbon-intensity (direct (operational)) is skipped for average") in out
+    uk = live["uk"]
+    assert isinstance(uk, FakeUkCarbonIntensity) and uk.requests == []
+    code, out, err = run(capsys, "signals", "--signal", "average")
+    assert code == 0, err
+    assert "note: emission basis" in out
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GREENPLACE_SIGNAL_BASIS", "direct")
+        code, out, err = run(capsys, "signals", "--region", "gcp:europe-west2", "--signal",
+                             "average", "--output", "json")
+    report = json.loads(out)
+    assert code == 0, err
+    assert report["fallback"][0]["source"] == "uk-carbon-intensity"
+    assert "static (lifecycle) is skipped for average" in report["notes"][0]
 
 
 def test_signals_usage_errors(clean_env: pytest.MonkeyPatch,

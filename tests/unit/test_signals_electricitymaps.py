@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from greenplace.policies.model import CarbonSignal
@@ -15,6 +16,12 @@ from greenplace.scheduler.exceptions import (
     SignalPayloadError,
     SignalTimeoutError,
     SignalUnavailableError,
+)
+from greenplace.scheduler.signals.base import (
+    EmissionBasis,
+    NotInPlanError,
+    RateLimitedError,
+    ZoneMismatchError,
 )
 from greenplace.scheduler.signals.electricitymaps import ElectricityMapsSource
 from tests.conftest import make_region
@@ -203,3 +210,110 @@ def test_unreachable_service() -> None:
             src.value("DE", signal=CarbonSignal.AVERAGE)
     finally:
         src.close()
+
+
+def test_every_zone_request_disables_the_caller_ip_fallback(
+    fake: tuple[FakeElectricityMaps, FakeServer],
+) -> None:
+    api, server = fake
+    api.caller_zone = "DE"  # where this machine's IP address geolocates
+    # The API itself (as documented) answers an unknown zone with the caller's zone ...
+    raw = httpx.get(f"{server.url}/v3/carbon-intensity/latest", params={"zone": "NL"},
+                    headers={"auth-token": KEY}).json()
+    assert raw["zone"] == "DE"
+    src = source(server)
+    try:
+        # ... but the source asks it not to: an unknown zone is an error, never DE's figure
+        with pytest.raises(NoSignalDataError, match="404.*Zone 'NL' does not exist"):
+            src.value("NL", signal=CarbonSignal.AVERAGE)
+        src.value("DE", signal=CarbonSignal.CFE)
+        src.value("DE", signal=CarbonSignal.CFE, at=NOW - dt.timedelta(hours=2))
+        src.value("DE", signal=CarbonSignal.AVERAGE, at=NOW - dt.timedelta(hours=2))
+        src.value("DE", signal=CarbonSignal.AVERAGE, at=NOW - dt.timedelta(days=3))
+        src.forecast("DE", signal=CarbonSignal.AVERAGE, start=NOW,
+                     end=NOW + dt.timedelta(hours=2))
+    finally:
+        src.close()
+    assert len(api.requests) == 7
+    assert all(r.arg("shouldUseFallbackCallerLookup") == "false" for r in api.requests[1:])
+    assert all(r.arg("emissionFactorType") == "lifecycle"
+               for r in api.requests[1:] if "carbon-intensity" in r.path)
+
+
+def test_direct_basis_is_asked_explicitly(fake: tuple[FakeElectricityMaps, FakeServer]) -> None:
+    api, server = fake
+    src = ElectricityMapsSource(api_key=KEY, base_url=f"{server.url}/v3", clock=lambda: NOW,
+                                emission_factor=EmissionBasis.DIRECT)
+    try:
+        value = src.value("DE", signal=CarbonSignal.AVERAGE)
+    finally:
+        src.close()
+    assert src.emission_basis == {CarbonSignal.AVERAGE: EmissionBasis.DIRECT}
+    assert value.detail == "direct" and value.value == de_curve(NOW.replace(minute=0)) * 0.8
+    assert api.requests[0].arg("emissionFactorType") == "direct"
+
+
+@pytest.mark.parametrize("endpoint", ["latest", "history", "forecast", "power-breakdown"])
+def test_answer_for_another_zone_is_rejected(fake: tuple[FakeElectricityMaps, FakeServer],
+                                             endpoint: str) -> None:
+    api, server = fake
+    api.answer_as = {"DE": "FR"}
+    src = source(server)
+    try:
+        with pytest.raises(ZoneMismatchError) as info:
+            if endpoint == "latest":
+                src.value("DE", signal=CarbonSignal.AVERAGE)
+            elif endpoint == "history":
+                src.value("DE", signal=CarbonSignal.AVERAGE, at=NOW - dt.timedelta(hours=2))
+            elif endpoint == "forecast":
+                src.forecast("DE", signal=CarbonSignal.AVERAGE, start=NOW, end=NOW)
+            else:
+                src.value("DE", signal=CarbonSignal.CFE)
+    finally:
+        src.close()
+    assert isinstance(info.value, SignalPayloadError)
+    assert (info.value.asked, info.value.answered) == ("DE", "FR")
+    assert "asked for zone DE but the answer is for zone FR" in str(info.value)
+    assert "To fix:" in str(info.value)
+
+
+def test_403_is_not_in_plan_for_that_zone_or_endpoint(
+    fake: tuple[FakeElectricityMaps, FakeServer],
+) -> None:
+    api, server = fake
+    api.intensity["FR"] = lambda t: 50.0
+    api.plan_zones, api.forecast_in_plan = {"DE"}, False
+    src = source(server)
+    try:
+        with pytest.raises(NotInPlanError) as zone:
+            src.value("FR", signal=CarbonSignal.AVERAGE)
+        with pytest.raises(NotInPlanError) as forecast:
+            src.forecast("DE", signal=CarbonSignal.AVERAGE, start=NOW, end=NOW)
+        assert src.value("DE", signal=CarbonSignal.AVERAGE).value == 190.0
+    finally:
+        src.close()
+    assert zone.value.endpoint == "carbon-intensity/latest" and "403" in str(zone.value)
+    assert "not included in your plan" in str(zone.value)
+    assert forecast.value.endpoint == "carbon-intensity/forecast"
+    assert KEY not in str(zone.value)
+
+
+@pytest.mark.parametrize(("header", "wait_s"), [
+    ("120", 120.0), ("Fri, 27 Nov 2026 12:35:00 GMT", 300.0), (None, None)])
+def test_429_reads_retry_after(fake: tuple[FakeElectricityMaps, FakeServer],
+                               header: str | None, wait_s: float | None) -> None:
+    api, server = fake
+    api.fail_status, api.fail_body = 429, {"message": "Too many requests"}
+    api.fail_headers = {"Retry-After": header} if header else {}
+    src = source(server)
+    try:
+        with pytest.raises(RateLimitedError) as info:
+            src.value("DE", signal=CarbonSignal.AVERAGE)
+    finally:
+        src.close()
+    assert info.value.retry_after_s == wait_s
+    if wait_s is not None:
+        until = NOW + dt.timedelta(seconds=wait_s)
+        assert f"until {until.strftime('%Y-%m-%dT%H:%M:%SZ')}" in str(info.value)
+    else:
+        assert "gives no Retry-After" in str(info.value)
