@@ -51,6 +51,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "Current carbon signal values per source, and which one the fallback chain uses."),
     "backtest": ("signals", "backtest_cmd",
         "Replay JOBS_FILE over an hourly carbon trace and compare placement strategies."),
+    "offers": ("offers", "offers_cmd",
+        "List every instance offer: hardware, form factor, TDP, prices and their source."),
     "providers": ("providers", "providers_group", "Cloud adapters: credentials and set-up."),
     "policies": ("policies", "policies_group",
         "The preset placement policies: their weights, carbon signal and constraints."),

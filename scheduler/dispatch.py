@@ -141,12 +141,13 @@ class Context:
     @classmethod
     def build(cls, settings: Settings, store: JobStore) -> Context:
         catalog = load_catalog()
-        placer: Places = Placer(catalog)
+        placer: Places = Placer(catalog, routes=settings.providers)
         if settings.signals == "live":
             signal_settings = SignalSettings.from_env()
             chain = SignalChain.from_settings(signal_settings, catalog,
                                               cache=RedisCache(store.client))
-            placer = LivePlacer(catalog, chain, refresh_s=signal_settings.ttl_s)
+            placer = LivePlacer(catalog, chain, refresh_s=signal_settings.ttl_s,
+                                routes=settings.providers)
         return cls(settings=settings, store=store, providers=Providers(settings),
                    catalog=catalog, placer=placer)
 

@@ -75,6 +75,15 @@ TPU v5p, Trainium, Trainium2, Inferentia2) ``tdp_w`` is an ESTIMATE: the chip's 
 divided by the TFLOPS-per-watt of a published reference chip (TPU v4 for the TPUs, A100 for
 Trainium and Inferentia2, H100 for Trainium2); the row's ``source`` says so.
 
+``form_factor`` (SXM, PCIe, NVL, OAM, TPU, custom) makes each physical form of a chip its own
+accelerator with its own TDP and peak: a bare chip name (``V100``, ``A100-80GB``, ``H100``) is
+the SXM module; ``A100-80GB-PCIe`` (300 W) and ``V100-PCIe`` (250 W, 112 TFLOPS) are added from
+NVIDIA's datasheets. Family mapping: AWS p3 = V100 SXM2, p4d = A100 40GB SXM4, p4de = A100 80GB
+SXM4, p5 = H100 SXM5, p5e/p5en = H200 SXM; GCP a2-highgpu = A100 40GB SXM4, a2-ultragpu = A100
+80GB SXM4, a3-highgpu/-megagpu = H100 SXM5, a3-ultragpu = H200 SXM, N1 V100 = SXM2; Azure ND v2 =
+V100 32GB SXM2, ND A100 v4 = A100 SXM4, ND H100 v5 = H100 SXM5, NC A100 v4 = A100 80GB PCIe,
+NCads H100 v5 = H100 NVL, NCv3 = V100 PCIe (retired).
+
 Offers
 ------
 One row per (cloud, region, instance_type). Rules:
@@ -83,23 +92,36 @@ One row per (cloud, region, instance_type). Rules:
   region's zones. AWS Local Zones (zone ids like ``use1-atl2-az1``) are not the region and are
   skipped.
 * An empty price means "not sold that way" and stays empty (never 0). GCP's 700.0 means
-  unavailable and becomes empty. A row with neither price is dropped. Spot prices at or above
-  on-demand are kept as published.
+  unavailable and becomes empty. A row with neither price is dropped. A spot price at or above
+  on demand (AWS and Azure rows at the on-demand cap) is no spot offer: it is left empty and
+  logged.
+* ``price_note`` says why a row's price is unchecked or unusual; only such a row may sit outside
+  the price band of the offer checks below.
 * Accelerators outside the catalog (K80, M60, Radeon MI25, A10, B200, TPU v6e) are dropped.
 * AWS p5e.48xlarge has no on-demand price (spot only), as published.
 * Azure Standard_ND96isr_H100_v5 has 8 GPUs (the reference says 12). Azure NCads H100 v5 uses the
   H100 NVL (94 GB) and is mapped to ``H100-NVL``; Azure NC A100 v4 uses the PCIe A100 80 GB and
-  is mapped to ``A100-80GB``.
+  is mapped to ``A100-80GB-PCIe``.
+* Retired Azure sizes are dropped, the retirement in the build log: NCv3 (NC6s_v3, NC12s_v3,
+  NC24s_v3, NC24rs_v3), retired 2025-09-30.
 
-GCP summing rule: GCP prices a GPU (per GPU, scaled by count) and its host VM as separate rows;
+GCP list prices: for the A2, A3 High/Mega and G2 machine types the offer's on-demand and spot
+prices are the Cloud Billing Catalog list prices of the whole machine type (GPUs, host VM and
+bundled local SSD), re-keyed from Cyclenerd/google-cloud-pricing-cost-calculator pricing.yml
+generated 2025-07-31 (``GCP_LIST_PRICES``, ``as_of`` 2025-07-31). The reference's GPU rows hold
+two price levels and the low one, about half the list price with spot dearer than on demand, is
+not the list price (a3-highgpu-8g us-central1: 43.07 there, 88.49 listed). The table has no
+a3-ultragpu-8g: its rows at the list level are kept with a ``price_note``, those at the half
+level dropped (build log).
+
+GCP summing rule (N1 with T4/V100, and a3-ultragpu-8g): GCP prices a GPU (per GPU, scaled by
+count) and its host VM as separate rows;
 the offer's price is GPU row + VM row of the same region, and the spot price is the sum of the
 two spot prices (empty if either is missing). The host VM for each (accelerator, count) is
 fixed by ``GCP_HOST_FOR``: A2/A3/G2 machine types bundle a fixed GPU count; N1 hosts for T4 and
 V100 follow Google's per-GPU vCPU limits (n1-standard-4 for 1 T4, n1-standard-8 for 1 V100,
 n1-standard-64 for 8 V100). ``instance_type`` is the host machine type and
-``accelerator_count`` the GPU count. a3-highgpu-8g is not listed in the reference; A3 VMs are
-billed per vCPU and GB, and 208 vCPU / 1872 GB is exactly 8 x a3-highgpu-1g, so its VM price
-is 8 x the a3-highgpu-1g VM price (spot likewise).
+``accelerator_count`` the GPU count.
 
 TPU rule: a TPU slice price already includes its TPU VM hosts, so no VM row is added. The
 price per chip is the listed slice price / chips (v5p slice names count TensorCores, 2 per chip;
@@ -107,16 +129,22 @@ v5e names count chips), and the offer is the smallest single-host slice, ``v5p-8
 and ``v5litepod-8`` (8 chips), priced per chip x chips.
 
 Where the reference subsets lack a figure the scheduler needs, a small number of figures are
-re-keyed (``SUPPLEMENTARY_*`` below): GCP host-VM rows (g2-standard-4, n1-standard-4/8/64,
-a3-ultragpu-8g), GCP V100 GPU rows and TPU v5e slices from the full GCP table of the same public
-catalog the subsets were transcribed from, and AWS g4dn (T4) and trn1 (Trainium) on-demand
+re-keyed (``SUPPLEMENTARY_*`` below): GCP host-VM rows (n1-standard-4/8/64, a3-ultragpu-8g),
+GCP V100 GPU rows and TPU v5e slices from the full GCP table of the same public catalog the
+subsets were transcribed from, and AWS g4dn (T4) and trn1 (Trainium) on-demand
 prices from the AWS EC2 on-demand price page. Their ``source`` column says which.
+
+Offer checks: the build fails unless ``scheduler/catalog/offer_checks.py`` (loaded by path) finds
+no problem: spot below on demand, on-demand price per accelerator-hour within 0.5x-2.5x of the
+accelerator's median unless the row has a ``price_note``, and known instance types carrying their
+documented accelerator and count.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import re
 import sys
@@ -124,6 +152,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -136,11 +165,13 @@ REGION_COLUMNS = (
     "source", "as_of",
 )
 ACCELERATOR_COLUMNS = (
-    "name", "aliases", "vendor", "tdp_w", "peak_dense_tflops", "memory_gib", "source", "as_of",
+    "name", "aliases", "vendor", "form_factor", "tdp_w", "peak_dense_tflops", "memory_gib",
+    "source", "as_of",
 )
 OFFER_COLUMNS = (
     "cloud", "region", "instance_type", "accelerator", "accelerator_count", "vcpus",
-    "memory_gib", "price_usd_per_hour", "spot_price_usd_per_hour", "source", "as_of",
+    "memory_gib", "price_usd_per_hour", "spot_price_usd_per_hour", "price_note", "source",
+    "as_of",
 )
 
 # The reference price subsets carry no date. Their contents (AWS's mid-2025 P4/P5 price cut,
@@ -630,57 +661,71 @@ class AcceleratorSpec:
 
     name: str
     vendor: str
+    form_factor: str  # SXM, PCIe, NVL, TPU or custom (see FORM_FACTORS)
     memory_gib: float
     aliases: tuple[str, ...] = ()
 
 
-# (accelerator, variant) in hardware/accelerators.csv -> catalog entries.
+# Physical form of an accelerator. The same chip in another form factor is another catalog
+# entry with its own TDP and peak (A100 80GB SXM4 400 W vs PCIe 300 W).
+FORM_FACTORS = ("SXM", "PCIe", "NVL", "OAM", "TPU", "custom")
+
+# (accelerator, variant) in hardware/accelerators.csv -> catalog entries. A bare chip name
+# (``V100``, ``A100-80GB``, ``H100``) is the SXM module; other form factors carry a suffix.
 HARDWARE_ROWS: dict[tuple[str, str], tuple[AcceleratorSpec, ...]] = {
     ("NVIDIA V100", "SXM2 16/32GB"): (
-        AcceleratorSpec("V100", "nvidia", 16, ("Tesla V100", "V100-16GB", "nvidia-tesla-v100")),
-        AcceleratorSpec("V100-32GB", "nvidia", 32, ("Tesla V100 32GB",)),
+        AcceleratorSpec("V100", "nvidia", "SXM", 16,
+                        ("Tesla V100", "V100-16GB", "nvidia-tesla-v100", "V100-SXM2")),
+        AcceleratorSpec("V100-32GB", "nvidia", "SXM", 32, ("Tesla V100 32GB", "V100-SXM2-32GB")),
     ),
     ("NVIDIA A100 40GB", "SXM4"): (
-        AcceleratorSpec("A100", "nvidia", 40,
+        AcceleratorSpec("A100", "nvidia", "SXM", 40,
                         ("A100-40GB", "Tesla A100", "nvidia-tesla-a100", "A100-SXM4-40GB")),
     ),
     ("NVIDIA A100 80GB", "SXM4"): (
-        AcceleratorSpec("A100-80GB", "nvidia", 80, ("nvidia-a100-80gb", "A100-SXM4-80GB")),
+        AcceleratorSpec("A100-80GB", "nvidia", "SXM", 80,
+                        ("nvidia-a100-80gb", "A100-SXM4-80GB", "A100-80GB-SXM")),
     ),
     ("NVIDIA H100", "SXM5 80GB"): (
-        AcceleratorSpec("H100", "nvidia", 80,
+        AcceleratorSpec("H100", "nvidia", "SXM", 80,
                         ("H100-SXM", "H100-SXM5", "H100-80GB", "nvidia-h100-80gb", "H100-MEGA",
                          "nvidia-h100-mega-80gb")),
     ),
-    ("NVIDIA H100", "PCIe 80GB"): (AcceleratorSpec("H100-PCIe", "nvidia", 80),),
-    ("NVIDIA H100", "NVL 94GB"): (AcceleratorSpec("H100-NVL", "nvidia", 94, ("H100-94GB",)),),
-    ("NVIDIA H200", "SXM 141GB"): (
-        AcceleratorSpec("H200", "nvidia", 141, ("H200-SXM", "H200-141GB", "nvidia-h200-141gb")),
+    ("NVIDIA H100", "PCIe 80GB"): (AcceleratorSpec("H100-PCIe", "nvidia", "PCIe", 80),),
+    ("NVIDIA H100", "NVL 94GB"): (
+        AcceleratorSpec("H100-NVL", "nvidia", "NVL", 94, ("H100-94GB",)),
     ),
-    ("NVIDIA H200", "NVL 141GB"): (AcceleratorSpec("H200-NVL", "nvidia", 141),),
-    ("NVIDIA L4", "PCIe"): (AcceleratorSpec("L4", "nvidia", 24, ("nvidia-l4",)),),
-    ("NVIDIA T4", "PCIe"): (AcceleratorSpec("T4", "nvidia", 16, ("Tesla T4", "nvidia-tesla-t4")),),
-    ("NVIDIA A10G", "AWS G5 variant"): (AcceleratorSpec("A10G", "nvidia", 24),),
-    ("NVIDIA L40S", "PCIe"): (AcceleratorSpec("L40S", "nvidia", 48, ("nvidia-l40s",)),),
+    ("NVIDIA H200", "SXM 141GB"): (
+        AcceleratorSpec("H200", "nvidia", "SXM", 141,
+                        ("H200-SXM", "H200-141GB", "nvidia-h200-141gb")),
+    ),
+    ("NVIDIA H200", "NVL 141GB"): (AcceleratorSpec("H200-NVL", "nvidia", "NVL", 141),),
+    ("NVIDIA L4", "PCIe"): (AcceleratorSpec("L4", "nvidia", "PCIe", 24, ("nvidia-l4",)),),
+    ("NVIDIA T4", "PCIe"): (
+        AcceleratorSpec("T4", "nvidia", "PCIe", 16, ("Tesla T4", "nvidia-tesla-t4")),
+    ),
+    ("NVIDIA A10G", "AWS G5 variant"): (AcceleratorSpec("A10G", "nvidia", "PCIe", 24),),
+    ("NVIDIA L40S", "PCIe"): (AcceleratorSpec("L40S", "nvidia", "PCIe", 48, ("nvidia-l40s",)),),
     ("Google TPU v4", "chip"): (
-        AcceleratorSpec("TPU-v4", "google", 32, ("tpu-v4-podslice",)),
+        AcceleratorSpec("TPU-v4", "google", "TPU", 32, ("tpu-v4-podslice",)),
     ),
     ("Google TPU v5e", "chip"): (
-        AcceleratorSpec("TPU-v5e", "google", 16,
+        AcceleratorSpec("TPU-v5e", "google", "TPU", 16,
                         ("tpu-v5-lite-podslice", "tpu-v5-lite-device", "tpu-v5litepod",
                          "TPU v5 lite", "v5litepod", "tpu-v5e-slice")),
     ),
     ("Google TPU v5p", "chip"): (
-        AcceleratorSpec("TPU-v5p", "google", 95, ("tpu-v5p-slice",)),
+        AcceleratorSpec("TPU-v5p", "google", "TPU", 95, ("tpu-v5p-slice",)),
     ),
     ("AWS Trainium (Trn1)", "chip (2x NeuronCore-v2)"): (
-        AcceleratorSpec("Trainium", "aws", 32, ("Trainium1", "trn1", "trn1n", "AWS Trainium")),
+        AcceleratorSpec("Trainium", "aws", "custom", 32,
+                        ("Trainium1", "trn1", "trn1n", "AWS Trainium")),
     ),
     ("AWS Trainium2 (Trn2)", "chip (8x NeuronCore-v3)"): (
-        AcceleratorSpec("Trainium2", "aws", 96, ("trn2", "AWS Trainium2")),
+        AcceleratorSpec("Trainium2", "aws", "custom", 96, ("trn2", "AWS Trainium2")),
     ),
     ("AWS Inferentia2 (Inf2)", "chip (2x NeuronCore-v2)"): (
-        AcceleratorSpec("Inferentia2", "aws", 32, ("inf2", "AWS Inferentia2")),
+        AcceleratorSpec("Inferentia2", "aws", "custom", 32, ("inf2", "AWS Inferentia2")),
     ),
 }
 
@@ -690,7 +735,7 @@ EXTRA_ACCELERATORS: tuple[dict[str, str], ...] = (
         # Tesla P100 SXM2 (NVLink) module: 300 W, 21.2 TFLOPS FP16 (no BF16), 16 GB HBM2.
         # (The PCIe card GCP attaches to N1 VMs is 250 W / 18.7 TFLOPS FP16.)
         "name": "P100", "aliases": "Tesla P100|nvidia-tesla-p100|P100-SXM2", "vendor": "nvidia",
-        "tdp_w": "300.0", "peak_dense_tflops": "21.2", "memory_gib": "16.0",
+        "form_factor": "SXM", "tdp_w": "300.0", "peak_dense_tflops": "21.2", "memory_gib": "16.0",
         "source": "NVIDIA Tesla P100 datasheet (SXM2 module: 300 W, 21.2 TFLOPS FP16, 16 GB)",
         "as_of": "2016-10-01",
     },
@@ -699,18 +744,38 @@ EXTRA_ACCELERATORS: tuple[dict[str, str], ...] = (
         # CACM 63(7), 2020, table of TPUv2/v3 features: per CHIP (2 TensorCores each),
         # TPUv2 46 TFLOPS bf16, 16 GiB HBM, TDP 280 W; TPUv3 123 TFLOPS, 32 GiB, 450 W.
         # Google Cloud's docs quote 45 TFLOPS per v2 chip; we keep the paper's figure.
-        "name": "TPU-v2", "aliases": "", "vendor": "google",
+        "name": "TPU-v2", "aliases": "", "vendor": "google", "form_factor": "TPU",
         "tdp_w": "280.0", "peak_dense_tflops": "46.0", "memory_gib": "16.0",
         "source": "Jouppi et al., CACM 63(7) 2020, TPUv2 per chip (2 TensorCores): 280 W TDP, "
                   "46 TFLOPS bf16, 16 GiB HBM",
         "as_of": "2020-07-01",
     },
     {
-        "name": "TPU-v3", "aliases": "", "vendor": "google",
+        "name": "TPU-v3", "aliases": "", "vendor": "google", "form_factor": "TPU",
         "tdp_w": "450.0", "peak_dense_tflops": "123.0", "memory_gib": "32.0",
         "source": "Jouppi et al., CACM 63(7) 2020, TPUv3 per chip (2 TensorCores): 450 W TDP, "
                   "123 TFLOPS bf16, 32 GiB HBM",
         "as_of": "2020-07-01",
+    },
+    {
+        # NVIDIA A100 Tensor Core GPU datasheet (1758950-r4): A100 80GB PCIe, max TDP 300 W
+        # (SXM4: 400 W); 312 TFLOPS dense BF16 either way; 80 GB HBM2e.
+        "name": "A100-80GB-PCIe", "aliases": "A100-PCIE-80GB|nvidia-a100-80gb-pcie",
+        "vendor": "nvidia", "form_factor": "PCIe",
+        "tdp_w": "300.0", "peak_dense_tflops": "312.0", "memory_gib": "80.0",
+        "source": "NVIDIA A100 datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf): "
+                  "A100 80GB PCIe, 300 W max TDP, 312 TFLOPS dense BF16, 80 GB HBM2e",
+        "as_of": "2021-06-28",
+    },
+    {
+        # NVIDIA V100 Tensor Core GPU datasheet: V100 PCIe 250 W, 112 TFLOPS tensor (FP16),
+        # 16 GB HBM2 (SXM2: 300 W, 125 TFLOPS).
+        "name": "V100-PCIe", "aliases": "Tesla V100-PCIE-16GB|V100-PCIe-16GB",
+        "vendor": "nvidia", "form_factor": "PCIe",
+        "tdp_w": "250.0", "peak_dense_tflops": "112.0", "memory_gib": "16.0",
+        "source": "NVIDIA V100 Tensor Core GPU datasheet (V100 PCIe: 250 W, 112 TFLOPS FP16 "
+                  "tensor, 16 GB HBM2)",
+        "as_of": "2020-01-01",
     },
 )
 
@@ -771,6 +836,7 @@ def build_accelerators(shared: Path) -> list[dict[str, str]]:
             "name": name,
             "aliases": "|".join(figures.spec.aliases),
             "vendor": figures.spec.vendor,
+            "form_factor": figures.spec.form_factor,
             "tdp_w": fmt(tdp, 1),
             "peak_dense_tflops": fmt(figures.tflops, 1),
             "memory_gib": fmt(figures.spec.memory_gib, 1),
@@ -861,6 +927,24 @@ AZURE_OVERRIDES: dict[str, tuple[str | None, int | None]] = {
     # NCads H100 v5 uses the H100 NVL (94 GB), not the SXM part.
     "Standard_NC40ads_H100_v5": ("H100-NVL", None),
     "Standard_NC80adis_H100_v5": ("H100-NVL", None),
+    # NC A100 v4 uses the PCIe A100 80 GB (300 W), not the SXM4 module (400 W).
+    "Standard_NC24ads_A100_v4": ("A100-80GB-PCIe", None),
+    "Standard_NC48ads_A100_v4": ("A100-80GB-PCIe", None),
+    "Standard_NC96ads_A100_v4": ("A100-80GB-PCIe", None),
+    # NCv3 uses the V100 PCIe 16 GB (250 W); it is retired below, mapped for completeness.
+    "Standard_NC6s_v3": ("V100-PCIe", None),
+    "Standard_NC12s_v3": ("V100-PCIe", None),
+    "Standard_NC24s_v3": ("V100-PCIe", None),
+    "Standard_NC24rs_v3": ("V100-PCIe", None),
+}
+
+# Azure VM sizes retired by Microsoft, dropped with the reason printed in the build log.
+# NCv3 (all four sizes, NC24rs_v3 included): retired 2025-09-30 (Azure NCv3-series retirement
+# notice, learn.microsoft.com/azure/virtual-machines/sizes/retirement/ncv3-series-retirement).
+AZURE_RETIRED: dict[str, str] = {
+    size: "NCv3 series retired by Azure on 2025-09-30"
+    for size in ("Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3",
+                 "Standard_NC24rs_v3")
 }
 
 # GCP host machine type for each (accelerator name in the GCP catalog, GPU count).
@@ -879,23 +963,106 @@ GCP_HOST_FOR = {
     ("V100", 8): "n1-standard-64",
 }
 
-# A3 VMs are billed per vCPU and GB; a3-highgpu-8g (208 vCPU, 1872 GB) = 8 x a3-highgpu-1g.
-GCP_DERIVED_VMS = {"a3-highgpu-8g": ("a3-highgpu-1g", 8)}
+# Cloud Billing Catalog list prices of whole GPU machine types (GPUs, host VM and the local SSD
+# that A3 bundles), USD per hour, on demand and spot, re-keyed as figures from
+# Cyclenerd/google-cloud-pricing-cost-calculator pricing.yml (Apache-2.0; built from the Cloud
+# Billing Catalog API), the file generated 2025-07-31 (commit c45bd43). They replace the
+# reference's GPU + VM sum for these machine types: the reference's GPU rows hold two price
+# levels, and the low one (about half the list price, with spot dearer than on demand) is not the
+# list price. Regions: those where the reference sells the machine's GPU; a region the table
+# lacks is dropped (named in the build log), never priced from the reference.
+# machine type -> (vcpus, memory_gib, {region: (on-demand, spot)})
+GCP_LIST_AS_OF = "2025-07-31"
+GCP_LIST_SOURCE = (
+    "Cloud Billing Catalog list price of the machine type (GPUs included) via "
+    "Cyclenerd/google-cloud-pricing-cost-calculator pricing.yml generated " + GCP_LIST_AS_OF
+)
+GCP_LIST_PRICES: dict[str, tuple[int, float, dict[str, tuple[float, float]]]] = {
+    "a2-highgpu-1g": (12, 85.0, {
+        "us-east1": (3.67339, 1.44295), "us-west1": (3.67339, 1.44295),
+        "us-west3": (4.32507, 1.72656), "us-west4": (3.93435, 1.41629),
+    }),
+    "a2-highgpu-8g": (96, 680.0, {
+        "asia-northeast1": (32.39673, 9.39484), "asia-northeast3": (32.39673, 11.17412),
+        "asia-southeast1": (32.11006, 12.8436), "europe-west4": (29.98378, 11.89872),
+        "me-west1": (32.32579, 10.81408), "us-central1": (29.38708, 11.54364),
+        "us-east1": (29.38708, 11.54364), "us-west1": (29.38708, 11.54364),
+        "us-west3": (34.60055, 13.81244), "us-west4": (31.47484, 11.33028),
+    }),
+    "a2-ultragpu-1g": (12, 170.0, {
+        "asia-southeast1": (6.24769, 2.51254), "europe-west4": (5.58092, 1.87276),
+        "us-central1": (5.0688, 2.02166), "us-east4": (5.70773, 2.22228),
+        "us-east5": (5.56491, 1.76548),
+    }),
+    "a2-ultragpu-8g": (96, 1360.0, {
+        "asia-southeast1": (49.98148, 20.10035), "europe-west4": (44.64735, 14.98204),
+        "us-central1": (40.55038, 16.17331), "us-east4": (45.66186, 17.77827),
+        "us-east5": (44.51932, 14.12383),
+    }),
+    "a3-highgpu-1g": (26, 234.0, {
+        "asia-east1": (12.79485, 2.30947), "asia-northeast1": (15.83042, 11.12619),
+        "asia-northeast3": (14.20616, 2.56655), "asia-south1": (11.51685, 2.08876),
+        "asia-south2": (13.28558, 9.33423), "asia-southeast1": (14.28479, 2.61761),
+        "australia-southeast1": (13.83478, 9.70745), "europe-north1": (12.17945, 2.20658),
+        "europe-west1": (12.17123, 2.19723), "europe-west2": (12.61476, 8.89645),
+        "europe-west3": (13.05392, 2.38282), "europe-west4": (14.06756, 2.5711),
+        "europe-west9": (12.83105, 9.01484), "northamerica-northeast2": (12.17945, 8.55074),
+        "us-central1": (11.06125, 2.5462), "us-east4": (11.06947, 2.03943),
+        "us-east5": (12.4479, 2.2582), "us-west1": (11.06125, 2.5462),
+        "us-west4": (12.45612, 2.25142),
+    }),
+    "a3-highgpu-8g": (208, 1872.0, {
+        "asia-east1": (102.35878, 18.47575), "asia-northeast1": (126.64339, 89.00952),
+        "asia-northeast3": (113.64925, 20.53241), "asia-south1": (92.13478, 16.71006),
+        "asia-south2": (106.28464, 74.67387), "asia-southeast1": (114.27829, 20.94088),
+        "australia-southeast1": (110.67827, 77.65957), "europe-north1": (97.4356, 17.65263),
+        "europe-west1": (97.36985, 17.57782), "europe-west2": (100.91807, 71.17158),
+        "europe-west3": (104.43135, 19.06255), "europe-west4": (112.54048, 20.56879),
+        "europe-west9": (102.64841, 72.11876), "northamerica-northeast2": (97.4356, 68.4059),
+        "us-central1": (88.49, 20.36961), "us-east4": (88.55576, 16.31542),
+        "us-east5": (99.5832, 18.06557), "us-west1": (88.49, 20.36961),
+        "us-west4": (99.64895, 18.01133),
+    }),
+    "a3-megagpu-8g": (208, 1872.0, {
+        "asia-northeast1": (119.27637, 27.99063), "asia-southeast1": (119.97464, 21.97128),
+        "australia-southeast1": (116.15547, 27.19107), "europe-west1": (102.19465, 18.44342),
+        "europe-west4": (118.23683, 21.60319), "us-east4": (92.93759, 17.10502),
+        "us-east5": (94.06664, 17.07597), "us-west4": (104.58423, 18.90333),
+    }),
+    "g2-standard-4": (4, 16.0, {
+        "asia-east1": (0.81844, 0.25294), "asia-northeast1": (0.90771, 0.35681),
+        "asia-northeast3": (0.90771, 0.16622), "asia-south1": (0.73578, 0.2932),
+        "asia-southeast1": (0.87202, 0.31084), "europe-west1": (0.77829, 0.26623),
+        "europe-west2": (0.80479, 0.29318), "europe-west3": (0.83303, 0.31836),
+        "europe-west4": (0.74292, 0.27234), "europe-west6": (0.98879, 0.21522),
+        "me-central2": (1.13093, 0.43153), "northamerica-northeast1": (0.77829, 0.23349),
+        "northamerica-northeast2": (0.77829, 0.29014), "us-central1": (0.70683, 0.28184),
+        "us-east1": (0.70683, 0.28184),
+    }),
+}
+
+# Machine types with no list figure in the table above (it has no a3-ultragpu-8g). The
+# reference's H200 GPU rows show the same two price levels as A100/H100: the list level
+# (about 9.3 USD per GPU-hour) is kept with a price note, the half level is dropped.
+GCP_UNLISTED_KEPT: dict[tuple[str, str], str] = {
+    ("a3-ultragpu-8g", region): (
+        "not checked against the Cloud Billing Catalog (no a3-ultragpu-8g in the list table); "
+        "reference GPU + VM sum at the list level"
+    )
+    for region in ("us-central1", "us-east4", "us-west1")
+}
+GCP_UNLISTED_DROPPED: dict[tuple[str, str], str] = {
+    ("a3-ultragpu-8g", region): (
+        "reference H200 price at the half level (about 4.6 USD per GPU-hour) and no list figure"
+    )
+    for region in ("asia-south1", "asia-south2", "europe-west1", "europe-west4", "us-east5",
+                   "us-south1")
+}
 
 # Host-VM rows the GCP subset lacks, re-keyed from the full GCP table of the same public catalog
 # (lowest price across the region's zones). machine type -> (vcpus, memory_gib, {region: (price,
 # spot)}).
 SUPPLEMENTARY_GCP_VMS: dict[str, tuple[int, float, dict[str, tuple[float, float]]]] = {
-    "g2-standard-4": (4, 16.0, {
-        "asia-east1": (0.16997, 0.0765), "asia-northeast1": (0.18851, 0.1088),
-        "asia-northeast3": (0.18851, 0.05112), "asia-south1": (0.1528, 0.06738),
-        "asia-southeast1": (0.1811, 0.10867), "europe-west1": (0.16163, 0.07072),
-        "europe-west2": (0.16714, 0.09646), "europe-west3": (0.173, 0.09528),
-        "europe-west4": (0.15429, 0.08096), "europe-west6": (0.19231, 0.10604),
-        "me-central2": (0.23487, 0.11091), "northamerica-northeast1": (0.16163, 0.08118),
-        "northamerica-northeast2": (0.16163, 0.08278), "us-central1": (0.14679, 0.07502),
-        "us-east1": (0.14679, 0.07502),
-    }),
     "n1-standard-4": (4, 15.0, {
         "asia-east1": (0.22, 0.04531), "asia-east2": (0.26584, 0.06022),
         "asia-northeast1": (0.24376, 0.07712), "asia-northeast3": (0.24376, 0.08618),
@@ -982,7 +1149,8 @@ class OfferBuild:
 
 def _offer(
     cloud: str, region: str, instance_type: str, accelerator: str, count: int, vcpus: int,
-    memory_gib: float, price: float | None, spot: float | None, source: str,
+    memory_gib: float, price: float | None, spot: float | None, source: str, *,
+    note: str = "", as_of: str = PRICE_SNAPSHOT_AS_OF,
 ) -> dict[str, str]:
     return {
         "cloud": cloud,
@@ -994,8 +1162,9 @@ def _offer(
         "memory_gib": fmt(memory_gib, 3),
         "price_usd_per_hour": fmt(price, 6),
         "spot_price_usd_per_hour": fmt(spot, 6),
+        "price_note": note,
         "source": source,
-        "as_of": PRICE_SNAPSHOT_AS_OF,
+        "as_of": as_of,
     }
 
 
@@ -1044,6 +1213,9 @@ def azure_offers(
         name = row["AcceleratorName"].strip()
         instance = row["InstanceType"].strip()
         if not name:
+            continue
+        if instance in AZURE_RETIRED:
+            notes.append(f"azure {instance}: dropped, {AZURE_RETIRED[instance]}")
             continue
         override_acc, override_count = AZURE_OVERRIDES.get(instance, (None, None))
         accelerator = override_acc or resolve.get(normalize_name(name))
@@ -1105,19 +1277,6 @@ def gcp_offers(
                 acc_prices[(name, count, region)] = PriceAgg(price, spot)
                 acc_origin[(name, count, region)] = GCP_FULL_SOURCE
 
-    for instance, (base, factor) in GCP_DERIVED_VMS.items():
-        base_shape = vm_shape[base]
-        vm_shape.setdefault(instance, (base_shape[0] * factor, base_shape[1] * factor))
-        for (machine, region), agg in list(vm_prices.items()):
-            if machine == base and (instance, region) not in vm_prices:
-                vm_prices[(instance, region)] = PriceAgg(
-                    None if agg.price is None else agg.price * factor,
-                    None if agg.spot is None else agg.spot * factor,
-                )
-                vm_origin[(instance, region)] = (
-                    f"{factor} x {base} from {vm_origin[(machine, region)]}"
-                )
-
     # One on-demand/spot figure per TPU family and region: price per chip from the listed slice.
     tpu_per_chip: dict[tuple[str, str], tuple[PriceAgg, str, str]] = {}
 
@@ -1148,6 +1307,19 @@ def gcp_offers(
         if host is None:
             notes.append(f"gcp {region} {name} x{count}: no host machine type, dropped")
             continue
+        if host in GCP_LIST_PRICES:
+            vcpus, memory, by_region = GCP_LIST_PRICES[host]
+            if region not in by_region:
+                notes.append(f"gcp {region} {host}: no list price in the Cloud Billing Catalog "
+                             "table, dropped")
+                continue
+            price, spot = by_region[region]
+            yield _offer("gcp", region, host, accelerator, count, vcpus, memory, price, spot,
+                         GCP_LIST_SOURCE, as_of=GCP_LIST_AS_OF)
+            continue
+        if (host, region) in GCP_UNLISTED_DROPPED:
+            notes.append(f"gcp {region} {host}: dropped, {GCP_UNLISTED_DROPPED[(host, region)]}")
+            continue
         vm = vm_prices.get((host, region))
         if vm is None:
             notes.append(f"gcp {region} {name} x{count}: no {host} VM price, dropped")
@@ -1160,7 +1332,8 @@ def gcp_offers(
         vcpus, memory = vm_shape[host]
         source = (f"GCP GPU + host VM summed (public catalog from the GCP price API); GPU: "
                   f"{origin}; VM: {vm_origin[(host, region)]}")
-        yield _offer("gcp", region, host, accelerator, count, vcpus, memory, price, spot, source)
+        yield _offer("gcp", region, host, accelerator, count, vcpus, memory, price, spot, source,
+                     note=GCP_UNLISTED_KEPT.get((host, region), ""))
 
     for (family, region), (per_chip, basis, origin) in sorted(tpu_per_chip.items()):
         rule = TPU_RULES[family]
@@ -1189,6 +1362,15 @@ def build_offers(shared: Path, accelerators: list[dict[str, str]]) -> OfferBuild
         *gcp_offers(shared, resolve, notes),
     ]
     rows.sort(key=lambda r: (r["cloud"], r["region"], r["instance_type"]))
+    for row in rows:
+        price = parse_float(row["price_usd_per_hour"])
+        spot = parse_float(row["spot_price_usd_per_hour"])
+        if price is not None and spot is not None and spot >= price:
+            # Design choice: a spot price at or above on demand (AWS and Azure publish such rows
+            # when spot sells at the on-demand cap) is no spot discount: left empty, logged.
+            notes.append(f"{row['cloud']} {row['region']} {row['instance_type']}: spot price "
+                         f"{spot:g} USD/h is not below on demand {price:g}, spot left empty")
+            row["spot_price_usd_per_hour"] = ""
     return OfferBuild(rows, notes)
 
 
@@ -1207,6 +1389,8 @@ def validate(
     if len(region_keys) != len(regions):
         problems.append("duplicate (cloud, region) in regions")
     names = {a["name"] for a in accelerators}
+    problems.extend(f"accelerator {a['name']} has unknown form factor {a['form_factor']!r}"
+                    for a in accelerators if a["form_factor"] not in FORM_FACTORS)
     seen: set[tuple[str, str, str]] = set()
     for o in offers:
         key = (o["cloud"], o["region"], o["instance_type"])
@@ -1229,6 +1413,32 @@ def validate(
     return problems
 
 
+def _offer_checks() -> ModuleType:
+    """scheduler/catalog/offer_checks.py, loaded by path (it imports nothing from greenplace)."""
+    path = REPO_ROOT / "scheduler" / "catalog" / "offer_checks.py"
+    spec = importlib.util.spec_from_file_location("_greenplace_offer_checks", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def offer_problems(offers: list[dict[str, str]]) -> list[str]:
+    """The installed catalog's offer invariants (spot < on demand, price band, GPU counts)."""
+    rows = [
+        SimpleNamespace(
+            cloud=o["cloud"], region=o["region"], instance_type=o["instance_type"],
+            accelerator=o["accelerator"], accelerator_count=int(o["accelerator_count"]),
+            price_usd_per_hour=parse_float(o["price_usd_per_hour"]),
+            spot_price_usd_per_hour=parse_float(o["spot_price_usd_per_hour"]),
+            price_note=o["price_note"],
+        )
+        for o in offers
+    ]
+    problems: list[str] = _offer_checks().offer_problems(SimpleNamespace(offers=rows))
+    return problems
+
+
 def render_csv(columns: Iterable[str], rows: Iterable[dict[str, str]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -1244,7 +1454,7 @@ def build(shared: Path) -> tuple[dict[str, str], list[str]]:
     regions, region_notes = build_regions(shared)
     accelerators = build_accelerators(shared)
     offers = build_offers(shared, accelerators)
-    problems = validate(regions, accelerators, offers.rows)
+    problems = validate(regions, accelerators, offers.rows) + offer_problems(offers.rows)
     if problems:
         raise SystemExit("catalog build failed:\n  " + "\n  ".join(problems))
     files = {

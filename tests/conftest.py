@@ -32,15 +32,18 @@ def make_offer(cloud: str, region: str, instance_type: str, accelerator: str, co
     return Offer(cloud=cloud, region=region, instance_type=instance_type,
                  accelerator=accelerator, accelerator_count=count, vcpus=8 * count,
                  memory_gib=64.0 * count, price_usd_per_hour=price,
-                 spot_price_usd_per_hour=spot, source="test", as_of="2025-01-01")
+                 spot_price_usd_per_hour=spot, price_note="", source="test",
+                 as_of="2025-01-01")
 
 
 ACCELERATORS = (
-    Accelerator(name="A100", aliases=("A100-40GB",), vendor="NVIDIA", tdp_w=400.0,
-                peak_dense_tflops=312.0, memory_gib=40.0, source="test", as_of="2024-01-01"),
-    Accelerator(name="H100", aliases=("H100-80GB",), vendor="NVIDIA", tdp_w=700.0,
-                peak_dense_tflops=989.0, memory_gib=80.0, source="test", as_of="2024-01-01"),
-    Accelerator(name="TPU-v3", aliases=(), vendor="Google", tdp_w=450.0,
+    Accelerator(name="A100", aliases=("A100-40GB",), vendor="NVIDIA", form_factor="SXM",
+                tdp_w=400.0, peak_dense_tflops=312.0, memory_gib=40.0, source="test",
+                as_of="2024-01-01"),
+    Accelerator(name="H100", aliases=("H100-80GB",), vendor="NVIDIA", form_factor="SXM",
+                tdp_w=700.0, peak_dense_tflops=989.0, memory_gib=80.0, source="test",
+                as_of="2024-01-01"),
+    Accelerator(name="TPU-v3", aliases=(), vendor="Google", form_factor="TPU", tdp_w=450.0,
                 peak_dense_tflops=123.0, memory_gib=32.0, source="test", as_of="2024-01-01"),
 )
 

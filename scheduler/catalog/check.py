@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 
 from greenplace.scheduler.catalog.loader import INTENSITY_BASES, Catalog
 from greenplace.scheduler.catalog.model import Region
+from greenplace.scheduler.catalog.offer_checks import offer_problems
 
 # Clouds that publish an hourly-matched CFE % per region (Google's region-carbon-info).
 PROVIDER_CFE_CLOUDS = frozenset({"gcp"})
@@ -80,7 +81,9 @@ def check_catalog(catalog: Catalog) -> list[str]:
     from its Electricity Maps zone, on the lifecycle basis, and a PUE with its basis; its
     source names their origins and its year matches ``as_of``; regions in the same zone
     carry the same grid figures whatever the cloud; a provider CFE only where the provider
-    publishes one (GCP).
+    publishes one (GCP). Offer invariants (``offer_checks.offer_problems``, which the catalog
+    build also enforces): spot below on-demand, a plausible price per accelerator-hour unless
+    the row notes why, and known instance types carrying their accelerator and count.
     """
     problems: list[str] = []
     by_zone: dict[str, list[Region]] = defaultdict(list)
@@ -90,4 +93,5 @@ def check_catalog(catalog: Catalog) -> list[str]:
             by_zone[r.em_zone].append(r)
     for zone in sorted(by_zone):
         problems.extend(_zone_problems(by_zone[zone]))
+    problems.extend(f"offers.csv {problem}" for problem in offer_problems(catalog))
     return problems

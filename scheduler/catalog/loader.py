@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from greenplace.scheduler.catalog.model import Accelerator, Offer, Region, normalize_name
+from greenplace.scheduler.catalog.model import (
+    FORM_FACTORS,
+    Accelerator,
+    Offer,
+    Region,
+    normalize_name,
+)
 from greenplace.scheduler.exceptions import CatalogError, UnknownNameError
 
 CLOUDS = ("aws", "gcp", "azure")
@@ -46,6 +52,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "grid_intensity_marginal_g_per_kwh": lambda v: v is None or 0 < v < 2500,
     "pue": lambda v: 1.0 <= v < 3.0,
     "pue_basis": lambda v: v in ("region", "fleet"),
+    "form_factor": lambda v: v in FORM_FACTORS,
     "tdp_w": lambda v: v > 0,
     "peak_dense_tflops": lambda v: v > 0,
     "accelerator_count": lambda v: v > 0,

@@ -55,13 +55,26 @@ class Region:
         return f"{self.cloud}:{self.region}"
 
 
+# Physical form of an accelerator: NVIDIA SXM module, PCIe card, NVL (PCIe cards bridged in
+# pairs), OCP accelerator module, Google TPU chip, or a cloud's own board (Trainium).
+FORM_FACTORS = ("SXM", "PCIe", "NVL", "OAM", "TPU", "custom")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Accelerator:
-    """One accelerator model with its power and peak throughput."""
+    """One accelerator model in one form factor, with its power and peak throughput.
 
-    name: str  # canonical name, e.g. "A100-80GB", "TPU-v5e"
+    Design choice: a bare chip name (``A100-80GB``, ``V100``, ``H100``) is the SXM module, as
+    the clouds' multi-GPU training machines carry; other form factors are their own entries
+    (``A100-80GB-PCIe``, ``V100-PCIe``, ``H100-NVL``) with their own TDP and peak, so a job
+    asking for ``A100-80GB`` is never scored with a 300 W card's figures as if it were 400 W.
+    A job that accepts either lists both as alternatives.
+    """
+
+    name: str  # canonical name, e.g. "A100-80GB", "A100-80GB-PCIe", "TPU-v5e"
     aliases: tuple[str, ...]
     vendor: str
+    form_factor: str  # one of FORM_FACTORS: the same chip in two forms is two accelerators
     tdp_w: float
     peak_dense_tflops: float  # dense BF16 where the chip has it, else FP16
     memory_gib: float
@@ -85,5 +98,6 @@ class Offer:
     memory_gib: float
     price_usd_per_hour: float | None  # on-demand; None when not sold on demand
     spot_price_usd_per_hour: float | None
+    price_note: str  # why a price is unusual or unchecked ("" when nothing to say)
     source: str
     as_of: str

@@ -20,7 +20,7 @@ def catalog_group() -> None:
               help="check the regions.csv, accelerators.csv and offers.csv in this folder "
               "instead of the embedded catalog")
 def check_cmd(catalog_dir: Path | None) -> None:
-    """Check the catalog's invariants: one basis, same zone same figures, sources.
+    """Check the catalog's invariants: one basis, same zone same figures, prices, counts.
 
     Exit code 0 and one OK line when every invariant holds; 1 with one line per broken row
     otherwise; 2 when a file does not load at all (the loader's error).

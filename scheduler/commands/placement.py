@@ -49,8 +49,10 @@ def dry_run_rows(
     ``static`` on the catalog only.
     """
     from greenplace.scheduler.placement import Placer  # NumPy: imported when placing
+    from greenplace.scheduler.settings import load_settings
 
     catalog = load_catalog()
+    routes = load_settings().providers  # the adapters dispatch would use: same candidates
     when = now or dt.datetime.now(dt.UTC)
     jobs = load_cli_jobs(jobs_file, catalog, policy=policy, override_policy=override_policy,
                          now=when)
@@ -58,9 +60,9 @@ def dry_run_rows(
     if signals == "live":
         from greenplace.scheduler.signals.chain import place_live  # HTTP clients, Redis cache
 
-        decisions = place_live(catalog, jobs, now=when)
+        decisions = place_live(catalog, jobs, now=when, routes=routes)
     else:
-        decisions = Placer(catalog).place_each(jobs, now=when)
+        decisions = Placer(catalog, routes=routes).place_each(jobs, now=when)
     replaced = {job.name: job.replaced_policy for job in jobs if job.replaced_policy}
     return _summarised(progress(decisions, total=len(jobs), what="placing"), explain=explain,
                        replaced_policy=replaced)

@@ -75,8 +75,8 @@ def _dry_run(jobs: Sequence[Job], settings: Settings, output: str) -> None:
     from greenplace.scheduler.dispatch import Providers, plan
     from greenplace.scheduler.placement import Placer
 
-    launches = plan(jobs, placer=Placer(load_catalog()), providers=Providers(settings),
-                    now=utc_now())
+    launches = plan(jobs, placer=Placer(load_catalog(), routes=settings.providers),
+                    providers=Providers(settings), now=utc_now())
     rows = []
     for launch in launches:
         row: dict[str, Any] = {"job": launch.job.name, "policy": launch.job.policy.name,

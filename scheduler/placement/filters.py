@@ -30,6 +30,7 @@ FILTERS = (
     "min_cfe",
     "carbon_signal",
     "deadline",
+    "provider",
 )
 CODE = {name: code for code, name in enumerate(FILTERS)}
 
@@ -118,4 +119,8 @@ def reason_text(code: int, ctx: ReasonContext) -> str:
                 "marginal and never substitutes another signal type")
     if name == "deadline":
         return f"estimated runtime {ctx.runtime_h:.1f} h ends after the deadline {ctx.deadline}"
+    if name == "provider":
+        return (f"the provider adapter {ctx.region.cloud} is routed to cannot launch "
+                f"{ctx.offer.accelerator} ({ctx.offer.instance_type}); see "
+                "scheduler/placement/launchable.py")
     raise ValueError(f"no reason text for filter code {code}")

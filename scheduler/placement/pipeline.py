@@ -15,7 +15,7 @@ savings shown against it are never inflated by an arbitrary tie.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from greenplace.scheduler.placement import timing
 from greenplace.scheduler.placement.arrays import OfferArrays, RegionSignals, arrays_for
 from greenplace.scheduler.placement.decision import PlacementDecision, data_notes
 from greenplace.scheduler.placement.filters import CODE, FEASIBLE, region_rejections
+from greenplace.scheduler.placement.launchable import unlaunchable
 
 _POLICY_CACHE_SIZE = 256
 # Jobs placed together at most (memory: about 8 x 8 bytes per job and candidate).
@@ -103,8 +104,12 @@ class Placer:
     """
 
     def __init__(self, catalog: Catalog, *, signals: RegionSignals | None = None,
-                 forecast: timing.ForecastProvider | None = None) -> None:
+                 forecast: timing.ForecastProvider | None = None,
+                 routes: Mapping[str, str] | None = None) -> None:
+        """``routes``: cloud -> provider name (``Settings.providers``); offers the routed
+        adapter cannot launch are rejected by the ``provider`` filter (None: local-sim)."""
         self.arrays: OfferArrays = arrays_for(catalog)
+        self.unlaunchable = unlaunchable(catalog, routes)
         self.signals = signals or RegionSignals.from_catalog(catalog)
         # Temporal shifting (scheduler.placement.timing) runs only with a forecast provider:
         # the one seam through which placement may reach the network.
@@ -226,6 +231,7 @@ class Placer:
         if deadline is not None:  # such a job is placed alone (see shape_key)
             hours_left = (deadline - now).total_seconds() / 3600.0
             reject("deadline", runtime_h[0] > hours_left)
+        reject("provider", self.unlaunchable[c.offer_index])
 
         feasible = codes == FEASIBLE
         n_carbon, n_cost, n_time, score, ranking = rank(

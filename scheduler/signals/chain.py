@@ -649,8 +649,10 @@ class LivePlacer:
     run call the same method whether signals are static or live.
     """
 
-    def __init__(self, catalog: Catalog, chain: SignalChain, *, refresh_s: float) -> None:
+    def __init__(self, catalog: Catalog, chain: SignalChain, *, refresh_s: float,
+                 routes: Mapping[str, str] | None = None) -> None:
         self.catalog = catalog
+        self.routes = routes
         self.chain = chain
         self.refresh_s = refresh_s
         self._placers: dict[CarbonSignal, tuple[dt.datetime, Placer, tuple[str, ...]]] = {}
@@ -660,7 +662,7 @@ class LivePlacer:
         if entry is None or (now - entry[0]).total_seconds() >= self.refresh_s:
             live = build_region_signals(self.catalog, self.chain, signal=signal, now=now)
             placer = Placer(self.catalog, signals=live.signals,
-                            forecast=ChainForecasts(self.chain))
+                            forecast=ChainForecasts(self.chain), routes=self.routes)
             entry = self._placers[signal] = (now, placer, tuple(live.notes))
         return entry[1], entry[2]
 
@@ -672,7 +674,8 @@ class LivePlacer:
 
 
 def place_live(catalog: Catalog, jobs: Sequence[Job], *, now: dt.datetime,
-               chain: SignalChain | None = None) -> list[PlacementDecision]:
+               chain: SignalChain | None = None,
+               routes: Mapping[str, str] | None = None) -> list[PlacementDecision]:
     """Place ``jobs`` on one live snapshot from ``chain`` (see ``LivePlacer``).
 
     Args:
@@ -682,7 +685,7 @@ def place_live(catalog: Catalog, jobs: Sequence[Job], *, now: dt.datetime,
     active = chain or SignalChain.from_settings(SignalSettings.from_env(), catalog,
                                                 cache=MemoryCache())
     try:
-        placer = LivePlacer(catalog, active, refresh_s=float("inf"))
+        placer = LivePlacer(catalog, active, refresh_s=float("inf"), routes=routes)
         return [placer.place(job, now=now) for job in jobs]
     finally:
         if own:

@@ -81,3 +81,22 @@ def test_another_emission_basis_is_reported() -> None:
     problems = check_catalog(Catalog.build(regions, shipped.accelerators, shipped.offers))
     assert problems and all(p.startswith("regions.csv gcp:us-central1:") for p in problems)
     assert any("intensity basis 'direct'" in p for p in problems)
+
+
+def test_a_broken_offer_fails_the_check_naming_the_row(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    directory = catalog_copy(tmp_path, "aws:us-east-1")  # regions unchanged
+    path = directory / "offers.csv"
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = list(reader.fieldnames or []), list(reader)
+    row = next(r for r in rows if r["spot_price_usd_per_hour"] and r["price_usd_per_hour"])
+    row["spot_price_usd_per_hour"] = str(float(row["price_usd_per_hour"]) * 1.1)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    code, out, _ = run(capsys, "--catalog-dir", str(directory))
+    assert code == 1
+    label = f"offers.csv {row['cloud']}:{row['region']} {row['instance_type']}"
+    assert [line for line in out.splitlines() if line.startswith(label)], out

@@ -31,11 +31,13 @@ REGION_HEADER = [
     "source", "as_of",
 ]
 ACCELERATOR_HEADER = [
-    "name", "aliases", "vendor", "tdp_w", "peak_dense_tflops", "memory_gib", "source", "as_of",
+    "name", "aliases", "vendor", "form_factor", "tdp_w", "peak_dense_tflops", "memory_gib",
+    "source", "as_of",
 ]
 OFFER_HEADER = [
     "cloud", "region", "instance_type", "accelerator", "accelerator_count", "vcpus",
-    "memory_gib", "price_usd_per_hour", "spot_price_usd_per_hour", "source", "as_of",
+    "memory_gib", "price_usd_per_hour", "spot_price_usd_per_hour", "price_note", "source",
+    "as_of",
 ]
 
 
@@ -286,8 +288,9 @@ def test_offer_values_are_in_range() -> None:
 REQUIRED = [
     (cloud, acc)
     for cloud in ("aws", "gcp", "azure")
-    for acc in ("H100", "A100", "A100-80GB", "T4", "V100")
+    for acc in ("H100", "A100", "A100-80GB", "T4")
 ] + [
+    ("aws", "V100"), ("gcp", "V100"), ("azure", "V100-32GB"), ("azure", "A100-80GB-PCIe"),
     ("aws", "L4"), ("gcp", "L4"), ("gcp", "TPU-v5e"), ("gcp", "TPU-v5p"), ("aws", "Trainium"),
 ]
 
@@ -314,21 +317,55 @@ def test_aws_p5e_has_no_on_demand_price() -> None:
 
 
 def test_gcp_offer_prices_are_gpu_plus_vm() -> None:
-    # Hand-checked against prices-reference/gcp_vms_v9_gpu_tpu_subset.csv:
-    #   A100 x8, us-central1-a: 23.47126 on demand, 12.3192 spot (GPU row)
-    #   a2-highgpu-8g, us-central1-a: 5.91582 on demand, 3.10496 spot (VM row)
-    #   -> 23.47126 + 5.91582 = 29.38708 ; 12.3192 + 3.10496 = 15.42416
-    row = offer("gcp", "us-central1", "a2-highgpu-8g")
-    assert (row["accelerator"], row["accelerator_count"]) == ("A100", "8")
-    assert float(row["price_usd_per_hour"]) == pytest.approx(29.38708, abs=1e-9)
-    assert float(row["spot_price_usd_per_hour"]) == pytest.approx(15.42416, abs=1e-9)
+    # Hand-checked against prices-reference/gcp_vms_v9_gpu_tpu_subset.csv and the full table:
+    #   V100 x8, us-central1: 19.84 on demand, 9.8704 spot (GPU row)
+    #   n1-standard-64, us-central1: 3.03998 on demand, 1.0212 spot (VM row)
+    #   -> 19.84 + 3.03998 = 22.87998 ; 9.8704 + 1.0212 = 10.8916
+    row = offer("gcp", "us-central1", "n1-standard-64")
+    assert (row["accelerator"], row["accelerator_count"]) == ("V100", "8")
+    assert float(row["price_usd_per_hour"]) == pytest.approx(22.87998, abs=1e-9)
+    assert float(row["spot_price_usd_per_hour"]) == pytest.approx(10.8916, abs=1e-9)
 
-    #   A100-80GB x1, europe-west4-a: 2.03285 / 2.26 ; a2-ultragpu-1g: 1.2105 / 0.54683
-    #   -> 2.03285 + 1.2105 = 3.24335 ; 2.26 + 0.54683 = 2.80683
-    row = offer("gcp", "europe-west4", "a2-ultragpu-1g")
-    assert (row["accelerator"], row["accelerator_count"]) == ("A100-80GB", "1")
-    assert float(row["price_usd_per_hour"]) == pytest.approx(3.24335, abs=1e-9)
-    assert float(row["spot_price_usd_per_hour"]) == pytest.approx(2.80683, abs=1e-9)
+
+@pytest.mark.parametrize(("region", "instance_type", "listed", "listed_spot", "half_level"), [
+    # Cloud Billing Catalog list (Cyclenerd pricing.yml, 2025-07-31) vs the reference's low level
+    ("us-central1", "a3-highgpu-8g", 88.49, 20.36961, 43.06617),
+    ("us-central1", "a2-ultragpu-1g", 5.0688, 2.02166, 2.94582),
+    ("europe-west4", "a2-ultragpu-1g", 5.58092, 1.87276, 3.24335),
+    ("asia-northeast1", "a2-highgpu-8g", 32.39673, 9.39484, 21.23111),
+])
+def test_gcp_gpu_machine_prices_are_the_list_prices(
+    region: str, instance_type: str, listed: float, listed_spot: float, half_level: float
+) -> None:
+    row = offer("gcp", region, instance_type)
+    assert float(row["price_usd_per_hour"]) == pytest.approx(listed, abs=1e-9)
+    assert float(row["spot_price_usd_per_hour"]) == pytest.approx(listed_spot, abs=1e-9)
+    assert float(row["price_usd_per_hour"]) > 1.5 * half_level
+    assert "Cloud Billing Catalog" in row["source"] and row["as_of"] == "2025-07-31"
+
+
+def test_spot_is_cheaper_than_on_demand_wherever_both_exist() -> None:
+    for o in offers():
+        if o["price_usd_per_hour"] and o["spot_price_usd_per_hour"]:
+            assert float(o["spot_price_usd_per_hour"]) < float(o["price_usd_per_hour"]), o
+
+
+def test_form_factors_give_each_part_its_own_power() -> None:
+    by_name = {a["name"]: a for a in accelerators()}
+    assert (by_name["A100-80GB"]["form_factor"], by_name["A100-80GB"]["tdp_w"]) == ("SXM", "400.0")
+    assert (by_name["A100-80GB-PCIe"]["form_factor"], by_name["A100-80GB-PCIe"]["tdp_w"]) == (
+        "PCIe", "300.0")
+    assert (by_name["V100-PCIe"]["form_factor"], by_name["V100-PCIe"]["tdp_w"]) == (
+        "PCIe", "250.0")
+    assert by_name["H100-NVL"]["form_factor"] == "NVL"
+    assert by_name["TPU-v5e"]["form_factor"] == "TPU"
+    row = offer("azure", "eastus", "Standard_NC24ads_A100_v4")
+    assert row["accelerator"] == "A100-80GB-PCIe"
+
+
+def test_retired_azure_ncv3_is_not_offered() -> None:
+    retired = {"Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24rs_v3"}
+    assert not [o for o in offers() if o["instance_type"] in retired]
 
 
 def test_gcp_tpu_price_is_per_chip_times_chips() -> None:

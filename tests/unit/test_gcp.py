@@ -444,3 +444,24 @@ def test_check_credentials_names_identity_not_secrets(gce: FakeComputeEngine,
     with pytest.raises(AuthError, match="Compute Engine API has not been used") as err:
         provider.check_credentials()
     assert err.value.operation == "check_credentials"
+
+
+def test_launchability_table_matches_the_adapter_for_every_catalog_accelerator() -> None:
+    """Placement's data table (no provider import) says exactly what prepare() accepts."""
+    from greenplace.providers.registry import REGISTRY
+    from greenplace.scheduler.catalog import load_catalog
+    from greenplace.scheduler.placement.launchable import LAUNCHABLE_FORM_FACTORS
+
+    assert set(LAUNCHABLE_FORM_FACTORS) == set(REGISTRY)
+    adapter = create({"project": "p"})
+    catalog = load_catalog()
+    for offer in (o for o in catalog.offers if o.cloud == "gcp"):
+        form = catalog.accelerator(offer.accelerator).form_factor
+        launches = form in LAUNCHABLE_FORM_FACTORS["gcp"]
+        try:
+            adapter.prepare(JOB, placement(offer.instance_type, offer.accelerator,
+                                           offer.accelerator_count))
+            prepared = True
+        except InvalidRequestError:
+            prepared = False
+        assert prepared == launches, offer

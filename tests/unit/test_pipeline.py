@@ -189,7 +189,8 @@ def test_spot_job_uses_spot_prices(small_catalog: Catalog) -> None:
 
 def test_every_filter_name_is_documented() -> None:
     assert set(FILTERS[1:]) == {"accelerator_count", "cloud", "region", "country", "continent",
-                                "pricing", "max_price", "min_cfe", "carbon_signal", "deadline"}
+                                "pricing", "max_price", "min_cfe", "carbon_signal", "deadline",
+                                "provider"}
 
 
 def test_jobs_of_one_shape_ranked_together_decide_exactly_as_one_by_one() -> None:
@@ -243,3 +244,39 @@ def test_jobs_of_one_shape_ranked_together_decide_exactly_as_one_by_one() -> Non
     assert {d.placed for d in alone} == {True, False}
     assert len({(d.chosen, d.baseline) for d in alone if d.placed}) > 5
     assert any(d.chosen != d.baseline for d in alone if d.placed)
+
+
+def test_offers_the_routed_adapter_cannot_launch_are_rejected_by_provider() -> None:
+    from greenplace.scheduler.catalog import load_catalog
+
+    catalog = load_catalog()
+    tpu_job = job(catalog, resources={"accelerators": {"TPU-v5e": 8}})
+    # Routed to the GCP adapter (Compute Engine only), no TPU slice is ever placed.
+    refused = Placer(catalog, routes={"gcp": "gcp"}).place(tpu_job, now=NOW)
+    rows = refused.summary(explain=True)["candidates"]
+    assert rows and refused.summary()["status"] == "unschedulable"
+    assert {r["rejected_by"]["filter"] for r in rows} == {"provider"}
+    assert "cannot launch TPU-v5e" in rows[0]["rejected_by"]["reason"]
+    # The simulator (the default route) launches anything; GPU jobs on GCP are unaffected.
+    assert Placer(catalog).place(tpu_job, now=NOW).summary()["status"] == "placed"
+    gpu = Placer(catalog, routes={"gcp": "gcp"}).place(
+        job(catalog, resources={"accelerators": {"A100": 8}}, policy={"constraints": {
+            "clouds": ["gcp"]}}), now=NOW)
+    assert gpu.summary()["cloud"] == "gcp"
+
+
+def test_bare_a100_80gb_is_the_sxm_part_and_alternatives_add_pcie() -> None:
+    from greenplace.scheduler.catalog import load_catalog
+
+    catalog = load_catalog()
+    assert catalog.accelerator("A100-80GB").form_factor == "SXM"
+    assert catalog.accelerator("A100-80GB-SXM").name == "A100-80GB"
+
+    def accelerators_placed(accelerators: Any) -> set[str]:
+        d = Placer(catalog).place(job(catalog, resources={"accelerators": accelerators}),
+                                  now=NOW)
+        return {r["accelerator"] for r in d.summary(explain=True)["candidates"]}
+
+    assert accelerators_placed({"A100-80GB": 1}) == {"A100-80GB"}
+    assert accelerators_placed([{"A100-80GB": 1}, {"A100-80GB-PCIe": 1}]) == {
+        "A100-80GB", "A100-80GB-PCIe"}
