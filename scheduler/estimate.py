@@ -56,6 +56,34 @@ def energy_kwh(*, runtime_h: Num, accelerator_count: Num, average_power_w: Num, 
     return runtime_h * accelerator_count * average_power_w * pue / 1000.0
 
 
+# The host around the accelerators (CPUs and memory), modelled with Cloud Carbon Footprint's
+# published coefficients (methodology, Appendix I): watts per vCPU at 0 % and at 100 % CPU by
+# cloud, the hyperscale average CPU utilisation, and 0.000392 kWh per GB-hour of memory.
+HOST_W_PER_VCPU_IDLE_FULL = {"aws": (0.74, 3.5), "gcp": (0.71, 4.26), "azure": (0.78, 3.76)}
+HOST_CPU_UTILIZATION = 0.5
+HOST_W_PER_GB_MEMORY = 0.392
+_GB_PER_GIB = 1.073741824
+HOST_POWER_BASIS = (f"modelled: Cloud Carbon Footprint coefficients, vCPUs at "
+                    f"{HOST_CPU_UTILIZATION:.0%} CPU + {HOST_W_PER_GB_MEMORY} W per GB of memory")
+
+
+def host_power_w(*, cloud: str, vcpus: float, memory_gib: float) -> float:
+    """Average draw of an instance's host (its vCPUs and memory), accelerators excluded.
+
+    Design choice: the accelerator figure (TDP x utilisation, or measured) covers the
+    accelerators only; a GPU machine also powers its CPUs and memory the whole run. The
+    coefficients are per cloud averages, so the figure is modelled and labelled as such.
+    """
+    idle_w, full_w = HOST_W_PER_VCPU_IDLE_FULL[cloud]
+    per_vcpu_w = idle_w + HOST_CPU_UTILIZATION * (full_w - idle_w)
+    return vcpus * per_vcpu_w + memory_gib * _GB_PER_GIB * HOST_W_PER_GB_MEMORY
+
+
+def host_energy_kwh(*, runtime_h: Num, host_power_w: Num, pue: Num) -> Num:
+    """Facility energy of the host over the run, PUE included."""
+    return runtime_h * host_power_w * pue / 1000.0
+
+
 def co2e_kg(*, energy_kwh: Num, intensity_g_per_kwh: Num) -> Num:
     """Operational emissions of ``energy_kwh`` at ``intensity_g_per_kwh``."""
     return energy_kwh * intensity_g_per_kwh / 1000.0

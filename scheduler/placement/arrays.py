@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from greenplace.scheduler import estimate
 from greenplace.scheduler.catalog import Catalog, Offer, Region
 
 
@@ -60,6 +61,7 @@ class OfferArrays:
     accelerator_count: np.ndarray
     tdp_w: np.ndarray
     peak_dense_tflops: np.ndarray
+    host_power_w: np.ndarray  # the instance's CPUs and memory (modelled, see estimate)
     price_usd_per_hour: np.ndarray  # NaN: not sold on demand
     spot_price_usd_per_hour: np.ndarray  # NaN: no spot offer
     pue: np.ndarray  # per region
@@ -90,6 +92,8 @@ class OfferArrays:
             accelerator_count=np.array([o.accelerator_count for o in offers], dtype=float),
             tdp_w=np.array([a.tdp_w for a in accels], dtype=float),
             peak_dense_tflops=np.array([a.peak_dense_tflops for a in accels], dtype=float),
+            host_power_w=np.array([estimate.host_power_w(
+                cloud=o.cloud, vcpus=o.vcpus, memory_gib=o.memory_gib) for o in offers]),
             price_usd_per_hour=_floats([o.price_usd_per_hour for o in offers]),
             spot_price_usd_per_hour=_floats([o.spot_price_usd_per_hour for o in offers]),
             pue=np.array([r.pue for r in regions], dtype=float),

@@ -16,11 +16,13 @@ import numpy as np
 from greenplace.policies.model import CarbonSignal, Policy
 from greenplace.providers.base import Placement
 from greenplace.scheduler.catalog import Offer, Region
+from greenplace.scheduler.estimate import HOST_POWER_BASIS
 from greenplace.scheduler.placement.arrays import OfferArrays, RegionSignals
 from greenplace.scheduler.placement.filters import FEASIBLE, FILTERS, ReasonContext, reason_text
 
 # Digits each candidate figure is rounded to in every view (summary, candidates).
-DIGITS = {"price_usd_per_hour": 4, "runtime_h": 4, "energy_kwh": 4, "intensity_g_per_kwh": 4,
+DIGITS = {"price_usd_per_hour": 4, "runtime_h": 4, "energy_kwh": 4, "accelerator_energy_kwh": 4,
+          "host_energy_kwh": 4, "intensity_g_per_kwh": 4,
           "co2e_kg": 4, "cost_usd": 2, "cfe_pct": 1, "norm_carbon": 4, "norm_cost": 4,
           "norm_time": 4, "score": 4}
 
@@ -56,7 +58,9 @@ class PlacementDecision:
     rejected_by: np.ndarray  # filter code per candidate, 0 = feasible
     price_usd_per_hour: np.ndarray
     runtime_h: np.ndarray
-    energy_kwh: np.ndarray
+    energy_kwh: np.ndarray  # accelerators + host, PUE included
+    accelerator_energy_kwh: np.ndarray
+    host_energy_kwh: np.ndarray  # modelled (estimate.HOST_POWER_BASIS)
     intensity_g_per_kwh: np.ndarray
     co2e_kg: np.ndarray
     cost_usd: np.ndarray
@@ -154,8 +158,8 @@ class PlacementDecision:
             "accelerator_count": o.accelerator_count,
             "spot": self.spot,
             **{name: self.figure(name, i) for name in (
-                "price_usd_per_hour", "runtime_h", "energy_kwh", "intensity_g_per_kwh",
-                "co2e_kg", "cost_usd", "cfe_pct")},
+                "price_usd_per_hour", "runtime_h", "energy_kwh", "accelerator_energy_kwh",
+                "host_energy_kwh", "intensity_g_per_kwh", "co2e_kg", "cost_usd", "cfe_pct")},
             "signal_source": self.signals.source[region],
             "signal_observed_at": self.signals.observed_at[region],
             **{name: self.figure(name, i) for name in (
@@ -182,6 +186,7 @@ class PlacementDecision:
             "policy": self.policy.name,
             "carbon_signal": str(self.carbon_signal),
             "power_basis": self.power_basis,
+            "host_power_basis": HOST_POWER_BASIS,
             "status": "placed" if self.placed else "unschedulable",
             "start_at": self.start_at,
         }
@@ -194,8 +199,8 @@ class PlacementDecision:
                        accelerator=o.accelerator, accelerator_count=o.accelerator_count,
                        spot=self.spot)
             out.update((name, self.figure(name, chosen)) for name in (
-                "price_usd_per_hour", "runtime_h", "energy_kwh", "intensity_g_per_kwh",
-                "co2e_kg", "cost_usd", "cfe_pct"))
+                "price_usd_per_hour", "runtime_h", "energy_kwh", "accelerator_energy_kwh",
+                "host_energy_kwh", "intensity_g_per_kwh", "co2e_kg", "cost_usd", "cfe_pct"))
             out["signal_source"] = self.signals.source[self.region_index.item(chosen)]
             out["score"] = self.figure("score", chosen)
             b = self.arrays.offers[self.offer_index.item(base)]

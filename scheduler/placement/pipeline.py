@@ -90,6 +90,7 @@ class _CandidateSet:
     accelerator_count: np.ndarray
     tdp_w: np.ndarray
     peak_dense_tflops: np.ndarray
+    host_power_w: np.ndarray
     pue: np.ndarray
     name_rank: np.ndarray
 
@@ -145,7 +146,8 @@ class Placer:
             cached = self._candidate_cache[alternatives] = _CandidateSet(
                 offer_index=idx, region_index=region_idx, requested_count=requested,
                 accelerator_count=a.accelerator_count[idx], tdp_w=a.tdp_w[idx],
-                peak_dense_tflops=a.peak_dense_tflops[idx], pue=a.pue[region_idx],
+                peak_dense_tflops=a.peak_dense_tflops[idx], host_power_w=a.host_power_w[idx],
+                pue=a.pue[region_idx],
                 name_rank=a.name_rank[idx])
         return cached
 
@@ -211,8 +213,12 @@ class Placer:
             count=c.accelerator_count)
         power_w = estimate.average_power_w(
             tdp_w=c.tdp_w, utilization=job.utilization, measured_w=job.spec.work.avg_power_w)
-        energy = estimate.energy_kwh(runtime_h=runtime_h, accelerator_count=c.accelerator_count,
-                                     average_power_w=power_w, pue=c.pue)
+        accelerator_energy = estimate.energy_kwh(
+            runtime_h=runtime_h, accelerator_count=c.accelerator_count, average_power_w=power_w,
+            pue=c.pue)
+        host_energy = estimate.host_energy_kwh(runtime_h=runtime_h, host_power_w=c.host_power_w,
+                                               pue=c.pue)
+        energy = accelerator_energy + host_energy
         intensity = region_intensity[c.region_index]
         co2e = estimate.co2e_kg(energy_kwh=energy, intensity_g_per_kwh=intensity)
         cost = price * runtime_h
@@ -253,7 +259,8 @@ class Placer:
             arrays=a, signals=self.signals, offer_index=c.offer_index,
             region_index=c.region_index, requested_count=c.requested_count,
             rejected_by=codes, price_usd_per_hour=price, runtime_h=runtime_h[row],
-            energy_kwh=energy[row], intensity_g_per_kwh=intensity, co2e_kg=co2e[row],
+            energy_kwh=energy[row], accelerator_energy_kwh=accelerator_energy[row],
+            host_energy_kwh=host_energy[row], intensity_g_per_kwh=intensity, co2e_kg=co2e[row],
             cost_usd=cost[row], cfe_pct=cfe_pct, norm_carbon=n_carbon[row],
             norm_cost=n_cost[row], norm_time=n_time[row], score=score[row],
             ranking=ranking[row], baseline_ranking=baseline_ranking[row], data_notes=notes,

@@ -35,6 +35,10 @@ EM_HEADER = ("Datetime (UTC),Country,Zone Name,Zone Id,Carbon Intensity gCO₂eq
              "Data Source,Data Estimated,Data Estimation Method")
 T0 = dt.datetime(2023, 6, 5, tzinfo=dt.UTC)
 
+# The fixtures' 8-GPU offers have 64 vCPUs and 512 GiB: AWS's host model (estimate.py)
+# draws 64 x (0.74 + 0.5 x (3.5 - 0.74)) W + 512 GiB x 1.0737 GB x 0.392 W.
+AWS_8_GPU_HOST_W = 64 * 2.12 + 512 * 1.073741824 * 0.392
+
 
 def em_csv(path: Path, series: dict[str, list[float | None]]) -> Path:
     lines = [EM_HEADER]
@@ -167,7 +171,7 @@ def test_backtest_strategies_by_hand(two_regions: Catalog, tmp_path: Path) -> No
     trace = read_trace(em_csv(tmp_path / "t.csv", {"ZA": [100.0] * 24, "ZB": zb}))
     result = backtest([job(two_regions)], trace, two_regions, every_h=24)
     rows = {s.name: s for s in result.strategies}
-    kwh = 2 * 8 * 320 * 1.1 / 1000  # 5.632 kWh on every candidate
+    kwh = 2 * (8 * 320 + AWS_8_GPU_HOST_W) * 1.1 / 1000  # the same on every candidate
     assert result.replays == 1
     assert rows["run-now"].co2e_kg == pytest.approx(kwh * 0.4, abs=1e-3)  # home r-b now
     assert rows["run-now"].cost_usd == 40.0
@@ -188,7 +192,7 @@ def test_backtest_pausable_and_no_wait(two_regions: Catalog, tmp_path: Path) -> 
     zb[1] = zb[4] = 20.0
     za: list[float | None] = [500.0] * 24
     trace = read_trace(em_csv(tmp_path / "t.csv", {"ZA": za, "ZB": zb}))
-    kwh = 2 * 8 * 320 * 1.1 / 1000
+    kwh = 2 * (8 * 320 + AWS_8_GPU_HOST_W) * 1.1 / 1000
     paused = backtest([job(two_regions, pausable=True)], trace, two_regions, every_h=24)
     assert {s.name: s for s in paused.strategies}["greenplace"].co2e_kg == pytest.approx(
         kwh * 0.02, abs=1e-3)  # hours 1 and 4, paused in between

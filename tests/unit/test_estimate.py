@@ -57,3 +57,16 @@ def test_marginal_and_average_are_not_mixed() -> None:
     kw = dict(grid_average_g_per_kwh=400.0, grid_marginal_g_per_kwh=650.0, cfe_pct=10.0)
     assert estimate.scoring_intensity_g_per_kwh(CarbonSignal.AVERAGE, **kw) == 400.0
     assert estimate.scoring_intensity_g_per_kwh(CarbonSignal.MARGINAL, **kw) == 650.0
+
+
+@pytest.mark.parametrize(("cloud", "idle_w", "full_w"), [
+    ("aws", 0.74, 3.5), ("gcp", 0.71, 4.26), ("azure", 0.78, 3.76)])
+def test_host_power_is_vcpus_at_half_load_plus_memory(cloud: str, idle_w: float,
+                                                       full_w: float) -> None:
+    # AWS p4d.24xlarge: 96 vCPUs, 1,152 GiB; CCF: vCPU watts half way between idle and full,
+    # memory 0.392 W per GB (1 GiB = 1.073741824 GB).
+    expected = 96 * (idle_w + (full_w - idle_w) / 2) + 1152 * 1.073741824 * 0.392
+    got = estimate.host_power_w(cloud=cloud, vcpus=96, memory_gib=1152.0)
+    assert got == pytest.approx(expected)
+    assert estimate.host_energy_kwh(runtime_h=10.0, host_power_w=got, pue=1.2) == pytest.approx(
+        10 * expected * 1.2 / 1000)

@@ -35,18 +35,26 @@ def by_region(decision: Any) -> dict[str, dict[str, Any]]:
 def test_greenest_picks_lowest_emissions_with_hand_checked_numbers(small_catalog: Catalog) -> None:
     d = Placer(small_catalog).place(job(small_catalog, "greenest"), now=NOW)
     s = d.summary()
-    # europe-north1: 10 h x 8 x 320 W x PUE 1.1 = 28.16 kWh; cfe intensity 100 x 0.1 = 10 g
+    # europe-north1: accelerators 10 h x 8 x 320 W x PUE 1.1 = 28.16 kWh; host (64 vCPUs at
+    # GCP's 0.71-4.26 W, half way = 2.485 W, + 512 GiB x 1.0737 GB x 0.392 W) x 10 h x 1.1;
+    # cfe intensity 100 x 0.1 = 10 g
+    gcp_host_w = 64 * 2.485 + 512 * 1.073741824 * 0.392
+    energy = 28.16 + 10 * gcp_host_w * 1.1 / 1000
     assert (s["cloud"], s["region"]) == ("gcp", "europe-north1")
-    assert s["energy_kwh"] == pytest.approx(28.16)
-    assert s["co2e_kg"] == pytest.approx(0.2816)
+    assert s["accelerator_energy_kwh"] == pytest.approx(28.16)
+    assert s["host_energy_kwh"] == pytest.approx(energy - 28.16, abs=1e-4)
+    assert s["energy_kwh"] == pytest.approx(energy, abs=1e-4)
+    assert s["co2e_kg"] == pytest.approx(energy * 10 / 1000, abs=1e-4)
     assert s["cost_usd"] == pytest.approx(320.0)
-    # baseline = cheapest total price = aws p4d at 22 USD/h -> 220 USD;
-    # its emissions: 10 x 8 x 320 x 1.15 / 1000 = 29.44 kWh x 380 g (CFE unknown) = 11.1872 kg
+    assert "Cloud Carbon Footprint" in s["host_power_basis"]
+    # baseline = cheapest total price = aws p4d at 22 USD/h -> 220 USD; its energy:
+    # 10 x 8 x 320 x 1.15 / 1000 = 29.44 kWh + host (64 x 2.12 W + the same memory) x 10 x 1.15
+    aws_host_w = 64 * (0.74 + 0.5 * (3.5 - 0.74)) + 512 * 1.073741824 * 0.392
+    base_co2e = (29.44 + 10 * aws_host_w * 1.15 / 1000) * 380 / 1000
     assert s["baseline"]["region"] == "us-east-1"
     assert s["baseline"]["cost_usd"] == pytest.approx(220.0)
-    assert s["baseline"]["co2e_kg"] == pytest.approx(11.1872)
-    assert s["savings_co2e_kg"] == pytest.approx(11.1872 - 0.2816)
-    assert s["savings_pct"] == pytest.approx(97.48, abs=0.01)
+    assert s["baseline"]["co2e_kg"] == pytest.approx(base_co2e, abs=1e-4)
+    assert s["savings_co2e_kg"] == pytest.approx(base_co2e - energy * 10 / 1000, abs=1e-4)
 
 
 def test_cheapest_matches_baseline(small_catalog: Catalog) -> None:

@@ -122,9 +122,11 @@ def test_choice_numbers(small_catalog: Catalog) -> None:
     d = Placer(small_catalog).place(job, now=NOW)
     choice = choose(d, job=job, forecasts=provider, now=NOW)
     assert choice is not None and choice.deferred
-    # 2 h x 8 x 320 W x PUE 1.1 = 5.632 kWh; 40 g vs 100 g
-    assert choice.co2e_kg == pytest.approx(5.632 * 40 / 1000)
-    assert choice.reference_co2e_kg == pytest.approx(5.632 * 100 / 1000)
+    # 2 h x (8 x 320 W + the GCP host model's 64 vCPUs x 2.485 W + 512 GiB x 1.0737 x 0.392 W)
+    # x PUE 1.1; 40 g vs 100 g
+    kwh = 2 * (8 * 320 + 64 * 2.485 + 512 * 1.073741824 * 0.392) * 1.1 / 1000
+    assert choice.co2e_kg == pytest.approx(kwh * 40 / 1000)
+    assert choice.reference_co2e_kg == pytest.approx(kwh * 100 / 1000)
     assert choice.saving_pct == pytest.approx(60.0)
     assert choice.window.slots == ((NOW + dt.timedelta(hours=3), NOW + dt.timedelta(hours=5)),)
 
