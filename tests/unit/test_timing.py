@@ -200,6 +200,25 @@ def test_cfe_policy_scales_the_average_forecast(small_catalog: Catalog) -> None:
     assert choice is not None and choice.deferred
     assert choice.intensity_g_per_kwh == pytest.approx(50 * (1 - 0.9))
     assert choice.reference_co2e_kg == pytest.approx(float(d.co2e_kg[d.chosen]))
+    # ranked on 5.632 kWh x 5 g vs x 10 g (-50 %); reported location-based at the forecast
+    # grid average: 5.632 kWh x 50 g vs x 100 g now
+    assert choice.score_co2e_kg == pytest.approx(5.632 * 5 / 1000)
+    assert choice.saving_pct == pytest.approx(50.0)
+    assert choice.co2e_kg == pytest.approx(5.632 * 50 / 1000)
+    assert choice.reference_co2e_kg == pytest.approx(5.632 * 100 / 1000)
+    assert any("location-based, forecast grid average" in n for n in choice.notes)
+
+
+def test_marginal_shift_reports_the_catalog_average_and_says_so(small_catalog: Catalog) -> None:
+    provider = Hourly({"aws:us-east-1": [600, 600, 300, 300, 600, 600]})
+    job = make_job(small_catalog, policy={"carbon_signal": "marginal"}, max_delay_hours=4)
+    d = Placer(small_catalog).place(job, now=NOW)
+    choice = choose(d, job=job, forecasts=provider, now=NOW)
+    assert choice is not None and choice.deferred and choice.saving_pct == pytest.approx(50.0)
+    # 2 h x 8 x 320 W x PUE 1.15 = 5.888 kWh x 380 g catalog average, not the forecast
+    assert choice.co2e_kg == pytest.approx(5.888 * 380 / 1000)
+    assert choice.reference_co2e_kg == pytest.approx(5.888 * 380 / 1000)
+    assert any("catalog's annual grid average, not forecast" in n for n in choice.notes)
 
 
 def test_pausable_job_gets_a_slot_plan(small_catalog: Catalog) -> None:
