@@ -72,26 +72,22 @@ class RankedQuantity:
     signal: CarbonSignal
     quantity: str
     unit: str
-    meaning: str
 
     def as_dict(self) -> dict[str, str]:
         return {"signal": str(self.signal), "quantity": self.quantity, "unit": self.unit}
 
 
-# Each signal's ranked quantity. Only ``co2e_kg`` (grid average) is ever reported as emissions.
+# Each signal's ranked quantity (its value per kWh: ``ranked_per_kwh``). Only ``co2e_kg``
+# (grid average) is ever reported as emissions.
 RANKED_QUANTITY: dict[CarbonSignal, RankedQuantity] = {
     CarbonSignal.AVERAGE: RankedQuantity(
-        signal=CarbonSignal.AVERAGE, quantity="co2e_kg", unit="kg CO2e",
-        meaning="energy_kwh x grid average intensity / 1000"),
+        signal=CarbonSignal.AVERAGE, quantity="co2e_kg", unit="kg CO2e"),  # x grid average
     CarbonSignal.MARGINAL: RankedQuantity(
-        signal=CarbonSignal.MARGINAL, quantity="marginal_co2e_kg", unit="kg CO2e",
-        meaning="energy_kwh x grid marginal intensity / 1000"),
+        signal=CarbonSignal.MARGINAL, quantity="marginal_co2e_kg", unit="kg CO2e"),
     CarbonSignal.CFE: RankedQuantity(
-        signal=CarbonSignal.CFE, quantity="uncovered_energy_kwh", unit="kWh",
-        meaning="energy_kwh x (1 - grid_cfe_pct / 100); unknown grid CFE counts as 0 %"),
+        signal=CarbonSignal.CFE, quantity="uncovered_energy_kwh", unit="kWh"),
     CarbonSignal.PROVIDER_CFE: RankedQuantity(
-        signal=CarbonSignal.PROVIDER_CFE, quantity="provider_uncovered_energy_kwh", unit="kWh",
-        meaning="energy_kwh x (1 - provider_cfe_pct / 100); regions without one are rejected"),
+        signal=CarbonSignal.PROVIDER_CFE, quantity="provider_uncovered_energy_kwh", unit="kWh"),
 }
 
 
