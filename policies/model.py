@@ -35,11 +35,15 @@ _COUNTRY_ALIASES = {"UK": "GB", "EL": "GR"}
 
 
 class CarbonSignal(StrEnum):
-    """Which carbon figure scores a candidate. Never mixed within one decision."""
+    """Which carbon figure ranks candidates. Never mixed within one decision.
 
-    CFE = "cfe"  # grid average x (1 - carbon-free energy share)
-    AVERAGE = "average"  # grid average intensity
-    MARGINAL = "marginal"  # grid marginal intensity
+    It only ranks: the reported ``co2e_kg`` is always energy x the grid average intensity.
+    """
+
+    CFE = "cfe"  # energy not covered by the grid's carbon-free share (kWh)
+    AVERAGE = "average"  # kg CO2e at the grid average intensity
+    MARGINAL = "marginal"  # kg CO2e at the grid marginal intensity
+    PROVIDER_CFE = "provider_cfe"  # energy not covered by the provider's hourly CFE (kWh)
 
 
 class SpotMode(StrEnum):

@@ -61,7 +61,7 @@ from greenplace.scheduler.catalog import Catalog, Region
 from greenplace.scheduler.exceptions import SpecError
 from greenplace.scheduler.jobs import Job
 from greenplace.scheduler.placement import timing
-from greenplace.scheduler.placement.arrays import RegionSignals
+from greenplace.scheduler.placement.arrays import RegionSignals, provider_cfe_column
 from greenplace.scheduler.placement.decision import PlacementDecision
 from greenplace.scheduler.placement.pipeline import Placer
 from greenplace.scheduler.signals.base import (
@@ -365,6 +365,7 @@ def _signals_at(catalog: Catalog, trace: Trace, at: dt.datetime) -> RegionSignal
     nan = np.full(len(catalog.regions), np.nan)
     return RegionSignals(
         grid_average_g_per_kwh=values, grid_marginal_g_per_kwh=nan, cfe_pct=nan.copy(),
+        provider_cfe_pct=provider_cfe_column(catalog),
         source=tuple(f"trace {trace.name}" for _ in catalog.regions),
         observed_at=tuple(iso(at) for _ in catalog.regions))
 

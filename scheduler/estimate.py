@@ -1,7 +1,10 @@
 """Energy, emissions and price of a job on a candidate (Patterson et al. 2021).
 
     energy_kwh = runtime_h x accelerator_count x average_power_w x PUE / 1000
-    co2e_kg    = energy_kwh x intensity_g_per_kwh / 1000
+    co2e_kg    = energy_kwh x intensity_g_per_kwh / 1000   (always the grid average)
+
+The policy's carbon signal only ranks: ``ranked_per_kwh`` gives the ranked quantity
+(``RANKED_QUANTITY`` names it and its unit); reported emissions are location-based.
 
 Every function works on Python floats and on NumPy arrays alike, so the dry run,
 ``greenplace estimate`` and the vectorised placement pipeline share one formula. NumPy is
@@ -11,6 +14,7 @@ only imported for arrays (which come from NumPy), so ``greenplace estimate`` nev
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from greenplace.policies.model import CarbonSignal
@@ -89,29 +93,64 @@ def co2e_kg(*, energy_kwh: Num, intensity_g_per_kwh: Num) -> Num:
     return energy_kwh * intensity_g_per_kwh / 1000.0
 
 
-def scoring_intensity_g_per_kwh(
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RankedQuantity:
+    """What a carbon signal ranks candidates by: a named quantity and its unit."""
+
+    signal: CarbonSignal
+    quantity: str
+    unit: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"signal": str(self.signal), "quantity": self.quantity, "unit": self.unit}
+
+
+# Each signal's ranked quantity (its value per kWh: ``ranked_per_kwh``). Only ``co2e_kg``
+# (grid average) is ever reported as emissions.
+RANKED_QUANTITY: dict[CarbonSignal, RankedQuantity] = {
+    CarbonSignal.AVERAGE: RankedQuantity(
+        signal=CarbonSignal.AVERAGE, quantity="co2e_kg", unit="kg CO2e"),  # x grid average
+    CarbonSignal.MARGINAL: RankedQuantity(
+        signal=CarbonSignal.MARGINAL, quantity="marginal_co2e_kg", unit="kg CO2e"),
+    CarbonSignal.CFE: RankedQuantity(
+        signal=CarbonSignal.CFE, quantity="uncovered_energy_kwh", unit="kWh"),
+    CarbonSignal.PROVIDER_CFE: RankedQuantity(
+        signal=CarbonSignal.PROVIDER_CFE, quantity="provider_uncovered_energy_kwh", unit="kWh"),
+}
+
+
+def ranked_per_kwh(
     signal: CarbonSignal,
     *,
     grid_average_g_per_kwh: Num,
     grid_marginal_g_per_kwh: Num,
-    cfe_pct: Num,
+    grid_cfe_pct: Num,
+    provider_cfe_pct: Num,
 ) -> Num:
-    """The intensity a candidate is scored with under ``signal``.
+    """The quantity ``signal`` ranks a candidate by, per kWh of its energy.
 
-    - ``average``: the grid average.
-    - ``marginal``: the grid marginal figure (NaN where unknown; such candidates are
-      rejected by the pipeline, never scored with another signal type).
-    - ``cfe``: grid average x (1 - CFE share). Unknown CFE (NaN) counts as 0 % CFE,
-      so a region that does not publish CFE is never treated as green.
+    Multiply by ``energy_kwh`` for the candidate's ranked carbon (``RANKED_QUANTITY``):
+
+    - ``average``: kg CO2e per kWh at the grid average.
+    - ``marginal``: kg CO2e per kWh at the grid marginal figure (NaN where unknown; such
+      candidates are rejected by the ``carbon_signal`` filter, never ranked with another type).
+    - ``cfe``: the share of each kWh the grid's carbon-free energy does not cover,
+      ``1 - grid_cfe_pct / 100``. Unknown grid CFE (NaN) counts as 0 %, never as green.
+    - ``provider_cfe``: ``1 - provider_cfe_pct / 100``; NaN where the provider publishes
+      none (rejected by the ``carbon_signal`` filter, never read as 0 % or as the grid's).
+
+    Design choice: this only ranks. The emissions greenplace reports are always
+    location-based (``co2e_kg`` at the grid average), whatever the signal: a grid CFE
+    adjustment of the average intensity would count the grid's clean share twice.
     """
     if signal is CarbonSignal.AVERAGE:
-        return grid_average_g_per_kwh
+        return grid_average_g_per_kwh / 1000.0
     if signal is CarbonSignal.MARGINAL:
-        return grid_marginal_g_per_kwh
-    if isinstance(grid_average_g_per_kwh, float | int) and isinstance(cfe_pct, float | int):
-        cfe_share = 0.0 if math.isnan(cfe_pct) else cfe_pct / 100.0
-        return grid_average_g_per_kwh * (1.0 - cfe_share)
+        return grid_marginal_g_per_kwh / 1000.0
+    if signal is CarbonSignal.PROVIDER_CFE:
+        return 1.0 - provider_cfe_pct / 100.0
+    if isinstance(grid_cfe_pct, float | int):
+        return 1.0 - (0.0 if math.isnan(grid_cfe_pct) else grid_cfe_pct) / 100.0
     import numpy as np
 
-    array_share = np.nan_to_num(np.asarray(cfe_pct, dtype=float), nan=0.0) / 100.0
-    return grid_average_g_per_kwh * (1.0 - array_share)
+    return 1.0 - np.nan_to_num(np.asarray(grid_cfe_pct, dtype=float), nan=0.0) / 100.0  # type: ignore[return-value]

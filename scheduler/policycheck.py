@@ -40,7 +40,8 @@ def check_policy(policy: Policy, catalog: Catalog) -> None:
                     "region name or a glob such as 'gcp:europe-*' (see `greenplace regions`).")
     signals = RegionSignals.from_catalog(catalog)
     codes = region_rejections(policy, regions, cfe_pct=signals.cfe_pct,
-                              grid_marginal_g_per_kwh=signals.grid_marginal_g_per_kwh)
+                              grid_marginal_g_per_kwh=signals.grid_marginal_g_per_kwh,
+                              provider_cfe_pct=signals.provider_cfe_pct)
     left = []
     for name, field in _LOCATION:
         remaining = int(np.count_nonzero((codes == 0) | (codes > CODE[name])))

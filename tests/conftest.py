@@ -76,16 +76,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def small_catalog() -> Catalog:
     """Four regions with known figures and a few offers.
 
-    - gcp:europe-north1  (FI, Europe) avg 100 g/kWh, grid CFE 90 %, PUE 1.1 -> cfe intensity 10 g
-    - gcp:us-central1    (US)         avg 400 g/kWh, grid CFE 95 %, PUE 1.1 -> cfe intensity 20 g
+    - gcp:europe-north1  (FI, Europe) avg 100 g/kWh, grid CFE 90 %, provider CFE 98 %, PUE 1.1
+    - gcp:us-central1    (US)         avg 400 g/kWh, grid CFE 95 %, provider CFE 87 %, PUE 1.1
     - aws:us-east-1      (US)         avg 380 g/kWh, marginal 600, grid CFE 0 %, PUE 1.15
     - azure:westeurope   (NL, Europe) avg 300 g/kWh, grid CFE 0 %, PUE 1.2
+    (aws and azure publish no provider CFE.)
     """
     regions = (
         make_region("gcp", "europe-north1", country="FI", continent="europe",
-                    grid_intensity_avg_g_per_kwh=100.0, grid_cfe_pct=90.0),
+                    grid_intensity_avg_g_per_kwh=100.0, grid_cfe_pct=90.0,
+                    provider_cfe_pct=98.0),
         make_region("gcp", "us-central1", grid_intensity_avg_g_per_kwh=400.0,
-                    grid_cfe_pct=95.0),
+                    grid_cfe_pct=95.0, provider_cfe_pct=87.0),
         make_region("aws", "us-east-1", grid_intensity_avg_g_per_kwh=380.0,
                     grid_intensity_marginal_g_per_kwh=600.0, pue=1.15),
         make_region("azure", "westeurope", country="NL", continent="europe",

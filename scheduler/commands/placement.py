@@ -120,14 +120,15 @@ def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision
             fmt(r["savings_pct"], 0),
         ])
     footer = (f"{placed}/{count} placed. Estimated {total:,.1f} kg CO2e vs "
-              f"{base:,.1f} kg for a price-only scheduler ({base - total:,.1f} kg saved). "
+              f"{base:,.1f} kg for a price-only scheduler ({base - total:,.1f} kg saved; "
+              "location-based: energy x grid average, whatever each policy ranks by). "
               "Estimates scale runtime by peak throughput and use TDP x utilisation unless "
               "a measured power is given.")
     if len(shown) < count:
         footer += (f"\n{count - len(shown):,} more rows not shown (the totals cover every "
                    "job); --limit 0 shows all, --output json or csv lists every job.")
     if has_notes and not explain:
-        footer += "\nSome jobs have notes (e.g. regions without published CFE, scored as 0 % "\
+        footer += "\nSome jobs have notes (e.g. regions without published CFE, ranked as 0 % "\
                   "CFE); see --explain."
     print_table(
         "greenplace dry run",
@@ -144,11 +145,15 @@ def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision
             if len(r["reasons"]) > 20:
                 click.echo(f"  ... {len(r['reasons']) - 20} more (see --output json)")
         elif explain:
-            click.echo(f"\n{r['job']} (policy {r['policy']}, signal {r['carbon_signal']}, "
-                       f"power {r['power_basis']}): top candidates")
+            ranked_by = r["ranked_by"]
+            click.echo(f"\n{r['job']} (policy {r['policy']}, signal {r['carbon_signal']} ranks "
+                       f"{ranked_by['quantity']} in {ranked_by['unit']}, power "
+                       f"{r['power_basis']}): top candidates")
             for c in r["candidates"][:5]:
                 click.echo(f"  score {c['score']:.3f}  {c['cloud']}:{c['region']} "
-                           f"{c['instance_type']}  {c['co2e_kg']:.1f} kg  ${c['cost_usd']:.0f}  "
+                           f"{c['instance_type']}  {c['co2e_kg']:.1f} kg CO2e  "
+                           f"ranked {c['ranked_carbon']:.2f} {ranked_by['unit']}  "
+                           f"${c['cost_usd']:.0f}  "
                            f"{c['runtime_h']:.1f} h  (carbon {c['norm_carbon']:.2f}, "
                            f"cost {c['norm_cost']:.2f}, time {c['norm_time']:.2f})")
             click.echo(f"  baseline (price only): {r['baseline']['cloud']}:"
@@ -233,8 +238,9 @@ def dry_run(jobs_file: Path, policy: str | None, override_policy: bool, output: 
 @click.option("--intensity-g-per-kwh", type=click.FloatRange(min=0))
 @click.option("--region", "region_key", help="CLOUD:REGION, e.g. gcp:europe-west4")
 @click.option("--signal", type=click.Choice([s.value for s in CarbonSignal]),
-              help="which region figure to use with --region [default: the signal of the "
-              f"default policy, {DEFAULT_POLICY}, as in dry-run]")
+              help="with --region, also show what this signal ranks by (co2e_kg is always "
+              "at the grid average) [default: the signal of the default policy, "
+              f"{DEFAULT_POLICY}, as in dry-run]")
 @_output
 def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float | None,
                  utilization: float | None, pue: float | None,
@@ -255,10 +261,17 @@ def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float 
         if carbon_signal is CarbonSignal.MARGINAL and marginal is None:
             raise UserInputError(f"No marginal intensity is known for {region.key}. To fix: use "
                                  "--signal average or cfe, or give --intensity-g-per-kwh.")
-        intensity = est.scoring_intensity_g_per_kwh(
+        if carbon_signal is CarbonSignal.PROVIDER_CFE and region.provider_cfe_pct is None:
+            raise UserInputError(f"{region.cloud} publishes no hourly-matched CFE % for "
+                                 f"{region.key}. To fix: use --signal cfe (the grid's CFE) or "
+                                 "average, or a region whose provider publishes one (GCP).")
+        intensity = region.grid_intensity_avg_g_per_kwh  # co2e_kg is location-based
+        ranked_per_kwh = est.ranked_per_kwh(
             carbon_signal, grid_average_g_per_kwh=region.grid_intensity_avg_g_per_kwh,
             grid_marginal_g_per_kwh=float("nan") if marginal is None else marginal,
-            cfe_pct=region.grid_cfe_pct)
+            grid_cfe_pct=region.grid_cfe_pct,
+            provider_cfe_pct=(float("nan") if region.provider_cfe_pct is None
+                              else region.provider_cfe_pct))
         pue_used, pue_basis = (pue, "given") if pue else (region.pue, _PUE_BASIS[region.pue_basis])
         result.update(region=region.key, carbon_signal=str(carbon_signal),
                       grid_cfe_pct=region.grid_cfe_pct)
@@ -276,6 +289,10 @@ def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float 
         energy_kwh=round(float(energy), 4),
         co2e_kg=round(float(est.co2e_kg(energy_kwh=energy, intensity_g_per_kwh=intensity)), 4),
     )
+    if region_key is not None and carbon_signal is not CarbonSignal.AVERAGE:
+        ranked = est.RANKED_QUANTITY[carbon_signal]
+        result.update(ranked_quantity=ranked.quantity, ranked_unit=ranked.unit,
+                      ranked_carbon=round(float(energy * ranked_per_kwh), 4))
     if region_key is not None:
         offers = [o for o in catalog.offers if f"{o.cloud}:{o.region}" == result["region"]
                   and o.accelerator == accel.name and o.accelerator_count == count

@@ -21,6 +21,14 @@ def _floats(values: list[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
+def provider_cfe_column(catalog: Catalog) -> np.ndarray:
+    """The catalog's provider CFE % per region (NaN where the provider publishes none).
+
+    Live signals and the backtest take it from here: no live source publishes it.
+    """
+    return _floats([r.provider_cfe_pct for r in catalog.regions])
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegionSignals:
     """Carbon figures per catalog region (same order as ``Catalog.regions``).
@@ -31,7 +39,8 @@ class RegionSignals:
 
     grid_average_g_per_kwh: np.ndarray
     grid_marginal_g_per_kwh: np.ndarray
-    cfe_pct: np.ndarray
+    cfe_pct: np.ndarray  # the grid's carbon-free % (Electricity Maps)
+    provider_cfe_pct: np.ndarray  # the provider's hourly-matched CFE % (GCP only; NaN elsewhere)
     source: tuple[str, ...]  # e.g. "static:catalog 2024", "electricitymaps"
     observed_at: tuple[str, ...]  # ISO date or timestamp of each value
 
@@ -43,6 +52,7 @@ class RegionSignals:
             grid_average_g_per_kwh=_floats([r.grid_intensity_avg_g_per_kwh for r in regions]),
             grid_marginal_g_per_kwh=_floats([r.grid_intensity_marginal_g_per_kwh for r in regions]),
             cfe_pct=np.array([r.grid_cfe_pct for r in regions], dtype=float),
+            provider_cfe_pct=provider_cfe_column(catalog),
             source=tuple(f"static:catalog {r.year}" for r in regions),
             observed_at=tuple(r.as_of for r in regions),
         )

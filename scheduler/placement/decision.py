@@ -15,16 +15,16 @@ import numpy as np
 
 from greenplace.policies.model import CarbonSignal, Policy
 from greenplace.providers.base import Placement
+from greenplace.scheduler import estimate
 from greenplace.scheduler.catalog import Offer, Region
-from greenplace.scheduler.estimate import HOST_POWER_BASIS
 from greenplace.scheduler.placement.arrays import OfferArrays, RegionSignals
 from greenplace.scheduler.placement.filters import FEASIBLE, FILTERS, ReasonContext, reason_text
 
 # Digits each candidate figure is rounded to in every view (summary, candidates).
 DIGITS = {"price_usd_per_hour": 4, "runtime_h": 4, "energy_kwh": 4, "accelerator_energy_kwh": 4,
-          "host_energy_kwh": 4, "intensity_g_per_kwh": 4,
-          "co2e_kg": 4, "cost_usd": 2, "cfe_pct": 1, "norm_carbon": 4, "norm_cost": 4,
-          "norm_time": 4, "score": 4}
+          "host_energy_kwh": 4, "intensity_g_per_kwh": 4, "co2e_kg": 4, "ranked_carbon": 4,
+          "cost_usd": 2, "cfe_pct": 1, "norm_carbon": 4, "norm_cost": 4, "norm_time": 4,
+          "score": 4}
 
 
 def data_notes(signal: CarbonSignal, *, arrays: OfferArrays, region_index: np.ndarray,
@@ -38,7 +38,7 @@ def data_notes(signal: CarbonSignal, *, arrays: OfferArrays, region_index: np.nd
     missing = sorted({arrays.regions[r].key for r in region_index[missing_mask].tolist()})
     return (f"CFE % is not published for {len(missing)} feasible region(s) "
             f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); they are "
-            "scored as 0 % CFE (the full grid average), never as green.",)
+            "ranked as 0 % CFE (all their energy uncovered), never as green.",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,8 +61,9 @@ class PlacementDecision:
     energy_kwh: np.ndarray  # accelerators + host, PUE included
     accelerator_energy_kwh: np.ndarray
     host_energy_kwh: np.ndarray  # modelled (estimate.HOST_POWER_BASIS)
-    intensity_g_per_kwh: np.ndarray
-    co2e_kg: np.ndarray
+    intensity_g_per_kwh: np.ndarray  # the grid average (location-based accounting)
+    co2e_kg: np.ndarray  # energy_kwh x grid average / 1000, whatever the policy's signal
+    ranked_carbon: np.ndarray  # what the signal ranks by, in ``ranked_by``'s unit
     cost_usd: np.ndarray
     cfe_pct: np.ndarray
     norm_carbon: np.ndarray  # 0..1, 1 = best of the feasible set; NaN when rejected
@@ -98,6 +99,11 @@ class PlacementDecision:
     @property
     def carbon_signal(self) -> CarbonSignal:
         return self.policy.carbon_signal
+
+    @property
+    def ranked_by(self) -> estimate.RankedQuantity:
+        """The quantity (and unit) ``ranked_carbon`` holds for this policy's signal."""
+        return estimate.RANKED_QUANTITY[self.policy.carbon_signal]
 
     @property
     def placed(self) -> bool:
@@ -159,7 +165,8 @@ class PlacementDecision:
             "spot": self.spot,
             **{name: self.figure(name, i) for name in (
                 "price_usd_per_hour", "runtime_h", "energy_kwh", "accelerator_energy_kwh",
-                "host_energy_kwh", "intensity_g_per_kwh", "co2e_kg", "cost_usd", "cfe_pct")},
+                "host_energy_kwh", "intensity_g_per_kwh", "co2e_kg", "ranked_carbon",
+                "cost_usd", "cfe_pct")},
             "signal_source": self.signals.source[region],
             "signal_observed_at": self.signals.observed_at[region],
             **{name: self.figure(name, i) for name in (
@@ -185,8 +192,9 @@ class PlacementDecision:
             "job": self.job,
             "policy": self.policy.name,
             "carbon_signal": str(self.carbon_signal),
+            "ranked_by": self.ranked_by.as_dict(),
             "power_basis": self.power_basis,
-            "host_power_basis": HOST_POWER_BASIS,
+            "host_power_basis": estimate.HOST_POWER_BASIS,
             "status": "placed" if self.placed else "unschedulable",
             "start_at": self.start_at,
         }
@@ -200,13 +208,15 @@ class PlacementDecision:
                        spot=self.spot)
             out.update((name, self.figure(name, chosen)) for name in (
                 "price_usd_per_hour", "runtime_h", "energy_kwh", "accelerator_energy_kwh",
-                "host_energy_kwh", "intensity_g_per_kwh", "co2e_kg", "cost_usd", "cfe_pct"))
+                "host_energy_kwh", "intensity_g_per_kwh", "co2e_kg", "ranked_carbon",
+                "cost_usd", "cfe_pct"))
             out["signal_source"] = self.signals.source[self.region_index.item(chosen)]
             out["score"] = self.figure("score", chosen)
             b = self.arrays.offers[self.offer_index.item(base)]
             out["baseline"] = {
                 "cloud": b.cloud, "region": b.region, "instance_type": b.instance_type,
                 "accelerator": b.accelerator, "co2e_kg": self.figure("co2e_kg", base),
+                "ranked_carbon": self.figure("ranked_carbon", base),
                 "cost_usd": self.figure("cost_usd", base), "cfe_pct": self.figure("cfe_pct", base)}
             base_co2e: float = self.co2e_kg.item(base)
             saved = base_co2e - self.co2e_kg.item(chosen)

@@ -45,7 +45,7 @@ def region_matches(region: Region, patterns: list[str]) -> bool:
 
 def region_rejections(
     policy: Policy, regions: tuple[Region, ...], *, cfe_pct: np.ndarray,
-    grid_marginal_g_per_kwh: np.ndarray,
+    grid_marginal_g_per_kwh: np.ndarray, provider_cfe_pct: np.ndarray,
 ) -> np.ndarray:
     """First region-level filter that rejects each region under ``policy`` (0: none)."""
     c = policy.constraints
@@ -69,6 +69,8 @@ def region_rejections(
             reject("min_cfe", ~(cfe_pct >= c.min_cfe_pct))  # NaN (unknown) fails too
     if policy.carbon_signal is CarbonSignal.MARGINAL:
         reject("carbon_signal", np.isnan(grid_marginal_g_per_kwh))
+    if policy.carbon_signal is CarbonSignal.PROVIDER_CFE:
+        reject("carbon_signal", np.isnan(provider_cfe_pct))
     return codes
 
 
@@ -114,8 +116,12 @@ def reason_text(code: int, ctx: ReasonContext) -> str:
             return (f"CFE % of {ctx.region.key} is not published, so it cannot be shown to reach "
                     f"min_cfe_pct {c.min_cfe_pct}")
         return f"CFE {ctx.cfe_pct:.0f} % is below min_cfe_pct {c.min_cfe_pct}"
+    if name == "carbon_signal" and ctx.policy.carbon_signal is CarbonSignal.PROVIDER_CFE:
+        return (f"{ctx.region.cloud} publishes no hourly-matched CFE % for {ctx.region.key}; "
+                "the policy ranks on provider_cfe and never reads it as 0 % or as the grid's "
+                "CFE. To fix: use carbon_signal cfe to rank every cloud on the grid's CFE.")
     if name == "carbon_signal":
-        return (f"no marginal intensity is known for {ctx.region.key}; the policy scores on "
+        return (f"no marginal intensity is known for {ctx.region.key}; the policy ranks on "
                 "marginal and never substitutes another signal type")
     if name == "deadline":
         return f"estimated runtime {ctx.runtime_h:.1f} h ends after the deadline {ctx.deadline}"

@@ -3,13 +3,18 @@
 Pure: no network, no Redis, no clock (``now`` is an argument). Vectorised with
 NumPy over each job's whole candidate set. Same inputs, same decision.
 
-Tie-break (fixed): higher total score, then lower co2e_kg, then lower cost_usd,
+Carbon: the policy's carbon signal only ranks. Each candidate's ranked carbon is
+energy_kwh x ``estimate.ranked_per_kwh`` (kg CO2e at the average or marginal intensity, or
+kWh not covered by the grid's or the provider's CFE); the reported ``co2e_kg`` is always
+location-based, energy_kwh x the grid average intensity / 1000.
+
+Tie-break (fixed): higher total score, then lower ranked carbon, then lower cost_usd,
 then lower runtime_h, then (cloud, region, instance_type) in alphabetical order.
 
 Baseline: the same candidates and constraints ranked by total job price alone
-(what a price-only scheduler such as SkyPilot's default optimiser picks). It uses
-the same tie-break, so among equally priced offers it takes the greener one:
-savings shown against it are never inflated by an arbitrary tie.
+(what a price-only scheduler such as SkyPilot's default optimiser picks). Among equally
+priced offers it takes the one with the lower location-based co2e_kg (then the same
+tie-break): savings, in co2e_kg, shown against it are never inflated by an arbitrary tie.
 """
 
 from __future__ import annotations
@@ -53,29 +58,31 @@ def _goodness(values: np.ndarray, feasible: np.ndarray) -> np.ndarray:
 
 
 def rank(
-    weights: Weights, *, feasible: np.ndarray, co2e_kg: np.ndarray, cost_usd: np.ndarray,
+    weights: Weights, *, feasible: np.ndarray, carbon: np.ndarray, cost_usd: np.ndarray,
     runtime_h: np.ndarray, name_rank: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Normalised scores, total score and the ranking (feasible positions, best first).
 
-    The figures hold one row per job (or are one row); each row is ranked on its own.
+    ``carbon`` is the ranked carbon (lower is better, in the signal's unit). The figures
+    hold one row per job (or are one row); each row is ranked on its own.
     """
-    n_carbon = _goodness(co2e_kg, feasible)
+    n_carbon = _goodness(carbon, feasible)
     n_cost = _goodness(cost_usd, feasible)
     n_time = _goodness(runtime_h, feasible)
     total_weight = weights.carbon + weights.cost + weights.time
     score = (weights.carbon * n_carbon + weights.cost * n_cost + weights.time * n_time) / (
         total_weight)
     return n_carbon, n_cost, n_time, score, order(
-        score, feasible=feasible, co2e_kg=co2e_kg, cost_usd=cost_usd, runtime_h=runtime_h,
+        score, feasible=feasible, carbon=carbon, cost_usd=cost_usd, runtime_h=runtime_h,
         name_rank=name_rank)
 
 
-def order(score: np.ndarray, *, feasible: np.ndarray, co2e_kg: np.ndarray,
+def order(score: np.ndarray, *, feasible: np.ndarray, carbon: np.ndarray,
           cost_usd: np.ndarray, runtime_h: np.ndarray, name_rank: np.ndarray) -> np.ndarray:
-    """The feasible positions of each row, best ``score`` first, under the fixed tie-break."""
+    """The feasible positions of each row, best ``score`` first, under the fixed tie-break
+    (then lower ``carbon``, cost, runtime, name)."""
     idx = np.flatnonzero(feasible)
-    keys = [runtime_h[..., idx], cost_usd[..., idx], co2e_kg[..., idx], -score[..., idx]]
+    keys = [runtime_h[..., idx], cost_usd[..., idx], carbon[..., idx], -score[..., idx]]
     positions = np.lexsort([np.broadcast_to(name_rank[idx], keys[0].shape), *keys], axis=-1)
     return idx[positions]
 
@@ -119,7 +126,7 @@ class Placer:
         self._candidate_cache: dict[tuple[tuple[str, int], ...], _CandidateSet] = {}
 
     def _policy_columns(self, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
-        """(region rejection codes, scoring intensity per region) for ``policy``; cached."""
+        """(region rejection codes, ranked carbon per kWh per region) for ``policy``; cached."""
         cached = self._policy_cache.get(id(policy))
         if cached is None or cached[0] is not policy:
             if len(self._policy_cache) >= _POLICY_CACHE_SIZE:
@@ -127,11 +134,13 @@ class Placer:
             s = self.signals
             codes = region_rejections(
                 policy, self.arrays.regions, cfe_pct=s.cfe_pct,
-                grid_marginal_g_per_kwh=s.grid_marginal_g_per_kwh)
-            intensity = estimate.scoring_intensity_g_per_kwh(
+                grid_marginal_g_per_kwh=s.grid_marginal_g_per_kwh,
+                provider_cfe_pct=s.provider_cfe_pct)
+            per_kwh = estimate.ranked_per_kwh(
                 policy.carbon_signal, grid_average_g_per_kwh=s.grid_average_g_per_kwh,
-                grid_marginal_g_per_kwh=s.grid_marginal_g_per_kwh, cfe_pct=s.cfe_pct)
-            cached = self._policy_cache[id(policy)] = (policy, codes, intensity)
+                grid_marginal_g_per_kwh=s.grid_marginal_g_per_kwh, grid_cfe_pct=s.cfe_pct,
+                provider_cfe_pct=s.provider_cfe_pct)
+            cached = self._policy_cache[id(policy)] = (policy, codes, per_kwh)
         return cached[1], cached[2]
 
     def _candidates(self, alternatives: tuple[tuple[str, int], ...]) -> _CandidateSet:
@@ -201,7 +210,7 @@ class Placer:
         job = jobs[0]
         policy = job.policy
         c = self._candidates(job.alternatives)
-        region_codes, region_intensity = self._policy_columns(policy)
+        region_codes, region_per_kwh = self._policy_columns(policy)
         spot = bool(job.spec.resources.spot) or policy.constraints.spot is SpotMode.REQUIRE
         price = (a.spot_price_usd_per_hour if spot else a.price_usd_per_hour)[c.offer_index]
 
@@ -219,8 +228,9 @@ class Placer:
         host_energy = estimate.host_energy_kwh(runtime_h=runtime_h, host_power_w=c.host_power_w,
                                                pue=c.pue)
         energy = accelerator_energy + host_energy
-        intensity = region_intensity[c.region_index]
+        intensity = self.signals.grid_average_g_per_kwh[c.region_index]  # location-based
         co2e = estimate.co2e_kg(energy_kwh=energy, intensity_g_per_kwh=intensity)
+        ranked = energy * region_per_kwh[c.region_index]  # what the policy's signal ranks
         cost = price * runtime_h
 
         codes = np.where(c.accelerator_count != c.requested_count, CODE["accelerator_count"],
@@ -241,11 +251,11 @@ class Placer:
 
         feasible = codes == FEASIBLE
         n_carbon, n_cost, n_time, score, ranking = rank(
-            policy.weights, feasible=feasible, co2e_kg=co2e, cost_usd=cost,
+            policy.weights, feasible=feasible, carbon=ranked, cost_usd=cost,
             runtime_h=runtime_h, name_rank=c.name_rank)
         # Price-only weights (carbon 0, cost 1, time 0) score a candidate by its normalised
-        # cost alone: the baseline orders that column under the same tie-break.
-        baseline_ranking = order(n_cost, feasible=feasible, co2e_kg=co2e, cost_usd=cost,
+        # cost alone: the baseline orders that column, ties to the lower location-based co2e.
+        baseline_ranking = order(n_cost, feasible=feasible, carbon=co2e, cost_usd=cost,
                                  runtime_h=runtime_h, name_rank=c.name_rank)
         power_basis = ("measured avg_power_w" if job.spec.work.avg_power_w is not None
                        else f"TDP x utilisation {job.utilization:.2f}")
@@ -261,7 +271,8 @@ class Placer:
             rejected_by=codes, price_usd_per_hour=price, runtime_h=runtime_h[row],
             energy_kwh=energy[row], accelerator_energy_kwh=accelerator_energy[row],
             host_energy_kwh=host_energy[row], intensity_g_per_kwh=intensity, co2e_kg=co2e[row],
-            cost_usd=cost[row], cfe_pct=cfe_pct, norm_carbon=n_carbon[row],
+            ranked_carbon=ranked[row], cost_usd=cost[row], cfe_pct=cfe_pct,
+            norm_carbon=n_carbon[row],
             norm_cost=n_cost[row], norm_time=n_time[row], score=score[row],
             ranking=ranking[row], baseline_ranking=baseline_ranking[row], data_notes=notes,
             shape_memo=memo,

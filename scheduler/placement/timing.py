@@ -12,11 +12,18 @@ the decision gets ``start_at`` (the job becomes DEFERRED until then) and the
 chosen candidate moves to the head of the ranking. Without a forecast, or when
 the job may not wait, the job runs now and the decision is left as it was.
 
-Signal types are never mixed: ``average`` and ``cfe`` policies use a grid-average
-forecast (for ``cfe`` scaled by the candidate's current ``1 - CFE share``, since
-CFE itself is not forecast), ``marginal`` policies a marginal forecast. Within
-one region every option, "now" included, comes from the same forecast, so a
-deferral is never an artefact of comparing a live value with a forecast.
+Signal types are never mixed: ``average``, ``cfe`` and ``provider_cfe`` policies use a
+grid-average forecast (for ``cfe`` / ``provider_cfe`` scaled by the candidate's current
+``1 - CFE share``, grid or provider, since CFE itself is not forecast), ``marginal``
+policies a marginal forecast. Within one region every option, "now" included, comes from
+the same forecast, so a deferral is never an artefact of comparing a live value with a
+forecast.
+
+Accounting apart from ranking: the window is chosen (and the saving threshold applied) on
+those scoring figures, but the ``co2e_kg`` reported is location-based: energy x the
+forecast grid average where the forecast is of the grid average; for a ``marginal``
+policy (a marginal forecast) it is energy x the decision's grid average (the catalog's
+annual figure), and the note says so.
 
 The forecast is piecewise constant: each point holds until the next, the last
 for the forecast's step. A window counts only when the forecast covers all of it.
@@ -72,18 +79,22 @@ class TimingChoice:
 
     candidate: int
     window: Window
-    intensity_g_per_kwh: float  # scoring intensity over the window
-    co2e_kg: float
-    reference_co2e_kg: float  # the pipeline's choice, run now (same forecast basis)
+    intensity_g_per_kwh: float  # scoring intensity over the window (the policy's signal)
+    score_co2e_kg: float  # energy x scoring intensity: what the window was chosen on
+    reference_score_co2e_kg: float  # the pipeline's choice, run now (same forecast basis)
+    co2e_kg: float  # location-based: energy x grid average (forecast where it is of one)
+    reference_co2e_kg: float  # location-based, the pipeline's choice run now
     forecast_source: str
     deferred: bool  # start_at is later than now and saves at least MIN_SAVING_PCT
     notes: tuple[str, ...]
 
     @property
     def saving_pct(self) -> float:
-        if self.reference_co2e_kg <= 0:
+        """The saving on the policy's signal (what decides a deferral), in %."""
+        if self.reference_score_co2e_kg <= 0:
             return 0.0
-        return 100.0 * (self.reference_co2e_kg - self.co2e_kg) / self.reference_co2e_kg
+        return 100.0 * (self.reference_score_co2e_kg - self.score_co2e_kg) / (
+            self.reference_score_co2e_kg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +267,16 @@ def choose(decision: PlacementDecision, *, job: Job, forecasts: ForecastProvider
     start_s = np.concatenate(starts)
     mean = np.concatenate(means)
     factor = _factors(decision, cand)
-    intensity = np.where(np.isnan(mean), decision.intensity_g_per_kwh[cand], mean * factor)
-    co2e = decision.energy_kwh[cand] * intensity / 1000.0
+    intensity = np.where(np.isnan(mean), decision.intensity_g_per_kwh[cand] * factor,
+                         mean * factor)
+    if signal is CarbonSignal.MARGINAL:
+        intensity = np.where(np.isnan(mean), decision.signals.grid_marginal_g_per_kwh[
+            decision.region_index[cand]], intensity)
+    co2e = decision.energy_kwh[cand] * intensity / 1000.0  # scoring figure: ranks windows
+    # Location-based: the forecast grid average where the forecast is of it, else the
+    # decision's grid average.
+    located = (decision.co2e_kg[cand] if signal is CarbonSignal.MARGINAL else np.where(
+        np.isnan(mean), decision.co2e_kg[cand], decision.energy_kwh[cand] * mean / 1000.0))
     is_plan = np.zeros(len(cand), dtype=bool)
     is_plan[list(plans)] = True
     position = np.empty(len(decision.offer_index), dtype=np.int64)
@@ -265,12 +284,14 @@ def choose(decision: PlacementDecision, *, job: Job, forecasts: ForecastProvider
     tie = np.empty(len(cand), dtype=np.int64)
     tie[np.lexsort((position[cand], is_plan, start_s))] = np.arange(len(cand))
     *_, ranking = rank(decision.policy.weights, feasible=np.ones(len(cand), dtype=bool),
-                       co2e_kg=co2e, cost_usd=decision.cost_usd[cand],
+                       carbon=co2e, cost_usd=decision.cost_usd[cand],
                        runtime_h=decision.runtime_h[cand], name_rank=tie)
     best = int(ranking[0])
     top = int(feasible[0])
     reference = np.flatnonzero((cand == top) & (start_s == 0.0) & ~is_plan)
-    reference_co2e = float(co2e[reference[0]]) if len(reference) else float(
+    reference_score = float(co2e[reference[0]]) if len(reference) else float(
+        decision.energy_kwh[top] * intensity_now(decision, top) / 1000.0)
+    reference_co2e = float(located[reference[0]]) if len(reference) else float(
         decision.co2e_kg[top])
     best_c = int(cand[best])
     runtime = dt.timedelta(hours=float(decision.runtime_h[best_c]))
@@ -287,7 +308,8 @@ def choose(decision: PlacementDecision, *, job: Job, forecasts: ForecastProvider
                     slots=slots)
     choice = TimingChoice(
         candidate=best_c, window=window, intensity_g_per_kwh=float(intensity[best]),
-        co2e_kg=float(co2e[best]), reference_co2e_kg=reference_co2e, forecast_source=source,
+        score_co2e_kg=float(co2e[best]), reference_score_co2e_kg=reference_score,
+        co2e_kg=float(located[best]), reference_co2e_kg=reference_co2e, forecast_source=source,
         deferred=False, notes=())
     notes = []
     if missing:
@@ -307,8 +329,14 @@ def choose(decision: PlacementDecision, *, job: Job, forecasts: ForecastProvider
     text = (f"temporal shifting: start at {iso(begin)} (in {wait_h:.1f} h) in "
             f"{region}, forecast mean {float(mean[best]):.0f} "
             f"{'g/kWh marginal' if signal is CarbonSignal.MARGINAL else 'g/kWh grid average'} "
-            f"over the run ({source} forecast): est. {choice.co2e_kg:.2f} kg CO2e vs "
-            f"{reference_co2e:.2f} kg running the top choice now (-{choice.saving_pct:.0f} %).")
+            f"over the run ({source} forecast), -{choice.saving_pct:.0f} % on the policy's "
+            f"{decision.carbon_signal} signal against running the top choice now: est. "
+            f"{choice.co2e_kg:.2f} kg CO2e vs {reference_co2e:.2f} kg")
+    if signal is CarbonSignal.MARGINAL:
+        text += (" (location-based at the catalog's annual grid average, not forecast; the "
+                 "marginal forecast only chose the window).")
+    else:
+        text += " (location-based, forecast grid average)."
     if len(slots) > 1:
         slots_text = ", ".join(f"{iso(a)}-{iso(b)}" for a, b in slots)
         text += (f" Pausable plan ({len(slots)} slots): {slots_text}; the dispatcher starts "
@@ -337,10 +365,20 @@ def _region_options(
 
 
 def _factors(decision: PlacementDecision, cand: np.ndarray) -> np.ndarray:
-    """Forecast value -> scoring intensity: ``1 - CFE share`` for the cfe signal, else 1."""
-    if decision.carbon_signal is not CarbonSignal.CFE:
-        return np.ones(len(cand))
-    return 1.0 - np.nan_to_num(decision.cfe_pct[cand], nan=0.0) / 100.0
+    """Forecast value -> scoring intensity: ``1 - CFE share`` (grid or provider) for the
+    cfe and provider_cfe signals, else 1."""
+    if decision.carbon_signal is CarbonSignal.CFE:
+        return 1.0 - np.nan_to_num(decision.cfe_pct[cand], nan=0.0) / 100.0
+    if decision.carbon_signal is CarbonSignal.PROVIDER_CFE:
+        return 1.0 - decision.signals.provider_cfe_pct[decision.region_index[cand]] / 100.0
+    return np.ones(len(cand))
+
+
+def intensity_now(decision: PlacementDecision, c: int) -> float:
+    """Candidate ``c``'s scoring intensity from the decision's own signals (no forecast)."""
+    if decision.carbon_signal is CarbonSignal.MARGINAL:
+        return float(decision.signals.grid_marginal_g_per_kwh[decision.region_index[c]])
+    return float(decision.intensity_g_per_kwh[c] * _factors(decision, np.array([c]))[0])
 
 
 def apply(decision: PlacementDecision, choice: TimingChoice | None) -> PlacementDecision:

@@ -499,6 +499,8 @@ COLUMNS_FOR: dict[CarbonSignal, tuple[CarbonSignal, ...]] = {
     CarbonSignal.AVERAGE: (CarbonSignal.AVERAGE,),
     CarbonSignal.MARGINAL: (CarbonSignal.MARGINAL,),
     CarbonSignal.CFE: (CarbonSignal.CFE, CarbonSignal.AVERAGE),
+    # No live source publishes a provider's CFE: it is the catalog's; the average is live.
+    CarbonSignal.PROVIDER_CFE: (CarbonSignal.AVERAGE,),
 }
 
 
@@ -563,7 +565,8 @@ def build_region_signals(
     signals = RegionSignals(
         grid_average_g_per_kwh=columns[CarbonSignal.AVERAGE],
         grid_marginal_g_per_kwh=columns[CarbonSignal.MARGINAL],
-        cfe_pct=columns[CarbonSignal.CFE], source=tuple(sources), observed_at=tuple(observed))
+        cfe_pct=columns[CarbonSignal.CFE], provider_cfe_pct=base.provider_cfe_pct,
+        source=tuple(sources), observed_at=tuple(observed))
     asked = [results[i] for i in todo]
     return LiveSignals(signal=signal, signals=signals, results=tuple(results),
                        notes=tuple(_notes(signal, asked, chain)))

@@ -137,6 +137,32 @@ def test_estimate_uses_the_default_policys_signal_and_labels_pue(
         result["carbon_signal"]}
 
 
+def test_estimate_reports_location_based_co2e_and_the_ranked_quantity_apart(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ("estimate", "-a", "A100", "-n", "8", "--hours", "1", "--region",
+            "gcp:us-central1", "-o", "json")
+    region = load_catalog().region("gcp:us-central1")
+    average = json.loads(run(capsys, *args, "--signal", "average")[1])
+    cfe = json.loads(run(capsys, *args, "--signal", "cfe")[1])
+    provider = json.loads(run(capsys, *args, "--signal", "provider_cfe")[1])
+    energy = average["energy_kwh"]
+    for result in (average, cfe, provider):  # co2e_kg is the same whatever the signal
+        assert result["intensity_g_per_kwh"] == region.grid_intensity_avg_g_per_kwh
+        assert result["co2e_kg"] == pytest.approx(
+            energy * region.grid_intensity_avg_g_per_kwh / 1000, abs=1e-4)
+    assert "ranked_quantity" not in average
+    assert (cfe["ranked_quantity"], cfe["ranked_unit"]) == ("uncovered_energy_kwh", "kWh")
+    assert cfe["ranked_carbon"] == pytest.approx(
+        energy * (1 - region.grid_cfe_pct / 100), abs=1e-4)
+    assert region.provider_cfe_pct is not None
+    assert provider["ranked_carbon"] == pytest.approx(
+        energy * (1 - region.provider_cfe_pct / 100), abs=1e-4)
+    code, _, err = run(capsys, "estimate", "-a", "A100", "--hours", "1", "--region",
+                       "aws:us-east-1", "--signal", "provider_cfe")
+    assert code == 2 and "aws publishes no hourly-matched CFE" in err
+
+
 def test_the_readmes_estimate_example_shows_a_price(capsys: pytest.CaptureFixture[str]) -> None:
     line = next(x for x in (REPO / "README.md").read_text().splitlines()
                 if "greenplace estimate " in x)

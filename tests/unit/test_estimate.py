@@ -38,25 +38,45 @@ def test_runtime_scales_by_peak_dense_throughput() -> None:
                                      reference_count=8, tflops=312.0, count=4) == 24.0
 
 
-def test_cfe_signal_discounts_the_grid_average() -> None:
-    # 400 g/kWh grid, 75 % CFE -> 400 x 0.25 = 100 g/kWh
-    got = estimate.scoring_intensity_g_per_kwh(
+def test_cfe_ranks_the_energy_the_grids_cfe_does_not_cover() -> None:
+    # 75 % grid CFE -> 0.25 kWh of every kWh uncovered; the grid average plays no part
+    got = estimate.ranked_per_kwh(
         CarbonSignal.CFE, grid_average_g_per_kwh=400.0, grid_marginal_g_per_kwh=math.nan,
-        cfe_pct=75.0)
-    assert got == pytest.approx(100.0)
+        grid_cfe_pct=75.0, provider_cfe_pct=math.nan)
+    assert got == pytest.approx(0.25)
+    assert estimate.RANKED_QUANTITY[CarbonSignal.CFE].as_dict() == {
+        "signal": "cfe", "quantity": "uncovered_energy_kwh", "unit": "kWh"}
 
 
 def test_unknown_cfe_is_never_green() -> None:
-    got = estimate.scoring_intensity_g_per_kwh(
+    got = estimate.ranked_per_kwh(
         CarbonSignal.CFE, grid_average_g_per_kwh=np.array([400.0, 300.0]),
-        grid_marginal_g_per_kwh=np.array([np.nan, np.nan]), cfe_pct=np.array([np.nan, 50.0]))
-    assert got.tolist() == [400.0, 150.0]
+        grid_marginal_g_per_kwh=np.array([np.nan, np.nan]),
+        grid_cfe_pct=np.array([np.nan, 50.0]), provider_cfe_pct=np.array([np.nan, np.nan]))
+    assert got.tolist() == [1.0, 0.5]  # unknown counts as 0 %: the whole kWh uncovered
 
 
-def test_marginal_and_average_are_not_mixed() -> None:
-    kw = dict(grid_average_g_per_kwh=400.0, grid_marginal_g_per_kwh=650.0, cfe_pct=10.0)
-    assert estimate.scoring_intensity_g_per_kwh(CarbonSignal.AVERAGE, **kw) == 400.0
-    assert estimate.scoring_intensity_g_per_kwh(CarbonSignal.MARGINAL, **kw) == 650.0
+def test_each_signal_ranks_its_own_quantity_per_kwh() -> None:
+    kw = dict(grid_average_g_per_kwh=400.0, grid_marginal_g_per_kwh=650.0, grid_cfe_pct=10.0,
+              provider_cfe_pct=80.0)
+    assert estimate.ranked_per_kwh(CarbonSignal.AVERAGE, **kw) == pytest.approx(0.4)  # kg
+    assert estimate.ranked_per_kwh(CarbonSignal.MARGINAL, **kw) == pytest.approx(0.65)  # kg
+    assert estimate.ranked_per_kwh(CarbonSignal.CFE, **kw) == pytest.approx(0.9)  # kWh
+    assert estimate.ranked_per_kwh(CarbonSignal.PROVIDER_CFE, **kw) == pytest.approx(0.2)
+    units = {s: (q.quantity, q.unit) for s, q in estimate.RANKED_QUANTITY.items()}
+    assert units == {
+        CarbonSignal.AVERAGE: ("co2e_kg", "kg CO2e"),
+        CarbonSignal.MARGINAL: ("marginal_co2e_kg", "kg CO2e"),
+        CarbonSignal.CFE: ("uncovered_energy_kwh", "kWh"),
+        CarbonSignal.PROVIDER_CFE: ("provider_uncovered_energy_kwh", "kWh")}
+
+
+def test_a_missing_provider_cfe_is_never_read_as_zero_or_as_the_grids() -> None:
+    got = estimate.ranked_per_kwh(
+        CarbonSignal.PROVIDER_CFE, grid_average_g_per_kwh=np.array([400.0, 300.0]),
+        grid_marginal_g_per_kwh=np.array([np.nan, np.nan]),
+        grid_cfe_pct=np.array([90.0, 90.0]), provider_cfe_pct=np.array([np.nan, 60.0]))
+    assert np.isnan(got[0]) and got[1] == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize(("cloud", "idle_w", "full_w"), [

@@ -17,6 +17,13 @@ from greenplace.scheduler.placement.arrays import RegionSignals
 from greenplace.scheduler.placement.filters import FILTERS
 from tests.conftest import NOW
 
+# The fixture's 8-GPU offers: 64 vCPUs and 512 GiB. Host power (estimate.host_power_w) is the
+# vCPUs at half way between the cloud's idle and full watts plus 0.392 W per GB of memory;
+# energy: 10 h x (8 x 320 W + host) x PUE (1.1 on the GCP regions, 1.15 on aws:us-east-1).
+MEMORY_W = 512 * 1.073741824 * 0.392
+GCP_KWH = 10 * (8 * 320 + 64 * (0.71 + 4.26) / 2 + MEMORY_W) * 1.1 / 1000
+AWS_KWH = 10 * (8 * 320 + 64 * (0.74 + 3.5) / 2 + MEMORY_W) * 1.15 / 1000
+AZURE_KWH = 10 * (8 * 320 + 64 * (0.78 + 3.76) / 2 + MEMORY_W) * 1.2 / 1000
 
 def job(catalog: Catalog, policy: dict[str, Any] | str = "balanced", **spec: Any) -> Job:
     raw: dict[str, Any] = {"name": "j", "run": "python train.py",
@@ -32,29 +39,80 @@ def by_region(decision: Any) -> dict[str, dict[str, Any]]:
     return {f"{r['cloud']}:{r['region']}:{r['instance_type']}": r for r in rows}
 
 
-def test_greenest_picks_lowest_emissions_with_hand_checked_numbers(small_catalog: Catalog) -> None:
+def test_greenest_ranks_on_grid_cfe_but_reports_location_based_co2e(
+        small_catalog: Catalog) -> None:
     d = Placer(small_catalog).place(job(small_catalog, "greenest"), now=NOW)
     s = d.summary()
-    # europe-north1: accelerators 10 h x 8 x 320 W x PUE 1.1 = 28.16 kWh; host (64 vCPUs at
-    # GCP's 0.71-4.26 W, half way = 2.485 W, + 512 GiB x 1.0737 GB x 0.392 W) x 10 h x 1.1;
-    # cfe intensity 100 x 0.1 = 10 g
-    gcp_host_w = 64 * 2.485 + 512 * 1.073741824 * 0.392
-    energy = 28.16 + 10 * gcp_host_w * 1.1 / 1000
-    assert (s["cloud"], s["region"]) == ("gcp", "europe-north1")
+    # greenest ranks on cfe: energy not covered by the grid's CFE. Both gcp regions use
+    # GCP_KWH (accelerators 28.16 kWh + host): us-central1 leaves 5 % of it uncovered,
+    # europe-north1 10 %, so us-central1 ranks first.
+    assert (s["cloud"], s["region"]) == ("gcp", "us-central1")
+    assert s["ranked_by"] == {"signal": "cfe", "quantity": "uncovered_energy_kwh",
+                              "unit": "kWh"}
+    assert s["ranked_carbon"] == pytest.approx(GCP_KWH * 0.05)
+    assert s["energy_kwh"] == pytest.approx(GCP_KWH)
     assert s["accelerator_energy_kwh"] == pytest.approx(28.16)
-    assert s["host_energy_kwh"] == pytest.approx(energy - 28.16, abs=1e-4)
-    assert s["energy_kwh"] == pytest.approx(energy, abs=1e-4)
-    assert s["co2e_kg"] == pytest.approx(energy * 10 / 1000, abs=1e-4)
-    assert s["cost_usd"] == pytest.approx(320.0)
+    assert s["host_energy_kwh"] == pytest.approx(GCP_KWH - 28.16, abs=1e-4)
     assert "Cloud Carbon Footprint" in s["host_power_basis"]
-    # baseline = cheapest total price = aws p4d at 22 USD/h -> 220 USD; its energy:
-    # 10 x 8 x 320 x 1.15 / 1000 = 29.44 kWh + host (64 x 2.12 W + the same memory) x 10 x 1.15
-    aws_host_w = 64 * (0.74 + 0.5 * (3.5 - 0.74)) + 512 * 1.073741824 * 0.392
-    base_co2e = (29.44 + 10 * aws_host_w * 1.15 / 1000) * 380 / 1000
+    # ... but the reported co2e_kg is location-based: GCP_KWH x 400 g grid average
+    assert s["intensity_g_per_kwh"] == 400.0
+    assert s["co2e_kg"] == pytest.approx(GCP_KWH * 0.4)
+    assert s["cost_usd"] == pytest.approx(290.0)
+    # baseline = cheapest total price = aws p4d at 22 USD/h -> 220 USD;
+    # AWS_KWH x 380 g; its grid CFE is 0 %: all of AWS_KWH ranked
     assert s["baseline"]["region"] == "us-east-1"
     assert s["baseline"]["cost_usd"] == pytest.approx(220.0)
-    assert s["baseline"]["co2e_kg"] == pytest.approx(base_co2e, abs=1e-4)
-    assert s["savings_co2e_kg"] == pytest.approx(base_co2e - energy * 10 / 1000, abs=1e-4)
+    assert s["baseline"]["co2e_kg"] == pytest.approx(AWS_KWH * 0.38, abs=1e-4)
+    assert s["baseline"]["ranked_carbon"] == pytest.approx(AWS_KWH)
+    # savings stay in location-based kg CO2e: here the cfe choice emits more than the baseline
+    assert s["savings_co2e_kg"] == pytest.approx(AWS_KWH * 0.38 - GCP_KWH * 0.4, abs=1e-4)
+    assert s["savings_pct"] < 0
+
+
+def test_average_signal_ranks_the_reported_co2e(small_catalog: Catalog) -> None:
+    d = Placer(small_catalog).place(job(small_catalog, {
+        "weights": {"carbon": 1, "cost": 0}, "carbon_signal": "average"}), now=NOW)
+    s = d.summary()
+    # europe-north1: GCP_KWH x 100 g, the lowest grid-average emissions
+    assert s["region"] == "europe-north1"
+    assert s["co2e_kg"] == s["ranked_carbon"] == pytest.approx(GCP_KWH * 0.1, abs=1e-4)
+    assert s["ranked_by"] == {"signal": "average", "quantity": "co2e_kg", "unit": "kg CO2e"}
+    assert s["savings_co2e_kg"] == pytest.approx(AWS_KWH * 0.38 - GCP_KWH * 0.1, abs=1e-4)
+
+
+def test_provider_cfe_places_only_where_the_provider_publishes_cfe(
+        small_catalog: Catalog) -> None:
+    d = Placer(small_catalog).place(job(small_catalog, {
+        "weights": {"carbon": 1, "cost": 0}, "carbon_signal": "provider_cfe"}), now=NOW)
+    got = reasons(d)
+    assert got["aws:us-east-1:p4d.24xlarge"] == "carbon_signal"
+    assert got["azure:westeurope:Standard_ND96asr_v4"] == "carbon_signal"
+    assert got["gcp:europe-north1:a2-highgpu-8g"] is None
+    assert got["gcp:us-central1:a2-highgpu-8g"] is None
+    reason = by_region(d)["aws:us-east-1:p4d.24xlarge"]["rejected_by"]["reason"]
+    assert "aws publishes no hourly-matched CFE" in reason and "provider_cfe" in reason
+    s = d.summary()
+    # europe-north1 leaves GCP_KWH x (1 - 0.98) uncovered by Google's CFE,
+    # us-central1 GCP_KWH x (1 - 0.87)
+    assert s["region"] == "europe-north1"
+    assert s["ranked_by"]["quantity"] == "provider_uncovered_energy_kwh"
+    assert s["ranked_carbon"] == pytest.approx(GCP_KWH * 0.02)
+    assert s["co2e_kg"] == pytest.approx(GCP_KWH * 0.1)  # still the 100 g grid average
+    rows = by_region(d)
+    assert rows["gcp:us-central1:a2-highgpu-8g"]["ranked_carbon"] == pytest.approx(GCP_KWH * 0.13)
+    assert rows["gcp:us-central1:a2-highgpu-8g"]["co2e_kg"] == pytest.approx(GCP_KWH * 0.4)
+    # the baseline is the cheapest among the same feasible set: us-central1 at 29 USD/h
+    assert s["baseline"]["region"] == "us-central1"
+    assert s["savings_co2e_kg"] == pytest.approx(GCP_KWH * 0.4 - GCP_KWH * 0.1)
+
+
+def test_provider_cfe_with_only_clouds_that_publish_none_is_unschedulable(
+        small_catalog: Catalog) -> None:
+    d = Placer(small_catalog).place(job(small_catalog, {
+        "carbon_signal": "provider_cfe", "constraints": {"clouds": ["aws", "azure"]}}), now=NOW)
+    s = d.summary()
+    assert s["status"] == "unschedulable"
+    assert {r["filter"] for r in s["reasons"]} >= {"carbon_signal"}
 
 
 def test_cheapest_matches_baseline(small_catalog: Catalog) -> None:
@@ -72,27 +130,39 @@ def test_normalised_scores_span_zero_to_one(small_catalog: Catalog) -> None:
         assert np.nanmin(column[feasible]) >= 0.0 and np.nanmax(column[feasible]) <= 1.0
     assert np.nanmax(d.norm_carbon) == 1.0 and np.nanmin(d.norm_carbon) == 0.0
     rows = by_region(d)
-    # the cheapest (aws) is best on cost, the greenest (gcp FI) best on carbon
+    # the cheapest (aws) is best on cost; on the cfe signal (uncovered kWh) gcp us-central1
+    # (5 % of GCP_KWH) is best and azure (all of AZURE_KWH at 0 % CFE) worst
     assert rows["aws:us-east-1:p4d.24xlarge"]["norm_cost"] == 1.0
-    assert rows["gcp:europe-north1:a2-highgpu-8g"]["norm_carbon"] == 1.0
+    assert rows["gcp:us-central1:a2-highgpu-8g"]["norm_carbon"] == 1.0
+    assert rows["azure:westeurope:Standard_ND96asr_v4"]["norm_carbon"] == 0.0
+    assert rows["gcp:europe-north1:a2-highgpu-8g"]["norm_carbon"] == pytest.approx(
+        (AZURE_KWH - GCP_KWH * 0.1) / (AZURE_KWH - GCP_KWH * 0.05), abs=1e-4)
     # total = (1 x carbon + 1 x cost + 0 x time) / 2
     r = rows["gcp:us-central1:a2-highgpu-8g"]
     assert r["score"] == pytest.approx((r["norm_carbon"] + r["norm_cost"]) / 2, abs=1e-4)
 
 
-def test_same_inputs_same_decision(small_catalog: Catalog) -> None:
-    j = job(small_catalog)
+@pytest.mark.parametrize("signal", ["cfe", "average", "marginal", "provider_cfe"])
+def test_same_inputs_same_decision(small_catalog: Catalog, signal: str) -> None:
+    j = job(small_catalog, {"carbon_signal": signal})
     a = Placer(small_catalog).place(j, now=NOW).summary(explain=True)
     b = Placer(small_catalog).place(j, now=NOW).summary(explain=True)
     assert a == b
 
 
-def test_tie_break_prefers_lower_co2e_then_name(small_catalog: Catalog) -> None:
+@pytest.mark.parametrize(("signal", "region"), [
+    # cfe: us-central1 leaves 1.408 kWh uncovered, europe-north1 2.816 kWh
+    ("cfe", "us-central1"),
+    # average: europe-north1 2.816 kg, us-central1 11.264 kg
+    ("average", "europe-north1"),
+])
+def test_tie_break_prefers_lower_ranked_carbon(small_catalog: Catalog, signal: str,
+                                               region: str) -> None:
     # With only the time weight every A100x8 candidate ties on score (same runtime);
-    # the tie-break then takes the lowest co2e_kg: gcp europe-north1.
-    d = Placer(small_catalog).place(job(small_catalog, {"weights": {"carbon": 0, "cost": 0,
-                                                                      "time": 1}}), now=NOW)
-    assert d.summary()["region"] == "europe-north1"
+    # the tie-break then takes the lowest ranked carbon of the policy's signal.
+    d = Placer(small_catalog).place(job(small_catalog, {
+        "weights": {"carbon": 0, "cost": 0, "time": 1}, "carbon_signal": signal}), now=NOW)
+    assert d.summary()["region"] == region
     scores = d.score[d.ranking]
     assert np.all(scores == scores[0])
 
@@ -144,7 +214,11 @@ def test_marginal_signal_rejects_regions_without_marginal(small_catalog: Catalog
     assert got["aws:us-east-1:p4d.24xlarge"] is None
     assert got["gcp:europe-north1:a2-highgpu-8g"] == "carbon_signal"
     s = d.summary()
-    assert s["region"] == "us-east-1" and s["intensity_g_per_kwh"] == 600.0
+    # ranked at the marginal 600 g, reported at the 380 g grid average (AWS_KWH)
+    assert s["region"] == "us-east-1" and s["intensity_g_per_kwh"] == 380.0
+    assert s["ranked_carbon"] == pytest.approx(AWS_KWH * 0.6, abs=1e-4)
+    assert s["co2e_kg"] == pytest.approx(AWS_KWH * 0.38, abs=1e-4)
+    assert s["ranked_by"]["quantity"] == "marginal_co2e_kg"
 
 
 def test_deadline_filter(small_catalog: Catalog) -> None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from greenplace.policies.model import CarbonSignal, Policy
@@ -54,7 +55,8 @@ EM_KEY = "em-key-chain-test"
 def catalog() -> Catalog:
     regions = (
         make_region("gcp", "europe-west3", country="DE", continent="europe", em_zone="DE",
-                    watttime_region="DE", grid_intensity_avg_g_per_kwh=350.0, grid_cfe_pct=60.0),
+                    watttime_region="DE", grid_intensity_avg_g_per_kwh=350.0, grid_cfe_pct=60.0,
+                    provider_cfe_pct=68.0),
         make_region("aws", "eu-west-2", country="GB", continent="europe", location="London",
                     em_zone="GB", watttime_region="UK", grid_intensity_avg_g_per_kwh=200.0,
                     grid_cfe_pct=55.0),
@@ -337,6 +339,8 @@ def test_live_region_signals_and_provenance(catalog: Catalog, em, uk) -> None:  
     de, gb, ciso, pjm = (keys.index(k) for k in (
         "gcp:europe-west3", "aws:eu-west-2", "aws:us-west-1", "azure:eastus"))
     assert s.grid_average_g_per_kwh[de] == 120.0 and s.cfe_pct[de] == 70.0
+    # no live source publishes a provider's CFE: the catalog's, NaN where there is none
+    assert s.provider_cfe_pct[de] == 68.0 and np.isnan(s.provider_cfe_pct[gb])
     assert s.source[de] == "electricitymaps (cfe+average, 30 min old)"
     assert s.observed_at[de] == "2026-11-27T12:00:00Z"
     # GB: the GB API is direct, not lifecycle: the catalog's average and annual grid CFE

@@ -22,6 +22,9 @@ from greenplace.scheduler.placement.timing import (
 from greenplace.scheduler.signals.base import Forecast, SignalPoint
 from tests.conftest import NOW
 
+# A 2 h job on the fixture's 8 x A100 gcp offer (64 vCPUs, 512 GiB): accelerators plus the GCP
+# host model (estimate.host_power_w), PUE 1.1.
+GCP_2H_KWH = 2 * (8 * 320 + 64 * (0.71 + 4.26) / 2 + 512 * 1.073741824 * 0.392) * 1.1 / 1000
 H = 3600.0
 
 
@@ -124,9 +127,8 @@ def test_choice_numbers(small_catalog: Catalog) -> None:
     assert choice is not None and choice.deferred
     # 2 h x (8 x 320 W + the GCP host model's 64 vCPUs x 2.485 W + 512 GiB x 1.0737 x 0.392 W)
     # x PUE 1.1; 40 g vs 100 g
-    kwh = 2 * (8 * 320 + 64 * 2.485 + 512 * 1.073741824 * 0.392) * 1.1 / 1000
-    assert choice.co2e_kg == pytest.approx(kwh * 40 / 1000)
-    assert choice.reference_co2e_kg == pytest.approx(kwh * 100 / 1000)
+    assert choice.co2e_kg == pytest.approx(GCP_2H_KWH * 40 / 1000)
+    assert choice.reference_co2e_kg == pytest.approx(GCP_2H_KWH * 100 / 1000)
     assert choice.saving_pct == pytest.approx(60.0)
     assert choice.window.slots == ((NOW + dt.timedelta(hours=3), NOW + dt.timedelta(hours=5)),)
 
@@ -202,6 +204,27 @@ def test_cfe_policy_scales_the_average_forecast(small_catalog: Catalog) -> None:
     assert choice is not None and choice.deferred
     assert choice.intensity_g_per_kwh == pytest.approx(50 * (1 - 0.9))
     assert choice.reference_co2e_kg == pytest.approx(float(d.co2e_kg[d.chosen]))
+    # ranked on GCP_2H_KWH x 5 g vs x 10 g (-50 %); reported location-based at the forecast
+    # grid average: GCP_2H_KWH x 50 g vs x 100 g now
+    assert choice.score_co2e_kg == pytest.approx(GCP_2H_KWH * 5 / 1000)
+    assert choice.saving_pct == pytest.approx(50.0)
+    assert choice.co2e_kg == pytest.approx(GCP_2H_KWH * 50 / 1000)
+    assert choice.reference_co2e_kg == pytest.approx(GCP_2H_KWH * 100 / 1000)
+    assert any("location-based, forecast grid average" in n for n in choice.notes)
+
+
+def test_marginal_shift_reports_the_catalog_average_and_says_so(small_catalog: Catalog) -> None:
+    provider = Hourly({"aws:us-east-1": [600, 600, 300, 300, 600, 600]})
+    job = make_job(small_catalog, policy={"carbon_signal": "marginal"}, max_delay_hours=4)
+    d = Placer(small_catalog).place(job, now=NOW)
+    choice = choose(d, job=job, forecasts=provider, now=NOW)
+    assert choice is not None and choice.deferred and choice.saving_pct == pytest.approx(50.0)
+    # 2 h x (8 x 320 W + the AWS host model) x PUE 1.15 at the 380 g catalog average, not the
+    # forecast
+    aws_2h_kwh = 2 * (8 * 320 + 64 * (0.74 + 3.5) / 2 + 512 * 1.073741824 * 0.392) * 1.15 / 1000
+    assert choice.co2e_kg == pytest.approx(aws_2h_kwh * 380 / 1000)
+    assert choice.reference_co2e_kg == pytest.approx(aws_2h_kwh * 380 / 1000)
+    assert any("catalog's annual grid average, not forecast" in n for n in choice.notes)
 
 
 def test_pausable_job_gets_a_slot_plan(small_catalog: Catalog) -> None:
