@@ -68,7 +68,7 @@ SHAPES = [
     [{"A100": 8}, {"H100": 8}],
     [{"L4": 1}, {"T4": 1}, {"A100": 1}],
     [{"H100": 8}],
-    [{"V100": 4}],
+    [{"V100": 8}],  # 4 x V100 was only sold as Azure NCv3 (retired 2025-09-30)
     [{"A100": 1}],
 ]
 POLICIES = ["balanced", "greenest", "cheapest"]
