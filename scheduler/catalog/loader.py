@@ -187,8 +187,7 @@ class Catalog:
                 "accelerator",
                 name,
                 [a.name for a in self.accelerators],
-                hint="To fix: use a name listed by `greenplace regions --output json` "
-                "or in the catalog's accelerators.csv.",
+                hint="To fix: use one of the accelerators that `greenplace offers` lists.",
             )
         return found
 
