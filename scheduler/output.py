@@ -134,3 +134,16 @@ def print_table(
     out.print(table)
     if footer:
         out.print(footer)
+
+
+def print_rows(
+    output: str, rows: Sequence[dict[str, Any]], *, title: str,
+    columns: Sequence[tuple[str, str]], cells: Sequence[Sequence[str]], footer: str = "",
+) -> None:
+    """``rows`` in the chosen ``--output``: JSON, CSV, or the table of ``cells`` (formatted)."""
+    if output == "json":
+        print_json(rows)
+    elif output == "csv":
+        print_csv(rows)
+    else:
+        print_table(title, columns, cells, footer=footer)

@@ -8,7 +8,7 @@ import click
 
 from greenplace.scheduler.catalog import Catalog, load_catalog
 from greenplace.scheduler.exceptions import UnknownNameError
-from greenplace.scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
+from greenplace.scheduler.output import FORMATS, fmt, print_rows
 
 
 def offer_rows(catalog: Catalog, *, cloud: str | None = None, region: str | None = None,
@@ -55,18 +55,13 @@ def offers_cmd(cloud: str | None, region: str | None, accelerator: str | None,
                output: str) -> None:
     """List every instance offer: hardware, form factor, TDP, prices and their source."""
     rows = offer_rows(load_catalog(), cloud=cloud, region=region, accelerator=accelerator)
-    if output == "json":
-        print_json(rows)
-    elif output == "csv":
-        print_csv(rows)
-    else:
-        print_table(
-            f"{len(rows)} offers",
-            [("offer", "left"), ("accelerator", "left"), ("form", "left"), ("n", "right"),
-             ("TDP W", "right"), ("vCPU", "right"), ("GiB", "right"), ("USD/h", "right"),
-             ("spot USD/h", "right"), ("as of", "left")],
-            [[f"{r['cloud']}:{r['region']} {r['instance_type']}", r["accelerator"],
-              r["form_factor"], str(r["accelerator_count"]), fmt(r["tdp_w"], 0),
-              str(r["vcpus"]), fmt(r["memory_gib"], 0), fmt(r["price_usd_per_hour"]),
-              fmt(r["spot_price_usd_per_hour"]), r["as_of"]] for r in rows],
-            footer="Price '-' = not sold that way. --output json|csv adds source and price_note.")
+    print_rows(
+        output, rows, title=f"{len(rows)} offers",
+        columns=[("offer", "left"), ("accelerator", "left"), ("form", "left"), ("n", "right"),
+                 ("TDP W", "right"), ("vCPU", "right"), ("GiB", "right"), ("USD/h", "right"),
+                 ("spot USD/h", "right"), ("as of", "left")],
+        cells=[[f"{r['cloud']}:{r['region']} {r['instance_type']}", r["accelerator"],
+                r["form_factor"], str(r["accelerator_count"]), fmt(r["tdp_w"], 0),
+                str(r["vcpus"]), fmt(r["memory_gib"], 0), fmt(r["price_usd_per_hour"]),
+                fmt(r["spot_price_usd_per_hour"]), r["as_of"]] for r in rows],
+        footer="Price '-' = not sold that way. --output json|csv adds source and price_note.")

@@ -23,6 +23,7 @@ from greenplace.scheduler.output import (
     print_csv,
     print_json,
     print_json_rows,
+    print_rows,
     print_table,
     progress,
 )
@@ -367,22 +368,18 @@ def _region_rows(cloud: str | None, accelerator: str | None, sort: str) -> list[
 def regions_cmd(cloud: str | None, accelerator: str | None, sort: str, output: str) -> None:
     """List catalog regions with their carbon figures, PUE and cheapest accelerator-hour."""
     rows = _region_rows(cloud, accelerator, sort)
-    if output == "json":
-        print_json(rows)
-    elif output == "csv":
-        print_csv(rows)
-    else:
-        print_table(
-            f"{len(rows)} regions" + (f" selling {accelerator}" if accelerator else ""),
-            [("region", "left"), ("location", "left"), ("grid CFE %", "right"),
-             ("provider CFE %", "right"), ("avg g/kWh", "right"), ("marg g/kWh", "right"),
-             ("PUE", "right"), ("USD/accel-h", "right")],
-            [[f"{r['cloud']}:{r['region']}", r["location"], fmt(r["grid_cfe_pct"], 0),
-              fmt(r["provider_cfe_pct"], 0), fmt(r["grid_intensity_avg_g_per_kwh"], 0),
-              fmt(r["grid_intensity_marginal_g_per_kwh"], 0), fmt(r["pue"], 2),
-              fmt(r["min_price_usd_per_accelerator_hour"], 2)] for r in rows],
-            footer="Grid figures: Electricity Maps yearly, lifecycle, by grid zone (same zone, "
-            "same figures on every cloud). Provider CFE '-' = not published (GCP only).")
+    print_rows(
+        output, rows,
+        title=f"{len(rows)} regions" + (f" selling {accelerator}" if accelerator else ""),
+        columns=[("region", "left"), ("location", "left"), ("grid CFE %", "right"),
+                 ("provider CFE %", "right"), ("avg g/kWh", "right"), ("marg g/kWh", "right"),
+                 ("PUE", "right"), ("USD/accel-h", "right")],
+        cells=[[f"{r['cloud']}:{r['region']}", r["location"], fmt(r["grid_cfe_pct"], 0),
+                fmt(r["provider_cfe_pct"], 0), fmt(r["grid_intensity_avg_g_per_kwh"], 0),
+                fmt(r["grid_intensity_marginal_g_per_kwh"], 0), fmt(r["pue"], 2),
+                fmt(r["min_price_usd_per_accelerator_hour"], 2)] for r in rows],
+        footer="Grid figures: Electricity Maps yearly, lifecycle, by grid zone (same zone, "
+        "same figures on every cloud). Provider CFE '-' = not published (GCP only).")
 
 
 @click.command("schema")

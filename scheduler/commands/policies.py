@@ -12,7 +12,7 @@ import yaml
 from greenplace.policies.model import Policy, preset_names
 from greenplace.scheduler.catalog import load_catalog
 from greenplace.scheduler.commands.common import load_cli_jobs, load_cli_policy
-from greenplace.scheduler.output import FORMATS, print_csv, print_json, print_table
+from greenplace.scheduler.output import FORMATS, print_json, print_rows
 from greenplace.scheduler.yamlfile import read_yaml
 
 _JOB_KEYS = frozenset({"jobs", "run", "resources", "work"})
@@ -37,20 +37,16 @@ def policies_list(output: str) -> None:
     catalog = load_catalog()
     rows = [policy_view(load_cli_policy(name, catalog, label=f"preset {name}"))
             for name in preset_names()]
-    if output == "json":
-        print_json(rows)
-    elif output == "csv":
-        print_csv(rows)
-    else:
-        print_table(f"{len(rows)} preset policies", [
-            ("name", "left"), ("carbon", "right"), ("cost", "right"), ("time", "right"),
-            ("signal", "left"), ("constraints", "left"), ("attempts", "right"),
-            ("description", "left")],
-            [[r["name"], f"{r['weights']['carbon']:g}", f"{r['weights']['cost']:g}",
-              f"{r['weights']['time']:g}", r["carbon_signal"],
-              "; ".join(f"{k}: {v}" for k, v in r["constraints"].items()) or "-",
-              str(r["failover"]["max_attempts"]), r["description"]] for r in rows],
-            footer="Default: balanced. `greenplace policies show NAME` prints one in full.")
+    print_rows(
+        output, rows, title=f"{len(rows)} preset policies",
+        columns=[("name", "left"), ("carbon", "right"), ("cost", "right"), ("time", "right"),
+                 ("signal", "left"), ("constraints", "left"), ("attempts", "right"),
+                 ("description", "left")],
+        cells=[[r["name"], f"{r['weights']['carbon']:g}", f"{r['weights']['cost']:g}",
+                f"{r['weights']['time']:g}", r["carbon_signal"],
+                "; ".join(f"{k}: {v}" for k, v in r["constraints"].items()) or "-",
+                str(r["failover"]["max_attempts"]), r["description"]] for r in rows],
+        footer="Default: balanced. `greenplace policies show NAME` prints one in full.")
 
 
 @policies_group.command("show")

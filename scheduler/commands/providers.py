@@ -42,7 +42,7 @@ from greenplace.scheduler.exceptions import (
     TransientError,
     UserInputError,
 )
-from greenplace.scheduler.output import FORMATS, print_csv, print_json, print_table
+from greenplace.scheduler.output import FORMATS, print_rows
 
 CLOUDS = ("aws", "gcp", "azure", "libcloud")
 SDK_DISTRIBUTIONS = {"aws": "boto3", "gcp": "google-auth", "azure": "azure-identity",
@@ -278,16 +278,11 @@ def check_cmd(clouds: tuple[str, ...], timeout_s: float, output: str) -> None:
     for thread in threads:
         thread.join()
     rows = [asdict(r) for r in results]
-    if output == "json":
-        print_json(rows)
-    elif output == "csv":
-        print_csv(rows)
-    else:
-        print_table("greenplace providers check",
-                    [("cloud", "left"), ("status", "left"), ("identity", "left"),
-                     ("sdk", "left"), ("detail", "left")],
-                    [[r.cloud, r.status, r.identity or "-", r.sdk, r.detail or ""]
-                     for r in results])
+    print_rows(output, rows, title="greenplace providers check",
+               columns=[("cloud", "left"), ("status", "left"), ("identity", "left"),
+                        ("sdk", "left"), ("detail", "left")],
+               cells=[[r.cloud, r.status, r.identity or "-", r.sdk, r.detail or ""]
+                      for r in results])
     usable = [r.usable for r in results]
     if not (all(usable) if clouds else any(usable)):
         raise click.exceptions.Exit(1)

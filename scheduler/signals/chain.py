@@ -153,24 +153,17 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days old"
 
 
+# What a failure is called, subclasses before their parents (a 429 is also "unavailable").
+_OUTCOMES: tuple[tuple[type[SignalError], str], ...] = (
+    (RateLimitedError, RATE_LIMITED), (NotInPlanError, NOT_IN_PLAN),
+    (ZoneMismatchError, WRONG_ZONE), (SignalTimeoutError, TIMEOUT),
+    (SignalUnavailableError, DOWN), (SignalAuthError, UNAUTHORISED),
+    (SignalPayloadError, MALFORMED), (NoSignalDataError, NO_DATA),
+)
+
+
 def _outcome(exc: SignalError) -> str:
-    if isinstance(exc, RateLimitedError):
-        return RATE_LIMITED
-    if isinstance(exc, NotInPlanError):
-        return NOT_IN_PLAN
-    if isinstance(exc, ZoneMismatchError):
-        return WRONG_ZONE
-    if isinstance(exc, SignalTimeoutError):
-        return TIMEOUT
-    if isinstance(exc, SignalUnavailableError):
-        return DOWN
-    if isinstance(exc, SignalAuthError):
-        return UNAUTHORISED
-    if isinstance(exc, SignalPayloadError):
-        return MALFORMED
-    if isinstance(exc, NoSignalDataError):
-        return NO_DATA
-    return DOWN
+    return next((name for kind, name in _OUTCOMES if isinstance(exc, kind)), DOWN)
 
 
 def _endpoint(signal: CarbonSignal, *, forecast: bool, past: bool) -> str:
