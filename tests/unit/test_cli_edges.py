@@ -255,6 +255,12 @@ def test_shell_completion_is_documented_and_works() -> None:
                          text=True, env={"_GREENPLACE_COMPLETE": "bash_source",
                                          "PATH": "/usr/bin:/bin"}, timeout=60)
     assert out.returncode == 0 and "_greenplace_completion" in out.stdout
+    # Completing a command name goes through the lazily loaded command table.
+    out = subprocess.run([sys.executable, "-m", "greenplace"], cwd=REPO, capture_output=True,
+                         text=True, env={"_GREENPLACE_COMPLETE": "bash_complete",
+                                         "COMP_WORDS": "greenplace dry-run --ou",
+                                         "COMP_CWORD": "2", "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert out.returncode == 0 and "plain,--output" in out.stdout.split()
 
 
 def test_messages_never_send_users_to_source_files(
