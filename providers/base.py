@@ -2,8 +2,27 @@
 
 A placed job becomes a ``LaunchRequest`` through ``prepare()`` (pure, no side
 effect: the dry run prints it), then an ``InstanceHandle`` through ``submit()``
-with an idempotency key derived from job id + attempt. ``status()`` and
-``cancel()`` follow the instance afterwards.
+with an idempotency key derived from job id + attempt. ``status()`` follows the
+instance afterwards, ``list_managed()`` lists every greenplace instance of a
+region in one call, and ``delete()`` removes an instance with everything
+greenplace created for it.
+
+The life of a launch, the same on every cloud:
+
+1. ``submit()`` answers within ``LAUNCH_WAIT_S`` (plus one HTTP round trip): a
+   cloud that creates asynchronously (GCE operations, ARM long-running
+   operations, an OpenStack server in BUILD) gives back a PENDING handle that
+   carries what the adapter needs to follow the operation (``extra``).
+2. ``status()`` follows it. An asynchronous refusal (a stockout, an
+   ``AllocationFailed``, an ERROR node) is ``LAUNCH_FAILED`` with the error
+   classified exactly as a synchronous one would be; an adapter that can try
+   another zone of the same region itself does so and returns the new handle in
+   ``InstanceStatus.handle`` (still PENDING).
+3. The boot script prints ``EXIT_MARKER<code>`` on the serial console when the
+   command ends, then powers off. ``status()`` of a powered-off instance is
+   ``EXITED`` with ``exit_code`` read back from the console (None while the
+   cloud has not published it yet).
+4. Whatever the end, the queue calls ``delete()`` until it returns True.
 
 Optional capabilities are declared data (``features``), checked up front by
 ``missing_features``; no adapter has a method that only raises NotImplementedError.
@@ -16,7 +35,9 @@ and the cloud's own error code attached.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -37,15 +58,26 @@ class Feature(StrEnum):
     IDEMPOTENT_SUBMIT = "idempotent_submit"
 
 
+# The longest an adapter waits on one cloud operation inside a call (submit,
+# status, delete). Anything slower is followed by later status() / delete() calls,
+# so no queue task blocks on a cloud for longer than a few seconds.
+LAUNCH_WAIT_S = 5.0
+
+# What the boot script prints on the serial console when the job's command ends.
+EXIT_MARKER = "greenplace-exit-code="
+_EXIT_LINE = re.compile(re.escape(EXIT_MARKER) + r"(\d{1,3})\b")
+
+
 class InstanceState(StrEnum):
     """Provider-neutral instance states that reconcile maps onto job states."""
 
-    PENDING = "pending"
+    PENDING = "pending"  # accepted: creating, booting, or an operation still running
     RUNNING = "running"
-    SUCCEEDED = "succeeded"  # the job's command exited 0 (or the instance stopped cleanly)
-    FAILED = "failed"
+    EXITED = "exited"  # powered itself off after the command: see InstanceStatus.exit_code
+    LAUNCH_FAILED = "launch_failed"  # the cloud refused the launch after accepting it
+    FAILED = "failed"  # the machine failed (host error), not the command
     PREEMPTED = "preempted"  # a spot instance was reclaimed
-    TERMINATED = "terminated"  # cancelled / deleted
+    TERMINATED = "terminated"  # deleted or stopped through the API
     MISSING = "missing"  # the provider no longer knows the instance
 
 
@@ -101,8 +133,36 @@ class InstanceHandle:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InstanceStatus:
+    """What ``status()`` found.
+
+    Attributes:
+        exit_code: for EXITED, the command's exit code read back from the
+            console; None while it cannot be read (yet).
+        error: for LAUNCH_FAILED, the classified error (CapacityError and
+            QuotaError fail over, like a synchronous refusal).
+        handle: a replacement handle when the adapter moved the launch on by
+            itself (the next zone of the region after a stockout).
+    """
+
     state: InstanceState
     detail: str = ""
+    exit_code: int | None = None
+    error: ProviderError | None = None
+    handle: InstanceHandle | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagedInstance:
+    """One instance carrying the ``greenplace:managed`` tag, as a region list shows it.
+
+    ``status`` comes from the list call alone: no exit code (reading it costs a
+    call per instance; ``status()`` does that for the finished ones).
+    """
+
+    handle: InstanceHandle
+    job_id: str | None
+    attempt: int | None
+    status: InstanceStatus
 
 
 @runtime_checkable
@@ -124,15 +184,28 @@ class Provider(Protocol):
         ...
 
     def submit(self, request: LaunchRequest, *, idempotency_key: str) -> InstanceHandle:
-        """Launch, or find the instance an earlier call with the same key launched."""
+        """Launch, or find the instance an earlier call with the same key launched.
+
+        Returns within ``LAUNCH_WAIT_S`` plus a round trip, possibly with the
+        launch still in progress (see the module docstring).
+        """
         ...
 
     def status(self, handle: InstanceHandle) -> InstanceStatus:
-        """The instance's current state."""
+        """The instance's current state (follows a pending launch; reads the exit code)."""
         ...
 
-    def cancel(self, handle: InstanceHandle) -> None:
-        """Terminate the instance; a no-op when it is already gone."""
+    def list_managed(self, region: str) -> list[ManagedInstance]:
+        """Every instance tagged ``greenplace:managed`` in ``region``, in one list call
+        (or one per page), whatever its state."""
+        ...
+
+    def delete(self, handle: InstanceHandle) -> bool:
+        """Delete the instance and what greenplace created for it (disk, NIC, address).
+
+        Idempotent. Returns True once the cloud confirms nothing of it is left,
+        False while a deletion is still in progress (call again later).
+        """
         ...
 
 
@@ -167,14 +240,15 @@ def job_tags(job: JobLaunch) -> dict[str, str]:
 
 
 def startup_script(job: JobLaunch) -> str:
-    """The boot script: run the job's command, log its exit status, then power off.
+    """The boot script: run the job's command, print its exit code on the serial
+    console, then power off.
 
-    Design choice: the instance powers itself off when the command ends so that it
-    stops billing for compute. On EC2 the adapter sets shutdown to terminate; a GCE
-    VM that powers off stops (its boot disk stays until the instance is deleted); an
-    Azure VM shut down from inside stays allocated until it is deallocated or deleted
-    (``cancel``). The exit status is only in the console log: a clean power-off reads
-    as SUCCEEDED whatever the command returned.
+    Design choice: the serial console is the one channel every cloud publishes
+    without an agent (EC2 GetConsoleOutput, GCE getSerialPortOutput, Azure boot
+    diagnostics, OpenStack os-getConsoleOutput). The instance powers itself off so
+    that it stops computing; greenplace then reads the code and deletes the
+    instance (an Azure VM shut down from inside stays allocated and billed until
+    it is deleted).
     """
     quoted = job.run.replace("'", "'\"'\"'")
     return (
@@ -183,14 +257,32 @@ def startup_script(job: JobLaunch) -> str:
         f"export GREENPLACE_JOB_ID='{job.job_id}'\n"
         f"bash -lc '{quoted}'\n"
         "status=$?\n"
-        "echo \"greenplace: job exited with $status\"\n"
+        f"line=\"{EXIT_MARKER}$status\"\n"
+        "echo \"$line\"\n"
+        "for console in /dev/ttyS0 /dev/console; do\n"
+        "  [ -w \"$console\" ] && echo \"$line\" > \"$console\"\n"
+        "done\n"
         "sync\n"
         "shutdown -h now\n"
     )
 
 
+def exit_code_in(console_text: str) -> int | None:
+    """The exit code the boot script printed (the last one), or None when absent."""
+    found = _EXIT_LINE.findall(console_text)
+    return int(found[-1]) if found else None
+
+
+def managed_tags_of(tags: Mapping[str, str]) -> tuple[str | None, int | None]:
+    """(job id, attempt) from greenplace tags or their cloud spellings (see each adapter)."""
+    job_id = tags.get("greenplace:job-id")
+    attempt = tags.get("greenplace:attempt")
+    return job_id or None, int(attempt) if attempt and attempt.isdigit() else None
+
+
 __all__ = [
-    "Feature", "InstanceHandle", "InstanceState", "InstanceStatus", "JobLaunch", "LaunchRequest",
-    "Placement", "Provider", "ProviderError", "idempotency_key", "job_tags", "missing_features",
-    "request_uuid", "short_token", "startup_script",
+    "EXIT_MARKER", "LAUNCH_WAIT_S", "Feature", "InstanceHandle", "InstanceState",
+    "InstanceStatus", "JobLaunch", "LaunchRequest", "ManagedInstance", "Placement", "Provider",
+    "ProviderError", "exit_code_in", "idempotency_key", "job_tags", "managed_tags_of",
+    "missing_features", "request_uuid", "short_token", "startup_script",
 ]

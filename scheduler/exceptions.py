@@ -19,7 +19,9 @@
     │   └── NoSignalDataError         the source has no value for this zone, time or type
     └── ProviderError                 a cloud call failed; carries provider, operation, code
         ├── CapacityError             no capacity here now: fail over to the next candidate
-        ├── QuotaError                account quota reached: fail over
+        ├── QuotaError                account quota reached here: fail over
+        ├── AccountLimitError         an account-wide limit (GCP GPUS_ALL_REGIONS): fail the job
+        ├── RegionRefusedError        the region is not enabled for the account: fail over
         ├── TransientError            retry the same call with backoff
         ├── AuthError                 credentials missing or refused: fail the job
         ├── InvalidRequestError       the request itself is wrong: fail the job
@@ -138,6 +140,15 @@ class CapacityError(ProviderError):
 
 class QuotaError(ProviderError):
     """The account's quota is exhausted for this offer here; fail over."""
+
+
+class AccountLimitError(ProviderError):
+    """An account-wide limit no other region lifts (a global GPU quota of 0): fail the job
+    fast instead of failing over through every candidate."""
+
+
+class RegionRefusedError(ProviderError):
+    """The account may not use this region (an opt-in region not enabled); fail over."""
 
 
 class TransientError(ProviderError):

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from greenplace.providers.base import Placement, Provider
+from greenplace.providers.base import InstanceHandle, Placement, Provider
 
 T = TypeVar("T")
 
@@ -68,6 +68,11 @@ class AdapterCase:
             re-submit creates nothing more.
         inject_error: ``kind -> provider`` whose next submit fails with the
             cloud's own error of that kind (one of ERROR_KINDS in error_kinds).
+        finish: ``(handle, exit_code)``: the fake cloud runs the instance's boot
+            script to its end: the command exits with that code, the script
+            prints it on the serial console and powers the machine off.
+        count_resources: how many resources of any kind (VMs, disks, NICs,
+            addresses) the fake account holds; ``delete`` must bring it back.
     """
 
     name: str
@@ -79,6 +84,8 @@ class AdapterCase:
     count_instances: Callable[[], int] | None = None
     inject_error: Callable[[str], Provider] | None = None
     error_kinds: frozenset[str] = field(default_factory=frozenset)
+    finish: Callable[[InstanceHandle, int], None] | None = None
+    count_resources: Callable[[], int] | None = None
 
 
 CaseFactory = Callable[[CaseEnv], AbstractContextManager[AdapterCase]]

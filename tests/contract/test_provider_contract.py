@@ -2,7 +2,9 @@
 
 What the queue relies on, whatever the cloud: prepare() is pure and exact,
 submit() is idempotent per key (also from another adapter object), status()
-and cancel() follow the instance and tolerate its absence, capabilities are
+follows the instance (and reads the command's exit code back), delete() leaves
+nothing behind, list_managed() finds every launched instance, all of them
+tolerate an instance's absence, capabilities are
 declared honestly, errors arrive as the right class with provider, operation
 and the cloud's own code, and no secret ever shows.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import uuid
 
 import pytest
@@ -140,25 +143,84 @@ def test_next_attempt_is_a_new_instance(adapter_case: AdapterCase, job: JobLaunc
     assert second.instance_id != first.instance_id
 
 
-def test_cancel_ends_the_instance_and_is_idempotent(adapter_case: AdapterCase,
-                                                    job: JobLaunch) -> None:
+def _delete_until_gone(provider: Provider, handle: InstanceHandle) -> None:
+    """delete() until it confirms; a fake's deletion may take a few polls."""
+    for _ in range(50):
+        if provider.delete(handle):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"delete({handle.instance_id}) never confirmed")
+
+
+def _settled(provider: Provider, handle: InstanceHandle) -> InstanceHandle:
+    """Follow a pending launch until the instance exists (RUNNING), for up to 10 s."""
+    for _ in range(100):
+        status = provider.status(handle)
+        handle = status.handle or handle
+        if status.state is InstanceState.RUNNING:
+            return handle
+        assert status.state is InstanceState.PENDING, status
+        time.sleep(0.1)
+    raise AssertionError(f"{handle.instance_id} never reached RUNNING")
+
+
+def test_delete_leaves_nothing_and_is_idempotent(adapter_case: AdapterCase,
+                                                 job: JobLaunch) -> None:
     provider = adapter_case.make_provider()
+    before = adapter_case.count_resources() if adapter_case.count_resources else None
     handle = provider.submit(provider.prepare(job, adapter_case.placement),
                              idempotency_key=_key(job))
-    provider.cancel(handle)
+    _delete_until_gone(provider, handle)
     assert provider.status(handle).state in GONE
-    provider.cancel(handle)
+    assert provider.delete(handle) is True
     assert adapter_case.make_provider().status(handle).state in GONE
+    if before is not None and adapter_case.count_resources is not None:
+        assert adapter_case.count_resources() == before
 
 
-def test_unknown_instance_is_missing_and_cancel_is_a_no_op(adapter_case: AdapterCase,
+def test_unknown_instance_is_missing_and_delete_is_a_no_op(adapter_case: AdapterCase,
                                                            job: JobLaunch) -> None:
     provider = adapter_case.make_provider()
     handle = provider.submit(provider.prepare(job, adapter_case.placement),
                              idempotency_key=_key(job))
     unknown = dataclasses.replace(handle, instance_id=adapter_case.unknown_instance_id)
     assert provider.status(unknown).state is InstanceState.MISSING
-    provider.cancel(unknown)
+    assert provider.delete(unknown) is True
+
+
+def test_list_managed_finds_every_launched_instance(adapter_case: AdapterCase,
+                                                    job: JobLaunch) -> None:
+    provider = adapter_case.make_provider()
+    first = _settled(provider, provider.submit(provider.prepare(job, adapter_case.placement),
+                                               idempotency_key=_key(job)))
+    retry = dataclasses.replace(job, attempt=2)
+    second = _settled(provider, provider.submit(
+        provider.prepare(retry, adapter_case.placement), idempotency_key=_key(retry)))
+    listed = {m.handle.instance_id: m for m in provider.list_managed(first.region)}
+    assert {first.instance_id, second.instance_id} <= set(listed)
+    assert (listed[first.instance_id].job_id, listed[first.instance_id].attempt) == (
+        job.job_id, 1)
+    assert listed[second.instance_id].attempt == 2
+    assert listed[first.instance_id].status.state in LIVE
+    assert listed[first.instance_id].handle.provider == adapter_case.name
+    _delete_until_gone(provider, second)
+    after = {m.handle.instance_id: m for m in provider.list_managed(first.region)}
+    assert second.instance_id not in after or after[second.instance_id].status.state in GONE
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_exit_code_is_read_back(adapter_case: AdapterCase, job: JobLaunch,
+                                exit_code: int) -> None:
+    if adapter_case.finish is None:
+        pytest.skip("this fake does not model the serial console")
+    provider = adapter_case.make_provider()
+    handle = _settled(provider, provider.submit(provider.prepare(job, adapter_case.placement),
+                                                idempotency_key=_key(job)))
+    adapter_case.finish(handle, exit_code)
+    status = adapter_case.make_provider().status(handle)
+    assert status.state is InstanceState.EXITED, status
+    assert status.exit_code == exit_code
+    _delete_until_gone(provider, handle)
 
 
 def test_spot_launch(adapter_case: AdapterCase, job: JobLaunch) -> None:
