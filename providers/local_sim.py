@@ -5,16 +5,21 @@ Redis (``gpsim:`` keys), so every worker process shares one simulated world, and
 its clock is the Redis server's (``TIME``), so every process agrees on it.
 
 An instance it launches is PENDING for ``launch_latency_s``, RUNNING for its run
-time, then SUCCEEDED (or FAILED / PREEMPTED at the configured rates). It behaves
-like a real cloud where the service's guarantees are at stake:
+time, then EXITED with exit code 0 (or ``failure_exit_code``, or PREEMPTED, or
+refused asynchronously after the launch latency: LAUNCH_FAILED, at the configured
+rates). It behaves like a real cloud where the service's guarantees are at stake:
 
 - **Idempotency**: ``submit`` with a key it has seen returns the instance that
   key created, never a second one (EC2 ClientToken semantics); the same key with
   different parameters is refused (``IdempotentParameterMismatch``).
 - **Capacity**: at most N live (pending or running) instances per (cloud, region,
   instance type) when configured; beyond that ``CapacityError``.
-- **Faults**: random capacity errors, and transient errors of both kinds: the
-  request never arrived, or the instance was created and the answer was lost.
+- **Faults**: random capacity errors, synchronous or reported only after the
+  launch was accepted (a stockout while allocating), and transient errors of both
+  kinds: the request never arrived, or the instance was created and the answer
+  was lost.
+- **Clean-up**: ``delete`` removes an instance from its region's list at once;
+  ``list_managed`` lists a region's instances in one pipeline.
 
 Configuration (YAML file at ``GREENPLACE_SIM_CONFIG``, then ``GREENPLACE_SIM_*``
 variables, then the adapter config, each overriding the one before)::
@@ -29,6 +34,8 @@ variables, then the adapter config, each overriding the one before)::
     capacity_error_rate: 0.0     # share of launches refused for capacity
     transient_error_rate: 0.0    # share of launches that fail transiently
     failure_rate: 0.0            # share of jobs whose command exits non-zero
+    failure_exit_code: 1         # ... with this exit code
+    launch_failure_rate: 0.0     # share of accepted launches refused after launch_latency_s
     preemption_rate: 0.0         # share of spot instances reclaimed mid-run
     seed: null                   # an int makes the fault dice reproducible
 
@@ -61,6 +68,7 @@ from greenplace.providers.base import (
     InstanceStatus,
     JobLaunch,
     LaunchRequest,
+    ManagedInstance,
     Placement,
     job_tags,
     startup_script,
@@ -109,19 +117,21 @@ redis.call('HSET', ARGV[8] .. id, 'instance_id', id, 'digest', ARGV[2],
 redis.call('SET', KEYS[1], id)
 redis.call('ZADD', KEYS[2], ends_at, id)
 redis.call('ZADD', KEYS[3], now, id)
+redis.call('ZADD', KEYS[4], now, id)
 return {'created', id}
 """
 
-_CANCEL_LUA = """
+# KEYS: instance hash, its offer's live zset, its region index. The hash stays (for
+# `greenplace sim instances`), marked deleted.
+_DELETE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
 if redis.call('HGET', KEYS[1], 'terminated_at') then return 'already' end
-local ends_at = tonumber(redis.call('HGET', KEYS[1], 'ends_at'))
-if ends_at <= now then return 'finished' end
 redis.call('HSET', KEYS[1], 'terminated_at', string.format('%.6f', now))
 redis.call('ZREM', KEYS[2], ARGV[1])
-return 'terminated'
+return 'deleted'
 """
 
 
@@ -138,6 +148,8 @@ class SimConfig(BaseModel):
     capacity_error_rate: float = Field(0.0, ge=0, le=1)
     transient_error_rate: float = Field(0.0, ge=0, le=1)
     failure_rate: float = Field(0.0, ge=0, le=1)
+    failure_exit_code: int = Field(1, ge=1, le=255)
+    launch_failure_rate: float = Field(0.0, ge=0, le=1)
     preemption_rate: float = Field(0.0, ge=0, le=1)
     seed: int | None = None  # fixes the fault dice of each process, for reproducible runs
 
@@ -343,11 +355,13 @@ class LocalSim:
         limit = self.config.capacity_for(offer_key)
         job_name = str(request.payload.get("JobName", ""))
         run_time = self.config.run_time_for(job_name)
-        outcome, roll = "succeeded", self._random.random()
-        if request.spot and roll < self.config.preemption_rate:
+        outcome, roll = "exit:0", self._random.random()
+        if self._random.random() < self.config.launch_failure_rate:
+            outcome = "launch_failed"
+        elif request.spot and roll < self.config.preemption_rate:
             outcome, run_time = "preempted", run_time / 2
         elif self._random.random() < self.config.failure_rate:
-            outcome = "failed"
+            outcome = f"exit:{self.config.failure_exit_code}"
         record = json.dumps({
             "job_id": request.tags.get("greenplace:job-id", ""),
             "attempt": request.tags.get("greenplace:attempt", ""),
@@ -359,7 +373,7 @@ class LocalSim:
             self._submit_script = self.client.register_script(_SUBMIT_LUA)
         status, instance_id = self._submit_script(
             keys=[f"{PREFIX}:idem:{idempotency_key}", f"{PREFIX}:live:{offer_key}",
-                  f"{PREFIX}:instances"],
+                  f"{PREFIX}:instances", f"{PREFIX}:region:{request.region}"],
             args=[f"sim-{secrets.token_hex(8)}", digest, -1 if limit is None else limit,
                   repr(self.config.launch_latency_s), repr(run_time), outcome, record,
                   f"{PREFIX}:instance:", fault])
@@ -378,17 +392,48 @@ class LocalSim:
                                   detail=f"no instance {handle.instance_id}")
         return _status_of(fields, float(seconds) + micros / 1_000_000)
 
-    def cancel(self, handle: InstanceHandle) -> None:
+    def delete(self, handle: InstanceHandle) -> bool:
+        """Delete at once (the simulator has no slow deletions); True, also when unknown."""
         offer_key = None
         try:
             raw = self.client.hget(f"{PREFIX}:instance:{handle.instance_id}", "request")
             if raw:
                 r = json.loads(raw)
                 offer_key = f"{r['cloud']}:{r['region']}:{r['instance_type']}"
-            self.client.eval(_CANCEL_LUA, 2, f"{PREFIX}:instance:{handle.instance_id}",
-                             f"{PREFIX}:live:{offer_key}", handle.instance_id)
+            self.client.eval(_DELETE_LUA, 3, f"{PREFIX}:instance:{handle.instance_id}",
+                             f"{PREFIX}:live:{offer_key}", f"{PREFIX}:region:{handle.region}",
+                             handle.instance_id)
         except redis.RedisError as exc:
-            raise _unreachable(exc, "cancel") from exc
+            raise _unreachable(exc, "delete") from exc
+        return True
+
+    def list_managed(self, region: str) -> list[ManagedInstance]:
+        """Every instance in ``region`` not deleted yet, read in one pipeline."""
+        try:
+            ids = [str(i) for i in self.client.zrange(f"{PREFIX}:region:{region}", 0, -1)]
+            pipe = self.client.pipeline(transaction=False)
+            pipe.time()
+            for instance_id in ids:
+                pipe.hgetall(f"{PREFIX}:instance:{instance_id}")
+            (seconds, micros), *rows = pipe.execute()
+        except redis.RedisError as exc:
+            raise _unreachable(exc, "list_managed") from exc
+        now = float(seconds) + micros / 1_000_000
+        out = []
+        for fields in rows:
+            if not fields or fields.get("terminated_at"):
+                continue
+            request = json.loads(fields["request"])
+            handle = InstanceHandle(provider=NAME, cloud=request["cloud"],
+                                    region=request["region"],
+                                    instance_id=fields["instance_id"],
+                                    zone=f"{request['region']}-sim-a")
+            attempt = str(request.get("attempt") or "")
+            out.append(ManagedInstance(
+                handle=handle, job_id=request.get("job_id") or None,
+                attempt=int(attempt) if attempt.isdigit() else None,
+                status=_status_of(fields, now, read_exit_code=False)))
+        return out
 
     # beyond the protocol: what `greenplace sim instances` shows -----------------------
     def instances(self) -> list[dict[str, Any]]:
@@ -422,19 +467,32 @@ def _unreachable(exc: Exception, operation: str) -> TransientError:
                           operation=operation, code="StateUnavailable")
 
 
-def _status_of(fields: Mapping[str, str], now: float) -> InstanceStatus:
+def _status_of(fields: Mapping[str, str], now: float, *,
+               read_exit_code: bool = True) -> InstanceStatus:
+    """The simulated state at ``now``; list calls do not read exit codes (like a cloud's)."""
     if fields.get("terminated_at"):
-        return InstanceStatus(state=InstanceState.TERMINATED, detail="terminated on request")
+        return InstanceStatus(state=InstanceState.TERMINATED, detail="deleted on request")
+    outcome = fields["outcome"]
     if now < float(fields["running_at"]):
         return InstanceStatus(state=InstanceState.PENDING, detail="booting")
+    if outcome == "launch_failed":
+        request = json.loads(fields["request"])
+        return InstanceStatus(
+            state=InstanceState.LAUNCH_FAILED, detail="allocation failed after the launch",
+            error=CapacityError(
+                f"simulated: {request['instance_type']} in {request['cloud']}:"
+                f"{request['region']} could not be allocated after the launch was accepted. "
+                f"{_FIX_CAPACITY}", provider=NAME, operation="status",
+                code="InsufficientInstanceCapacity"))
     if now < float(fields["ends_at"]):
         return InstanceStatus(state=InstanceState.RUNNING)
-    outcome = fields["outcome"]
-    if outcome == "failed":
-        return InstanceStatus(state=InstanceState.FAILED, detail="the job's command exited 1")
     if outcome == "preempted":
         return InstanceStatus(state=InstanceState.PREEMPTED, detail="spot capacity reclaimed")
-    return InstanceStatus(state=InstanceState.SUCCEEDED, detail="the job's command exited 0")
+    if not read_exit_code:
+        return InstanceStatus(state=InstanceState.EXITED, detail="powered off")
+    code = int(outcome.removeprefix("exit:"))  # "exit:<code>", what the command will return
+    return InstanceStatus(state=InstanceState.EXITED, exit_code=code,
+                          detail=f"the job's command exited {code}")
 
 
 def create(config: Mapping[str, str]) -> LocalSim:

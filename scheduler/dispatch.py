@@ -20,6 +20,12 @@ Exactly-once launch, the argument in four steps:
 4. Lost messages are found by ``reconcile``, which re-enqueues a job that made no
    progress for ``stall_s``; the steps above make the duplicate harmless.
 
+Nothing outlives its job: every move of a launched job to a final state queues
+its instance for deletion in the same atomic step (``gp:terminate``), and an
+attempt that is superseded (refused after it was accepted, preempted) queues its
+handle first (``gp:orphans``); reconcile calls ``Provider.delete`` until the
+cloud confirms, and ``greenplace gc`` sweeps whatever a crash could still leave.
+
 The dry run (``plan``) calls the same ``decide``, ``job_launch`` and
 ``provider.prepare`` as ``place`` and ``dispatch``: what it prints is what the
 first launch attempt sends.
@@ -40,6 +46,7 @@ from greenplace.providers.base import (
     Feature,
     InstanceHandle,
     InstanceState,
+    InstanceStatus,
     JobLaunch,
     LaunchRequest,
     Placement,
@@ -56,6 +63,7 @@ from greenplace.scheduler.exceptions import (
     InvalidRequestError,
     ProviderError,
     QuotaError,
+    RegionRefusedError,
     TransientError,
     UserInputError,
 )
@@ -85,6 +93,9 @@ log = logging.getLogger("greenplace.dispatch")
 
 S = JobState
 MAX_TRANSIENT_RETRIES = 5
+LIVE = frozenset({InstanceState.PENDING, InstanceState.RUNNING})
+# The errors after which the next candidate is tried (no instance of this attempt runs).
+FAILOVER_ERRORS = (CapacityError, QuotaError, RegionRefusedError)
 DRY_RUN_JOB_ID = "<job-id>"  # job ids are assigned at submit
 
 
@@ -499,11 +510,11 @@ def _dispatch_locked(ctx: Context, record: JobRecord, attempt: int, mode: str, *
     expect = S.CANCELLED if settle else S.DISPATCHING
     try:
         handle = _launch(ctx, record, placement, attempt=attempt, job=job)
-    except (CapacityError, QuotaError) as exc:
+    except FAILOVER_ERRORS as exc:
         if settle:
             store.terminated(job_id, message="cancelled before any instance was created")
             return Outcome(message="settled: no instance exists")
-        return _failover(ctx, record, exc, now=now)
+        return _failover(ctx, record, exc, expect=S.DISPATCHING, now=now)
     except TransientError as exc:
         if retries < MAX_TRANSIENT_RETRIES:
             wait = _backoff_s(retries)
@@ -515,7 +526,7 @@ def _dispatch_locked(ctx: Context, record: JobRecord, attempt: int, mode: str, *
         return _fail(ctx, record, expect=expect, attempt_guard=attempt, now=now, reason=(
             f"attempt {attempt} on {offer_key(placement)} kept failing with transient errors "
             f"({retries + 1} tries): {exc}. An instance may exist with tag "
-            f"greenplace:job-id={job_id}."))
+            f"greenplace:job-id={job_id}; the leak sweep (`greenplace gc`) deletes it."))
     except (AuthError, InvalidRequestError, ProviderError, GreenplaceError) as exc:
         if settle:
             store.terminated(job_id, message=f"no instance to terminate ({exc})")
@@ -561,6 +572,7 @@ def _launch(ctx: Context, record: JobRecord, placement: Placement, *, attempt: i
                 provider=provider.name, operation="dispatch", code="MissingFeature")
         job = job or rebuild_job(record, ctx.catalog)
         request = provider.prepare(job_launch(record.job_id, job, attempt=attempt), placement)
+        ctx.store.launched_in(provider.name, placement.region)  # before: an answer may be lost
         return provider.submit(request, idempotency_key=idempotency_key(record.job_id, attempt))
     except GreenplaceError:
         raise
@@ -582,31 +594,42 @@ def _terminate_late(ctx: Context, record: JobRecord, handle: InstanceHandle, *,
     return terminate_job(ctx, record.job_id, now=now)
 
 
-def _failover(ctx: Context, record: JobRecord, exc: ProviderError, *,
+def _failover(ctx: Context, record: JobRecord, exc: ProviderError, *, expect: JobState,
               now: dt.datetime) -> Outcome:
+    """Attempt ``record.attempt`` was refused: try the next candidate, or give up.
+
+    ``expect`` is DISPATCHING for a refusal of the launch call itself, RUNNING for
+    one the cloud reported after accepting the launch. A TransientError from the
+    latter (the cloud's own operation failed internally) tries the same candidate
+    again as a new attempt, without cooling it down.
+    """
     placement = record.placement
     assert placement is not None and record.target is not None
     attempt = record.attempt
-    ctx.store.cool_down(placement, seconds=ctx.settings.cooldown_s, reason=str(exc))
+    retry_same = isinstance(exc, TransientError)
+    if not retry_same:
+        ctx.store.cool_down(placement, seconds=ctx.settings.cooldown_s, reason=str(exc))
     reasons = (*record.attempt_reasons, AttemptReason(
         attempt=attempt, cloud=placement.cloud, region=placement.region,
         instance_type=placement.instance_type, error=type(exc).__name__, code=exc.code,
         message=str(exc)))
-    exhausted = (*record.exhausted, record.target)
+    exhausted = record.exhausted if retry_same else (*record.exhausted, record.target)
     max_attempts = policy_of(record).failover.max_attempts
     next_target = choose_target(record.placements, exhausted, ctx.store.cooling_offers())
     if attempt >= max_attempts or next_target is None:
         tail = (f"the policy allows {max_attempts} attempt(s)" if attempt >= max_attempts
                 else "no candidate is left in the ranking")
-        return _unschedulable(ctx, record, expect=S.DISPATCHING, attempt_guard=attempt,
+        return _unschedulable(ctx, record, expect=expect, attempt_guard=attempt,
                               tail=tail, reasons=reasons, exhausted=exhausted, now=now)
     nxt = record.placements[next_target]
+    when = "" if expect is S.DISPATCHING else " after it was accepted"
     try:
         ctx.store.transition(
-            record.job_id, to=S.PLACED, expect=S.DISPATCHING, attempt=attempt,
-            message=f"attempt {attempt} refused by {offer_key(placement)} "
+            record.job_id, to=S.PLACED, expect=expect, attempt=attempt,
+            message=f"attempt {attempt} refused by {offer_key(placement)}{when} "
                     f"({type(exc).__name__}{f' {exc.code}' if exc.code else ''}); "
-                    f"failing over to {offer_key(nxt)}",
+                    f"{'trying it again' if retry_same else 'failing over'}: "
+                    f"{offer_key(nxt)}",
             data={"error": type(exc).__name__, "code": exc.code},
             fields=encode_fields(exhausted=exhausted, attempt_reasons=reasons), now=now)
     except TransitionRefused as refused:
@@ -636,10 +659,13 @@ def _unschedulable(ctx: Context, record: JobRecord, *, expect: JobState, attempt
 
 
 def _fail(ctx: Context, record: JobRecord, *, expect: JobState, reason: str,
-          now: dt.datetime, attempt_guard: int | None = None) -> Outcome:
+          now: dt.datetime, attempt_guard: int | None = None,
+          exit_code: int | None = None) -> Outcome:
+    """FAILED with ``reason``; a launched instance is queued for deletion in the same step."""
     try:
         ctx.store.transition(record.job_id, to=S.FAILED, expect=expect, attempt=attempt_guard,
-                             message=reason, fields=encode_fields(reason=reason), now=now)
+                             message=reason, terminate=record.handle is not None,
+                             fields=encode_fields(reason=reason, exit_code=exit_code), now=now)
     except TransitionRefused as exc:
         return Outcome(message=f"nothing to do: the job is now {exc.current}")
     return Outcome(message=f"failed: {reason}")
@@ -673,52 +699,80 @@ def cancel_job(store: JobStore, job_id: str, *, now: dt.datetime) -> Outcome:
 
 
 def terminate_job(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
-    """Terminate the instance of a cancelled job (idempotent)."""
+    """Delete the instance of a job that reached a final state (idempotent).
+
+    The job stays in the deletion queue until the provider confirms nothing of
+    the instance is left; each reconcile pass asks again.
+    """
     store = ctx.store
     record = store.get(job_id)
-    if record.state is not S.CANCELLED or record.terminated_at:
+    if record.state not in FINAL_STATES or record.terminated_at:
         store.forget_termination(job_id)
-        return Outcome(message="nothing to terminate")
-    if record.handle is None:
-        if record.cancelled_from == S.DISPATCHING:
+        return Outcome(message="nothing to delete")
+    handle = record.handle
+    if handle is None:
+        if record.state is S.CANCELLED and record.cancelled_from == S.DISPATCHING:
             return Outcome(message="waiting for the in-flight launch to settle",
                            followups=(_dispatch(job_id, record.attempt),))
         store.forget_termination(job_id)
         return Outcome(message="no instance was launched")
     try:
-        ctx.providers.by_name(record.handle.provider).cancel(record.handle)
+        gone = ctx.providers.by_name(handle.provider).delete(handle)
     except TransientError as exc:
-        return Outcome(message=f"terminate failed transiently: {exc}", retry_in_s=_backoff_s(1))
+        return Outcome(message=f"delete failed transiently: {exc}", retry_in_s=_backoff_s(1))
     except GreenplaceError as exc:
-        store.note(job_id, f"terminating {record.handle.instance_id} failed: {exc}", now=now)
-        return Outcome(message=f"terminate failed: {exc}")
-    store.terminated(job_id, message=f"terminated instance {record.handle.instance_id}",
-                     now=now)
-    return Outcome(message=f"terminated {record.handle.instance_id}")
+        log.warning("deleting %s of job %s failed (retried next pass): %s",
+                    handle.instance_id, job_id, exc)
+        return Outcome(message=f"delete failed: {exc}")
+    if not gone:
+        return Outcome(message=f"deleting {handle.instance_id}: in progress")
+    store.terminated(job_id, now=now, message=(
+        f"deleted instance {handle.instance_id} ({handle.cloud}:{handle.region}) and what "
+        "greenplace created for it"))
+    return Outcome(message=f"deleted {handle.instance_id}", counts={"deleted": 1})
+
+
+def _delete_orphan(ctx: Context, job_id: str, attempt: int, handle: InstanceHandle, *,
+                   now: dt.datetime) -> Outcome | None:
+    """Delete the instance of a superseded attempt; None until the cloud confirms."""
+    try:
+        gone = ctx.providers.by_name(handle.provider).delete(handle)
+    except GreenplaceError as exc:
+        log.warning("deleting %s (job %s attempt %d) failed (retried next pass): %s",
+                    handle.instance_id, job_id, attempt, exc)
+        return None
+    if not gone:
+        return None
+    ctx.store.orphan_deleted(job_id, attempt, now=now, message=(
+        f"deleted instance {handle.instance_id} of attempt {attempt} "
+        f"({handle.cloud}:{handle.region})"))
+    return Outcome(message=f"deleted {handle.instance_id}", counts={"deleted": 1})
 
 
 # --- reconcile -----------------------------------------------------------------------
-def _follow(ctx: Context, record: JobRecord, *, now: dt.datetime) -> Outcome | None:
-    """Move one RUNNING job on if its instance finished; None while it still runs."""
+def _follow(ctx: Context, record: JobRecord, status: InstanceStatus, *,
+            now: dt.datetime) -> Outcome | None:
+    """Move one RUNNING job on from its instance's ``status``; None while it still runs."""
     handle = record.handle
-    if handle is None:
-        return _fail(ctx, record, expect=S.RUNNING, now=now,
-                     reason="running without an instance handle (store damaged)")
-    try:
-        status = ctx.providers.by_name(handle.provider).status(handle)
-    except GreenplaceError as exc:
-        log.warning("status of %s (%s) failed: %s", record.job_id, handle.instance_id, exc)
-        return None
-    state, where = status.state, f"{handle.instance_id} ({handle.cloud}:{handle.region})"
+    assert handle is not None
     guard = record.attempt
     try:
-        if state in (InstanceState.PENDING, InstanceState.RUNNING):
+        if status.handle is not None and status.handle != handle:
+            ctx.store.update(
+                record.job_id, expect=S.RUNNING, attempt=guard, now=now,
+                fields=encode_fields(handle=status.handle),
+                message=f"{handle.instance_id}: {status.detail}; launching "
+                        f"{status.handle.instance_id} ({status.handle.zone or handle.region}) "
+                        "instead", data={"instance_id": status.handle.instance_id})
+            handle = status.handle
+            record = dataclasses.replace(record, handle=handle)
+        state, where = status.state, f"{handle.instance_id} ({handle.cloud}:{handle.region})"
+        if state in LIVE:
             return None
-        if state is InstanceState.SUCCEEDED:
-            ctx.store.transition(record.job_id, to=S.SUCCEEDED, expect=S.RUNNING, attempt=guard,
-                                 message=f"{where} finished: {status.detail or 'succeeded'}",
-                                 now=now)
-            return Outcome(message="succeeded")
+        if state is InstanceState.EXITED:
+            return _exited(ctx, record, status, where=where, now=now)
+        if state is InstanceState.LAUNCH_FAILED:
+            return _launch_failed(ctx, record, status, where=where, now=now)
         if state is InstanceState.PREEMPTED and (record.placement and record.placement.spot):
             limit = policy_of(record).failover.max_attempts
             if record.attempt >= limit:
@@ -726,6 +780,7 @@ def _follow(ctx: Context, record: JobRecord, *, now: dt.datetime) -> Outcome | N
                              reason=f"{where} was preempted (preemption "
                                     f"{record.preemptions + 1}); all {limit} launch attempts "
                                     "the policy allows are used")
+            ctx.store.orphan(record.job_id, guard, handle)
             ctx.store.transition(
                 record.job_id, to=S.PLACED, expect=S.RUNNING, attempt=guard,
                 message=f"{where} was preempted; launching again",
@@ -735,7 +790,7 @@ def _follow(ctx: Context, record: JobRecord, *, now: dt.datetime) -> Outcome | N
     except TransitionRefused:
         return None
     reasons = {
-        InstanceState.FAILED: f"the job failed on {where}: {status.detail}",
+        InstanceState.FAILED: f"the machine failed on {where}: {status.detail}",
         InstanceState.PREEMPTED: f"{where} was preempted",
         InstanceState.TERMINATED: f"{where} was terminated outside greenplace",
         InstanceState.MISSING: f"{where} disappeared: {status.detail}",
@@ -744,9 +799,103 @@ def _follow(ctx: Context, record: JobRecord, *, now: dt.datetime) -> Outcome | N
                  reason=reasons.get(state, f"{where} is {state}"))
 
 
+def _exited(ctx: Context, record: JobRecord, status: InstanceStatus, *, where: str,
+            now: dt.datetime) -> Outcome | None:
+    """The instance powered itself off: the exit code decides, once the console shows it.
+
+    Design choice: SUCCEEDED needs a read exit code of 0. A clean power-off alone
+    proves nothing (a crashed command powers off just as cleanly), so a code that
+    stays unreadable for ``exit_code_wait_s`` ends the job FAILED, saying so.
+    """
+    code, guard = status.exit_code, record.attempt
+    if code is None:
+        wait_s = ctx.settings.exit_code_wait_s
+        if not record.exited_at:
+            ctx.store.update(record.job_id, expect=S.RUNNING, attempt=guard, now=now,
+                             fields=encode_fields(exited_at=iso(now)),
+                             message=f"{where} powered off; waiting up to {wait_s:g} s for its "
+                                     "console to show the command's exit code")
+            return None
+        if (now - parse_iso(record.exited_at)).total_seconds() < wait_s:
+            return None
+        return _fail(ctx, record, expect=S.RUNNING, attempt_guard=guard, now=now, reason=(
+            f"{where} powered off, but the command's exit code did not appear on its console "
+            f"within {wait_s:g} s, so success cannot be confirmed"))
+    if code != 0:
+        return _fail(ctx, record, expect=S.RUNNING, attempt_guard=guard, now=now,
+                     exit_code=code, reason=f"the job's command exited with {code} on {where}")
+    ctx.store.transition(record.job_id, to=S.SUCCEEDED, expect=S.RUNNING, attempt=guard,
+                         message=f"{where}: the job's command exited with 0",
+                         fields=encode_fields(exit_code=0), terminate=True, now=now)
+    return Outcome(message="succeeded")
+
+
+def _launch_failed(ctx: Context, record: JobRecord, status: InstanceStatus, *, where: str,
+                   now: dt.datetime) -> Outcome | None:
+    """The cloud refused the launch after accepting it: fail over as for a synchronous refusal."""
+    assert record.handle is not None
+    exc = status.error or TransientError(
+        f"{where}: the launch failed after it was accepted ({status.detail or 'no detail'})",
+        provider=record.handle.provider, operation="status", code="LaunchFailed")
+    if isinstance(exc, (*FAILOVER_ERRORS, TransientError)):
+        ctx.store.orphan(record.job_id, record.attempt, record.handle)
+        return _failover(ctx, record, exc, expect=S.RUNNING, now=now)
+    return _fail(ctx, record, expect=S.RUNNING, attempt_guard=record.attempt, now=now,
+                 reason=f"attempt {record.attempt} on {where}: the cloud refused the launch "
+                        f"after accepting it: {exc}")
+
+
+def _follow_running(ctx: Context, records: Sequence[JobRecord], *, now: dt.datetime,
+                    stop_at: float, counts: dict[str, int]) -> list[Outcome]:
+    """Follow RUNNING jobs with one ``list_managed`` call per (provider, region).
+
+    An instance the list shows alive needs nothing more. Only one the list shows
+    ended, or does not show (just launched and not listed yet, or gone), gets its
+    own ``status()`` call, which follows a pending operation and reads the exit
+    code. A region whose list call fails (throttled) is skipped this pass rather
+    than polled instance by instance, which would only deepen the throttling.
+    """
+    groups: dict[tuple[str, str], list[JobRecord]] = {}
+    outcomes: list[Outcome] = []
+    for record in records:
+        if record.handle is None:
+            outcomes.append(_fail(ctx, record, expect=S.RUNNING, now=now,
+                                  reason="running without an instance handle (store damaged)"))
+            continue
+        groups.setdefault((record.handle.provider, record.handle.region), []).append(record)
+    for (provider_name, region), members in sorted(groups.items()):
+        if time.monotonic() > stop_at:
+            break
+        provider = ctx.providers.by_name(provider_name)
+        counts["list_calls"] += 1
+        try:
+            listed = {m.handle.instance_id: m.status for m in provider.list_managed(region)}
+        except GreenplaceError as exc:
+            log.warning("listing %s instances in %s failed; next pass: %s", provider_name,
+                        region, exc)
+            continue
+        for record in members:
+            assert record.handle is not None
+            seen = listed.get(record.handle.instance_id)
+            if seen is not None and seen.state in LIVE:
+                continue
+            counts["status_calls"] += 1
+            try:
+                status = provider.status(record.handle)
+            except GreenplaceError as exc:
+                log.warning("status of %s (%s) failed: %s", record.job_id,
+                            record.handle.instance_id, exc)
+                continue
+            outcome = _follow(ctx, record, status, now=now)
+            if outcome is not None:
+                outcomes.append(outcome)
+    return outcomes
+
+
 def reconcile(ctx: Context, *, now: dt.datetime, budget_s: float) -> Outcome:
     """One pass over the service: release due DEFERRED jobs, follow RUNNING ones,
-    terminate cancelled instances, and re-enqueue jobs whose messages were lost.
+    delete the instances of ended jobs and superseded attempts, and re-enqueue jobs
+    whose messages were lost.
 
     Only one pass runs at a time (a lock); the pass stops after ``budget_s`` and
     the next one carries on.
@@ -756,7 +905,8 @@ def reconcile(ctx: Context, *, now: dt.datetime, budget_s: float) -> Outcome:
     if token is None:
         return Outcome(message="another reconcile pass is running")
     stop_at = time.monotonic() + budget_s
-    counts = {"released": 0, "finished": 0, "terminated": 0, "nudged": 0}
+    counts = {"released": 0, "finished": 0, "deleted": 0, "nudged": 0, "list_calls": 0,
+              "status_calls": 0}
     followups: list[Followup] = []
 
     def add(outcome: Outcome | None, counter: str) -> None:
@@ -770,19 +920,22 @@ def reconcile(ctx: Context, *, now: dt.datetime, budget_s: float) -> Outcome:
                 break
             add(_release(ctx, job_id, now=now), "released")
         running = store.ids_in_state(S.RUNNING)
-        for start in range(0, len(running), 200):
-            if time.monotonic() > stop_at:
-                break
-            for record in store.get_many(running[start:start + 200]):
-                if record.state is S.RUNNING:
-                    add(_follow(ctx, record, now=now), "finished")
+        records = [r for start in range(0, len(running), 500)
+                   for r in store.get_many(running[start:start + 500]) if r.state is S.RUNNING]
+        for outcome in _follow_running(ctx, records, now=now, stop_at=stop_at, counts=counts):
+            add(outcome, "finished")
         for job_id in store.to_terminate():
             if time.monotonic() > stop_at:
                 break
             outcome = terminate_job(ctx, job_id, now=now)
             if outcome.followups and not store.claim_nudge(job_id, ttl_s=ctx.settings.stall_s):
                 continue
-            add(outcome, "terminated")
+            followups.extend(outcome.followups)
+            counts["deleted"] += outcome.counts.get("deleted", 0)
+        for job_id, attempt, handle in store.orphans():
+            if time.monotonic() > stop_at:
+                break
+            add(_delete_orphan(ctx, job_id, attempt, handle, now=now), "deleted")
         followups.extend(_nudges(ctx, now=now, counts=counts))
     finally:
         store.release_lock("reconcile", token)

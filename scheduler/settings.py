@@ -17,6 +17,11 @@ Variable (default): meaning.
 - ``GREENPLACE_RECONCILE_INTERVAL_S`` (10): how often beat sends ``reconcile``.
 - ``GREENPLACE_VISIBILITY_TIMEOUT_S`` (45): the Redis transport's visibility timeout.
 - ``GREENPLACE_TASK_TIME_LIMIT_S`` (25): hard time limit of every task.
+- ``GREENPLACE_EXIT_CODE_WAIT_S`` (600): how long after an instance powered off
+  reconcile waits for the cloud to publish the command's exit code on its
+  console before the job ends FAILED as "exit code unreadable".
+- ``GREENPLACE_GC_INTERVAL_S`` (900): how often beat sends the leak sweep
+  (``greenplace gc`` over the regions greenplace launched in).
 - ``GREENPLACE_COOLDOWN_S`` (300): how long an exhausted offer is tried last.
 - ``GREENPLACE_STALL_S`` (120): after how long without progress reconcile
   re-enqueues a job's next step (a lost message).
@@ -30,6 +35,15 @@ live worker can legitimately hold one (a task's hard limit plus the longest
 retry countdown), or Redis would hand a running task to a second worker. The
 loader enforces ``visibility_timeout_s >= task_time_limit_s + MAX_COUNTDOWN_S + 5``
 so a misconfiguration cannot break exactly-once dispatch.
+
+Why 25 s is enough for every task: no adapter waits on a cloud operation for
+longer than ``LAUNCH_WAIT_S`` (5 s) inside one call; a launch the cloud completes
+asynchronously (a GCE operation, an ARM long-running operation, an OpenStack
+BUILD) comes back pending and reconcile follows it. A dispatch task makes at most
+a look-up, a create and that bounded wait (about 5 s plus two round trips), and
+a reconcile pass stops itself 10 s before the limit (its budget) and carries on
+in the next one. The limit is not the time a launch may take: a stockout
+reported two minutes after the create still fails over (reconcile sees it).
 """
 
 from __future__ import annotations
@@ -66,6 +80,8 @@ class Settings:
     task_time_limit_s: float = 25.0
     cooldown_s: float = 300.0
     stall_s: float = 120.0
+    exit_code_wait_s: float = 600.0
+    gc_interval_s: float = 900.0
     signals: str = "static"  # "static" (catalog figures) or "live" (the signal chain)
 
     @property
@@ -200,6 +216,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     task_limit = _seconds(env, "GREENPLACE_TASK_TIME_LIMIT_S", 25.0, problems, minimum=2.0)
     cooldown = _seconds(env, "GREENPLACE_COOLDOWN_S", 300.0, problems, minimum=0.0)
     stall = _seconds(env, "GREENPLACE_STALL_S", 120.0, problems, minimum=1.0)
+    exit_wait = _seconds(env, "GREENPLACE_EXIT_CODE_WAIT_S", 600.0, problems, minimum=0.0)
+    gc_interval = _seconds(env, "GREENPLACE_GC_INTERVAL_S", 900.0, problems, minimum=1.0)
     signals = env.get("GREENPLACE_SIGNALS", "").strip() or "static"
     if signals not in ("static", "live"):
         problems.append(f"GREENPLACE_SIGNALS={signals!r} must be static or live")
@@ -215,5 +233,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         redis_url=url, redis_ca_cert=ca_cert, providers=MappingProxyType(providers),
         sim_config=sim_config, reconcile_interval_s=interval, visibility_timeout_s=visibility,
-        task_time_limit_s=task_limit, cooldown_s=cooldown, stall_s=stall, signals=signals,
+        task_time_limit_s=task_limit, cooldown_s=cooldown, stall_s=stall,
+        exit_code_wait_s=exit_wait, gc_interval_s=gc_interval, signals=signals,
     )

@@ -12,7 +12,11 @@ key                            holds
 ``gp:jobs``                    zset: every job id, scored by submission time
 ``gp:state:{STATE}``           zset: the ids in that state, scored by when they
                                entered it; DEFERRED ones by their not-before time
-``gp:terminate``               set: cancelled jobs whose instance must be terminated
+``gp:terminate``               set: final jobs whose instance must still be deleted
+``gp:orphans``                 hash: ``{job id}/{attempt}`` -> handle of a superseded
+                               attempt's instance (launch failed, preempted) to delete
+``gp:regions``                 set: ``provider/region`` pairs greenplace launched in
+                               (what the leak sweep lists)
 ``gp:lock:{name}``             dispatch / reconcile locks (SET NX PX, owner token)
 ``gp:cooldowns``               zset: exhausted (cloud, region, instance type) -> until
 ``gp:nudge:{id}``              reconcile re-enqueued this stalled job recently
@@ -78,8 +82,10 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.DEFERRED: frozenset({S.PLACED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
     # -> PLACED: the attempt was refused (capacity / quota); the next candidate is tried.
     S.DISPATCHING: frozenset({S.RUNNING, S.PLACED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
-    # -> PLACED: a spot instance was preempted; the job is launched again.
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PLACED}),
+    # -> PLACED: a spot instance was preempted, or the cloud refused the launch after
+    # accepting it (an asynchronous stockout); the job is launched again.
+    # -> UNSCHEDULABLE: that refusal came on the last candidate.
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PLACED, S.UNSCHEDULABLE}),
     **{final: frozenset() for final in FINAL_STATES},
 }
 
@@ -236,7 +242,9 @@ class JobRecord:
     reason: str
     preemptions: int
     cancelled_from: str
-    terminated_at: str
+    terminated_at: str  # when the job's instance was confirmed deleted
+    exit_code: int | None  # the command's exit code, read back from the console
+    exited_at: str  # when the instance was first seen powered off without a readable code
     created_at: str
     updated_at: str
 
@@ -277,6 +285,8 @@ class JobRecord:
             "instance_id": self.handle.instance_id if self.handle else None,
             "not_before": self.not_before,
             "reason": self.reason or None,
+            "exit_code": self.exit_code,
+            "instance_deleted_at": self.terminated_at or None,
             "attempt_reasons": [asdict(r) for r in self.attempt_reasons],
             "co2e_kg": (self.decision or {}).get("co2e_kg"),
             "created_at": self.created_at,
@@ -323,6 +333,8 @@ def _record(fields: Mapping[str, str]) -> JobRecord:
         preemptions=int(fields.get("preemptions") or 0),
         cancelled_from=fields.get("cancelled_from", ""),
         terminated_at=fields.get("terminated_at", ""),
+        exit_code=int(fields["exit_code"]) if fields.get("exit_code") else None,
+        exited_at=fields.get("exited_at", ""),
         created_at=fields.get("created_at", ""),
         updated_at=fields.get("updated_at", ""),
     )
@@ -337,6 +349,7 @@ def encode_fields(
     handle: InstanceHandle | None = None, not_before: str | None = None,
     reason: str | None = None, preemptions: int | None = None,
     cancelled_from: str | None = None, terminated_at: str | None = None,
+    exit_code: int | None = None, exited_at: str | None = None,
 ) -> dict[str, str]:
     """Record fields to write with a transition, encoded as the hash stores them."""
     out: dict[str, str] = {}
@@ -366,6 +379,10 @@ def encode_fields(
         out["cancelled_from"] = cancelled_from
     if terminated_at is not None:
         out["terminated_at"] = terminated_at
+    if exit_code is not None:
+        out["exit_code"] = str(exit_code)
+    if exited_at is not None:
+        out["exited_at"] = exited_at
     return out
 
 
@@ -535,7 +552,7 @@ class JobStore:
             message, data: the event recorded with the change.
             fields: record fields to write in the same step (see ``encode_fields``).
             score: the new state-index score (default now; DEFERRED: the not-before time).
-            terminate: also queue the job's instance for termination.
+            terminate: also queue the job's instance for deletion.
             release: a lock to release in the same step, whatever the outcome.
 
         Raises:
@@ -659,12 +676,13 @@ class JobStore:
                              data=e.get("data", {})))
         return out
 
-    # termination queue ----------------------------------------------------------------
+    # deletion queues ------------------------------------------------------------------
     def to_terminate(self) -> list[str]:
+        """Final jobs whose instance must still be deleted."""
         return sorted(str(i) for i in self.client.smembers(self._terminate_key))
 
     def terminated(self, job_id: str, *, message: str, now: dt.datetime | None = None) -> None:
-        """Record that the job's instance is gone and drop it from the termination queue."""
+        """Record that the job's instance is gone and drop it from the deletion queue."""
         moment = now or utc_now()
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self._job_key(job_id), "terminated_at", iso(moment))
@@ -676,6 +694,45 @@ class JobStore:
 
     def forget_termination(self, job_id: str) -> None:
         self.client.srem(self._terminate_key, job_id)
+
+    @property
+    def _orphans_key(self) -> str:
+        return f"{self.prefix}:orphans"
+
+    def orphan(self, job_id: str, attempt: int, handle: InstanceHandle) -> None:
+        """Queue the instance of a superseded attempt for deletion (before moving on)."""
+        self.client.hset(self._orphans_key, f"{job_id}/{attempt}", _dumps(asdict(handle)))
+
+    def orphans(self) -> list[tuple[str, int, InstanceHandle]]:
+        """(job id, attempt, handle) of every superseded instance not yet confirmed deleted."""
+        out = []
+        for key, raw in sorted(self.client.hgetall(self._orphans_key).items()):
+            job_id, _, attempt = str(key).rpartition("/")
+            out.append((job_id, int(attempt), InstanceHandle(**json.loads(raw))))
+        return out
+
+    def orphan_deleted(self, job_id: str, attempt: int, *, message: str,
+                       now: dt.datetime | None = None) -> None:
+        """Drop a confirmed-deleted orphan and say so in its job's history."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(self._orphans_key, f"{job_id}/{attempt}")
+        pipe.rpush(self._events_key(job_id), _dumps({
+            "from": "", "at": iso(now or utc_now()), "kind": "note", "to": "",
+            "message": message, "data": {"attempt": attempt}}))
+        pipe.execute()
+
+    @property
+    def _regions_key(self) -> str:
+        return f"{self.prefix}:regions"
+
+    def launched_in(self, provider: str, region: str) -> None:
+        """Remember that greenplace launched through ``provider`` in ``region``."""
+        self.client.sadd(self._regions_key, f"{provider}/{region}")
+
+    def regions_used(self) -> list[tuple[str, str]]:
+        """Every (provider, region) greenplace launched in: what the leak sweep lists."""
+        pairs = (str(m).partition("/") for m in self.client.smembers(self._regions_key))
+        return sorted((p, r) for p, _, r in pairs)
 
     # coordination -------------------------------------------------------------------
     def _lock_key(self, name: str) -> str:

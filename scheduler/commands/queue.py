@@ -266,7 +266,7 @@ def events_cmd(job_id: str, output: str) -> None:
 @click.command("cancel")
 @click.argument("job_id")
 def cancel_cmd(job_id: str) -> None:
-    """Cancel JOB_ID; an instance it launched is terminated."""
+    """Cancel JOB_ID; an instance it launched is deleted."""
     from greenplace.scheduler.dispatch import cancel_job
 
     settings = load_settings()
@@ -278,7 +278,7 @@ def cancel_cmd(job_id: str) -> None:
             from greenplace.scheduler.worker.tasks import enqueue
 
             enqueue(app, outcome.followups)
-    tail = "; its instance will be terminated" if outcome.followups else ""
+    tail = "; its instance will be deleted" if outcome.followups else ""
     click.echo(f"{job_id}: {outcome.message}{tail}")
 
 
@@ -317,7 +317,7 @@ def _schedule_file() -> Path:
 @click.option("--schedule", type=click.Path(path_type=Path),
               help="beat's state file [default: ~/.local/state/greenplace/celerybeat-schedule]")
 def beat_cmd(loglevel: str, schedule: Path | None) -> None:
-    """Run Celery beat: it sends `reconcile` every GREENPLACE_RECONCILE_INTERVAL_S."""
+    """Run Celery beat: it sends `reconcile` and the leak sweep `gc` on their intervals."""
     from greenplace.scheduler.worker.app import app
 
     app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule or _schedule_file()}"])

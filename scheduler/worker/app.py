@@ -63,6 +63,7 @@ TASK_QUEUES = {
     "greenplace.dispatch": DISPATCH_QUEUE,
     "greenplace.reconcile": CONTROL_QUEUE,
     "greenplace.terminate": CONTROL_QUEUE,
+    "greenplace.gc": CONTROL_QUEUE,
     "greenplace.noop": CONTROL_QUEUE,
 }
 UNACKED_RESTORE_INTERVAL_S = 5.0
@@ -135,6 +136,11 @@ def create_app(settings: Settings | None = None) -> Celery:
                 "schedule": settings.reconcile_interval_s,
                 # A pass that waited longer than one interval is superseded by the next.
                 "options": {"expires": max(settings.reconcile_interval_s, 1.0)},
+            },
+            "greenplace-gc": {
+                "task": "greenplace.gc",
+                "schedule": settings.gc_interval_s,
+                "options": {"expires": settings.gc_interval_s},
             },
         },
     )

@@ -104,7 +104,8 @@ def dispatch(self: Task, job_id: str, attempt: int) -> None:
 @shared_task(name="greenplace.terminate", bind=True, autoretry_for=REDIS_ERRORS, retry_backoff=1,
              retry_backoff_max=10, retry_jitter=True, max_retries=5)
 def terminate(self: Task, job_id: str) -> None:
-    """Terminate the instance of a cancelled job."""
+    """Delete the instance of a job that ended (cancelled or finished); reconcile repeats it
+    until the cloud confirms."""
     try:
         outcome = terminate_job(context(self.app), job_id, now=utc_now())
     except JobNotFoundError:
@@ -125,6 +126,30 @@ def reconcile_task(self: Task) -> None:
     if outcome.followups or any(outcome.counts.values()):
         log.info("reconcile: %s", outcome.message)
     enqueue(self.app, outcome.followups)
+
+
+@shared_task(name="greenplace.gc", bind=True)
+def gc_task(self: Task, provider: str | None = None, region: str | None = None) -> None:
+    """The leak sweep (``greenplace gc``). Beat's message names no region: it fans out one
+    message per (provider, region) greenplace launched in, so each task lists one region
+    and stays well inside the time limit however many regions are in use."""
+    from greenplace.scheduler.gc import sweep
+
+    ctx = context(self.app)
+    try:
+        if provider is None or region is None:
+            for name, where in ctx.store.regions_used():
+                self.app.send_task("greenplace.gc", args=[name, where])
+            return
+        rows = sweep(ctx.store, {provider: ctx.providers.by_name(provider)},
+                     [(provider, region)], dry_run=False)
+    except REDIS_ERRORS as exc:
+        log.warning("gc skipped: Redis unavailable (%s)", exc)
+        return
+    for row in rows:
+        if row.action not in ("kept", "gone"):
+            log.info("gc: %s %s %s (%s): %s", row.action, row.provider, row.instance_id or "",
+                     row.region, row.reason)
 
 
 @shared_task(name="greenplace.noop")

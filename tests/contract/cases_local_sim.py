@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from greenplace.providers.base import Placement, Provider
+from greenplace.providers.base import InstanceHandle, Placement, Provider
 from greenplace.providers.registry import get_provider
 from tests.contract.adapter_case import AdapterCase, CaseEnv
 
@@ -61,12 +61,19 @@ def local_sim_case(env: CaseEnv) -> Iterator[AdapterCase]:
     def inject(kind: str) -> Provider:
         return get_provider("local-sim", config={**base, **faults[kind]})
 
+    def finish(handle: InstanceHandle, exit_code: int) -> None:
+        """The command ends now with ``exit_code`` (the simulator's outcome field)."""
+        seconds, micros = probe.client.time()  # type: ignore[attr-defined]
+        probe.client.hset(  # type: ignore[attr-defined]
+            f"gpsim:instance:{handle.instance_id}",
+            mapping={"ends_at": f"{seconds + micros / 1e6:.6f}", "outcome": f"exit:{exit_code}"})
+
     yield AdapterCase(
         name="local-sim", make_provider=lambda: get_provider("local-sim", config=base),
         placement=placement, spot_placement=dataclasses.replace(placement, spot=True),
         unknown_instance_id="sim-does-not-exist",
         count_instances=lambda: len(probe.instances()),  # type: ignore[attr-defined]
-        inject_error=inject, error_kinds=frozenset(faults))
+        inject_error=inject, error_kinds=frozenset(faults), finish=finish)
 
 
 CASES = {"local-sim": local_sim_case}

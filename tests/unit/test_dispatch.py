@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from greenplace.providers.base import (
     InstanceStatus,
     JobLaunch,
     LaunchRequest,
+    ManagedInstance,
     Placement,
     Provider,
 )
@@ -62,26 +63,6 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary")
 S = JobState
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def make_ctx(server: RedisServer, tmp_path: Path) -> Callable[..., Context]:
-    server.client().flushall()
-
-    def build(**sim: Any) -> Context:
-        path = tmp_path / "sim.yaml"
-        path.write_text(yaml.safe_dump({"launch_latency_s": 0, "run_time_s": 60, **sim}))
-        settings = Settings(redis_url=server.url, sim_config=path, cooldown_s=60, stall_s=5)
-        return Context.build(settings, JobStore(server.client()))
-
-    return build
 
 
 def make_job(name: str = "train", policy: str = "balanced", **extra: Any) -> Job:
@@ -253,7 +234,10 @@ class Refusing:
     def status(self, handle: InstanceHandle) -> InstanceStatus:
         raise self.error
 
-    def cancel(self, handle: InstanceHandle) -> None:
+    def list_managed(self, region: str) -> list[ManagedInstance]:
+        raise self.error
+
+    def delete(self, handle: InstanceHandle) -> bool:
         raise self.error
 
 
@@ -327,13 +311,19 @@ def test_reconcile_follows_instances_to_their_end(make_ctx: Callable[..., Contex
     sim_of(ctx).client.delete(f"gpsim:instance:{gone.instance_id}")
     ok = ctx.store.get(ok_id).handle
     assert ok is not None
-    wait_for(lambda: sim_of(ctx).status(ok).state is InstanceState.SUCCEEDED, timeout_s=10,
+    wait_for(lambda: sim_of(ctx).status(ok).state is InstanceState.EXITED, timeout_s=10,
              what="the instance to finish", interval_s=0.05)
     outcome = reconcile(ctx, now=utc_now(), budget_s=5)
     assert outcome.counts["finished"] == 2
-    assert ctx.store.get(ok_id).state is S.SUCCEEDED
+    succeeded = ctx.store.get(ok_id)
+    assert succeeded.state is S.SUCCEEDED and succeeded.exit_code == 0
+    assert succeeded.summary()["exit_code"] == 0
     failed = ctx.store.get(gone_id)
     assert failed.state is S.FAILED and "disappeared" in failed.reason
+    # the same pass deleted the finished instance; nothing is left to delete
+    assert outcome.counts["deleted"] == 2 and ctx.store.to_terminate() == []
+    assert succeeded.terminated_at
+    assert [r["state"] for r in sim_of(ctx).instances()] == ["terminated"]
 
 
 def test_preempted_spot_jobs_are_launched_again_up_to_the_limit(

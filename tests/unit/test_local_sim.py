@@ -134,11 +134,12 @@ def test_instances_boot_run_and_finish(make_sim: Callable[..., LocalSim]) -> Non
         state = sim.status(handle).state
         if not seen or seen[-1] != state:
             seen.append(state)
-        if state is InstanceState.SUCCEEDED:
+        if state is InstanceState.EXITED:
             break
         time.sleep(0.05)
-    assert seen[0] is InstanceState.PENDING and seen[-1] is InstanceState.SUCCEEDED
+    assert seen[0] is InstanceState.PENDING and seen[-1] is InstanceState.EXITED
     assert InstanceState.RUNNING in seen
+    assert sim.status(handle).exit_code == 0
 
 
 def test_capacity_per_offer_is_enforced_and_freed(make_sim: Callable[..., LocalSim]) -> None:
@@ -149,14 +150,14 @@ def test_capacity_per_offer_is_enforced_and_freed(make_sim: Callable[..., LocalS
     with pytest.raises(CapacityError, match="InsufficientInstanceCapacity") as info:
         sim.submit(sim.prepare(launch("b"), target), idempotency_key="b")
     assert info.value.provider == "local-sim" and info.value.operation == "submit"
-    sim.cancel(first)
+    assert sim.delete(first) is True
     assert sim.status(first).state is InstanceState.TERMINATED
     second = sim.submit(sim.prepare(launch("b"), target), idempotency_key="b")
-    wait_for(lambda: sim.status(second).state is InstanceState.SUCCEEDED, timeout_s=10,
+    wait_for(lambda: sim.status(second).state is InstanceState.EXITED, timeout_s=10,
              what="the second instance to finish", interval_s=0.05)  # and free its slot
     sim.submit(sim.prepare(launch("c"), target), idempotency_key="c")
-    sim.cancel(second)  # finished already: a no-op
-    assert sim.status(second).state is InstanceState.SUCCEEDED
+    assert sim.delete(second) is True and sim.delete(second) is True
+    assert sim.status(second).state is InstanceState.TERMINATED
 
 
 def test_zero_capacity_by_glob_first_match_wins(make_sim: Callable[..., LocalSim]) -> None:
@@ -199,7 +200,7 @@ def test_lost_answers_are_recovered_by_the_same_key(make_sim: Callable[..., Loca
 
 
 def test_failures_and_preemption(make_sim: Callable[..., LocalSim]) -> None:
-    sim = make_sim(run_time_s=0.1, failure_rate=1.0)
+    sim = make_sim(run_time_s=0.1, failure_rate=1.0, failure_exit_code=3)
     failed = sim.submit(sim.prepare(launch("f"), offer()), idempotency_key="f")
     spot_offer = next(o for o in load_catalog().offers if o.spot_price_usd_per_hour)
     spot = Placement(cloud=spot_offer.cloud, region=spot_offer.region,
@@ -212,8 +213,41 @@ def test_failures_and_preemption(make_sim: Callable[..., LocalSim]) -> None:
     wait_for(lambda: sim.status(failed).state not in live
              and sim.status(preempted).state not in live,
              timeout_s=10, what="both instances to end", interval_s=0.05)
-    assert sim.status(failed).state is InstanceState.FAILED
+    status = sim.status(failed)
+    assert (status.state, status.exit_code) == (InstanceState.EXITED, 3)
     assert sim.status(preempted).state is InstanceState.PREEMPTED
+
+
+def test_a_launch_can_be_refused_after_it_was_accepted(make_sim: Callable[..., LocalSim]) -> None:
+    sim = make_sim(launch_latency_s=0.2, launch_failure_rate=1.0)
+    handle = sim.submit(sim.prepare(launch(), offer()), idempotency_key="k")
+    assert sim.status(handle).state is InstanceState.PENDING
+    wait_for(lambda: sim.status(handle).state is not InstanceState.PENDING, timeout_s=10,
+             what="the allocation to fail", interval_s=0.05)
+    status = sim.status(handle)
+    assert status.state is InstanceState.LAUNCH_FAILED
+    assert isinstance(status.error, CapacityError)
+    assert status.error.code == "InsufficientInstanceCapacity"
+
+
+def test_list_managed_lists_a_region_without_exit_codes(
+        make_sim: Callable[..., LocalSim]) -> None:
+    sim = make_sim(run_time_s=0)
+    target = offer()
+    elsewhere = next(o for o in load_catalog().offers if o.region != target.region)
+    a = sim.submit(sim.prepare(launch("a"), target), idempotency_key="a")
+    b = sim.submit(sim.prepare(launch("b"), target), idempotency_key="b")
+    sim.submit(sim.prepare(launch("c"), Placement(
+        cloud=elsewhere.cloud, region=elsewhere.region, instance_type=elsewhere.instance_type,
+        accelerator=elsewhere.accelerator, accelerator_count=elsewhere.accelerator_count,
+        spot=False)), idempotency_key="c")
+    listed = {m.handle.instance_id: m for m in sim.list_managed(target.region)}
+    assert set(listed) == {a.instance_id, b.instance_id}
+    assert listed[a.instance_id].handle == a
+    assert listed[a.instance_id].status.state is InstanceState.EXITED
+    assert listed[a.instance_id].status.exit_code is None  # a list call reads no console
+    assert sim.delete(a) is True
+    assert [m.handle for m in sim.list_managed(target.region)] == [b]
 
 
 def test_missing_instance_is_reported_missing(make_sim: Callable[..., LocalSim]) -> None:
