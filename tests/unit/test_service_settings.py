@@ -105,4 +105,6 @@ def test_tasks_are_named_and_registered() -> None:
     app.loader.import_default_modules()
     names = {n for n in app.tasks if n.startswith("greenplace.")}
     assert names == {"greenplace.place", "greenplace.dispatch", "greenplace.reconcile",
-                     "greenplace.terminate", "greenplace.noop"}
+                     "greenplace.terminate", "greenplace.gc", "greenplace.noop"}
+    schedule = app.conf.beat_schedule
+    assert {e["task"] for e in schedule.values()} == {"greenplace.reconcile", "greenplace.gc"}
