@@ -40,7 +40,7 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from greenplace.providers.base import (
     Feature,
@@ -152,15 +152,49 @@ class Context:
     @classmethod
     def build(cls, settings: Settings, store: JobStore) -> Context:
         catalog = load_catalog()
-        placer: Places = Placer(catalog, routes=settings.providers)
+        providers = Providers(settings)
+        gate = RegionGate(providers)
+        placer: Places = Placer(catalog, routes=settings.providers, region_gate=gate)
         if settings.signals == "live":
             signal_settings = SignalSettings.from_env()
             chain = SignalChain.from_settings(signal_settings, catalog,
                                               cache=RedisCache(store.client))
             placer = LivePlacer(catalog, chain, refresh_s=signal_settings.ttl_s,
-                                routes=settings.providers)
-        return cls(settings=settings, store=store, providers=Providers(settings),
+                                routes=settings.providers, region_gate=gate)
+        return cls(settings=settings, store=store, providers=providers,
                    catalog=catalog, placer=placer)
+
+
+@runtime_checkable
+class KnowsEnabledRegions(Protocol):
+    """An adapter that can tell which of its cloud's regions the account has not enabled
+    (AWS opt-in regions); it caches the answer itself."""
+
+    def regions_not_enabled(self) -> frozenset[str]: ...
+
+
+class RegionGate:
+    """The ``cloud:region`` keys the account may not launch in, from the adapters that know.
+
+    Asked by placement before each decision (the ``region_not_enabled`` filter); only
+    clouds routed to such an adapter are asked, so local-sim and the dry run ask nothing.
+    """
+
+    def __init__(self, providers: Providers) -> None:
+        self.providers = providers
+        self._last: frozenset[str] = frozenset()
+
+    def __call__(self) -> frozenset[str]:
+        keys: set[str] = set()
+        for cloud, name in self.providers.settings.providers.items():
+            if name == "local-sim":
+                continue
+            adapter = self.providers.by_name(name)
+            if isinstance(adapter, KnowsEnabledRegions):
+                keys |= {f"{cloud}:{region}" for region in adapter.regions_not_enabled()}
+        if keys != self._last:
+            self._last = frozenset(keys)
+        return self._last
 
 
 class Places(Protocol):

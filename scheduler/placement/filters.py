@@ -31,6 +31,7 @@ FILTERS = (
     "carbon_signal",
     "deadline",
     "provider",
+    "region_not_enabled",
 )
 CODE = {name: code for code, name in enumerate(FILTERS)}
 
@@ -129,4 +130,7 @@ def reason_text(code: int, ctx: ReasonContext) -> str:
         return (f"the provider adapter {ctx.region.cloud} is routed to cannot launch "
                 f"{ctx.offer.accelerator} ({ctx.offer.instance_type}); see "
                 "scheduler/placement/launchable.py")
+    if name == "region_not_enabled":
+        return (f"{ctx.region.key} is an opt-in region that the account's credentials have "
+                "not enabled (its adapter said so); enable it in the account to use it")
     raise ValueError(f"no reason text for filter code {code}")

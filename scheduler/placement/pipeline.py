@@ -20,7 +20,7 @@ tie-break): savings, in co2e_kg, shown against it are never inflated by an arbit
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,11 +113,18 @@ class Placer:
 
     def __init__(self, catalog: Catalog, *, signals: RegionSignals | None = None,
                  forecast: timing.ForecastProvider | None = None,
-                 routes: Mapping[str, str] | None = None) -> None:
+                 routes: Mapping[str, str] | None = None,
+                 region_gate: Callable[[], frozenset[str]] | None = None) -> None:
         """``routes``: cloud -> provider name (``Settings.providers``); offers the routed
-        adapter cannot launch are rejected by the ``provider`` filter (None: local-sim)."""
+        adapter cannot launch are rejected by the ``provider`` filter (None: local-sim).
+        ``region_gate``: the ``cloud:region`` keys the account may not launch in right now
+        (opt-in regions not enabled), asked at each placement; they are rejected by the
+        ``region_not_enabled`` filter. None (the dry run) asks no cloud."""
         self.arrays: OfferArrays = arrays_for(catalog)
         self.unlaunchable = unlaunchable(catalog, routes)
+        self.region_gate = region_gate
+        self._region_keys = [r.key for r in catalog.regions]
+        self._gate_seen: tuple[frozenset[str], np.ndarray] | None = None
         self.signals = signals or RegionSignals.from_catalog(catalog)
         # Temporal shifting (scheduler.placement.timing) runs only with a forecast provider:
         # the one seam through which placement may reach the network.
@@ -159,6 +166,17 @@ class Placer:
                 pue=a.pue[region_idx],
                 name_rank=a.name_rank[idx])
         return cached
+
+    def _disabled_regions(self) -> np.ndarray | None:
+        """Per region, whether the gate says the account may not use it (None: none)."""
+        if self.region_gate is None:
+            return None
+        keys = self.region_gate()
+        if not keys:
+            return None
+        if self._gate_seen is None or self._gate_seen[0] != keys:
+            self._gate_seen = (keys, np.array([k in keys for k in self._region_keys]))
+        return self._gate_seen[1]
 
     def place(self, job: Job, *, now: dt.datetime, allow_defer: bool = True) -> PlacementDecision:
         """Score and rank every candidate of ``job``.
@@ -211,6 +229,10 @@ class Placer:
         policy = job.policy
         c = self._candidates(job.alternatives)
         region_codes, region_per_kwh = self._policy_columns(policy)
+        disabled = self._disabled_regions()
+        if disabled is not None:
+            region_codes = np.where((region_codes == FEASIBLE) & disabled,
+                                    CODE["region_not_enabled"], region_codes).astype(np.int8)
         spot = bool(job.spec.resources.spot) or policy.constraints.spot is SpotMode.REQUIRE
         price = (a.spot_price_usd_per_hour if spot else a.price_usd_per_hour)[c.offer_index]
 

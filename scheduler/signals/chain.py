@@ -646,9 +646,11 @@ class LivePlacer:
     """
 
     def __init__(self, catalog: Catalog, chain: SignalChain, *, refresh_s: float,
-                 routes: Mapping[str, str] | None = None) -> None:
+                 routes: Mapping[str, str] | None = None,
+                 region_gate: Callable[[], frozenset[str]] | None = None) -> None:
         self.catalog = catalog
         self.routes = routes
+        self.region_gate = region_gate
         self.chain = chain
         self.refresh_s = refresh_s
         self._placers: dict[CarbonSignal, tuple[dt.datetime, Placer, tuple[str, ...]]] = {}
@@ -658,7 +660,8 @@ class LivePlacer:
         if entry is None or (now - entry[0]).total_seconds() >= self.refresh_s:
             live = build_region_signals(self.catalog, self.chain, signal=signal, now=now)
             placer = Placer(self.catalog, signals=live.signals,
-                            forecast=ChainForecasts(self.chain), routes=self.routes)
+                            forecast=ChainForecasts(self.chain), routes=self.routes,
+                            region_gate=self.region_gate)
             entry = self._placers[signal] = (now, placer, tuple(live.notes))
         return entry[1], entry[2]
 

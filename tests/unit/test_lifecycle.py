@@ -25,7 +25,7 @@ from greenplace.providers.base import (
 )
 from greenplace.providers.local_sim import LocalSim
 from greenplace.scheduler.cli import main
-from greenplace.scheduler.dispatch import Context, Providers, reconcile
+from greenplace.scheduler.dispatch import Context, Providers, RegionGate, reconcile
 from greenplace.scheduler.exceptions import AccountLimitError, TransientError
 from greenplace.scheduler.gc import sweep
 from greenplace.scheduler.settings import Settings
@@ -301,3 +301,25 @@ def test_a_region_that_cannot_be_listed_is_reported_not_fatal(
     counts = pass_(ctx2)
     assert counts["list_calls"] == 1 and counts["status_calls"] == 0  # no per-job fallback
 
+
+
+def test_the_region_gate_asks_the_adapters_that_know_about_opt_in_regions(
+        make_ctx: Callable[..., Context]) -> None:
+    ctx = make_ctx()
+
+    class OptIn:
+        calls = 0
+
+        def regions_not_enabled(self) -> frozenset[str]:
+            OptIn.calls += 1
+            return frozenset({"eu-south-2", "me-central-1"})
+
+    class Mapped(Providers):
+        def by_name(self, name: str) -> Any:
+            return OptIn() if name == "aws" else sim_of(ctx)
+
+    settings = dataclasses.replace(ctx.settings, providers={"aws": "aws", "gcp": "local-sim"})
+    gate = RegionGate(Mapped(settings))
+    first = gate()
+    assert first == {"aws:eu-south-2", "aws:me-central-1"}
+    assert gate() is first and OptIn.calls == 2  # asked each time, the same set kept

@@ -272,7 +272,31 @@ def test_spot_job_uses_spot_prices(small_catalog: Catalog) -> None:
 def test_every_filter_name_is_documented() -> None:
     assert set(FILTERS[1:]) == {"accelerator_count", "cloud", "region", "country", "continent",
                                 "pricing", "max_price", "min_cfe", "carbon_signal", "deadline",
-                                "provider"}
+                                "provider", "region_not_enabled"}
+
+
+def test_regions_the_account_has_not_enabled_are_rejected_with_a_reason() -> None:
+    from greenplace.scheduler.catalog import load_catalog
+
+    catalog = load_catalog()
+    h100 = job(catalog, "cheapest", resources={"accelerators": {"H100": 8}})
+    open_placer = Placer(catalog)
+    best = open_placer.place(h100, now=NOW).placements()[0]
+    closed = frozenset({f"{best.cloud}:{best.region}", "aws:eu-south-2"})
+    asked: list[int] = []
+
+    def gate() -> frozenset[str]:
+        asked.append(1)
+        return closed
+
+    decision = Placer(catalog, region_gate=gate).place(h100, now=NOW)
+    assert asked, "the gate is asked at placement time"
+    assert all(f"{p.cloud}:{p.region}" not in closed for p in decision.placements())
+    key = f"{best.cloud}:{best.region}"
+    found = [r for r in decision.rejections()
+             if r["region"] == key and r["filter"] == "region_not_enabled"]
+    assert found and "opt-in region" in found[0]["reason"]
+    assert "not enabled" in found[0]["reason"]
 
 
 def test_jobs_of_one_shape_ranked_together_decide_exactly_as_one_by_one() -> None:
