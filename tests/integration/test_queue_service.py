@@ -56,7 +56,7 @@ def test_a_batch_runs_to_succeeded_where_the_dry_run_said(service: Service) -> N
     assert len(final) == len(ids)
     assert {r["state"] for r in final} == {"SUCCEEDED"}
     assert {r["name"]: (r["cloud"], r["region"], r["instance_type"]) for r in final} == where
-    assert all(r["attempts"] == 1 for r in final)
+    assert all(r["attempts"] == 1 and r["exit_code"] == 0 for r in final)
 
     instances = service.cli_json("sim", "instances")
     by_job = {i["job_id"]: i for i in instances}
@@ -64,7 +64,10 @@ def test_a_batch_runs_to_succeeded_where_the_dry_run_said(service: Service) -> N
     for r in final:
         i = by_job[r["job_id"]]
         assert (i["cloud"], i["region"], i["instance_type"]) == where[r["name"]]
-        assert i["idempotency_key"] == f"gp-{r['job_id']}-a1" and i["state"] == "succeeded"
+        assert i["idempotency_key"] == f"gp-{r['job_id']}-a1"
+    # every instance is deleted once its job ended (the pass after, at the latest)
+    wait_for(lambda: {i["state"] for i in service.cli_json("sim", "instances")} == {
+        "terminated"}, timeout_s=60, what="every instance to be deleted")
 
     events = service.cli_json("events", ids[0])
     assert [(e["from"], e["to"]) for e in events if e["kind"] == "transition"] == [
@@ -209,7 +212,7 @@ def test_cancel_a_queued_a_placed_and_a_running_job(service: Service) -> None:
         training_job("long-run")]))
     service.wait_states([running], {S.RUNNING})
     cancel = service.cli("cancel", running)
-    assert cancel.returncode == 0 and "will be terminated" in cancel.stdout
+    assert cancel.returncode == 0 and "will be deleted" in cancel.stdout
     wait_for(lambda: [(i["job_id"], i["state"]) for i in service.instances()]
              == [(running, "terminated")], timeout_s=60, what="the instance to be terminated")
     records = service.records([queued, placed, running])
