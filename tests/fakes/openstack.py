@@ -327,7 +327,7 @@ clouds:
         accelerator_count: 8
         vcpus: 96
         memory_gib: 1152
-        price_usd_per_hour: 19.6
+        price_usd_per_hour: 24.0
 """
 
 
