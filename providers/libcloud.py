@@ -10,6 +10,7 @@ sizes and images is configuration:
 ``secret_env``               name of the one that holds the secret / password (optional)
 ``image`` / ``image.<instance_type>``   image id or name to boot (required)
 ``size.<instance_type>``     the driver's size (flavor) id or name; default: the instance type
+                             (an overlay size is already named as the cloud names it)
 ``region.<region>``          the driver's name for a placement region; default: the same name
 ``region_via``               how the region reaches the driver: ``location`` (create_node's
                              location), ``constructor:<kwarg>`` (e.g.

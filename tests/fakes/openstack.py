@@ -74,6 +74,7 @@ class OpenStackFake:
     base_url: str = ""
     build_s: float = 0.2
     delete_s: float = 0.2
+    page_size: int = 1000  # Nova's default osapi max_limit
     servers: dict[str, dict[str, dict[str, Any]]] = field(
         default_factory=lambda: {r: {} for r in REGIONS})
     tokens: set[str] = field(default_factory=set)
@@ -246,8 +247,7 @@ class OpenStackFake:
         if rest == ["flavors", "detail"]:
             return Reply.json(200, {"flavors": FLAVORS})
         if rest == ["servers", "detail"] and request.method == "GET":
-            return Reply.json(200, {"servers": [self._server_view(region, s)
-                                                for s in servers.values()]})
+            return self._server_page(request, region)
         if rest == ["servers"] and request.method == "POST":
             return self._create(request, region)
         if len(rest) < 2 or rest[0] != "servers":
@@ -265,6 +265,21 @@ class OpenStackFake:
                 server["_gone_at"] = self._clock() + self.delete_s
             return Reply(status=204)
         return Reply.json(200, {"server": self._server_view(region, server)})
+
+    def _server_page(self, request: Request, region: str) -> Reply:
+        """One page of ``servers/detail``: at most ``page_size`` (Nova's ``max_limit``) after
+        ``marker``, with a ``servers_links`` "next" link while more follow."""
+        listed = list(self.servers[region].values())
+        marker = (request.query.get("marker") or [""])[-1]
+        start = next((i + 1 for i, s in enumerate(listed) if s["id"] == marker), 0)
+        limit = min(int((request.query.get("limit") or [self.page_size])[-1]), self.page_size)
+        page = listed[start:start + limit]
+        body: dict[str, Any] = {"servers": [self._server_view(region, s) for s in page]}
+        if start + limit < len(listed):
+            body["servers_links"] = [{"rel": "next", "href": (
+                f"{self.base_url}/compute/{region}/v2.1/servers/detail"
+                f"?limit={limit}&marker={page[-1]['id']}")}]
+        return Reply.json(200, body)
 
     def _create(self, request: Request, region: str) -> Reply:
         spec = request.json()["server"]

@@ -314,6 +314,19 @@ def test_list_managed_reads_one_list_and_keeps_only_greenplace_servers_of_the_re
     assert (other.handle.region, other.attempt, other.handle.cloud) == ("osl-1", 2, CLOUD)
 
 
+def test_list_managed_follows_every_page(cloud: OpenStackFake) -> None:
+    cloud.page_size = 2
+    provider = _provider(cloud)
+    launched = set()
+    for attempt in range(1, 6):
+        job = dataclasses.replace(JOB, attempt=attempt)
+        launched.add(provider.submit(provider.prepare(job, PLACEMENT), idempotency_key=(
+            idempotency_key(job.job_id, attempt))).instance_id)
+    cloud.calls.clear()
+    assert {m.handle.instance_id for m in provider.list_managed("sto-1")} == launched
+    assert cloud.calls.count(("GET", "/compute/RegionOne/v2.1/servers/detail")) == 3
+
+
 def test_node_names_lead_back_to_their_key_only_when_exact() -> None:
     assert lc.key_of_name(lc.node_name(KEY)) == (JOB.job_id, 1)
     assert lc.key_of_name(lc.node_name(idempotency_key("Job_Upper", 3))) is None  # folded
@@ -511,3 +524,17 @@ def test_name_keeping_dummy_driver_is_idempotent_across_adapters(dummy_env: None
     assert node.size is not None and node.image is not None
     assert node.size.name == "XXL Big" and node.image.name == "Ubuntu 9.10"
     assert DUMMY_KEY not in second.check_credentials()
+
+
+def test_a_driver_without_a_console_exits_without_an_exit_code(dummy_env: None) -> None:
+    config = {"driver": libcloud_dummy.register(), "key_env": "DUMMY_KEY", "image": "Ubuntu 9.10",
+              "size.gpu.a100.8": "XXL Big"}
+    provider = get_provider("libcloud", config=config)
+    handle = provider.submit(provider.prepare(JOB, PLACEMENT), idempotency_key=KEY)
+    (listed,) = provider.list_managed("sto-1")  # found by its name alone: no tags here
+    assert (listed.handle, listed.job_id, listed.attempt) == (handle, JOB.job_id, 1)
+    libcloud_dummy.power_off(DUMMY_KEY, handle.instance_id)
+    status = provider.status(handle)
+    assert (status.state, status.exit_code) == (InstanceState.EXITED, None)
+    assert provider.delete(handle) is True
+    assert libcloud_dummy.NamedDummyNodeDriver.accounts[DUMMY_KEY] == []
