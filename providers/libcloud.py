@@ -19,6 +19,9 @@ sizes and images is configuration:
 ``metadata_arg``             create_node keyword that takes the tags as a dict
 ``capacity_messages`` / ``quota_messages``  extra comma-separated phrases that mark an error
 ``check_region``             the driver region ``check_credentials`` talks to
+``timeout_s``                seconds one HTTP call may take (a timeout is a TransientError);
+                             default 30 for openstack and digitalocean, libcloud's own for
+                             other drivers (0 keeps libcloud's own)
 ``clouds``                   comma-separated names of the catalog-overlay clouds this driver
                              launches; default: every cloud the catalog overlay
                              (``GREENPLACE_CATALOG_OVERLAY``) declares
@@ -101,7 +104,7 @@ from greenplace.providers.base import (
     startup_script,
 )
 from greenplace.providers.errors import ErrorCodeTable, provider_error, redact
-from greenplace.providers.settings import merged_settings
+from greenplace.providers.settings import merged_settings, number_setting
 from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
@@ -114,6 +117,9 @@ from greenplace.scheduler.exceptions import (
 )
 
 NAME = "libcloud"
+# Longest one HTTP call may take before it counts as a transient failure: a hung endpoint
+# must not hold a queue task (libcloud waits forever by default).
+HTTP_TIMEOUT_S = 30.0
 MAX_NODE_NAME_CHARS = 63  # one DNS label
 # Clouds of the embedded catalog, each with its own adapter: never launched through libcloud.
 BORROWED_CLOUDS = ("aws", "gcp", "azure")
@@ -131,13 +137,15 @@ class DriverProfile:
     tag_list_attr: str | None = None  # ex_create_attr key taking a list of "key:value" tags
     region_via: str = "none"
     keeps_names: bool = True  # False: the driver renames nodes, so name look-ups cannot work
+    timeout_s: float | None = None  # HTTP timeout handed to the driver (None: libcloud's own)
 
 
 DRIVER_PROFILES: dict[str, DriverProfile] = {
     "openstack": DriverProfile(user_data_arg="ex_userdata", metadata_arg="ex_metadata",
-                               region_via="constructor:ex_force_service_region"),
+                               region_via="constructor:ex_force_service_region",
+                               timeout_s=HTTP_TIMEOUT_S),
     "digitalocean": DriverProfile(user_data_arg="ex_user_data", tag_list_attr="tags",
-                                  region_via="location"),
+                                  region_via="location", timeout_s=HTTP_TIMEOUT_S),
     "dummy": DriverProfile(keeps_names=False),
 }
 
@@ -161,7 +169,7 @@ _STATUS_TABLE = ErrorCodeTable(transient_http_statuses=frozenset({413, 429, 500,
 _PLAIN_KEYS = (
     "driver", "key_env", "secret_env", "image", "region_via", "user_data_arg", "metadata_arg",
     "capacity_messages", "quota_messages", "secure", "host", "port", "api_version",
-    "check_region", "clouds",
+    "check_region", "clouds", "timeout_s",
 )
 _PREFIX_KEYS = ("image.", "size.", "region.", "ex_")
 _SECRET_WORDS = ("token", "password", "secret", "passwd", "apikey", "api_key", "credential")
@@ -319,6 +327,8 @@ class LibcloudProvider:
             tag_list_attr=profile.tag_list_attr,
             region_via=self._settings.get("region_via", profile.region_via),
             keeps_names=profile.keeps_names,
+            timeout_s=number_setting(NAME, self._settings, "timeout_s", profile.timeout_s or 0,
+                                     minimum=0) or None,
         )
         if not (self._profile.region_via in ("none", "location")
                 or self._profile.region_via.startswith("constructor:")):
@@ -390,6 +400,8 @@ class LibcloudProvider:
                     options[name] = int(value)
                 elif name == "secure":
                     options[name] = _as_bool(name, value)
+            if self._profile.timeout_s:
+                options["timeout"] = self._profile.timeout_s
             if self._profile.region_via.startswith("constructor:") and driver_region:
                 options[self._profile.region_via.split(":", 1)[1]] = driver_region
             try:

@@ -80,6 +80,7 @@ class OpenStackFake:
     tokens: set[str] = field(default_factory=set)
     calls: list[tuple[str, str]] = field(default_factory=list)
     _errors: list[tuple[str, str, Reply]] = field(default_factory=list)
+    _stalls: list[tuple[str, str, float]] = field(default_factory=list)
     _build_faults: dict[str, tuple[int, str]] = field(default_factory=dict)
     _skipped_s: float = 0.0
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -90,6 +91,11 @@ class OpenStackFake:
         """Answer the next ``method`` request whose path ends with ``path_suffix``."""
         with self._lock:
             self._errors.append((method, path_suffix, reply))
+
+    def stall_next(self, method: str, path_suffix: str, seconds: float) -> None:
+        """Hold the next such request ``seconds`` before answering it (a hung endpoint)."""
+        with self._lock:
+            self._stalls.append((method, path_suffix, seconds))
 
     def throttle_next(self, method: str, path_suffix: str, *, status: int = 429,
                       retry_after_s: int = 1) -> None:
@@ -182,6 +188,11 @@ class OpenStackFake:
 
     def __call__(self, request: Request) -> Reply:
         with self._lock:
+            stall = next((i for i, (method, suffix, _) in enumerate(self._stalls)
+                          if method == request.method and request.path.endswith(suffix)), None)
+            stall_s = self._stalls.pop(stall)[2] if stall is not None else 0.0
+        time.sleep(stall_s)  # outside the lock: other requests go on meanwhile
+        with self._lock:
             self.calls.append((request.method, request.path))
             for i, (method, suffix, reply) in enumerate(self._errors):
                 if method == request.method and request.path.endswith(suffix):
@@ -272,7 +283,8 @@ class OpenStackFake:
         listed = list(self.servers[region].values())
         marker = (request.query.get("marker") or [""])[-1]
         start = next((i + 1 for i, s in enumerate(listed) if s["id"] == marker), 0)
-        limit = min(int((request.query.get("limit") or [self.page_size])[-1]), self.page_size)
+        limit = min(int((request.query.get("limit") or [str(self.page_size)])[-1]),
+                    self.page_size)
         page = listed[start:start + limit]
         body: dict[str, Any] = {"servers": [self._server_view(region, s) for s in page]}
         if start + limit < len(listed):

@@ -292,6 +292,20 @@ def test_nova_rate_limits_are_transient_with_their_retry_after(cloud: OpenStackF
     assert "retry after 7 s" in str(exc.value) and "To fix:" in str(exc.value)
 
 
+def test_a_hung_endpoint_times_out_as_a_transient_error(cloud: OpenStackFake) -> None:
+    provider = _provider(cloud, timeout_s="0.2")
+    provider.check_credentials()  # authenticated, sizes listed
+    cloud.stall_next("GET", "/v2.1/servers/detail", 2.0)
+    with pytest.raises(TransientError) as exc:
+        provider.list_managed("sto-1")
+    assert exc.value.operation == "list_managed" and "To fix:" in str(exc.value)
+
+
+def test_timeout_setting_must_be_a_number(cloud: OpenStackFake) -> None:
+    with pytest.raises(ConfigError, match="timeout_s"):
+        _provider(cloud, timeout_s="soon")
+
+
 def test_list_managed_reads_one_list_and_keeps_only_greenplace_servers_of_the_region(
         cloud: OpenStackFake) -> None:
     cloud.build_s = 0.0
