@@ -169,6 +169,13 @@ def _zone_rows(catalog_regions: tuple[Region, ...]) -> dict[str, Region]:
     return zones
 
 
+def _or_zone(declared: float | None, of_zone: float | None) -> float:
+    """A declared coordinate, else the one of the zone's catalog region (one is present)."""
+    value = declared if declared is not None else of_zone
+    assert value is not None  # _region refused a site with neither
+    return value
+
+
 def _region(problems: _Problems, item: Mapping[str, Any], where: tuple[Any, ...], *,
             cloud: str, source: str, as_of: str, zones: Mapping[str, Region]) -> Region | None:
     before = len(problems.items)
@@ -228,8 +235,8 @@ def _region(problems: _Problems, item: Mapping[str, Any], where: tuple[Any, ...]
     return Region(
         cloud=cloud, region=name, location=location, country=country,
         continent=str(continent or (known.continent if known else "")),
-        latitude=place["latitude"] if place["latitude"] is not None else known.latitude,  # type: ignore[union-attr]
-        longitude=place["longitude"] if place["longitude"] is not None else known.longitude,  # type: ignore[union-attr]
+        latitude=_or_zone(place["latitude"], known and known.latitude),
+        longitude=_or_zone(place["longitude"], known and known.longitude),
         em_zone=zone, watttime_region="", provider_cfe_pct=None,
         grid_intensity_marginal_g_per_kwh=None, pue=float(pue or 1.0), pue_basis="region",
         source=f"catalog overlay {problems.path.name}: {source}; {grid_source}; "
