@@ -235,8 +235,8 @@ def _region(problems: _Problems, item: Mapping[str, Any], where: tuple[Any, ...]
     return Region(
         cloud=cloud, region=name, location=location, country=country,
         continent=str(continent or (known.continent if known else "")),
-        latitude=_or_zone(place["latitude"], known and known.latitude),
-        longitude=_or_zone(place["longitude"], known and known.longitude),
+        latitude=_or_zone(place["latitude"], known.latitude if known else None),
+        longitude=_or_zone(place["longitude"], known.longitude if known else None),
         em_zone=zone, watttime_region="", provider_cfe_pct=None,
         grid_intensity_marginal_g_per_kwh=None, pue=float(pue or 1.0), pue_basis="region",
         source=f"catalog overlay {problems.path.name}: {source}; {grid_source}; "
