@@ -10,6 +10,7 @@ sizes and images is configuration:
 ``secret_env``               name of the one that holds the secret / password (optional)
 ``image`` / ``image.<instance_type>``   image id or name to boot (required)
 ``size.<instance_type>``     the driver's size (flavor) id or name; default: the instance type
+                             (an overlay size is already named as the cloud names it)
 ``region.<region>``          the driver's name for a placement region; default: the same name
 ``region_via``               how the region reaches the driver: ``location`` (create_node's
                              location), ``constructor:<kwarg>`` (e.g.
@@ -18,6 +19,12 @@ sizes and images is configuration:
 ``metadata_arg``             create_node keyword that takes the tags as a dict
 ``capacity_messages`` / ``quota_messages``  extra comma-separated phrases that mark an error
 ``check_region``             the driver region ``check_credentials`` talks to
+``timeout_s``                seconds one HTTP call may take (a timeout is a TransientError);
+                             default 30 for openstack and digitalocean, libcloud's own for
+                             other drivers (0 keeps libcloud's own)
+``clouds``                   comma-separated names of the catalog-overlay clouds this driver
+                             launches; default: every cloud the catalog overlay
+                             (``GREENPLACE_CATALOG_OVERLAY``) declares
 ``secure``, ``host``, ``port``, ``api_version``, ``ex_*``  driver constructor options
                              (never secrets: those only come from ``key_env`` / ``secret_env``)
 
@@ -33,16 +40,39 @@ before creating anything. A driver that renames nodes (libcloud's ``dummy``)
 cannot be looked up by name, so the adapter does not declare
 IDEMPOTENT_SUBMIT for it.
 
+A libcloud cloud is its own cloud: placement scores it with the figures the user
+declared in the catalog overlay (``scheduler/catalog/overlay.py``), and the adapter
+launches only placements of such a cloud. A placement on aws / gcp / azure is
+refused (InvalidRequestError ``BorrowedRegion``): booting an OpenStack flavor for
+"aws:us-east-1" would run in another datacenter than the one whose carbon and
+price figures chose it.
+
+Lifecycle: ``submit`` returns as soon as create_node does (an OpenStack server
+is then BUILD: PENDING); it never waits for ACTIVE. ``status`` follows the node:
+ERROR with a fault from the build ("No valid host was found", a quota, "Build of
+instance ... aborted") is LAUNCH_FAILED with the fault classified like a
+synchronous error (``classify``), and the ERROR node, which holds quota, is
+deleted at once; an ERROR node that had a host and no build fault is FAILED (the
+machine failed). A node STOPPED (OpenStack SHUTOFF) is EXITED, its exit code
+read from the console log (OpenStack ``os-getConsoleOutput`` through libcloud's
+``ex_get_console_output``; None while the marker is not there yet). Other drivers
+publish no console: their exit code is always None. ``delete`` calls
+destroy_node once (not again while OpenStack shows ``task_state: deleting``) and
+is True only once the node is gone. ``list_managed`` lists the region's nodes in
+one list_nodes call (libcloud offers no server-side metadata filter) and keeps
+those carrying ``greenplace:managed`` in their metadata / tags, or, for drivers
+without either, whose name is exactly the ``node_name`` of a greenplace key.
+
 Errors: libcloud keeps a cloud's message and HTTP status but drops its error
 code, so the code carried is ``HTTP <status>`` and capacity / quota are read
 from the message (``CAPACITY_PHRASES``, ``QUOTA_PHRASES``, extendable by
-settings) before the status decides (5xx / 429 transient, 401 / 403 auth).
-OpenStack reports "No valid host was found" on the server itself after the
-create call returned; ``status()`` then answers FAILED with that fault.
+settings) before the status decides (5xx, 429 and Nova's legacy 413 rate limit
+transient, with the ``Retry-After`` seconds in the message; 401 / 403 auth).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -64,14 +94,17 @@ from greenplace.providers.base import (
     InstanceStatus,
     JobLaunch,
     LaunchRequest,
+    ManagedInstance,
     Placement,
+    exit_code_in,
     idempotency_key,
     job_tags,
+    managed_tags_of,
     short_token,
     startup_script,
 )
 from greenplace.providers.errors import ErrorCodeTable, provider_error, redact
-from greenplace.providers.settings import merged_settings
+from greenplace.providers.settings import merged_settings, number_setting
 from greenplace.scheduler.exceptions import (
     AuthError,
     CapacityError,
@@ -84,7 +117,15 @@ from greenplace.scheduler.exceptions import (
 )
 
 NAME = "libcloud"
+# Longest one HTTP call may take before it counts as a transient failure: a hung endpoint
+# must not hold a queue task (libcloud waits forever by default).
+HTTP_TIMEOUT_S = 30.0
 MAX_NODE_NAME_CHARS = 63  # one DNS label
+# Clouds of the embedded catalog, each with its own adapter: never launched through libcloud.
+BORROWED_CLOUDS = ("aws", "gcp", "azure")
+# Extra tags: which overlay cloud and placement region a node belongs to (list_managed).
+CLOUD_TAG, REGION_TAG = "greenplace:cloud", "greenplace:region"
+_NAME_OF_KEY = re.compile(r"gp-(?P<job>.+)-a(?P<attempt>\d+)-[0-9a-f]{8}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,13 +137,15 @@ class DriverProfile:
     tag_list_attr: str | None = None  # ex_create_attr key taking a list of "key:value" tags
     region_via: str = "none"
     keeps_names: bool = True  # False: the driver renames nodes, so name look-ups cannot work
+    timeout_s: float | None = None  # HTTP timeout handed to the driver (None: libcloud's own)
 
 
 DRIVER_PROFILES: dict[str, DriverProfile] = {
     "openstack": DriverProfile(user_data_arg="ex_userdata", metadata_arg="ex_metadata",
-                               region_via="constructor:ex_force_service_region"),
+                               region_via="constructor:ex_force_service_region",
+                               timeout_s=HTTP_TIMEOUT_S),
     "digitalocean": DriverProfile(user_data_arg="ex_user_data", tag_list_attr="tags",
-                                  region_via="location"),
+                                  region_via="location", timeout_s=HTTP_TIMEOUT_S),
     "dummy": DriverProfile(keeps_names=False),
 }
 
@@ -111,15 +154,22 @@ DRIVER_PROFILES: dict[str, DriverProfile] = {
 CAPACITY_PHRASES = (
     "no valid host", "insufficient capacity", "out of capacity", "not enough hosts",
     "not available in this region", "capacity not available", "out of stock",
+    "exhausted all hosts",
 )
+RATE_LIMIT_PHRASES = ("rate limit", "rate-limited", "ratelimit")
+# Fault phrases of a build that failed (rather than a machine that ran and then failed).
+BUILD_FAULT_PHRASES = ("build of instance", "exceeded maximum number of retries")
 QUOTA_PHRASES = ("quota exceeded", "quota", "limit exceeded", "exceed your", "droplet limit")
 
-_STATUS_TABLE = ErrorCodeTable()  # no codes: libcloud errors are classified by phrase + status
+# No codes: libcloud errors are classified by phrase + status. Nova's legacy rate limit is a
+# 413 ``overLimit`` (a 413 naming a quota is caught by the quota phrases first).
+_STATUS_TABLE = ErrorCodeTable(transient_http_statuses=frozenset({413, 429, 500, 502, 503,
+                                                                  504}))
 
 _PLAIN_KEYS = (
     "driver", "key_env", "secret_env", "image", "region_via", "user_data_arg", "metadata_arg",
     "capacity_messages", "quota_messages", "secure", "host", "port", "api_version",
-    "check_region",
+    "check_region", "clouds", "timeout_s",
 )
 _PREFIX_KEYS = ("image.", "size.", "region.", "ex_")
 _SECRET_WORDS = ("token", "password", "secret", "passwd", "apikey", "api_key", "credential")
@@ -137,7 +187,7 @@ _STATE_MAP: dict[str, InstanceState] = {
     NodeState.SUSPENDED: InstanceState.PENDING,
     NodeState.PAUSED: InstanceState.PENDING,
     NodeState.UNKNOWN: InstanceState.PENDING,
-    NodeState.STOPPED: InstanceState.SUCCEEDED,
+    NodeState.STOPPED: InstanceState.EXITED,
     NodeState.TERMINATED: InstanceState.TERMINATED,
     NodeState.ERROR: InstanceState.FAILED,
 }
@@ -158,14 +208,77 @@ def node_name(key: str, *, max_chars: int = MAX_NODE_NAME_CHARS) -> str:
     return f"{head}-{digest}"
 
 
-def node_state(node: Node) -> InstanceStatus:
-    """A libcloud node as an InstanceStatus (an unknown state counts as pending)."""
+def classify(message: str, http_status: int | None, *, capacity_phrases: tuple[str, ...],
+             quota_phrases: tuple[str, ...]) -> type[ProviderError]:
+    """The error class of a cloud message: a rate limit (429, or Nova's legacy 413
+    "rate-limited") is transient, then capacity / quota phrases, then the status."""
+    lower = message.lower()
+    if http_status == 429 or any(p in lower for p in RATE_LIMIT_PHRASES):
+        return TransientError
+    if any(p in lower for p in capacity_phrases):
+        return CapacityError
+    if any(p in lower for p in quota_phrases):
+        return QuotaError
+    return _STATUS_TABLE.classify(None, http_status=http_status)
+
+
+def _fault(node: Node) -> tuple[int | None, str]:
+    fault = (node.extra or {}).get("fault")
+    if not isinstance(fault, Mapping):
+        return None, ""
+    code = fault.get("code")
+    return (int(code) if isinstance(code, int) else None), str(fault.get("message") or "")
+
+
+def node_state(node: Node, *, capacity_phrases: tuple[str, ...] = CAPACITY_PHRASES,
+               quota_phrases: tuple[str, ...] = QUOTA_PHRASES) -> InstanceStatus:
+    """A libcloud node as an InstanceStatus, from the node alone (no exit code).
+
+    An unknown state counts as pending; a node OpenStack is deleting is TERMINATED. An
+    ERROR node whose build failed (no host, a build fault, or a capacity / quota fault) is
+    LAUNCH_FAILED with the fault classified; any other ERROR node is FAILED.
+    """
+    extra = node.extra or {}
+    if extra.get("task_state") == "deleting":
+        return InstanceStatus(state=InstanceState.TERMINATED, detail="being deleted")
     state = _STATE_MAP.get(str(node.state), InstanceState.PENDING)
     detail = f"libcloud state {node.state}"
-    fault = (node.extra or {}).get("fault")
-    if isinstance(fault, Mapping) and fault.get("message"):
-        detail += f": {fault['message']}"
+    code, message = _fault(node)
+    if message:
+        detail += f": {message}"
+    if state is not InstanceState.FAILED:
+        return InstanceStatus(state=state, detail=detail)
+    cls = classify(message, code, capacity_phrases=capacity_phrases,
+                   quota_phrases=quota_phrases)
+    lower = message.lower()
+    if message and (not extra.get("hostId") or cls in (CapacityError, QuotaError)
+                    or any(p in lower for p in BUILD_FAULT_PHRASES)):
+        error = provider_error(cls, f"node {node.id} went to ERROR: {message}", provider=NAME,
+                               operation="status", code=f"fault {code}" if code else "fault")
+        return InstanceStatus(state=InstanceState.LAUNCH_FAILED, detail=detail, error=error)
     return InstanceStatus(state=state, detail=detail)
+
+
+def _node_tags(node: Node) -> dict[str, str]:
+    """greenplace tags of a node: OpenStack metadata, or DigitalOcean-style "key:value" tags."""
+    extra = node.extra or {}
+    metadata = extra.get("metadata")
+    if isinstance(metadata, Mapping):
+        return {str(k): str(v) for k, v in metadata.items()}
+    tags = extra.get("tags")
+    if isinstance(tags, list):
+        pairs = (str(t).rpartition(":") for t in tags if str(t).startswith("greenplace:"))
+        return {k: v for k, _, v in pairs if k}
+    return {}
+
+
+def key_of_name(name: str) -> tuple[str, int] | None:
+    """(job id, attempt) whose key ``node_name`` turns into exactly ``name``, else None."""
+    found = _NAME_OF_KEY.fullmatch(name)
+    if found is None:
+        return None
+    job_id, attempt = found["job"], int(found["attempt"])
+    return (job_id, attempt) if node_name(idempotency_key(job_id, attempt)) == name else None
 
 
 def _as_bool(name: str, value: str) -> bool:
@@ -214,6 +327,8 @@ class LibcloudProvider:
             tag_list_attr=profile.tag_list_attr,
             region_via=self._settings.get("region_via", profile.region_via),
             keeps_names=profile.keeps_names,
+            timeout_s=number_setting(NAME, self._settings, "timeout_s", profile.timeout_s or 0,
+                                     minimum=0) or None,
         )
         if not (self._profile.region_via in ("none", "location")
                 or self._profile.region_via.startswith("constructor:")):
@@ -230,6 +345,14 @@ class LibcloudProvider:
         self._capacity_phrases = _phrases(self._settings.get("capacity_messages"),
                                           CAPACITY_PHRASES)
         self._quota_phrases = _phrases(self._settings.get("quota_messages"), QUOTA_PHRASES)
+        self._clouds = tuple(c.strip().lower() for c in self._settings.get("clouds", "").split(",")
+                             if c.strip())
+        borrowed = sorted(set(self._clouds) & set(BORROWED_CLOUDS))
+        if borrowed:
+            raise ConfigError(f"libcloud setting clouds names {', '.join(borrowed)}: a libcloud "
+                              "placement never borrows an AWS/GCP/Azure region. To fix: declare "
+                              "the libcloud cloud under its own name in a catalog overlay "
+                              "(GREENPLACE_CATALOG_OVERLAY) and list that name in `clouds`.")
         self._drivers: dict[str | None, NodeDriver] = {}
         self._catalogs: dict[tuple[str | None, str], list[Any]] = {}
         self._lock = threading.Lock()
@@ -277,6 +400,8 @@ class LibcloudProvider:
                     options[name] = int(value)
                 elif name == "secure":
                     options[name] = _as_bool(name, value)
+            if self._profile.timeout_s:
+                options["timeout"] = self._profile.timeout_s
             if self._profile.region_via.startswith("constructor:") and driver_region:
                 options[self._profile.region_via.split(":", 1)[1]] = driver_region
             try:
@@ -294,6 +419,9 @@ class LibcloudProvider:
         status: int | None = None
         if isinstance(exc, libcloud.common.exceptions.BaseHTTPError):
             status = int(exc.code)
+            retry_after_s = (exc.headers or {}).get("retry-after")
+            if retry_after_s:
+                message += f" (the cloud asks to retry after {retry_after_s} s)"
         elif isinstance(exc, libcloud.common.types.ProviderError):
             status = int(exc.http_code)
             message = redact(f"{call}: {exc.value}", self._secrets())
@@ -304,13 +432,8 @@ class LibcloudProvider:
                               TimeoutError)):
             cls = TransientError
         else:
-            lower = message.lower()
-            if any(p in lower for p in self._capacity_phrases):
-                cls = CapacityError
-            elif any(p in lower for p in self._quota_phrases):
-                cls = QuotaError
-            else:
-                cls = _STATUS_TABLE.classify(None, http_status=status)
+            cls = classify(message, status, capacity_phrases=self._capacity_phrases,
+                           quota_phrases=self._quota_phrases)
         code = f"HTTP {status}" if status is not None else type(exc).__name__
         return provider_error(cls, message, provider=NAME, operation=operation, code=code)
 
@@ -350,13 +473,45 @@ class LibcloudProvider:
                    if self._settings.get("secret_env") else "")
                 + f" ({len(sizes)} sizes visible)")
 
+    def served_clouds(self) -> tuple[str, ...]:
+        """The overlay clouds this adapter launches: the ``clouds`` setting, else every
+        cloud the catalog overlay declares (the catalog's clouds beyond aws / gcp / azure)."""
+        if self._clouds:
+            return self._clouds
+        from greenplace.scheduler.catalog import load_catalog  # the overlay, read once
+
+        return tuple(sorted({r.cloud for r in load_catalog().regions} - set(BORROWED_CLOUDS)))
+
+    def _check_cloud(self, placement: Placement) -> None:
+        where = f"{placement.cloud}:{placement.region}"
+        if placement.cloud in BORROWED_CLOUDS:
+            raise provider_error(
+                InvalidRequestError, f"placement {where} was given to the libcloud adapter, "
+                "but a libcloud placement never borrows an AWS/GCP/Azure region: its carbon "
+                "and price figures describe another datacenter", provider=NAME,
+                operation="prepare", code="BorrowedRegion",
+                fix="declare the libcloud cloud with its own regions and sizes in a catalog "
+                    "overlay (GREENPLACE_CATALOG_OVERLAY, see examples/catalog-overlay.yaml) "
+                    f"and route {placement.cloud} to its own adapter")
+        served = self.served_clouds()
+        if placement.cloud not in served:
+            raise provider_error(
+                InvalidRequestError, f"placement {where} is on a cloud this libcloud adapter "
+                f"does not launch (it launches: {', '.join(served) or 'none'})",
+                provider=NAME, operation="prepare", code="UndeclaredCloud",
+                fix=f"declare {placement.cloud} in the catalog overlay "
+                    "(GREENPLACE_CATALOG_OVERLAY) and list it in the libcloud `clouds` setting")
+
     def prepare(self, job: JobLaunch, placement: Placement) -> LaunchRequest:
         """The create_node call for ``job`` at ``placement``, with ids. Pure: no network.
 
         Raises:
-            InvalidRequestError: the placement asks for spot (libcloud has no
-                generic spot market).
+            InvalidRequestError: the placement is on aws / gcp / azure
+                (``BorrowedRegion``) or on a cloud this adapter does not serve
+                (``UndeclaredCloud``), or asks for spot (libcloud has no generic
+                spot market).
         """
+        self._check_cloud(placement)
         if placement.spot:
             raise provider_error(
                 InvalidRequestError, "spot capacity was asked for, but the libcloud adapter "
@@ -365,7 +520,7 @@ class LibcloudProvider:
                 fix="use a policy that allows on-demand, or a cloud adapter with spot")
         instance_type = placement.instance_type
         script = startup_script(job)
-        tags = job_tags(job)
+        tags = {**job_tags(job), CLOUD_TAG: placement.cloud, REGION_TAG: placement.region}
         key = idempotency_key(job.job_id, job.attempt)
         call: dict[str, Any] = {
             "name": node_name(key),
@@ -462,27 +617,117 @@ class LibcloudProvider:
         except Exception as exc:
             raise self._wrap(exc, operation=operation, call="get node") from exc
 
+    def _node_status(self, node: Node) -> InstanceStatus:
+        return node_state(node, capacity_phrases=self._capacity_phrases,
+                          quota_phrases=self._quota_phrases)
+
     def status(self, handle: InstanceHandle) -> InstanceStatus:
-        """The node's state, or MISSING when the driver no longer lists it."""
+        """The node's state: MISSING when the driver no longer knows it, EXITED with the
+        exit code read from the console, LAUNCH_FAILED (and the node's deletion started)
+        when its build failed."""
         node = self._node(handle, operation="status")
         if node is None:
             return InstanceStatus(state=InstanceState.MISSING,
                                   detail=f"node {handle.instance_id} is unknown to the driver")
-        return node_state(node)
+        status = self._node_status(node)
+        if status.state is InstanceState.EXITED:
+            code = self._exit_code(node)
+            detail = status.detail + ("" if code is not None else
+                                      "; no exit code on the console (yet)")
+            return InstanceStatus(state=InstanceState.EXITED, detail=detail, exit_code=code)
+        if status.state is InstanceState.LAUNCH_FAILED:
+            # The ERROR node holds quota (cores, RAM, a port): start deleting it now.
+            try:
+                self._destroy(node, operation="status")
+            except ProviderError as exc:
+                return dataclasses.replace(status, detail=f"{status.detail}; deleting it "
+                                           f"failed for now ({exc}), delete() retries")
+        return status
 
-    def cancel(self, handle: InstanceHandle) -> None:
-        """destroy_node; a node the driver no longer knows is already gone."""
-        node = self._node(handle, operation="cancel")
-        if node is None or str(node.state) == NodeState.TERMINATED:
+    def _exit_code(self, node: Node) -> int | None:
+        """The exit code the boot script printed on the console, None while absent or where
+        the driver publishes no console (every driver but OpenStack)."""
+        reader = getattr(node.driver, "ex_get_console_output", None)
+        if reader is None:
+            return None
+        try:
+            output = reader(node)
+        except libcloud.common.exceptions.BaseHTTPError as exc:
+            if int(exc.code) in (404, 409):  # gone, or not ready: nothing to read yet
+                return None
+            raise self._wrap(exc, operation="status", call="console output") from exc
+        except Exception as exc:
+            raise self._wrap(exc, operation="status", call="console output") from exc
+        text = output.get("output", "") if isinstance(output, Mapping) else output
+        return exit_code_in(str(text or ""))
+
+    def _destroy(self, node: Node, *, operation: str) -> None:
+        """destroy_node, once: not again while the cloud is already deleting the node."""
+        if (node.extra or {}).get("task_state") == "deleting":
             return
         try:
             node.driver.destroy_node(node)
         except libcloud.common.exceptions.BaseHTTPError as exc:
             if int(exc.code) == 404:
                 return
-            raise self._wrap(exc, operation="cancel", call="destroy node") from exc
+            raise self._wrap(exc, operation=operation, call="destroy node") from exc
         except Exception as exc:
-            raise self._wrap(exc, operation="cancel", call="destroy node") from exc
+            raise self._wrap(exc, operation=operation, call="destroy node") from exc
+
+    def delete(self, handle: InstanceHandle) -> bool:
+        """destroy_node; True once the driver no longer shows the node (the node is all
+        the adapter creates: the cloud removes its port and root disk with it).
+
+        Design choice: one re-read after the destroy call, so a driver that deletes at
+        once (dummy) confirms in the same call, and an OpenStack server still
+        ``deleting`` answers False without another destroy on the next call.
+        """
+        node = self._node(handle, operation="delete")
+        if node is None or str(node.state) == NodeState.TERMINATED:
+            return True
+        self._destroy(node, operation="delete")
+        again = self._node(handle, operation="delete")
+        return again is None or str(again.state) == NodeState.TERMINATED
+
+    def list_managed(self, region: str) -> list[ManagedInstance]:
+        """Every greenplace node of ``region`` from one list_nodes call (no exit codes).
+
+        A node counts when its metadata / tags say ``greenplace:managed`` (and name this
+        region, where they name one), or, on a driver without either, when its name is the
+        ``node_name`` of a greenplace key. Where regions do not reach the driver
+        (``region_via: none``) the one node list serves every region.
+        """
+        driver_region = self.driver_region(region)
+        driver = self._driver(driver_region, operation="list_managed")
+        try:
+            nodes = driver.list_nodes()
+        except Exception as exc:
+            raise self._wrap(exc, operation="list_managed", call="list nodes") from exc
+        served = self._clouds or None
+        found: list[ManagedInstance] = []
+        for node in nodes:
+            tags = _node_tags(node)
+            if tags:
+                if tags.get("greenplace:managed") != "true" or tags.get(REGION_TAG,
+                                                                         region) != region:
+                    continue
+                job_id, attempt = managed_tags_of(tags)
+                cloud = tags.get(CLOUD_TAG, "")
+            else:
+                from_name = key_of_name(str(node.name))
+                if from_name is None:
+                    continue
+                job_id, attempt = from_name
+                served = served or self.served_clouds()
+                cloud = served[0] if len(served) == 1 else ""
+            handle = InstanceHandle(
+                provider=NAME, cloud=cloud, region=region, instance_id=str(node.id),
+                zone=(node.extra or {}).get("availability_zone"),
+                extra={"node_name": str(node.name), "driver": self.driver_name,
+                       "driver_region": driver_region or ""})
+            found.append(ManagedInstance(handle=handle, job_id=job_id, attempt=attempt,
+                                         status=self._node_status(node)))
+        return found
 
 
 def _settings(config: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:

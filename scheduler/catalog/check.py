@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
-from greenplace.scheduler.catalog.loader import INTENSITY_BASES, Catalog
+from greenplace.scheduler.catalog.loader import CLOUDS, INTENSITY_BASES, Catalog
 from greenplace.scheduler.catalog.model import Region
 from greenplace.scheduler.catalog.offer_checks import offer_problems
 
@@ -34,7 +34,8 @@ def _describe(grid: tuple[float, float, int, str]) -> str:
 
 def _row_problems(r: Region) -> list[str]:
     """What is wrong with one region row on its own."""
-    where = f"regions.csv {r.key}:"
+    overlay = r.cloud not in CLOUDS  # a cloud of the user's overlay: it names its own origin
+    where = f"{'catalog overlay' if overlay else 'regions.csv'} {r.key}:"
     out = []
     if not r.em_zone:
         out.append(f"{where} no Electricity Maps zone (em_zone), so its grid figures cannot be "
@@ -50,7 +51,8 @@ def _row_problems(r: Region) -> list[str]:
                    f"{_REBUILD}.")
     if not (math.isfinite(r.pue) and r.pue >= 1.0) or r.pue_basis not in ("region", "fleet"):
         out.append(f"{where} no PUE with its basis (region or fleet). {_REBUILD}.")
-    if "Electricity Maps" not in r.source or "PUE" not in r.source:
+    if ("catalog overlay" if overlay else "Electricity Maps") not in r.source \
+            or "PUE" not in r.source:
         out.append(f"{where} source {r.source!r} does not name the origin of its grid figures "
                    f"(Electricity Maps) and of its PUE. {_REBUILD}.")
     if r.year <= 0 or not r.as_of.startswith(f"{r.year}-"):
@@ -93,5 +95,7 @@ def check_catalog(catalog: Catalog) -> list[str]:
             by_zone[r.em_zone].append(r)
     for zone in sorted(by_zone):
         problems.extend(_zone_problems(by_zone[zone]))
-    problems.extend(f"offers.csv {problem}" for problem in offer_problems(catalog))
+    problems.extend(
+        f"{'offers.csv' if problem.partition(':')[0] in CLOUDS else 'catalog overlay'} {problem}"
+        for problem in offer_problems(catalog))
     return problems

@@ -1,4 +1,5 @@
-"""Loads and validates the embedded catalog (package data CSVs) into a ``Catalog``.
+"""Loads and validates the embedded catalog (package data CSVs) into a ``Catalog``, merged
+with the user's catalog overlay (``GREENPLACE_CATALOG_OVERLAY``, see ``overlay``) when set.
 
 The catalog is read once per process, on first use, and validated against a
 schema: exact headers, typed and ranged values, unique keys, and every offer
@@ -13,6 +14,7 @@ import dataclasses
 import functools
 import importlib.resources
 import math
+import os
 import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +30,7 @@ from greenplace.scheduler.catalog.model import (
 from greenplace.scheduler.exceptions import CatalogError, UnknownNameError
 
 CLOUDS = ("aws", "gcp", "azure")
+OVERLAY_ENV = "GREENPLACE_CATALOG_OVERLAY"  # path of the user's catalog overlay (YAML)
 CONTINENTS = (
     "africa", "asia", "europe", "middle-east", "north-america", "oceania", "south-america",
 )
@@ -221,8 +224,45 @@ def load_catalog_from(directory: Path) -> Catalog:
 
 
 @functools.cache
-def load_catalog() -> Catalog:
-    """The embedded catalog, loaded and validated once per process."""
+def load_embedded_catalog() -> Catalog:
+    """The embedded catalog alone, loaded and validated once per process."""
     files = importlib.resources.files(_DATA_PACKAGE)
     with importlib.resources.as_file(files) as directory:
         return load_catalog_from(Path(directory))
+
+
+def with_overlay(catalog: Catalog, path: Path) -> Catalog:
+    """``catalog`` plus the clouds the overlay file at ``path`` declares.
+
+    Raises:
+        CatalogError: every problem of the overlay, one paragraph each.
+        SpecError: the file is missing or not YAML.
+    """
+    from greenplace.scheduler.catalog.overlay import load_overlay  # YAML: only when used
+
+    overlay = load_overlay(path, regions=catalog.regions, accelerators=catalog.accelerators)
+    return Catalog.build((*catalog.regions, *overlay.regions), catalog.accelerators,
+                         (*catalog.offers, *overlay.offers))
+
+
+@functools.lru_cache(maxsize=4)
+def _merged(path: Path, _stamp: tuple[int, int]) -> Catalog:
+    return with_overlay(load_embedded_catalog(), path)
+
+
+def load_catalog() -> Catalog:
+    """The embedded catalog, merged with the overlay ``GREENPLACE_CATALOG_OVERLAY`` names.
+
+    Design choice: the overlay is read from the environment here, the one function every
+    command, the dry run and the worker already call, so a libcloud cloud is placed by all of
+    them alike. The merged catalog is cached per file path and modification stamp.
+    """
+    raw = os.environ.get(OVERLAY_ENV, "").strip()
+    if not raw:
+        return load_embedded_catalog()
+    path = Path(raw).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return with_overlay(load_embedded_catalog(), path)  # raises the missing-file error
+    return _merged(path, (stat.st_mtime_ns, stat.st_size))

@@ -1,5 +1,11 @@
-"""The libcloud adapter against libcloud's DummyNodeDriver (stock, and keeping names)
-and against a loopback OpenStack through libcloud's real openstack driver."""
+"""The libcloud adapter against libcloud's DummyNodeDriver keeping node names, and against
+a loopback OpenStack through libcloud's real openstack driver.
+
+Both launch on ``test-openstack``, a cloud declared in a catalog overlay (the only clouds
+the libcloud adapter launches). libcloud's stock DummyNodeDriver has no case here: it
+renames every node and keeps no tags, so no adapter could find its nodes again
+(``list_managed``); ``tests/unit/test_libcloud.py`` covers what it can do.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +13,30 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from greenplace.providers.base import Placement, Provider
+from greenplace.providers.base import InstanceHandle, Placement, Provider
 from greenplace.providers.registry import get_provider
 from tests.contract.adapter_case import AdapterCase, CaseEnv
 from tests.fakes import libcloud_dummy
 from tests.fakes.http import Reply
 from tests.fakes.openstack import (
+    CLOUD,
     PASSWORD,
     USER,
     libcloud_settings,
     nova_error,
     openstack_cloud,
+    write_overlay,
 )
 
-PLACEMENT = Placement(cloud="aws", region="eu-north-1", instance_type="p4d.24xlarge",
-                      accelerator="A100", accelerator_count=8, spot=False)
+PLACEMENT = Placement(cloud=CLOUD, region="sto-1", instance_type="gpu.a100.8",
+                      accelerator="A100-80GB", accelerator_count=8, spot=False)
 DUMMY_KEY = "gp-contract-dummy-key-NEVERPRINT"
-
 
 def _clean(env: CaseEnv) -> None:
     for name in list(os.environ):
         if name.startswith("GREENPLACE_LIBCLOUD_"):
             env.monkeypatch.delenv(name)
-
-
-@contextmanager
-def stock_dummy_case(env: CaseEnv) -> Iterator[AdapterCase]:
-    """libcloud's own DummyNodeDriver: it renames nodes, so no idempotency is claimed."""
-    _clean(env)
-    env.monkeypatch.setenv("GP_DUMMY_KEY", DUMMY_KEY)
-    config = {"driver": "dummy", "key_env": "GP_DUMMY_KEY", "image": "1",
-              "size.p4d.24xlarge": "Big"}
-    yield AdapterCase(
-        name="libcloud", make_provider=lambda: get_provider("libcloud", config=config),
-        placement=PLACEMENT, unknown_instance_id="987654", secrets=(DUMMY_KEY,))
-
+    env.monkeypatch.setenv("GREENPLACE_CATALOG_OVERLAY", str(write_overlay(env.tmp_path)))
 
 @contextmanager
 def named_dummy_case(env: CaseEnv) -> Iterator[AdapterCase]:
@@ -50,7 +45,7 @@ def named_dummy_case(env: CaseEnv) -> Iterator[AdapterCase]:
     env.monkeypatch.setenv("GP_DUMMY_KEY", DUMMY_KEY)
     libcloud_dummy.NamedDummyNodeDriver.accounts.clear()
     config = {"driver": libcloud_dummy.register(), "key_env": "GP_DUMMY_KEY",
-              "image": "Ubuntu 9.10", "size.p4d.24xlarge": "XXL Big"}
+              "image": "Ubuntu 9.10", "size.gpu.a100.8": "XXL Big"}
 
     def count() -> int:
         return len(libcloud_dummy.NamedDummyNodeDriver.accounts.get(DUMMY_KEY, []))
@@ -58,8 +53,7 @@ def named_dummy_case(env: CaseEnv) -> Iterator[AdapterCase]:
     yield AdapterCase(
         name="libcloud", make_provider=lambda: get_provider("libcloud", config=config),
         placement=PLACEMENT, unknown_instance_id="987654", secrets=(DUMMY_KEY,),
-        count_instances=count)
-
+        count_instances=count, count_resources=count)
 
 @contextmanager
 def openstack_case(env: CaseEnv) -> Iterator[AdapterCase]:
@@ -91,15 +85,17 @@ def openstack_case(env: CaseEnv) -> Iterator[AdapterCase]:
         def count() -> int:
             return sum(len(servers) for servers in cloud.servers.values())
 
+        def finish(handle: InstanceHandle, exit_code: int) -> None:
+            cloud.finish(handle.instance_id, exit_code)
+
         yield AdapterCase(
             name="libcloud", make_provider=lambda: get_provider("libcloud", config=config),
             placement=PLACEMENT, unknown_instance_id="00000000-0000-0000-0000-000000000000",
             secrets=(PASSWORD,), count_instances=count, inject_error=inject,
-            error_kinds=frozenset(answers))
-
+            error_kinds=frozenset(answers), finish=finish,
+            count_resources=cloud.count_resources)
 
 CASES = {
-    "libcloud-dummy": stock_dummy_case,
     "libcloud-dummy-named": named_dummy_case,
     "libcloud-openstack": openstack_case,
 }

@@ -38,6 +38,13 @@ class NamedDummyNodeDriver(DummyNodeDriver):
         return node
 
 
+def power_off(key: str, node_id: str) -> None:
+    """The node's boot script ends and powers it off (STOPPED). A dummy node has no console,
+    like most libcloud drivers: nothing tells its exit code."""
+    node = next(n for n in NamedDummyNodeDriver.accounts[key] if n.id == node_id)
+    node.state = NodeState.STOPPED
+
+
 def register() -> str:
     """Make the driver reachable by name; returns that name."""
     if DRIVER_NAME not in DRIVERS:
