@@ -64,6 +64,12 @@ def energy_kwh(*, runtime_h: Num, accelerator_count: Num, average_power_w: Num, 
 # published coefficients (methodology, Appendix I): watts per vCPU at 0 % and at 100 % CPU by
 # cloud, the hyperscale average CPU utilisation, and 0.000392 kWh per GB-hour of memory.
 HOST_W_PER_VCPU_IDLE_FULL = {"aws": (0.74, 3.5), "gcp": (0.71, 4.26), "azure": (0.78, 3.76)}
+# A cloud Cloud Carbon Footprint has no coefficients for (a catalog-overlay cloud): the mean
+# of the three it has, which differ by under 20 %.
+HOST_W_PER_VCPU_OTHER_CLOUD = (
+    sum(idle for idle, _ in HOST_W_PER_VCPU_IDLE_FULL.values()) / len(HOST_W_PER_VCPU_IDLE_FULL),
+    sum(full for _, full in HOST_W_PER_VCPU_IDLE_FULL.values()) / len(HOST_W_PER_VCPU_IDLE_FULL),
+)
 HOST_CPU_UTILIZATION = 0.5
 HOST_W_PER_GB_MEMORY = 0.392
 _GB_PER_GIB = 1.073741824
@@ -78,7 +84,7 @@ def host_power_w(*, cloud: str, vcpus: float, memory_gib: float) -> float:
     accelerators only; a GPU machine also powers its CPUs and memory the whole run. The
     coefficients are per cloud averages, so the figure is modelled and labelled as such.
     """
-    idle_w, full_w = HOST_W_PER_VCPU_IDLE_FULL[cloud]
+    idle_w, full_w = HOST_W_PER_VCPU_IDLE_FULL.get(cloud, HOST_W_PER_VCPU_OTHER_CLOUD)
     per_vcpu_w = idle_w + HOST_CPU_UTILIZATION * (full_w - idle_w)
     return vcpus * per_vcpu_w + memory_gib * _GB_PER_GIB * HOST_W_PER_GB_MEMORY
 

@@ -12,7 +12,9 @@ Variable (default): meaning.
 - ``GREENPLACE_REDIS_CA_CERT`` (system CAs): the CA bundle that signed the server's
   TLS certificate, for ``rediss://``.
 - ``GREENPLACE_PROVIDERS`` (every cloud -> ``local-sim``): which provider launches
-  in each cloud, e.g. ``aws=aws,gcp=local-sim``; unnamed clouds stay on local-sim.
+  in each cloud, e.g. ``aws=aws,gcp=local-sim``; unnamed clouds stay on local-sim. A
+  cloud declared in the catalog overlay is routed the same way
+  (``nordic-openstack=libcloud``).
 - ``GREENPLACE_SIM_CONFIG`` (built-in defaults): the local-sim YAML file.
 - ``GREENPLACE_RECONCILE_INTERVAL_S`` (10): how often beat sends ``reconcile``.
 - ``GREENPLACE_VISIBILITY_TIMEOUT_S`` (45): the Redis transport's visibility timeout.
@@ -156,9 +158,10 @@ def _parse_providers(raw: str, problems: list[str]) -> dict[str, str]:
         if not sep or not cloud or not name:
             problems.append(f"GREENPLACE_PROVIDERS item {item!r} is not CLOUD=PROVIDER")
             continue
-        if cloud not in CLOUDS:
+        if cloud not in CLOUDS and cloud not in _overlay_clouds(problems):
             problems.append(f"GREENPLACE_PROVIDERS names unknown cloud {cloud!r} "
-                            f"(clouds: {', '.join(CLOUDS)})")
+                            f"(clouds: {', '.join(CLOUDS)}, and those GREENPLACE_CATALOG_OVERLAY "
+                            "declares)")
             continue
         if name not in REGISTRY:
             close = difflib.get_close_matches(name, list(REGISTRY), n=1)
@@ -168,6 +171,18 @@ def _parse_providers(raw: str, problems: list[str]) -> dict[str, str]:
             continue
         mapping[cloud] = name
     return mapping
+
+
+def _overlay_clouds(problems: list[str]) -> frozenset[str]:
+    """The clouds the catalog overlay declares (loaded only when a route names one)."""
+    from greenplace.scheduler.catalog import load_catalog
+    from greenplace.scheduler.exceptions import CatalogError
+
+    try:
+        return frozenset(r.cloud for r in load_catalog().regions) - frozenset(CLOUDS)
+    except CatalogError as exc:
+        problems.append(f"the catalog overlay is unusable: {exc}")
+        return frozenset()
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[str],

@@ -198,8 +198,8 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 def test_dry_run_places_a_job_on_the_overlay_cloud_with_its_own_figures(
         overlay: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    # The core's host-power model knows aws / gcp / azure only (see the branch report):
-    # give the overlay cloud AWS's coefficients until it has a default for other clouds.
+    # An overlay cloud's host draw is modelled with the mean of the three clouds'
+    # coefficients; give it AWS's here so that only the site (PUE x grid) differs below.
     monkeypatch.setitem(estimate.HOST_W_PER_VCPU_IDLE_FULL, "lab-cloud",
                         estimate.HOST_W_PER_VCPU_IDLE_FULL["aws"])
     overlay.write_text(GOOD.replace("price_usd_per_hour: 30.0", "price_usd_per_hour: 9.0"),

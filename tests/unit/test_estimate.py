@@ -90,3 +90,10 @@ def test_host_power_is_vcpus_at_half_load_plus_memory(cloud: str, idle_w: float,
     assert got == pytest.approx(expected)
     assert estimate.host_energy_kwh(runtime_h=10.0, host_power_w=got, pue=1.2) == pytest.approx(
         10 * expected * 1.2 / 1000)
+
+
+def test_a_cloud_without_host_coefficients_gets_the_mean_of_the_known_ones() -> None:
+    known = [estimate.host_power_w(cloud=c, vcpus=96, memory_gib=1152)
+             for c in ("aws", "gcp", "azure")]
+    other = estimate.host_power_w(cloud="nordic-openstack", vcpus=96, memory_gib=1152)
+    assert other == pytest.approx(sum(known) / 3)

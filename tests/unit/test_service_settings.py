@@ -50,6 +50,16 @@ def test_providers_mapping() -> None:
     assert s.provider_for("aws") == "aws" and s.provider_for("azure") == "local-sim"
 
 
+def test_a_cloud_of_the_catalog_overlay_can_be_routed(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "catalog-overlay.yaml"
+    monkeypatch.setenv("GREENPLACE_CATALOG_OVERLAY", str(example))
+    s = load_settings({"GREENPLACE_PROVIDERS": "nordic-openstack=libcloud"})
+    assert s.provider_for("nordic-openstack") == "libcloud"
+    monkeypatch.delenv("GREENPLACE_CATALOG_OVERLAY")
+    with pytest.raises(ConfigError, match="unknown cloud 'nordic-openstack'"):
+        load_settings({"GREENPLACE_PROVIDERS": "nordic-openstack=libcloud"})
+
+
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({
