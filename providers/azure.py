@@ -398,7 +398,7 @@ def map_azure_error(exc: Exception, *, operation: str, call: str) -> ProviderErr
         details = [str(d.get("message")) for d in error.get("details") or []
                    if isinstance(d, dict) and d.get("message")]
         text = " ".join([str(error.get("message") or exc.reason or ""), *details]).strip()
-        retry_after = exc.response.headers.get("Retry-After")
+        retry_after = (getattr(exc.response, "headers", None) or {}).get("Retry-After")
         if exc.status_code == 429 and retry_after:
             text += f" (ARM asks to retry after {retry_after} s)"
         cls, code = classify(codes, message=text, http_status=exc.status_code)
@@ -1048,7 +1048,7 @@ class AzureProvider:
             _text(subnet.nat_gateway.id).lower() == nat_id.lower())
         if subnet is None or (nat_id and not has_nat):
             self._create(lambda polling: network.subnets.begin_create_or_update(
-                rg, vnet["name"], SUBNET_NAME, {"properties": wanted},  # type: ignore[arg-type]
+                rg, vnet["name"], SUBNET_NAME, {"properties": wanted},  # type: ignore[call-overload]
                 polling=polling),
                 deadline=deadline, call="subnets.createOrUpdate", what=SUBNET_NAME)
 
