@@ -458,3 +458,24 @@ def test_check_credentials_reads_the_principal_not_the_token(
     with pytest.raises(AuthError, match="virtualMachines/read") as err:
         provider.check_credentials()
     assert err.value.operation == "check_credentials"
+
+
+# --------------------------------------------------------------------------- SDK floors
+
+
+@pytest.mark.parametrize("distribution", ["azure-mgmt-compute", "azure-mgmt-network"])
+def test_the_azure_extra_allows_only_the_sdk_generation_under_test(distribution: str) -> None:
+    """The adapter reads SDK models, whose shapes change between major versions (the
+    msrest-generation models flatten ``as_dict()`` keys, the current ones keep ARM's): the
+    extra's floor is the major version this suite runs against, so what pyproject allows
+    is what is tested."""
+    import importlib.metadata
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    extra = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["azure"]
+    (floor,) = [r.split(">=")[1] for r in extra if r.startswith(f"{distribution}>=")]
+    installed = importlib.metadata.version(distribution)
+    assert floor.split(".")[0] == installed.split(".")[0], (
+        f"{distribution} {installed} is installed but pyproject's azure extra allows "
+        f">={floor}: test with the floor's major version, or raise the floor to {installed}")
