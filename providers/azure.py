@@ -50,10 +50,14 @@ here. Settings that shape the lifecycle:
   for 30 September 2025; see learn.microsoft.com/azure/virtual-network/ip-services/
   default-outbound-access and the Azure Networking blog "Private subnets by default in
   Azure virtual networks"). ``public_ip``: one Standard static public IP per VM,
-  deleted with it (no standing cost; Standard IPs are closed to inbound traffic unless
-  a network security group opens it); ``nat_gateway``: one NAT gateway per region on
+  deleted with it (billed only while its VM exists; Standard IPs are closed to inbound
+  traffic unless a network security group opens it); ``nat_gateway``: one NAT gateway per region on
   greenplace's subnet (a standing hourly cost, no public address on the VMs; not with
   ``subnet_id``); ``none``: no outbound access (the job's command must need none).
+
+Handles: ``instance_id`` is the VM name, ``zone`` None, ``extra`` holds
+``resource_group``, ``subscription_id`` and ``spot`` ("true" / "false"); ``list_managed``
+rebuilds the same handle from the VM.
 
 Tags: Azure tag names may not contain ``< > % & \\ ? /`` (``:`` is allowed), so
 ``greenplace:job-id`` is used as-is; any forbidden character is replaced by ``-``
