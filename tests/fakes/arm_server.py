@@ -9,8 +9,8 @@ plain-http loopback server plays Blob Storage for the boot diagnostics serial lo
 (SAS URL, no bearer token).
 
 Time is real and short: every operation ends a configurable number of seconds
-after it began (``create_s``, ``delete_s``, ``vnet_s``; tenths of seconds in tests),
-whoever asks, as ARM's do. Like ARM it:
+after it began (``create_s``, ``delete_s``, ``vnet_s``, ``nic_s``; tenths of seconds
+in tests), whoever asks, as ARM's do. Like ARM it:
 - requires ``api-version`` and a bearer token (401 InvalidAuthenticationToken);
 - answers a VM PUT with 201, ``Azure-AsyncOperation`` and provisioningState
   Creating; the operation then ends Succeeded, or Failed with an allocation error
@@ -118,6 +118,7 @@ class FakeResourceManager(JsonServer):
         self.create_s = 0.05  # how long a VM creation runs
         self.delete_s = 0.05  # how long a VM deletion runs
         self.vnet_s = 0.0  # how long a virtual network creation runs
+        self.nic_s = 0.0  # how long a network interface creation runs
         self.page_size = 50  # VMs per page of a list (nextLink beyond)
         self.hang_operations = False  # VM operations stay InProgress (networks still finish)
         self.blob_requests: list[http.Request] = []
@@ -636,7 +637,16 @@ class FakeResourceManager(JsonServer):
         if not created:
             nic["_vm"] = self.nics[name].get("_vm")
         self.nics[name] = nic
-        return (201 if created else 200), self._public(nic), {}
+        if not created or not self.nic_s:
+            return (201 if created else 200), self._public(nic), {}
+        nic["properties"]["provisioningState"] = "Updating"
+
+        def provisioned() -> None:
+            nic["properties"]["provisioningState"] = "Succeeded"
+
+        _, url = self._new_op("Microsoft.Network", body["location"], after_s=self.nic_s,
+                              on_success=provisioned)
+        return 201, self._public(nic), {"Azure-AsyncOperation": url}
 
     @staticmethod
     def _public(resource: dict[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,17 @@ def test_submit_answers_at_its_deadline_and_status_follows_to_running(
     until(adapter, handle, InstanceState.RUNNING)
 
 
+def test_a_nic_still_being_created_at_the_deadline_is_transient(arm: FakeResourceManager,
+                                                                make: Any) -> None:
+    arm.nic_s = 0.5
+    adapter = make(operation_timeout_s="0.1")
+    with pytest.raises(TransientError, match="still being created") as err:
+        submit(adapter)
+    assert err.value.code == "OperationInProgress" and not arm.vms  # no VM PUT yet
+    handle = wait_for(lambda: _submitted(adapter), timeout_s=10, what="the retried submit")
+    until(adapter, handle, InstanceState.RUNNING)
+
+
 def test_operation_timeout_above_the_launch_wait_is_refused() -> None:
     with pytest.raises(ConfigError, match="at most 5"):
         AzureSettings.from_config({"operation_timeout_s": "120"})
