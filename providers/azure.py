@@ -3,21 +3,61 @@
 This module is the only place that imports the Azure SDKs (``azure.mgmt.*``,
 ``azure.identity``, ``azure.core``). It owns the ARM request bodies for one
 job's VM and the network it needs, the idempotent submit (deterministic names,
-look-up before PUT), the long-running-operation polling with a deadline, and the
-mapping of ARM error codes onto the ProviderError tree.
+look-up before PUT), following a launch, reading the exit code back from boot
+diagnostics, listing greenplace's VMs, deleting them, and the mapping of ARM
+error codes onto the ProviderError tree.
 
 What it creates, all in one configured resource group, with deterministic names:
 
 - ``greenplace-<region>`` virtual network with subnet ``jobs`` (created once per
-  region with a GET-then-PUT; skipped when ``subnet_id`` names an existing subnet);
+  region with a GET-then-PUT; skipped when ``subnet_id`` names an existing subnet).
+  The subnet is private (``defaultOutboundAccess: false``): see ``outbound``;
+- with ``outbound: nat_gateway``, ``greenplace-<region>-nat`` NAT gateway and its
+  ``greenplace-<region>-nat-ip`` public IP, attached to that subnet (created once,
+  like the network, and never deleted by greenplace: they serve every job);
+- with ``outbound: public_ip``, ``<vm>-ip``, a Standard static public IP
+  (``deleteOption: Delete``);
 - ``<vm>-nic`` network interface (PUT, idempotent by name);
 - ``<vm>`` Linux VM (PUT, idempotent by name) whose NIC and OS disk have
-  ``deleteOption: Delete``, so deleting the VM removes them too.
+  ``deleteOption: Delete``, so deleting the VM removes them too, with managed
+  boot diagnostics on (the serial console log is where the exit code is read).
+
+The life of a launch (see providers/base.py): ``submit`` waits on ARM for at most
+``operation_timeout_s`` in all (never more than ``LAUNCH_WAIT_S``) and returns the
+VM's handle while its creation may still run; ``status`` follows it: a VM whose
+provisioning ended Failed is ``LAUNCH_FAILED`` with the classified error (its
+deletion is started at once), a VM that powered itself off is ``EXITED`` with the
+exit code read from its serial console log (``retrieveBootDiagnosticsData`` gives
+a short-lived SAS URL of the log blob; the blob is fetched without any Azure
+credential). ``list_managed`` is one paged ``virtualMachines.list`` of the
+resource group with ``$expand=instanceView`` (the Compute list API has no tag
+filter: the ``greenplace:managed`` tag and the location are filtered here).
+``delete`` starts the VM's deletion without waiting and returns True once the VM,
+its NIC and its public IP all answer 404.
 
 Settings come from ``create(config)``, else ``GREENPLACE_AZURE_<KEY>``, else the JSON
 object ``GREENPLACE_AZURE_SETTINGS`` (see ``AzureSettings.from_config`` for the keys);
 credentials come from ``DefaultAzureCredential`` and are never read, printed or stored
-here.
+here. Settings that shape the lifecycle:
+
+- ``operation_timeout_s`` (default and maximum ``LAUNCH_WAIT_S`` = 5): the longest one
+  call waits on ARM operations in all; a NIC or network still being created then is a
+  TransientError (the idempotent submit is retried), a VM still being created is a
+  pending handle.
+- ``outbound`` (default ``public_ip``): how job VMs reach the internet. Azure retires
+  default outbound access: subnets created through Network API versions released
+  after 31 March 2026 (2025-07-01 and later) are private by default (first announced
+  for 30 September 2025; see learn.microsoft.com/azure/virtual-network/ip-services/
+  default-outbound-access and the Azure Networking blog "Private subnets by default in
+  Azure virtual networks"). ``public_ip``: one Standard static public IP per VM,
+  deleted with it (billed only while its VM exists; Standard IPs are closed to inbound
+  traffic unless a network security group opens it); ``nat_gateway``: one NAT gateway per region on
+  greenplace's subnet (a standing hourly cost, no public address on the VMs; not with
+  ``subnet_id``); ``none``: no outbound access (the job's command must need none).
+
+Handles: ``instance_id`` is the VM name, ``zone`` None, ``extra`` holds
+``resource_group``, ``subscription_id`` and ``spot`` ("true" / "false"); ``list_managed``
+rebuilds the same handle from the VM.
 
 Tags: Azure tag names may not contain ``< > % & \\ ? /`` (``:`` is allowed), so
 ``greenplace:job-id`` is used as-is; any forbidden character is replaced by ``-``
@@ -32,10 +72,15 @@ import functools
 import json
 import os
 import re
+import ssl
 import time
-from collections.abc import Callable, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
+from urllib.parse import urlsplit
 
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import (
@@ -51,15 +96,19 @@ from azure.mgmt.core.polling.arm_polling import ARMPolling
 from azure.mgmt.network import NetworkManagementClient
 
 from greenplace.providers.base import (
+    LAUNCH_WAIT_S,
     Feature,
     InstanceHandle,
     InstanceState,
     InstanceStatus,
     JobLaunch,
     LaunchRequest,
+    ManagedInstance,
     Placement,
+    exit_code_in,
     idempotency_key,
     job_tags,
+    managed_tags_of,
     short_token,
     startup_script,
 )
@@ -80,17 +129,25 @@ PROVIDER = "azure"
 ARM_SCOPE = "https://management.azure.com/.default"
 SUBSCRIPTION_PLACEHOLDER = "{subscriptionId}"
 SUBNET_NAME = "jobs"
+MANAGED_TAG = "greenplace:managed"
+OUTBOUND_MODES = ("public_ip", "nat_gateway", "none")
+# How long the serial log's SAS URL lives: it is used at once, by this process only.
+SAS_MINUTES = 5
 
 # ARM error.code values by class (read from the response body, including nested
 # details); a code not listed falls back to the HTTP status (429 / 5xx transient,
-# 401 / 403 auth), then InvalidRequestError.
+# 401 / 403 auth), then InvalidRequestError. The network conflicts are transient:
+# two workers' first launches in a region race on the same VNet PUT, and a NIC
+# PUT can meet a subnet still Updating; the next try finds them settled.
 ERRORS = ErrorCodeTable(
     capacity=frozenset({"SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed",
                         "Overconstrained*"}),
-    quota=frozenset({"QuotaExceeded"}),
+    quota=frozenset({"QuotaExceeded", "PublicIPCountLimitReached"}),
     transient=frozenset({"TooManyRequests", "InternalServerError", "ServiceUnavailable",
                          "InternalExecutionError", "InternalOperationError", "RetryableError",
-                         "OperationPreempted", "GatewayTimeout"}),
+                         "OperationPreempted", "GatewayTimeout", "AnotherOperationInProgress",
+                         "ReferencedResourceNotProvisioned",
+                         "CanceledAndSupersededDueToAnotherOperation"}),
     auth=frozenset({"AuthorizationFailed", "InvalidAuthenticationToken",
                     "InvalidAuthenticationTokenTenant", "InvalidAuthenticationTokenAudience",
                     "AuthenticationFailed", "ExpiredAuthenticationToken",
@@ -118,7 +175,8 @@ class AzureSettings:
     security_type: str = "Standard"
     spot_eviction_policy: str = "Delete"
     spot_max_price: float = -1.0
-    operation_timeout_s: float = 120.0
+    outbound: str = "public_ip"
+    operation_timeout_s: float = LAUNCH_WAIT_S
     polling_interval_s: float = 5.0
     base_url: str | None = None
     ca_bundle: str | None = None
@@ -132,10 +190,12 @@ class AzureSettings:
         ``publisher:offer:sku:version`` or an image resource id), admin_username,
         ssh_public_key, subnet_id, vnet_address_prefix, subnet_address_prefix,
         os_disk_gb, os_disk_type, security_type (Standard / TrustedLaunch / "" to
-        omit), spot_eviction_policy (Delete / Deallocate), spot_max_price,
-        operation_timeout_s, polling_interval_s, base_url (ARM endpoint), ca_bundle
-        (a PEM file to verify the endpoint's TLS certificate), credentials
-        ("default", or "test-token", accepted only with a loopback base_url).
+        omit), spot_eviction_policy (Delete / Deallocate), spot_max_price, outbound
+        (public_ip / nat_gateway / none, see the module docstring),
+        operation_timeout_s (0 to LAUNCH_WAIT_S), polling_interval_s, base_url (ARM
+        endpoint), ca_bundle (a PEM file to verify the endpoint's TLS certificate and
+        the serial log blob's), credentials ("default", or "test-token", accepted only
+        with a loopback base_url).
 
         Raises:
             UnknownNameError: a key the adapter does not know ("Did you mean").
@@ -164,6 +224,22 @@ class AzureSettings:
             raise ConfigError("azure credentials 'test-token' is only for a local ARM fake. "
                               "To fix: also set base_url to an https://127.0.0.1:PORT "
                               "address, or leave credentials unset.")
+        outbound = (get("outbound") or d.outbound).strip().lower()
+        if outbound not in OUTBOUND_MODES:
+            raise ConfigError(f"azure outbound {outbound!r} is not one of "
+                              f"{', '.join(OUTBOUND_MODES)}. To fix: leave it unset for "
+                              "public_ip (a public IP per VM, deleted with it).")
+        if outbound == "nat_gateway" and get("subnet_id"):
+            raise ConfigError("azure outbound 'nat_gateway' puts a NAT gateway on "
+                              "greenplace's own subnet, but subnet_id names another one. "
+                              "To fix: attach a NAT gateway to that subnet yourself and set "
+                              "outbound to none, or drop subnet_id.")
+        timeout_s = number("operation_timeout_s", d.operation_timeout_s, minimum=0)
+        if timeout_s > LAUNCH_WAIT_S:
+            raise ConfigError(f"azure operation_timeout_s {timeout_s:g} is above "
+                              f"{LAUNCH_WAIT_S:g} s: no queue call may wait longer on a cloud "
+                              "operation (later status and delete calls follow it). To fix: "
+                              f"set at most {LAUNCH_WAIT_S:g}, or leave it unset.")
         return cls(
             subscription_id=get("subscription_id") or os.environ.get("AZURE_SUBSCRIPTION_ID")
             or None,
@@ -179,7 +255,8 @@ class AzureSettings:
             security_type=get("security_type", d.security_type),
             spot_eviction_policy=eviction,
             spot_max_price=number("spot_max_price", d.spot_max_price, minimum=-1),
-            operation_timeout_s=number("operation_timeout_s", d.operation_timeout_s, minimum=0),
+            outbound=outbound,
+            operation_timeout_s=timeout_s,
             polling_interval_s=number("polling_interval_s", d.polling_interval_s, minimum=0),
             base_url=base_url,
             ca_bundle=get("ca_bundle") or None,
@@ -190,8 +267,8 @@ class AzureSettings:
 _CONFIG_KEYS = (
     "subscription_id", "resource_group", "image", "admin_username", "ssh_public_key",
     "subnet_id", "vnet_address_prefix", "subnet_address_prefix", "os_disk_gb", "os_disk_type",
-    "security_type", "spot_eviction_policy", "spot_max_price", "operation_timeout_s",
-    "polling_interval_s", "base_url", "ca_bundle", "credentials",
+    "security_type", "spot_eviction_policy", "spot_max_price", "outbound",
+    "operation_timeout_s", "polling_interval_s", "base_url", "ca_bundle", "credentials",
 )
 
 
@@ -325,6 +402,9 @@ def map_azure_error(exc: Exception, *, operation: str, call: str) -> ProviderErr
         details = [str(d.get("message")) for d in error.get("details") or []
                    if isinstance(d, dict) and d.get("message")]
         text = " ".join([str(error.get("message") or exc.reason or ""), *details]).strip()
+        retry_after = (getattr(exc.response, "headers", None) or {}).get("Retry-After")
+        if exc.status_code == 429 and retry_after:
+            text += f" (ARM asks to retry after {retry_after} s)"
         cls, code = classify(codes, message=text, http_status=exc.status_code)
         return _error(cls, f"{call}: {text}", operation=operation, code=code)
     if isinstance(exc, ClientAuthenticationError):
@@ -376,6 +456,85 @@ class _LoopbackTestCredential:
         return AccessToken(LOOPBACK_TEST_TOKEN, int(time.time()) + 3600)
 
 
+# --------------------------------------------------------------------------- reading VM models
+
+
+# Power states of a VM whose provisioning failed before it ever ran: a launch failure.
+_NEVER_RAN = ("", "starting", "deallocating", "deallocated", "unknown")
+# The most of a serial console log kept in memory: its end, where the marker is.
+SERIAL_LOG_TAIL_BYTES = 1024 * 1024
+
+
+def _text(value: Any) -> str:
+    """A model field as plain text (the SDKs hand some fields over as str enums)."""
+    if isinstance(value, Enum):
+        return str(value.value)
+    return "" if value is None else str(value)
+
+
+def _status_codes(vm: Any) -> list[tuple[str, str]]:
+    """(code, message) of the VM's instance-view statuses (empty without the view)."""
+    view = vm.instance_view
+    statuses = (view.statuses if view is not None else None) or []
+    return [(_text(s.code), _text(s.message)) for s in statuses]
+
+
+def power_state(vm: Any) -> str:
+    """The VM's power state (``running``, ``stopped``, ...) or "" when not reported."""
+    for code, _ in _status_codes(vm):
+        if code.startswith("PowerState/"):
+            return code.removeprefix("PowerState/")
+    return ""
+
+
+def _provisioning_failure(vm: Any) -> tuple[str, str] | None:
+    """(code, message) when the VM's provisioning failed, read from its instance view."""
+    if _text(vm.provisioning_state) != "Failed":
+        return None
+    for code, message in _status_codes(vm):
+        if code.startswith("ProvisioningState/failed/"):
+            return code.rsplit("/", 1)[1], message
+    return "ProvisioningFailed", "the VM's provisioning failed"
+
+
+def _failure_error(failure: tuple[str, str], *, operation: str) -> ProviderError:
+    code, message = failure
+    cls, _ = classify([code], message=message, http_status=None)
+    return _error(cls, f"virtualMachines.createOrUpdate: {message}", operation=operation,
+                  code=code)
+
+
+def vm_status(vm: Any) -> InstanceStatus:
+    """The provider-neutral state of a VM model, from its own fields only (no exit code).
+
+    Design choice: a VM shut down from inside is ``PowerState/stopped`` (still
+    allocated, still billed): that is how the boot script ends, so it is EXITED.
+    Deallocated is what the API (or a Spot eviction with policy Deallocate) does:
+    PREEMPTED for Spot, TERMINATED otherwise, unless ``status()`` then finds the exit
+    marker in the serial log. A provisioning failure before the VM ever ran is a
+    LAUNCH_FAILED with the classified error; after it ran, the machine FAILED.
+    """
+    spot = _text(vm.priority) == "Spot"
+    provisioning = _text(vm.provisioning_state)
+    power = power_state(vm)
+    detail = f"provisioningState {provisioning or '-'}, power {power or '-'}"
+    failure = _provisioning_failure(vm)
+    if failure is not None:
+        detail += f": {failure[0]}: {failure[1]}"
+        if power in _NEVER_RAN:
+            return InstanceStatus(state=InstanceState.LAUNCH_FAILED, detail=detail,
+                                  error=_failure_error(failure, operation="status"))
+        return InstanceStatus(state=InstanceState.FAILED, detail=detail)
+    gone = InstanceState.PREEMPTED if spot else InstanceState.TERMINATED
+    if provisioning == "Deleting" or power in ("deallocating", "deallocated"):
+        return InstanceStatus(state=gone, detail=detail)
+    if power == "stopped":
+        return InstanceStatus(state=InstanceState.EXITED, detail=detail)
+    state = {"running": InstanceState.RUNNING,
+             "stopping": InstanceState.RUNNING}.get(power, InstanceState.PENDING)
+    return InstanceStatus(state=state, detail=detail)
+
+
 # --------------------------------------------------------------------------- the adapter
 
 
@@ -422,7 +581,7 @@ class AzureProvider:
     def _client_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             # No SDK retries: a capacity error must fail over at once, and transient
-            # errors are retried with backoff by the caller (the dispatch task).
+            # errors are retried with backoff by the caller (the queue).
             "retry_total": 0,
             "polling_interval": self.settings.polling_interval_s,
         }
@@ -501,49 +660,65 @@ class AzureProvider:
                 "To fix: dispatch through the provider named by the placement's cloud.",
                 provider=PROVIDER, operation="prepare", code="WRONG_CLOUD",
             )
+        s = self.settings
         key = idempotency_key(job.job_id, job.attempt)
         name = vm_name(key, placement.region)
-        sub = self.settings.subscription_id or SUBSCRIPTION_PLACEHOLDER
+        sub = s.subscription_id or SUBSCRIPTION_PLACEHOLDER
+        net = f"{self._ids(sub)}/Microsoft.Network"
         tags = azure_tags(job)
         region = placement.region
         vnet_name = f"greenplace-{region}"
-        subnet_id = self.settings.subnet_id or (
-            f"{self._ids(sub)}/Microsoft.Network/virtualNetworks/{vnet_name}/subnets/"
-            f"{SUBNET_NAME}")
+        subnet_id = s.subnet_id or f"{net}/virtualNetworks/{vnet_name}/subnets/{SUBNET_NAME}"
+        nat_name = f"greenplace-{region}-nat"
+        nat = None if s.outbound != "nat_gateway" else {
+            "name": nat_name,
+            "body": {"location": region, "tags": {MANAGED_TAG: "true"},
+                     "sku": {"name": "Standard"},
+                     "properties": {"idleTimeoutInMinutes": 4, "publicIpAddresses": [
+                         {"id": f"{net}/publicIPAddresses/{nat_name}-ip"}]}},
+            "publicIp": {"name": f"{nat_name}-ip",
+                         "body": _public_ip_body(region, {MANAGED_TAG: "true"}, delete=False)},
+        }
+        subnet_props: dict[str, Any] = {"addressPrefix": s.subnet_address_prefix,
+                                        "defaultOutboundAccess": False}
+        if nat is not None:
+            subnet_props["natGateway"] = {"id": f"{net}/natGateways/{nat_name}"}
+        public_ip = None if s.outbound != "public_ip" else {
+            "name": f"{name}-ip", "body": _public_ip_body(region, tags, delete=True)}
+        ip_config: dict[str, Any] = {"subnet": {"id": subnet_id},
+                                     "privateIPAllocationMethod": "Dynamic"}
+        if public_ip is not None:
+            ip_config["publicIPAddress"] = {"id": f"{net}/publicIPAddresses/{name}-ip"}
         nic_name = f"{name}-nic"
         payload: dict[str, Any] = {
             "subscriptionId": sub,
-            "resourceGroup": self.settings.resource_group,
-            "virtualNetwork": None if self.settings.subnet_id else {
+            "resourceGroup": s.resource_group,
+            "natGateway": nat,
+            "virtualNetwork": None if s.subnet_id else {
                 "name": vnet_name,
                 "body": {
                     "location": region,
-                    "tags": {"greenplace:managed": "true"},
+                    "tags": {MANAGED_TAG: "true"},
                     "properties": {
-                        "addressSpace": {"addressPrefixes": [self.settings.vnet_address_prefix]},
-                        "subnets": [{"name": SUBNET_NAME, "properties": {
-                            "addressPrefix": self.settings.subnet_address_prefix,
-                            "defaultOutboundAccess": True,
-                        }}],
+                        "addressSpace": {"addressPrefixes": [s.vnet_address_prefix]},
+                        "subnets": [{"name": SUBNET_NAME, "properties": subnet_props}],
                     },
                 },
             },
+            "publicIp": public_ip,
             "networkInterface": {
                 "name": nic_name,
                 "body": {
                     "location": region,
                     "tags": tags,
-                    "properties": {"ipConfigurations": [{"name": "ipconfig1", "properties": {
-                        "subnet": {"id": subnet_id},
-                        "privateIPAllocationMethod": "Dynamic",
-                    }}]},
+                    "properties": {"ipConfigurations": [
+                        {"name": "ipconfig1", "properties": ip_config}]},
                 },
             },
             "virtualMachine": {
                 "name": name,
                 "body": self._vm_body(job, placement, name=name, tags=tags,
-                                      nic_id=f"{self._ids(sub)}/Microsoft.Network/"
-                                             f"networkInterfaces/{nic_name}"),
+                                      nic_id=f"{net}/networkInterfaces/{nic_name}"),
             },
         }
         return LaunchRequest(
@@ -580,6 +755,9 @@ class AzureProvider:
             "networkProfile": {"networkInterfaces": [{
                 "id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"},
             }]},
+            # Managed boot diagnostics (no storageUri): the serial console log, where the
+            # boot script prints the exit code, is kept by Azure in managed storage.
+            "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
         }
         if s.security_type:
             props["securityProfile"] = {"securityType": s.security_type}
@@ -592,17 +770,21 @@ class AzureProvider:
         return {"location": placement.region, "tags": tags, "properties": props}
 
     def submit(self, request: LaunchRequest, *, idempotency_key: str) -> InstanceHandle:
-        """Find the VM of this key, or create its network interface and VM.
+        """Find the VM of this key, or create its network, public IP, NIC and VM.
+
+        Waits on ARM for at most ``operation_timeout_s`` in all, then returns the
+        handle while the VM's creation may still run (``status()`` follows it).
 
         Design choice: the VM name comes from the key passed here (and the region),
         and a GET precedes the PUT, so a redelivered dispatch returns the VM the
-        first delivery created instead of re-sending a PUT that could reset it.
-        A VM whose creation failed (ARM leaves it in provisioningState Failed) is
-        deleted, NIC and disk with it, and its error is raised again, so a
+        first delivery created instead of re-sending a PUT that could reset it. A
+        VM whose creation failed (ARM leaves it in provisioningState Failed, with
+        its NIC and disk) has its deletion started and its error raised again, so a
         redelivery ends the same way as the first delivery.
 
         Raises:
-            CapacityError, QuotaError, AuthError, TransientError, InvalidRequestError.
+            CapacityError, QuotaError, AuthError, TransientError (also: the network
+            or NIC still being created at the deadline), InvalidRequestError.
         """
         if request.provider != PROVIDER:
             raise InvalidRequestError(
@@ -610,102 +792,148 @@ class AzureProvider:
                 "To fix: submit through the provider that prepared it.",
                 provider=PROVIDER, operation="submit", code="WRONG_PROVIDER",
             )
+        deadline = time.monotonic() + self.settings.operation_timeout_s
         sub = self.subscription_id()
         rg = self.settings.resource_group
         payload = _fill_subscription(copy.deepcopy(request.payload), sub)
         name = vm_name(idempotency_key, request.region)
-        vm = payload["virtualMachine"]
-        if vm["name"] != name:  # prepared under another key: the key passed here wins
+        if payload["virtualMachine"]["name"] != name:  # prepared under another key
             payload = _rename(payload, new=name)
-        extra = {"resource_group": rg, "subscription_id": sub,
-                 "spot": str(request.spot).lower()}
+        handle = self._handle(request.region, name, spot=request.spot)
 
         existing = self._get_vm(name, operation="submit")
         if existing is not None:
-            failure = _failed_provisioning(existing)
-            if failure is None:
-                return self._handle(request.region, name, extra)
+            failure = _provisioning_failure(existing)
+            if failure is None or power_state(existing) not in _NEVER_RAN:
+                return handle
             self._delete_quietly(vm_name=name)
-            raise _failure_error(failure, operation="submit", call="virtualMachines.createOrUpdate")
+            raise _failure_error(failure, operation="submit")
 
+        network = self.network()
+        if payload.get("natGateway") is not None:
+            self._ensure_nat_gateway(payload["natGateway"], deadline=deadline)
         if payload["virtualNetwork"] is not None:
-            self._ensure_network(payload["virtualNetwork"])
-        nic = payload["networkInterface"]
-        self._run_lro(
-            lambda: self.network().network_interfaces.begin_create_or_update(
-                rg, nic["name"], nic["body"],
-                polling=self._polling(self.settings.operation_timeout_s)),
-            call="networkInterfaces.createOrUpdate")
+            self._ensure_network(payload["virtualNetwork"], deadline=deadline)
+        ip, nic = payload.get("publicIp"), payload["networkInterface"]
+        vm = payload["virtualMachine"]
+        if ip is not None:
+            self._create(lambda polling: network.public_ip_addresses.begin_create_or_update(
+                rg, ip["name"], ip["body"], polling=polling),
+                deadline=deadline, call="publicIPAddresses.createOrUpdate", what=ip["name"])
+        self._create(lambda polling: network.network_interfaces.begin_create_or_update(
+            rg, nic["name"], nic["body"], polling=polling),
+            deadline=deadline, call="networkInterfaces.createOrUpdate", what=nic["name"])
         call = "virtualMachines.createOrUpdate"
         try:
             poller = self.compute().virtual_machines.begin_create_or_update(
-                rg, name, vm["body"], polling=self._polling(self.settings.operation_timeout_s))
-        except _SDK_ERRORS as exc:  # refused up front: no VM, only the NIC to remove
-            self._delete_quietly(nic_name=nic["name"])
+                rg, name, vm["body"], polling=self._polling(_left(deadline)))
+        except _SDK_ERRORS as exc:  # refused up front: no VM, only the NIC (and IP) to remove
+            self._delete_quietly(nic_name=nic["name"], ip_name=ip["name"] if ip else None)
             raise map_azure_error(exc, operation="submit", call=call) from exc
         try:
             poller.wait()
-            done = True
         except _PollDeadline:
-            done = False
-        except _SDK_ERRORS as exc:  # the VM exists in state Failed: delete it (and its NIC)
+            pass  # still creating: status() follows it
+        except _SDK_ERRORS as exc:  # the VM exists in state Failed: delete it (NIC, disk)
             self._delete_quietly(vm_name=name)
             raise map_azure_error(exc, operation="submit", call=call) from exc
-        return self._handle(request.region, name, extra if done else {**extra, "pending": "true"})
+        return handle
 
     def status(self, handle: InstanceHandle) -> InstanceStatus:
-        """Map the VM's provisioning and power state; a vanished Spot VM was evicted."""
+        """Follow the VM: launch failure, run, exit code, eviction (see ``vm_status``).
+
+        A LAUNCH_FAILED VM has its deletion started here (its NIC and disk go with
+        it). A powered-off VM costs two more calls: the boot diagnostics SAS URL and
+        the serial log blob, whose last exit marker is the exit code.
+        """
         vm = self._get_vm(handle.instance_id, operation="status")
-        spot = handle.extra.get("spot") == "true"
         if vm is None:
-            if spot:
+            if handle.extra.get("spot") == "true":
                 return InstanceStatus(state=InstanceState.PREEMPTED,
                                       detail="Spot VM was evicted (eviction policy Delete)")
             return InstanceStatus(state=InstanceState.MISSING,
                                   detail=f"no VM {handle.instance_id} in "
                                          f"{self.settings.resource_group}")
-        failure = _failed_provisioning(vm)
-        if failure is not None:
-            return InstanceStatus(state=InstanceState.FAILED,
-                                  detail=f"provisioning failed: {failure[0]}: {failure[1]}")
-        props = vm.get("properties") or {}
-        provisioning = str(props.get("provisioningState") or "")
-        statuses = (props.get("instanceView") or {}).get("statuses") or []
-        power = next((str(s.get("code"))[len("PowerState/"):] for s in statuses
-                      if str(s.get("code", "")).startswith("PowerState/")), "")
-        detail = f"provisioningState {provisioning or '-'}, power {power or '-'}"
-        if provisioning == "Deleting":
-            return InstanceStatus(state=InstanceState.PREEMPTED if spot
-                                  else InstanceState.TERMINATED, detail=detail)
-        if power in ("deallocating", "deallocated"):
-            # Spot eviction with policy Deallocate; an on-demand VM was deallocated by someone.
-            return InstanceStatus(state=InstanceState.PREEMPTED if spot
-                                  else InstanceState.TERMINATED, detail=detail)
-        state = {"starting": InstanceState.PENDING, "running": InstanceState.RUNNING,
-                 "stopping": InstanceState.RUNNING,
-                 "stopped": InstanceState.SUCCEEDED}.get(power, InstanceState.PENDING)
-        return InstanceStatus(state=state, detail=detail)
+        found = vm_status(vm)
+        if found.state is InstanceState.LAUNCH_FAILED:
+            self._delete_quietly(vm_name=handle.instance_id)
+        elif power_state(vm) in ("stopped", "deallocated") and (
+                _text(vm.provisioning_state) != "Deleting"):
+            exit_code = self._exit_code(handle.instance_id)
+            if exit_code is not None:
+                return InstanceStatus(state=InstanceState.EXITED, detail=found.detail,
+                                      exit_code=exit_code)
+        return found
 
-    def cancel(self, handle: InstanceHandle) -> None:
-        """Delete the VM (its NIC and OS disk go with it); a no-op when it is gone."""
-        try:
-            self.compute().virtual_machines.begin_delete(
-                self.settings.resource_group, handle.instance_id, polling=False)
-        except ResourceNotFoundError:
-            return
-        except _SDK_ERRORS as exc:
-            raise map_azure_error(exc, operation="cancel", call="virtualMachines.delete") from exc
+    def list_managed(self, region: str) -> list[ManagedInstance]:
+        """Every VM tagged ``greenplace:managed`` in ``region``: one paged list call.
+
+        Design choice: ``virtualMachines.list`` of the resource group with
+        ``$expand=instanceView`` carries the power states (``list_by_location`` does
+        not); the Compute list API filters by no tag, so tag and location are
+        filtered here.
+        """
+        wanted = _location(region)
+        found: list[ManagedInstance] = []
+        for vm in self._list_vms():
+            tags = {str(k): str(v) for k, v in (vm.tags or {}).items()}
+            if tags.get(MANAGED_TAG) != "true" or _location(_text(vm.location)) != wanted:
+                continue
+            job_id, attempt = managed_tags_of(tags)
+            found.append(ManagedInstance(
+                handle=self._handle(region, _text(vm.name), spot=_text(vm.priority) == "Spot"),
+                job_id=job_id, attempt=attempt, status=vm_status(vm)))
+        return found
+
+    def delete(self, handle: InstanceHandle) -> bool:
+        """Start deleting the VM, then its leftovers; True once none of them exists.
+
+        The VM is deleted first (its NIC, public IP and OS disk carry deleteOption
+        Delete and go with it); a NIC or public IP still there once the VM is gone
+        (a VM PUT refused up front, a VM created without deleteOption) is deleted
+        on a later call, NIC before IP (an IP in use by a NIC cannot be deleted).
+        Never waits for a deletion.
+        """
+        rg = self.settings.resource_group
+        name = handle.instance_id
+        vm = self._get_vm(name, operation="delete")
+        if vm is not None:
+            if _text(vm.provisioning_state) != "Deleting":
+                self._start_delete(lambda: self.compute().virtual_machines.begin_delete(
+                    rg, name, polling=False), call="virtualMachines.delete")
+            return False
+        network = self.network()
+        leftovers: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+            ("networkInterfaces", lambda: network.network_interfaces.get(rg, f"{name}-nic"),
+             lambda: network.network_interfaces.begin_delete(rg, f"{name}-nic", polling=False)),
+            ("publicIPAddresses", lambda: network.public_ip_addresses.get(rg, f"{name}-ip"),
+             lambda: network.public_ip_addresses.begin_delete(rg, f"{name}-ip", polling=False)),
+        ]
+        for kind, get, start in leftovers:
+            try:
+                found = get()
+            except ResourceNotFoundError:
+                continue
+            except _SDK_ERRORS as exc:
+                raise map_azure_error(exc, operation="delete", call=f"{kind}.get") from exc
+            if _text(found.provisioning_state) != "Deleting":
+                self._start_delete(start, call=f"{kind}.delete")
+            return False
+        return True
 
     # -- helpers
 
-    def _handle(self, region: str, name: str, extra: dict[str, str]) -> InstanceHandle:
+    def _handle(self, region: str, name: str, *, spot: bool) -> InstanceHandle:
+        extra = {"resource_group": self.settings.resource_group,
+                 "subscription_id": self.subscription_id(), "spot": str(spot).lower()}
         return InstanceHandle(provider=PROVIDER, cloud=PROVIDER, region=region,
-                              instance_id=name, zone=None, extra=dict(extra))
+                              instance_id=name, zone=None, extra=extra)
 
-    def _get_vm(self, name: str, *, operation: str) -> dict[str, Any] | None:
+    def _get_vm(self, name: str, *, operation: str) -> Any | None:
+        """The VM model with its instance view, or None when ARM does not know it."""
         try:
-            vm = self.compute().virtual_machines.get(self.settings.resource_group, name,
-                                                     expand="instanceView")
+            return self.compute().virtual_machines.get(self.settings.resource_group, name,
+                                                       expand="instanceView")
         except ResourceNotFoundError as exc:
             codes = _error_codes(_body_of(exc).get("error") or {})
             if "ResourceGroupNotFound" in codes:
@@ -713,26 +941,98 @@ class AzureProvider:
             return None
         except _SDK_ERRORS as exc:
             raise map_azure_error(exc, operation=operation, call="virtualMachines.get") from exc
-        return dict(vm.as_dict())
 
-    def _run_lro(self, start: Callable[[], LROPoller[Any]], *, call: str) -> bool:
-        """Start an LRO and wait for it: True when it finished, False at the deadline.
+    def _list_vms(self) -> Iterator[Any]:
+        """Every VM of the resource group, with instance views (pages followed)."""
+        call = "virtualMachines.list"
+        try:
+            yield from self.compute().virtual_machines.list(self.settings.resource_group,
+                                                            expand="instanceView")
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation="list_managed", call=call) from exc
 
-        Raises the mapped error when the initial request or the operation fails.
+    def _exit_code(self, name: str) -> int | None:
+        """The exit code in the VM's serial console log; None while it is not there."""
+        try:
+            data = self.compute().virtual_machines.retrieve_boot_diagnostics_data(
+                self.settings.resource_group, name, sas_uri_expiration_time_in_minutes=SAS_MINUTES)
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as exc:
+            if exc.status_code == 409:  # boot diagnostics not available (yet) for this VM
+                return None
+            raise map_azure_error(exc, operation="status",
+                                  call="virtualMachines.retrieveBootDiagnosticsData") from exc
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation="status",
+                                  call="virtualMachines.retrieveBootDiagnosticsData") from exc
+        url = _text(data.serial_console_log_blob_uri)
+        text = self._read_serial_log(url) if url else None
+        return exit_code_in(text) if text else None
+
+    def _read_serial_log(self, url: str) -> str | None:
+        """The end of the serial log blob at a SAS ``url``; None when it cannot be read.
+
+        Design choice: the SAS URL is the credential for the blob, so the request
+        carries no Azure token (a bearer token must never reach a storage host) and
+        the URL is never logged or put in an error. Plain http is accepted only on
+        loopback (the test fake).
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(url)):
+            return None
+        context = ssl.create_default_context(cafile=self.settings.ca_bundle)
+        request = urllib.request.Request(url, headers={"x-ms-version": "2021-08-06"})
+        tail = b""
+        try:
+            with urllib.request.urlopen(request, timeout=LAUNCH_WAIT_S,  # noqa: S310
+                                        context=context) as response:
+                while chunk := response.read(64 * 1024):
+                    tail = (tail + chunk)[-SERIAL_LOG_TAIL_BYTES:]
+        except (OSError, ValueError):  # URLError, HTTPError (404 before the first write)
+            return None
+        return tail.decode("utf-8", errors="replace")
+
+    def _create(self, start: Callable[[ARMPolling], LROPoller[Any]], *, deadline: float,
+                call: str, what: str) -> None:
+        """Create (PUT) a resource and wait for it until ``deadline``.
+
+        Raises:
+            TransientError: still being created at the deadline (the submit is retried).
+            ProviderError: the mapped error of the PUT or of its operation.
         """
         try:
-            start().wait()
+            start(self._polling(_left(deadline))).wait()
         except _PollDeadline:
-            return False
+            raise _error(TransientError, f"{call}: {what} is still being created",
+                         operation="submit", code="OperationInProgress") from None
         except _SDK_ERRORS as exc:
             raise map_azure_error(exc, operation="submit", call=call) from exc
-        return True
 
-    def _ensure_network(self, vnet: dict[str, Any]) -> None:
-        """Create the region's virtual network and subnet unless they exist (GET, then PUT)."""
+    def _ensure_nat_gateway(self, nat: dict[str, Any], *, deadline: float) -> None:
+        """Create the region's NAT gateway and its public IP unless it exists."""
         rg = self.settings.resource_group
+        network = self.network()
+        if self._exists(lambda: network.nat_gateways.get(rg, nat["name"]),
+                        call="natGateways.get"):
+            return
+        ip = nat["publicIp"]
+        self._create(lambda polling: network.public_ip_addresses.begin_create_or_update(
+            rg, ip["name"], ip["body"], polling=polling),
+            deadline=deadline, call="publicIPAddresses.createOrUpdate", what=ip["name"])
+        self._create(lambda polling: network.nat_gateways.begin_create_or_update(
+            rg, nat["name"], nat["body"], polling=polling),
+            deadline=deadline, call="natGateways.createOrUpdate", what=nat["name"])
+
+    def _ensure_network(self, vnet: dict[str, Any], *, deadline: float) -> None:
+        """Create the region's virtual network and subnet unless they exist (GET, then PUT).
+
+        An existing subnet is brought to the wanted outbound (its NAT gateway) too.
+        """
+        rg = self.settings.resource_group
+        network = self.network()
         try:
-            found = self.network().virtual_networks.get(rg, vnet["name"])
+            found = network.virtual_networks.get(rg, vnet["name"])
         except ResourceNotFoundError as exc:
             codes = _error_codes(_body_of(exc).get("error") or {})
             if "ResourceGroupNotFound" in codes:
@@ -741,31 +1041,47 @@ class AzureProvider:
         except _SDK_ERRORS as exc:
             raise map_azure_error(exc, operation="submit", call="virtualNetworks.get") from exc
         if found is None:
-            done = self._run_lro(
-                lambda: self.network().virtual_networks.begin_create_or_update(
-                    rg, vnet["name"], vnet["body"],
-                    polling=self._polling(self.settings.operation_timeout_s)),
-                call="virtualNetworks.createOrUpdate")
-            if not done:
-                raise _error(TransientError,
-                             f"virtual network {vnet['name']} is still being created",
-                             operation="submit", code="InProgress")
+            self._create(lambda polling: network.virtual_networks.begin_create_or_update(
+                rg, vnet["name"], vnet["body"], polling=polling),
+                deadline=deadline, call="virtualNetworks.createOrUpdate", what=vnet["name"])
             return
-        subnets = {s.get("name") for s in (found.as_dict().get("properties") or {})
-                   .get("subnets") or []}
-        if SUBNET_NAME not in subnets:
-            subnet = vnet["body"]["properties"]["subnets"][0]
-            self._run_lro(
-                lambda: self.network().subnets.begin_create_or_update(
-                    rg, vnet["name"], SUBNET_NAME,
-                    {"properties": subnet["properties"]},  # type: ignore[call-overload]
-                    polling=self._polling(self.settings.operation_timeout_s)),
-                call="subnets.createOrUpdate")
+        wanted = vnet["body"]["properties"]["subnets"][0]["properties"]
+        subnet = next((s for s in found.subnets or [] if _text(s.name) == SUBNET_NAME), None)
+        nat_id = (wanted.get("natGateway") or {}).get("id", "")
+        has_nat = subnet is not None and subnet.nat_gateway is not None and (
+            _text(subnet.nat_gateway.id).lower() == nat_id.lower())
+        if subnet is None or (nat_id and not has_nat):
+            self._create(lambda polling: network.subnets.begin_create_or_update(
+                rg, vnet["name"], SUBNET_NAME, {"properties": wanted},  # type: ignore[call-overload]
+                polling=polling),
+                deadline=deadline, call="subnets.createOrUpdate", what=SUBNET_NAME)
 
-    def _delete_quietly(self, *, vm_name: str | None = None, nic_name: str | None = None) -> None:
+    def _exists(self, get: Callable[[], Any], *, call: str) -> bool:
+        try:
+            get()
+        except ResourceNotFoundError:
+            return False
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation="submit", call=call) from exc
+        return True
+
+    def _start_delete(self, start: Callable[[], Any], *, call: str) -> None:
+        """Send a DELETE without waiting for its operation; a resource gone is fine."""
+        try:
+            start()
+        except ResourceNotFoundError:
+            return
+        except _SDK_ERRORS as exc:
+            raise map_azure_error(exc, operation="delete", call=call) from exc
+
+    def _delete_quietly(self, *, vm_name: str | None = None,
+                        nic_name: str | None = None, ip_name: str | None = None) -> None:
         """Best-effort clean-up after a failed create: start the deletes, do not wait.
 
-        Deleting the VM also deletes its NIC and OS disk (deleteOption Delete).
+        Deleting the VM also deletes its NIC, public IP and OS disk (deleteOption
+        Delete); a NIC and public IP left by a VM PUT refused up front are deleted
+        directly (the IP may still be in use while the NIC goes: then ``delete()``
+        finds and removes it later).
         """
         rg = self.settings.resource_group
         try:
@@ -773,8 +1089,29 @@ class AzureProvider:
                 self.compute().virtual_machines.begin_delete(rg, vm_name, polling=False)
             if nic_name is not None:
                 self.network().network_interfaces.begin_delete(rg, nic_name, polling=False)
+            if ip_name is not None:
+                self.network().public_ip_addresses.begin_delete(rg, ip_name, polling=False)
         except _SDK_ERRORS:
             return
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _location(name: str) -> str:
+    """An ARM location in its canonical spelling ("West Europe" -> "westeurope")."""
+    return name.replace(" ", "").lower()
+
+
+def _public_ip_body(region: str, tags: dict[str, str], *, delete: bool) -> dict[str, Any]:
+    """A Standard static IPv4 public IP (Standard IPs are closed to inbound by default)."""
+    props: dict[str, Any] = {"publicIPAllocationMethod": "Static",
+                             "publicIPAddressVersion": "IPv4"}
+    if delete:
+        props["deleteOption"] = "Delete"  # deleted with the VM that uses it
+    return {"location": region, "tags": tags, "sku": {"name": "Standard", "tier": "Regional"},
+            "properties": props}
 
 
 def _fill_subscription(value: Any, subscription: str) -> Any:
@@ -788,35 +1125,22 @@ def _fill_subscription(value: Any, subscription: str) -> Any:
 
 
 def _rename(payload: dict[str, Any], *, new: str) -> dict[str, Any]:
-    """The payload with the VM (and its NIC, OS disk and host name) renamed to ``new``."""
+    """The payload with the VM (and its NIC, public IP, OS disk, host name) renamed."""
     nic = payload["networkInterface"]
     vm = payload["virtualMachine"]
     props = vm["body"]["properties"]
     nic_ref = props["networkProfile"]["networkInterfaces"][0]
     nic_ref["id"] = nic_ref["id"].rsplit("/", 1)[0] + f"/{new}-nic"
     nic["name"] = f"{new}-nic"
+    if payload.get("publicIp") is not None:
+        payload["publicIp"]["name"] = f"{new}-ip"
+        ip_ref = nic["body"]["properties"]["ipConfigurations"][0]["properties"][
+            "publicIPAddress"]
+        ip_ref["id"] = ip_ref["id"].rsplit("/", 1)[0] + f"/{new}-ip"
     vm["name"] = new
     props["osProfile"]["computerName"] = new
     props["storageProfile"]["osDisk"]["name"] = f"{new}-osdisk"
     return payload
-
-
-def _failed_provisioning(vm: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(code, message) when the VM's provisioning failed, read from its instance view."""
-    props = vm.get("properties") or {}
-    if props.get("provisioningState") != "Failed":
-        return None
-    for status in (props.get("instanceView") or {}).get("statuses") or []:
-        code = str(status.get("code", ""))
-        if code.startswith("ProvisioningState/failed/"):
-            return code.rsplit("/", 1)[1], str(status.get("message") or "")
-    return "ProvisioningFailed", "the VM's provisioning failed"
-
-
-def _failure_error(failure: tuple[str, str], *, operation: str, call: str) -> ProviderError:
-    code, message = failure
-    cls, _ = classify([code], message=message, http_status=None)
-    return _error(cls, f"{call}: {message}", operation=operation, code=code)
 
 
 def _jwt_claims(token: str) -> dict[str, Any]:

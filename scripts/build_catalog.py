@@ -102,8 +102,8 @@ One row per (cloud, region, instance_type). Rules:
 * Azure Standard_ND96isr_H100_v5 has 8 GPUs (the reference says 12). Azure NCads H100 v5 uses the
   H100 NVL (94 GB) and is mapped to ``H100-NVL``; Azure NC A100 v4 uses the PCIe A100 80 GB and
   is mapped to ``A100-80GB-PCIe``.
-* Retired Azure sizes are dropped, the retirement in the build log: NCv3 (NC6s_v3, NC12s_v3,
-  NC24s_v3, NC24rs_v3), retired 2025-09-30.
+* Retired Azure sizes are dropped, the retirement in the build log: NC, NCv2, ND and NV
+  (2023-09-06), NCv3 (2025-09-30), NVv3 and NVv4 (2026-09-30); sources beside AZURE_RETIRED.
 
 GCP list prices: for the A2, A3 High/Mega and G2 machine types the offer's on-demand and spot
 prices are the Cloud Billing Catalog list prices of the whole machine type (GPUs, host VM and
@@ -938,13 +938,40 @@ AZURE_OVERRIDES: dict[str, tuple[str | None, int | None]] = {
     "Standard_NC24rs_v3": ("V100-PCIe", None),
 }
 
-# Azure VM sizes retired by Microsoft, dropped with the reason printed in the build log.
-# NCv3 (all four sizes, NC24rs_v3 included): retired 2025-09-30 (Azure NCv3-series retirement
-# notice, learn.microsoft.com/azure/virtual-machines/sizes/retirement/ncv3-series-retirement).
+# Azure VM sizes retired by Microsoft (or announced for a retirement date before 2026-12-01),
+# dropped with the reason printed in the build log, whatever their GPU: a size Azure no longer
+# provisions must not be offered even once its accelerator is in the catalog.
+# Sources (checked 2026-12-01):
+# - "Retired Azure VM size series", learn.microsoft.com/azure/virtual-machines/sizes/retirement/
+#   retired-sizes-list (MicrosoftDocs/azure-compute-docs): NCv3 and NCv3-NC24rs retired
+#   2025-09-30; NVv3 and NVv4 announced 2026-04-15 (azure.microsoft.com/updates?id=516070),
+#   retired 2026-09-30. NDv2, NC T4 v3, NDm A100 v4 (and ND A100 v4, NC A100 v4, the H100
+#   series) are neither retired nor announced there, so they stay.
+# - The N-series migration notices (MicrosoftDocs/azure-docs articles/virtual-machines/
+#   nc-series-retirement, ncv2-series-retirement, nv-series-retirement, nd-series-retirement):
+#   NC (K80), NCv2 (P100), ND (P40) and NV / NV_Promo (M60) retired 2023-09-06.
+_AZURE_RETIREMENTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("NC series (K80)", "2023-09-06", (
+        "Standard_NC6", "Standard_NC12", "Standard_NC24", "Standard_NC24r",
+        "Standard_NC6_Promo", "Standard_NC12_Promo", "Standard_NC24_Promo",
+        "Standard_NC24r_Promo")),
+    ("NCv2 series (P100)", "2023-09-06", (
+        "Standard_NC6s_v2", "Standard_NC12s_v2", "Standard_NC24s_v2", "Standard_NC24rs_v2")),
+    ("ND series (P40)", "2023-09-06", (
+        "Standard_ND6s", "Standard_ND12s", "Standard_ND24s", "Standard_ND24rs")),
+    ("NV series (M60)", "2023-09-06", (
+        "Standard_NV6", "Standard_NV12", "Standard_NV24", "Standard_NV6_Promo",
+        "Standard_NV12_Promo", "Standard_NV24_Promo")),
+    ("NCv3 series", "2025-09-30", (
+        "Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24rs_v3")),
+    ("NVv3 series", "2026-09-30", (
+        "Standard_NV12s_v3", "Standard_NV24s_v3", "Standard_NV48s_v3")),
+    ("NVv4 series", "2026-09-30", (
+        "Standard_NV4as_v4", "Standard_NV8as_v4", "Standard_NV16as_v4", "Standard_NV32as_v4")),
+)
 AZURE_RETIRED: dict[str, str] = {
-    size: "NCv3 series retired by Azure on 2025-09-30"
-    for size in ("Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3",
-                 "Standard_NC24rs_v3")
+    size: f"{series} retired by Azure on {date}"
+    for series, date, sizes in _AZURE_RETIREMENTS for size in sizes
 }
 
 # GCP host machine type for each (accelerator name in the GCP catalog, GPU count).

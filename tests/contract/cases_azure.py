@@ -65,7 +65,9 @@ def azure_case(env: CaseEnv) -> Iterator[AdapterCase]:
                 spot_placement=dataclasses.replace(PLACEMENT, spot=True),
                 unknown_instance_id="gp-never-issued-vm", secrets=(LOOPBACK_TEST_TOKEN,),
                 count_instances=lambda: len(fake.vms), inject_error=inject,
-                error_kinds=frozenset({"capacity", "quota", "transient", "auth"}))
+                error_kinds=frozenset({"capacity", "quota", "transient", "auth"}),
+                finish=lambda handle, code: fake.finish(handle.instance_id, code),
+                count_resources=fake.count_resources)
         finally:
             for provider in made:
                 provider.close()  # type: ignore[attr-defined]

@@ -1,35 +1,56 @@
 """A local Azure Resource Manager (HTTPS) for the Azure adapter's tests.
 
 It answers the calls azure-mgmt-compute / azure-mgmt-network make, in ARM's JSON
-shapes: virtual machines (PUT / GET with ``$expand=instanceView`` / DELETE /
-list), virtual networks and subnets, network interfaces, and the
-``Azure-AsyncOperation`` status endpoints of long-running operations.
+shapes: virtual machines (PUT / GET with ``$expand=instanceView`` / DELETE / paged
+list of a resource group or a location / ``retrieveBootDiagnosticsData``), virtual
+networks and subnets, NAT gateways, public IP addresses, network interfaces, and
+the ``Azure-AsyncOperation`` status endpoints of long-running operations. A second,
+plain-http loopback server plays Blob Storage for the boot diagnostics serial log
+(SAS URL, no bearer token).
 
-Like ARM it:
+Time is real and short: every operation ends a configurable number of seconds
+after it began (``create_s``, ``delete_s``, ``vnet_s``, ``nic_s``; tenths of seconds
+in tests), whoever asks, as ARM's do. Like ARM it:
 - requires ``api-version`` and a bearer token (401 InvalidAuthenticationToken);
 - answers a VM PUT with 201, ``Azure-AsyncOperation`` and provisioningState
-  Creating; the operation reports InProgress ``op_polls`` times, then Succeeded,
-  or Failed with ``{"status": "Failed", "error": {"code": "AllocationFailed"}}``,
-  leaving the VM in provisioningState Failed with a
-  ``ProvisioningState/failed/<code>`` instance-view status;
+  Creating; the operation then ends Succeeded, or Failed with an allocation error
+  (``fail_next_vm_lro``: after ``Fault.after_s``), leaving the VM in provisioningState
+  Failed (``ProvisioningState/failed/<code>`` instance-view status) with its NIC,
+  public IP and OS disk, as Azure does;
 - treats a PUT with an existing name as an update (idempotent), and DELETE of a
-  missing resource as 204;
-- validates references (NIC -> subnet, VM -> NIC, same location), tag names,
-  VM / computer names, customData being base64, Spot fields;
-- deletes a VM's NIC and OS disk with it when their deleteOption is Delete.
+  missing resource as 204; a VM DELETE is 202 and the VM stays in provisioningState
+  Deleting for ``delete_s``, then goes with its NIC, OS disk and public IP when their
+  deleteOption is Delete;
+- refuses a second PUT of a virtual network whose creation is still running (409
+  AnotherOperationInProgress), a NIC on a subnet not provisioned yet (409
+  ReferencedResourceNotProvisioned), deleting a NIC attached to a VM (400 NicInUse) or a
+  public IP attached to a NIC (400 PublicIPAddressInUse), a Standard public IP that is
+  not Static;
+- throttles on demand (429 TooManyRequests with Retry-After, ``throttle``);
+- validates references (NIC -> subnet / public IP, VM -> NIC, subnet -> NAT
+  gateway, same location), tag names, VM / computer names, customData being base64,
+  Spot fields.
+
+Test hooks: ``finish(name, exit_code)`` (the boot script ends: the serial log gets
+the marker and the VM is PowerState/stopped, still allocated), ``evict``,
+``set_power``, ``count_resources()`` (VMs + NICs + OS disks + public IPs of VMs).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import ipaddress
 import itertools
 import json
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
+from tests.fakes import http
 from tests.fakes.json_server import JsonServer, Reply
 
 
@@ -49,19 +70,30 @@ _VM = _RG + r"/providers/Microsoft\.Compute/virtualMachines"
 _NET = _RG + r"/providers/Microsoft\.Network"
 _VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}[A-Za-z0-9]?$")
 _TAG_BAD = re.compile(r"[<>%&\\?/]")
+SAS_SIGNATURE = "fake-sas-signature"
 
 
 @dataclass(slots=True)
 class Fault:
-    """An ARM error: sync (the PUT itself fails) or async (the LRO ends Failed)."""
+    """An ARM error: sync (the PUT itself fails) or async (the LRO ends Failed).
+
+    ``after_s``: for an async fault, how long after the PUT the operation fails
+    (default: the fake's ``create_s``).
+    """
 
     code: str
     message: str
     status: int = 409  # for sync faults
+    after_s: float | None = None
 
 
 def arm_error(status: int, code: str, message: str) -> Reply:
     return status, {"error": {"code": code, "message": message}}, {}
+
+
+def _not_found(kind: str, name: str, rg: str) -> Reply:
+    return arm_error(404, "ResourceNotFound", f"The Resource '{kind}/{name}' under resource "
+                     f"group '{rg}' was not found.")
 
 
 class FakeResourceManager(JsonServer):
@@ -76,18 +108,31 @@ class FakeResourceManager(JsonServer):
         self.vms: dict[str, dict[str, Any]] = {}
         self.nics: dict[str, dict[str, Any]] = {}
         self.vnets: dict[str, dict[str, Any]] = {}
+        self.public_ips: dict[str, dict[str, Any]] = {}
+        self.nat_gateways: dict[str, dict[str, Any]] = {}
         self.disks: set[str] = set()
         self.operations: dict[str, dict[str, Any]] = {}
         self.sync_faults: list[Fault] = []
         self.lro_faults: list[Fault] = []
-        self.call_faults: list[tuple[str, re.Pattern[str], Reply]] = []
-        self.op_polls = 2  # InProgress answers before the terminal status
+        self.call_faults: list[tuple[str, re.Pattern[str], Reply, list[int] | None]] = []
+        self.create_s = 0.05  # how long a VM creation runs
+        self.delete_s = 0.05  # how long a VM deletion runs
+        self.vnet_s = 0.0  # how long a virtual network creation runs
+        self.nic_s = 0.0  # how long a network interface creation runs
+        self.page_size = 50  # VMs per page of a list (nextLink beyond)
         self.hang_operations = False  # VM operations stay InProgress (networks still finish)
+        self.blob_requests: list[http.Request] = []
+        self.blob_url = ""
+        self._blob_server: contextlib.ExitStack | None = None
         self._ids = itertools.count(1)
         self.route("PUT", _VM + r"/(?P<name>[^/]+)", self._put_vm)
         self.route("GET", _VM + r"/(?P<name>[^/]+)", self._get_vm)
         self.route("GET", _VM, self._list_vms)
+        self.route("GET", _SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/"
+                   r"virtualMachines", self._list_vms)
         self.route("DELETE", _VM + r"/(?P<name>[^/]+)", self._delete_vm)
+        self.route("POST", _VM + r"/(?P<name>[^/]+)/retrieveBootDiagnosticsData",
+                   self._boot_diagnostics)
         self.route("PUT", _NET + r"/virtualNetworks/(?P<name>[^/]+)", self._put_vnet)
         self.route("GET", _NET + r"/virtualNetworks/(?P<name>[^/]+)", self._get_vnet)
         self.route("PUT", _NET + r"/virtualNetworks/(?P<vnet>[^/]+)/subnets/(?P<name>[^/]+)",
@@ -95,8 +140,25 @@ class FakeResourceManager(JsonServer):
         self.route("PUT", _NET + r"/networkInterfaces/(?P<name>[^/]+)", self._put_nic)
         self.route("GET", _NET + r"/networkInterfaces/(?P<name>[^/]+)", self._get_nic)
         self.route("DELETE", _NET + r"/networkInterfaces/(?P<name>[^/]+)", self._delete_nic)
+        self.route("PUT", _NET + r"/publicIPAddresses/(?P<name>[^/]+)", self._put_ip)
+        self.route("GET", _NET + r"/publicIPAddresses/(?P<name>[^/]+)", self._get_ip)
+        self.route("DELETE", _NET + r"/publicIPAddresses/(?P<name>[^/]+)", self._delete_ip)
+        self.route("PUT", _NET + r"/natGateways/(?P<name>[^/]+)", self._put_nat)
+        self.route("GET", _NET + r"/natGateways/(?P<name>[^/]+)", self._get_nat)
         self.route("GET", _SUB + r"/providers/Microsoft\.(?:Compute|Network)/locations/"
                    r"(?P<loc>[^/]+)/operations/(?P<op>[^/]+)", self._get_op)
+
+    def start(self) -> Self:
+        super().start()
+        self._blob_server = contextlib.ExitStack()
+        self.blob_url = self._blob_server.enter_context(http.serve(self._serve_blob))
+        return self
+
+    def stop(self) -> None:
+        if self._blob_server is not None:
+            self._blob_server.close()
+            self._blob_server = None
+        super().stop()
 
     # -- test controls
 
@@ -104,29 +166,64 @@ class FakeResourceManager(JsonServer):
         self.sync_faults.append(fault)
 
     def fail_next_vm_lro(self, fault: Fault) -> None:
+        """The next new VM is accepted (201); its operation fails ``fault.after_s`` later."""
         self.lro_faults.append(fault)
 
-    def fail_calls(self, method: str, path_regex: str, reply: Reply) -> None:
-        self.call_faults.append((method, re.compile(path_regex), reply))
+    def fail_calls(self, method: str, path_regex: str, reply: Reply, *,
+                   times: int | None = None) -> None:
+        """Answer matching calls with ``reply`` (``times`` times, else for good)."""
+        self.call_faults.append((method, re.compile(path_regex), reply,
+                                 None if times is None else [times]))
+
+    def throttle(self, method: str, path_regex: str, *, times: int = 1,
+                 retry_after_s: int = 1) -> None:
+        """ARM throttling: 429 TooManyRequests with Retry-After on matching calls."""
+        self.fail_calls(method, path_regex, (429, {"error": {
+            "code": "TooManyRequests", "message": "The request is being throttled as the limit "
+            "has been reached for operation type - Read_30Min."}},
+            {"Retry-After": str(retry_after_s)}), times=times)
 
     def set_power(self, name: str, power: str) -> None:
-        self.vms[name]["_power"] = power
+        with self.lock:
+            self.vms[name]["_power"] = power
+
+    def finish(self, name: str, exit_code: int) -> None:
+        """The VM's boot script ends: the serial log gets the marker, the VM powers off.
+
+        Azure keeps a VM shut down from inside allocated: PowerState/stopped.
+        """
+        with self.lock:
+            vm = self.vms[name]
+            vm["_serial"] += (f"[  42.000000] cloud-init[911]: job done\n"
+                              f"greenplace-exit-code={exit_code}\n"
+                              "[  42.100000] reboot: Power down\n")
+            vm["_power"] = "stopped"
 
     def evict(self, name: str) -> None:
         """Azure evicts a Spot VM: policy Delete removes it, Deallocate deallocates it."""
-        vm = self.vms[name]
-        if vm["properties"].get("evictionPolicy") == "Deallocate":
-            vm["_power"] = "deallocated"
-        else:
-            self._remove_vm(name)
+        with self.lock:
+            vm = self.vms[name]
+            if vm["properties"].get("evictionPolicy") == "Deallocate":
+                vm["_power"] = "deallocated"
+            else:
+                self._remove_vm(name)
 
     def puts(self, kind: str) -> list[Any]:
         """The PUT requests on resources of ``kind`` (virtualMachines, subnets, ...)."""
         return [r for r in self.requests if r.method == "PUT" and r.path.split("/")[-2] == kind]
 
+    def count_resources(self) -> int:
+        """What a job's launch creates and its deletion must remove: VMs, NICs, OS disks,
+        and public IPs other than a NAT gateway's (the region's network is shared)."""
+        self._tick()
+        with self.lock:
+            job_ips = [n for n in self.public_ips if not n.endswith("-nat-ip")]
+            return len(self.vms) + len(self.nics) + len(self.disks) + len(job_ips)
+
     # -- plumbing
 
     def dispatch(self, method: str, path: str, query: dict[str, str], body: Any) -> Reply:
+        self._tick()
         auth = self.current_headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or auth[len("Bearer "):] not in self.tokens:
             return arm_error(401, "InvalidAuthenticationToken",
@@ -135,8 +232,10 @@ class FakeResourceManager(JsonServer):
             return arm_error(400, "MissingApiVersionParameter",
                              "The api-version query parameter (?api-version=) is required for "
                              "all requests.")
-        for fault_method, pattern, reply in self.call_faults:
-            if fault_method == method and pattern.search(path):
+        for fault_method, pattern, reply, left in self.call_faults:
+            if fault_method == method and pattern.search(path) and (left is None or left[0]):
+                if left is not None:
+                    left[0] -= 1
                 return reply
         return super().dispatch(method, path, query, body)
 
@@ -153,28 +252,33 @@ class FakeResourceManager(JsonServer):
     def _rid(self, rg: str, kind: str, name: str) -> str:
         return f"/subscriptions/{self.subscription}/resourceGroups/{rg}/providers/{kind}/{name}"
 
-    def _new_op(self, namespace: str, location: str, *, fault: Fault | None = None,
-                on_success: Any = None, on_failure: Any = None) -> str:
+    def _new_op(self, namespace: str, location: str, *, after_s: float,
+                fault: Fault | None = None, on_success: Callable[[], None] | None = None,
+                on_failure: Callable[[], None] | None = None) -> tuple[str, str]:
+        """A running operation that ends ``after_s`` from now; (its id, its status URL)."""
         op_id = f"{next(self._ids):08d}-aaaa-bbbb-cccc-0000000000{next(self._ids):02d}"
-        self.operations[op_id] = {"polls": self.op_polls, "fault": fault,
+        self.operations[op_id] = {"ends_at": time.monotonic() + after_s, "fault": fault,
                                   "on_success": on_success, "on_failure": on_failure,
                                   "status": "InProgress", "namespace": namespace}
-        return (f"{self.base_url}/subscriptions/{self.subscription}/providers/{namespace}/"
-                f"locations/{location}/operations/{op_id}?p=fake&api-version=2026-04-01")
+        return op_id, (f"{self.base_url}/subscriptions/{self.subscription}/providers/"
+                       f"{namespace}/locations/{location}/operations/{op_id}"
+                       "?p=fake&api-version=2026-04-01")
 
-    def _advance(self, op: dict[str, Any]) -> None:
-        hung = self.hang_operations and op["namespace"] == "Microsoft.Compute"
-        if op["status"] == "InProgress" and not hung:
-            op["polls"] -= 1
-            if op["polls"] < 0:
-                if op["fault"] is not None:
-                    op["status"] = "Failed"
-                    if op["on_failure"] is not None:
-                        op["on_failure"]()
-                else:
-                    op["status"] = "Succeeded"
-                    if op["on_success"] is not None:
-                        op["on_success"]()
+    def _tick(self) -> None:
+        """Time passes: end every operation whose time has come, in order."""
+        with self.lock:
+            now = time.monotonic()
+            due = sorted((op["ends_at"], op_id) for op_id, op in self.operations.items()
+                         if op["status"] == "InProgress" and op["ends_at"] <= now)
+            for _, op_id in due:
+                op = self.operations[op_id]
+                if self.hang_operations and op["namespace"] == "Microsoft.Compute":
+                    continue
+                failed = op["fault"] is not None
+                op["status"] = "Failed" if failed else "Succeeded"
+                hook = op["on_failure"] if failed else op["on_success"]
+                if hook is not None:
+                    hook()
 
     def _get_op(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
         if (bad := self._scope(m)) is not None:
@@ -182,7 +286,6 @@ class FakeResourceManager(JsonServer):
         op = self.operations.get(m.group("op"))
         if op is None:
             return arm_error(404, "NotFound", "operation not found")
-        self._advance(op)
         reply: dict[str, Any] = {"name": m.group("op"), "status": op["status"],
                                  "startTime": "2026-11-27T12:00:00.0000000+00:00"}
         if op["status"] == "Failed":
@@ -238,6 +341,9 @@ class FakeResourceManager(JsonServer):
             if nic["location"] != body["location"]:
                 return arm_error(400, "NicInDifferentLocation", "The network interface must be "
                                  "in the same location as the virtual machine.")
+            if nic.get("_vm") not in (None, name):
+                return arm_error(400, "NicInUse", f"Network interface {nic['id']} is used by "
+                                 f"existing resource {nic['_vm']}.")
         return None
 
     def _put_vm(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
@@ -260,23 +366,31 @@ class FakeResourceManager(JsonServer):
         vm = {"name": name, "id": self._rid(rg, "Microsoft.Compute/virtualMachines", name),
               "type": "Microsoft.Compute/virtualMachines", "location": body["location"],
               "tags": body.get("tags") or {}, "properties": props, "_power": "starting",
-              "_failure": None}
+              "_failure": None, "_serial": ""}
         self.vms[name] = vm
+        for ref in props["networkProfile"]["networkInterfaces"]:
+            self.nics[ref["id"].rsplit("/", 1)[-1]]["_vm"] = name
         self.disks.add(props["storageProfile"]["osDisk"]["name"])
         fault = self.lro_faults.pop(0) if self.lro_faults else None
 
         def succeed() -> None:
+            if vm["properties"]["provisioningState"] != "Creating":
+                return  # deleted meanwhile
             vm["properties"]["provisioningState"] = "Succeeded"
             vm["_power"] = "running"
+            vm["_serial"] += "[    0.000000] Linux version 6.8.0-azure\ncloud-init: booted\n"
 
-        def fail() -> None:
+        def fail() -> None:  # Azure leaves the VM, its NIC and its disk behind
+            if vm["properties"]["provisioningState"] != "Creating":
+                return  # deleted meanwhile
             vm["properties"]["provisioningState"] = "Failed"
             vm["_power"] = ""
             vm["_failure"] = fault
 
-        url = self._new_op("Microsoft.Compute", body["location"], fault=fault,
-                           on_success=succeed, on_failure=fail)
-        vm["_op"] = url.split("/operations/")[1].split("?")[0]
+        after_s = fault.after_s if fault is not None and fault.after_s is not None \
+            else self.create_s
+        vm["_op"], url = self._new_op("Microsoft.Compute", body["location"], after_s=after_s,
+                                      fault=fault, on_success=succeed, on_failure=fail)
         return 201, self._vm_view(vm, expand=False), {"Azure-AsyncOperation": url}
 
     def _vm_view(self, vm: dict[str, Any], *, expand: bool) -> dict[str, Any]:
@@ -304,38 +418,109 @@ class FakeResourceManager(JsonServer):
         if (bad := self._scope(m)) is not None:
             return bad
         vm = self.vms.get(m.group("name"))
-        if vm is not None and vm.get("_op") in self.operations:  # time passes for its LRO
-            self._advance(self.operations[vm["_op"]])
         if vm is None:
-            return arm_error(404, "ResourceNotFound", "The Resource 'Microsoft.Compute/"
-                             f"virtualMachines/{m.group('name')}' under resource group "
-                             f"'{m.group('rg')}' was not found.")
+            return _not_found("Microsoft.Compute/virtualMachines", m.group("name"), m.group("rg"))
         return 200, self._vm_view(vm, expand=q.get("$expand") == "instanceView"), {}
 
     def _list_vms(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        """A resource group's VMs (``$expand=instanceView`` allowed) or a location's,
+        ``page_size`` at a time with ``nextLink``."""
         if (bad := self._scope(m)) is not None:
             return bad
-        return 200, {"value": [self._vm_view(v, expand=False) for v in self.vms.values()]}, {}
+        location = m.groupdict().get("loc")
+        if location is not None and q.get("$expand"):
+            return arm_error(400, "InvalidParameter", "$expand is not supported when listing "
+                             "virtual machines by location.")
+        vms = [v for v in self.vms.values() if location is None or v["location"] == location]
+        start = int(q.get("$skiptoken") or 0)
+        page = vms[start:start + self.page_size]
+        reply: dict[str, Any] = {"value": [
+            self._vm_view(v, expand=q.get("$expand") == "instanceView") for v in page]}
+        if start + self.page_size < len(vms):
+            rest = "&".join(f"{k}={v}" for k, v in q.items() if k != "$skiptoken")
+            path = m.group(0)
+            reply["nextLink"] = (f"{self.base_url}{path}?{rest}"
+                                 f"&$skiptoken={start + self.page_size}")
+        return 200, reply, {}
 
     def _remove_vm(self, name: str) -> None:
+        """The VM goes, and with it what carries deleteOption Delete (NIC -> its public IP)."""
         vm = self.vms.pop(name)
         props = vm["properties"]
         if props["storageProfile"]["osDisk"].get("deleteOption") == "Delete":
             self.disks.discard(props["storageProfile"]["osDisk"]["name"])
         for ref in props["networkProfile"]["networkInterfaces"]:
+            nic_name = ref["id"].rsplit("/", 1)[-1]
+            nic = self.nics.get(nic_name)
+            if nic is None:
+                continue
+            nic.pop("_vm", None)
             if (ref.get("properties") or {}).get("deleteOption") == "Delete":
-                self.nics.pop(ref["id"].rsplit("/", 1)[-1], None)
+                self._remove_nic(nic_name, with_ips=True)
+
+    def _remove_nic(self, name: str, *, with_ips: bool) -> None:
+        nic = self.nics.pop(name)
+        for config in nic["properties"].get("ipConfigurations") or []:
+            ref = (config.get("properties") or {}).get("publicIPAddress")
+            ip = self.public_ips.get(ref["id"].rsplit("/", 1)[-1]) if ref else None
+            if ip is not None:
+                ip.pop("_nic", None)
+                if with_ips and ip["properties"].get("deleteOption") == "Delete":
+                    self.public_ips.pop(ip["name"])
 
     def _delete_vm(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
         if (bad := self._scope(m)) is not None:
             return bad
         name = m.group("name")
-        if name not in self.vms:
+        vm = self.vms.get(name)
+        if vm is None:
             return 204, None, {}
-        location = self.vms[name]["location"]
-        self._remove_vm(name)
-        url = self._new_op("Microsoft.Compute", location)
+        location = vm["location"]
+        if vm["properties"]["provisioningState"] != "Deleting":
+            vm["properties"]["provisioningState"] = "Deleting"
+            vm["_op"], vm["_delete_url"] = self._new_op(
+                "Microsoft.Compute", location, after_s=self.delete_s,
+                on_success=lambda: self._remove_vm(name) if name in self.vms else None)
+        url = vm["_delete_url"]
         return 202, None, {"Azure-AsyncOperation": url, "Location": url}
+
+    def _boot_diagnostics(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        """SAS URLs of the serial log and screenshot blobs (managed boot diagnostics)."""
+        if (bad := self._scope(m)) is not None:
+            return bad
+        name = m.group("name")
+        vm = self.vms.get(name)
+        if vm is None:
+            return _not_found("Microsoft.Compute/virtualMachines", name, m.group("rg"))
+        boot = ((vm["properties"].get("diagnosticsProfile") or {}).get("bootDiagnostics")
+                or {})
+        if not boot.get("enabled"):
+            return arm_error(409, "OperationNotAllowed", "Boot diagnostics is not enabled for "
+                             f"the virtual machine '{name}'.")
+        minutes = int(q.get("sasUriExpirationTimeInMinutes") or 120)
+        if not 1 <= minutes <= 1440:
+            return arm_error(400, "InvalidParameter", "sasUriExpirationTimeInMinutes must be "
+                             "between 1 and 1440.")
+        sas = f"sv=2021-08-06&sr=b&sp=r&se=2026-11-27T13%3A00%3A00Z&sig={SAS_SIGNATURE}"
+        base = f"{self.blob_url}/bootdiagnostics-{vm['properties']['vmId'][:8]}/{name}"
+        return 200, {"consoleScreenshotBlobUri": f"{base}.screenshot.bmp?{sas}",
+                     "serialConsoleLogBlobUri": f"{base}.serialconsole.log?{sas}"}, {}
+
+    def _serve_blob(self, request: http.Request) -> http.Reply:
+        """Blob Storage for the serial logs: a SAS signature, no bearer token."""
+        with self.lock:
+            self.blob_requests.append(request)
+            if request.query.get("sig") != [SAS_SIGNATURE]:
+                return http.Reply(status=403, body=b"<Error><Code>AuthenticationFailed</Code>"
+                                  b"</Error>", headers={"Content-Type": "application/xml"})
+            found = re.fullmatch(r"/bootdiagnostics-[^/]+/(?P<vm>[^/]+)\.serialconsole\.log",
+                                 request.path)
+            vm = self.vms.get(found.group("vm")) if found else None
+            if vm is None or not vm["_serial"]:
+                return http.Reply(status=404, body=b"<Error><Code>BlobNotFound</Code></Error>",
+                                  headers={"Content-Type": "application/xml"})
+            return http.Reply(status=200, body=vm["_serial"].encode(),
+                              headers={"Content-Type": "text/plain", "x-ms-blob-type": "BlockBlob"})
 
     # -- network
 
@@ -343,6 +528,11 @@ class FakeResourceManager(JsonServer):
         if (bad := self._scope(m)) is not None:
             return bad
         rg, name = m.group("rg"), m.group("name")
+        current = self.vnets.get(name)
+        if current is not None and current["properties"]["provisioningState"] != "Succeeded":
+            return arm_error(409, "AnotherOperationInProgress", "Another operation on this or "
+                             f"dependent resource is in progress. To retrieve status of the "
+                             f"operation use uri: {current['_op_url']}.")
         vnet_id = self._rid(rg, "Microsoft.Network/virtualNetworks", name)
         props = body.get("properties") or {}
         prefixes = [ipaddress.ip_network(p) for p in
@@ -353,26 +543,44 @@ class FakeResourceManager(JsonServer):
             if not any(prefix.subnet_of(p) for p in prefixes):  # type: ignore[arg-type]
                 return arm_error(400, "NetcfgSubnetRangeOutsideVnet", f"Subnet "
                                  f"'{subnet['name']}' is not valid in virtual network '{name}'.")
+            if (bad := self._check_nat(subnet["properties"], body["location"])) is not None:
+                return bad
             subnets.append({"name": subnet["name"], "id": f"{vnet_id}/subnets/{subnet['name']}",
                             "properties": {**subnet["properties"],
                                            "provisioningState": "Succeeded"}})
         vnet = {"name": name, "id": vnet_id, "type": "Microsoft.Network/virtualNetworks",
                 "location": body["location"], "tags": body.get("tags") or {},
-                "properties": {**props, "subnets": subnets, "provisioningState": "Succeeded"}}
-        created = name not in self.vnets
+                "properties": {**props, "subnets": subnets, "provisioningState": "Updating"}}
+
+        def provisioned() -> None:
+            vnet["properties"]["provisioningState"] = "Succeeded"
+
         self.vnets[name] = vnet
-        url = self._new_op("Microsoft.Network", body["location"])
-        return (201 if created else 200), vnet, {"Azure-AsyncOperation": url}
+        _, vnet["_op_url"] = self._new_op("Microsoft.Network", body["location"],
+                                          after_s=self.vnet_s, on_success=provisioned)
+        view = {k: v for k, v in vnet.items() if not k.startswith("_")}
+        return (201 if current is None else 200), view, {"Azure-AsyncOperation": vnet["_op_url"]}
+
+    def _check_nat(self, subnet_props: dict[str, Any], location: str) -> Reply | None:
+        ref = subnet_props.get("natGateway")
+        if not ref:
+            return None
+        nat = self.nat_gateways.get(ref["id"].rsplit("/", 1)[-1])
+        if nat is None or nat["id"].lower() != ref["id"].lower():
+            return arm_error(400, "InvalidResourceReference", f"Resource {ref['id']} "
+                             "referenced by the subnet was not found.")
+        if nat["location"] != location:
+            return arm_error(400, "InvalidResourceReference", "The NAT gateway and the subnet "
+                             "must be in the same location.")
+        return None
 
     def _get_vnet(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
         if (bad := self._scope(m)) is not None:
             return bad
         vnet = self.vnets.get(m.group("name"))
         if vnet is None:
-            return arm_error(404, "ResourceNotFound", "The Resource 'Microsoft.Network/"
-                             f"virtualNetworks/{m.group('name')}' under resource group "
-                             f"'{m.group('rg')}' was not found.")
-        return 200, vnet, {}
+            return _not_found("Microsoft.Network/virtualNetworks", m.group("name"), m.group("rg"))
+        return 200, {k: v for k, v in vnet.items() if not k.startswith("_")}, {}
 
     def _put_subnet(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
         if (bad := self._scope(m)) is not None:
@@ -380,46 +588,158 @@ class FakeResourceManager(JsonServer):
         vnet = self.vnets.get(m.group("vnet"))
         if vnet is None:
             return arm_error(404, "ResourceNotFound", "virtual network not found")
+        if (bad := self._check_nat(body["properties"], vnet["location"])) is not None:
+            return bad
         subnet = {"name": m.group("name"), "id": f"{vnet['id']}/subnets/{m.group('name')}",
                   "properties": {**body["properties"], "provisioningState": "Succeeded"}}
-        vnet["properties"]["subnets"].append(subnet)
+        subnets = vnet["properties"]["subnets"]
+        subnets[:] = [s for s in subnets if s["name"] != subnet["name"]] + [subnet]
         return 201, subnet, {}
 
     def _put_nic(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
         if (bad := self._scope(m)) is not None:
             return bad
         rg, name = m.group("rg"), m.group("name")
+        ips: list[dict[str, Any]] = []
         for config in (body.get("properties") or {}).get("ipConfigurations") or []:
             subnet_id = config["properties"]["subnet"]["id"]
             parts = subnet_id.split("/")
             vnet = self.vnets.get(parts[-3]) if len(parts) > 3 else None
             subnet = next((s for s in (vnet or {}).get("properties", {}).get("subnets", [])
                            if s["id"].lower() == subnet_id.lower()), None)
-            if subnet is None:
+            if subnet is None or vnet is None:
                 return arm_error(400, "InvalidResourceReference", f"Resource {subnet_id} "
                                  f"referenced by resource {name} was not found.")
-            if vnet is not None and vnet["location"] != body["location"]:
+            if vnet["properties"]["provisioningState"] != "Succeeded":
+                return arm_error(409, "ReferencedResourceNotProvisioned", f"Cannot proceed with "
+                                 f"operation because resource {vnet['id']} used by resource "
+                                 f"{name} is not in Succeeded state.")
+            if vnet["location"] != body["location"]:
                 return arm_error(400, "InvalidResourceReference", "Subnet and network "
                                  "interface must be in the same location.")
+            ref = config["properties"].get("publicIPAddress")
+            if ref:
+                ip = self.public_ips.get(ref["id"].rsplit("/", 1)[-1])
+                if ip is None or ip["id"].lower() != ref["id"].lower():
+                    return arm_error(400, "InvalidResourceReference", f"Resource {ref['id']} "
+                                     f"referenced by resource {name} was not found.")
+                if ip.get("_nic") not in (None, name):
+                    return arm_error(400, "PublicIPAddressInUse", f"Public IP {ip['id']} is "
+                                     f"in use by {ip['_nic']}.")
+                ips.append(ip)
         nic = {"name": name, "id": self._rid(rg, "Microsoft.Network/networkInterfaces", name),
                "type": "Microsoft.Network/networkInterfaces", "location": body["location"],
                "tags": body.get("tags") or {},
                "properties": {**body["properties"], "provisioningState": "Succeeded"}}
+        for ip in ips:
+            ip["_nic"] = name
         created = name not in self.nics
+        if not created:
+            nic["_vm"] = self.nics[name].get("_vm")
         self.nics[name] = nic
-        return (201 if created else 200), nic, {}
+        if not created or not self.nic_s:
+            return (201 if created else 200), self._public(nic), {}
+        nic["properties"]["provisioningState"] = "Updating"
+
+        def provisioned() -> None:
+            nic["properties"]["provisioningState"] = "Succeeded"
+
+        _, url = self._new_op("Microsoft.Network", body["location"], after_s=self.nic_s,
+                              on_success=provisioned)
+        return 201, self._public(nic), {"Azure-AsyncOperation": url}
+
+    @staticmethod
+    def _public(resource: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in resource.items() if not k.startswith("_")}
 
     def _get_nic(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
         if (bad := self._scope(m)) is not None:
             return bad
         nic = self.nics.get(m.group("name"))
         if nic is None:
-            return arm_error(404, "ResourceNotFound", "network interface not found")
-        return 200, nic, {}
+            return _not_found("Microsoft.Network/networkInterfaces", m.group("name"),
+                              m.group("rg"))
+        return 200, self._public(nic), {}
 
     def _delete_nic(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
         if (bad := self._scope(m)) is not None:
             return bad
-        if self.nics.pop(m.group("name"), None) is None:
+        nic = self.nics.get(m.group("name"))
+        if nic is None:
             return 204, None, {}
+        if nic.get("_vm"):
+            return arm_error(400, "NicInUse", f"Network Interface {nic['id']} is used by "
+                             f"existing resource {nic['_vm']}. In order to delete the network "
+                             "interface, it must be dissociated from the resource.")
+        self._remove_nic(nic["name"], with_ips=False)
         return 200, None, {}
+
+    def _put_ip(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        if (bad := self._scope(m)) is not None:
+            return bad
+        rg, name = m.group("rg"), m.group("name")
+        props = body.get("properties") or {}
+        if (body.get("sku") or {}).get("name") == "Standard" and (
+                props.get("publicIPAllocationMethod") != "Static"):
+            return arm_error(400, "StandardSkuPublicIPAddressesMustBeStatic", "Standard sku "
+                             f"publicIp {name} must have AllocationMethod set to Static.")
+        ip = {"name": name, "id": self._rid(rg, "Microsoft.Network/publicIPAddresses", name),
+              "type": "Microsoft.Network/publicIPAddresses", "location": body["location"],
+              "tags": body.get("tags") or {}, "sku": body.get("sku") or {"name": "Basic"},
+              "properties": {**props, "provisioningState": "Succeeded",
+                             "ipAddress": f"20.61.{len(self.public_ips) // 250}."
+                                          f"{len(self.public_ips) % 250 + 1}"}}
+        created = name not in self.public_ips
+        if not created:
+            ip["_nic"] = self.public_ips[name].get("_nic")
+        self.public_ips[name] = ip
+        return (201 if created else 200), self._public(ip), {}
+
+    def _get_ip(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        if (bad := self._scope(m)) is not None:
+            return bad
+        ip = self.public_ips.get(m.group("name"))
+        if ip is None:
+            return _not_found("Microsoft.Network/publicIPAddresses", m.group("name"),
+                              m.group("rg"))
+        return 200, self._public(ip), {}
+
+    def _delete_ip(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        if (bad := self._scope(m)) is not None:
+            return bad
+        ip = self.public_ips.get(m.group("name"))
+        if ip is None:
+            return 204, None, {}
+        if ip.get("_nic"):
+            return arm_error(400, "PublicIPAddressInUse", f"Public IP address {ip['id']} can "
+                             f"not be deleted since it is still allocated to resource "
+                             f"{ip['_nic']}.")
+        del self.public_ips[ip["name"]]
+        return 200, None, {}
+
+    def _put_nat(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        if (bad := self._scope(m)) is not None:
+            return bad
+        rg, name = m.group("rg"), m.group("name")
+        props = body.get("properties") or {}
+        for ref in props.get("publicIpAddresses") or []:
+            ip = self.public_ips.get(ref["id"].rsplit("/", 1)[-1])
+            if ip is None or (ip.get("sku") or {}).get("name") != "Standard":
+                return arm_error(400, "InvalidResourceReference", f"Resource {ref['id']} "
+                                 "referenced by the NAT gateway was not found or is not a "
+                                 "Standard public IP.")
+        nat = {"name": name, "id": self._rid(rg, "Microsoft.Network/natGateways", name),
+               "type": "Microsoft.Network/natGateways", "location": body["location"],
+               "tags": body.get("tags") or {}, "sku": body.get("sku") or {},
+               "properties": {**props, "provisioningState": "Succeeded"}}
+        created = name not in self.nat_gateways
+        self.nat_gateways[name] = nat
+        return (201 if created else 200), nat, {}
+
+    def _get_nat(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        if (bad := self._scope(m)) is not None:
+            return bad
+        nat = self.nat_gateways.get(m.group("name"))
+        if nat is None:
+            return _not_found("Microsoft.Network/natGateways", m.group("name"), m.group("rg"))
+        return 200, nat, {}

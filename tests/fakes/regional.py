@@ -102,7 +102,9 @@ class RegionalResourceManager(FakeResourceManager):
         self.location_faults: dict[str, list[Fault]] = {}
 
     def fail_next_vm_in(self, location: str, fault: Fault) -> None:
-        """The next new VM in ``location`` is accepted (201) and its operation then fails."""
+        """The next new VM in ``location`` is accepted (201) and its operation then fails
+        (``fault.after_s`` later, else after the fake's ``create_s``), leaving the Failed VM
+        with its NIC, public IP and disk until greenplace deletes them."""
         with self.lock:
             self.location_faults.setdefault(location, []).append(fault)
 
@@ -126,7 +128,8 @@ class RegionalResourceManager(FakeResourceManager):
             self.call_faults.clear()
 
     def vms_in(self, location: str) -> list[dict[str, Any]]:
-        """The VMs the fake holds in ``location`` (the fake's own records)."""
+        """The VMs the fake holds in ``location`` (the fake's own records, time passed)."""
+        self._tick()
         with self.lock:
             return [vm for vm in self.vms.values() if vm["location"] == location]
 
