@@ -68,6 +68,7 @@ which is where ``list_managed()`` reads them back.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import os
 import re
@@ -123,6 +124,7 @@ HTTP_TIMEOUT_S = 30.0
 MANAGED_LABEL = "greenplace-managed"
 SERIAL_PORT = 1
 MAX_SERIAL_PAGES = 32  # getSerialPortOutput keeps 1 MB; pages beyond this are not read
+READ_LAG_GRACE_S = 60.0  # how long after its insert a 404 may mean "not visible yet"
 # Transport failures and SDK errors every call wraps.
 _CALL_ERRORS = (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
                 requests.exceptions.RequestException)
@@ -800,14 +802,16 @@ class GcpProvider:
         """
         project = handle.extra.get("project") or self.project("status")
         zone = self._handle_zone(handle, "status")
-        if handle.extra.get("operation"):
-            followed = self._follow_launch(handle, project, zone)
+        insert = None
+        if operation := handle.extra.get("operation"):
+            insert = self._zone_operation(project, zone, operation, operation_name="status")
+            followed = self._follow_launch(handle, project, zone, insert)
             if followed is not None:
                 return followed
         spot = handle.extra.get("spot") == "true"
         inst = self._get_instance(project, zone, handle.instance_id, operation="status")
         if inst is None:
-            if handle.extra.get("operation"):  # the insert is DONE; reads lag behind it
+            if insert is not None and _just_done(insert):  # reads may lag behind the insert
                 return InstanceStatus(state=InstanceState.PENDING,
                                       detail=f"{handle.instance_id} created, not visible yet")
             if spot and self._was_preempted(project, zone, handle.instance_id):
@@ -886,13 +890,14 @@ class GcpProvider:
         project = handle.extra.get("project") or self.project("delete")
         zone = self._handle_zone(handle, "delete")
         name = handle.instance_id
-        operation = handle.extra.get("operation")
-        if operation:
+        lagging = False
+        if operation := handle.extra.get("operation"):
             insert = self._zone_operation(project, zone, operation, operation_name="delete")
             if insert is not None and insert.status != compute_v1.Operation.Status.DONE:
                 return False  # the instance may still appear: delete it once it exists
+            lagging = insert is not None and _just_done(insert)
         if self._get_instance(project, zone, name, operation="delete") is None:
-            return True
+            return not lagging
         op = self._start_delete(project, zone, name, operation="delete")
         if op is None or op.status != compute_v1.Operation.Status.DONE:
             return False
@@ -946,15 +951,13 @@ class GcpProvider:
             launch.tried.append(f"{zone}:{error.code}")
         raise launch.exhausted(operation)
 
-    def _follow_launch(self, handle: InstanceHandle, project: str,
-                       zone: str) -> InstanceStatus | None:
+    def _follow_launch(self, handle: InstanceHandle, project: str, zone: str,
+                       op: compute_v1.Operation | None) -> InstanceStatus | None:
         """The status of a launch still in flight, or None once its insert succeeded.
 
         A refused insert is cleaned up (its VM record deleted), then moved on to the
         next zone (PENDING with the new handle) or reported as LAUNCH_FAILED.
         """
-        operation = handle.extra["operation"]
-        op = self._zone_operation(project, zone, operation, operation_name="status")
         if op is None:
             return None  # GCE keeps operations for a while only; the instance tells
         if op.status != compute_v1.Operation.Status.DONE:
@@ -1214,6 +1217,25 @@ class _Launch:
             "or set the gcp 'zones' setting to zones that offer this machine type.",
             provider=PROVIDER, operation=operation, code=last,
         )
+
+
+def _just_done(op: compute_v1.Operation) -> bool:
+    """Whether ``op`` ended well less than ``READ_LAG_GRACE_S`` ago.
+
+    Design choice: GCE reads are eventually consistent after an insert; within the
+    grace a 404 for the instance a successful insert created means "not visible
+    yet" (status PENDING, delete False), after it the instance is really gone. The
+    operation's own ``endTime`` dates it, so the rule holds across worker processes.
+    """
+    if op.status != compute_v1.Operation.Status.DONE or op.error.errors:
+        return False
+    try:
+        ended = dt.datetime.fromisoformat(op.end_time)
+    except ValueError:
+        return False
+    if ended.tzinfo is None:
+        return False
+    return (dt.datetime.now(dt.UTC) - ended).total_seconds() < READ_LAG_GRACE_S
 
 
 def _reasons(exc: gexc.GoogleAPICallError) -> set[str]:

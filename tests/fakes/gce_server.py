@@ -44,8 +44,10 @@ goes to serial port 1, the guest powers off, the VM is TERMINATED),
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -137,6 +139,7 @@ class FakeComputeEngine(JsonServer):
         self.visible_after_s = 0.0  # instances.get 404s this long after insert
         self.wait_max_s = 0.5  # zoneOperations.wait returns after this at most
         self.serial_page_bytes = 64 * 1024  # getSerialPortOutput returns this much a call
+        self.page_size = 500  # the most items a list page holds, whatever maxResults says
         self.hang_operations = False  # operations never finish
         self._ids = itertools.count(7_000_000_000_000_000_001)
         self.route("GET", _P + r"/zones", self._list_zones)
@@ -149,6 +152,20 @@ class FakeComputeEngine(JsonServer):
         self.route("GET", _Z + r"/operations/(?P<op>[^/]+)", self._get_op)
         self.route("POST", _Z + r"/operations/(?P<op>[^/]+)/wait", self._wait_op)
         self.route("GET", _Z + r"/operations", self._list_ops)
+
+    def start(self) -> FakeComputeEngine:
+        super().start()
+        assert self._server is not None
+        report = self._server.handle_error
+
+        def handle_error(request: Any, client_address: Any) -> None:
+            # A client that stopped waiting (a read timeout on zoneOperations.wait, as the
+            # adapter uses against GCE's two-minute wait) is normal, not a fake failure.
+            if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                report(request, client_address)
+
+        self._server.handle_error = handle_error  # type: ignore[method-assign]
+        return self
 
     # -- test controls
 
@@ -213,8 +230,8 @@ class FakeComputeEngine(JsonServer):
         for throttle in self.throttles:
             if throttle[0] == method and throttle[1].search(path) and throttle[2] > 0:
                 throttle[2] -= 1
-                reply: Reply = throttle[3]
-                return reply
+                limited: Reply = throttle[3]
+                return limited
         return super().dispatch(method, path, query, body)
 
     def _tick(self) -> None:
@@ -289,7 +306,8 @@ class FakeComputeEngine(JsonServer):
                 self.disks.pop((zone, disk["deviceName"]), None)
 
     def _finish_op(self, op: dict[str, Any]) -> None:
-        op.update(status="DONE", progress=100, endTime="2026-11-27T12:00:09.000-08:00")
+        op.update(status="DONE", progress=100,
+                  endTime=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"))
         key = op.pop("_target")
         error = op.pop("_error", None)
         if op["operationType"] == "delete":
@@ -532,7 +550,7 @@ class FakeComputeEngine(JsonServer):
             offset = int(q.get("pageToken") or 0)
         except ValueError:
             return http_error(400, "invalid", "Invalid value for field 'pageToken'.")
-        size = min(int(q.get("maxResults") or 500), 500)
+        size = min(int(q.get("maxResults") or 500), 500, self.page_size)
         page = items[offset:offset + size]
         scopes: dict[str, Any] = {}
         for zone in sorted(self.zones):
