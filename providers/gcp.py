@@ -369,8 +369,8 @@ def gce_labels(job: JobLaunch) -> dict[str, str]:
 # --------------------------------------------------------------------------- request building
 
 
-def _accelerators(placement: Placement) -> tuple[list[dict[str, Any]], bool]:
-    """guestAccelerators for the machine type, and whether the VM has GPUs at all.
+def _accelerators(placement: Placement) -> list[dict[str, Any]]:
+    """guestAccelerators for the machine type ([] when the machine type carries its GPUs).
 
     Raises:
         InvalidRequestError: TPUs, or a GPU this machine family cannot take.
@@ -379,7 +379,7 @@ def _accelerators(placement: Placement) -> tuple[list[dict[str, Any]], bool]:
     accel = normalize_name(placement.accelerator or "")
     count = placement.accelerator_count
     if not accel or count <= 0:
-        return [], family in BUNDLED_GPU_FAMILIES
+        return []
     if accel.startswith("tpu"):
         raise InvalidRequestError(
             f"{placement.accelerator} is a Cloud TPU; TPU VMs are created through the Cloud TPU "
@@ -388,7 +388,7 @@ def _accelerators(placement: Placement) -> tuple[list[dict[str, Any]], bool]:
             provider=PROVIDER, operation="prepare", code="TPU_NOT_SUPPORTED",
         )
     if family in BUNDLED_GPU_FAMILIES:
-        return [], True
+        return []
     if family in ATTACHABLE_GPU_FAMILIES:
         accel_type = GPU_ACCELERATOR_TYPES.get(accel)
         if accel_type is None:
@@ -402,7 +402,7 @@ def _accelerators(placement: Placement) -> tuple[list[dict[str, Any]], bool]:
         return [{
             "acceleratorType": f"zones/{ZONE_PLACEHOLDER}/acceleratorTypes/{accel_type}",
             "acceleratorCount": count,
-        }], True
+        }]
     raise InvalidRequestError(
         f"machine type {placement.instance_type} takes no GPUs, yet the placement asks for "
         f"{count}x {placement.accelerator}. To fix: use an N1 machine with attached GPUs or "
@@ -450,7 +450,7 @@ def build_instance_body(settings: GcpSettings, job: JobLaunch, placement: Placem
     can reach Cloud Storage with the account's IAM roles; an API insert without
     ``serviceAccounts`` would give the VM no identity at all.
     """
-    accelerators, _ = _accelerators(placement)
+    accelerators = _accelerators(placement)
     machine_type = placement.instance_type
     scheduling: dict[str, Any] = {"onHostMaintenance": "TERMINATE", "automaticRestart": False}
     if placement.spot:

@@ -123,6 +123,69 @@ def test_prepare_bundled_gpu_machine_has_no_guest_accelerators() -> None:
     assert body["disks"][0]["initializeParams"]["sourceImage"].endswith("/pytorch-latest-gpu")
 
 
+@pytest.mark.parametrize(("instance_type", "nic_type", "disk_type"), [
+    ("n1-standard-4", None, "pd-balanced"),
+    ("a2-highgpu-1g", None, "pd-balanced"),
+    ("g2-standard-4", None, "pd-balanced"),
+    ("a3-highgpu-8g", "GVNIC", "pd-balanced"),
+    ("a3-megagpu-8g", "GVNIC", "pd-balanced"),
+    ("a3-ultragpu-8g", "GVNIC", "hyperdisk-balanced"),
+    ("a4-highgpu-8g", "GVNIC", "hyperdisk-balanced"),
+])
+def test_family_defaults_for_nic_disk_scheduling_and_identity(
+        instance_type: str, nic_type: str | None, disk_type: str) -> None:
+    adapter = create({"project": "p"})
+    body = adapter.prepare(JOB, placement(instance_type, "T4", 1)).payload["instanceResource"]
+    assert body["networkInterfaces"][0].get("nicType") == nic_type
+    assert body["disks"][0]["initializeParams"]["diskType"] == (
+        f"zones/{{zone}}/diskTypes/{disk_type}")
+    assert body["disks"][0]["autoDelete"] is True  # delete() takes the boot disk along
+    assert body["scheduling"]["automaticRestart"] is False  # a batch job never reruns
+    assert body["scheduling"]["onHostMaintenance"] == "TERMINATE"
+    assert body["serviceAccounts"] == [{
+        "email": "default", "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}]
+
+
+def test_service_account_and_boot_disk_settings() -> None:
+    ultra = placement("a3-ultragpu-8g", "H200", 8)
+    named = create({"project": "p", "service_account": "runner@p.iam.gserviceaccount.com"})
+    body = named.prepare(JOB, ultra).payload["instanceResource"]
+    assert body["serviceAccounts"][0]["email"] == "runner@p.iam.gserviceaccount.com"
+    bare = create({"project": "p", "service_account": "none"})
+    assert "serviceAccounts" not in bare.prepare(JOB, ultra).payload["instanceResource"]
+    ssd = create({"project": "p", "boot_disk_type": "pd-ssd"})
+    assert ssd.prepare(JOB, placement()).payload["instanceResource"]["disks"][0][
+        "initializeParams"]["diskType"].endswith("/pd-ssd")
+    with pytest.raises(InvalidRequestError, match="boots only from Hyperdisk") as err:
+        ssd.prepare(JOB, ultra)
+    assert err.value.code == "UNSUPPORTED_DISK_TYPE" and "To fix:" in str(err.value)
+    extreme = create({"project": "p", "boot_disk_type": "hyperdisk-extreme"})
+    assert extreme.prepare(JOB, ultra).payload["instanceResource"]["disks"][0][
+        "initializeParams"]["diskType"].endswith("/hyperdisk-extreme")
+
+
+@pytest.mark.parametrize("instance_type", ["a3-highgpu-8g", "a3-ultragpu-8g", "a4-highgpu-8g"])
+def test_gvnic_and_hyperdisk_families_launch_where_gce_requires_them(
+        gce: FakeComputeEngine, provider: GcpProvider, instance_type: str) -> None:
+    request = provider.prepare(JOB, placement(instance_type, "H100", 8))
+    handle = provider.submit(request, idempotency_key=KEY)
+    assert gce.instances[(handle.zone or "", handle.instance_id)][
+        "networkInterfaces"][0]["nicType"] == "GVNIC"
+    # Without the family default, the fake refuses the insert as GCE does.
+    del request.payload["instanceResource"]["networkInterfaces"][0]["nicType"]
+    with pytest.raises(InvalidRequestError, match="requires nicType GVNIC"):
+        provider.submit(request, idempotency_key="gp-other-a1")
+
+
+def test_hyperdisk_only_family_refuses_a_persistent_disk_boot(
+        gce: FakeComputeEngine, provider: GcpProvider) -> None:
+    request = provider.prepare(JOB, placement("a4-highgpu-8g", "B200", 8))
+    request.payload["instanceResource"]["disks"][0]["initializeParams"]["diskType"] = (
+        "zones/{zone}/diskTypes/pd-balanced")
+    with pytest.raises(InvalidRequestError, match="cannot be used by"):
+        provider.submit(request, idempotency_key=KEY)
+
+
 def test_prepare_rejects_tpus_and_gpus_a_family_cannot_take() -> None:
     adapter = create({"project": "p"})
     with pytest.raises(InvalidRequestError, match="Cloud TPU") as tpu:
