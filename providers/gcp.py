@@ -829,12 +829,18 @@ class GcpProvider:
         if gce_status not in _POWERED_OFF:
             return InstanceStatus(state=_STATUS_MAP.get(gce_status, InstanceState.PENDING),
                                   detail=detail, handle=settled)
-        code = exit_code_in(self._serial_output(project, zone, handle.instance_id))
+        # A preempted Spot VM's guest may still print a code (the command killed by the
+        # shutdown): the preemption event wins, so the queue requeues instead of failing.
+        events = self._events(project, zone, inst.id) if spot else None
+        code = None
+        if not events or _PREEMPTED not in events:
+            code = exit_code_in(self._serial_output(project, zone, handle.instance_id))
         if code is not None:
             return InstanceStatus(state=InstanceState.EXITED, exit_code=code,
                                   detail=f"{detail}; the command exited with {code}",
                                   handle=settled)
-        events = self._events(project, zone, inst.id)
+        if events is None:
+            events = self._events(project, zone, inst.id)
         if _PREEMPTED in events:
             return InstanceStatus(state=InstanceState.PREEMPTED, handle=settled,
                                   detail=f"Spot VM was preempted ({detail})")

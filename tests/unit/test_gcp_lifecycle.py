@@ -321,6 +321,22 @@ def test_powered_off_without_a_marker_is_exited_with_no_code(
     assert (got.state, got.exit_code) == (InstanceState.EXITED, None)
 
 
+def test_a_preempted_spot_vm_is_preempted_even_with_a_code_on_its_console(
+        gce: FakeComputeEngine, adapters: Callable[..., GcpProvider]) -> None:
+    adapter = adapters(spot_termination_action="STOP")
+    handle = adapter.submit(adapter.prepare(JOB, placement(spot=True)), idempotency_key=KEY)
+    follow(adapter, handle, lambda s: s.state is InstanceState.RUNNING)
+    gce.finish(handle.zone or "", handle.instance_id, 143)  # SIGTERM from the shutdown
+    gce.preempt(handle.zone or "", handle.instance_id)
+    assert adapter.status(handle).state is InstanceState.PREEMPTED
+    spot_done = JobLaunch(job_id="job-9", name="n", run="r", policy="p", attempt=1)
+    other = adapter.submit(adapter.prepare(spot_done, placement(spot=True)),
+                           idempotency_key=idempotency_key("job-9", 1))
+    gce.finish(other.zone or "", other.instance_id, 0)
+    got = adapter.status(other)  # a Spot VM that was not preempted: its code counts
+    assert (got.state, got.exit_code) == (InstanceState.EXITED, 0)
+
+
 def test_host_error_is_failed_not_exited(gce: FakeComputeEngine,
                                          adapters: Callable[..., GcpProvider]) -> None:
     adapter = adapters()
