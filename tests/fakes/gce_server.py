@@ -39,7 +39,11 @@ Like GCE (https://cloud.google.com/compute/docs/reference/rest/v1) it:
 Test hooks: ``finish(zone, name, exit_code)`` (the boot script ends: the marker
 goes to serial port 1, the guest powers off, the VM is TERMINATED),
 ``host_error``, ``preempt``, ``fail_next_insert``, ``throttle``, ``fail_calls``,
-``resource_count()`` (instances + disks, hidden ones included).
+``resource_count()`` (instances + disks, hidden ones included); knobs
+``op_seconds``, ``delete_seconds``, ``boot_seconds``, ``visible_after_s``,
+``wait_max_s``, ``serial_page_bytes``, ``page_size``, ``unreachable_zones``,
+``hang_operations``. Time passes on every request (``_tick``), so a test waits by
+polling the fake, never by asserting on durations.
 """
 
 from __future__ import annotations
