@@ -2,9 +2,11 @@
 
 This module is the only place that imports ``google.cloud.compute_v1`` and
 ``google.auth``. It owns the translation from a placed job to an
-``instances.insert`` request body, the zone failover inside a region, the
-idempotent submit (deterministic instance name + a ``requestId`` per zone),
-and the mapping of Compute Engine errors onto the ProviderError tree.
+``instances.insert`` request body, the asynchronous launch with zone failover
+inside a region, the idempotent submit (deterministic instance name + a
+``requestId`` per zone), the exit code read back from serial port 1, the
+region-wide list of managed instances, deletion, and the mapping of Compute
+Engine errors onto the ProviderError tree.
 
 What it sends (the ``payload`` of ``prepare()``)::
 
@@ -14,26 +16,64 @@ What it sends (the ``payload`` of ``prepare()``)::
      "requestIds": {"us-central1-a": "<uuid5>", ...},
      "instanceResource": {<the Compute Engine Instance JSON, with {zone} in zonal URLs>}}
 
+The life of a launch (see ``providers/base.py``): ``submit()`` inserts into the
+first zone and waits on the zone operation for ``operation_timeout_s`` at most
+(never more than ``LAUNCH_WAIT_S``). An operation still RUNNING then gives a
+PENDING handle whose ``extra`` carries it; ``status()`` follows it with one
+``zoneOperations.get`` per call, moves a stockout on to the next zone itself
+(returning the new handle) and reports ``LAUNCH_FAILED`` with the classified
+error when no zone is left. A failed insert that left a VM record behind is
+deleted before the adapter moves on.
+
+``InstanceHandle.extra`` keys:
+
+- ``project``, ``spot`` ("true"/"false"), ``instance_id`` (GCE's numeric id):
+  on every handle, rebuilt by ``list_managed()``;
+- while a launch is in flight only: ``operation`` (the insert's zone operation
+  name), ``zones_left`` (comma-separated zones still to try), ``tried``
+  (``zone:code`` of the zones that refused), ``key`` (the idempotency key, for
+  the per-zone requestId) and ``launch`` (the Instance JSON with ``{zone}``, to
+  insert into the next zone). ``status()`` hands back a handle without them
+  once the instance exists.
+
 Settings come from ``create(config)``, else ``GREENPLACE_GCP_<KEY>``, else the JSON
-object ``GREENPLACE_GCP_SETTINGS`` (see ``GcpSettings.from_config`` for the keys);
-credentials come from Application Default Credentials (``google.auth.default()``)
-and are never read, printed or stored here.
+object ``GREENPLACE_GCP_SETTINGS``; credentials come from Application Default
+Credentials (``google.auth.default()``) and are never read, printed or stored here.
+
+- ``project``: the project id (default: the one ADC names).
+- ``zones``: comma-separated zones to use (default: every UP zone of the region).
+- ``image_project`` / ``image_family``: the boot image (a Deep Learning VM image).
+- ``boot_disk_gb``: boot disk size (200).
+- ``boot_disk_type``: unset = per machine family: ``hyperdisk-balanced`` where the
+  family accepts only Hyperdisk (A3 Ultra, A4, A4X, G4), else ``pd-balanced``. A
+  Persistent Disk type named for such a family is refused in ``prepare()``.
+- ``network`` / ``subnetwork`` / ``external_ip`` (true/false).
+- ``service_account``: the e-mail the VM runs as, with the cloud-platform scope;
+  unset = ``default`` (the project's Compute Engine default service account),
+  ``none`` = no service account at all.
+- ``spot_termination_action``: DELETE (default) or STOP.
+- ``operation_timeout_s``: how long one call waits on a zone operation; default and
+  maximum ``LAUNCH_WAIT_S`` (5 s). It used to allow minutes; larger values are refused.
+- ``api_endpoint`` and ``credentials`` ("default", or "anonymous" with a loopback
+  ``api_endpoint`` only): for the local Compute Engine fake.
 
 Labels: GCE label keys and values allow only ``[a-z0-9_-]`` (keys start with a
 letter, 63 characters at most), so ``greenplace:job-id`` becomes the label
 ``greenplace-job-id`` and the value is folded to lower case with other
 characters replaced by ``_``. The exact, unfolded values also go into instance
-metadata (``greenplace-job-id``, ``greenplace-attempt``, ``greenplace-policy``).
+metadata (``greenplace-job-id``, ``greenplace-attempt``, ``greenplace-policy``),
+which is where ``list_managed()`` reads them back.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,15 +85,19 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import compute_v1
 
 from greenplace.providers.base import (
+    LAUNCH_WAIT_S,
     Feature,
     InstanceHandle,
     InstanceState,
     InstanceStatus,
     JobLaunch,
     LaunchRequest,
+    ManagedInstance,
     Placement,
+    exit_code_in,
     idempotency_key,
     job_tags,
+    managed_tags_of,
     request_uuid,
     short_token,
     startup_script,
@@ -62,6 +106,7 @@ from greenplace.providers.errors import ErrorCodeTable, provider_error
 from greenplace.providers.settings import is_loopback, merged_settings, number_setting
 from greenplace.scheduler.catalog.model import normalize_name
 from greenplace.scheduler.exceptions import (
+    AccountLimitError,
     AuthError,
     CapacityError,
     ConfigError,
@@ -76,23 +121,41 @@ PROVIDER = "gcp"
 ZONE_PLACEHOLDER = "{zone}"
 COMPUTE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 HTTP_TIMEOUT_S = 30.0
+MANAGED_LABEL = "greenplace-managed"
+SERIAL_PORT = 1
+MAX_SERIAL_PAGES = 32  # getSerialPortOutput keeps 1 MB; pages beyond this are not read
+READ_LAG_GRACE_S = 60.0  # how long after its insert a 404 may mean "not visible yet"
+# Transport failures and SDK errors every call wraps.
+_CALL_ERRORS = (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
+                requests.exceptions.RequestException)
 
-# Operation / error codes that mean "this zone has no capacity for this shape now".
+# Operation / error codes that mean "this zone has no capacity for this shape now"
+# (https://cloud.google.com/compute/docs/troubleshooting/troubleshooting-resource-availability).
 CAPACITY_CODES = frozenset({
     "ZONE_RESOURCE_POOL_EXHAUSTED",
     "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
 })
+# API rate limits (https://cloud.google.com/compute/api-quota): 403 rateLimitExceeded /
+# userRateLimitExceeded, or 429 RESOURCE_EXHAUSTED. Always transient, whatever else the
+# message says ("Quota exceeded for quota metric 'Queries'" is a rate, not a quota).
+THROTTLE_CODES = frozenset({"rateLimitExceeded", "userRateLimitExceeded",
+                            "RATE_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"})
 # Operation error codes (UPPER_CASE) and HTTP error reasons (camelCase) by class; a code
 # not listed falls back to the HTTP status (5xx / 429 transient, 401 / 403 auth), then
 # InvalidRequestError.
 ERRORS = ErrorCodeTable(
     capacity=CAPACITY_CODES,
     quota=frozenset({"QUOTA_EXCEEDED", "quotaExceeded"}),
-    transient=frozenset({"rateLimitExceeded", "userRateLimitExceeded", "backendError",
-                         "internalError", "RESOURCE_NOT_READY"}),
+    transient=THROTTLE_CODES | {"backendError", "internalError", "RESOURCE_NOT_READY",
+                                "resourceNotReady"},
     auth=frozenset({"forbidden", "insufficientPermissions", "accessNotConfigured",
                     "authError", "unauthorized", "PERMISSIONS_ERROR"}),
 )
+# A quota no other region lifts: GPUS_ALL_REGIONS (and the other *_ALL_REGIONS quotas)
+# answers "Quota 'GPUS_ALL_REGIONS' exceeded.  Limit: 0.0 globally."
+# (https://cloud.google.com/compute/resource-usage#gpu_quota).
+_GLOBAL_QUOTA = re.compile(r"_ALL_REGIONS|ALL-REGIONS|all_regions|\bglobally\b")
+GLOBAL_QUOTA_CODE = "quota_global"
 _STOCKOUT_TEXT = re.compile(
     r"STOCKOUT|does not have enough resources available|is currently unavailable in the",
 )
@@ -111,8 +174,22 @@ GPU_ACCELERATOR_TYPES: dict[str, str] = {
 ATTACHABLE_GPU_FAMILIES = frozenset({"n1"})
 # Accelerator-optimized families: the machine type itself carries its GPUs.
 BUNDLED_GPU_FAMILIES = frozenset({"a2", "a3", "a4", "a4x", "g2", "g4"})
+# Machine-type prefixes whose VMs support only the gVNIC network interface: A3 (High,
+# Mega, Edge, Ultra), A4, A4X and G4 are Titanium machines with gVNIC as their only
+# virtual NIC (https://cloud.google.com/compute/docs/accelerator-optimized-machines,
+# https://cloud.google.com/compute/docs/networking/using-gvnic). An insert without
+# nicType GVNIC is refused.
+GVNIC_MACHINE_PREFIXES = ("a3-", "a4-", "a4x-", "g4-")
+# Machine-type prefixes whose boot disk must be Hyperdisk: A3 Ultra, A4, A4X and G4 list no
+# Persistent Disk type among their supported disks
+# (https://cloud.google.com/compute/docs/accelerator-optimized-machines#supported_disk_types).
+HYPERDISK_MACHINE_PREFIXES = ("a3-ultragpu-", "a4-", "a4x-", "g4-")
+HYPERDISK_BOOT_TYPE = "hyperdisk-balanced"
+PD_BOOT_TYPE = "pd-balanced"
 
-# GCE instance status -> provider-neutral state.
+# GCE instance status -> provider-neutral state, as a list shows it (no exit code read).
+# A powered-off VM (TERMINATED / STOPPED) is EXITED: the boot script powers it off when
+# the command ends; status() reads the code and tells preemption / host errors apart.
 _STATUS_MAP: dict[str, InstanceState] = {
     "PROVISIONING": InstanceState.PENDING,
     "STAGING": InstanceState.PENDING,
@@ -121,10 +198,16 @@ _STATUS_MAP: dict[str, InstanceState] = {
     "REPAIRING": InstanceState.RUNNING,
     "STOPPING": InstanceState.RUNNING,
     "SUSPENDING": InstanceState.RUNNING,
-    "SUSPENDED": InstanceState.SUCCEEDED,
-    "STOPPED": InstanceState.SUCCEEDED,
-    "TERMINATED": InstanceState.SUCCEEDED,
+    "SUSPENDED": InstanceState.TERMINATED,
+    "STOPPED": InstanceState.EXITED,
+    "TERMINATED": InstanceState.EXITED,
 }
+_POWERED_OFF = frozenset({"TERMINATED", "STOPPED"})
+# System events GCE logs as zone operations on the instance (operationType).
+_PREEMPTED = "compute.instances.preempted"
+_HOST_FAILURES = frozenset({"compute.instances.hostError",
+                            "compute.instances.terminateOnHostMaintenance"})
+_API_STOPS = frozenset({"stop", "suspend"})
 
 _HTTP_PREFIX = re.compile(r"^(?:GET|POST|PUT|PATCH|DELETE) \S+: ")
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
@@ -145,25 +228,19 @@ class GcpSettings:
     image_project: str = "deeplearning-platform-release"
     image_family: str = "common-cu129-ubuntu-2404-nvidia-580"
     boot_disk_gb: int = 200
-    boot_disk_type: str = "pd-balanced"
+    boot_disk_type: str | None = None  # None: per machine family (boot_disk_type_for)
     network: str = "global/networks/default"
     subnetwork: str | None = None
     external_ip: bool = True
-    service_account: str | None = None
+    service_account: str | None = "default"  # None: no service account
     spot_termination_action: str = "DELETE"
-    operation_timeout_s: float = 90.0
+    operation_timeout_s: float = LAUNCH_WAIT_S
     api_endpoint: str | None = None
     anonymous_credentials: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, str]) -> GcpSettings:
-        """Parse the flat config mapping.
-
-        Keys: project, zones (comma-separated), image_project, image_family,
-        boot_disk_gb, boot_disk_type, network, subnetwork, external_ip (true/false),
-        service_account, spot_termination_action (DELETE/STOP), operation_timeout_s,
-        api_endpoint (for a local Compute Engine fake), credentials ("default", or
-        "anonymous", which is accepted only with a loopback api_endpoint).
+        """Parse the flat config mapping (keys: see the module docstring).
 
         Raises:
             UnknownNameError: a key the adapter does not know ("Did you mean").
@@ -194,6 +271,15 @@ class GcpSettings:
                 "To fix: also set api_endpoint to an http://127.0.0.1:PORT address, "
                 "or leave credentials unset."
             )
+        wait_s = number_setting("gcp", config, "operation_timeout_s", LAUNCH_WAIT_S, minimum=0)
+        if wait_s > LAUNCH_WAIT_S:
+            raise ConfigError(
+                f"gcp operation_timeout_s {wait_s:g} is longer than the {LAUNCH_WAIT_S:g} s a "
+                "queue task may wait on a cloud operation; slower operations are followed "
+                "by status() instead. To fix: unset it or set at most "
+                f"{LAUNCH_WAIT_S:g}."
+            )
+        account = (get("service_account") or "default").strip()
         d = cls()  # the defaults (slots dataclasses keep no class-level values)
         return cls(
             project=get("project") or None,
@@ -201,14 +287,13 @@ class GcpSettings:
             image_project=get("image_project") or d.image_project,
             image_family=get("image_family") or d.image_family,
             boot_disk_gb=_int_setting(config, "boot_disk_gb", d.boot_disk_gb),
-            boot_disk_type=get("boot_disk_type") or d.boot_disk_type,
+            boot_disk_type=get("boot_disk_type") or None,
             network=get("network") or d.network,
             subnetwork=get("subnetwork") or None,
             external_ip=_bool_setting(config, "external_ip", True),
-            service_account=get("service_account") or None,
+            service_account=None if account.lower() == "none" else account,
             spot_termination_action=termination,
-            operation_timeout_s=number_setting("gcp", config, "operation_timeout_s",
-                                               d.operation_timeout_s, minimum=0),
+            operation_timeout_s=wait_s,
             api_endpoint=endpoint,
             anonymous_credentials=credentials == "anonymous",
         )
@@ -284,8 +369,8 @@ def gce_labels(job: JobLaunch) -> dict[str, str]:
 # --------------------------------------------------------------------------- request building
 
 
-def _accelerators(placement: Placement) -> tuple[list[dict[str, Any]], bool]:
-    """guestAccelerators for the machine type, and whether the VM has GPUs at all.
+def _accelerators(placement: Placement) -> list[dict[str, Any]]:
+    """guestAccelerators for the machine type ([] when the machine type carries its GPUs).
 
     Raises:
         InvalidRequestError: TPUs, or a GPU this machine family cannot take.
@@ -294,7 +379,7 @@ def _accelerators(placement: Placement) -> tuple[list[dict[str, Any]], bool]:
     accel = normalize_name(placement.accelerator or "")
     count = placement.accelerator_count
     if not accel or count <= 0:
-        return [], family in BUNDLED_GPU_FAMILIES
+        return []
     if accel.startswith("tpu"):
         raise InvalidRequestError(
             f"{placement.accelerator} is a Cloud TPU; TPU VMs are created through the Cloud TPU "
@@ -303,7 +388,7 @@ def _accelerators(placement: Placement) -> tuple[list[dict[str, Any]], bool]:
             provider=PROVIDER, operation="prepare", code="TPU_NOT_SUPPORTED",
         )
     if family in BUNDLED_GPU_FAMILIES:
-        return [], True
+        return []
     if family in ATTACHABLE_GPU_FAMILIES:
         accel_type = GPU_ACCELERATOR_TYPES.get(accel)
         if accel_type is None:
@@ -317,7 +402,7 @@ def _accelerators(placement: Placement) -> tuple[list[dict[str, Any]], bool]:
         return [{
             "acceleratorType": f"zones/{ZONE_PLACEHOLDER}/acceleratorTypes/{accel_type}",
             "acceleratorCount": count,
-        }], True
+        }]
     raise InvalidRequestError(
         f"machine type {placement.instance_type} takes no GPUs, yet the placement asks for "
         f"{count}x {placement.accelerator}. To fix: use an N1 machine with attached GPUs or "
@@ -326,30 +411,64 @@ def _accelerators(placement: Placement) -> tuple[list[dict[str, Any]], bool]:
     )
 
 
+def boot_disk_type_for(settings: GcpSettings, machine_type: str) -> str:
+    """The boot disk type for a machine type: the setting, else the family's default.
+
+    Raises:
+        InvalidRequestError: the setting names a Persistent Disk type for a family
+            that boots only from Hyperdisk.
+    """
+    hyperdisk_only = machine_type.lower().startswith(HYPERDISK_MACHINE_PREFIXES)
+    chosen = settings.boot_disk_type
+    if chosen is None:
+        return HYPERDISK_BOOT_TYPE if hyperdisk_only else PD_BOOT_TYPE
+    if hyperdisk_only and not chosen.startswith("hyperdisk-"):
+        raise InvalidRequestError(
+            f"machine type {machine_type} boots only from Hyperdisk, but the gcp "
+            f"boot_disk_type setting is {chosen!r}. To fix: unset boot_disk_type (greenplace "
+            f"then picks {HYPERDISK_BOOT_TYPE} for A3 Ultra, A4, A4X and G4 and "
+            f"{PD_BOOT_TYPE} elsewhere) or set a hyperdisk-* type.",
+            provider=PROVIDER, operation="prepare", code="UNSUPPORTED_DISK_TYPE",
+        )
+    return chosen
+
+
 def build_instance_body(settings: GcpSettings, job: JobLaunch, placement: Placement,
                         *, name: str) -> dict[str, Any]:
-    """The Compute Engine Instance JSON, with ``{zone}`` in its zonal URLs."""
-    accelerators, has_gpu = _accelerators(placement)
-    scheduling: dict[str, Any] = {}
-    if has_gpu or placement.spot:
-        # GPU VMs cannot live-migrate; Spot VMs cannot either.
-        scheduling["onHostMaintenance"] = "TERMINATE"
+    """The Compute Engine Instance JSON, with ``{zone}`` in its zonal URLs.
+
+    Design choice: every greenplace VM is a batch job, so ``scheduling`` always has
+    ``automaticRestart: false`` and ``onHostMaintenance: TERMINATE``. A VM that GCE
+    restarted after a host event would run the boot script, hence the job, a second
+    time; GPU and Spot VMs cannot live-migrate anyway
+    (https://cloud.google.com/compute/docs/instances/setting-vm-host-options). A host
+    failure leaves the VM TERMINATED with a ``compute.instances.hostError`` event,
+    which status() reports as FAILED so the queue retries the job.
+
+    The VM runs as ``settings.service_account`` (default: ``default``, the project's
+    Compute Engine default service account) with the cloud-platform scope, so the job
+    can reach Cloud Storage with the account's IAM roles; an API insert without
+    ``serviceAccounts`` would give the VM no identity at all.
+    """
+    accelerators = _accelerators(placement)
+    machine_type = placement.instance_type
+    scheduling: dict[str, Any] = {"onHostMaintenance": "TERMINATE", "automaticRestart": False}
     if placement.spot:
-        scheduling.update({
-            "provisioningModel": "SPOT",
-            "instanceTerminationAction": settings.spot_termination_action,
-            "automaticRestart": False,
-        })
+        scheduling.update({"provisioningModel": "SPOT",
+                           "instanceTerminationAction": settings.spot_termination_action})
     else:
-        scheduling.update({"provisioningModel": "STANDARD", "automaticRestart": True})
+        scheduling["provisioningModel"] = "STANDARD"
     interface: dict[str, Any] = {"network": settings.network}
     if settings.subnetwork:
         interface["subnetwork"] = settings.subnetwork
     if settings.external_ip:
         interface["accessConfigs"] = [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]
+    if machine_type.lower().startswith(GVNIC_MACHINE_PREFIXES):
+        interface["nicType"] = "GVNIC"
+    disk_type = boot_disk_type_for(settings, machine_type)
     body: dict[str, Any] = {
         "name": name,
-        "machineType": f"zones/{ZONE_PLACEHOLDER}/machineTypes/{placement.instance_type}",
+        "machineType": f"zones/{ZONE_PLACEHOLDER}/machineTypes/{machine_type}",
         "labels": gce_labels(job),
         "metadata": {"items": [
             {"key": "startup-script", "value": startup_script(job)},
@@ -364,7 +483,7 @@ def build_instance_body(settings: GcpSettings, job: JobLaunch, placement: Placem
                 "sourceImage": (f"projects/{settings.image_project}/global/images/family/"
                                 f"{settings.image_family}"),
                 "diskSizeGb": str(settings.boot_disk_gb),
-                "diskType": f"zones/{ZONE_PLACEHOLDER}/diskTypes/{settings.boot_disk_type}",
+                "diskType": f"zones/{ZONE_PLACEHOLDER}/diskTypes/{disk_type}",
             },
         }],
         "networkInterfaces": [interface],
@@ -409,6 +528,9 @@ FIXES: dict[type[ProviderError], str] = {
                    "or retry later",
     QuotaError: "request a quota increase for this machine family / GPU in this region "
                 "(IAM & Admin > Quotas), or let the job fail over",
+    AccountLimitError: "request a higher global quota (IAM & Admin > Quotas, e.g. "
+                       "GPUS_ALL_REGIONS for GPU jobs); no other region can help until then, "
+                       "so the job fails now instead of failing over",
     TransientError: "nothing; the call is retried with backoff",
     AuthError: "run `gcloud auth application-default login` or set "
                "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, grant the "
@@ -425,15 +547,22 @@ def _error(cls: type[ProviderError], message: str, *, operation: str,
                           fix=FIXES[cls])
 
 
-def _classify(codes: list[str], *, message: str,
-              http_status: int | None) -> tuple[type[ProviderError], str | None]:
-    """The error class and the code that decided it (the first one that classifies).
+def _classify(codes: list[str], *, message: str, http_status: int | None,
+              quota_names: Iterable[str] = ()) -> tuple[type[ProviderError], str | None]:
+    """The error class and the code that decided it.
 
-    GCE puts stockouts in an operation's ``errors[].code``, in an HTTP error's
-    message text (``ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS: The zone ...``) or
-    only in words (``state:STOCKOUT``, "does not have enough resources"); all
-    three count as capacity.
+    In order: throttling (a rate limit is transient whatever else the error says),
+    capacity, then the first code that classifies, then the HTTP status. GCE puts
+    stockouts in an operation's ``errors[].code``, in an HTTP error's message text
+    (``ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS: The zone ...``) or only in words
+    (``state:STOCKOUT``, "does not have enough resources"); all three count as
+    capacity. A quota error about a global quota (``quota_names``: the quotaInfo
+    metric / limit names, else the message) is an AccountLimitError with code
+    ``quota_global``: no other region lifts it.
     """
+    if http_status == 429 or any(code in THROTTLE_CODES for code in codes):
+        throttle = next((code for code in codes if code in THROTTLE_CODES), "429")
+        return TransientError, throttle
     classified = [(ERRORS.classify(code), code) for code in codes]
     fallback = codes[0] if codes else (str(http_status) if http_status else None)
     capacity = next((code for cls, code in classified if cls is CapacityError), None)
@@ -442,6 +571,8 @@ def _classify(codes: list[str], *, message: str,
     if _STOCKOUT_TEXT.search(message):  # before 5xx: a stockout can come as a 503
         return CapacityError, fallback
     for cls, code in classified:
+        if cls is QuotaError and _GLOBAL_QUOTA.search(" ".join([*quota_names, message])):
+            return AccountLimitError, GLOBAL_QUOTA_CODE
         if cls is not InvalidRequestError:
             return cls, code
     return ERRORS.classify(None, http_status=http_status), fallback
@@ -484,14 +615,23 @@ def map_operation_error(op: compute_v1.Operation, *, operation: str,
     """Map a DONE zone operation that carries an ``error`` block."""
     errors = list(op.error.errors)
     message = "; ".join(f"{e.code}: {e.message}" for e in errors) or op.http_error_message
+    quota_names = [name for e in errors for d in e.error_details
+                   for name in (d.quota_info.metric_name, d.quota_info.limit_name,
+                                *d.quota_info.dimensions.keys()) if name]
     cls, code = _classify([e.code for e in errors if e.code], message=message,
-                          http_status=op.http_error_status_code or None)
+                          http_status=op.http_error_status_code or None,
+                          quota_names=quota_names)
     return _error(cls, f"{call}: {message}", operation=operation, code=code)
 
 
 def _zone_lacks_offer(err: ProviderError) -> bool:
     """A 400/404 saying this zone does not offer the machine or accelerator type."""
     return isinstance(err, InvalidRequestError) and bool(_ZONE_LACKS_OFFER.search(str(err)))
+
+
+def _zone_refused(err: ProviderError) -> bool:
+    """Whether the next zone of the region may succeed where this one refused."""
+    return isinstance(err, CapacityError) or _zone_lacks_offer(err)
 
 
 # --------------------------------------------------------------------------- the adapter
@@ -611,7 +751,12 @@ class GcpProvider:
         )
 
     def submit(self, request: LaunchRequest, *, idempotency_key: str) -> InstanceHandle:
-        """Find the instance of this key, or insert it in the first zone with capacity.
+        """Find the instance of this key, or start inserting it in the region's first zone.
+
+        Waits on each zone operation until ``operation_timeout_s`` (at most
+        ``LAUNCH_WAIT_S``) after the call began; a stockout in one zone moves on to
+        the next at once. An operation still RUNNING at the deadline gives a PENDING
+        handle that ``status()`` follows (see the module docstring for its extra).
 
         Design choice: the name is derived from the key passed here (the same key
         prepare() used in the normal flow), so "same key, one instance" holds even if
@@ -622,6 +767,7 @@ class GcpProvider:
 
         Raises:
             CapacityError: every zone of the region is out of capacity.
+            AccountLimitError: a global quota (GPUS_ALL_REGIONS) is exhausted.
             QuotaError, AuthError, TransientError, InvalidRequestError: as the cloud says.
         """
         if request.provider != PROVIDER:
@@ -630,6 +776,7 @@ class GcpProvider:
                 "To fix: submit through the provider that prepared it.",
                 provider=PROVIDER, operation="submit", code="WRONG_PROVIDER",
             )
+        deadline = time.monotonic() + self.settings.operation_timeout_s
         payload = request.payload
         body = copy.deepcopy(payload["instanceResource"])
         name = instance_name(idempotency_key)
@@ -642,84 +789,234 @@ class GcpProvider:
             found = self._get_instance(project, zone, name, operation="submit")
             if found is not None:
                 return self._handle(request.region, zone, name, found.id, extra)
-
-        failures: list[str] = []
-        last: ProviderError | None = None
-        for zone in zones:
-            try:
-                return self._insert(project, zone, _for_zone(body, zone),
-                                    request_id=zone_request_id(idempotency_key, zone),
-                                    region=request.region, extra=extra)
-            except CapacityError as exc:
-                failures.append(f"{zone} ({exc.code})")
-                last = exc
-            except InvalidRequestError as exc:
-                if not _zone_lacks_offer(exc):
-                    raise
-                failures.append(f"{zone} (does not offer {request.instance_type})")
-                last = exc
-        raise CapacityError(
-            f"no zone of {request.region} could launch {request.instance_type}"
-            f"{' (spot)' if request.spot else ''}: tried {', '.join(failures)}. "
-            "To fix: nothing in the job; greenplace fails over to the next candidate region, "
-            "or set the gcp 'zones' setting to zones that offer this machine type.",
-            provider=PROVIDER, operation="submit",
-            code=last.code if last is not None else "NO_ZONE",
-        )
+        launch = _Launch(project=project, region=request.region, key=idempotency_key,
+                         body=body, spot=request.spot, zones=zones, tried=[])
+        return self._launch(launch, deadline=deadline, operation="submit")
 
     def status(self, handle: InstanceHandle) -> InstanceStatus:
-        """Map the instance's GCE status; detect Spot preemption through zone operations."""
+        """Follow a pending launch, else map the instance's GCE status.
+
+        A powered-off VM is EXITED with the exit code read from serial port 1; when no
+        code is there, the zone's operation log tells a Spot preemption (PREEMPTED), a
+        host failure (FAILED) and a stop through the API (TERMINATED) apart.
+        """
         project = handle.extra.get("project") or self.project("status")
         zone = self._handle_zone(handle, "status")
+        insert = None
+        if operation := handle.extra.get("operation"):
+            insert = self._zone_operation(project, zone, operation, operation_name="status")
+            followed = self._follow_launch(handle, project, zone, insert)
+            if followed is not None:
+                return followed
         spot = handle.extra.get("spot") == "true"
         inst = self._get_instance(project, zone, handle.instance_id, operation="status")
         if inst is None:
+            if insert is not None and _just_done(insert):  # reads may lag behind the insert
+                return InstanceStatus(state=InstanceState.PENDING,
+                                      detail=f"{handle.instance_id} created, not visible yet")
             if spot and self._was_preempted(project, zone, handle.instance_id):
                 return InstanceStatus(state=InstanceState.PREEMPTED,
                                       detail="Spot VM was preempted and deleted by GCE")
-            failed = self._failed_insert(project, zone, handle.extra.get("operation"))
-            if failed:
-                return InstanceStatus(state=InstanceState.FAILED, detail=failed)
             return InstanceStatus(state=InstanceState.MISSING,
                                   detail=f"no instance {handle.instance_id} in {zone}")
+        settled = None
+        if handle.extra.get("operation"):  # the launch is over: a handle without its state
+            settled = self._handle(handle.region, zone, handle.instance_id, inst.id,
+                                   {"project": project, "spot": str(spot).lower()})
         gce_status = inst.status or "UNKNOWN"
-        if (spot and gce_status in ("STOPPING", "TERMINATED", "STOPPED")
-                and self._was_preempted(project, zone, handle.instance_id)):
-            return InstanceStatus(state=InstanceState.PREEMPTED,
-                                  detail=f"Spot VM was preempted (GCE status {gce_status})")
-        state = _STATUS_MAP.get(gce_status, InstanceState.PENDING)
-        detail = f"GCE status {gce_status}"
-        if inst.status_message:
-            detail += f": {inst.status_message}"
-        return InstanceStatus(state=state, detail=detail)
+        detail = f"GCE status {gce_status}" + (
+            f": {inst.status_message}" if inst.status_message else "")
+        if gce_status not in _POWERED_OFF:
+            return InstanceStatus(state=_STATUS_MAP.get(gce_status, InstanceState.PENDING),
+                                  detail=detail, handle=settled)
+        # A preempted Spot VM's guest may still print a code (the command killed by the
+        # shutdown): the preemption event wins, so the queue requeues instead of failing.
+        events = self._events(project, zone, inst.id) if spot else None
+        code = None
+        if not events or _PREEMPTED not in events:
+            code = exit_code_in(self._serial_output(project, zone, handle.instance_id))
+        if code is not None:
+            return InstanceStatus(state=InstanceState.EXITED, exit_code=code,
+                                  detail=f"{detail}; the command exited with {code}",
+                                  handle=settled)
+        if events is None:
+            events = self._events(project, zone, inst.id)
+        if _PREEMPTED in events:
+            return InstanceStatus(state=InstanceState.PREEMPTED, handle=settled,
+                                  detail=f"Spot VM was preempted ({detail})")
+        if failures := sorted(events & _HOST_FAILURES):
+            return InstanceStatus(state=InstanceState.FAILED, handle=settled,
+                                  detail=f"the host failed ({', '.join(failures)}); {detail}")
+        if events & _API_STOPS:
+            return InstanceStatus(state=InstanceState.TERMINATED, handle=settled,
+                                  detail=f"stopped through the API; {detail}")
+        return InstanceStatus(state=InstanceState.EXITED, handle=settled,
+                              detail=f"{detail}; no exit code on serial port 1 yet")
 
-    def cancel(self, handle: InstanceHandle) -> None:
-        """Delete the instance; a no-op when it is already gone."""
-        project = handle.extra.get("project") or self.project("cancel")
-        zone = self._handle_zone(handle, "cancel")
+    def list_managed(self, region: str) -> list[ManagedInstance]:
+        """Every instance labelled ``greenplace-managed=true`` in ``region``.
+
+        Design choice: one ``instances.aggregatedList`` call (one per page of 500),
+        filtered on the label server-side, covers every zone; the region is picked
+        from its ``zones/<zone>`` scopes here because the list filter cannot express
+        "zone in region". A zone of the region that the answer marks UNREACHABLE
+        raises TransientError: a partial list would make its instances look gone.
+        """
+        project = self.project("list_managed")
+        found: list[ManagedInstance] = []
         try:
-            self._client("instances", "cancel").delete_unary(
-                request=compute_v1.DeleteInstanceRequest(
-                    project=project, zone=zone, instance=handle.instance_id,
-                    request_id=request_uuid(f"delete/{project}/{zone}/{handle.instance_id}")),
+            pager = self._client("instances", "list_managed").aggregated_list(
+                request=compute_v1.AggregatedListInstancesRequest(
+                    project=project, filter=f'labels.{MANAGED_LABEL} = "true"',
+                    max_results=500),
                 retry=None, timeout=HTTP_TIMEOUT_S)
-        except gexc.NotFound:
-            return
-        except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
-                requests.exceptions.RequestException) as exc:
-            raise map_api_error(exc, operation="cancel", call="instances.delete") from exc
+            for page in pager.pages:
+                for scope, scoped in page.items.items():
+                    zone = scope.rsplit("/", 1)[-1]
+                    if not zone.startswith(f"{region}-"):
+                        continue
+                    if scoped.warning.code == "UNREACHABLE":
+                        raise _error(TransientError, f"instances.aggregatedList: zone {zone} "
+                                     f"is unreachable ({scoped.warning.message})",
+                                     operation="list_managed", code="UNREACHABLE")
+                    found.extend(self._managed(project, region, zone, inst)
+                                 for inst in scoped.instances)
+        except _CALL_ERRORS as exc:
+            raise map_api_error(exc, operation="list_managed",
+                                call="instances.aggregatedList") from exc
+        return found
+
+    def delete(self, handle: InstanceHandle) -> bool:
+        """Delete the instance; its boot disk goes with it (``autoDelete: true``).
+
+        Returns True once ``instances.get`` answers 404, False while an insert or a
+        delete of it is still running. The delete carries a requestId derived from the
+        instance, so repeated calls do not queue more operations.
+        """
+        project = handle.extra.get("project") or self.project("delete")
+        zone = self._handle_zone(handle, "delete")
+        name = handle.instance_id
+        lagging = False
+        if operation := handle.extra.get("operation"):
+            insert = self._zone_operation(project, zone, operation, operation_name="delete")
+            if insert is not None and insert.status != compute_v1.Operation.Status.DONE:
+                return False  # the instance may still appear: delete it once it exists
+            lagging = insert is not None and _just_done(insert)
+        if self._get_instance(project, zone, name, operation="delete") is None:
+            return not lagging
+        op = self._start_delete(project, zone, name, operation="delete")
+        if op is None or op.status != compute_v1.Operation.Status.DONE:
+            return False
+        if op.error.errors:
+            raise map_operation_error(op, operation="delete", call="instances.delete")
+        return self._get_instance(project, zone, name, operation="delete") is None
+
+    # -- launching
+
+    def _launch(self, launch: _Launch, *, deadline: float, operation: str) -> InstanceHandle:
+        """Insert into ``launch.zones`` in turn until one accepts, waiting until ``deadline``.
+
+        Raises:
+            CapacityError: every zone refused (``launch.tried`` lists them).
+            ProviderError: any other refusal, as classified.
+        """
+        zones = list(launch.zones)
+        while zones:
+            zone = zones.pop(0)
+            body = _for_zone(launch.body, zone)
+            try:
+                op = self._insert(launch.project, zone, body,
+                                  request_id=zone_request_id(launch.key, zone),
+                                  operation=operation)
+            except ProviderError as exc:
+                if not _zone_refused(exc):
+                    raise
+                launch.tried.append(f"{zone}:{exc.code}")
+                continue
+            if op is None:  # alreadyExists: an earlier attempt created it
+                found = self._get_instance(launch.project, zone, body["name"],
+                                           operation=operation)
+                if found is not None:
+                    return self._handle(launch.region, zone, body["name"], found.id,
+                                        launch.extra())
+                raise _error(TransientError, f"instances.insert in {zone}: "
+                             f"{body['name']} exists but cannot be read yet",
+                             operation=operation, code="alreadyExists")
+            op = self._wait(launch.project, zone, op, deadline=deadline, operation=operation)
+            if op.status != compute_v1.Operation.Status.DONE:
+                return self._handle(launch.region, zone, body["name"], op.target_id,
+                                    launch.extra(), pending=(op.name, zones))
+            if not op.error.errors:
+                return self._handle(launch.region, zone, body["name"], op.target_id,
+                                    launch.extra())
+            error = map_operation_error(op, operation=operation,
+                                        call=f"instances.insert in {zone}")
+            self._start_delete(launch.project, zone, body["name"], operation=operation)
+            if not _zone_refused(error):
+                raise error
+            launch.tried.append(f"{zone}:{error.code}")
+        raise launch.exhausted(operation)
+
+    def _follow_launch(self, handle: InstanceHandle, project: str, zone: str,
+                       op: compute_v1.Operation | None) -> InstanceStatus | None:
+        """The status of a launch still in flight, or None once its insert succeeded.
+
+        A refused insert is cleaned up (its VM record deleted), then moved on to the
+        next zone (PENDING with the new handle) or reported as LAUNCH_FAILED.
+        """
+        if op is None:
+            return None  # GCE keeps operations for a while only; the instance tells
+        if op.status != compute_v1.Operation.Status.DONE:
+            return InstanceStatus(state=InstanceState.PENDING,
+                                  detail=f"instances.insert in {zone} is {op.status.name}")
+        if not op.error.errors:
+            return None
+        error = map_operation_error(op, operation="status", call=f"instances.insert in {zone}")
+        self._start_delete(project, zone, handle.instance_id, operation="status")
+        launch = _Launch.of(handle, project=project)
+        launch.tried.append(f"{zone}:{error.code}")
+        if not _zone_refused(error):
+            return InstanceStatus(state=InstanceState.LAUNCH_FAILED, error=error,
+                                  detail=str(error))
+        try:
+            moved = self._launch(launch, deadline=time.monotonic(), operation="status")
+        except TransientError:
+            raise  # a throttled insert: the next status() call tries the same zone again
+        except ProviderError as exc:
+            return InstanceStatus(state=InstanceState.LAUNCH_FAILED, error=exc, detail=str(exc))
+        return InstanceStatus(state=InstanceState.PENDING, handle=moved,
+                              detail=f"{zone} refused ({error.code}); launching in "
+                                     f"{moved.zone}")
 
     # -- helpers
 
     def _handle(self, region: str, zone: str, name: str, instance_id: int | str,
-                extra: dict[str, str], operation: str = "") -> InstanceHandle:
-        fields = dict(extra)
+                extra: dict[str, str],
+                pending: tuple[str, list[str]] | None = None) -> InstanceHandle:
+        fields = {k: v for k, v in extra.items()
+                  if pending is not None or k in ("project", "spot")}
         if instance_id:
             fields["instance_id"] = str(instance_id)
-        if operation:
-            fields["operation"] = operation
+        if pending is not None:
+            fields["operation"], zones_left = pending[0], pending[1]
+            fields["zones_left"] = ",".join(zones_left)
         return InstanceHandle(provider=PROVIDER, cloud=PROVIDER, region=region,
                               instance_id=name, zone=zone, extra=fields)
+
+    def _managed(self, project: str, region: str, zone: str,
+                 inst: compute_v1.Instance) -> ManagedInstance:
+        """One aggregatedList entry as the queue sees it (exact tags from metadata)."""
+        tags = {item.key.replace("greenplace-", "greenplace:", 1): item.value
+                for item in inst.metadata.items if item.key.startswith("greenplace-")}
+        job_id, attempt = managed_tags_of(tags)
+        spot = inst.scheduling.provisioning_model == "SPOT"
+        gce_status = inst.status or "UNKNOWN"
+        state = _STATUS_MAP.get(gce_status, InstanceState.PENDING)
+        return ManagedInstance(
+            handle=self._handle(region, zone, inst.name, inst.id,
+                                {"project": project, "spot": str(spot).lower()}),
+            job_id=job_id, attempt=attempt,
+            status=InstanceStatus(state=state, detail=f"GCE status {gce_status}"))
 
     @staticmethod
     def _handle_zone(handle: InstanceHandle, operation: str) -> str:
@@ -740,8 +1037,7 @@ class GcpProvider:
                 zones = sorted(z.name for z in pager
                                if z.region.rstrip("/").endswith(f"/regions/{region}")
                                and z.status == "UP")
-            except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
-                    requests.exceptions.RequestException) as exc:
+            except _CALL_ERRORS as exc:
                 raise map_api_error(exc, operation="submit", call="zones.list") from exc
             if not zones:
                 raise InvalidRequestError(
@@ -761,41 +1057,48 @@ class GcpProvider:
             return inst
         except gexc.NotFound:
             return None
-        except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
-                requests.exceptions.RequestException) as exc:
+        except _CALL_ERRORS as exc:
             raise map_api_error(exc, operation=operation, call="instances.get") from exc
 
     def _insert(self, project: str, zone: str, body: dict[str, Any], *, request_id: str,
-                region: str, extra: dict[str, str]) -> InstanceHandle:
+                operation: str) -> compute_v1.Operation | None:
+        """Start the insert; None when the instance already exists (409)."""
         resource = compute_v1.Instance.from_json(json.dumps(body))
         try:
-            op = self._client("instances", "submit").insert_unary(
+            op: compute_v1.Operation = self._client("instances", operation).insert_unary(
                 request=compute_v1.InsertInstanceRequest(
                     project=project, zone=zone, instance_resource=resource,
                     request_id=request_id),
                 retry=None, timeout=HTTP_TIMEOUT_S)
-        except gexc.Conflict as exc:
-            # alreadyExists: an earlier attempt created it; return that instance.
-            found = self._get_instance(project, zone, body["name"], operation="submit")
-            if found is None:
-                raise map_api_error(exc, operation="submit", call="instances.insert") from exc
-            return self._handle(region, zone, body["name"], found.id, extra)
-        except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
-                requests.exceptions.RequestException) as exc:
-            raise map_api_error(exc, operation="submit", call="instances.insert") from exc
-        op = self._wait(project, zone, op)
-        if op.status != compute_v1.Operation.Status.DONE:
-            # Still running at our deadline: hand back the instance; status() follows it
-            # and reports a late failure of this operation.
-            return self._handle(region, zone, body["name"], op.target_id, extra, op.name)
-        if op.error.errors:
-            raise map_operation_error(op, operation="submit", call=f"instances.insert in {zone}")
-        return self._handle(region, zone, body["name"], op.target_id, extra)
+            return op
+        except gexc.Conflict:
+            return None
+        except _CALL_ERRORS as exc:
+            raise map_api_error(exc, operation=operation, call="instances.insert") from exc
 
-    def _wait(self, project: str, zone: str, op: compute_v1.Operation) -> compute_v1.Operation:
-        """Wait for a zone operation until DONE or the configured deadline."""
-        deadline = time.monotonic() + self.settings.operation_timeout_s
-        client = self._client("zone_operations", "submit")
+    def _start_delete(self, project: str, zone: str, name: str, *,
+                      operation: str) -> compute_v1.Operation | None:
+        """Ask GCE to delete the instance; None when it is gone or busy (try again later)."""
+        try:
+            op: compute_v1.Operation = self._client("instances", operation).delete_unary(
+                request=compute_v1.DeleteInstanceRequest(
+                    project=project, zone=zone, instance=name,
+                    request_id=request_uuid(f"delete/{project}/{zone}/{name}")),
+                retry=None, timeout=HTTP_TIMEOUT_S)
+            return op
+        except gexc.NotFound:
+            return None
+        except gexc.BadRequest as exc:
+            if _reasons(exc) & {"resourceNotReady"}:  # an insert or delete still runs
+                return None
+            raise map_api_error(exc, operation=operation, call="instances.delete") from exc
+        except _CALL_ERRORS as exc:
+            raise map_api_error(exc, operation=operation, call="instances.delete") from exc
+
+    def _wait(self, project: str, zone: str, op: compute_v1.Operation, *,
+              deadline: float, operation: str) -> compute_v1.Operation:
+        """Wait for a zone operation until DONE or ``deadline`` (monotonic seconds)."""
+        client = self._client("zone_operations", operation)
         while op.status != compute_v1.Operation.Status.DONE:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -805,16 +1108,68 @@ class GcpProvider:
                 op = client.wait(
                     request=compute_v1.WaitZoneOperationRequest(
                         project=project, zone=zone, operation=op.name),
-                    retry=None, timeout=max(remaining, 1.0))
+                    retry=None, timeout=remaining)
             except requests.exceptions.Timeout:
                 break
-            except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
-                    requests.exceptions.RequestException) as exc:
-                raise map_api_error(exc, operation="submit", call="zoneOperations.wait") from exc
-            if op.status != compute_v1.Operation.Status.DONE and time.monotonic() - asked < 1:
-                # wait answered early without DONE: do not spin on it.
-                time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+            except _CALL_ERRORS as exc:
+                raise map_api_error(exc, operation=operation, call="zoneOperations.wait") from exc
+            if op.status != compute_v1.Operation.Status.DONE and time.monotonic() - asked < 0.1:
+                # wait answered at once without DONE (best effort): do not spin on it.
+                time.sleep(max(0.0, min(0.2, deadline - time.monotonic())))
         return op
+
+    def _zone_operation(self, project: str, zone: str, name: str, *,
+                        operation_name: str) -> compute_v1.Operation | None:
+        """One zoneOperations.get; None when GCE no longer knows the operation."""
+        try:
+            op: compute_v1.Operation = self._client("zone_operations", operation_name).get(
+                request=compute_v1.GetZoneOperationRequest(
+                    project=project, zone=zone, operation=name),
+                retry=None, timeout=HTTP_TIMEOUT_S)
+            return op
+        except gexc.NotFound:
+            return None
+        except _CALL_ERRORS as exc:
+            raise map_api_error(exc, operation=operation_name,
+                                call="zoneOperations.get") from exc
+
+    def _serial_output(self, project: str, zone: str, name: str) -> str:
+        """Serial port 1 as far as GCE keeps it (1 MB), page by page (``start``/``next``).
+
+        Returns "" when GCE cannot show it (the instance is gone, or the output is
+        not ready): the exit code is then "not published yet", not an error.
+        """
+        client = self._client("instances", "status")
+        text: list[str] = []
+        start = 0
+        for _ in range(MAX_SERIAL_PAGES):
+            try:
+                out = client.get_serial_port_output(
+                    request=compute_v1.GetSerialPortOutputInstanceRequest(
+                        project=project, zone=zone, instance=name, port=SERIAL_PORT,
+                        start=start),
+                    retry=None, timeout=HTTP_TIMEOUT_S)
+            except (gexc.NotFound, gexc.BadRequest):
+                break
+            except _CALL_ERRORS as exc:
+                raise map_api_error(exc, operation="status",
+                                    call="instances.getSerialPortOutput") from exc
+            text.append(out.contents)
+            if not out.contents or out.next_ <= start:
+                break
+            start = out.next_
+        return "".join(text)
+
+    def _events(self, project: str, zone: str, instance_id: int) -> set[str]:
+        """The operationType of every zone operation GCE logged on the instance."""
+        try:
+            ops = self._client("zone_operations", "status").list(
+                request=compute_v1.ListZoneOperationsRequest(
+                    project=project, zone=zone, filter=f'targetId = "{instance_id}"'),
+                retry=None, timeout=HTTP_TIMEOUT_S)
+            return {op.operation_type for op in ops if op.target_id == instance_id}
+        except _CALL_ERRORS as exc:
+            raise map_api_error(exc, operation="status", call="zoneOperations.list") from exc
 
     def _was_preempted(self, project: str, zone: str, name: str) -> bool:
         """Whether GCE logged a ``compute.instances.preempted`` operation for this instance."""
@@ -822,30 +1177,75 @@ class GcpProvider:
             ops = self._client("zone_operations", "status").list(
                 request=compute_v1.ListZoneOperationsRequest(
                     project=project, zone=zone,
-                    filter='operationType = "compute.instances.preempted"'),
+                    filter=f'operationType = "{_PREEMPTED}"'),
                 retry=None, timeout=HTTP_TIMEOUT_S)
             return any(op.target_link.rstrip("/").endswith(f"/instances/{name}") for op in ops)
-        except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
-                requests.exceptions.RequestException) as exc:
+        except _CALL_ERRORS as exc:
             raise map_api_error(exc, operation="status", call="zoneOperations.list") from exc
 
-    def _failed_insert(self, project: str, zone: str, operation: str | None) -> str:
-        """The error of the insert operation, when it ended in one."""
-        if not operation:
-            return ""
-        try:
-            op = self._client("zone_operations", "status").get(
-                request=compute_v1.GetZoneOperationRequest(
-                    project=project, zone=zone, operation=operation),
-                retry=None, timeout=HTTP_TIMEOUT_S)
-        except gexc.NotFound:
-            return ""
-        except (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
-                requests.exceptions.RequestException) as exc:
-            raise map_api_error(exc, operation="status", call="zoneOperations.get") from exc
-        if op.status == compute_v1.Operation.Status.DONE and op.error.errors:
-            return str(map_operation_error(op, operation="submit", call="instances.insert"))
-        return ""
+
+@dataclass(slots=True, kw_only=True)
+class _Launch:
+    """A launch moving through the zones of one region (kept in a pending handle's extra)."""
+
+    project: str
+    region: str
+    key: str
+    body: dict[str, Any]  # the Instance JSON with {zone} placeholders
+    spot: bool
+    zones: list[str]  # still to try
+    tried: list[str]  # "zone:code" of the zones that refused
+
+    @classmethod
+    def of(cls, handle: InstanceHandle, *, project: str) -> _Launch:
+        extra = handle.extra
+        return cls(project=project, region=handle.region, key=extra.get("key", ""),
+                   body=json.loads(extra.get("launch") or "{}"),
+                   spot=extra.get("spot") == "true",
+                   zones=[z for z in extra.get("zones_left", "").split(",") if z],
+                   tried=[t for t in extra.get("tried", "").split(",") if t])
+
+    def extra(self) -> dict[str, str]:
+        """What a handle of this launch carries (the launch keys only while pending)."""
+        return {"project": self.project, "spot": str(self.spot).lower(), "key": self.key,
+                "launch": json.dumps(self.body, separators=(",", ":"), sort_keys=True),
+                "tried": ",".join(self.tried)}
+
+    def exhausted(self, operation: str) -> CapacityError:
+        """The error when no zone of the region is left."""
+        tried = ", ".join(f"{t.split(':', 1)[0]} ({t.split(':', 1)[1]})" for t in self.tried)
+        last = self.tried[-1].split(":", 1)[1] if self.tried else "NO_ZONE"
+        instance_type = str(self.body.get("machineType", "")).rsplit("/", 1)[-1]
+        return CapacityError(
+            f"no zone of {self.region} could launch {instance_type}"
+            f"{' (spot)' if self.spot else ''}: tried {tried or 'none'}. "
+            "To fix: nothing in the job; greenplace fails over to the next candidate region, "
+            "or set the gcp 'zones' setting to zones that offer this machine type.",
+            provider=PROVIDER, operation=operation, code=last,
+        )
+
+
+def _just_done(op: compute_v1.Operation) -> bool:
+    """Whether ``op`` ended well less than ``READ_LAG_GRACE_S`` ago.
+
+    Design choice: GCE reads are eventually consistent after an insert; within the
+    grace a 404 for the instance a successful insert created means "not visible
+    yet" (status PENDING, delete False), after it the instance is really gone. The
+    operation's own ``endTime`` dates it, so the rule holds across worker processes.
+    """
+    if op.status != compute_v1.Operation.Status.DONE or op.error.errors:
+        return False
+    try:
+        ended = dt.datetime.fromisoformat(op.end_time)
+    except ValueError:
+        return False
+    if ended.tzinfo is None:
+        return False
+    return (dt.datetime.now(dt.UTC) - ended).total_seconds() < READ_LAG_GRACE_S
+
+
+def _reasons(exc: gexc.GoogleAPICallError) -> set[str]:
+    return {str(e.get("reason")) for e in (exc.errors or []) if isinstance(e, dict)}
 
 
 def merged_config(config: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from greenplace.providers.base import Placement, Provider
+from greenplace.providers.base import InstanceHandle, Placement, Provider
 from greenplace.providers.registry import get_provider
 from tests.contract.adapter_case import AdapterCase, CaseEnv
 from tests.fakes.gce_server import FakeComputeEngine, InsertFault
@@ -25,6 +25,8 @@ def gcp_case(env: CaseEnv) -> Iterator[AdapterCase]:
             env.monkeypatch.delenv(name)
     made: list[Provider] = []
     with FakeComputeEngine() as fake:
+        # Operations take a little time, and a new VM boots, like on GCE.
+        fake.op_seconds = fake.delete_seconds = fake.boot_seconds = 0.05
         config = {"project": fake.project, "api_endpoint": fake.base_url,
                   "credentials": "anonymous", "operation_timeout_s": "5"}
 
@@ -54,13 +56,17 @@ def gcp_case(env: CaseEnv) -> Iterator[AdapterCase]:
                 fake.fail_next_insert(zone, fault)
             return make()
 
+        def finish(handle: InstanceHandle, exit_code: int) -> None:
+            fake.finish(handle.zone or "", handle.instance_id, exit_code)
+
         try:
             yield AdapterCase(
                 name="gcp", make_provider=make, placement=PLACEMENT,
                 spot_placement=dataclasses.replace(PLACEMENT, spot=True),
                 unknown_instance_id="gp-never-issued-00000000",
                 count_instances=lambda: len(fake.instances),
-                inject_error=inject, error_kinds=frozenset(faults))
+                inject_error=inject, error_kinds=frozenset(faults),
+                finish=finish, count_resources=fake.resource_count)
         finally:
             for provider in made:
                 provider.close()  # type: ignore[attr-defined]
