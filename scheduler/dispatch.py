@@ -792,12 +792,17 @@ def _follow(ctx: Context, record: JobRecord, status: InstanceStatus, *,
     guard = record.attempt
     try:
         if status.handle is not None and status.handle != handle:
+            moved = ((status.handle.instance_id, status.handle.zone)
+                     != (handle.instance_id, handle.zone))
             ctx.store.update(
                 record.job_id, expect=S.RUNNING, attempt=guard, now=now,
                 fields=encode_fields(handle=status.handle),
-                message=f"{handle.instance_id}: {status.detail}; launching "
-                        f"{status.handle.instance_id} ({status.handle.zone or handle.region}) "
-                        "instead", data={"instance_id": status.handle.instance_id})
+                message=(f"{handle.instance_id}: {status.detail}; launching "
+                         f"{status.handle.instance_id} "
+                         f"({status.handle.zone or handle.region}) instead" if moved else
+                         f"{handle.instance_id}: the launch operation completed "
+                         f"({status.handle.zone or handle.region})"),
+                data={"instance_id": status.handle.instance_id})
             handle = status.handle
             record = dataclasses.replace(record, handle=handle)
         state, where = status.state, f"{handle.instance_id} ({handle.cloud}:{handle.region})"
