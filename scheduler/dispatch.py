@@ -662,7 +662,7 @@ def _failover(ctx: Context, record: JobRecord, exc: ProviderError, *, expect: Jo
             record.job_id, to=S.PLACED, expect=expect, attempt=attempt,
             message=f"attempt {attempt} refused by {offer_key(placement)}{when} "
                     f"({type(exc).__name__}{f' {exc.code}' if exc.code else ''}); "
-                    f"{'trying it again' if retry_same else 'failing over'}: "
+                    f"{'trying it again as' if retry_same else 'failing over to'} "
                     f"{offer_key(nxt)}",
             data={"error": type(exc).__name__, "code": exc.code},
             fields=encode_fields(exhausted=exhausted, attempt_reasons=reasons), now=now)

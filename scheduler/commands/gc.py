@@ -14,16 +14,20 @@ from greenplace.scheduler.store import reachable
 def sweep_targets(settings: Settings, used: list[tuple[str, str]], *, all_regions: bool,
                   providers: tuple[str, ...], regions: tuple[str, ...]
                   ) -> list[tuple[str, str]]:
-    """The (provider, region) pairs to list: where greenplace launched, or with
-    ``all_regions`` every catalog region of each cloud routed to a provider."""
-    pairs = set(used)
-    if all_regions:
+    """The (provider, region) pairs to list.
+
+    Named ``regions`` are listed through the provider each one's cloud is routed to;
+    otherwise the regions greenplace launched in, plus with ``all_regions`` every
+    catalog region of each routed cloud. ``providers`` narrows either to those adapters.
+    """
+    pairs = set() if regions else set(used)
+    if regions or all_regions:
         from greenplace.scheduler.catalog import load_catalog
 
         for region in load_catalog().regions:
-            pairs.add((settings.provider_for(region.cloud), region.region))
-    return sorted((p, r) for p, r in pairs
-                  if (not providers or p in providers) and (not regions or r in regions))
+            if all_regions or region.region in regions:
+                pairs.add((settings.provider_for(region.cloud), region.region))
+    return sorted((p, r) for p, r in pairs if not providers or p in providers)
 
 
 @click.command("gc")
@@ -32,7 +36,8 @@ def sweep_targets(settings: Settings, used: list[tuple[str, str]], *, all_region
               help="list every catalog region of each routed cloud, not only the regions "
                    "greenplace launched in")
 @click.option("--provider", "providers", multiple=True, help="only this provider (repeatable)")
-@click.option("--region", "regions", multiple=True, help="only this region (repeatable)")
+@click.option("--region", "regions", multiple=True,
+              help="list this region, launched in or not (repeatable)")
 @click.option("--output", "-o", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True, help="table for people, json/csv for machines")
 def gc_cmd(dry_run: bool, all_regions: bool, providers: tuple[str, ...],
