@@ -323,3 +323,20 @@ def test_the_region_gate_asks_the_adapters_that_know_about_opt_in_regions(
     first = gate()
     assert first == {"aws:eu-south-2", "aws:me-central-1"}
     assert gate() is first and OptIn.calls == 2  # asked each time, the same set kept
+
+
+def test_gc_targets_are_the_regions_launched_in_or_those_named() -> None:
+    from greenplace.scheduler.commands.gc import sweep_targets
+    from greenplace.scheduler.settings import load_settings
+
+    settings = load_settings({"GREENPLACE_PROVIDERS": "aws=aws"})
+    used = [("aws", "us-east-1"), ("local-sim", "europe-north1")]
+    assert sweep_targets(settings, used, all_regions=False, providers=(),
+                         regions=()) == sorted(used)
+    assert sweep_targets(settings, used, all_regions=False, providers=("aws",),
+                         regions=()) == [("aws", "us-east-1")]
+    assert sweep_targets(settings, used, all_regions=False, providers=(),
+                         regions=("eu-south-2",)) == [("aws", "eu-south-2")]
+    everything = sweep_targets(settings, used, all_regions=True, providers=(), regions=())
+    assert ("aws", "ap-southeast-3") in everything and ("local-sim", "westeurope") in everything
+    assert set(used) <= set(everything)
