@@ -1,4 +1,9 @@
-"""The aws adapter against moto (a moto server behind the EC2 error-injecting proxy)."""
+"""The aws adapter against moto (a moto server behind the EC2 proxy of tests/fakes/ec2.py).
+
+The proxy makes the account behave like EC2 in time: instances boot for a
+fifth of a second, terminate for a fifth, and stay invisible to DescribeInstances
+for 0.3 s after RunInstances (eventual consistency).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ def _start(stack: ExitStack) -> tuple[str, Ec2ErrorProxy]:
 def aws_case(env: CaseEnv) -> Iterator[AdapterCase]:
     url, proxy = env.shared.get("ec2-server", _start)
     proxy.reset()
+    proxy.boot_s, proxy.terminate_s, proxy.not_visible_s = 0.2, 0.2, 0.3
     for name in list(os.environ):
         if name.startswith(("AWS_", "GREENPLACE_AWS_")):
             env.monkeypatch.delenv(name)
@@ -55,7 +61,9 @@ def aws_case(env: CaseEnv) -> Iterator[AdapterCase]:
         name="aws", make_provider=lambda: get_provider("aws"), placement=PLACEMENT,
         spot_placement=dataclasses.replace(PLACEMENT, spot=True),
         unknown_instance_id="i-0123456789abcdef0", secrets=(SECRET,),
-        count_instances=count, inject_error=inject, error_kinds=frozenset(INJECTED))
+        count_instances=count, inject_error=inject, error_kinds=frozenset(INJECTED),
+        finish=lambda handle, code: proxy.finish(handle.region, handle.instance_id, code),
+        count_resources=lambda: proxy.count_resources(PLACEMENT.region))
 
 
 CASES = {"aws": aws_case}
