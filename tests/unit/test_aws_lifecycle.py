@@ -395,3 +395,13 @@ def test_imds_hop_limit_lets_containers_reach_it(fake: Ec2ErrorProxy) -> None:
         InstanceIds=[handle.instance_id])["Reservations"][0]["Instances"][0]
     assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
+
+
+def test_a_launch_fault_armed_for_one_region_spares_the_others(fake: Ec2ErrorProxy) -> None:
+    fake.fail_launch_later(after_s=0.0, region="eu-west-1")
+    provider = aws.create({})
+    spared = _launch(provider)
+    assert provider.status(spared).state is InstanceState.RUNNING
+    placement = dataclasses.replace(ON_DEMAND, region="eu-west-1")
+    hit = provider.submit(provider.prepare(JOB, placement), idempotency_key=KEY)
+    assert _until(provider, hit, (InstanceState.LAUNCH_FAILED,)).error is not None
