@@ -12,8 +12,6 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-import boto3
-
 from greenplace.providers.base import Placement, Provider
 from greenplace.providers.registry import get_provider
 from tests.contract.adapter_case import AdapterCase, CaseEnv
@@ -48,11 +46,6 @@ def aws_case(env: CaseEnv) -> Iterator[AdapterCase]:
     }.items():
         env.monkeypatch.setenv(name, value)
 
-    def count() -> int:
-        ec2 = boto3.client("ec2", region_name=PLACEMENT.region)
-        answer = ec2.describe_instances()
-        return sum(len(r["Instances"]) for r in answer["Reservations"])
-
     def inject(kind: str) -> Provider:
         proxy.fail("RunInstances", INJECTED[kind])
         return get_provider("aws")
@@ -61,7 +54,8 @@ def aws_case(env: CaseEnv) -> Iterator[AdapterCase]:
         name="aws", make_provider=lambda: get_provider("aws"), placement=PLACEMENT,
         spot_placement=dataclasses.replace(PLACEMENT, spot=True),
         unknown_instance_id="i-0123456789abcdef0", secrets=(SECRET,),
-        count_instances=count, inject_error=inject, error_kinds=frozenset(INJECTED),
+        count_instances=lambda: proxy.count_instances(PLACEMENT.region), inject_error=inject,
+        error_kinds=frozenset(INJECTED),
         finish=lambda handle, code: proxy.finish(handle.region, handle.instance_id, code),
         count_resources=lambda: proxy.count_resources(PLACEMENT.region))
 

@@ -19,6 +19,10 @@ Where moto differs from EC2, the proxy corrects it (each documented by EC2):
 - Eventual consistency ("Eventual consistency in the Amazon EC2 API"): for
   ``not_visible_s`` after RunInstances, DescribeInstances, TerminateInstances and
   GetConsoleOutput naming the new id answer ``InvalidInstanceID.NotFound``.
+  DescribeInstances by filter leaves such an instance out of its answer.
+- ClientToken idempotency (moto ignores the token): a RunInstances repeating a
+  token answers the first launch when its parameters are the same, and
+  ``IdempotentParameterMismatch`` when they differ.
 - An accepted launch that EC2 abandons (``fail_launch_later``): the instance is
   ``pending`` and then ``terminated`` with StateReason
   ``Server.InsufficientInstanceCapacity`` (moto never fails a launch).
@@ -52,8 +56,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from dataclasses import replace as dataclasses_replace
 from datetime import UTC, datetime
 from typing import Any
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import boto3
@@ -208,6 +214,7 @@ class Ec2ErrorProxy:
         self._hidden_until: dict[str, float] = {}
         self._consoles: dict[str, str] = {}
         self._disabled: dict[str, str] = {}
+        self._tokens: dict[tuple[str, str], tuple[str, Reply]] = {}  # -> (params, answer)
 
     def reset(self) -> None:
         """Forget armed answers, timings and counts, and empty moto (a fresh account)."""
@@ -220,6 +227,7 @@ class Ec2ErrorProxy:
             self._hidden_until.clear()
             self._consoles.clear()
             self._disabled.clear()
+            self._tokens.clear()
         connection = http.client.HTTPConnection(self._host, self._port, timeout=10)
         try:
             connection.request("POST", "/moto-api/reset")
@@ -286,6 +294,11 @@ class Ec2ErrorProxy:
         """What GetConsoleOutput answers for ``instance_id`` from now on."""
         with self._lock:
             self._consoles[instance_id] = text
+
+    def count_instances(self, region: str) -> int:
+        """Every instance moto holds in ``region``, terminated ones included (what the
+        account really holds, whether or not DescribeInstances shows it yet)."""
+        return len(list(ec2_backends[DEFAULT_ACCOUNT_ID][region].all_instances()))
 
     def count_resources(self, region: str) -> int:
         """Live instances, volumes and network interfaces moto holds in ``region``."""
@@ -359,6 +372,27 @@ class Ec2ErrorProxy:
         with self._lock:
             return next((i for i in ids if self._hidden_until.get(i, 0.0) > now), None)
 
+    def _without_hidden(self, reply: Reply) -> Reply:
+        """A DescribeInstances answer without the instances not visible yet."""
+        now = time.monotonic()
+        with self._lock:
+            hidden = {i for i, until in self._hidden_until.items() if until > now}
+        if not hidden:
+            return reply
+        root = ElementTree.fromstring(reply.body)
+        namespace = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
+        ElementTree.register_namespace("", namespace.strip("{}"))
+        reservations = root.find(f"{namespace}reservationSet")
+        for reservation in list(reservations if reservations is not None else []):
+            instances = reservation.find(f"{namespace}instancesSet")
+            for item in list(instances if instances is not None else []):
+                if item.findtext(f"{namespace}instanceId") in hidden:
+                    instances.remove(item)  # type: ignore[union-attr]
+            if instances is None or len(instances) == 0:
+                reservations.remove(reservation)  # type: ignore[union-attr]
+        return dataclasses_replace(reply, body=ElementTree.tostring(
+            root, encoding="utf-8", xml_declaration=True))
+
     def _regions(self, form: dict[str, list[str]]) -> Reply:
         everything = (form.get("AllRegions") or ["false"])[0].lower() == "true"
         items = []
@@ -426,8 +460,21 @@ class Ec2ErrorProxy:
             console = self._console(region, form)
             if console is not None:
                 return console
+        token = (form.get("ClientToken") or [""])[0]
+        params = "&".join(f"{k}={v}" for k, v in sorted(form.items()) if k != "ClientToken")
+        if action == "RunInstances" and token:
+            with self._lock:
+                earlier = self._tokens.get((region, token))
+            if earlier is not None:
+                return earlier[1] if earlier[0] == params else _error_reply(
+                    "IdempotentParameterMismatch")
         reply = self._forward(request)
+        if reply.status == 200 and action == "DescribeInstances" and not ids:
+            reply = self._without_hidden(reply)
         if reply.status == 200 and action == "RunInstances":
+            if token:
+                with self._lock:
+                    self._tokens[(region, token)] = (params, reply)
             self._after_launch(region, reply.body)
         elif reply.status == 200 and action == "TerminateInstances":
             self._after_terminate(region, ids)

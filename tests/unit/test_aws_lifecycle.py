@@ -157,6 +157,22 @@ def test_an_id_not_visible_yet_is_pending_and_not_deleted(fake: Ec2ErrorProxy) -
 
 
 
+def test_a_redelivery_inside_the_window_gets_the_same_instance_by_its_token(
+        fake: Ec2ErrorProxy) -> None:
+    fake.not_visible_s = 30.0  # the tag look-up cannot see the first launch yet
+    first = _launch(aws.create({}))
+    resources = fake.count_resources(REGION)
+    again = _launch(aws.create({}))  # another worker, same key
+    assert again.instance_id == first.instance_id
+    assert fake.hits["RunInstances"] == 2
+    assert fake.count_resources(REGION) == resources
+    changed = aws.create({"key_name": "ops"})  # same token, other parameters
+    with pytest.raises(InvalidRequestError) as exc:
+        _launch(changed)
+    assert exc.value.code == "IdempotentParameterMismatch"
+    assert "settings" in str(exc.value).split("To fix:", 1)[1]
+
+
 def test_an_id_still_unknown_past_the_window_is_missing_and_deleted(
         fake: Ec2ErrorProxy) -> None:
     provider = aws.create({})
