@@ -215,11 +215,6 @@ _CREDENTIAL_ERRORS = (
 )
 _SDK_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 NOT_FOUND = "InvalidInstanceID.NotFound"
-# GetConsoleOutput with Latest=true works on Nitro instances only; these are the
-# codes of a refusal, after which the buffered output is read instead.
-_LATEST_REFUSED = frozenset({
-    "UnsupportedOperation", "InvalidParameterValue", "InvalidParameterCombination",
-})
 
 SPOT_REASONS = frozenset({
     "Server.SpotInstanceTermination", "Server.SpotInstanceShutdown",
@@ -643,15 +638,15 @@ class AwsProvider:
 
         Reads the latest serial output (``Latest=True``, Nitro instances) and falls
         back to the buffered output EC2 posts at each state transition (stop,
-        terminate) when the latest is refused (Xen families such as p3) or does not
-        hold the marker.
+        terminate) when the latest is refused (Xen families such as p3, or a state
+        EC2 cannot serve it in) or does not hold the marker.
         """
         for latest in (True, False):
             try:
                 answer = self._client("ec2", handle.region).get_console_output(
                     InstanceId=handle.instance_id, **({"Latest": True} if latest else {}))
             except _SDK_ERRORS as exc:
-                if latest and _error_code(exc) in _LATEST_REFUSED:
+                if latest and _latest_refused(exc):
                     continue
                 raise self._wrap(exc, operation="status", call="GetConsoleOutput",
                                  region=handle.region) from exc
@@ -741,6 +736,14 @@ class AwsProvider:
             raise self._wrap(exc, operation="delete", call="DescribeVolumes/DeleteVolume",
                              region=region) from exc
         return not volumes
+
+
+def _latest_refused(exc: Exception) -> bool:
+    """Whether EC2 refused ``Latest=true`` itself (UnsupportedOperation on a Xen
+    family, a state it cannot serve it in), rather than the caller or the moment:
+    an auth, throttling or server error must not be hidden by the fallback."""
+    code = _error_code(exc)
+    return code is not None and ERROR_CODES.classify(code) is InvalidRequestError
 
 
 def launch_failure(instance: Mapping[str, Any], *, region: str) -> ProviderError:

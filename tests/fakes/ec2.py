@@ -88,6 +88,7 @@ EC2_ERROR_STATUS = {
     "IdempotentParameterMismatch": 400,
     "VPCIdNotSpecified": 400,
     "UnsupportedOperation": 400,
+    "IncorrectInstanceState": 400,
     "OptInRequired": 401,
 }
 

@@ -132,6 +132,22 @@ def test_latest_console_output_is_asked_for_and_its_refusal_falls_back(
     assert fake.hits["GetConsoleOutput"] == 3  # refused with Latest, read buffered
 
 
+@pytest.mark.parametrize(("code", "falls_back"), [("IncorrectInstanceState", True),
+                                                  ("UnauthorizedOperation", False)])
+def test_a_refused_latest_read_falls_back_but_an_auth_error_does_not(
+        fake: Ec2ErrorProxy, code: str, falls_back: bool) -> None:
+    provider = aws.create({})
+    handle = _launch(provider)
+    fake.finish(REGION, handle.instance_id, 4)
+    fake.fail("GetConsoleOutput", code)
+    if falls_back:
+        assert provider.status(handle).exit_code == 4
+    else:
+        with pytest.raises(AuthError) as exc:
+            provider.status(handle)
+        assert (exc.value.operation, exc.value.code) == ("status", code)
+
+
 def test_exit_code_is_none_while_the_console_has_no_marker(fake: Ec2ErrorProxy) -> None:
     provider = aws.create({})
     handle = _launch(provider)
