@@ -25,7 +25,8 @@ The life of a launch on EC2 (the Provider protocol, ``providers/base.py``):
   launch's idempotency key that survived it; True once DescribeInstances shows
   the instance terminated (or unknown past the window) and no such volume is left.
 - ``list_managed()`` is one paginated DescribeInstances filtered server-side on
-  ``tag:greenplace:managed=true``.
+  ``tag:greenplace:managed=true`` (pages of LIST_PAGE_SIZE). Eventual consistency
+  applies here too: an instance launched moments ago may be missing from it.
 
 Credentials come from boto3's own default chain (environment, shared files,
 SSO, instance or task role); this module never reads, prints or stores one.
@@ -132,6 +133,8 @@ EVENTUAL_CONSISTENCY_WINDOW_S = 300.0
 # How long ``regions_not_enabled`` trusts one DescribeRegions answer (enabling a
 # region takes minutes to hours, so a quarter of an hour is fresh enough).
 REGIONS_CACHE_S = 900.0
+# DescribeInstances page size for list_managed (EC2 allows 5..1000 with filters).
+LIST_PAGE_SIZE = 1000
 # ``InstanceHandle.extra`` keys: the launch time (ISO 8601, from EC2) and the id it
 # was recorded for (a handle rebuilt with another id carries no launch time).
 LAUNCHED_AT = "launched_at"
@@ -663,7 +666,8 @@ class AwsProvider:
         managed: list[ManagedInstance] = []
         try:
             pages = self._client("ec2", region).get_paginator("describe_instances").paginate(
-                Filters=[{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]}])
+                Filters=[{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]}],
+                PaginationConfig={"PageSize": LIST_PAGE_SIZE})
             for page in pages:
                 for instance in _instances(page):
                     tags = _tags(instance)

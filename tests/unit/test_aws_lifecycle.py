@@ -302,6 +302,23 @@ def test_list_managed_is_one_call_and_rebuilds_the_submitted_handles(
     assert provider.list_managed("eu-west-1") == []
 
 
+def test_list_managed_follows_every_page(fake: Ec2ErrorProxy,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aws, "LIST_PAGE_SIZE", 5)
+    provider = aws.create({})
+    launched = set()
+    for attempt in range(1, 8):
+        job = dataclasses.replace(JOB, attempt=attempt)
+        launched.add(provider.submit(provider.prepare(job, ON_DEMAND),
+                                     idempotency_key=idempotency_key(job.job_id, attempt)
+                                     ).instance_id)
+    before = fake.hits["DescribeInstances"]
+    listed = provider.list_managed(REGION)
+    assert {m.handle.instance_id for m in listed} == launched
+    assert sorted(m.attempt or 0 for m in listed) == list(range(1, 8))
+    assert fake.hits["DescribeInstances"] == before + 2  # two pages of at most five
+
+
 def test_list_managed_throttled_is_transient(fake: Ec2ErrorProxy) -> None:
     fake.fail("DescribeInstances", "RequestLimitExceeded", times=5)
     with pytest.raises(TransientError) as exc:
