@@ -15,8 +15,10 @@ The life of a launch on EC2 (the Provider protocol, ``providers/base.py``):
   EC2 answers RunInstances at once, so no call waits on the cloud.
 - ``status()`` maps the instance state and its state reason: a launch that EC2
   accepted and then abandoned (``pending -> terminated`` with
-  ``Server.InsufficientInstanceCapacity``) is LAUNCH_FAILED with a CapacityError;
-  an instance that powered itself off (``Client.InstanceInitiatedShutdown``) is
+  ``Server.InsufficientInstanceCapacity``) is LAUNCH_FAILED with a CapacityError
+  (design choice: not relaunched in the next subnet by status(), which does not
+  hold the request; EC2 almost always refuses capacity synchronously, and the
+  queue fails over); an instance that powered itself off (``Client.InstanceInitiatedShutdown``) is
   EXITED with the exit code read back through ``GetConsoleOutput``.
 - ``InvalidInstanceID.NotFound`` within ``EVENTUAL_CONSISTENCY_WINDOW_S`` of the
   launch is EC2's documented eventual consistency, not an absence: status() reads
@@ -27,6 +29,8 @@ The life of a launch on EC2 (the Provider protocol, ``providers/base.py``):
 - ``list_managed()`` is one paginated DescribeInstances filtered server-side on
   ``tag:greenplace:managed=true`` (pages of LIST_PAGE_SIZE). Eventual consistency
   applies here too: an instance launched moments ago may be missing from it.
+- ``regions_not_enabled()`` (not part of the protocol) names the opt-in regions
+  the account has not enabled, for placement to leave out.
 
 Credentials come from boto3's own default chain (environment, shared files,
 SSO, instance or task role); this module never reads, prints or stores one.
@@ -43,7 +47,7 @@ any of them from ``GREENPLACE_AWS_SETTINGS``, a JSON object):
 ``instance_profile``    IAM instance profile name or ARN for the instance
 ``subnet_ids.<region>`` comma-separated subnet ids, one per Availability Zone, tried
                         in turn on a capacity error (default: the default VPC)
-``subnet_id.<region>``  one subnet id: the same as a one-item ``subnet_ids``
+``subnet_id.<region>``  one subnet id: a one-item ``subnet_ids`` (which wins when both are set)
 ``security_group_ids.<region>``  comma-separated group ids
 """
 
