@@ -1,4 +1,9 @@
-"""The aws adapter against moto (a moto server behind the EC2 error-injecting proxy)."""
+"""The aws adapter against moto (a moto server behind the EC2 proxy of tests/fakes/ec2.py).
+
+The proxy makes the account behave like EC2 in time: instances boot for a
+fifth of a second, terminate for a fifth, and stay invisible to DescribeInstances
+for 0.3 s after RunInstances (eventual consistency).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,6 @@ import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-
-import boto3
 
 from greenplace.providers.base import Placement, Provider
 from greenplace.providers.registry import get_provider
@@ -30,6 +33,7 @@ def _start(stack: ExitStack) -> tuple[str, Ec2ErrorProxy]:
 def aws_case(env: CaseEnv) -> Iterator[AdapterCase]:
     url, proxy = env.shared.get("ec2-server", _start)
     proxy.reset()
+    proxy.boot_s, proxy.terminate_s, proxy.not_visible_s = 0.2, 0.2, 0.3
     for name in list(os.environ):
         if name.startswith(("AWS_", "GREENPLACE_AWS_")):
             env.monkeypatch.delenv(name)
@@ -42,11 +46,6 @@ def aws_case(env: CaseEnv) -> Iterator[AdapterCase]:
     }.items():
         env.monkeypatch.setenv(name, value)
 
-    def count() -> int:
-        ec2 = boto3.client("ec2", region_name=PLACEMENT.region)
-        answer = ec2.describe_instances()
-        return sum(len(r["Instances"]) for r in answer["Reservations"])
-
     def inject(kind: str) -> Provider:
         proxy.fail("RunInstances", INJECTED[kind])
         return get_provider("aws")
@@ -55,7 +54,10 @@ def aws_case(env: CaseEnv) -> Iterator[AdapterCase]:
         name="aws", make_provider=lambda: get_provider("aws"), placement=PLACEMENT,
         spot_placement=dataclasses.replace(PLACEMENT, spot=True),
         unknown_instance_id="i-0123456789abcdef0", secrets=(SECRET,),
-        count_instances=count, inject_error=inject, error_kinds=frozenset(INJECTED))
+        count_instances=lambda: proxy.count_instances(PLACEMENT.region), inject_error=inject,
+        error_kinds=frozenset(INJECTED),
+        finish=lambda handle, code: proxy.finish(handle.region, handle.instance_id, code),
+        count_resources=lambda: proxy.count_resources(PLACEMENT.region))
 
 
 CASES = {"aws": aws_case}

@@ -23,17 +23,20 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.fakes.arm_server import FakeResourceManager, Fault
-from tests.fakes.ec2 import EC2_ERROR_MESSAGES, EC2_ERROR_STATUS, Ec2ErrorProxy, ec2_error_body
+from tests.fakes.ec2 import (
+    EC2_ERROR_MESSAGES,
+    EC2_ERROR_STATUS,
+    Ec2ErrorProxy,
+    ec2_error_body,
+    signing_region_of,
+)
 from tests.fakes.http import Reply, Request
 from tests.fakes.json_server import Reply as JsonReply
-
-_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/(?P<region>[^/,\s]+)/ec2/")
 
 
 def signing_region(request: Request) -> str:
     """The region a SigV4-signed EC2 request is for ("" when unsigned)."""
-    found = _SCOPE.search(request.headers.get("authorization", ""))
-    return found.group("region") if found else ""
+    return signing_region_of(request.headers)
 
 
 class RegionalEc2Proxy(Ec2ErrorProxy):
@@ -62,8 +65,7 @@ class RegionalEc2Proxy(Ec2ErrorProxy):
         with self._regional_lock:
             self._regional.clear()
             self._after.clear()
-        with self._lock:
-            self._canned.clear()
+        super().disarm()
 
     def calls_of(self, action: str) -> list[tuple[str, int]]:
         """(region, status) of every call of ``action`` so far, in order."""

@@ -117,8 +117,9 @@ def test_prepare_builds_the_exact_run_instances_request_without_network(
     assert (payload["MinCount"], payload["MaxCount"]) == (1, 1)
     assert payload["ClientToken"] == KEY == "gp-job-7f3a-a1"
     assert payload["UserData"] == startup_script(JOB) == request.startup_script
-    assert payload["InstanceInitiatedShutdownBehavior"] == "terminate"
-    assert payload["MetadataOptions"]["HttpTokens"] == "required"
+    assert payload["InstanceInitiatedShutdownBehavior"] == "stop"
+    assert payload["MetadataOptions"] == {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                                          "HttpPutResponseHopLimit": 2}
     assert "InstanceMarketOptions" not in payload
     assert [s["ResourceType"] for s in payload["TagSpecifications"]] == ["instance", "volume"]
     tags = {t["Key"]: t["Value"] for t in payload["TagSpecifications"][0]["Tags"]}
@@ -140,6 +141,8 @@ def test_prepare_spot_uses_one_time_spot_market_options(aws_env: None) -> None:
         "SpotOptions": {"SpotInstanceType": "one-time",
                         "InstanceInterruptionBehavior": "terminate"},
     }
+    # EC2 refuses "stop" for a one-time spot instance: it terminates on power-off.
+    assert payload["InstanceInitiatedShutdownBehavior"] == "terminate"
 
 
 @pytest.mark.parametrize(("instance_type", "parameter"), [
@@ -148,6 +151,8 @@ def test_prepare_spot_uses_one_time_spot_market_options(aws_env: None) -> None:
     ("g5g.xlarge", aws.DLAMI_PARAMETER_ARM64),
     ("trn1.32xlarge", aws.DLAMI_PARAMETER_NEURON),
     ("inf2.xlarge", aws.DLAMI_PARAMETER_NEURON),
+    ("p3.2xlarge", aws.DLAMI_PARAMETER_PROPRIETARY),
+    ("p3dn.24xlarge", aws.DLAMI_PARAMETER_PROPRIETARY),
 ])
 def test_default_image_is_the_deep_learning_ami_of_the_architecture(
         aws_env: None, instance_type: str, parameter: str) -> None:
@@ -214,7 +219,7 @@ def test_client_token_fits_ec2_limits_and_is_stable() -> None:
     assert aws.client_token("gp-jöb-a1").isascii()
 
 
-# -- moto in-process: launch, idempotency, status, cancel ------------------------------
+# -- moto in-process: launch, idempotency, status, delete ------------------------------
 
 
 def test_submit_launches_tagged_instance_with_user_data_in_the_placed_region(
@@ -280,18 +285,19 @@ def test_spot_placement_launches_a_spot_instance(mocked: None) -> None:
     assert _describe("eu-north-1", handle.instance_id)["InstanceLifecycle"] == "spot"
 
 
-def test_status_and_cancel_follow_the_instance(mocked: None) -> None:
+def test_status_and_delete_follow_the_instance(mocked: None) -> None:
     provider = get_provider("aws")
     handle = provider.submit(provider.prepare(JOB, ON_DEMAND), idempotency_key=KEY)
     assert provider.status(handle).state in (InstanceState.PENDING, InstanceState.RUNNING)
-    provider.cancel(handle)
+    assert provider.delete(handle) is False  # TerminateInstances sent, not confirmed yet
     status = provider.status(handle)
     assert status.state is InstanceState.TERMINATED
     assert "Client.UserInitiatedShutdown" in status.detail
-    provider.cancel(handle)  # already gone: a no-op
+    assert provider.delete(handle) is True  # terminated, and its root volume went with it
+    assert provider.delete(handle) is True  # idempotent
     unknown = dataclasses.replace(handle, instance_id="i-0123456789abcdef0")
     assert provider.status(unknown).state is InstanceState.MISSING
-    provider.cancel(unknown)
+    assert provider.delete(unknown) is True
 
 
 def test_check_credentials_names_the_identity_and_never_the_secret(
@@ -318,8 +324,13 @@ def test_check_credentials_without_credentials_is_an_auth_error(
     ("running", "", "spot", InstanceState.RUNNING),
     ("terminated", "Server.SpotInstanceTermination", "spot", InstanceState.PREEMPTED),
     ("stopped", "Server.SpotInstanceShutdown", "spot", InstanceState.PREEMPTED),
-    ("shutting-down", "Client.InstanceInitiatedShutdown", None, InstanceState.SUCCEEDED),
-    ("terminated", "Server.InternalError", None, InstanceState.FAILED),
+    ("shutting-down", "Client.InstanceInitiatedShutdown", None, InstanceState.EXITED),
+    ("stopped", "Client.InstanceInitiatedShutdown", None, InstanceState.EXITED),
+    ("terminated", "Server.InsufficientInstanceCapacity", None, InstanceState.LAUNCH_FAILED),
+    ("terminated", "Server.InternalError", None, InstanceState.LAUNCH_FAILED),
+    ("terminated", "Client.VolumeLimitExceeded", None, InstanceState.LAUNCH_FAILED),
+    ("stopped", "Server.ScheduledStop", None, InstanceState.FAILED),
+    ("stopped", "Client.UserInitiatedShutdown", None, InstanceState.TERMINATED),
     ("terminated", "Client.UserInitiatedShutdown", None, InstanceState.TERMINATED),
 ])
 def test_instance_status_maps_state_and_reason(state: str, reason: str, lifecycle: str | None,
@@ -327,7 +338,7 @@ def test_instance_status_maps_state_and_reason(state: str, reason: str, lifecycl
     instance: dict[str, Any] = {"State": {"Name": state}, "StateReason": {"Code": reason}}
     if lifecycle:
         instance["InstanceLifecycle"] = lifecycle
-    assert aws.instance_status(instance).state is expected
+    assert aws.instance_status(instance, region="eu-north-1").state is expected
 
 
 # -- a moto server over HTTP, errors injected at the wire -------------------------------
@@ -338,8 +349,9 @@ def test_round_trip_over_http(server: Ec2ErrorProxy) -> None:
     handle = provider.submit(provider.prepare(JOB, ON_DEMAND), idempotency_key=KEY)
     assert provider.submit(provider.prepare(JOB, ON_DEMAND), idempotency_key=KEY) == handle
     assert provider.status(handle).state in (InstanceState.PENDING, InstanceState.RUNNING)
-    provider.cancel(handle)
+    assert provider.delete(handle) is False
     assert provider.status(handle).state is InstanceState.TERMINATED
+    assert provider.delete(handle) is True
     assert server.hits["RunInstances"] == 1
     assert server.hits["TerminateInstances"] == 1
     assert server.hits["DescribeInstances"] >= 4
@@ -394,14 +406,18 @@ def test_reads_are_retried_but_creates_are_not(server: Ec2ErrorProxy) -> None:
 
 
 @pytest.mark.parametrize(("action", "operation"), [("DescribeInstances", "status"),
-                                                   ("TerminateInstances", "cancel")])
+                                                   ("TerminateInstances", "delete"),
+                                                   ("DescribeInstances", "list_managed")])
 def test_status_and_cancel_errors_carry_their_operation(
         server: Ec2ErrorProxy, action: str, operation: str) -> None:
     provider = get_provider("aws")
     handle = provider.submit(provider.prepare(JOB, ON_DEMAND), idempotency_key=KEY)
     server.fail(action, "UnauthorizedOperation", times=5)
     with pytest.raises(AuthError) as exc:
-        getattr(provider, operation)(handle)
+        if operation == "list_managed":
+            provider.list_managed(handle.region)
+        else:
+            getattr(provider, operation)(handle)
     assert (exc.value.operation, exc.value.code) == (operation, "UnauthorizedOperation")
 
 
