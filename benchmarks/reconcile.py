@@ -55,6 +55,7 @@ from greenplace.providers.base import (  # noqa: E402
 )
 from greenplace.scheduler.catalog import load_catalog  # noqa: E402
 from greenplace.scheduler.dispatch import Context, Providers, reconcile  # noqa: E402
+from greenplace.scheduler.exceptions import GreenplaceError  # noqa: E402
 from greenplace.scheduler.jobs import JobSpec, resolve_job  # noqa: E402
 from greenplace.scheduler.settings import Settings  # noqa: E402
 from greenplace.scheduler.store import (  # noqa: E402
@@ -134,9 +135,10 @@ def launch(case: AdapterCase, provider: Provider, n: int, regions: int
         try:
             handle = provider.submit(provider.prepare(job, placement),
                                      idempotency_key=idempotency_key(job.job_id, 1))
-        except Exception:
-            if i == 0 or placement is not places[0]:
+        except GreenplaceError:
+            if placement is places[0]:
                 raise
+            places.remove(placement)  # a region the fake does not serve: use the others
             continue
         launched.append((job.job_id, placement, handle))
     settled = []
