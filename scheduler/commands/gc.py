@@ -66,7 +66,9 @@ def gc_cmd(dry_run: bool, all_regions: bool, providers: tuple[str, ...],
         cells=[[r.provider, r.region, r.instance_id or "-", r.job_id or "-",
                 r.job_state or "-", r.instance_state or "-", r.action, r.reason]
                for r in rows],
-        footer=f"{acted} instance(s) {'to delete' if dry_run else 'deleted or deleting'}; "
-               f"{sum(r.action == 'kept' for r in rows)} kept")
+        footer=(f"{acted} instance(s) {'to delete' if dry_run else 'deleted or deleting'}; "
+                f"{sum(r.action == 'kept' for r in rows)} kept" if targets else
+                "nothing to sweep: this store has launched nothing yet (name regions with "
+                "--region, or sweep them all with --all-regions)"))
     if any(r.action == "error" for r in rows):
         sys.exit(1)
