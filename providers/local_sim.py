@@ -407,18 +407,22 @@ class LocalSim:
             raise _unreachable(exc, "delete") from exc
         return True
 
+    def _read_index(self, index: str) -> tuple[float, list[dict[str, str]]]:
+        """(server time, every instance hash the zset ``index`` names), in one pipeline."""
+        ids = [str(i) for i in self.client.zrange(index, 0, -1)]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.time()
+        for instance_id in ids:
+            pipe.hgetall(f"{PREFIX}:instance:{instance_id}")
+        (seconds, micros), *rows = pipe.execute()
+        return float(seconds) + micros / 1_000_000, rows
+
     def list_managed(self, region: str) -> list[ManagedInstance]:
         """Every instance in ``region`` not deleted yet, read in one pipeline."""
         try:
-            ids = [str(i) for i in self.client.zrange(f"{PREFIX}:region:{region}", 0, -1)]
-            pipe = self.client.pipeline(transaction=False)
-            pipe.time()
-            for instance_id in ids:
-                pipe.hgetall(f"{PREFIX}:instance:{instance_id}")
-            (seconds, micros), *rows = pipe.execute()
+            now, rows = self._read_index(f"{PREFIX}:region:{region}")
         except redis.RedisError as exc:
             raise _unreachable(exc, "list_managed") from exc
-        now = float(seconds) + micros / 1_000_000
         out = []
         for fields in rows:
             if not fields or fields.get("terminated_at"):
@@ -438,13 +442,7 @@ class LocalSim:
     # beyond the protocol: what `greenplace sim instances` shows -----------------------
     def instances(self) -> list[dict[str, Any]]:
         """Every instance launched so far, oldest first, with its current state."""
-        ids = [str(i) for i in self.client.zrange(f"{PREFIX}:instances", 0, -1)]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.time()
-        for instance_id in ids:
-            pipe.hgetall(f"{PREFIX}:instance:{instance_id}")
-        (seconds, micros), *rows = pipe.execute()
-        now = float(seconds) + micros / 1_000_000
+        now, rows = self._read_index(f"{PREFIX}:instances")
         out = []
         for fields in rows:
             if not fields:

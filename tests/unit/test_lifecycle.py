@@ -28,10 +28,9 @@ from greenplace.scheduler.cli import main
 from greenplace.scheduler.dispatch import Context, Providers, RegionGate, reconcile
 from greenplace.scheduler.exceptions import AccountLimitError, TransientError
 from greenplace.scheduler.gc import sweep
-from greenplace.scheduler.settings import Settings
 from greenplace.scheduler.store import JobState, offer_key, utc_now
 from tests.redisproc import RedisServer
-from tests.unit.test_dispatch import make_job, place_and_run, run, sim_of, submit
+from tests.unit.test_dispatch import Only, make_job, place_and_run, run, sim_of, submit
 from tests.waiting import wait_for
 
 S = JobState
@@ -68,18 +67,9 @@ class Scripted:
         return self.sim.delete(handle)
 
 
-class Routed(Providers):
-    def __init__(self, settings: Settings, provider: Scripted) -> None:
-        super().__init__(settings)
-        self.provider = provider
-
-    def by_name(self, name: str) -> Any:
-        return self.provider
-
-
 def scripted(ctx: Context) -> tuple[Context, Scripted]:
     provider = Scripted(sim_of(ctx))
-    return dataclasses.replace(ctx, providers=Routed(ctx.settings, provider)), provider
+    return dataclasses.replace(ctx, providers=Only(ctx.settings, provider)), provider
 
 
 def running(ctx: Context, name: str = "train", **job: Any) -> tuple[str, InstanceHandle]:
@@ -297,7 +287,7 @@ def test_a_region_that_cannot_be_listed_is_reported_not_fatal(
     rows = sweep(ctx.store, {"local-sim": Throttled(sim_of(ctx))}, ctx.store.regions_used(),
                  dry_run=False)
     assert [r.action for r in rows] == ["error"] and "RequestLimitExceeded" in rows[0].reason
-    ctx2 = dataclasses.replace(ctx, providers=Routed(ctx.settings, Throttled(sim_of(ctx))))
+    ctx2 = dataclasses.replace(ctx, providers=Only(ctx.settings, Throttled(sim_of(ctx))))
     counts = pass_(ctx2)
     assert counts["list_calls"] == 1 and counts["status_calls"] == 0  # no per-job fallback
 
