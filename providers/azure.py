@@ -73,10 +73,11 @@ import json
 import os
 import re
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -133,6 +134,7 @@ MANAGED_TAG = "greenplace:managed"
 OUTBOUND_MODES = ("public_ip", "nat_gateway", "none")
 # How long the serial log's SAS URL lives: it is used at once, by this process only.
 SAS_MINUTES = 5
+LIST_REUSE_S = 2.0  # a resource-group listing answers the other regions of one pass
 
 # ARM error.code values by class (read from the response body, including nested
 # details); a code not listed falls back to the HTTP status (429 / 5xx transient,
@@ -559,6 +561,8 @@ class AzureProvider:
         self._compute: ComputeManagementClient | None = None
         self._network: NetworkManagementClient | None = None
         self._ssh_key = settings.ssh_public_key or NO_LOGIN_SSH_KEY
+        self._list_lock = threading.Lock()
+        self._listed: tuple[float, list[Any]] | None = None  # (monotonic time, VMs)
 
     # -- plumbing
 
@@ -793,6 +797,7 @@ class AzureProvider:
                 provider=PROVIDER, operation="submit", code="WRONG_PROVIDER",
             )
         deadline = time.monotonic() + self.settings.operation_timeout_s
+        self._listed = None  # what this adapter changes, its next listing shows
         sub = self.subscription_id()
         rg = self.settings.resource_group
         payload = _fill_subscription(copy.deepcopy(request.payload), sub)
@@ -896,6 +901,7 @@ class AzureProvider:
         """
         rg = self.settings.resource_group
         name = handle.instance_id
+        self._listed = None  # what this adapter changes, its next listing shows
         vm = self._get_vm(name, operation="delete")
         if vm is not None:
             if _text(vm.provisioning_state) != "Deleting":
@@ -942,14 +948,27 @@ class AzureProvider:
         except _SDK_ERRORS as exc:
             raise map_azure_error(exc, operation=operation, call="virtualMachines.get") from exc
 
-    def _list_vms(self) -> Iterator[Any]:
-        """Every VM of the resource group, with instance views (pages followed)."""
-        call = "virtualMachines.list"
-        try:
-            yield from self.compute().virtual_machines.list(self.settings.resource_group,
-                                                            expand="instanceView")
-        except _SDK_ERRORS as exc:
-            raise map_azure_error(exc, operation="list_managed", call=call) from exc
+    def _list_vms(self) -> list[Any]:
+        """Every VM of the resource group, with instance views (pages followed).
+
+        Design choice: the listing holds every region of the group, and a reconcile
+        pass asks for its regions one after the other, so a listing younger than
+        ``LIST_REUSE_S`` answers again instead of listing the whole group once per
+        region. Nothing that acts on a VM reads it (status() and delete() ask anew), and
+        this adapter's own submit() and delete() drop it.
+        """
+        with self._list_lock:
+            cached = self._listed
+            if cached is not None and time.monotonic() - cached[0] < LIST_REUSE_S:
+                return cached[1]
+            try:
+                vms = list(self.compute().virtual_machines.list(self.settings.resource_group,
+                                                                expand="instanceView"))
+            except _SDK_ERRORS as exc:
+                raise map_azure_error(exc, operation="list_managed",
+                                      call="virtualMachines.list") from exc
+            self._listed = (time.monotonic(), vms)
+            return vms
 
     def _exit_code(self, name: str) -> int | None:
         """The exit code in the VM's serial console log; None while it is not there."""

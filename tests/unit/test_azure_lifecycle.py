@@ -182,6 +182,10 @@ def test_list_managed_is_one_paged_list_filtered_by_tag_and_region(
     assert (listed[first.instance_id].job_id, listed[first.instance_id].attempt) == (
         "JOB_42.alpha", 1)
     assert listed[first.instance_id].status.state is InstanceState.RUNNING
+    # the group's listing holds every region: the next region of the pass sends nothing
+    before = len(arm.requests)
+    assert [m.handle for m in adapter.list_managed("northeurope")] == [elsewhere]
+    assert len(arm.requests) == before
 
 
 def test_list_managed_reports_a_failed_launch(arm: FakeResourceManager, make: Any) -> None:
