@@ -847,8 +847,10 @@ class AzureProvider:
     def status(self, handle: InstanceHandle) -> InstanceStatus:
         """Follow the VM: launch failure, run, exit code, eviction (see ``vm_status``).
 
-        A LAUNCH_FAILED VM has its deletion started here (its NIC and disk go with
-        it). A powered-off VM costs two more calls: the boot diagnostics SAS URL and
+        A LAUNCH_FAILED VM is left as it is: the Failed VM is the evidence, and the
+        queue deletes it (``delete``) in the pass that records the refusal, so a worker
+        that dies in between reads the same answer again instead of a VM that went
+        missing. A powered-off VM costs two more calls: the boot diagnostics SAS URL and
         the serial log blob, whose last exit marker is the exit code.
         """
         vm = self._get_vm(handle.instance_id, operation="status")
@@ -860,10 +862,9 @@ class AzureProvider:
                                   detail=f"no VM {handle.instance_id} in "
                                          f"{self.settings.resource_group}")
         found = vm_status(vm)
-        if found.state is InstanceState.LAUNCH_FAILED:
-            self._delete_quietly(vm_name=handle.instance_id)
-        elif power_state(vm) in ("stopped", "deallocated") and (
-                _text(vm.provisioning_state) != "Deleting"):
+        if (found.state is not InstanceState.LAUNCH_FAILED
+                and power_state(vm) in ("stopped", "deallocated")
+                and _text(vm.provisioning_state) != "Deleting"):
             exit_code = self._exit_code(handle.instance_id)
             if exit_code is not None:
                 return InstanceStatus(state=InstanceState.EXITED, detail=found.detail,

@@ -17,7 +17,10 @@ The life of a launch, the same on every cloud:
    ``AllocationFailed``, an ERROR node) is ``LAUNCH_FAILED`` with the error
    classified exactly as a synchronous one would be; an adapter that can try
    another zone of the same region itself does so and returns the new handle in
-   ``InstanceStatus.handle`` (still PENDING).
+   ``InstanceStatus.handle`` (still PENDING). ``status()`` does not delete what a
+   refused launch left: it keeps answering LAUNCH_FAILED, and the queue, which
+   records the refusal and queues the handle for deletion in one pass, calls
+   ``delete()``; a worker that dies in between reads the same answer again.
 3. The boot script prints ``EXIT_MARKER<code>`` on the serial console when the
    command ends, then powers off. ``status()`` of a powered-off instance is
    ``EXITED`` with ``exit_code`` read back from the console (None while the

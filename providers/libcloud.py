@@ -72,7 +72,6 @@ transient, with the ``Retry-After`` seconds in the message; 401 / 403 auth).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import threading
@@ -623,8 +622,11 @@ class LibcloudProvider:
 
     def status(self, handle: InstanceHandle) -> InstanceStatus:
         """The node's state: MISSING when the driver no longer knows it, EXITED with the
-        exit code read from the console, LAUNCH_FAILED (and the node's deletion started)
-        when its build failed."""
+        exit code read from the console, LAUNCH_FAILED when its build failed.
+
+        The ERROR node is left as it is (it holds quota until deleted): the queue deletes
+        it in the pass that records the refusal, so a worker that dies in between reads
+        the same answer again rather than a node that went missing."""
         node = self._node(handle, operation="status")
         if node is None:
             return InstanceStatus(state=InstanceState.MISSING,
@@ -635,13 +637,6 @@ class LibcloudProvider:
             detail = status.detail + ("" if code is not None else
                                       "; no exit code on the console (yet)")
             return InstanceStatus(state=InstanceState.EXITED, detail=detail, exit_code=code)
-        if status.state is InstanceState.LAUNCH_FAILED:
-            # The ERROR node holds quota (cores, RAM, a port): start deleting it now.
-            try:
-                self._destroy(node, operation="status")
-            except ProviderError as exc:
-                return dataclasses.replace(status, detail=f"{status.detail}; deleting it "
-                                           f"failed for now ({exc}), delete() retries")
         return status
 
     def _exit_code(self, node: Node) -> int | None:
