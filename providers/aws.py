@@ -137,6 +137,7 @@ EVENTUAL_CONSISTENCY_WINDOW_S = 300.0
 # How long ``regions_not_enabled`` trusts one DescribeRegions answer (enabling a
 # region takes minutes to hours, so a quarter of an hour is fresh enough).
 REGIONS_CACHE_S = 900.0
+REGIONS_ERROR_CACHE_S = 60.0  # after a failed DescribeRegions: placement asks at every job
 # DescribeInstances page size for list_managed (EC2 allows 5..1000 with filters).
 LIST_PAGE_SIZE = 1000
 # ``InstanceHandle.extra`` keys: the launch time (ISO 8601, from EC2) and the id it
@@ -330,7 +331,7 @@ class AwsProvider:
         self._session = boto3.session.Session()
         self._clients: dict[tuple[str, str, bool], Any] = {}
         self._lock = threading.Lock()
-        self._regions_cache: tuple[float, frozenset[str]] | None = None
+        self._regions_cache: tuple[float, frozenset[str]] | None = None  # (expires at, ...)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -474,12 +475,13 @@ class AwsProvider:
         Answers from a cache for REGIONS_CACHE_S. Design choice: an error (no
         ``ec2:DescribeRegions`` permission, throttling) answers the empty set with a
         logged warning instead of raising: placement then keeps every region, and a
-        launch in a disabled one still fails over as RegionRefusedError.
+        launch in a disabled one still fails over as RegionRefusedError. That answer
+        is kept for REGIONS_ERROR_CACHE_S, since placement asks before every job.
         """
         now = time.monotonic()
         with self._lock:
             cached = self._regions_cache
-        if cached is not None and now - cached[0] < REGIONS_CACHE_S:
+        if cached is not None and now < cached[0]:
             return cached[1]
         try:
             answer = self._client("ec2", self._home_region).describe_regions(AllRegions=True)
@@ -487,11 +489,13 @@ class AwsProvider:
             log.warning("aws: could not list the account's regions (DescribeRegions in %s: %s); "
                         "treating every region as enabled. To fix: allow ec2:DescribeRegions.",
                         self._home_region, _error_code(exc) or type(exc).__name__)
+            with self._lock:
+                self._regions_cache = (now + REGIONS_ERROR_CACHE_S, frozenset())
             return frozenset()
         regions = frozenset(r["RegionName"] for r in answer.get("Regions", [])
                             if r.get("OptInStatus") == "not-opted-in")
         with self._lock:
-            self._regions_cache = (now, regions)
+            self._regions_cache = (now + REGIONS_CACHE_S, regions)
         return regions
 
     def prepare(self, job: JobLaunch, placement: Placement) -> LaunchRequest:

@@ -341,14 +341,21 @@ def test_regions_not_enabled_lists_opt_in_regions_and_is_cached(fake: Ec2ErrorPr
 
 
 def test_regions_not_enabled_is_empty_with_a_warning_on_error(
-        fake: Ec2ErrorProxy, caplog: pytest.LogCaptureFixture) -> None:
+        fake: Ec2ErrorProxy, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_monotonic = time.monotonic
     fake.disable_region("ap-east-1")
     fake.fail("DescribeRegions", "UnauthorizedOperation", times=1)
     provider = aws.create({})
     with caplog.at_level(logging.WARNING, logger="greenplace.providers.aws"):
         assert provider.regions_not_enabled() == frozenset()
     assert "ec2:DescribeRegions" in caplog.text and "lifecycle-secret" not in caplog.text
-    assert provider.regions_not_enabled() == frozenset({"ap-east-1"})  # errors not cached
+    # placement asks before every job: the failed answer is kept for a minute, not retried
+    assert provider.regions_not_enabled() == frozenset()
+    assert fake.hits["DescribeRegions"] == 1
+    monkeypatch.setattr(aws.time, "monotonic",
+                        lambda: real_monotonic() + aws.REGIONS_ERROR_CACHE_S + 1)
+    assert provider.regions_not_enabled() == frozenset({"ap-east-1"})
 
 
 @pytest.mark.parametrize("code", ["OptInRequired", "AuthFailure"])
