@@ -715,9 +715,13 @@ def cancel_job(store: JobStore, job_id: str, *, now: dt.datetime) -> Outcome:
     for _ in range(10):
         record = store.get(job_id)
         if record.state in FINAL_STATES:
+            instance = ("" if record.handle is None else
+                        f"; its instance {record.handle.instance_id} was deleted at "
+                        f"{record.terminated_at}" if record.terminated_at else
+                        f"; its instance {record.handle.instance_id} is being deleted")
             raise UserInputError(
-                f"Job {job_id} ({record.name}) is already {record.state}; there is nothing "
-                "to cancel. To fix: pick an active job from `greenplace status`.")
+                f"Job {job_id} ({record.name}) is already {record.state}{instance}; there is "
+                "nothing to cancel. To fix: pick an active job from `greenplace status`.")
         launched = record.state in (S.DISPATCHING, S.RUNNING)
         try:
             store.transition(job_id, to=S.CANCELLED, expect=record.state,

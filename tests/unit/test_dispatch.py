@@ -365,7 +365,8 @@ def test_cancel_queued_placed_and_running(make_ctx: Callable[..., Context]) -> N
     instances = sim_of(ctx).instances()
     assert [(r["job_id"], r["state"]) for r in instances] == [(running, "terminated")]
     assert ctx.store.get(running).terminated_at and ctx.store.to_terminate() == []
-    with pytest.raises(UserInputError, match="already CANCELLED"):
+    deleted = r"already CANCELLED; its instance sim-\w+ was deleted at 20"
+    with pytest.raises(UserInputError, match=deleted):
         cancel_job(ctx.store, running, now=now)
 
 
