@@ -457,6 +457,7 @@ class JobStore:
         self._moves = client.register_script(_MOVES_LUA)
         self._release = client.register_script(_RELEASE_LUA)
         self._lock_and_read = client.register_script(_LOCK_AND_READ_LUA)
+        self._regions_recorded: set[str] = set()  # what launched_in wrote already
 
     # keys ---------------------------------------------------------------------------
     def _job_key(self, job_id: str) -> str:
@@ -726,8 +727,15 @@ class JobStore:
         return f"{self.prefix}:regions"
 
     def launched_in(self, provider: str, region: str) -> None:
-        """Remember that greenplace launched through ``provider`` in ``region``."""
-        self.client.sadd(self._regions_key, f"{provider}/{region}")
+        """Remember that greenplace launched through ``provider`` in ``region``.
+
+        Written once per pair and process: the set only grows, so the launch path
+        pays no round trip for a region this process already recorded.
+        """
+        pair = f"{provider}/{region}"
+        if pair not in self._regions_recorded:
+            self.client.sadd(self._regions_key, pair)
+            self._regions_recorded.add(pair)
 
     def regions_used(self) -> list[tuple[str, str]]:
         """Every (provider, region) greenplace launched in: what the leak sweep lists."""

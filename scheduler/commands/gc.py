@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from greenplace.scheduler.exceptions import UnknownNameError
 from greenplace.scheduler.output import print_rows
 from greenplace.scheduler.settings import Settings, load_settings
 from greenplace.scheduler.store import reachable
@@ -19,12 +20,26 @@ def sweep_targets(settings: Settings, used: list[tuple[str, str]], *, all_region
     Named ``regions`` are listed through the provider each one's cloud is routed to;
     otherwise the regions greenplace launched in, plus with ``all_regions`` every
     catalog region of each routed cloud. ``providers`` narrows either to those adapters.
+
+    Raises:
+        UnknownNameError: a region no catalog cloud has, or a provider that does not exist.
     """
+    from greenplace.providers.registry import REGISTRY
+
+    for name in providers:
+        if name not in REGISTRY:
+            raise UnknownNameError("provider", name, REGISTRY,
+                                   hint=f"To fix: use one of {sorted(REGISTRY)}.")
     pairs = set() if regions else set(used)
     if regions or all_regions:
         from greenplace.scheduler.catalog import load_catalog
 
-        for region in load_catalog().regions:
+        catalog_regions = load_catalog().regions
+        known = {r.region for r in catalog_regions}
+        for name in regions:
+            if name not in known:
+                raise UnknownNameError("region", name, known)
+        for region in catalog_regions:
             if all_regions or region.region in regions:
                 pairs.add((settings.provider_for(region.cloud), region.region))
     return sorted((p, r) for p, r in pairs if not providers or p in providers)

@@ -330,3 +330,25 @@ def test_gc_targets_are_the_regions_launched_in_or_those_named() -> None:
     everything = sweep_targets(settings, used, all_regions=True, providers=(), regions=())
     assert ("aws", "ap-southeast-3") in everything and ("local-sim", "westeurope") in everything
     assert set(used) <= set(everything)
+
+
+def test_gc_names_an_unknown_region_or_provider_instead_of_sweeping_nothing() -> None:
+    from greenplace.scheduler.commands.gc import sweep_targets
+    from greenplace.scheduler.exceptions import UnknownNameError
+    from greenplace.scheduler.settings import load_settings
+
+    settings = load_settings({})
+    with pytest.raises(UnknownNameError, match="Unknown region 'mars-1'"):
+        sweep_targets(settings, [], all_regions=False, providers=(), regions=("mars-1",))
+    with pytest.raises(UnknownNameError, match="Did you mean 'aws'"):
+        sweep_targets(settings, [], all_regions=False, providers=("asw",), regions=())
+
+
+def test_a_region_is_recorded_once_per_process(make_ctx: Callable[..., Context]) -> None:
+    ctx = make_ctx()
+    ctx.store.launched_in("aws", "us-east-1")
+    ctx.store.client.delete("gp:regions")  # a second record would write it again
+    ctx.store.launched_in("aws", "us-east-1")
+    assert ctx.store.regions_used() == []
+    ctx.store.launched_in("aws", "eu-west-1")
+    assert ctx.store.regions_used() == [("aws", "eu-west-1")]
