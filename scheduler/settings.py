@@ -7,7 +7,10 @@ Variable (default): meaning.
 
 - ``GREENPLACE_REDIS_URL`` (``redis://127.0.0.1:6379/0``): broker and job store.
   ``redis://``, ``rediss://`` (TLS) or ``unix:///path/redis.sock?db=0`` (a local
-  socket, no password); a password may be in the URL (``redis://:PASSWORD@host:6379/0``).
+  socket); a password may be in the URL, as user-info (``redis://:PASSWORD@host:6379/0``)
+  or as query parameters (``redis://host:6379/0?password=PASSWORD&username=USER``,
+  ``unix:///path/redis.sock?db=0&password=PASSWORD``). Every form works for the store
+  and for Celery, and is printed and logged only redacted (``redact_url``).
 - ``GREENPLACE_REDIS_PASSWORD`` (none): the password, if you keep it out of the URL.
 - ``GREENPLACE_REDIS_CA_CERT`` (system CAs): the CA bundle that signed the server's
   TLS certificate, for ``rediss://``.
@@ -92,12 +95,22 @@ class Settings:
 
     @property
     def broker_url(self) -> str:
-        """The URL for Celery (kombu spells a Unix socket ``redis+socket://PATH?virtual_host=DB``)."""
+        """The URL for Celery. kombu spells a Unix socket ``redis+socket://PATH?virtual_host=DB``
+        and takes its password as user-info (``redis+socket://:PASSWORD@/PATH``). It refuses
+        query parameters it does not know (redis-py's ``socket_timeout=`` ...) with a
+        TypeError: only its ``ssl_*`` ones are passed on (the app sets its own timeouts)."""
         parts = urllib.parse.urlsplit(self.redis_url)
         if parts.scheme != "unix":
-            return self.redis_url
-        db = urllib.parse.parse_qs(parts.query).get("db", ["0"])[0]
-        return f"redis+socket://{parts.path}?virtual_host={db}"
+            pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+            kept = [(name, value) for name, value in pairs if name.startswith("ssl_")]
+            if len(kept) == len(pairs):
+                return self.redis_url
+            return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
+        query = urllib.parse.parse_qs(parts.query)
+        db = query.get("db", ["0"])[0]
+        password = query.get("password", [""])[0]
+        auth = f":{urllib.parse.quote(password, safe='')}@" if password else ""
+        return f"redis+socket://{auth}{parts.path}?virtual_host={db}"
 
     @property
     def redacted_redis_url(self) -> str:
@@ -125,16 +138,57 @@ class Settings:
         return config
 
 
+# Query parameters that carry a credential in the URLs people write (redis-py reads
+# ``password``; the others appear in service and proxy URLs).
+SECRET_QUERY_PARAMS = frozenset({"password", "passwd", "pass", "secret", "token", "auth",
+                                 "access_token", "api_key", "apikey", "key"})
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
+    """``url`` with every credential replaced by ``***``: the user-info password and the
+    values of secret-named query parameters (``?password=...``). Safe to print and log."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        url = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    base, sep, rest = url.partition("?")
+    query, hash_sign, fragment = rest.partition("#")
+    items = [item.partition("=") for item in query.split("&")] if sep else []
+    if not any(urllib.parse.unquote_plus(name).lower() in SECRET_QUERY_PARAMS
+               for name, _, _ in items):
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    query = "&".join(f"{name}=***" if urllib.parse.unquote_plus(name).lower()
+                     in SECRET_QUERY_PARAMS else f"{name}{eq}{value}"
+                     for name, eq, value in items)
+    return f"{base}?{query}{hash_sign}{fragment}"
+
+
+def _credentials_from_query(url: str) -> str:
+    """Move ``password`` / ``username`` query parameters of a ``redis://`` or ``rediss://``
+    URL into its user-info, where kombu (Celery's broker) and redis-py both read them.
+
+    kombu passes query parameters as connection keywords beside the user-info ones, so
+    ``?password=`` made it fail with a TypeError at worker start. A password already in
+    the user-info wins. A ``unix://`` URL keeps them in the query (``broker_url`` moves
+    the password for kombu)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.query:
+        return url
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    found = {name: value for name, value in pairs if name in ("username", "password")}
+    if not found:
+        return url
+    user = parts.username if parts.username is not None else found.get("username", "")
+    password = parts.password if parts.password is not None else found.get("password")
+    host = parts.netloc.rpartition("@")[2]
+    auth = urllib.parse.quote(urllib.parse.unquote(user), safe="")
+    if password is not None:
+        if parts.password is None:
+            password = urllib.parse.quote(password, safe="")
+        auth += f":{password}"
+    rest = urllib.parse.urlencode([(n, v) for n, v in pairs if n not in found])
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{auth}@{host}", query=rest))
 
 
 def _with_password(url: str, password: str) -> str:
@@ -214,6 +268,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if scheme not in _SCHEMES:
         problems.append(f"GREENPLACE_REDIS_URL {redact_url(url)!r} must start with redis:// "
                         "(plain), rediss:// (TLS) or unix:// (socket)")
+    url = _credentials_from_query(url)
     password = env.get("GREENPLACE_REDIS_PASSWORD", "")
     if password and scheme in ("redis", "rediss"):
         url = _with_password(url, password)

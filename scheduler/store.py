@@ -41,6 +41,7 @@ import contextlib
 import datetime as dt
 import functools
 import json
+import re
 import secrets
 import time
 import uuid
@@ -186,6 +187,28 @@ def parse_iso(text: str) -> dt.datetime:
 def new_job_id() -> str:
     """A short random job id (64 bits: collisions are not a practical concern)."""
     return secrets.token_hex(8)
+
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def checked_job_id(job_id: str) -> str:
+    """``job_id`` if it can be a job id, else JobNotFoundError.
+
+    Ids become parts of Redis keys: an id such as ``ID:events`` would address another
+    key (the events list, a WRONGTYPE error), so an id outside the pattern is refused
+    before it reaches Redis, with the same message as an unknown one.
+    """
+    if JOB_ID_PATTERN.fullmatch(job_id) is None:
+        raise _no_such_job(job_id)
+    return job_id
+
+
+def _no_such_job(job_id: str) -> JobNotFoundError:
+    shown = job_id if len(job_id) <= 40 else job_id[:40] + "..."
+    return JobNotFoundError(
+        f"No job has id {shown!r}. To fix: use an id printed by `greenplace submit` or "
+        "listed by `greenplace status`.")
 
 
 def offer_key(placement: Placement) -> str:
@@ -461,10 +484,10 @@ class JobStore:
 
     # keys ---------------------------------------------------------------------------
     def _job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
+        return f"{self.prefix}:job:{checked_job_id(job_id)}"
 
     def _events_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:events"
+        return f"{self.prefix}:job:{checked_job_id(job_id)}:events"
 
     def _state_key(self, state: JobState) -> str:
         return f"{self.prefix}:state:{state}"
@@ -500,9 +523,7 @@ class JobStore:
         """The job's record. Raises JobNotFoundError."""
         fields = cast(dict[str, str], self.client.hgetall(self._job_key(job_id)))
         if not fields:
-            raise JobNotFoundError(
-                f"No job has id {job_id!r}. To fix: use an id printed by `greenplace submit` "
-                "or listed by `greenplace status`.")
+            raise _no_such_job(job_id)
         return _record(fields)
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:

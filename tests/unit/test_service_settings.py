@@ -118,3 +118,30 @@ def test_tasks_are_named_and_registered() -> None:
                      "greenplace.terminate", "greenplace.gc", "greenplace.noop"}
     schedule = app.conf.beat_schedule
     assert {e["task"] for e in schedule.values()} == {"greenplace.reconcile", "greenplace.gc"}
+
+
+@pytest.mark.parametrize(("given", "stored", "shown"), [
+    ("redis://h:1/0?password=s3cret", "redis://:s3cret@h:1/0", "redis://:***@h:1/0"),
+    ("redis://h:1/0?username=bob&password=p%40ss&socket_timeout=3",
+     "redis://bob:p%40ss@h:1/0?socket_timeout=3", "redis://bob:***@h:1/0?socket_timeout=3"),
+    ("redis://:inurl@h:1/0?password=other", "redis://:inurl@h:1/0", "redis://:***@h:1/0"),
+    ("unix:///run/r.sock?db=2&password=s3cret", "unix:///run/r.sock?db=2&password=s3cret",
+     "unix:///run/r.sock?db=2&password=***"),
+])
+def test_a_password_in_any_url_form_is_accepted_and_redacted(given: str, stored: str,
+                                                             shown: str) -> None:
+    s = load_settings({"GREENPLACE_REDIS_URL": given})
+    assert s.redis_url == stored and s.redacted_redis_url == shown
+    assert "s3cret" not in s.redacted_redis_url and "p%40ss" not in s.redacted_redis_url
+    from kombu import Connection  # the broker parses the URL it is given (it used to crash)
+
+    assert Connection(s.broker_url).as_uri().count("***") <= 1
+    if given.startswith("unix"):
+        assert s.broker_url == "redis+socket://:s3cret@/run/r.sock?virtual_host=2"
+
+
+def test_secret_query_parameters_of_any_url_are_redacted() -> None:
+    assert redact_url("https://u:p@api.example/v1?token=abc&zone=DE#x") == \
+        "https://u:***@api.example/v1?token=***&zone=DE#x"
+    assert redact_url("https://api.example/v1?API_KEY=abc") == "https://api.example/v1?API_KEY=***"
+    assert redact_url("https://api.example/v1?zone=DE") == "https://api.example/v1?zone=DE"
