@@ -562,8 +562,9 @@ class JobStore:
         fields = cast(dict[str, str], self.client.hgetall(self._job_key(job_id)))
         if not fields:
             raise JobNotFoundError(
-                f"No job has id {job_id!r}. To fix: use an id printed by `greenplace submit` "
-                "or listed by `greenplace status`.")
+                f"No job has id {job_id!r} (final jobs are deleted GREENPLACE_RETENTION_DAYS "
+                "after they end). To fix: use an id printed by `greenplace submit` or listed "
+                "by `greenplace status`.")
         return _record(fields)
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:

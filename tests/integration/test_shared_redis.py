@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from greenplace.providers.local_sim import LocalSim, load_sim_config
+from greenplace.scheduler.settings import load_settings
 from greenplace.scheduler.store import JobState, JobStore, redis_client
+from greenplace.scheduler.worker.app import create_app, worker_answers
 from tests.integration.conftest import Proc, Service, training_job, wait_for, write_jobs
 from tests.redisproc import RedisServer
 
@@ -54,6 +56,14 @@ def test_two_prefixes_share_one_redis(tmp_path: Path, redis_server: RedisServer)
     green = PrefixedService(tmp_path / "gp", redis_server, prefix="gp", env={})
     try:
         blue_worker = blue.start_worker_with_beat()
+        # control.ping goes through the prefixed pidbox: blue's worker answers blue only
+        apps = [create_app(load_settings(svc.env)) for svc in (blue, green)]
+        try:
+            assert [worker_answers(a, timeout_s=t) for a, t in zip(apps, (10, 1))] == [
+                True, False]
+        finally:
+            for a in apps:
+                a.close()
         green_ids = green.submit(write_jobs(tmp_path / "g.yaml", [training_job("g1"),
                                                                   training_job("g2")]))
         blue_ids = blue.submit(write_jobs(tmp_path / "b.yaml", [training_job("b1"),
