@@ -1,7 +1,8 @@
 """local-sim: a first-party simulated multi-cloud, the service's embedded default provider.
 
 Its clouds, regions and instance types are the catalog's. Its state lives in
-Redis (``gpsim:`` keys), so every worker process shares one simulated world, and
+Redis (``{prefix}sim:`` keys, ``gpsim:`` with the default ``GREENPLACE_KEY_PREFIX``), so
+every worker process of a deployment shares one simulated world, and
 its clock is the Redis server's (``TIME``), so every process agrees on it.
 
 An instance it launches is PENDING for ``launch_latency_s``, RUNNING for its run
@@ -86,7 +87,7 @@ _FIX_CAPACITY = ("To fix: nothing; greenplace fails over to the next candidate (
                  "capacity in the local-sim config to avoid it)")
 _FIX_RETRY = ("To fix: nothing; retry the same call with the same idempotency key "
               "(lower transient_error_rate in the local-sim config to see fewer)")
-PREFIX = "gpsim"
+DEFAULT_KEY_PREFIX = "gp"
 _ENV_PREFIX = "GREENPLACE_SIM_"
 
 # ARGV[9]: a fault the caller rolled for a *new* launch ('capacity', 'transient' or '');
@@ -237,9 +238,10 @@ class LocalSim:
     name = NAME
     features = frozenset(Feature)
 
-    def __init__(self, *, config: SimConfig, redis_url: str,
-                 redis_ca_cert: str | None = None) -> None:
+    def __init__(self, *, config: SimConfig, redis_url: str, redis_ca_cert: str | None = None,
+                 key_prefix: str = DEFAULT_KEY_PREFIX) -> None:
         self.config = config
+        self._keys = f"{key_prefix}sim"  # the deployment's prefix: "gp" -> "gpsim:..."
         self._redis_url = redis_url
         self._redis_ca_cert = redis_ca_cert
         self._client: redis.Redis | None = None
@@ -372,18 +374,18 @@ class LocalSim:
         if self._submit_script is None:
             self._submit_script = self.client.register_script(_SUBMIT_LUA)
         status, instance_id = self._submit_script(
-            keys=[f"{PREFIX}:idem:{idempotency_key}", f"{PREFIX}:live:{offer_key}",
-                  f"{PREFIX}:instances", f"{PREFIX}:region:{request.region}"],
+            keys=[f"{self._keys}:idem:{idempotency_key}", f"{self._keys}:live:{offer_key}",
+                  f"{self._keys}:instances", f"{self._keys}:region:{request.region}"],
             args=[f"sim-{secrets.token_hex(8)}", digest, -1 if limit is None else limit,
                   repr(self.config.launch_latency_s), repr(run_time), outcome, record,
-                  f"{PREFIX}:instance:", fault])
+                  f"{self._keys}:instance:", fault])
         return str(status), str(instance_id)
 
     def status(self, handle: InstanceHandle) -> InstanceStatus:
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.time()
-            pipe.hgetall(f"{PREFIX}:instance:{handle.instance_id}")
+            pipe.hgetall(f"{self._keys}:instance:{handle.instance_id}")
             (seconds, micros), fields = pipe.execute()
         except redis.RedisError as exc:
             raise _unreachable(exc, "status") from exc
@@ -396,12 +398,13 @@ class LocalSim:
         """Delete at once (the simulator has no slow deletions); True, also when unknown."""
         offer_key = None
         try:
-            raw = self.client.hget(f"{PREFIX}:instance:{handle.instance_id}", "request")
+            raw = self.client.hget(f"{self._keys}:instance:{handle.instance_id}", "request")
             if raw:
                 r = json.loads(raw)
                 offer_key = f"{r['cloud']}:{r['region']}:{r['instance_type']}"
-            self.client.eval(_DELETE_LUA, 3, f"{PREFIX}:instance:{handle.instance_id}",
-                             f"{PREFIX}:live:{offer_key}", f"{PREFIX}:region:{handle.region}",
+            self.client.eval(_DELETE_LUA, 3, f"{self._keys}:instance:{handle.instance_id}",
+                             f"{self._keys}:live:{offer_key}",
+                             f"{self._keys}:region:{handle.region}",
                              handle.instance_id)
         except redis.RedisError as exc:
             raise _unreachable(exc, "delete") from exc
@@ -413,14 +416,14 @@ class LocalSim:
         pipe = self.client.pipeline(transaction=False)
         pipe.time()
         for instance_id in ids:
-            pipe.hgetall(f"{PREFIX}:instance:{instance_id}")
+            pipe.hgetall(f"{self._keys}:instance:{instance_id}")
         (seconds, micros), *rows = pipe.execute()
         return float(seconds) + micros / 1_000_000, rows
 
     def list_managed(self, region: str) -> list[ManagedInstance]:
         """Every instance in ``region`` not deleted yet, read in one pipeline."""
         try:
-            now, rows = self._read_index(f"{PREFIX}:region:{region}")
+            now, rows = self._read_index(f"{self._keys}:region:{region}")
         except redis.RedisError as exc:
             raise _unreachable(exc, "list_managed") from exc
         out = []
@@ -442,7 +445,7 @@ class LocalSim:
     # beyond the protocol: what `greenplace sim instances` shows -----------------------
     def instances(self) -> list[dict[str, Any]]:
         """Every instance launched so far, oldest first, with its current state."""
-        now, rows = self._read_index(f"{PREFIX}:instances")
+        now, rows = self._read_index(f"{self._keys}:instances")
         out = []
         for fields in rows:
             if not fields:
@@ -494,18 +497,21 @@ def _status_of(fields: Mapping[str, str], now: float, *,
 
 
 def create(config: Mapping[str, str]) -> LocalSim:
-    """The registry factory. ``config``: ``redis_url``, ``redis_ca_cert``, ``config_path``
-    and any SimConfig field (as text); missing ones come from the environment.
+    """The registry factory. ``config``: ``redis_url``, ``redis_ca_cert``, ``key_prefix``,
+    ``config_path`` and any SimConfig field (as text); missing ones come from the environment.
 
     Raises:
         ConfigError: an unusable simulator configuration or Redis URL.
     """
     redis_url = config.get("redis_url")
     ca_cert = config.get("redis_ca_cert")
+    key_prefix = config.get("key_prefix") or DEFAULT_KEY_PREFIX
     if not redis_url:
         from greenplace.scheduler.settings import load_settings
 
         settings = load_settings()
         redis_url = settings.redis_url
         ca_cert = str(settings.redis_ca_cert) if settings.redis_ca_cert else None
-    return LocalSim(config=load_sim_config(config), redis_url=redis_url, redis_ca_cert=ca_cert)
+        key_prefix = settings.key_prefix
+    return LocalSim(config=load_sim_config(config), redis_url=redis_url, redis_ca_cert=ca_cert,
+                    key_prefix=key_prefix)

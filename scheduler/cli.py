@@ -44,6 +44,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "cancel": ("queue", "cancel_cmd", "Cancel JOB_ID; an instance it launched is deleted."),
     "gc": ("gc", "gc_cmd",
         "Delete every greenplace-managed instance whose job is final, unknown or superseded."),
+    "prune": ("prune", "prune_cmd",
+        "Delete final jobs (record and events) that ended longer ago than the retention period."),
     "worker": ("queue", "worker_cmd",
         "Run a Celery worker with greenplace's options (acks late, prefetch 1, JSON only)."),
     "beat": ("queue", "beat_cmd",

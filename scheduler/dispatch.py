@@ -158,7 +158,7 @@ class Context:
         if settings.signals == "live":
             signal_settings = SignalSettings.from_env()
             chain = SignalChain.from_settings(signal_settings, catalog,
-                                              cache=RedisCache(store.client))
+                                              cache=RedisCache(store.client, prefix=store.prefix))
             placer = LivePlacer(catalog, chain, refresh_s=signal_settings.ttl_s,
                                 routes=settings.providers, region_gate=gate)
         return cls(settings=settings, store=store, providers=providers,

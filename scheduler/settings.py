@@ -33,6 +33,17 @@ Variable (default): meaning.
 - ``GREENPLACE_SIGNALS`` (``static``): ``live`` places on the carbon signal chain
   (``scheduler/signals/config.py`` configures its sources; answers are cached in
   Redis) with temporal shifting; ``static`` uses the embedded catalog figures.
+- ``GREENPLACE_RETENTION_DAYS`` (30): final jobs (SUCCEEDED, FAILED, CANCELLED,
+  UNSCHEDULABLE) and their events are deleted this long after they ended; ``0``
+  keeps them forever; fractions are allowed (``0.5`` is 12 hours).
+- ``GREENPLACE_PRUNE_INTERVAL_S`` (3600): how often beat sends ``prune``, the
+  retention sweep (``greenplace prune`` by hand).
+- ``GREENPLACE_KEY_PREFIX`` (``gp``): the prefix of every Redis key of this
+  deployment (letters, digits, ``-_.``; at most 32 characters): job store
+  ``{prefix}:``, signal cache ``{prefix}:signal:``, local-sim ``{prefix}sim:``, and
+  Celery's queues ``{prefix}:`` (kombu's ``global_keyprefix``; with the default
+  prefix Celery's keys stay unprefixed, as before). Deployments with distinct
+  prefixes share one Redis database without seeing each other's jobs.
 
 Design choice: the timings are linked. A message delivered to a worker that
 dies stays invisible for the visibility timeout; it must exceed the longest a
@@ -55,6 +66,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +81,8 @@ DEFAULT_PROVIDER = "local-sim"
 # Longest countdown any task retry waits (transient backoff, lock contention).
 MAX_COUNTDOWN_S = 10.0
 _SCHEMES = ("redis", "rediss", "unix")
+DEFAULT_KEY_PREFIX = "gp"
+_KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,6 +102,9 @@ class Settings:
     exit_code_wait_s: float = 600.0
     gc_interval_s: float = 900.0
     signals: str = "static"  # "static" (catalog figures) or "live" (the signal chain)
+    retention_days: float = 30.0  # final jobs older than this are pruned; 0 = never
+    prune_interval_s: float = 3600.0
+    key_prefix: str = DEFAULT_KEY_PREFIX
 
     @property
     def tls(self) -> bool:
@@ -122,6 +139,20 @@ class Settings:
         """How long a dispatch lock outlives a worker that died holding it."""
         return self.task_time_limit_s + 5.0
 
+    @property
+    def retention_s(self) -> float | None:
+        """How long a final job is kept, in seconds; None keeps it forever."""
+        return self.retention_days * 86400.0 if self.retention_days > 0 else None
+
+    @property
+    def broker_key_prefix(self) -> str:
+        """kombu's ``global_keyprefix``: ``{prefix}:``, empty for the default prefix.
+
+        Design choice: the default keeps Celery's keys where earlier releases put them,
+        so an upgrade strands no queued message; any other prefix isolates the queues.
+        """
+        return "" if self.key_prefix == DEFAULT_KEY_PREFIX else f"{self.key_prefix}:"
+
     def provider_for(self, cloud: str) -> str:
         """The provider name that launches instances in ``cloud``."""
         return self.providers.get(cloud, DEFAULT_PROVIDER)
@@ -130,7 +161,7 @@ class Settings:
         """The adapter settings handed to ``providers.registry.get_provider`` (never secrets)."""
         if name != "local-sim":
             return {}
-        config = {"redis_url": self.redis_url}
+        config = {"redis_url": self.redis_url, "key_prefix": self.key_prefix}
         if self.redis_ca_cert is not None:
             config["redis_ca_cert"] = str(self.redis_ca_cert)
         if self.sim_config is not None:
@@ -240,14 +271,14 @@ def _overlay_clouds(problems: list[str]) -> frozenset[str]:
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, problems: list[str],
-             *, minimum: float) -> float:
+             *, minimum: float, unit: str = "seconds") -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        problems.append(f"{name}={raw!r} is not a number of seconds")
+        problems.append(f"{name}={raw!r} is not a number of {unit}")
         return default
     if not value >= minimum:
         problems.append(f"{name}={raw!r} must be at least {minimum:g}")
@@ -291,6 +322,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     signals = env.get("GREENPLACE_SIGNALS", "").strip() or "static"
     if signals not in ("static", "live"):
         problems.append(f"GREENPLACE_SIGNALS={signals!r} must be static or live")
+    retention_days = _seconds(env, "GREENPLACE_RETENTION_DAYS", 30.0, problems, minimum=0.0,
+                              unit="days")
+    prune_interval = _seconds(env, "GREENPLACE_PRUNE_INTERVAL_S", 3600.0, problems,
+                              minimum=1.0)
+    key_prefix = env.get("GREENPLACE_KEY_PREFIX", "").strip() or DEFAULT_KEY_PREFIX
+    if not _KEY_PREFIX_RE.fullmatch(key_prefix):
+        problems.append(f"GREENPLACE_KEY_PREFIX={key_prefix!r} must be 1 to 32 letters, "
+                        "digits, '-', '_' or '.' (it starts every Redis key)")
+        key_prefix = DEFAULT_KEY_PREFIX
     if visibility < task_limit + MAX_COUNTDOWN_S + 5:
         problems.append(
             f"GREENPLACE_VISIBILITY_TIMEOUT_S ({visibility:g}) must be at least the task "
@@ -305,4 +345,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sim_config=sim_config, reconcile_interval_s=interval, visibility_timeout_s=visibility,
         task_time_limit_s=task_limit, cooldown_s=cooldown, stall_s=stall,
         exit_code_wait_s=exit_wait, gc_interval_s=gc_interval, signals=signals,
+        retention_days=retention_days, prune_interval_s=prune_interval, key_prefix=key_prefix,
     )

@@ -1,7 +1,8 @@
 """The Redis job store: job records, atomic state transitions, event history, coordination.
 
-Owns every Redis key the service writes (the local-sim provider keeps its own
-``gpsim:`` keys):
+Owns every Redis key the service writes under its prefix (``GREENPLACE_KEY_PREFIX``,
+default ``gp``; the local-sim provider keeps its own ``{prefix}sim:`` keys, the signal
+cache ``{prefix}:signal:``). With the default prefix:
 
 =============================  ======================================================
 key                            holds
@@ -21,6 +22,10 @@ key                            holds
 ``gp:cooldowns``               zset: exhausted (cloud, region, instance type) -> until
 ``gp:nudge:{id}``              reconcile re-enqueued this stalled job recently
 =============================  ======================================================
+
+Retention: ``prune`` deletes final jobs (record, events, index entries, nudge key)
+some time after they ended, one Lua script per job, and never a job whose instance
+deletion is still pending (in ``gp:terminate`` or with an entry in ``gp:orphans``).
 
 Every state change runs in one Lua script that checks the current state (and
 optionally the attempt number) and writes the new state, the indexes and the
@@ -158,6 +163,42 @@ if taken and #fields == 0 then redis.call('DEL', KEYS[1]) end
 return {taken and 1 or 0, fields, redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[3], '+inf')}
 """
 
+# Delete one final job that ended at or before a cutoff, with everything that names it.
+# ARGV: key prefix ('gp:'), job id, cutoff (state-index score), comma-separated final
+# states, the state index the id was read from, '1' for a dry run. Returns {status, state,
+# score, name}: 'pruned' (or 'prunable' on a dry run), or why the job is kept: 'active' (not
+# final), 'young' (ended after the cutoff), 'deleting' (its instance, or a superseded
+# attempt's, is not yet confirmed deleted). A record already gone counts as pruned: its
+# leftover index entry and events are removed.
+_PRUNE_LUA = """
+local p, id, cutoff = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local job, events = p .. 'job:' .. id, p .. 'job:' .. id .. ':events'
+local read = redis.call('HMGET', job, 'state', 'attempt', 'name')
+local state, attempt, name = read[1], tonumber(read[2]) or 0, read[3] or ''
+local status, score = 'pruned', ''
+if not state then
+  state = ARGV[5]
+elseif not string.find(',' .. ARGV[4] .. ',', ',' .. state .. ',', 1, true) then
+  return {'active', state, '', name}
+else
+  score = redis.call('ZSCORE', p .. 'state:' .. state, id)
+  if not score or tonumber(score) > cutoff then return {'young', state, score or '', name} end
+  if redis.call('SISMEMBER', p .. 'terminate', id) == 1 then
+    return {'deleting', state, score, name}
+  end
+  for a = 0, attempt do
+    if redis.call('HEXISTS', p .. 'orphans', id .. '/' .. a) == 1 then
+      return {'deleting', state, score, name}
+    end
+  end
+end
+if ARGV[6] == '1' then return {'prunable', state, score, name} end
+redis.call('DEL', job, events, p .. 'nudge:' .. id)
+redis.call('ZREM', p .. 'jobs', id)
+redis.call('ZREM', p .. 'state:' .. state, id)
+return {status, state, score, name}
+"""
+
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -207,8 +248,9 @@ def checked_job_id(job_id: str) -> str:
 def _no_such_job(job_id: str) -> JobNotFoundError:
     shown = job_id if len(job_id) <= 40 else job_id[:40] + "..."
     return JobNotFoundError(
-        f"No job has id {shown!r}. To fix: use an id printed by `greenplace submit` or "
-        "listed by `greenplace status`.")
+        f"No job has id {shown!r} (final jobs are deleted GREENPLACE_RETENTION_DAYS after "
+        "they end). To fix: use an id printed by `greenplace submit` or listed by "
+        "`greenplace status`.")
 
 
 def offer_key(placement: Placement) -> str:
@@ -464,6 +506,25 @@ class Lock:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FinalJob:
+    """A final job ``JobStore.prune`` removed, would remove (dry run) or kept."""
+
+    job_id: str
+    name: str
+    state: JobState
+    ended_at: str  # when it entered its final state ('' for a leftover without a record)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PruneResult:
+    """What one ``JobStore.prune`` call did."""
+
+    pruned: tuple[FinalJob, ...]  # removed, or what a dry run would remove
+    kept_deleting: tuple[FinalJob, ...]  # old enough, but an instance deletion is pending
+    more: bool  # stopped at ``limit`` or ``budget_s``: older final jobs may remain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NewJob:
     """A validated job about to be submitted."""
 
@@ -480,6 +541,7 @@ class JobStore:
         self._moves = client.register_script(_MOVES_LUA)
         self._release = client.register_script(_RELEASE_LUA)
         self._lock_and_read = client.register_script(_LOCK_AND_READ_LUA)
+        self._prune = client.register_script(_PRUNE_LUA)
         self._regions_recorded: set[str] = set()  # what launched_in wrote already
 
     # keys ---------------------------------------------------------------------------
@@ -762,6 +824,63 @@ class JobStore:
         """Every (provider, region) greenplace launched in: what the leak sweep lists."""
         pairs = (str(m).partition("/") for m in self.client.smembers(self._regions_key))
         return sorted((p, r) for p, _, r in pairs)
+
+    # retention ----------------------------------------------------------------------
+    def prune(self, *, older_than_s: float, now: dt.datetime | None = None,
+              limit: int = 1000, budget_s: float | None = None,
+              dry_run: bool = False) -> PruneResult:
+        """Delete final jobs that ended at least ``older_than_s`` ago, oldest first per state.
+
+        Each job goes in one Lua script (record, events, ``jobs`` and state index entries,
+        nudge key), so a reader sees it whole or not at all; a job whose instance
+        deletion is pending is kept (reported in ``kept_deleting``) and looked at again
+        next time. Stops after ``limit`` jobs or ``budget_s`` seconds (``more`` is then
+        True) so a sweep fits inside a task's time limit; call again to go on.
+
+        Design choice: candidates come from the final states' indexes, scored by when the
+        job entered the state, so a sweep reads only what is due, in pages, and never
+        scans the keyspace. The lock keys of a pruned job are left to expire (they have
+        a TTL, and deleting a lock this process does not hold would be wrong).
+        """
+        moment = now or utc_now()
+        cutoff = moment.timestamp() - older_than_s
+        started = time.monotonic()
+        finals = ",".join(sorted(FINAL_STATES))
+        pruned: list[FinalJob] = []
+        kept: list[FinalJob] = []
+        more = False
+        for state in sorted(FINAL_STATES):
+            offset = 0  # ids kept in this index so far (removed ones leave it)
+            while True:
+                if len(pruned) >= limit or (budget_s is not None
+                                            and time.monotonic() - started > budget_s):
+                    more = True
+                    break
+                page = min(limit - len(pruned), 500)
+                ids = [str(i) for i in self.client.zrangebyscore(
+                    self._state_key(state), "-inf", cutoff, start=offset, num=page)]
+                if not ids:
+                    break
+                pipe = self.client.pipeline(transaction=False)
+                for job_id in ids:
+                    self._prune(keys=[], args=[f"{self.prefix}:", job_id, repr(cutoff), finals,
+                                               str(state), "1" if dry_run else ""],
+                                client=pipe)
+                removed = 0
+                for job_id, (status, was, score, name) in zip(ids, pipe.execute(),
+                                                              strict=True):
+                    ended = iso(dt.datetime.fromtimestamp(float(score), dt.UTC)) if score else ""
+                    job = FinalJob(job_id=job_id, name=str(name), state=JobState(was),
+                                   ended_at=ended)
+                    if status in ("pruned", "prunable"):
+                        removed += 1
+                        pruned.append(job)
+                    elif status == "deleting":
+                        kept.append(job)
+                offset += len(ids) if dry_run else len(ids) - removed
+            if more:
+                break
+        return PruneResult(pruned=tuple(pruned), kept_deleting=tuple(kept), more=more)
 
     # coordination -------------------------------------------------------------------
     def _lock_key(self, name: str) -> str:

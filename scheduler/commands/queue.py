@@ -47,7 +47,8 @@ _BAD_STATES = frozenset({JobState.FAILED, JobState.UNSCHEDULABLE})
 
 def open_store(settings: Settings) -> JobStore:
     """The job store on the settings' Redis (connects on first command)."""
-    return JobStore(redis_client(settings.redis_url, ca_cert=settings.redis_ca_cert))
+    return JobStore(redis_client(settings.redis_url, ca_cert=settings.redis_ca_cert),
+                    prefix=settings.key_prefix)
 
 
 def submit_jobs(store: JobStore, app: Celery, jobs: Sequence[Job]) -> list[str]:

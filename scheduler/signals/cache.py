@@ -20,7 +20,7 @@ import redis
 
 log = logging.getLogger("greenplace.signals")
 
-KEY_PREFIX = "greenplace:signal:"
+DEFAULT_KEY_PREFIX = "gp"  # the deployment's GREENPLACE_KEY_PREFIX
 
 
 class SignalCache(Protocol):
@@ -77,12 +77,14 @@ class RedisCache:
     Args:
         client: a ``redis.Redis`` client (``decode_responses`` either way); the cache
             never creates a connection itself.
-        prefix: key prefix, so signal entries never collide with the job store's.
+        prefix: the deployment's key prefix (``GREENPLACE_KEY_PREFIX``); entries live
+            under ``{prefix}:signal:``, apart from the job store's keys and from any other
+            deployment sharing the Redis.
     """
 
-    def __init__(self, client: Any, *, prefix: str = KEY_PREFIX) -> None:
+    def __init__(self, client: Any, *, prefix: str = DEFAULT_KEY_PREFIX) -> None:
         self._client = client
-        self._prefix = prefix
+        self._prefix = f"{prefix}:signal:"
         self._warned = False
 
     def _failed(self, operation: str, exc: Exception) -> None:

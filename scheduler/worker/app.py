@@ -38,6 +38,10 @@ Celery terms, and why:
   fails there and the worker exits. Every task is idempotent (dispatch holds a
   lock and an idempotency key), so a cancelled one is safe to run again.
 - No result backend: job state lives in the job store.
+- ``global_keyprefix`` (``GREENPLACE_KEY_PREFIX``): every key and channel kombu uses
+  (queues, ``unacked``, ``unacked_index``, ``_kombu.binding.*``, the pidbox fanout
+  channel of ``control.ping``) starts with ``{prefix}:``, so deployments with
+  distinct prefixes share one Redis; the default prefix leaves them unprefixed.
 - Task events are off by default (they cost throughput); Flower switches them on
   by itself (``enable_events``), so it works against this app unchanged.
 """
@@ -64,6 +68,7 @@ TASK_QUEUES = {
     "greenplace.reconcile": CONTROL_QUEUE,
     "greenplace.terminate": CONTROL_QUEUE,
     "greenplace.gc": CONTROL_QUEUE,
+    "greenplace.prune": CONTROL_QUEUE,
     "greenplace.noop": CONTROL_QUEUE,
 }
 UNACKED_RESTORE_INTERVAL_S = 5.0
@@ -123,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Celery:
             "unacked_restore_throttle": 1,
             "unacked_mutex_expire": 30,
             "socket_connect_timeout": 5,
+            "global_keyprefix": settings.broker_key_prefix,
         },
         broker_use_ssl=ssl_options,
         worker_send_task_events=False,
@@ -141,6 +147,11 @@ def create_app(settings: Settings | None = None) -> Celery:
                 "task": "greenplace.gc",
                 "schedule": settings.gc_interval_s,
                 "options": {"expires": settings.gc_interval_s},
+            },
+            "greenplace-prune": {
+                "task": "greenplace.prune",
+                "schedule": settings.prune_interval_s,
+                "options": {"expires": settings.prune_interval_s},
             },
         },
     )

@@ -50,7 +50,8 @@ def context(app: Celery) -> Context:
     found = _CONTEXTS.get(key)
     if found is None:
         settings = settings_of(app)
-        store = JobStore(redis_client(settings.redis_url, ca_cert=settings.redis_ca_cert))
+        store = JobStore(redis_client(settings.redis_url, ca_cert=settings.redis_ca_cert),
+                         prefix=settings.key_prefix)
         found = _CONTEXTS[key] = Context.build(settings, store)
     return found
 
@@ -155,3 +156,28 @@ def gc_task(self: Task, provider: str | None = None, region: str | None = None) 
 @shared_task(name="greenplace.noop")
 def noop() -> None:
     """Does nothing: the baseline of the queue benchmark and a cheap liveness probe."""
+
+
+# Jobs one prune task removes at most; a sweep with more to do sends itself again.
+PRUNE_BATCH = 5000
+
+
+@shared_task(name="greenplace.prune", bind=True)
+def prune_task(self: Task) -> None:
+    """The retention sweep (``GREENPLACE_RETENTION_DAYS``): delete final jobs that ended
+    longer ago, in batches that stay well inside the task time limit."""
+    ctx = context(self.app)
+    keep_s = ctx.settings.retention_s
+    if keep_s is None:
+        return
+    budget_s = max(1.0, ctx.settings.task_time_limit_s - 10.0)
+    try:
+        result = ctx.store.prune(older_than_s=keep_s, limit=PRUNE_BATCH, budget_s=budget_s)
+    except REDIS_ERRORS as exc:
+        log.warning("prune skipped: Redis unavailable (%s)", exc)
+        return
+    if result.pruned or result.kept_deleting:
+        log.info("prune: %d final job(s) deleted; %d kept until their instance is deleted",
+                 len(result.pruned), len(result.kept_deleting))
+    if result.more and result.pruned:
+        self.app.send_task("greenplace.prune")

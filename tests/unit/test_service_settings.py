@@ -16,7 +16,7 @@ def test_defaults_map_every_cloud_to_local_sim() -> None:
     assert s.redis_url == DEFAULT_REDIS_URL and not s.tls
     assert dict(s.providers) == {"aws": "local-sim", "gcp": "local-sim", "azure": "local-sim"}
     assert s.provider_for("gcp") == "local-sim"
-    assert s.provider_config("local-sim") == {"redis_url": DEFAULT_REDIS_URL}
+    assert s.provider_config("local-sim") == {"redis_url": DEFAULT_REDIS_URL, "key_prefix": "gp"}
     assert s.provider_config("aws") == {}
     assert s.visibility_timeout_s >= s.task_time_limit_s + 10 + 5
 
@@ -115,9 +115,11 @@ def test_tasks_are_named_and_registered() -> None:
     app.loader.import_default_modules()
     names = {n for n in app.tasks if n.startswith("greenplace.")}
     assert names == {"greenplace.place", "greenplace.dispatch", "greenplace.reconcile",
-                     "greenplace.terminate", "greenplace.gc", "greenplace.noop"}
+                     "greenplace.terminate", "greenplace.gc", "greenplace.noop",
+                     "greenplace.prune"}
     schedule = app.conf.beat_schedule
-    assert {e["task"] for e in schedule.values()} == {"greenplace.reconcile", "greenplace.gc"}
+    assert {e["task"] for e in schedule.values()} == {"greenplace.reconcile", "greenplace.gc",
+                                                      "greenplace.prune"}
 
 
 @pytest.mark.parametrize(("given", "stored", "shown"), [

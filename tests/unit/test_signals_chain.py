@@ -448,7 +448,7 @@ def test_redis_cache_shares_answers(catalog: Catalog, em, tmp_path: Path) -> Non
             again = other.value(region, signal=CarbonSignal.AVERAGE)
         assert outcomes(again) == [("electricitymaps", CACHED)]
         assert len(api.calls("/latest")) == 1
-        ttl_ms = client.pttl("greenplace:signal:v|electricitymaps|average|DE|latest")
+        ttl_ms = client.pttl("gp:signal:v|electricitymaps|average|DE|latest")
         assert 0 < ttl_ms <= 300_000
         client.close()
     finally:
