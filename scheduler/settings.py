@@ -30,6 +30,12 @@ Variable (default): meaning.
 - ``GREENPLACE_SIGNALS`` (``static``): ``live`` places on the carbon signal chain
   (``scheduler/signals/config.py`` configures its sources; answers are cached in
   Redis) with temporal shifting; ``static`` uses the embedded catalog figures.
+- ``GREENPLACE_BEAT_LEASE_S`` (the reconcile interval, at least 2): how long the beat
+  lease in Redis lasts. Any number of beat processes may run; the one holding the
+  lease sends every tick, renews it every quarter lease and stops sending once a
+  quarter lease is left unrenewed; a standby takes over within about one lease after
+  the sender dies. At least 1 s and at most 10 reconcile intervals (longer would
+  leave RUNNING jobs unfollowed for more than 10 passes after a failover).
 
 Design choice: the timings are linked. A message delivered to a worker that
 dies stays invisible for the visibility timeout; it must exceed the longest a
@@ -85,6 +91,7 @@ class Settings:
     exit_code_wait_s: float = 600.0
     gc_interval_s: float = 900.0
     signals: str = "static"  # "static" (catalog figures) or "live" (the signal chain)
+    beat_lease_s: float = 10.0  # see scheduler/worker/beat.py
 
     @property
     def tls(self) -> bool:
@@ -236,6 +243,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     signals = env.get("GREENPLACE_SIGNALS", "").strip() or "static"
     if signals not in ("static", "live"):
         problems.append(f"GREENPLACE_SIGNALS={signals!r} must be static or live")
+    beat_lease = _seconds(env, "GREENPLACE_BEAT_LEASE_S", max(interval, 2.0), problems,
+                          minimum=1.0)
+    if env.get("GREENPLACE_BEAT_LEASE_S", "").strip() and beat_lease > 10 * interval:
+        problems.append(
+            f"GREENPLACE_BEAT_LEASE_S ({beat_lease:g}) must be at most 10 reconcile intervals "
+            f"({10 * interval:g} s), or a beat failover would leave RUNNING jobs unfollowed "
+            "that long")
     if visibility < task_limit + MAX_COUNTDOWN_S + 5:
         problems.append(
             f"GREENPLACE_VISIBILITY_TIMEOUT_S ({visibility:g}) must be at least the task "
@@ -250,4 +264,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sim_config=sim_config, reconcile_interval_s=interval, visibility_timeout_s=visibility,
         task_time_limit_s=task_limit, cooldown_s=cooldown, stall_s=stall,
         exit_code_wait_s=exit_wait, gc_interval_s=gc_interval, signals=signals,
+        beat_lease_s=beat_lease,
     )
