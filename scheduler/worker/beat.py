@@ -22,10 +22,10 @@ The lease (``BeatLease``), with ``L`` = ``GREENPLACE_BEAT_LEASE_S``:
 - A Redis error never escapes: the process stands by, logs the outage once, and
   tries again at its next attempt.
 
-Design choice: our own small lease rather than celery-redbeat (a new dependency). RedBeat also
-moves the schedule into Redis and brings its own lock and settings; all this needs
-is "one of N sends", and the job store already holds locks the same way
-(SET NX PX with an owner token), under the same key prefix.
+Design choice: our own small lease rather than celery-redbeat (a new dependency).
+RedBeat also moves the schedule into Redis and brings its own lock and settings;
+all this needs is "one of N sends", and the job store already holds locks the same
+way (SET NX PX with an owner token), under the same key prefix.
 
 Design choice: the schedule lives in memory, and each send's time in the Redis hash
 ``{prefix}:beat:sent`` (entry -> epoch seconds), instead of Celery's shelve file. A

@@ -71,27 +71,28 @@ def test_exactly_one_of_two_schedulers_sends_each_tick(
         client: redis.Redis, pair: list[LeasedScheduler]) -> None:
     seconds = 2.0
     sends = _run(client, pair, seconds)
-    counts = sorted(len(s) for s in sends)
-    assert counts[0] == 0, sends  # the standby never sent
-    # The leader sent about every interval: no tick lost, none doubled.
-    assert seconds / INTERVAL_S * 0.7 <= counts[1] <= seconds / INTERVAL_S + 2, counts
-    leader = pair[0] if sends[0] else pair[1]
-    found = beat_leader(JobStore(client))
-    assert found is not None and found.owner == leader.lease.token
+    merged = sorted(sends[0] + sends[1])
+    # About one send per interval, whichever scheduler holds the lease: no tick was
+    # sent twice (two sends close together) and none was lost.
+    gaps = [b - a for a, b in zip(merged, merged[1:], strict=False)]
+    assert min(gaps) >= INTERVAL_S * 0.5, gaps
+    assert seconds / INTERVAL_S * 0.7 <= len(merged) <= seconds / INTERVAL_S + 2, merged
+    holder = beat_leader(JobStore(client))
+    assert holder is not None and holder.owner in {s.lease.token for s in pair}
 
 
 def test_a_standby_takes_over_once_the_leader_stops_renewing(
         client: redis.Redis, pair: list[LeasedScheduler]) -> None:
     first, second = pair
     assert _run(client, [first, second], 0.6)[0]  # `first` ticked first: it leads
-    stopped_at = time.monotonic()  # `first` never ticks again (a SIGKILL, a pause)
+    # `first` never ticks again (a SIGKILL, a pause): its lease runs out in Redis at
+    expires_at = time.monotonic() + client.pttl(lease_key(first.lease.store)) / 1000
     sends = _run(client, [second], LEASE_S * 2.5)[0]
     assert sends, "the standby never took over"
-    waited_s = sends[0] - stopped_at
-    # Not before the leader's lease ran out, and within about one lease after.
-    assert LEASE_S - 0.3 <= waited_s <= LEASE_S + 2 * second.lease.renew_every_s + 0.3
+    # Not before the leader's lease ran out, and within a renewal period after.
+    assert expires_at - 0.01 <= sends[0] <= expires_at + second.lease.renew_every_s + 0.5
     # It went on at the schedule's pace, continuing from the leader's last send.
-    assert len(sends) >= (LEASE_S * 2.5 - waited_s) / INTERVAL_S * 0.7
+    assert len(sends) >= (sends[-1] - sends[0]) / INTERVAL_S * 0.7
 
 
 def test_a_leader_whose_lease_was_taken_stops_sending(
