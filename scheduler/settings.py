@@ -44,6 +44,12 @@ Variable (default): meaning.
   Celery's queues ``{prefix}:`` (kombu's ``global_keyprefix``; with the default
   prefix Celery's keys stay unprefixed, as before). Deployments with distinct
   prefixes share one Redis database without seeing each other's jobs.
+- ``GREENPLACE_BEAT_LEASE_S`` (the reconcile interval, at least 2): how long the beat
+  lease in Redis lasts. Any number of beat processes may run; the one holding the
+  lease sends every tick, renews it every quarter lease and stops sending once a
+  quarter lease is left unrenewed; a standby takes over within about one lease after
+  the sender dies. At least 1 s and at most 10 reconcile intervals (longer would
+  leave RUNNING jobs unfollowed for more than 10 passes after a failover).
 
 Design choice: the timings are linked. A message delivered to a worker that
 dies stays invisible for the visibility timeout; it must exceed the longest a
@@ -105,6 +111,7 @@ class Settings:
     retention_days: float = 30.0  # final jobs older than this are pruned; 0 = never
     prune_interval_s: float = 3600.0
     key_prefix: str = DEFAULT_KEY_PREFIX
+    beat_lease_s: float = 10.0  # see scheduler/worker/beat.py
 
     @property
     def tls(self) -> bool:
@@ -331,6 +338,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append(f"GREENPLACE_KEY_PREFIX={key_prefix!r} must be 1 to 32 letters, "
                         "digits, '-', '_' or '.' (it starts every Redis key)")
         key_prefix = DEFAULT_KEY_PREFIX
+    beat_lease = _seconds(env, "GREENPLACE_BEAT_LEASE_S", max(interval, 2.0), problems,
+                          minimum=1.0)
+    if env.get("GREENPLACE_BEAT_LEASE_S", "").strip() and beat_lease > 10 * interval:
+        problems.append(
+            f"GREENPLACE_BEAT_LEASE_S ({beat_lease:g}) must be at most 10 reconcile intervals "
+            f"({10 * interval:g} s), or a beat failover would leave RUNNING jobs unfollowed "
+            "that long")
     if visibility < task_limit + MAX_COUNTDOWN_S + 5:
         problems.append(
             f"GREENPLACE_VISIBILITY_TIMEOUT_S ({visibility:g}) must be at least the task "
@@ -346,4 +360,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         task_time_limit_s=task_limit, cooldown_s=cooldown, stall_s=stall,
         exit_code_wait_s=exit_wait, gc_interval_s=gc_interval, signals=signals,
         retention_days=retention_days, prune_interval_s=prune_interval, key_prefix=key_prefix,
+        beat_lease_s=beat_lease,
     )

@@ -18,7 +18,9 @@ key                            holds
                                attempt's instance (launch failed, preempted) to delete
 ``gp:regions``                 set: ``provider/region`` pairs greenplace launched in
                                (what the leak sweep lists)
-``gp:lock:{name}``             dispatch / reconcile locks (SET NX PX, owner token)
+``gp:lock:{name}``             dispatch / reconcile locks and the beat lease (SET NX
+                               PX, owner token)
+``gp:beat:sent``               hash: each beat entry -> when it was last sent (the leader's)
 ``gp:cooldowns``               zset: exhausted (cloud, region, instance type) -> until
 ``gp:nudge:{id}``              reconcile re-enqueued this stalled job recently
 =============================  ======================================================
@@ -64,6 +66,7 @@ from greenplace.policies.model import Policy
 from greenplace.providers.base import InstanceHandle, Placement
 from greenplace.scheduler.exceptions import ConfigError, IllegalTransitionError, JobNotFoundError
 from greenplace.scheduler.jobs import Job
+from greenplace.scheduler.settings import Settings
 
 
 class JobState(StrEnum):
@@ -466,6 +469,12 @@ def redis_client(url: str, *, ca_cert: Path | str | None = None) -> redis.Redis:
         health_check_interval=30, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError], **kwargs,
     )
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The job store of a deployment: its Redis and its key prefix (connects on first use)."""
+    return JobStore(redis_client(settings.redis_url, ca_cert=settings.redis_ca_cert),
+                    prefix=settings.key_prefix)
 
 
 @contextlib.contextmanager

@@ -32,8 +32,8 @@ from greenplace.scheduler.store import (
     JobStore,
     NewJob,
     new_job_id,
+    open_store,
     reachable,
-    redis_client,
     utc_now,
 )
 
@@ -43,12 +43,6 @@ if TYPE_CHECKING:
 _output = click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
                        show_default=True, help="table for people, json for machines")
 _BAD_STATES = frozenset({JobState.FAILED, JobState.UNSCHEDULABLE})
-
-
-def open_store(settings: Settings) -> JobStore:
-    """The job store on the settings' Redis (connects on first command)."""
-    return JobStore(redis_client(settings.redis_url, ca_cert=settings.redis_ca_cert),
-                    prefix=settings.key_prefix)
 
 
 def submit_jobs(store: JobStore, app: Celery, jobs: Sequence[Job]) -> list[str]:
@@ -152,6 +146,17 @@ def _warn_without_worker(app: Celery) -> None:
                    "worker` and `greenplace beat`) with the same GREENPLACE_REDIS_URL.", err=True)
 
 
+def _warn_without_beat(store: JobStore) -> None:
+    """Say on stderr when no beat holds the lease (nothing follows RUNNING jobs then)."""
+    from greenplace.scheduler.worker.beat import beat_leader
+
+    if beat_leader(store) is None:
+        click.echo("warning: no greenplace beat holds the beat lease, so RUNNING jobs are not "
+                   "being followed (nor DEFERRED ones released). To fix: start `greenplace "
+                   "beat` (or `greenplace worker --beat`) with the same GREENPLACE_REDIS_URL; "
+                   "run two for failover.", err=True)
+
+
 def _status_rows(store: JobStore, job_id: str | None) -> list[JobRecord]:
     if job_id is not None:
         return [store.get(job_id)]
@@ -194,6 +199,7 @@ def status_cmd(job_id: str | None, watch: bool, interval: float, output: str) ->
             from greenplace.scheduler.worker.app import create_app
 
             _warn_without_worker(create_app(settings))
+            _warn_without_beat(store)
         if watch:
             records = _watch(store, job_id, interval, output, records)
         elif output == "json":
@@ -291,7 +297,8 @@ def cancel_cmd(job_id: str) -> None:
 @click.option("--queues", "-Q", help="comma-separated queues [default: all of greenplace's]")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--beat", "-B", "with_beat", is_flag=True,
-              help="also run beat inside this worker (one such worker per deployment)")
+              help="also run beat inside this worker (any number may: one lease in Redis "
+              "picks the one that sends)")
 def worker_cmd(concurrency: int, pool: str, queues: str | None, loglevel: str,
                with_beat: bool) -> None:
     """Run a Celery worker with greenplace's options (acks late, prefetch 1, JSON only)."""
@@ -302,26 +309,27 @@ def worker_cmd(concurrency: int, pool: str, queues: str | None, loglevel: str,
             "--prefetch-multiplier=1", "--without-gossip", "--without-mingle",
             f"--hostname=greenplace-{os.getpid()}@%h"]
     if with_beat:
-        argv += ["--beat", f"--schedule={_schedule_file()}"]
+        from greenplace.scheduler.worker.beat import SCHEDULER
+
+        argv += ["--beat", f"--scheduler={SCHEDULER}"]
     app.worker_main(argv)
-
-
-def _schedule_file() -> Path:
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    path = base / "greenplace" / "celerybeat-schedule"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @click.command("beat")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
-@click.option("--schedule", type=click.Path(path_type=Path),
-              help="beat's state file [default: ~/.local/state/greenplace/celerybeat-schedule]")
+@click.option("--schedule", type=click.Path(path_type=Path), hidden=True,
+              help="ignored: beat keeps its schedule in Redis (accepted for old scripts)")
 def beat_cmd(loglevel: str, schedule: Path | None) -> None:
-    """Run Celery beat: it sends `reconcile` and the leak sweep `gc` on their intervals."""
-    from greenplace.scheduler.worker.app import app
+    """Run Celery beat: it sends `reconcile` and the leak sweep `gc` on their intervals.
 
-    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule or _schedule_file()}"])
+    Run two or more for failover: the one holding the beat lease in Redis sends,
+    the others stand by and take over within about one lease.
+    """
+    from greenplace.scheduler.worker.app import app
+    from greenplace.scheduler.worker.beat import SCHEDULER
+
+    del schedule  # see the option's help
+    app.start(["beat", f"--loglevel={loglevel}", f"--scheduler={SCHEDULER}"])
 
 
 @click.group("sim")
