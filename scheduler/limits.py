@@ -30,7 +30,9 @@ from typing import Any
 from greenplace.providers.base import USER_DATA_LIMITS_BYTES, JobLaunch, startup_script
 from greenplace.scheduler.exceptions import SHOWN_PATH_CHARS, SpecError, shown
 
-DEFAULT_MAX_FILE_BYTES = 8 * 1024 * 1024  # about 55,000 jobs in YAML, 10x any real batch file
+# 100,000 jobs (DEFAULT_MAX_JOBS) take 14-15 MiB as YAML or JSON lines with short
+# commands (benchmarks/README.md); 32 MiB leaves room for longer ones.
+DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 32  # a valid jobs file nests 6 deep, a policy file 4
 MIN_DEPTH = 8  # below this, valid jobs files would be refused
 # PyYAML's composer recurses about three Python frames per level; under Python's
@@ -55,6 +57,10 @@ def _boot_script_bytes(run: str) -> int:
 
 
 _SCRIPT_OVERHEAD_BYTES = _boot_script_bytes("")
+# The most bytes one character of ``run`` takes in the boot script: a ``'`` is escaped
+# into five, UTF-8 takes at most four (tests/unit/test_limits.py checks every ASCII
+# character). A command shorter than the limit / 5 needs no script built to check it.
+MAX_SCRIPT_BYTES_PER_CHAR = 5
 DEFAULT_MAX_RUN_BYTES = min(USER_DATA_LIMITS_BYTES.values()) - _SCRIPT_OVERHEAD_BYTES
 MAX_RUN_BYTES = max(USER_DATA_LIMITS_BYTES.values()) - _SCRIPT_OVERHEAD_BYTES
 
@@ -105,6 +111,8 @@ def check_run(run: str, *, where: str, max_bytes: int) -> None:
             f"{bad.start() + 1:,} (line {line}, column {column} of the command) is not "
             "allowed: a boot script takes no control characters but newline and tab. To fix: "
             "remove it (write Windows line endings as plain newlines).")
+    if len(run) * MAX_SCRIPT_BYTES_PER_CHAR <= max_bytes:
+        return
     size = run_bytes(run)
     if size > max_bytes:
         raise limit_error(
@@ -119,7 +127,7 @@ def too_deep(data: Any, max_depth: int) -> bool:
 
     Iterative, level by level, visiting only lists and mappings: no recursion however deep.
     """
-    level: list[Any] = [data] if isinstance(data, dict | list) else []
+    level: list[Any] = [data] if type(data) in _CONTAINERS else []
     depth = 0
     while level:
         depth += 1
@@ -127,10 +135,13 @@ def too_deep(data: Any, max_depth: int) -> bool:
             return True
         deeper: list[Any] = []
         for item in level:
-            values: Iterable[Any] = item.values() if isinstance(item, dict) else item
-            deeper.extend(v for v in values if isinstance(v, dict | list))
+            values: Iterable[Any] = item.values() if type(item) is dict else item
+            deeper += [v for v in values if type(v) in _CONTAINERS]
         level = deeper
     return False
+
+
+_CONTAINERS = frozenset({dict, list})  # what orjson builds: exact types, no subclasses
 
 
 def json_depth_position(content: bytes, max_depth: int) -> tuple[int, int] | None:

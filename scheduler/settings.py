@@ -35,8 +35,8 @@ Limits on user input, checked when a jobs or policy file is loaded, before anyth
 is stored (``scheduler/limits.py``; ``load_limits()`` reads only these, for the
 commands that need no other setting):
 
-- ``GREENPLACE_MAX_FILE_BYTES`` (8388608, 8 MiB): the largest jobs or policy file,
-  checked before it is read.
+- ``GREENPLACE_MAX_FILE_BYTES`` (33554432, 32 MiB: 100,000 jobs take about 15 MiB):
+  the largest jobs or policy file, checked before it is read.
 - ``GREENPLACE_MAX_DEPTH`` (32, from 8 to 200): how deep lists and mappings may
   nest in a jobs or policy file (YAML or JSON); a valid jobs file nests 6 deep.
 - ``GREENPLACE_MAX_JOBS`` (100000): the most jobs in one jobs file.

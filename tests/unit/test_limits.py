@@ -20,6 +20,7 @@ from greenplace.scheduler.exceptions import ConfigError, UnknownNameError, shown
 from greenplace.scheduler.limits import (
     DEFAULT_MAX_RUN_BYTES,
     JOB_ID_ALLOWANCE_CHARS,
+    MAX_SCRIPT_BYTES_PER_CHAR,
     run_bytes,
 )
 from greenplace.scheduler.settings import Limits, load_limits, load_settings
@@ -62,7 +63,7 @@ def test_a_50_mb_file_is_refused_before_it_is_read(tmp_path: Path,
     started = time.perf_counter()
     err = refused(capsys, "dry-run", str(big))
     elapsed_s = time.perf_counter() - started
-    assert "8,388,608 bytes" in err and "GREENPLACE_MAX_FILE_BYTES" in err
+    assert "33,554,432 bytes" in err and "GREENPLACE_MAX_FILE_BYTES" in err
     assert elapsed_s < 10  # a sanity bound only; benchmarks/limits.py measures it
     # submit (and its --dry-run) refuse before they open Redis: nothing is stored
     assert "GREENPLACE_MAX_FILE_BYTES" in refused(capsys, "submit", str(big), "--dry-run")
@@ -165,6 +166,9 @@ def test_the_default_run_limit_is_derived_from_the_adapters() -> None:
     assert min(USER_DATA_LIMITS_BYTES.values()) == aws.MAX_USER_DATA_BYTES  # EC2's 16 KiB
     assert len(new_job_id()) <= JOB_ID_ALLOWANCE_CHARS
     assert run_bytes("a'b") == 7 and run_bytes("é") == 2  # quotes escaped, UTF-8 counted
+    # check_run skips building the script for commands shorter than the limit / 5
+    worst = max(run_bytes(c) for c in [*map(chr, range(128)), "é", "€", "\U0001f600"])
+    assert worst == MAX_SCRIPT_BYTES_PER_CHAR
 
 
 @pytest.mark.parametrize("quotes", [0, 100])
