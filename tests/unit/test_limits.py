@@ -287,3 +287,18 @@ def test_limits_are_settings_with_every_problem_in_one_error() -> None:
     assert len(message) < 600
     with pytest.raises(ConfigError, match="GREENPLACE_MAX_JOBS"):
         load_settings(bad)
+
+
+def test_backtest_replays_past_hours_so_a_past_deadline_is_no_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps(json_job(resources={"accelerators": {"H100": 8}},
+                                        work={"hours": 6}, home="aws:us-east-1",
+                                        deadline="2020-01-01T00:00:00Z")))
+    trace = "electricitymaps_hourly_2023-06-05_to_11_4zones"
+    code, out, err = run(capsys, "backtest", str(path), "--trace", trace, "--every", "24",
+                         "-o", "json")
+    assert code == 0, err
+    assert any("absolute deadline is ignored" in note for note in json.loads(out)["notes"])
+    path.write_text(json.dumps(json_job(run="x\x00")))  # but the limits hold there too
+    assert "U+0000" in refused(capsys, "backtest", str(path), "--trace", trace)
