@@ -116,7 +116,7 @@ def _parse_json(path: Path, content: bytes, *, max_depth: int, line: int | None 
     try:
         data = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
-        if "limit" not in exc.msg:  # orjson's own depth limit (1,024): checked below
+        if exc.msg != "depth limit exceeded":  # orjson's own limit (1,024): reported below
             where = (f"line {exc.lineno}, column {exc.colno}" if line is None
                      else f"line {line}, column {exc.colno}")
             fix = "write one JSON object per line" if line else "correct the JSON syntax"
