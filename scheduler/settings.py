@@ -40,11 +40,11 @@ commands that need no other setting):
 - ``GREENPLACE_MAX_DEPTH`` (32, from 8 to 200): how deep lists and mappings may
   nest in a jobs or policy file (YAML or JSON); a valid jobs file nests 6 deep.
 - ``GREENPLACE_MAX_JOBS`` (100000): the most jobs in one jobs file.
-- ``GREENPLACE_MAX_RUN_BYTES`` (derived: 16,074 with today's boot script): the most bytes a job's
-  ``run`` may take in the boot script (UTF-8, each ``'`` counts 5). The default is
-  the smallest adapter user-data limit (EC2's 16 KiB) minus the boot script around
-  an empty command, so any job loaded can launch on every cloud; the most it may be
-  raised to is the same for the largest limit (GCE's 256 KiB).
+- ``GREENPLACE_MAX_RUN_BYTES`` (derived: 16,074 with today's boot script): the most
+  bytes a job's ``run`` may take in the boot script (UTF-8, each ``'`` counts 5).
+  The default is the smallest adapter user-data limit (EC2's 16 KiB) minus the boot
+  script around an empty command, so any job loaded can launch on every cloud; the
+  most it may be raised to is the same for the largest limit (GCE's 256 KiB).
 
 Design choice: the timings are linked. A message delivered to a worker that
 dies stays invisible for the visibility timeout; it must exceed the longest a
