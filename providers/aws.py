@@ -67,6 +67,7 @@ import botocore.config
 import botocore.exceptions
 
 from greenplace.providers.base import (
+    USER_DATA_LIMITS_BYTES,
     Feature,
     InstanceHandle,
     InstanceState,
@@ -123,7 +124,7 @@ PROPRIETARY_DRIVER_FAMILIES = frozenset({"p3", "p3dn"})
 # ``delete`` finds the launch's volumes by it.
 KEY_TAG = "greenplace:idempotency-key"
 MANAGED_TAG = "greenplace:managed"
-MAX_USER_DATA_BYTES = 16 * 1024  # EC2's limit, before base64
+MAX_USER_DATA_BYTES = USER_DATA_LIMITS_BYTES[NAME]  # EC2's limit, before base64
 MAX_CLIENT_TOKEN_CHARS = 64  # EC2's limit, ASCII
 # IMDSv2 answers a PUT only this many network hops away; 2 lets a container on the
 # instance (one bridge hop) read its role credentials, as the EC2 guide advises.

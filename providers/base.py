@@ -43,6 +43,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from greenplace.scheduler.exceptions import ProviderError
@@ -65,6 +66,20 @@ class Feature(StrEnum):
 # status, delete). Anything slower is followed by later status() / delete() calls,
 # so no queue task blocks on a cloud for longer than a few seconds.
 LAUNCH_WAIT_S = 5.0
+
+# The most bytes of boot script (user data) each adapter's cloud accepts, counted raw
+# (before the base64 some APIs ask for), from the clouds' API references: EC2 user data
+# 16 KB; Azure customData decodes to at most 65,535 bytes; a GCE metadata value holds
+# 262,144 bytes; OpenStack's user_data is at most 65,535 bytes once base64-encoded (3/4
+# of that raw), the tighter of libcloud's two profiled drivers (DigitalOcean: 64 KiB).
+# Kept here, not in each adapter, so that the jobs-file limit on `run`
+# (``scheduler.limits``) is derived from them without importing any cloud SDK.
+USER_DATA_LIMITS_BYTES: Mapping[str, int] = MappingProxyType({
+    "aws": 16 * 1024,
+    "azure": 65_535,
+    "gcp": 256 * 1024,
+    "libcloud": 65_535 * 3 // 4,
+})
 
 # What the boot script prints on the serial console when the job's command ends.
 EXIT_MARKER = "greenplace-exit-code="
@@ -284,8 +299,9 @@ def managed_tags_of(tags: Mapping[str, str]) -> tuple[str | None, int | None]:
 
 
 __all__ = [
-    "EXIT_MARKER", "LAUNCH_WAIT_S", "Feature", "InstanceHandle", "InstanceState",
-    "InstanceStatus", "JobLaunch", "LaunchRequest", "ManagedInstance", "Placement", "Provider",
+    "EXIT_MARKER", "LAUNCH_WAIT_S", "USER_DATA_LIMITS_BYTES", "Feature", "InstanceHandle",
+    "InstanceState", "InstanceStatus", "JobLaunch", "LaunchRequest", "ManagedInstance",
+    "Placement", "Provider",
     "ProviderError", "exit_code_in", "idempotency_key", "job_tags", "managed_tags_of",
     "missing_features", "request_uuid", "short_token", "startup_script",
 ]

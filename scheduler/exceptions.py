@@ -35,6 +35,24 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+# How many characters of a user's value an error message quotes (see ``shown``).
+SHOWN_CHARS = 48
+SHOWN_PATH_CHARS = 256  # a file path: real ones are long, a job's `policy:` may be any length
+
+
+def shown(value: object, *, max_chars: int = SHOWN_CHARS, quote: bool = True) -> str:
+    """A user's value for an error message (``repr`` unless ``quote=False``), cut to its
+    first ``max_chars`` characters.
+
+    Design choice: every message that echoes what the user wrote (a name, a field, a
+    path) goes through this one helper, so a 1 MB name gives a one-line error, not
+    1 MB of stderr; the cut value says how long the whole one was.
+    """
+    text = value if isinstance(value, str) else str(value)
+    cut = text[:max_chars]
+    head = repr(cut) if quote else cut
+    return head if len(text) <= max_chars else f"{head}... ({len(text):,} characters)"
+
 
 class GreenplaceError(Exception):
     """Root of every error greenplace raises on purpose."""
@@ -59,14 +77,17 @@ class UnknownNameError(UserInputError):
         self.kind = kind
         self.name = name
         known_list = sorted(set(known))
-        close = difflib.get_close_matches(name, known_list, n=3, cutoff=0.5)
-        if not close:
+        # A name this long is close to nothing, and difflib's time grows with its length.
+        close: list[str] = []
+        if len(name) <= 4 * SHOWN_CHARS:
+            close = difflib.get_close_matches(name, known_list, n=3, cutoff=0.5)
+        if not close and len(name) <= 4 * SHOWN_CHARS:
             folded = {k.lower().replace("-", ""): k for k in known_list}
             close = [
                 folded[k]
                 for k in difflib.get_close_matches(name.lower().replace("-", ""), folded, n=3)
             ]
-        msg = f"Unknown {kind} {name!r}."
+        msg = f"Unknown {kind} {shown(name)}."
         if close:
             msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
         msg += " " + (hint or f"To fix: use one of the known {kind}s (see `greenplace regions`).")

@@ -13,6 +13,11 @@ of about 10 KB per job (1 GB for 100,000 jobs) and spends two thirds of its time
 the garbage collector walking it; streaming keeps memory to the validated jobs and
 makes a large file load about 3x faster than ``yaml.load`` with ``CSafeLoader``
 (benchmarks/README.md).
+
+The limits of ``scheduler.limits`` are checked here as the file is read: its size
+before reading, the nesting depth while YAML is composed (JSON: after orjson parsed a
+document or line, whose own limit of 1,024 levels is reported the same way), and the
+number of jobs as they are yielded.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from yaml.composer import Composer, ComposerError
+from yaml.composer import ComposerError
 from yaml.events import (
     MappingEndEvent,
     MappingStartEvent,
@@ -33,8 +38,17 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, ScalarNode
 
-from greenplace.scheduler.exceptions import SpecError
-from greenplace.scheduler.yamlfile import SafeLoader, read_bytes, yaml_error
+from greenplace.scheduler.exceptions import SpecError, shown
+from greenplace.scheduler.limits import (
+    depth_error,
+    jobs_count_error,
+    json_depth_position,
+    too_deep,
+)
+from greenplace.scheduler.yamlfile import LimitedLoader, read_bytes, yaml_error
+
+if TYPE_CHECKING:
+    from greenplace.scheduler.settings import Limits
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 
@@ -47,23 +61,28 @@ class RawJob:
     line: int | None  # 1-based line the job starts on, when known
 
 
-def read_jobs(path: Path) -> Iterator[RawJob]:
+def read_jobs(path: Path, limits: Limits) -> Iterator[RawJob]:
     """The raw jobs of a jobs file, in file order.
 
     Raises (while iterating):
         SpecError: a missing or unreadable file, broken YAML or JSON (with line and
-            column), or a top level that is not ``jobs:`` with a non-empty list or one
-            job. A problem at the top level after the ``jobs:`` list is raised after
-            its jobs.
+            column), a top level that is not ``jobs:`` with a non-empty list or one
+            job, or a file over ``limits`` (size, nesting depth, number of jobs). A
+            problem at the top level after the ``jobs:`` list is raised after its jobs.
     """
-    content = read_bytes(path, what="jobs")
+    content = read_bytes(path, what="jobs", max_bytes=limits.file_bytes)
     suffix = path.suffix.lower()
     if suffix in JSON_LINES_SUFFIXES or (suffix != ".json" and _json_lines(content)):
-        yield from _read_json_lines(path, content)
+        raw_jobs = _read_json_lines(path, content, max_depth=limits.depth)
     elif suffix == ".json" or _json_document(content):
-        yield from _top_level(path, _parse_json(path, content), line=None)
+        data = _parse_json(path, content, max_depth=limits.depth)
+        raw_jobs = _top_level(path, data, line=None)
     else:
-        yield from _read_yaml(path, content)
+        raw_jobs = _read_yaml(path, content, max_depth=limits.depth)
+    for count, raw_job in enumerate(raw_jobs, start=1):
+        if count > limits.jobs:
+            raise jobs_count_error(path, max_jobs=limits.jobs)
+        yield raw_job
 
 
 def _json_document(content: bytes) -> bool:
@@ -90,24 +109,35 @@ def _json_lines(content: bytes) -> bool:
         return False
 
 
-def _parse_json(path: Path, content: bytes, *, line: int | None = None) -> Any:
+def _parse_json(path: Path, content: bytes, *, max_depth: int, line: int | None = None) -> Any:
+    """Parse a JSON document (or, with ``line``, one line of JSON lines) within ``max_depth``."""
     import orjson
 
     try:
-        return orjson.loads(content)
+        data = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
-        where = (f"line {exc.lineno}, column {exc.colno}" if line is None
-                 else f"line {line}, column {exc.colno}")
-        fix = "write one JSON object per line" if line else "correct the JSON syntax"
-        raise SpecError(f"{path}: broken JSON at {where}: {exc.msg}. To fix: {fix}.") from exc
+        if exc.msg != "depth limit exceeded":  # orjson's own limit (1,024): reported below
+            where = (f"line {exc.lineno}, column {exc.colno}" if line is None
+                     else f"line {line}, column {exc.colno}")
+            fix = "write one JSON object per line" if line else "correct the JSON syntax"
+            raise SpecError(f"{path}: broken JSON at {where}: {exc.msg}. To fix: {fix}.") from exc
+        data = None
+    # A document with fewer brackets than the limit cannot nest deeper (a C-speed count
+    # spares the walk for each line of a JSON-lines file).
+    brackets = content.count(b"[") + content.count(b"{")
+    if data is None or (brackets > max_depth and too_deep(data, max_depth)):
+        deep_at = json_depth_position(content, max_depth) or (1, 1)
+        at_line = deep_at[0] if line is None else line
+        raise depth_error(f"{path} at line {at_line}, column {deep_at[1]}", max_depth=max_depth)
+    return data
 
 
-def _read_json_lines(path: Path, content: bytes) -> Iterator[RawJob]:
+def _read_json_lines(path: Path, content: bytes, *, max_depth: int) -> Iterator[RawJob]:
     count = 0
     for number, text in enumerate(content.splitlines(), start=1):
         if text.strip():
             count += 1
-            yield RawJob(_parse_json(path, text, line=number), number)
+            yield RawJob(_parse_json(path, text, max_depth=max_depth, line=number), number)
     if not count:
         raise SpecError(f"{path}: no jobs (the file is empty). To fix: write one JSON "
                         "object per line, one line per job.")
@@ -142,27 +172,20 @@ def _top_level(path: Path, data: Any, *, line: int | None) -> Iterator[RawJob]:
 def _no_extra_fields(path: Path, top: dict[Any, Any]) -> None:
     extra = sorted(str(k) for k in top if k != "jobs")
     if extra:
+        more = f", and {len(extra) - 5:,} more" if len(extra) > 5 else ""
         raise SpecError(
-            f"{path}: unknown top-level field(s) {extra}. To fix: a jobs file holds "
-            "`jobs:` (a list) or a single job."
+            f"{path}: unknown top-level field(s) [{', '.join(shown(k) for k in extra[:5])}"
+            f"{more}]. To fix: a jobs file holds `jobs:` (a list) or a single job."
         )
 
 
-class _Loader(SafeLoader):
-    """libyaml's parser (where built) with PyYAML's composer: one node at a time."""
-
-    compose_node = Composer.compose_node
-    compose_scalar_node = Composer.compose_scalar_node
-    compose_sequence_node = Composer.compose_sequence_node
-    compose_mapping_node = Composer.compose_mapping_node
-
-
-def _read_yaml(path: Path, content: bytes) -> Iterator[RawJob]:
-    loader = _Loader(content)  # type: ignore[arg-type]
+def _read_yaml(path: Path, content: bytes, *, max_depth: int) -> Iterator[RawJob]:
+    loader = LimitedLoader(content)  # type: ignore[arg-type]
+    loader.max_depth = max_depth
     try:
         yield from _stream_yaml(path, loader)
     except yaml.YAMLError as exc:
-        raise yaml_error(path, exc) from exc
+        raise yaml_error(path, exc, max_depth=max_depth) from exc
     finally:
         loader.dispose()
 
@@ -184,17 +207,20 @@ def _stream_yaml(path: Path, loader: Any) -> Iterator[RawJob]:
         tag = start.tag if start.tag not in (None, "!") else loader.resolve(
             MappingNode, None, start.implicit)
         top = MappingNode(tag, [], start.start_mark, None, flow_style=start.flow_style)
+        loader.depth = 1  # inside the top mapping, composed here rather than by the loader
         jobs_seen = 0
         while not loader.check_event(MappingEndEvent):
             key = loader.compose_node(top, None)
             if (isinstance(key, ScalarNode) and key.value == "jobs"
                     and loader.check_event(SequenceStartEvent)):
                 loader.get_event()
+                loader.depth = 2  # and inside its `jobs:` list
                 while not loader.check_event(SequenceEndEvent):
                     node = loader.compose_node(None, None)
                     jobs_seen += 1
                     yield RawJob(loader.construct_document(node), node.start_mark.line + 1)
                 loader.get_event()
+                loader.depth = 1
                 jobs_seen = jobs_seen or -1  # -1: a `jobs:` list with nothing in it
             else:
                 top.value.append((key, loader.compose_node(top, key)))

@@ -1,7 +1,8 @@
 """Job specs (the jobs-file trust boundary) and the jobs-file loader.
 
 A jobs file holds ``jobs:`` (a list) or a single job mapping. Every error names
-the file, the job and the field, and nothing is returned unless every job is valid.
+the file, the job and the field, and nothing is returned unless every job is valid
+and the file is within the ``GREENPLACE_MAX_*`` limits (``scheduler.limits``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from greenplace.policies.model import DEFAULT_POLICY, Policy, SpotMode, load_policy
 from greenplace.scheduler.catalog import Catalog
-from greenplace.scheduler.exceptions import SpecError, UnknownNameError, UserInputError
+from greenplace.scheduler.exceptions import SpecError, UnknownNameError, UserInputError, shown
 from greenplace.scheduler.jobfile import RawJob, kind_of, read_jobs
+from greenplace.scheduler.limits import check_run
+from greenplace.scheduler.settings import Limits, load_limits
 from greenplace.scheduler.yamlfile import validation_message
 
 JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -53,7 +56,8 @@ class Resources(_Strict):
         for option in options:
             for name, count in option.items():
                 if count < 1 or count > 4096:
-                    raise ValueError(f"count of {name} must be between 1 and 4096, got {count}")
+                    raise ValueError(f"count of {shown(name, quote=False)} must be between "
+                                     f"1 and 4096, got {count}")
         return value
 
     def alternatives(self) -> list[tuple[str, int]]:
@@ -180,13 +184,14 @@ def resolve_job(
 
 def _job_label(raw: object, index: int, line: int | None) -> str:
     name = raw.get("name") if isinstance(raw, dict) else None
-    label = f"job {name!r}" if isinstance(name, str) else f"job #{index + 1}"
+    label = f"job {shown(name)}" if isinstance(name, str) else f"job #{index + 1}"
     return label if line is None else f"line {line}, {label}"
 
 
 def load_jobs(
     path: Path, catalog: Catalog, *, policy: Policy | None = None,
     override_policy: bool = False, now: dt.datetime | None = None,
+    limits: Limits | None = None,
 ) -> list[Job]:
     """Load, validate and resolve every job of a jobs file; all or nothing.
 
@@ -199,16 +204,20 @@ def load_jobs(
         override_policy: apply ``policy`` to every job, also those with their own (each
             such job records the name it lost in ``Job.replaced_policy``).
         now: when given, a deadline at or before it is an input error.
+        limits: what the file may hold (default: ``GREENPLACE_MAX_*`` from the environment).
 
     Raises:
         SpecError / UnknownNameError: naming file, job and field. Broken syntax or a
         wrong top level anywhere in the file is reported before a bad job.
+        ConfigError: a ``GREENPLACE_MAX_*`` variable is unusable.
     """
-    raw_jobs = read_jobs(path)
+    limits = limits or load_limits()
+    raw_jobs = read_jobs(path, limits)
     try:
         with _collector_paused():
             return _resolve_all(path, raw_jobs, catalog, policy=policy,
-                                override_policy=override_policy, now=now)
+                                override_policy=override_policy, now=now,
+                                max_run_bytes=limits.run_bytes)
     except UserInputError:
         for _ in raw_jobs:  # the rest of the file may hold a problem that explains more
             pass
@@ -235,7 +244,7 @@ def _collector_paused() -> Iterator[None]:
 
 def _resolve_all(
     path: Path, raw_jobs: Iterable[RawJob], catalog: Catalog, *, policy: Policy | None,
-    override_policy: bool, now: dt.datetime | None,
+    override_policy: bool, now: dt.datetime | None, max_run_bytes: int,
 ) -> list[Job]:
     policies: dict[str, Policy] = {}
     jobs: list[Job] = []
@@ -249,6 +258,7 @@ def _resolve_all(
             spec = JobSpec.model_validate(raw)
         except pydantic.ValidationError as exc:
             raise SpecError(validation_message(exc, where=where)) from exc
+        check_run(spec.run, where=where, max_bytes=max_run_bytes)
         if spec.name in seen:
             raise SpecError(f"{where}, field 'name': the name is used twice in this file.")
         seen.add(spec.name)

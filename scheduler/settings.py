@@ -51,6 +51,21 @@ Variable (default): meaning.
   the sender dies. At least 1 s and at most 10 reconcile intervals (longer would
   leave RUNNING jobs unfollowed for more than 10 passes after a failover).
 
+Limits on user input, checked when a jobs or policy file is loaded, before anything
+is stored (``scheduler/limits.py``; ``load_limits()`` reads only these, for the
+commands that need no other setting):
+
+- ``GREENPLACE_MAX_FILE_BYTES`` (33554432, 32 MiB: 100,000 jobs take about 15 MiB):
+  the largest jobs or policy file, checked before it is read.
+- ``GREENPLACE_MAX_DEPTH`` (32, from 8 to 200): how deep lists and mappings may
+  nest in a jobs or policy file (YAML or JSON); a valid jobs file nests 6 deep.
+- ``GREENPLACE_MAX_JOBS`` (100000): the most jobs in one jobs file.
+- ``GREENPLACE_MAX_RUN_BYTES`` (derived: 16,074 with today's boot script): the most
+  bytes a job's ``run`` may take in the boot script (UTF-8, each ``'`` counts 5).
+  The default is the smallest adapter user-data limit (EC2's 16 KiB) minus the boot
+  script around an empty command, so any job loaded can launch on every cloud; the
+  most it may be raised to is the same for the largest limit (GCE's 256 KiB).
+
 Design choice: the timings are linked. A message delivered to a worker that
 dies stays invisible for the visibility timeout; it must exceed the longest a
 live worker can legitimately hold one (a task's hard limit plus the longest
@@ -79,7 +94,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from greenplace.scheduler.exceptions import ConfigError
+from greenplace.scheduler.exceptions import ConfigError, shown
+from greenplace.scheduler.limits import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_JOBS,
+    DEFAULT_MAX_RUN_BYTES,
+    MAX_DEPTH,
+    MAX_RUN_BYTES,
+    MIN_DEPTH,
+)
 
 CLOUDS = ("aws", "gcp", "azure")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -89,6 +113,64 @@ MAX_COUNTDOWN_S = 10.0
 _SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_KEY_PREFIX = "gp"
 _KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+# --- Limits on user input: GREENPLACE_MAX_* (scheduler/limits.py checks them) ---
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """What a jobs or policy file may hold; build with ``load_limits()``."""
+
+    file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    depth: int = DEFAULT_MAX_DEPTH
+    jobs: int = DEFAULT_MAX_JOBS
+    run_bytes: int = DEFAULT_MAX_RUN_BYTES
+
+
+# Each limit: (field, variable, lowest, highest value allowed).
+_LIMIT_VARIABLES = (
+    ("file_bytes", "GREENPLACE_MAX_FILE_BYTES", 1, None),
+    ("depth", "GREENPLACE_MAX_DEPTH", MIN_DEPTH, MAX_DEPTH),
+    ("jobs", "GREENPLACE_MAX_JOBS", 1, None),
+    ("run_bytes", "GREENPLACE_MAX_RUN_BYTES", 1, MAX_RUN_BYTES),
+)
+
+
+def _limits(env: Mapping[str, str], problems: list[str]) -> Limits:
+    values: dict[str, int] = {}
+    for name, variable, lowest, highest in _LIMIT_VARIABLES:
+        raw = env.get(variable, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            problems.append(f"{variable}={shown(raw)} is not a whole number")
+            continue
+        if value < lowest or (highest is not None and value > highest):
+            upper = f" and at most {highest:,}" if highest is not None else ""
+            problems.append(f"{variable}={shown(raw)} must be at least {lowest:,}{upper}")
+            continue
+        values[name] = value
+    return Limits(**values)
+
+
+def load_limits(environ: Mapping[str, str] | None = None) -> Limits:
+    """Read and validate only the ``GREENPLACE_MAX_*`` variables (``os.environ`` by default).
+
+    Raises:
+        ConfigError: listing every unusable limit variable, then how to fix it.
+    """
+    problems: list[str] = []
+    limits = _limits(os.environ if environ is None else environ, problems)
+    if problems:
+        raise ConfigError("Unusable settings: " + "; ".join(problems) + ". To fix: correct or "
+                          "unset the variable(s) named above (the README's 'Limits' section "
+                          "says what each one means).")
+    return limits
+
+# --- end of the limits block ---
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +194,7 @@ class Settings:
     prune_interval_s: float = 3600.0
     key_prefix: str = DEFAULT_KEY_PREFIX
     beat_lease_s: float = 10.0  # see scheduler/worker/beat.py
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def tls(self) -> bool:
@@ -345,6 +428,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"GREENPLACE_BEAT_LEASE_S ({beat_lease:g}) must be at most 10 reconcile intervals "
             f"({10 * interval:g} s), or a beat failover would leave RUNNING jobs unfollowed "
             "that long")
+    limits = _limits(env, problems)
     if visibility < task_limit + MAX_COUNTDOWN_S + 5:
         problems.append(
             f"GREENPLACE_VISIBILITY_TIMEOUT_S ({visibility:g}) must be at least the task "
@@ -361,4 +445,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         exit_code_wait_s=exit_wait, gc_interval_s=gc_interval, signals=signals,
         retention_days=retention_days, prune_interval_s=prune_interval, key_prefix=key_prefix,
         beat_lease_s=beat_lease,
+        limits=limits,
     )

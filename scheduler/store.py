@@ -64,7 +64,12 @@ from redis.retry import Retry
 
 from greenplace.policies.model import Policy
 from greenplace.providers.base import InstanceHandle, Placement
-from greenplace.scheduler.exceptions import ConfigError, IllegalTransitionError, JobNotFoundError
+from greenplace.scheduler.exceptions import (
+    ConfigError,
+    IllegalTransitionError,
+    JobNotFoundError,
+    shown,
+)
 from greenplace.scheduler.jobs import Job
 from greenplace.scheduler.settings import Settings
 
@@ -249,9 +254,8 @@ def checked_job_id(job_id: str) -> str:
 
 
 def _no_such_job(job_id: str) -> JobNotFoundError:
-    shown = job_id if len(job_id) <= 40 else job_id[:40] + "..."
     return JobNotFoundError(
-        f"No job has id {shown!r} (final jobs are deleted GREENPLACE_RETENTION_DAYS after "
+        f"No job has id {shown(job_id)} (final jobs are deleted GREENPLACE_RETENTION_DAYS after "
         "they end). To fix: use an id printed by `greenplace submit` or listed by "
         "`greenplace status`.")
 

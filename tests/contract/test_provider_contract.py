@@ -35,6 +35,7 @@ from greenplace.scheduler.exceptions import (
     QuotaError,
     TransientError,
 )
+from greenplace.scheduler.limits import DEFAULT_MAX_RUN_BYTES, JOB_ID_ALLOWANCE_CHARS, run_bytes
 from tests.contract.adapter_case import ERROR_KINDS, AdapterCase
 
 LIVE = (InstanceState.PENDING, InstanceState.RUNNING)
@@ -93,6 +94,16 @@ def test_prepare_is_pure_deterministic_and_serialisable(adapter_case: AdapterCas
         assert request.tags["greenplace:policy"] == job.policy
     if Feature.STARTUP_SCRIPT in provider.features:
         assert request.startup_script == startup_script(job)
+
+
+def test_a_run_at_the_jobs_file_limit_fits_prepare(adapter_case: AdapterCase,
+                                                   job: JobLaunch) -> None:
+    """The jobs-file limit on `run` (scheduler.limits) leaves no job that prepare() refuses."""
+    at_limit = "'" * 10 + "x" * (DEFAULT_MAX_RUN_BYTES - 50)
+    assert run_bytes(at_limit) == DEFAULT_MAX_RUN_BYTES
+    longest = dataclasses.replace(job, job_id="f" * JOB_ID_ALLOWANCE_CHARS, run=at_limit)
+    request = adapter_case.make_provider().prepare(longest, adapter_case.placement)
+    assert request.startup_script == startup_script(longest)
 
 
 def test_spot_is_declared_or_refused(adapter_case: AdapterCase, job: JobLaunch) -> None:
