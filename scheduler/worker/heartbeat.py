@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 
@@ -60,14 +61,15 @@ def workers_seen(store: JobStore, within_s: float = SEEN_WITHIN_S, *,
     Raises redis errors when Redis is unreachable (callers decide what that means).
     """
     now_s = time.time() if now_s is None else now_s
-    rows = store.client.zrangebyscore(heartbeat_key(store), now_s - within_s, "+inf",
-                                      withscores=True)
+    rows = cast(list[tuple[str, float]], store.client.zrangebyscore(
+        heartbeat_key(store), now_s - within_s, "+inf", withscores=True))
     return {str(name): float(score) for name, score in rows}
 
 
 def last_seen(store: JobStore) -> tuple[str, float] | None:
     """The worker seen most recently and when (Unix s), or None if none ever was."""
-    rows = store.client.zrevrange(heartbeat_key(store), 0, 0, withscores=True)
+    rows = cast(list[tuple[str, float]],
+                store.client.zrevrange(heartbeat_key(store), 0, 0, withscores=True))
     return (str(rows[0][0]), float(rows[0][1])) if rows else None
 
 
