@@ -25,10 +25,10 @@ main process then read a torn message and stopped. So now:
   and 5 s read timeouts; the broker: ``app.PUBLISH_RETRY_POLICY`` and socket
   timeouts), so a task in an outage ends within a few seconds;
 - a task never raises on Redis trouble, a lost broker or its soft time limit
-  (``_run``): it logs one line and returns None, whose result is a few bytes
-  (one atomic pipe write, which a kill cannot tear). It first asks for a
-  retry in a few seconds; when even that publish fails (the broker is the same
-  Redis), its message is left to the broker: the ack goes to a closed channel,
+  (``_run``): it logs one line and returns None, whose result is a few bytes (one
+  atomic pipe write, which a kill cannot tear). It first asks for a retry in a
+  few seconds; when even that publish fails (the broker is the same Redis), its
+  message is left to the broker: the ack goes to a closed channel,
   which ``app.ClosedChannelSafeRequest`` skips, and the visibility sweep
   redelivers the message once Redis is back; where it was acknowledged
   anyway, reconcile's stall sweep re-enqueues the job.
@@ -123,7 +123,8 @@ def _finish(task: Task, outcome: Outcome, what: str) -> None:
 
 def _run(task: Task, what: str, work: Callable[[], Outcome | None]) -> None:
     """Run one task's work and finish it; Redis trouble or the soft time limit end it
-    quietly (one log line, a result of a few bytes) instead of raising."""
+    quietly (one log line, a result of a few bytes) instead of raising, asking for a
+    retry a few seconds later."""
     try:
         outcome = work()
         if outcome is not None:
@@ -131,14 +132,19 @@ def _run(task: Task, what: str, work: Callable[[], Outcome | None]) -> None:
     except JobNotFoundError:
         log.warning("%s: no such job (store flushed?)", what)
     except OUTAGE_ERRORS as exc:
-        log.warning("%s: Redis unavailable (%s: %s); trying again later", what,
-                    type(exc).__name__, exc)
-        try:
-            _retry(task, OUTAGE_RETRY_S, what)
-        except OUTAGE_ERRORS:
-            log.warning("%s: cannot send its retry; the message is redelivered", what)
+        _again(task, what, f"Redis unavailable ({type(exc).__name__}: {exc})")
     except SoftTimeLimitExceeded:
-        log.warning("%s: soft time limit reached; the job is picked up again later", what)
+        # A slow step (a first import, a loaded machine, a slow cloud API): everything
+        # it did is recorded step by step, so the retry carries on where it stopped.
+        _again(task, what, "soft time limit reached")
+
+
+def _again(task: Task, what: str, why: str) -> None:
+    log.warning("%s: %s; trying again in %.0f s", what, why, OUTAGE_RETRY_S)
+    try:
+        _retry(task, OUTAGE_RETRY_S, what)
+    except OUTAGE_ERRORS:
+        log.warning("%s: cannot send its retry; the message is redelivered", what)
 
 
 @shared_task(name="greenplace.place", bind=True)
