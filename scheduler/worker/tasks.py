@@ -67,7 +67,7 @@ REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 # Redis (store or broker) unreachable: what a task gives up on at once.
 OUTAGE_ERRORS = (*REDIS_ERRORS, kombu_exceptions.OperationalError)
 # Lock waits and transient provider errors both retry; dispatch_job caps the
-# transient ones at MAX_TASK_RETRIES, this caps the total.
+# transient ones at MAX_TRANSIENT_RETRIES, this caps the total.
 MAX_TASK_RETRIES = 20
 # A task that met a Redis outage asks to run again this much later (seconds).
 OUTAGE_RETRY_S = 3.0
