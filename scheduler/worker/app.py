@@ -55,12 +55,9 @@ Celery terms, and why:
   (kombu's default waits forever on a broker that stopped answering). A task
   that publishes during an outage (a follow-up, ``self.retry``) therefore fails
   within a few seconds, far inside its soft time limit; see ``tasks`` for how the
-  message comes back. This is half of the root cause of the ``Soft time limit
-  exceeded`` + ``Unrecoverable error: UnicodeDecodeError`` exits after a 30 s
-  outage (the other half is ``store.redis_client``'s retries): a task blocked in
-  Redis I/O past its hard limit is SIGKILLed by the main process, possibly while
-  it writes its result to its pipe, and the main process then reads a torn
-  message and stops.
+  message comes back. This is one part of the fix for the workers that stopped
+  after a 30 s outage (``Soft time limit exceeded``, then ``Unrecoverable error:
+  UnicodeDecodeError``); ``tasks``' docstring tells the root cause and the rest.
 - **Heartbeat**: the worker's main process records itself in Redis every few
   seconds (``heartbeat``), which ``greenplace status`` / ``submit`` read.
 - No result backend: job state lives in the job store.
