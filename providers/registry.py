@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from types import ModuleType
 
 from greenplace.providers.base import Provider
 from greenplace.scheduler.exceptions import MissingSDKError, UnknownNameError
@@ -33,12 +34,28 @@ def get_provider(name: str, *, config: Mapping[str, str] | None = None) -> Provi
         UnknownNameError: no such provider.
         MissingSDKError: the adapter's SDK is not installed (names the pip extra).
     """
+    module = import_adapter(name)
+    provider: Provider = getattr(module, REGISTRY[name][1])(dict(config or {}))
+    return provider
+
+
+def import_adapter(name: str) -> ModuleType:
+    """Import the adapter module of provider ``name`` (and so its cloud SDK).
+
+    A worker calls this for its routed providers before it forks its pool: an SDK
+    import can take seconds on a cold or loaded machine (google-cloud-compute took
+    3-15 s here), which inside a task would eat its time limit.
+
+    Raises:
+        UnknownNameError: no such provider.
+        MissingSDKError: the adapter's SDK is not installed (names the pip extra).
+    """
     if name not in REGISTRY:
         raise UnknownNameError("provider", name, REGISTRY,
                                hint=f"To fix: use one of {sorted(REGISTRY)}.")
-    module_path, factory, extra = REGISTRY[name]
+    module_path, _, extra = REGISTRY[name]
     try:
-        module = importlib.import_module(module_path)
+        return importlib.import_module(module_path)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("greenplace"):
             raise
@@ -47,5 +64,3 @@ def get_provider(name: str, *, config: Mapping[str, str] | None = None) -> Provi
             f"To fix: pip install 'greenplace[{extra}]'",
             provider=name, operation="import",
         ) from exc
-    provider: Provider = getattr(module, factory)(dict(config or {}))
-    return provider

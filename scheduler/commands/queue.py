@@ -127,7 +127,7 @@ def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_r
     store = open_store(settings)
     with reachable(settings.redacted_redis_url):
         ids = submit_jobs(store, app, jobs)
-    _warn_without_worker(app)
+    _warn_without_worker(store)
     if output == "json":
         print_json([{"job_id": i, "name": j.name, "state": str(JobState.QUEUED), **_replaced(j)}
                     for i, j in zip(ids, jobs, strict=True)])
@@ -136,14 +136,37 @@ def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_r
             click.echo(f"{job_id}  {job.name}")
 
 
-def _warn_without_worker(app: Celery) -> None:
-    """Say on stderr when no worker answers a ping within 1 s (queued jobs would wait)."""
-    from greenplace.scheduler.worker.app import worker_answers
+def _warn_without_worker(store: JobStore) -> None:
+    """Say on stderr when no worker's heartbeat was seen recently (queued jobs would wait),
+    naming the last worker seen and when. Redis trouble here only skips the warning."""
+    import redis
 
-    if not worker_answers(app, timeout_s=1.0):
-        click.echo("warning: no greenplace worker answered within 1 s, so queued jobs wait "
-                   "until one runs. To fix: start `greenplace worker --beat` (or `greenplace "
-                   "worker` and `greenplace beat`) with the same GREENPLACE_REDIS_URL.", err=True)
+    from greenplace.scheduler.worker.heartbeat import SEEN_WITHIN_S, last_seen, workers_seen
+
+    try:
+        if workers_seen(store, SEEN_WITHIN_S):
+            return
+        last = last_seen(store)
+    except redis.RedisError:
+        return
+    if last is None:
+        seen = "no greenplace worker has ever been seen on this Redis"
+    else:
+        host, at_s = last
+        when = dt.datetime.fromtimestamp(at_s, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        seen = (f"no greenplace worker was seen in the last {SEEN_WITHIN_S:.0f} s (the last "
+                f"one, {host}, at {when}, {_ago(time.time() - at_s)} ago)")
+    click.echo(f"warning: {seen}, so queued jobs wait until one runs. To fix: start "
+               "`greenplace worker --beat` (or `greenplace worker` and `greenplace beat`) "
+               "with the same GREENPLACE_REDIS_URL.", err=True)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _warn_without_beat(store: JobStore) -> None:
@@ -196,9 +219,7 @@ def status_cmd(job_id: str | None, watch: bool, interval: float, output: str) ->
     with reachable(settings.redacted_redis_url):
         records = _status_rows(store, job_id)
         if any(r.state not in FINAL_STATES for r in records):
-            from greenplace.scheduler.worker.app import create_app
-
-            _warn_without_worker(create_app(settings))
+            _warn_without_worker(store)
             _warn_without_beat(store)
         if watch:
             records = _watch(store, job_id, interval, output, records)
@@ -301,8 +322,13 @@ def cancel_cmd(job_id: str) -> None:
               "picks the one that sends)")
 def worker_cmd(concurrency: int, pool: str, queues: str | None, loglevel: str,
                with_beat: bool) -> None:
-    """Run a Celery worker with greenplace's options (acks late, prefetch 1, JSON only)."""
-    from greenplace.scheduler.worker.app import QUEUES, app
+    """Run a Celery worker with greenplace's options (acks late, prefetch 1, JSON only).
+
+    Exits with the worker's own exit code: non-zero when it stopped on an error it
+    could not recover from, so a supervisor that restarts on failure restarts it.
+    (Celery's ``worker_main`` drops that code, and such a worker used to exit 0.)
+    """
+    from greenplace.scheduler.worker.app import QUEUES
 
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}",
             f"--loglevel={loglevel}", f"--queues={queues or ','.join(QUEUES)}",
@@ -312,7 +338,14 @@ def worker_cmd(concurrency: int, pool: str, queues: str | None, loglevel: str,
         from greenplace.scheduler.worker.beat import SCHEDULER
 
         argv += ["--beat", f"--scheduler={SCHEDULER}"]
-    app.worker_main(argv)
+    # Not app.worker_main(): it drops the code the worker exits with (Celery's command
+    # returns it instead of raising, and worker_main returns None). Run the command ourselves.
+    from celery.bin.celery import celery as celery_command
+
+    code = celery_command.main(args=["--app", "greenplace.scheduler.worker.app:app", *argv],
+                               standalone_mode=False)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 @click.command("beat")

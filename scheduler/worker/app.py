@@ -37,6 +37,29 @@ Celery terms, and why:
   such a task acknowledges its message on the dead channel when it ends, kombu
   fails there and the worker exits. Every task is idempotent (dispatch holds a
   lock and an idempotency key), so a cancelled one is safe to run again.
+- **No ack on a closed channel** (``task_cls`` = ``GreenplaceTask``, whose
+  ``Request`` is ``ClosedChannelSafeRequest``). Root cause of the
+  ``AttributeError("'NoneType' object has no attribute 'client'")`` in kombu's
+  ``QoS.ack`` that still stopped workers after a Redis restart: the setting above
+  cancels only the requests a pool process had *started*; a message already
+  handed to the pool but not yet started, or one whose task ended as the
+  connection dropped, is acknowledged afterwards on its old channel, which kombu
+  closed (``channel.connection`` is None), and kombu fails with that
+  AttributeError, which Celery does not count as a connection error. The request
+  class skips the ack / reject of a message whose channel is closed and logs it:
+  the message stays in the ``unacked`` hash and the visibility sweep redelivers
+  it (the task is idempotent), exactly as for a worker that died.
+- **Bounded broker I/O**: ``task_publish_retry_policy`` tries a publish 3 times
+  within about 1 s (Celery's default waits up to 3 s plus a connection attempt
+  per try), and the broker sockets have a 2 s connect and a 5 s read timeout
+  (kombu's default waits forever on a broker that stopped answering). A task
+  that publishes during an outage (a follow-up, ``self.retry``) therefore fails
+  within a few seconds, far inside its soft time limit; see ``tasks`` for how the
+  message comes back. This is one part of the fix for the workers that stopped
+  after a 30 s outage (``Soft time limit exceeded``, then ``Unrecoverable error:
+  UnicodeDecodeError``); ``tasks``' docstring tells the root cause and the rest.
+- **Heartbeat**: the worker's main process records itself in Redis every few
+  seconds (``heartbeat``), which ``greenplace status`` / ``submit`` read.
 - No result backend: job state lives in the job store.
 - ``global_keyprefix`` (``GREENPLACE_KEY_PREFIX``): every key and channel kombu uses
   (queues, ``unacked``, ``unacked_index``, ``_kombu.binding.*``, the pidbox fanout
@@ -48,11 +71,13 @@ Celery terms, and why:
 
 from __future__ import annotations
 
+import logging
 import ssl
 import weakref
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
+from celery.worker.request import Request
 from kombu import exceptions as kombu_exceptions
 from kombu.transport import redis as kombu_redis
 
@@ -72,6 +97,13 @@ TASK_QUEUES = {
     "greenplace.noop": CONTROL_QUEUE,
 }
 UNACKED_RESTORE_INTERVAL_S = 5.0
+BROKER_CONNECT_TIMEOUT_S = 2.0
+BROKER_SOCKET_TIMEOUT_S = 5.0
+# 3 tries, 0 / 0.5 / 0.5 s apart: a publish during an outage fails in about 1 s.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
+                        "interval_max": 0.5}
+
+log = logging.getLogger("greenplace.worker")
 
 _SETTINGS: weakref.WeakKeyDictionary[Celery, Settings] = weakref.WeakKeyDictionary()
 
@@ -80,6 +112,54 @@ def settings_of(app: Celery) -> Settings:
     """The settings ``app`` was created with."""
     found = _SETTINGS.get(app)
     return found if found is not None else load_settings()
+
+
+class ClosedChannelSafeRequest(Request):
+    """A task request that leaves its message unacknowledged when its channel is closed.
+
+    See the module docstring: the message stays in Redis' ``unacked`` hash and is
+    redelivered after the visibility timeout instead of stopping the worker.
+    """
+
+    def _channel_closed(self) -> bool:
+        return getattr(self.message.channel, "connection", None) is None
+
+    def _skip(self, what: str) -> None:
+        log.warning("not %s task %s (%s): its broker connection was closed; the message is "
+                    "redelivered after the visibility timeout", what, self.id, self.name)
+        self.acknowledged = True  # nothing more to do with this message here
+
+    def acknowledge(self) -> None:
+        if self.acknowledged:
+            return
+        try:
+            if self._channel_closed():
+                self._skip("acknowledging")
+                return
+            super().acknowledge()
+        except AttributeError:  # the channel closed between the check and the ack
+            if not self._channel_closed():
+                raise
+            self._skip("acknowledging")
+
+    def reject(self, requeue: bool = False) -> None:
+        if self.acknowledged:
+            return
+        try:
+            if self._channel_closed():
+                self._skip("rejecting")
+                return
+            super().reject(requeue=requeue)
+        except AttributeError:
+            if not self._channel_closed():
+                raise
+            self._skip("rejecting")
+
+
+class GreenplaceTask(Task):  # type: ignore[misc]
+    """The base of every task of the app: only its request class differs from Celery's."""
+
+    Request = f"{__name__}:ClosedChannelSafeRequest"
 
 
 def _ssl_options(settings: Settings) -> dict[str, Any] | None:
@@ -101,7 +181,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     kombu_redis.QoS.restore_at_shutdown = False  # see the module docstring
     limit = settings.task_time_limit_s
     soft = max(1.0, limit - 3.0)
-    app = Celery("greenplace", broker=settings.broker_url,
+    app = Celery("greenplace", broker=settings.broker_url, task_cls=GreenplaceTask,
                  include=["greenplace.scheduler.worker.tasks"])
     ssl_options = _ssl_options(settings)
     app.conf.update(
@@ -127,9 +207,11 @@ def create_app(settings: Settings | None = None) -> Celery:
             "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
             "unacked_restore_throttle": 1,
             "unacked_mutex_expire": 30,
-            "socket_connect_timeout": 5,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
             "global_keyprefix": settings.broker_key_prefix,
         },
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         broker_use_ssl=ssl_options,
         worker_send_task_events=False,
         task_send_sent_event=False,

@@ -9,17 +9,42 @@ Design choice: follow-ups are sent after the state change they follow is
 committed. A worker that dies in between leaves the job in a state whose
 message is redelivered (acks_late) or, at worst, found by reconcile's stall
 sweep; sending first could dispatch a job whose state change never happened.
+
+**Redis outages: fail fast, end cleanly.** Root cause of the workers that stopped
+after a 30 s outage (``Soft time limit exceeded`` then ``Unrecoverable error:
+UnicodeDecodeError``, exit 0): during the outage a task's Redis I/O retried for
+seconds (the store's client, Celery's publish retries), then the task raised
+(``autoretry_for`` -> ``retry`` -> ``Reject`` whose traceback rides back to the
+main process). Meanwhile the worker's main process sat in its reconnect loop,
+reading no results; when Redis came back its timers fired at once for every task
+that had run during the outage, and the hard time limit SIGKILLed pool processes
+that were still writing a multi-kilobyte failure result into their pipe. The
+main process then read a torn message and stopped. So now:
+
+- every Redis call is bounded (``store.redis_client``: 2 quick retries, 2 s connect
+  and 5 s read timeouts; the broker: ``app.PUBLISH_RETRY_POLICY`` and socket
+  timeouts), so a task in an outage ends within a few seconds;
+- a task never raises on Redis trouble, a lost broker or its soft time limit
+  (``_run``): it logs one line and returns None, whose result is a few bytes (one
+  atomic pipe write, which a kill cannot tear). It first asks for a retry in a
+  few seconds; when even that publish fails (the broker is the same Redis), its
+  message is left to the broker: the ack goes to a closed channel,
+  which ``app.ClosedChannelSafeRequest`` skips, and the visibility sweep
+  redelivers the message once Redis is back; where it was acknowledged
+  anyway, reconcile's stall sweep re-enqueues the job.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
-from celery import Celery, Task, shared_task
-from celery.exceptions import MaxRetriesExceededError
+from celery import Celery, Task, bootsteps, shared_task, signals
+from celery.exceptions import MaxRetriesExceededError, Reject, SoftTimeLimitExceeded
+from kombu import exceptions as kombu_exceptions
 
 from greenplace.scheduler.dispatch import (
     Context,
@@ -31,15 +56,20 @@ from greenplace.scheduler.dispatch import (
     terminate_job,
 )
 from greenplace.scheduler.exceptions import JobNotFoundError
-from greenplace.scheduler.store import JobStore, redis_client, utc_now
+from greenplace.scheduler.store import open_store, utc_now
 from greenplace.scheduler.worker.app import settings_of
+from greenplace.scheduler.worker.heartbeat import Heartbeat
 
 log = logging.getLogger("greenplace.tasks")
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# Redis (store or broker) unreachable: what a task gives up on at once.
+OUTAGE_ERRORS = (*REDIS_ERRORS, kombu_exceptions.OperationalError)
 # Lock waits and transient provider errors both retry; dispatch_job caps the
 # transient ones at MAX_TRANSIENT_RETRIES, this caps the total.
 MAX_TASK_RETRIES = 20
+# A task that met a Redis outage asks to run again this much later (seconds).
+OUTAGE_RETRY_S = 3.0
 
 _CONTEXTS: dict[tuple[int, int], Context] = {}
 
@@ -50,9 +80,7 @@ def context(app: Celery) -> Context:
     found = _CONTEXTS.get(key)
     if found is None:
         settings = settings_of(app)
-        store = JobStore(redis_client(settings.redis_url, ca_cert=settings.redis_ca_cert),
-                         prefix=settings.key_prefix)
-        found = _CONTEXTS[key] = Context.build(settings, store)
+        found = _CONTEXTS[key] = Context.build(settings, open_store(settings))
     return found
 
 
@@ -63,70 +91,102 @@ def enqueue(app: Celery, followups: Iterable[Followup]) -> None:
                       countdown=f.countdown_s or None)
 
 
+def _retry(task: Task, countdown_s: float, what: str) -> None:
+    """Send this task again in ``countdown_s``; never raises (see the module docstring).
+
+    ``throw=False``: the task then returns normally; its message is acknowledged and
+    the new one carries on. A publish that fails (broker down) leaves the message to
+    redelivery.
+    """
+    try:
+        task.retry(countdown=countdown_s, max_retries=MAX_TASK_RETRIES, throw=False)
+    except MaxRetriesExceededError:
+        log.warning("%s: gave up after %d retries; reconcile will pick it up", what,
+                    MAX_TASK_RETRIES)
+    except Reject as exc:  # Celery's answer to a failed publish
+        log.warning("%s: cannot send its retry (%s); the message is redelivered or "
+                    "reconcile picks the job up", what, exc.reason)
+
+
 def _finish(task: Task, outcome: Outcome, what: str) -> None:
     log.info("%s: %s", what, outcome.message)
     enqueue(task.app, outcome.followups)
     if outcome.retry_in_s is not None:
-        try:
-            raise task.retry(countdown=outcome.retry_in_s, max_retries=MAX_TASK_RETRIES)
-        except MaxRetriesExceededError:
-            log.warning("%s: gave up after %d retries; reconcile will pick it up", what,
-                        MAX_TASK_RETRIES)
+        _retry(task, outcome.retry_in_s, what)
 
 
-# A Redis outage (restart, failover) retries the task with backoff, 5 times at most.
-@shared_task(name="greenplace.place", bind=True, autoretry_for=REDIS_ERRORS, retry_backoff=1,
-             retry_backoff_max=10, retry_jitter=True, max_retries=5)
+def _run(task: Task, what: str, work: Callable[[], Outcome | None]) -> None:
+    """Run one task's work and finish it; Redis trouble or the soft time limit end it
+    quietly (one log line, a result of a few bytes) instead of raising, asking for a
+    retry a few seconds later."""
+    try:
+        outcome = work()
+        if outcome is not None:
+            _finish(task, outcome, what)
+    except JobNotFoundError:
+        log.warning("%s: no such job (store flushed?)", what)
+    except OUTAGE_ERRORS as exc:
+        _again(task, what, f"Redis unavailable ({type(exc).__name__}: {exc})")
+    except SoftTimeLimitExceeded:
+        # A slow step (a first import, a loaded machine, a slow cloud API): everything
+        # it did is recorded step by step, so the retry carries on where it stopped.
+        _again(task, what, "soft time limit reached")
+
+
+def _again(task: Task, what: str, why: str) -> None:
+    log.warning("%s: %s; trying again in %.0f s", what, why, OUTAGE_RETRY_S)
+    try:
+        _retry(task, OUTAGE_RETRY_S, what)
+    except OUTAGE_ERRORS:
+        log.warning("%s: cannot send its retry; the message is redelivered", what)
+
+
+@shared_task(name="greenplace.place", bind=True)
 def place(self: Task, job_id: str) -> None:
     """Place a QUEUED job (freeze its ranked decision), then launch attempt 1 in the same task."""
-    try:
-        outcome = place_and_dispatch(context(self.app), job_id, now=utc_now())
-    except JobNotFoundError:
-        log.warning("place %s: no such job (store flushed?)", job_id)
-        return
-    _finish(self, outcome, f"place {job_id}")
+    _run(self, f"place {job_id}",
+         lambda: place_and_dispatch(context(self.app), job_id, now=utc_now()))
 
 
-# A Redis outage (restart, failover) retries the task with backoff, 5 times at most.
-@shared_task(name="greenplace.dispatch", bind=True, autoretry_for=REDIS_ERRORS, retry_backoff=1,
-             retry_backoff_max=10, retry_jitter=True, max_retries=5)
+@shared_task(name="greenplace.dispatch", bind=True)
 def dispatch(self: Task, job_id: str, attempt: int) -> None:
     """Launch attempt ``attempt`` of a job (prepare + idempotent submit; never waits for boot)."""
-    try:
-        outcome = dispatch_job(context(self.app), job_id, int(attempt),
-                               retries=self.request.retries, now=utc_now())
-    except JobNotFoundError:
-        log.warning("dispatch %s: no such job (store flushed?)", job_id)
-        return
-    _finish(self, outcome, f"dispatch {job_id} attempt {attempt}")
+    _run(self, f"dispatch {job_id} attempt {attempt}",
+         lambda: dispatch_job(context(self.app), job_id, int(attempt),
+                              retries=self.request.retries, now=utc_now()))
 
 
-# A Redis outage (restart, failover) retries the task with backoff, 5 times at most.
-@shared_task(name="greenplace.terminate", bind=True, autoretry_for=REDIS_ERRORS, retry_backoff=1,
-             retry_backoff_max=10, retry_jitter=True, max_retries=5)
+@shared_task(name="greenplace.terminate", bind=True)
 def terminate(self: Task, job_id: str) -> None:
     """Delete the instance of a job that ended (cancelled or finished); reconcile repeats it
     until the cloud confirms."""
+    _run(self, f"terminate {job_id}",
+         lambda: terminate_job(context(self.app), job_id, now=utc_now()))
+
+
+def _pass(what: str, work: Callable[[], None]) -> None:
+    """One pass of a periodic task (reconcile, gc, prune): Redis trouble or the soft time
+    limit end this pass with one log line; the next pass carries on."""
     try:
-        outcome = terminate_job(context(self.app), job_id, now=utc_now())
-    except JobNotFoundError:
-        return
-    _finish(self, outcome, f"terminate {job_id}")
+        work()
+    except OUTAGE_ERRORS as exc:
+        log.warning("%s skipped: Redis unavailable (%s)", what, exc)
+    except SoftTimeLimitExceeded:
+        log.warning("%s stopped at its soft time limit; the next pass goes on", what)
 
 
 @shared_task(name="greenplace.reconcile", bind=True)
 def reconcile_task(self: Task) -> None:
     """Beat's periodic pass: follow RUNNING jobs, release DEFERRED ones, recover lost ones."""
-    ctx = context(self.app)
-    budget_s = max(1.0, ctx.settings.task_time_limit_s - 10.0)
-    try:
+    def work() -> None:
+        ctx = context(self.app)
+        budget_s = max(1.0, ctx.settings.task_time_limit_s - 10.0)
         outcome = reconcile(ctx, now=utc_now(), budget_s=budget_s)
-    except REDIS_ERRORS as exc:
-        log.warning("reconcile skipped: Redis unavailable (%s)", exc)
-        return
-    if outcome.followups or any(outcome.counts.values()):
-        log.info("reconcile: %s", outcome.message)
-    enqueue(self.app, outcome.followups)
+        if outcome.followups or any(outcome.counts.values()):
+            log.info("reconcile: %s", outcome.message)
+        enqueue(self.app, outcome.followups)
+
+    _pass("reconcile", work)
 
 
 @shared_task(name="greenplace.gc", bind=True)
@@ -136,21 +196,20 @@ def gc_task(self: Task, provider: str | None = None, region: str | None = None) 
     and stays well inside the time limit however many regions are in use."""
     from greenplace.scheduler.gc import sweep
 
-    ctx = context(self.app)
-    try:
+    def work() -> None:
+        ctx = context(self.app)
         if provider is None or region is None:
             for name, where in ctx.store.regions_used():
                 self.app.send_task("greenplace.gc", args=[name, where])
             return
         rows = sweep(ctx.store, {provider: ctx.providers.by_name(provider)},
                      [(provider, region)], dry_run=False)
-    except REDIS_ERRORS as exc:
-        log.warning("gc skipped: Redis unavailable (%s)", exc)
-        return
-    for row in rows:
-        if row.action not in ("kept", "gone"):
-            log.info("gc: %s %s %s (%s): %s", row.action, row.provider, row.instance_id or "",
-                     row.region, row.reason)
+        for row in rows:
+            if row.action not in ("kept", "gone"):
+                log.info("gc: %s %s %s (%s): %s", row.action, row.provider,
+                         row.instance_id or "", row.region, row.reason)
+
+    _pass("gc", work)
 
 
 @shared_task(name="greenplace.noop")
@@ -166,18 +225,55 @@ PRUNE_BATCH = 5000
 def prune_task(self: Task) -> None:
     """The retention sweep (``GREENPLACE_RETENTION_DAYS``): delete final jobs that ended
     longer ago, in batches that stay well inside the task time limit."""
-    ctx = context(self.app)
-    keep_s = ctx.settings.retention_s
-    if keep_s is None:
-        return
-    budget_s = max(1.0, ctx.settings.task_time_limit_s - 10.0)
-    try:
+    def work() -> None:
+        ctx = context(self.app)
+        keep_s = ctx.settings.retention_s
+        if keep_s is None:
+            return
+        budget_s = max(1.0, ctx.settings.task_time_limit_s - 10.0)
         result = ctx.store.prune(older_than_s=keep_s, limit=PRUNE_BATCH, budget_s=budget_s)
-    except REDIS_ERRORS as exc:
-        log.warning("prune skipped: Redis unavailable (%s)", exc)
-        return
-    if result.pruned or result.kept_deleting:
-        log.info("prune: %d final job(s) deleted; %d kept until their instance is deleted",
-                 len(result.pruned), len(result.kept_deleting))
-    if result.more and result.pruned:
-        self.app.send_task("greenplace.prune")
+        if result.pruned or result.kept_deleting:
+            log.info("prune: %d final job(s) deleted; %d kept until their instance is deleted",
+                     len(result.pruned), len(result.kept_deleting))
+        if result.more and result.pruned:
+            self.app.send_task("greenplace.prune")
+
+    _pass("prune", work)
+
+
+_HEARTBEATS: list[Heartbeat] = []
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Start this worker's heartbeat once its consumer is connected (main process); it
+    stops writing when the worker leaves its running state."""
+    blueprint = getattr(getattr(sender, "controller", None), "blueprint", None)
+
+    def running() -> bool:
+        return blueprint is None or blueprint.state == bootsteps.RUN
+
+    store = open_store(settings_of(sender.app))
+    _HEARTBEATS.append(Heartbeat(store, sender.hostname, alive=running).start())
+
+
+@signals.worker_shutting_down.connect
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    while _HEARTBEATS:
+        _HEARTBEATS.pop().stop()
+
+
+@signals.worker_init.connect
+def _import_adapters(sender: Any = None, **_: Any) -> None:
+    """Import the routed providers' adapters (and cloud SDKs) in the worker's main process,
+    before it forks its pool, so no task pays for an import inside its time limit."""
+    from greenplace.providers.registry import import_adapter
+    from greenplace.scheduler.exceptions import GreenplaceError
+
+    settings = settings_of(sender.app)
+    for name in sorted(set(settings.providers.values())):
+        try:
+            import_adapter(name)
+        except GreenplaceError as exc:  # said again, to the job, when the adapter is used
+            log.warning("cannot load the %s adapter: %s", name, exc)

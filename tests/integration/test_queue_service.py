@@ -120,7 +120,7 @@ def test_a_redis_restart_with_aof_loses_no_job(service: Service, redis_server: R
                                                ) -> None:
     service.write_sim(run_time_s=1.0, api_latency_s=0.2)
     jobs = write_jobs(service.tmp / "jobs.yaml", [training_job(f"r{i}") for i in range(16)])
-    service.start_worker()
+    worker = service.start_worker()
     service.start_beat()
     ids = service.submit(jobs)
     store = service.store()
@@ -131,6 +131,47 @@ def test_a_redis_restart_with_aof_loses_no_job(service: Service, redis_server: R
     redis_server.start()
     service.wait_states(ids, {S.SUCCEEDED}, timeout_s=240)
     one_instance_per_job(service, ids)
+    assert worker.popen.poll() is None, worker.output()[-3000:]
+
+
+def test_the_worker_rides_out_a_redis_outage(service: Service, redis_server: RedisServer
+                                             ) -> None:
+    """Redis down for longer than the task time limit, in the middle of a batch: the worker
+    stays up, no job is lost or launched twice, and its heartbeat resumes."""
+    service.write_sim(run_time_s=1.0, api_latency_s=0.05)
+    jobs = write_jobs(service.tmp / "jobs.yaml", [training_job(f"o{i}") for i in range(60)])
+    worker = service.start_worker()
+    service.start_beat()
+    ids = service.submit(jobs)
+    store = service.store()
+    wait_for(lambda: store.count(S.SUCCEEDED) >= 5, timeout_s=90,
+             what="the batch to be under way", interval_s=0.05)
+    redis_server.stop()  # shut down; nothing answers on its port
+    time.sleep(10.0)  # > GREENPLACE_TASK_TIME_LIMIT_S (8 s)
+    redis_server.start()
+    service.wait_states(ids, {S.SUCCEEDED}, timeout_s=240)
+    one_instance_per_job(service, ids)
+    assert worker.popen.poll() is None, worker.output()[-3000:]
+    assert "Unrecoverable error" not in worker.output()
+    status = service.cli("status")
+    assert status.returncode == 0 and "no greenplace worker" not in status.stderr
+
+
+def test_a_worker_that_cannot_go_on_exits_non_zero(service: Service, redis_server: RedisServer
+                                                   ) -> None:
+    """An error Celery cannot recover from (here: Redis refuses the worker's BRPOP under an
+    ACL change) ends `greenplace worker` with a non-zero code, so a supervisor that restarts
+    on failure restarts it."""
+    admin = redis_server.client()
+    admin.acl_setuser("gpworker", enabled=True, passwords=["+worker-pw"], keys=["*"],
+                      channels=["*"], commands=["+@all"])
+    url = redis_server.url.replace("redis://", "redis://gpworker:worker-pw@")
+    service.env = {**service.env, "GREENPLACE_REDIS_URL": url}
+    worker = service.start_worker()
+    admin.acl_setuser("gpworker", commands=["-brpop"])
+    code = worker.popen.wait(timeout=60)
+    assert code != 0, worker.output()[-3000:]
+    assert "Unrecoverable error" in worker.output()
 
 
 def test_capacity_errors_fail_over_and_exhaustion_is_unschedulable(service: Service) -> None:

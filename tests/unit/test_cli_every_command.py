@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = str(REPO / "examples" / "jobs.yaml")
 ALL = ("table", "json", "csv")
 NO_CSV = ("table", "json")
-NO_WORKER = "no greenplace worker answered within 1 s"
+NO_WORKER = "no greenplace worker has ever been seen"
 
 # (arguments, output modes, exit code): every command that needs no service.
 OFFLINE: list[tuple[list[str], tuple[str, ...], int]] = [
