@@ -78,7 +78,6 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.worker.request import Request
-from kombu import exceptions as kombu_exceptions
 from kombu.transport import redis as kombu_redis
 
 from greenplace.scheduler.settings import Settings, load_settings
@@ -242,15 +241,4 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
-
-
-def worker_answers(celery_app: Celery, *, timeout_s: float = 1.0) -> bool:
-    """Whether at least one worker answers a ping within ``timeout_s`` (returns on the first).
-
-    A broker that cannot be reached counts as no answer: the caller only warns.
-    """
-    try:
-        return bool(celery_app.control.ping(timeout=timeout_s, limit=1))
-    except (OSError, kombu_exceptions.OperationalError):
-        return False
 

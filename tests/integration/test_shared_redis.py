@@ -14,11 +14,11 @@ from typing import Any
 from greenplace.providers.local_sim import LocalSim, load_sim_config
 from greenplace.scheduler.settings import load_settings
 from greenplace.scheduler.store import JobState, JobStore, redis_client
-from greenplace.scheduler.worker.app import create_app, worker_answers
+from greenplace.scheduler.worker.app import create_app
 from tests.integration.conftest import Proc, Service, training_job, wait_for, write_jobs
 from tests.redisproc import RedisServer
 
-NO_WORKER = "no greenplace worker answered"
+NO_WORKER = "no greenplace worker has ever been seen"
 
 
 class PrefixedService(Service):
@@ -60,8 +60,9 @@ def test_two_prefixes_share_one_redis(tmp_path: Path, redis_server: RedisServer)
         apps = [create_app(load_settings(svc.env)) for svc in (blue, green)]
         try:
             blue_app, green_app = apps
-            assert worker_answers(blue_app, timeout_s=10)
-            assert not worker_answers(green_app, timeout_s=1)
+            # Celery's control messages (pidbox) are under the prefix too
+            assert blue_app.control.ping(timeout=10, limit=1)
+            assert not green_app.control.ping(timeout=1, limit=1)
         finally:
             for a in apps:
                 a.close()
@@ -70,8 +71,8 @@ def test_two_prefixes_share_one_redis(tmp_path: Path, redis_server: RedisServer)
         blue_ids = blue.submit(write_jobs(tmp_path / "b.yaml", [training_job("b1"),
                                                                 training_job("b2")]))
 
-        # the default deployment's status shows its own jobs only, and blue's worker does
-        # not answer its ping
+        # the default deployment's status shows its own jobs only, and blue's worker's
+        # heartbeat is not seen by it
         seen_by_green = green.cli("status", "--output", "json")
         assert NO_WORKER in seen_by_green.stderr
         assert sorted(r["job_id"] for r in json.loads(seen_by_green.stdout)) == sorted(green_ids)
