@@ -9,7 +9,7 @@ import click
 from greenplace.scheduler.exceptions import UnknownNameError
 from greenplace.scheduler.output import print_rows
 from greenplace.scheduler.settings import Settings, load_settings
-from greenplace.scheduler.store import reachable
+from greenplace.scheduler.store import open_store, reachable
 
 
 def sweep_targets(settings: Settings, used: list[tuple[str, str]], *, all_regions: bool,
@@ -58,7 +58,6 @@ def sweep_targets(settings: Settings, used: list[tuple[str, str]], *, all_region
 def gc_cmd(dry_run: bool, all_regions: bool, providers: tuple[str, ...],
            regions: tuple[str, ...], output: str) -> None:
     """Delete every greenplace-managed instance whose job is final, unknown or superseded."""
-    from greenplace.scheduler.commands.queue import open_store
     from greenplace.scheduler.dispatch import Providers
     from greenplace.scheduler.gc import sweep
 

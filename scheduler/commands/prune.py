@@ -12,10 +12,10 @@ from collections import Counter
 
 import click
 
-from greenplace.scheduler.exceptions import UserInputError
+from greenplace.scheduler.exceptions import UserInputError, shown
 from greenplace.scheduler.output import print_json, print_table
 from greenplace.scheduler.settings import load_settings
-from greenplace.scheduler.store import FinalJob, reachable
+from greenplace.scheduler.store import FinalJob, open_store, reachable
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -30,7 +30,7 @@ def parse_duration_s(text: str) -> float:
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise UserInputError(
-            f"--older-than {text!r} is not a duration. To fix: write a number and one unit, "
+            f"--older-than {shown(text)} is not a duration. To fix: write a number and one unit, "
             "d (days), h (hours), m (minutes) or s (seconds): 30d, 12h, 90m, 45s.")
     return float(match[1]) * _UNIT_S[match[2]]
 
@@ -49,8 +49,6 @@ def _row(job: FinalJob, action: str) -> dict[str, str]:
               show_default=True, help="table for people, json for machines")
 def prune_cmd(older_than: str | None, dry_run: bool, output: str) -> None:
     """Delete final jobs (record and events) that ended longer ago than the retention period."""
-    from greenplace.scheduler.commands.queue import open_store
-
     keep_s = parse_duration_s(older_than) if older_than is not None else None
     settings = load_settings()
     label = older_than.strip() if older_than is not None else f"{settings.retention_days:g}d"

@@ -391,4 +391,4 @@ def sim_instances_cmd(output: str) -> None:
           r["state"]] for r in rows])
 
 
-__all__ = ["open_store", "submit_jobs"]
+__all__ = ["submit_jobs"]
