@@ -49,7 +49,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "worker": ("queue", "worker_cmd",
         "Run a Celery worker with greenplace's options (acks late, prefetch 1, JSON only)."),
     "beat": ("queue", "beat_cmd",
-        "Run Celery beat: it sends `reconcile` and the leak sweep `gc` on their intervals."),
+        "Run Celery beat: it sends `reconcile`, the leak sweep `gc` and `prune` on schedule."),
     "sim": ("queue", "sim_group", "Inspect the local-sim provider (the simulated multi-cloud)."),
     "signals": ("signals", "signals_cmd",
         "Current carbon signal values per source, and which one the fallback chain uses."),

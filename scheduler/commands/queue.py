@@ -353,7 +353,7 @@ def worker_cmd(concurrency: int, pool: str, queues: str | None, loglevel: str,
 @click.option("--schedule", type=click.Path(path_type=Path), hidden=True,
               help="ignored: beat keeps its schedule in Redis (accepted for old scripts)")
 def beat_cmd(loglevel: str, schedule: Path | None) -> None:
-    """Run Celery beat: it sends `reconcile` and the leak sweep `gc` on their intervals.
+    """Run Celery beat: it sends `reconcile`, the leak sweep `gc` and `prune` on schedule.
 
     Run two or more for failover: the one holding the beat lease in Redis sends,
     the others stand by and take over within about one lease.
