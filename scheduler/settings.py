@@ -170,7 +170,6 @@ def load_limits(environ: Mapping[str, str] | None = None) -> Limits:
                           "says what each one means).")
     return limits
 
-# --- end of the limits block ---
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
