@@ -171,7 +171,6 @@ def load_limits(environ: Mapping[str, str] | None = None) -> Limits:
     return limits
 
 
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Validated service settings; build with ``load_settings()``."""
