@@ -379,7 +379,7 @@ def _begin_move(ctx: Context, attempt: int, target: int, placement: Placement) -
 
 
 def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
-    """Place a QUEUED job and launch its first attempt, in one task and 4 round trips.
+    """Place a QUEUED job and launch its first attempt, in one task and 5 round trips.
 
     Under the job's dispatch lock (taken with the read), the moves QUEUED -> PLACED
     -> DISPATCHING are written in one script call, then the launch runs exactly as
@@ -416,6 +416,7 @@ def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcom
         summary = decision.summary(explain=False)
         target = choose_target(placements, (), cooling)
         assert target is not None
+        store.save_explain(job_id, decision.candidate_table())
         placed_move = _placed_move(decision, summary, placements, expect=S.QUEUED)
         placed, begun = store.transitions(job_id, [
             placed_move, _begin_move(ctx, 1, target, placements[target])], now=now)
