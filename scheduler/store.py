@@ -30,6 +30,13 @@ key                            holds
                                ``scheduler/worker/heartbeat.py``)
 ``gp:cooldowns``               zset: exhausted (cloud, region, instance type) -> until
 ``gp:nudge:{id}``              reconcile re-enqueued this stalled job recently
+``gp:metrics:placement_s``     hash: the placement latency histogram (these
+                               ``metrics`` keys: see ``scheduler/metrics.py``)
+``gp:metrics:dispatches``      hash: ``{cloud}|{outcome}`` -> launch attempts
+``gp:metrics:failovers``       hash: ``{cloud}|{reason}`` -> failovers
+``gp:metrics:co2e``            hash: placed jobs, their estimated CO2e and savings
+``gp:metrics:signal_errors``   hash: ``{source}|{reason}`` -> failed signal calls
+``gp:metrics:signal_at``       zset: live signal source -> newest observed_at
 =============================  ======================================================
 
 Retention: ``prune`` deletes final jobs (record, events, index entries, nudge key)

@@ -124,7 +124,7 @@ def _health_routes(app: FastAPI) -> None:
         """Prometheus metrics of the whole fleet (counters kept in Redis by every worker)."""
         from greenplace.scheduler.metrics import render_metrics
 
-        body, content_type = render_metrics(app.state.store)
+        body, content_type = render_metrics(app.state.store)  # RedisError: the 503 handler
         return Response(body, media_type=content_type)
 
 
