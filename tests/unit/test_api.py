@@ -338,3 +338,21 @@ def test_regions_and_offers_are_the_clis_rows(api: Api) -> None:
     assert offers["offers"] and {o["cloud"] for o in offers["offers"]} == {"gcp"}
     unknown = api.call("GET", "/v1/offers?accelerator=H1000", api.alpha)
     assert unknown.status_code == 422 and "Did you mean" in unknown.json()["detail"]
+
+
+def test_metrics_need_a_token_and_count_the_fleet(api: Api) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ids = api.submit(api.alpha, "m-1", "m-2")
+    api.launch(ids[0])
+    response = api.call("GET", "/metrics", api.alpha)
+    assert response.status_code == 200 and response.headers["content-type"].startswith(
+        "text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(response.text)
+               for s in family.samples}
+    assert samples[("greenplace_jobs", (("state", "QUEUED"),))] == 1
+    launched = api.store.get(ids[0]).state
+    assert samples[("greenplace_jobs", (("state", str(launched)),))] == 1
+    assert samples[("greenplace_placement_duration_seconds_count", ())] == 1
+    assert samples[("greenplace_jobs_placed_total", ())] == 1
