@@ -202,3 +202,11 @@ def test_the_readme_creates_the_secret_that_prod_reads() -> None:
     for words in creates:
         assert words[words.index("generic") + 1] == "greenplace-secrets"
         assert words[words.index("-n") + 1] == "greenplace"
+
+
+def test_the_released_overlays_pin_the_project_version(
+        rendered: dict[str, list[Manifest]]) -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    images = {c["image"] for c in _greenplace_containers(rendered["prod"])}
+    assert {image.rpartition(":")[2] for image in images} == {version}
+
