@@ -90,3 +90,10 @@ def read_dockerfile(path: Path = DEPLOY / "Dockerfile") -> Dockerfile:
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     return loaded
+
+
+def greenplace_services() -> dict[str, dict[str, Any]]:
+    """The compose services that run the greenplace image (built from deploy/Dockerfile)."""
+    return {name: service for name, service in compose()["services"].items()
+            if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile"}
+

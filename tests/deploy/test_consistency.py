@@ -22,6 +22,7 @@ from tests.deploy.deployfiles import (
     Manifest,
     compose,
     find,
+    greenplace_services,
     pod_spec,
     read_dockerfile,
 )
@@ -40,12 +41,6 @@ def _env_file_names(path: Path) -> set[str]:
             if line.strip() and not line.lstrip().startswith("#")}
 
 
-def _greenplace_services() -> dict[str, dict[str, Any]]:
-    """The compose services that run the greenplace image (they share its build)."""
-    return {name: service for name, service in compose()["services"].items()
-            if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile"}
-
-
 def _greenplace_containers(manifests: list[Manifest]) -> list[dict[str, Any]]:
     return [c for m in manifests if m["kind"] in ("Deployment", "StatefulSet")
             for c in pod_spec(m)["containers"] if "greenplace" in c["image"]]
@@ -55,7 +50,7 @@ def _image_commands(rendered: dict[str, list[Manifest]]) -> dict[str, list[str]]
     """Every argument list the image is started with: where -> arguments after ENTRYPOINT."""
     dockerfile = read_dockerfile()
     commands = {"Dockerfile CMD": dockerfile.cmd}
-    for name, service in _greenplace_services().items():
+    for name, service in greenplace_services().items():
         commands[f"compose {name}"] = service.get("command", dockerfile.cmd)
     for overlay, manifests in rendered.items():
         for container in _greenplace_containers(manifests):
@@ -170,7 +165,7 @@ def test_prometheus_reads_its_token_from_the_mounted_secret() -> None:
 
 def test_compose_keeps_secrets_in_env_files_and_redis_appendonly() -> None:
     services = compose()["services"]
-    for name, service in _greenplace_services().items():
+    for name, service in greenplace_services().items():
         assert service["env_file"] == "greenplace.env", name
         assert not [v for v in service.get("environment", {}) if "PASSWORD" in v], name
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name

@@ -28,7 +28,13 @@ from pathlib import Path
 import pytest
 
 from greenplace.scheduler.cli import LAZY_COMMANDS
-from tests.deploy.deployfiles import REPO, Manifest, compose, pod_spec, read_dockerfile
+from tests.deploy.deployfiles import (
+    REPO,
+    Manifest,
+    greenplace_services,
+    pod_spec,
+    read_dockerfile,
+)
 
 # Not marked integration: the whole module takes about 8 s (the wheel build), and it needs
 # neither Redis nor a worker process.
@@ -81,10 +87,9 @@ def _entry_commands() -> dict[str, list[str]]:
     """Where -> the full command line the image starts (ENTRYPOINT + CMD or the given one)."""
     dockerfile = read_dockerfile()
     commands = {"Dockerfile": [*dockerfile.entrypoint, *dockerfile.cmd]}
-    for name, service in compose()["services"].items():
-        if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile":
-            commands[f"compose {name}"] = [*dockerfile.entrypoint,
-                                           *service.get("command", dockerfile.cmd)]
+    for name, service in greenplace_services().items():
+        commands[f"compose {name}"] = [*dockerfile.entrypoint,
+                                       *service.get("command", dockerfile.cmd)]
     return commands
 
 
@@ -99,8 +104,9 @@ def test_the_console_script_answers(venv: Path) -> None:
 def test_each_entry_command_starts(venv: Path, where: str) -> None:
     argv = _entry_commands()[where]
     command = argv[1]
-    if command not in LAZY_COMMANDS:
-        # TODO(issue 11): `greenplace api` arrives with the lead's HTTP API change.
+    if command == "api" and "api" not in LAZY_COMMANDS:
+        # TODO(issue 11): `greenplace api` arrives with the lead's HTTP API change; any other
+        # unknown command fails below (click: "No such command").
         pytest.skip(f"`greenplace {command}` is not a command yet (not in "
                     "greenplace.scheduler.cli.LAZY_COMMANDS): the HTTP API change adds it")
     out = _run(venv, [*argv, "--help"])
