@@ -27,10 +27,7 @@ from tests.deploy.deployfiles import (
     read_dockerfile,
 )
 
-# TODO(issue 11, the lead's HTTP API change): `api` and `admin` join LAZY_COMMANDS with the
-# API; drop this set then, so that they are checked like every other command.
-COMMANDS_BEING_ADDED = frozenset({"api", "admin"})
-KNOWN_COMMANDS = frozenset(LAZY_COMMANDS) | COMMANDS_BEING_ADDED
+KNOWN_COMMANDS = frozenset(LAZY_COMMANDS)
 SOURCE_DIRS = (REPO / "scheduler", REPO / "providers")
 ENV_NAME = re.compile(r"\bGREENPLACE_[A-Z0-9_]+\b")
 
