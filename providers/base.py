@@ -138,7 +138,12 @@ class AgentAccess:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LaunchRequest:
-    """The exact request an adapter will send; JSON-serialisable, free of secrets."""
+    """The exact request an adapter will send; JSON-serialisable, free of credentials.
+
+    Its startup script may carry the job's agent token (``JobLaunch.agent``): scoped to
+    that job's telemetry and expiring, it is the one secret a machine is handed. A dry
+    run's request never has one.
+    """
 
     provider: str
     cloud: str

@@ -27,7 +27,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from greenplace.providers.base import USER_DATA_LIMITS_BYTES, JobLaunch, startup_script
+from greenplace.providers.base import (
+    USER_DATA_LIMITS_BYTES,
+    AgentAccess,
+    JobLaunch,
+    startup_script,
+)
 from greenplace.scheduler.exceptions import SHOWN_PATH_CHARS, SpecError, shown
 
 # 100,000 jobs (DEFAULT_MAX_JOBS) take 14-15 MiB as YAML or JSON lines with short
@@ -42,6 +47,11 @@ DEFAULT_MAX_JOBS = 100_000  # the largest batch benchmarks/README.md measures en
 # Room for the job id in the boot script: ids are 16 hex characters
 # (``store.new_job_id``); 64 keeps the limit valid if they ever grow (a UUID is 36).
 JOB_ID_ALLOWANCE_CHARS = 64
+# Room for the agent's API URL (GREENPLACE_AGENT_API_URL is refused above this) and its
+# token (``scheduler.tokens``: "gpt_" + 32 random bytes in URL-safe base64, 47 characters;
+# tests/unit/test_tokens.py checks it), which the boot script exports when an API is set.
+AGENT_API_URL_MAX_CHARS = 256
+AGENT_TOKEN_CHARS = 47
 # Control characters (C0, DEL, C1) other than tab and newline: a NUL ends a C string
 # early in cloud APIs and shells, a carriage return breaks a bash command line.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -51,8 +61,9 @@ _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
 def _boot_script_bytes(run: str) -> int:
+    agent = AgentAccess(api_url="h" * AGENT_API_URL_MAX_CHARS, token="t" * AGENT_TOKEN_CHARS)
     launch = JobLaunch(job_id="0" * JOB_ID_ALLOWANCE_CHARS, name="-", run=run, policy="-",
-                       attempt=1)
+                       attempt=1, agent=agent)
     return len(startup_script(launch).encode())
 
 

@@ -60,11 +60,12 @@ commands that need no other setting):
 - ``GREENPLACE_MAX_DEPTH`` (32, from 8 to 200): how deep lists and mappings may
   nest in a jobs or policy file (YAML or JSON); a valid jobs file nests 6 deep.
 - ``GREENPLACE_MAX_JOBS`` (100000): the most jobs in one jobs file.
-- ``GREENPLACE_MAX_RUN_BYTES`` (derived: 16,074 with today's boot script): the most
+- ``GREENPLACE_MAX_RUN_BYTES`` (derived: 15,709 with today's boot script): the most
   bytes a job's ``run`` may take in the boot script (UTF-8, each ``'`` counts 5).
   The default is the smallest adapter user-data limit (EC2's 16 KiB) minus the boot
-  script around an empty command, so any job loaded can launch on every cloud; the
-  most it may be raised to is the same for the largest limit (GCE's 256 KiB).
+  script around an empty command (with room for the agent's API URL and token), so any
+  job loaded can launch on every cloud; the most it may be raised to is the same for
+  the largest limit (GCE's 256 KiB).
 
 Design choice: the timings are linked. A message delivered to a worker that
 dies stays invisible for the visibility timeout; it must exceed the longest a
@@ -96,6 +97,7 @@ from types import MappingProxyType
 
 from greenplace.scheduler.exceptions import ConfigError, shown
 from greenplace.scheduler.limits import (
+    AGENT_API_URL_MAX_CHARS,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_JOBS,
@@ -431,9 +433,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "that long")
     limits = _limits(env, problems)
     agent_api_url = env.get("GREENPLACE_AGENT_API_URL", "").strip() or None
-    if agent_api_url is not None and not agent_api_url.startswith(("http://", "https://")):
-        problems.append(f"GREENPLACE_AGENT_API_URL={agent_api_url[:64]!r} must start with "
-                        "http:// or https:// (the API as the cloud machines reach it)")
+    if agent_api_url is not None and (
+            not agent_api_url.startswith(("http://", "https://"))
+            or len(agent_api_url) > AGENT_API_URL_MAX_CHARS or "'" in agent_api_url):
+        problems.append(f"GREENPLACE_AGENT_API_URL={shown(agent_api_url, quote=False)!r} must "
+                        f"be an http:// or https:// URL of at most {AGENT_API_URL_MAX_CHARS} "
+                        "characters (the API as the cloud machines reach it)")
     if visibility < task_limit + MAX_COUNTDOWN_S + 5:
         problems.append(
             f"GREENPLACE_VISIBILITY_TIMEOUT_S ({visibility:g}) must be at least the task "

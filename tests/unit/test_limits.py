@@ -8,16 +8,25 @@ and it names the limit's setting; nothing is stored (these are the same loader p
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 
 import pytest
 
 from greenplace.providers import aws
-from greenplace.providers.base import USER_DATA_LIMITS_BYTES, JobLaunch, Placement, startup_script
+from greenplace.providers.base import (
+    USER_DATA_LIMITS_BYTES,
+    AgentAccess,
+    JobLaunch,
+    Placement,
+    startup_script,
+)
 from greenplace.scheduler.cli import main
 from greenplace.scheduler.exceptions import ConfigError, UnknownNameError, shown
 from greenplace.scheduler.limits import (
+    AGENT_API_URL_MAX_CHARS,
+    AGENT_TOKEN_CHARS,
     DEFAULT_MAX_RUN_BYTES,
     JOB_ID_ALLOWANCE_CHARS,
     MAX_SCRIPT_BYTES_PER_CHAR,
@@ -25,6 +34,7 @@ from greenplace.scheduler.limits import (
 )
 from greenplace.scheduler.settings import Limits, load_limits, load_settings
 from greenplace.scheduler.store import new_job_id
+from greenplace.scheduler.tokens import TOKEN_BYTES
 
 JOB = "name: a\nrun: x\nresources: {accelerators: {A100: 8}}\nwork: {hours: 1}\n"
 MAX_ERROR_CHARS = 1500  # ten problems of cut names, plus the path
@@ -158,9 +168,20 @@ def test_jobs_per_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 # ------------------------------------------------------------------------- run
 
 
+def _longest_agent() -> AgentAccess:
+    """The agent access with the longest URL the settings accept, and a real token."""
+    token = "gpt_" + secrets.token_urlsafe(TOKEN_BYTES)
+    assert len(token) == AGENT_TOKEN_CHARS  # what the limit leaves room for
+    url = "https://" + "a" * (AGENT_API_URL_MAX_CHARS - 8)
+    assert load_settings({"GREENPLACE_AGENT_API_URL": url}).agent_api_url == url
+    with pytest.raises(ConfigError, match="GREENPLACE_AGENT_API_URL"):
+        load_settings({"GREENPLACE_AGENT_API_URL": url + "a"})
+    return AgentAccess(api_url=url, token=token)
+
+
 def test_the_default_run_limit_is_derived_from_the_adapters() -> None:
     launch = JobLaunch(job_id="0" * JOB_ID_ALLOWANCE_CHARS, name="a", run="", policy="p",
-                       attempt=1)
+                       attempt=1, agent=_longest_agent())
     overhead = len(startup_script(launch).encode())
     assert DEFAULT_MAX_RUN_BYTES == min(USER_DATA_LIMITS_BYTES.values()) - overhead
     assert min(USER_DATA_LIMITS_BYTES.values()) == aws.MAX_USER_DATA_BYTES  # EC2's 16 KiB
@@ -177,13 +198,15 @@ def test_a_run_at_the_limit_fits_aws_and_one_byte_more_does_not(quotes: int) -> 
     assert run_bytes(at_limit) == DEFAULT_MAX_RUN_BYTES
     place = Placement(cloud="aws", region="us-east-1", instance_type="p4d.24xlarge",
                       accelerator="A100", accelerator_count=8, spot=False)
-    # the longest job id the limit allows for: the script is EC2's limit, to the byte
+    # the longest job id and agent URL the limit allows for: the script is EC2's limit,
+    # to the byte
+    agent = _longest_agent()
     job = JobLaunch(job_id="f" * JOB_ID_ALLOWANCE_CHARS, name="a", run=at_limit,
-                    policy="balanced", attempt=1)
+                    policy="balanced", attempt=1, agent=agent)
     request = aws.create({}).prepare(job, place)
     assert len(request.startup_script.encode()) == aws.MAX_USER_DATA_BYTES
     over = JobLaunch(job_id=job.job_id, name="a", run=at_limit + "x", policy="balanced",
-                     attempt=1)
+                     attempt=1, agent=agent)
     with pytest.raises(Exception, match="UserDataTooLarge|user data"):
         aws.create({}).prepare(over, place)
 
