@@ -57,10 +57,10 @@ import typing  # noqa: E402
 import yaml  # noqa: E402
 
 from greenplace.scheduler.catalog import load_catalog  # noqa: E402
-from greenplace.scheduler.commands.queue import submit_jobs  # noqa: E402
 from greenplace.scheduler.dispatch import Providers, plan  # noqa: E402
 from greenplace.scheduler.jobs import load_jobs  # noqa: E402
 from greenplace.scheduler.placement import Placer  # noqa: E402
+from greenplace.scheduler.service import submit  # noqa: E402
 from greenplace.scheduler.settings import load_settings  # noqa: E402
 from greenplace.scheduler.store import JobState, JobStore, redis_client, utc_now  # noqa: E402
 
@@ -162,7 +162,7 @@ def main() -> None:
         # Warm up: pool processes load the catalog and open connections.
         for _ in range(20):
             app.send_task("greenplace.noop")
-        submit_jobs(store, app, jobs[:20])
+        submit(store, app, jobs[:20], team="bench")
         wait(lambda: store.count(JobState.RUNNING) == 20, timeout_s=120, poll_s=0.05)
         _drain(client, CONTROL_QUEUE)
         where = "a Unix socket" if args.unix_socket else "TCP loopback"
@@ -231,7 +231,7 @@ def _drive_jobs(app, store, worker, jobs, *, running: int, before=None  # type: 
     jobs are RUNNING). ``before`` runs between the two."""
     os.killpg(worker.pid, signal.SIGSTOP)
     start = time.perf_counter()
-    submit_jobs(store, app, jobs)
+    submit(store, app, jobs, team="bench")
     submit_s = time.perf_counter() - start
     if before is not None:
         before()

@@ -121,6 +121,19 @@ class JobLaunch:
     run: str
     policy: str
     attempt: int
+    agent: AgentAccess | None = None  # where the job's agent reports, when an API is set
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentAccess:
+    """The API a job's agent reports to, and the token scoped to that job's telemetry.
+
+    The token is the one secret a boot script carries: it may only post this job's
+    telemetry, and it expires when unused (``scheduler/tokens.py``). ``repr`` hides it.
+    """
+
+    api_url: str
+    token: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,11 +281,15 @@ def startup_script(job: JobLaunch) -> str:
     instance (an Azure VM shut down from inside stays allocated and billed until
     it is deleted).
     """
-    quoted = job.run.replace("'", "'\"'\"'")
+    quoted = _quoted(job.run)
+    agent = "" if job.agent is None else (
+        f"export GREENPLACE_API_URL='{_quoted(job.agent.api_url)}'\n"
+        f"export GREENPLACE_AGENT_TOKEN='{_quoted(job.agent.token)}'\n")
     return (
         "#!/bin/bash\n"
         "set -uo pipefail\n"
         f"export GREENPLACE_JOB_ID='{job.job_id}'\n"
+        f"{agent}"
         f"bash -lc '{quoted}'\n"
         "status=$?\n"
         f"line=\"{EXIT_MARKER}$status\"\n"
@@ -283,6 +300,11 @@ def startup_script(job: JobLaunch) -> str:
         "sync\n"
         "shutdown -h now\n"
     )
+
+
+def _quoted(text: str) -> str:
+    """``text`` for the inside of a single-quoted shell word."""
+    return text.replace("'", "'\"'\"'")
 
 
 def exit_code_in(console_text: str) -> int | None:

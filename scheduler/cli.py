@@ -26,6 +26,10 @@ _COMMANDS_PACKAGE = "greenplace.scheduler.commands"
 
 # name -> (module in scheduler/commands, attribute, the command's one-line help)
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "admin": ("admin", "admin_group",
+        "Administer the service: API tokens of teams (needs direct Redis access)."),
+    "api": ("api", "api_cmd",
+        "Serve the HTTP API (/v1), the dashboard (/) and /metrics; tokens from `admin token`."),
     "catalog": ("catalog", "catalog_group",
         "The embedded catalog (regions, accelerators, offers): check its figures."),
     "dry-run": ("placement", "dry_run",
@@ -50,6 +54,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run a Celery worker with greenplace's options (acks late, prefetch 1, JSON only)."),
     "beat": ("queue", "beat_cmd",
         "Run Celery beat: it sends `reconcile`, the leak sweep `gc` and `prune` on schedule."),
+    "report": ("report", "report_cmd",
+        "Energy, CO2e, cost and savings vs baseline of launched jobs: totals, groups, jobs."),
     "sim": ("queue", "sim_group", "Inspect the local-sim provider (the simulated multi-cloud)."),
     "signals": ("signals", "signals_cmd",
         "Current carbon signal values per source, and which one the fallback chain uses."),

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from greenplace.providers.base import (
+    AgentAccess,
     Feature,
     InstanceHandle,
     InstanceState,
@@ -223,10 +224,26 @@ def frozen_ranking(decision: PlacementDecision) -> list[Placement]:
     return decision.placements(limit=keep)
 
 
-def job_launch(job_id: str, job: Job, *, attempt: int) -> JobLaunch:
+def job_launch(job_id: str, job: Job, *, attempt: int,
+               agent: AgentAccess | None = None) -> JobLaunch:
     """The job facts a provider gets for one launch attempt."""
     return JobLaunch(job_id=job_id, name=job.name, run=job.spec.run, policy=job.policy.name,
-                     attempt=attempt)
+                     attempt=attempt, agent=agent)
+
+
+def agent_access(ctx: Context, record: JobRecord) -> AgentAccess | None:
+    """A new agent token for this launch, when the API's URL for agents is set.
+
+    Design choice: each attempt mints its own token rather than storing one: the record
+    never holds a secret, and a retried submit that finds the instance of an earlier
+    call leaves that instance with its own (still valid) token.
+    """
+    if ctx.settings.agent_api_url is None:
+        return None
+    from greenplace.scheduler.tokens import Tokens
+
+    token = Tokens(ctx.store).mint_agent(job_id=record.job_id, team=record.team)
+    return AgentAccess(api_url=ctx.settings.agent_api_url, token=token)
 
 
 def rebuild_job(record: JobRecord, catalog: Catalog) -> Job:
@@ -305,6 +322,7 @@ def apply_decision(ctx: Context, record: JobRecord, decision: PlacementDecision,
     summary = decision.summary(explain=False)
     placements = frozen_ranking(decision)
     job_id = record.job_id
+    ctx.store.save_explain(job_id, decision.candidate_table())  # first: the job page reads it
     try:
         if not decision.placed:
             reason = _rejection_text(summary)
@@ -605,7 +623,8 @@ def _launch(ctx: Context, record: JobRecord, placement: Placement, *, attempt: i
                 "provider that has them in GREENPLACE_PROVIDERS.",
                 provider=provider.name, operation="dispatch", code="MissingFeature")
         job = job or rebuild_job(record, ctx.catalog)
-        request = provider.prepare(job_launch(record.job_id, job, attempt=attempt), placement)
+        launch = job_launch(record.job_id, job, attempt=attempt, agent=agent_access(ctx, record))
+        request = provider.prepare(launch, placement)
         ctx.store.launched_in(provider.name, placement.region)  # before: an answer may be lost
         return provider.submit(request, idempotency_key=idempotency_key(record.job_id, attempt))
     except GreenplaceError:

@@ -8,6 +8,8 @@
     │   └── UnknownNameError          unknown accelerator, region, preset... ("Did you mean")
     ├── CatalogError                  the embedded catalog failed schema validation
     ├── ConfigError                   settings / environment are unusable (exit 2)
+    ├── AccessError                   no token, a bad or revoked one, or one not for this (exit 2)
+    ├── RemoteError                   the API (GREENPLACE_API_URL) answered with an error
     ├── StoreError                    job store problems
     │   ├── JobNotFoundError
     │   └── IllegalTransitionError    a state change the job's life cycle forbids
@@ -102,6 +104,21 @@ class ConfigError(GreenplaceError):
     """Settings or environment variables are unusable."""
 
     exit_code = 2
+
+
+class AccessError(GreenplaceError):
+    """An API token is missing, unknown, revoked, or not allowed to do this."""
+
+    exit_code = 2
+
+
+class RemoteError(GreenplaceError):
+    """The greenplace API answered a client call with an error (its message is kept)."""
+
+    def __init__(self, message: str, *, status: int, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+        self.exit_code = exit_code
 
 
 class StoreError(GreenplaceError):

@@ -41,6 +41,7 @@ from yaml.nodes import MappingNode, ScalarNode
 from greenplace.scheduler.exceptions import SpecError, shown
 from greenplace.scheduler.limits import (
     depth_error,
+    file_size_error,
     jobs_count_error,
     json_depth_position,
     too_deep,
@@ -61,8 +62,11 @@ class RawJob:
     line: int | None  # 1-based line the job starts on, when known
 
 
-def read_jobs(path: Path, limits: Limits) -> Iterator[RawJob]:
+def read_jobs(path: Path, limits: Limits, *, content: bytes | None = None) -> Iterator[RawJob]:
     """The raw jobs of a jobs file, in file order.
+
+    ``content``: the file's bytes when they did not come from a file (an API request
+    body); ``path`` then only names them in errors.
 
     Raises (while iterating):
         SpecError: a missing or unreadable file, broken YAML or JSON (with line and
@@ -70,7 +74,10 @@ def read_jobs(path: Path, limits: Limits) -> Iterator[RawJob]:
             job, or a file over ``limits`` (size, nesting depth, number of jobs). A
             problem at the top level after the ``jobs:`` list is raised after its jobs.
     """
-    content = read_bytes(path, what="jobs", max_bytes=limits.file_bytes)
+    if content is None:
+        content = read_bytes(path, what="jobs", max_bytes=limits.file_bytes)
+    elif len(content) > limits.file_bytes:
+        raise file_size_error(path, what="jobs", max_bytes=limits.file_bytes)
     suffix = path.suffix.lower()
     if suffix in JSON_LINES_SUFFIXES or (suffix != ".json" and _json_lines(content)):
         raw_jobs = _read_json_lines(path, content, max_depth=limits.depth)

@@ -18,7 +18,13 @@ from pathlib import Path
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from greenplace.policies.model import DEFAULT_POLICY, Policy, SpotMode, load_policy
+from greenplace.policies.model import (
+    DEFAULT_POLICY,
+    Policy,
+    SpotMode,
+    load_policy,
+    preset_names,
+)
 from greenplace.scheduler.catalog import Catalog
 from greenplace.scheduler.exceptions import SpecError, UnknownNameError, UserInputError, shown
 from greenplace.scheduler.jobfile import RawJob, kind_of, read_jobs
@@ -191,7 +197,7 @@ def _job_label(raw: object, index: int, line: int | None) -> str:
 def load_jobs(
     path: Path, catalog: Catalog, *, policy: Policy | None = None,
     override_policy: bool = False, now: dt.datetime | None = None,
-    limits: Limits | None = None,
+    limits: Limits | None = None, content: bytes | None = None, policy_files: bool = True,
 ) -> list[Job]:
     """Load, validate and resolve every job of a jobs file; all or nothing.
 
@@ -205,6 +211,10 @@ def load_jobs(
             such job records the name it lost in ``Job.replaced_policy``).
         now: when given, a deadline at or before it is an input error.
         limits: what the file may hold (default: ``GREENPLACE_MAX_*`` from the environment).
+        content: the file's bytes when they come from elsewhere (an API request body);
+            ``path`` then only names them in errors.
+        policy_files: whether a job's `policy:` may name a policy file. The API says
+            False: a request must not make the server read its own files.
 
     Raises:
         SpecError / UnknownNameError: naming file, job and field. Broken syntax or a
@@ -212,12 +222,12 @@ def load_jobs(
         ConfigError: a ``GREENPLACE_MAX_*`` variable is unusable.
     """
     limits = limits or load_limits()
-    raw_jobs = read_jobs(path, limits)
+    raw_jobs = read_jobs(path, limits, content=content)
     try:
         with _collector_paused():
             return _resolve_all(path, raw_jobs, catalog, policy=policy,
                                 override_policy=override_policy, now=now,
-                                max_run_bytes=limits.run_bytes)
+                                max_run_bytes=limits.run_bytes, policy_files=policy_files)
     except UserInputError:
         for _ in raw_jobs:  # the rest of the file may hold a problem that explains more
             pass
@@ -244,7 +254,7 @@ def _collector_paused() -> Iterator[None]:
 
 def _resolve_all(
     path: Path, raw_jobs: Iterable[RawJob], catalog: Catalog, *, policy: Policy | None,
-    override_policy: bool, now: dt.datetime | None, max_run_bytes: int,
+    override_policy: bool, now: dt.datetime | None, max_run_bytes: int, policy_files: bool,
 ) -> list[Job]:
     policies: dict[str, Policy] = {}
     jobs: list[Job] = []
@@ -271,6 +281,11 @@ def _resolve_all(
             job_policy = policy
         else:
             ref = spec.policy or DEFAULT_POLICY
+            if not policy_files and ref not in preset_names():
+                raise SpecError(
+                    f"{where}, field 'policy': {shown(ref)} is not a preset, and the API reads "
+                    f"no policy files. To fix: name a preset ({', '.join(preset_names())}), "
+                    "or submit with the CLI against Redis to use a policy file.")
             if ref not in policies:
                 try:
                     policies[ref] = load_policy(ref, base_dir=path.parent)

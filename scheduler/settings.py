@@ -193,6 +193,9 @@ class Settings:
     key_prefix: str = DEFAULT_KEY_PREFIX
     beat_lease_s: float = 10.0  # see scheduler/worker/beat.py
     limits: Limits = field(default_factory=Limits)
+    # The API's URL as the cloud machines reach it: when set, dispatch mints a per-job agent
+    # token and hands both to the boot script (GREENPLACE_API_URL, GREENPLACE_AGENT_TOKEN).
+    agent_api_url: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -427,6 +430,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"({10 * interval:g} s), or a beat failover would leave RUNNING jobs unfollowed "
             "that long")
     limits = _limits(env, problems)
+    agent_api_url = env.get("GREENPLACE_AGENT_API_URL", "").strip() or None
+    if agent_api_url is not None and not agent_api_url.startswith(("http://", "https://")):
+        problems.append(f"GREENPLACE_AGENT_API_URL={agent_api_url[:64]!r} must start with "
+                        "http:// or https:// (the API as the cloud machines reach it)")
     if visibility < task_limit + MAX_COUNTDOWN_S + 5:
         problems.append(
             f"GREENPLACE_VISIBILITY_TIMEOUT_S ({visibility:g}) must be at least the task "
@@ -443,5 +450,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         exit_code_wait_s=exit_wait, gc_interval_s=gc_interval, signals=signals,
         retention_days=retention_days, prune_interval_s=prune_interval, key_prefix=key_prefix,
         beat_lease_s=beat_lease,
-        limits=limits,
+        limits=limits, agent_api_url=agent_api_url,
     )

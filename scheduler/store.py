@@ -11,6 +11,11 @@ key                            holds
                                attempts, provider handle, timestamps, reasons)
 ``gp:job:{id}:events``         list: the append-only event history (JSON per event)
 ``gp:jobs``                    zset: every job id, scored by submission time
+``gp:team:{team}``             zset: the team's job ids, scored by submission time
+``gp:job:{id}:explain``        string: the frozen decision's candidate table (JSON,
+                               bounded: ``EXPLAIN_FEASIBLE`` + ``EXPLAIN_REJECTED`` rows)
+``gp:token:{sha256}``          hash: an API token's team, role, name (never the token)
+``gp:tokens``                  hash: token id -> its sha256 (``scheduler/tokens.py``)
 ``gp:state:{STATE}``           zset: the ids in that state, scored by when they
                                entered it; DEFERRED ones by their not-before time
 ``gp:terminate``               set: final jobs whose instance must still be deleted
@@ -70,6 +75,7 @@ from greenplace.scheduler.exceptions import (
     ConfigError,
     IllegalTransitionError,
     JobNotFoundError,
+    UserInputError,
     shown,
 )
 from greenplace.scheduler.jobs import Job
@@ -183,8 +189,9 @@ return {taken and 1 or 0, fields, redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[3], 
 _PRUNE_LUA = """
 local p, id, cutoff = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local job, events = p .. 'job:' .. id, p .. 'job:' .. id .. ':events'
-local read = redis.call('HMGET', job, 'state', 'attempt', 'name')
+local read = redis.call('HMGET', job, 'state', 'attempt', 'name', 'team')
 local state, attempt, name = read[1], tonumber(read[2]) or 0, read[3] or ''
+local team = read[4]
 local status, score = 'pruned', ''
 if not state then
   state = ARGV[5]
@@ -203,10 +210,25 @@ else
   end
 end
 if ARGV[6] == '1' then return {'prunable', state, score, name} end
-redis.call('DEL', job, events, p .. 'nudge:' .. id)
+redis.call('DEL', job, events, job .. ':explain', p .. 'nudge:' .. id)
 redis.call('ZREM', p .. 'jobs', id)
+if team then redis.call('ZREM', p .. 'team:' .. team, id) end
 redis.call('ZREM', p .. 'state:' .. state, id)
 return {status, state, score, name}
+"""
+
+# An agent's report, on a job that still exists (a pruned job's late report must not
+# recreate a partial record). KEYS: job hash. ARGV: the energy measured since the command
+# started, in kWh ('' = none; kept only when above the stored one, so a resent report
+# counts once), then field/value pairs.
+_TELEMETRY_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' then
+  local was = tonumber(redis.call('HGET', KEYS[1], 'measured_energy_kwh') or '-1')
+  if tonumber(ARGV[1]) > was then redis.call('HSET', KEYS[1], 'measured_energy_kwh', ARGV[1]) end
+end
+for k = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[k], ARGV[k + 1]) end
+return 1
 """
 
 _RELEASE_LUA = """
@@ -251,11 +273,24 @@ def checked_job_id(job_id: str) -> str:
     before it reaches Redis, with the same message as an unknown one.
     """
     if JOB_ID_PATTERN.fullmatch(job_id) is None:
-        raise _no_such_job(job_id)
+        raise job_not_found(job_id)
     return job_id
 
 
-def _no_such_job(job_id: str) -> JobNotFoundError:
+DEFAULT_TEAM = "default"
+_TEAM = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def checked_team(team: str) -> str:
+    """``team`` when it is a valid team name (it becomes part of Redis keys), else an error."""
+    if not _TEAM.fullmatch(team):
+        raise UserInputError(
+            f"team {shown(team)} is not a valid team name. To fix: use 1 to 63 lower-case "
+            "letters, digits and '-', starting with a letter or digit.")
+    return team
+
+
+def job_not_found(job_id: str) -> JobNotFoundError:
     return JobNotFoundError(
         f"No job has id {shown(job_id)} (final jobs are deleted GREENPLACE_RETENTION_DAYS after "
         "they end). To fix: use an id printed by `greenplace submit` or listed by "
@@ -302,6 +337,7 @@ class JobRecord:
 
     job_id: str
     name: str
+    team: str
     state: JobState
     spec: dict[str, Any]  # JobSpec.model_dump(mode="json")
     policy_text: str  # Policy.model_dump_json(): the policy as submitted
@@ -319,6 +355,9 @@ class JobRecord:
     terminated_at: str  # when the job's instance was confirmed deleted
     exit_code: int | None  # the command's exit code, read back from the console
     exited_at: str  # when the instance was first seen powered off without a readable code
+    agent_seen_at: str  # the job's agent's last telemetry call ('' = never)
+    agent_exit_code: int | None  # the exit code the agent reported
+    measured_energy_kwh: float | None  # the sum of the agent's energy samples
     created_at: str
     updated_at: str
 
@@ -349,6 +388,7 @@ class JobRecord:
         return {
             "job_id": self.job_id,
             "name": self.name,
+            "team": self.team,
             "state": str(self.state),
             "cloud": p.cloud if p else None,
             "region": p.region if p else None,
@@ -392,6 +432,7 @@ def _record(fields: Mapping[str, str]) -> JobRecord:
     return JobRecord(
         job_id=fields["job_id"],
         name=fields["name"],
+        team=fields.get("team") or DEFAULT_TEAM,
         state=JobState(fields["state"]),
         spec=loads("spec", {}),
         policy_text=fields.get("policy", "{}"),
@@ -409,6 +450,11 @@ def _record(fields: Mapping[str, str]) -> JobRecord:
         terminated_at=fields.get("terminated_at", ""),
         exit_code=int(fields["exit_code"]) if fields.get("exit_code") else None,
         exited_at=fields.get("exited_at", ""),
+        agent_seen_at=fields.get("agent_seen_at", ""),
+        agent_exit_code=(int(fields["agent_exit_code"]) if fields.get("agent_exit_code")
+                         else None),
+        measured_energy_kwh=(float(fields["measured_energy_kwh"])
+                             if fields.get("measured_energy_kwh") else None),
         created_at=fields.get("created_at", ""),
         updated_at=fields.get("updated_at", ""),
     )
@@ -553,6 +599,7 @@ class NewJob:
 
     job_id: str
     job: Job
+    team: str = DEFAULT_TEAM
 
 
 class JobStore:
@@ -565,6 +612,7 @@ class JobStore:
         self._release = client.register_script(_RELEASE_LUA)
         self._lock_and_read = client.register_script(_LOCK_AND_READ_LUA)
         self._prune = client.register_script(_PRUNE_LUA)
+        self._telemetry = client.register_script(_TELEMETRY_LUA)
         self._regions_recorded: set[str] = set()  # what launched_in wrote already
 
     # keys ---------------------------------------------------------------------------
@@ -576,6 +624,9 @@ class JobStore:
 
     def _state_key(self, state: JobState) -> str:
         return f"{self.prefix}:state:{state}"
+
+    def _team_key(self, team: str) -> str:
+        return f"{self.prefix}:team:{checked_team(team)}"
 
     @property
     def _terminate_key(self) -> str:
@@ -591,12 +642,14 @@ class JobStore:
             job = new.job
             score = moment.timestamp() + index * 1e-6  # keeps the file's order
             pipe.hset(self._job_key(new.job_id), mapping={
-                "job_id": new.job_id, "name": job.name, "state": str(S.QUEUED),
+                "job_id": new.job_id, "name": job.name, "team": new.team,
+                "state": str(S.QUEUED),
                 "spec": _dumps(job.spec.model_dump(mode="json")),
                 "policy": policy_text(job.policy),
                 "attempt": "0", "target": "-1", "created_at": stamp, "updated_at": stamp,
             })
             pipe.zadd(f"{self.prefix}:jobs", {new.job_id: score})
+            pipe.zadd(self._team_key(new.team), {new.job_id: score})
             pipe.zadd(self._state_key(S.QUEUED), {new.job_id: score})
             pipe.rpush(self._events_key(new.job_id), _dumps({
                 "from": "", "at": stamp, "kind": "transition", "to": str(S.QUEUED),
@@ -608,7 +661,7 @@ class JobStore:
         """The job's record. Raises JobNotFoundError."""
         fields = cast(dict[str, str], self.client.hgetall(self._job_key(job_id)))
         if not fields:
-            raise _no_such_job(job_id)
+            raise job_not_found(job_id)
         return _record(fields)
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
@@ -617,6 +670,51 @@ class JobStore:
         for job_id in job_ids:
             pipe.hgetall(self._job_key(job_id))
         return [_record(f) for f in pipe.execute() if f]
+
+    def newest_ids(self, *, team: str | None, before: tuple[float, str] | None = None,
+                   count: int = 100, min_score: float | None = None) -> list[tuple[str, float]]:
+        """Up to ``count`` (id, submission score), newest first, of one team or of all.
+
+        ``before``: the (score, id) of the last row of the previous page; the page starts
+        just after it (ties on the score are broken by id, as Redis orders them).
+        ``min_score``: the oldest submission time (epoch seconds) to include.
+        """
+        key = f"{self.prefix}:jobs" if team is None else self._team_key(team)
+        top: float | str = "+inf" if before is None else before[0]
+        rows = self.client.zrevrangebyscore(key, top, "-inf" if min_score is None else min_score,
+                                            start=0,
+                                            num=count + (0 if before is None else count),
+                                            withscores=True)
+        out = [(str(i), float(s)) for i, s in rows]
+        if before is not None:
+            score, last = before
+            out = [(i, s) for i, s in out if s < score or (s == score and i < last)]
+        return out[:count]
+
+    def save_explain(self, job_id: str, candidates: Sequence[Mapping[str, Any]]) -> None:
+        """Keep the decision's candidate table beside the record (``job:{id}:explain``)."""
+        self.client.set(f"{self._job_key(job_id)}:explain", _dumps(list(candidates)))
+
+    def explain(self, job_id: str) -> list[dict[str, Any]]:
+        """The candidate table saved when the job was placed ([] before that)."""
+        text = self.client.get(f"{self._job_key(job_id)}:explain")
+        return cast(list[dict[str, Any]], json.loads(text)) if text else []
+
+    def record_telemetry(self, job_id: str, *, at: dt.datetime, exit_code: int | None = None,
+                         energy_kwh: float | None = None) -> bool:
+        """Note an agent's report in the record; False when the job no longer exists.
+
+        ``energy_kwh``: the energy measured since the job's command started (cumulative:
+        the largest value reported is kept, so a report sent twice counts once).
+        """
+        fields = {"agent_seen_at": iso(at)}
+        if exit_code is not None:
+            fields["agent_exit_code"] = str(exit_code)
+        pairs = [item for pair in fields.items() for item in pair]
+        done = self._telemetry(keys=[self._job_key(job_id)],
+                               args=["" if energy_kwh is None else repr(float(energy_kwh)),
+                                     *pairs])
+        return bool(done)
 
     def job_ids(self) -> list[str]:
         """Every job id, oldest submission first."""

@@ -13,7 +13,7 @@ import click
 
 from greenplace.policies.model import DEFAULT_POLICY, CarbonSignal, Policy, load_policy
 from greenplace.scheduler import estimate as est
-from greenplace.scheduler.catalog import load_catalog
+from greenplace.scheduler.catalog import Catalog, load_catalog
 from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
 from greenplace.scheduler.exceptions import UserInputError
 from greenplace.scheduler.jobs import DEFAULT_UTILIZATION, JobSpec, jobs_file_schema
@@ -323,8 +323,9 @@ def estimate_cmd(accelerator: str, count: int, hours: float, avg_power_w: float 
 _PUE_BASIS = {"region": "published for the region", "fleet": "provider's fleet average"}
 
 
-def _region_rows(cloud: str | None, accelerator: str | None, sort: str) -> list[dict[str, Any]]:
-    catalog = load_catalog()
+def region_rows(catalog: Catalog, *, cloud: str | None, accelerator: str | None,
+                sort: str) -> list[dict[str, Any]]:
+    """Catalog regions with carbon figures, PUE and cheapest accelerator-hour (CLI and API)."""
     accel = catalog.accelerator(accelerator).name if accelerator else None
     price: dict[str, float] = {}
     for o in catalog.offers:
@@ -367,7 +368,7 @@ def _region_rows(cloud: str | None, accelerator: str | None, sort: str) -> list[
 @_output
 def regions_cmd(cloud: str | None, accelerator: str | None, sort: str, output: str) -> None:
     """List catalog regions with their carbon figures, PUE and cheapest accelerator-hour."""
-    rows = _region_rows(cloud, accelerator, sort)
+    rows = region_rows(load_catalog(), cloud=cloud, accelerator=accelerator, sort=sort)
     print_rows(
         output, rows,
         title=f"{len(rows)} regions" + (f" selling {accelerator}" if accelerator else ""),

@@ -11,8 +11,9 @@ import yaml
 
 from greenplace.policies.model import Policy, preset_names
 from greenplace.scheduler.catalog import load_catalog
-from greenplace.scheduler.commands.common import load_cli_jobs, load_cli_policy
+from greenplace.scheduler.commands.common import load_cli_jobs
 from greenplace.scheduler.output import FORMATS, print_json, print_rows
+from greenplace.scheduler.submission import load_policy_option
 from greenplace.scheduler.yamlfile import read_yaml
 
 _JOB_KEYS = frozenset({"jobs", "run", "resources", "work"})
@@ -35,7 +36,7 @@ def policies_group() -> None:
 def policies_list(output: str) -> None:
     """List the preset policies (use one with --policy NAME or `policy: NAME` in a job)."""
     catalog = load_catalog()
-    rows = [policy_view(load_cli_policy(name, catalog, label=f"preset {name}"))
+    rows = [policy_view(load_policy_option(name, catalog, label=f"preset {name}"))
             for name in preset_names()]
     print_rows(
         output, rows, title=f"{len(rows)} preset policies",
@@ -55,7 +56,7 @@ def policies_list(output: str) -> None:
               show_default=True, help="table: the policy as YAML; json for machines")
 def policies_show(name_or_path: str, output: str) -> None:
     """Show one policy: a preset NAME or a policy YAML path (relative to the current folder)."""
-    policy = load_cli_policy(name_or_path, load_catalog(), label=f"policy {name_or_path!r}")
+    policy = load_policy_option(name_or_path, load_catalog(), label=f"policy {name_or_path!r}")
     if output == "json":
         print_json(policy_view(policy))
     else:
@@ -78,7 +79,7 @@ def validate_cmd(file: Path, kind: str) -> None:
         is_policy = isinstance(data, dict) and not _JOB_KEYS & set(data)
         kind = "policy" if is_policy else "jobs"
     if kind == "policy":
-        policy = load_cli_policy(str(file.absolute()), catalog, label=None)
+        policy = load_policy_option(str(file.absolute()), catalog, label=None)
         click.echo(f"OK: {file} is a valid policy ({policy.name}).")
         return
     jobs = load_cli_jobs(file, catalog, policy=None, override_policy=False,

@@ -7,14 +7,12 @@ Celery is imported only by the commands that send tasks or run a worker.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import datetime as dt
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,42 +22,24 @@ from greenplace.scheduler.catalog import load_catalog
 from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
 from greenplace.scheduler.jobs import Job
 from greenplace.scheduler.output import console, fmt, print_json, print_table
+from greenplace.scheduler.service import team_of_submission
 from greenplace.scheduler.settings import Settings, load_settings
 from greenplace.scheduler.store import (
     FINAL_STATES,
-    JobRecord,
     JobState,
     JobStore,
-    NewJob,
-    new_job_id,
     open_store,
     reachable,
     utc_now,
 )
+from greenplace.scheduler.tokens import LOCAL
 
 if TYPE_CHECKING:
-    from celery import Celery
+    from greenplace.scheduler.dispatch import Outcome
 
 _output = click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
                        show_default=True, help="table for people, json for machines")
 _BAD_STATES = frozenset({JobState.FAILED, JobState.UNSCHEDULABLE})
-
-
-def submit_jobs(store: JobStore, app: Celery, jobs: Sequence[Job]) -> list[str]:
-    """Write QUEUED records for ``jobs`` (all or none) and enqueue ``place`` for each.
-
-    If sending stops half-way (Redis gone), the records already written stay
-    QUEUED and reconcile's stall sweep enqueues them later.
-    """
-    new = [NewJob(job_id=new_job_id(), job=job) for job in jobs]
-    ids = store.create(new)
-    with app.producer_or_acquire() as producer:
-        # kombu >= 5.7 pipelines the publishes of a batch; older ones publish one by one.
-        batch = getattr(producer, "batch", None)
-        with batch() if batch is not None else contextlib.nullcontext():
-            for job_id in ids:
-                app.send_task("greenplace.place", args=[job_id], producer=producer)
-    return ids
 
 
 def _replaced(job: Job) -> dict[str, str]:
@@ -67,27 +47,9 @@ def _replaced(job: Job) -> dict[str, str]:
 
 
 def _dry_run(jobs: Sequence[Job], settings: Settings, output: str) -> None:
-    from greenplace.scheduler.dispatch import Providers, plan
-    from greenplace.scheduler.placement import Placer
+    from greenplace.scheduler.service import dry_run_rows
 
-    launches = plan(jobs, placer=Placer(load_catalog(), routes=settings.providers),
-                    providers=Providers(settings), now=utc_now())
-    rows = []
-    for launch in launches:
-        row: dict[str, Any] = {"job": launch.job.name, "policy": launch.job.policy.name,
-                               "status": "placed" if launch.request else "unschedulable",
-                               "start_at": launch.decision.start_at,
-                               **_replaced(launch.job)}
-        if launch.request is None:
-            row["reasons"] = launch.decision.summary()["reasons"]
-        else:
-            row.update(provider=launch.provider, cloud=launch.request.cloud,
-                       region=launch.request.region,
-                       instance_type=launch.request.instance_type,
-                       request=dataclasses.asdict(launch.request),
-                       fallbacks=[f"{p.cloud}:{p.region}:{p.instance_type}"
-                                  for p in launch.fallbacks[:10]])
-        rows.append(row)
+    rows = dry_run_rows(jobs, settings, now=utc_now())
     if output == "json":
         print_json(rows)
     else:
@@ -107,33 +69,59 @@ def _dry_run(jobs: Sequence[Job], settings: Settings, output: str) -> None:
         raise click.exceptions.Exit(1)
 
 
+_team = click.option("--team", help="the team the jobs belong to [default: GREENPLACE_TEAM, "
+                     "else 'default'; through the API: the token's team]")
+
+
 @click.command("submit")
 @click.argument("jobs_file", type=click.Path(path_type=Path))
 @policy_options
 @click.option("--dry-run", is_flag=True,
               help="print each job's placement and exact launch request; no Redis, no cloud")
+@_team
 @_output
 def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_run: bool,
-               output: str) -> None:
-    """Queue every job of JOBS_FILE and print their ids (nothing is written on bad input)."""
+               team: str | None, output: str) -> None:
+    """Queue every job of JOBS_FILE and print their ids (nothing is written on bad input).
+
+    With GREENPLACE_API_URL and GREENPLACE_TOKEN set, the file goes to that API (a job's
+    `policy:` must then name a preset) and nothing here needs Redis.
+    """
+    from greenplace.scheduler.client import remote
+
+    client = None if dry_run else remote()
+    if client is not None:
+        result = client.submit(jobs_file, policy=policy, override_policy=override_policy,
+                               team=team)
+        for note in result.get("notes", []):
+            click.echo(note, err=True)
+        _print_submitted(result["jobs"], output)
+        return
     settings = load_settings()
     jobs = load_cli_jobs(jobs_file, load_catalog(), policy=policy,
                          override_policy=override_policy, now=utc_now())
     if dry_run:
         _dry_run(jobs, settings, output)
         return
+    from greenplace.scheduler.service import submit
     from greenplace.scheduler.worker.app import app
 
+    owner = team_of_submission(LOCAL, team or os.environ.get("GREENPLACE_TEAM") or None)
     store = open_store(settings)
     with reachable(settings.redacted_redis_url):
-        ids = submit_jobs(store, app, jobs)
+        ids = submit(store, app, jobs, team=owner)
     _warn_without_worker(store)
+    _print_submitted([{"job_id": i, "name": j.name, "state": str(JobState.QUEUED),
+                       "team": owner, **_replaced(j)} for i, j in zip(ids, jobs, strict=True)],
+                     output)
+
+
+def _print_submitted(rows: list[dict[str, Any]], output: str) -> None:
     if output == "json":
-        print_json([{"job_id": i, "name": j.name, "state": str(JobState.QUEUED), **_replaced(j)}
-                    for i, j in zip(ids, jobs, strict=True)])
+        print_json(rows)
     else:
-        for job_id, job in zip(ids, jobs, strict=True):
-            click.echo(f"{job_id}  {job.name}")
+        for row in rows:
+            click.echo(f"{row['job_id']}  {row['name']}")
 
 
 def _warn_without_worker(store: JobStore) -> None:
@@ -180,28 +168,58 @@ def _warn_without_beat(store: JobStore) -> None:
                    "run two for failover.", err=True)
 
 
-def _status_rows(store: JobStore, job_id: str | None) -> list[JobRecord]:
-    if job_id is not None:
-        return [store.get(job_id)]
-    return store.get_many(store.job_ids())
+def _status_fetch(job_id: str | None) -> Callable[[], list[dict[str, Any]]]:
+    """What `status` shows, read from the API when one is configured, else from Redis."""
+    from greenplace.scheduler.client import remote
+
+    client = remote()
+    if client is not None:
+        if job_id is not None:
+            return lambda: [client.job(job_id)]
+        return lambda: sorted(client.jobs(), key=lambda v: v["created_at"])
+    from greenplace.scheduler.service import job_view, region_pue
+
+    settings = load_settings()
+    store = open_store(settings)
+    pue = region_pue(load_catalog())
+
+    def local() -> list[dict[str, Any]]:
+        with reachable(settings.redacted_redis_url):
+            records = ([store.get(job_id)] if job_id is not None
+                       else store.get_many(store.job_ids()))
+        return [job_view(r, pue=pue(r)) for r in records]
+
+    def first() -> list[dict[str, Any]]:
+        views = local()
+        if any(v["state"] not in FINAL_STATES for v in views):
+            with reachable(settings.redacted_redis_url):
+                _warn_without_worker(store)
+                _warn_without_beat(store)
+        return views
+
+    fetch = [first]
+    return lambda: fetch.pop()() if fetch else local()
 
 
-def _status_table(records: Sequence[JobRecord]) -> None:
+def _where(view: dict[str, Any]) -> str:
+    return f"{view['cloud']}:{view['region']}" if view["cloud"] else "-"
+
+
+def _status_table(views: Sequence[dict[str, Any]]) -> None:
     cells = []
-    for r in records:
-        s = r.summary()
-        where = f"{s['cloud']}:{s['region']}" if s["cloud"] else "-"
-        reason = (s["reason"] or "")[:80] or (f"not before {s['not_before']}"
-                                              if s["not_before"] else "")
-        cells.append([r.job_id, r.name, str(r.state), where, fmt(s["instance_type"]),
-                      fmt(s["instance_id"]), str(r.attempt), r.updated_at[11:19], reason])
+    for v in views:
+        reason = (v["reason"] or "")[:80] or (f"not before {v['not_before']}"
+                                              if v["not_before"] else "")
+        cells.append([v["job_id"], v["name"], v["team"], v["state"], _where(v),
+                      fmt(v["instance_type"]), fmt(v["instance_id"]), str(v["attempts"]),
+                      v["updated_at"][11:19], reason])
     counts: dict[str, int] = {}
-    for r in records:
-        counts[str(r.state)] = counts.get(str(r.state), 0) + 1
-    print_table(f"{len(records)} job(s)", [
-        ("job id", "left"), ("name", "left"), ("state", "left"), ("where", "left"),
-        ("instance type", "left"), ("instance", "left"), ("attempts", "right"),
-        ("updated", "left"), ("reason", "left")], cells,
+    for v in views:
+        counts[v["state"]] = counts.get(v["state"], 0) + 1
+    print_table(f"{len(views)} job(s)", [
+        ("job id", "left"), ("name", "left"), ("team", "left"), ("state", "left"),
+        ("where", "left"), ("instance type", "left"), ("instance", "left"),
+        ("attempts", "right"), ("updated", "left"), ("reason", "left")], cells,
         footer=", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 
@@ -214,63 +232,60 @@ def _status_table(records: Sequence[JobRecord]) -> None:
 @_output
 def status_cmd(job_id: str | None, watch: bool, interval: float, output: str) -> None:
     """Show jobs (all, or JOB_ID): state, where, instance, attempts, reason."""
-    settings = load_settings()
-    store = open_store(settings)
-    with reachable(settings.redacted_redis_url):
-        records = _status_rows(store, job_id)
-        if any(r.state not in FINAL_STATES for r in records):
-            _warn_without_worker(store)
-            _warn_without_beat(store)
-        if watch:
-            records = _watch(store, job_id, interval, output, records)
-        elif output == "json":
-            print_json([r.summary() for r in records])
-        else:
-            _status_table(records)
-    if any(r.state in _BAD_STATES for r in records):
+    fetch = _status_fetch(job_id)
+    views = fetch()
+    if watch:
+        views = _watch(fetch, interval, output, views)
+    elif output == "json":
+        print_json(views)
+    else:
+        _status_table(views)
+    if any(v["state"] in _BAD_STATES for v in views):
         raise click.exceptions.Exit(1)
 
 
-def _watch(store: JobStore, job_id: str | None, interval: float, output: str,
-           records: list[JobRecord]) -> list[JobRecord]:
+def _final(views: Sequence[dict[str, Any]]) -> bool:
+    return all(v["state"] in FINAL_STATES for v in views)
+
+
+def _watch(fetch: Callable[[], list[dict[str, Any]]], interval: float, output: str,
+           views: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from rich.live import Live
     from rich.table import Table
 
-    def render(rs: Sequence[JobRecord]) -> Table:
-        table = Table(title=f"{len(rs)} job(s), {dt.datetime.now():%H:%M:%S}",
+    def render(vs: Sequence[dict[str, Any]]) -> Table:
+        table = Table(title=f"{len(vs)} job(s), {dt.datetime.now():%H:%M:%S}",
                       title_justify="left")
         for name in ("job id", "name", "state", "where", "instance", "attempts", "reason"):
             table.add_column(name)
-        for r in rs:
-            s = r.summary()
-            table.add_row(r.job_id, r.name, str(r.state),
-                          f"{s['cloud']}:{s['region']}" if s["cloud"] else "-",
-                          fmt(s["instance_id"]), str(r.attempt), (s["reason"] or "")[:60])
+        for v in vs:
+            table.add_row(v["job_id"], v["name"], v["state"], _where(v),
+                          fmt(v["instance_id"]), str(v["attempts"]), (v["reason"] or "")[:60])
         return table
 
     last: dict[str, str] = {}
     try:
         if output == "json":
-            # JSON lines: one object per job each time that job's summary changes.
+            # JSON lines: one object per job each time that job's view changes.
             while True:
-                for r in records:
-                    text = json.dumps(r.summary(), default=str)
-                    if last.get(r.job_id) != text:
+                for v in views:
+                    text = json.dumps(v, default=str)
+                    if last.get(v["job_id"]) != text:
                         sys.stdout.write(text + "\n")
-                        last[r.job_id] = text
+                        last[v["job_id"]] = text
                 sys.stdout.flush()
-                if all(r.state in FINAL_STATES for r in records):
-                    return records
+                if _final(views):
+                    return views
                 time.sleep(interval)
-                records = _status_rows(store, job_id)
-        with Live(render(records), console=console(), refresh_per_second=4) as live:
-            while not all(r.state in FINAL_STATES for r in records):
+                views = fetch()
+        with Live(render(views), console=console(), refresh_per_second=4) as live:
+            while not _final(views):
                 time.sleep(interval)
-                records = _status_rows(store, job_id)
-                live.update(render(records))
+                views = fetch()
+                live.update(render(views))
     except KeyboardInterrupt:
         pass
-    return records
+    return views
 
 
 @click.command("events")
@@ -278,36 +293,52 @@ def _watch(store: JobStore, job_id: str | None, interval: float, output: str,
 @_output
 def events_cmd(job_id: str, output: str) -> None:
     """Show the event history of JOB_ID, oldest first."""
-    settings = load_settings()
-    store = open_store(settings)
-    with reachable(settings.redacted_redis_url):
-        events = store.events(job_id)
+    from greenplace.scheduler.client import remote
+
+    client = remote()
+    if client is not None:
+        events = client.events(job_id)
+    else:
+        settings = load_settings()
+        store = open_store(settings)
+        with reachable(settings.redacted_redis_url):
+            events = [e.as_json() for e in store.events(job_id)]
     if output == "json":
-        print_json([e.as_json() for e in events])
+        print_json(events)
         return
     print_table(f"events of {job_id}", [("at", "left"), ("change", "left"),
                                         ("message", "left")],
-                [[e.at, f"{e.state_from} -> {e.state_to}" if e.kind == "transition" else "note",
-                  e.message] for e in events])
+                [[e["at"], f"{e['from']} -> {e['to']}" if e["kind"] == "transition" else "note",
+                  e["message"]] for e in events])
 
 
 @click.command("cancel")
 @click.argument("job_id")
 def cancel_cmd(job_id: str) -> None:
     """Cancel JOB_ID; an instance it launched is deleted."""
-    from greenplace.scheduler.dispatch import cancel_job
+    from greenplace.scheduler.client import remote
 
-    settings = load_settings()
-    store = open_store(settings)
-    with reachable(settings.redacted_redis_url):
-        outcome = cancel_job(store, job_id, now=utc_now())
-        if outcome.followups:
-            from greenplace.scheduler.worker.app import app
-            from greenplace.scheduler.worker.tasks import enqueue
+    client = remote()
+    if client is not None:
+        result = client.cancel(job_id)
+        message, deleting = result["message"], result["instance_deletion_queued"]
+    else:
+        from greenplace.scheduler.service import cancel
 
-            enqueue(app, outcome.followups)
-    tail = "; its instance will be deleted" if outcome.followups else ""
-    click.echo(f"{job_id}: {outcome.message}{tail}")
+        settings = load_settings()
+        store = open_store(settings)
+        with reachable(settings.redacted_redis_url):
+            outcome = cancel(store, LOCAL, job_id, send=_send, now=utc_now())
+        message, deleting = outcome.message, bool(outcome.followups)
+    tail = "; its instance will be deleted" if deleting else ""
+    click.echo(f"{job_id}: {message}{tail}")
+
+
+def _send(outcome: Outcome) -> None:
+    from greenplace.scheduler.worker.app import app
+    from greenplace.scheduler.worker.tasks import enqueue
+
+    enqueue(app, outcome.followups)
 
 
 @click.command("worker")
@@ -389,6 +420,3 @@ def sim_instances_cmd(output: str) -> None:
         [[r["instance_id"], r["job_id"], r["job_name"], fmt(r["attempt"]),
           f"{r['cloud']}:{r['region']}", r["instance_type"], "yes" if r["spot"] else "no",
           r["state"]] for r in rows])
-
-
-__all__ = ["submit_jobs"]

@@ -28,7 +28,8 @@ _TYPES = [s.value for s in CarbonSignal]
 TRACES_PACKAGE = "greenplace.scheduler.signals.traces"
 
 
-def _chain(catalog: Catalog) -> SignalChain:
+def signal_chain(catalog: Catalog) -> SignalChain:
+    """The fallback chain the environment configures (CLI and API)."""
     return SignalChain.from_settings(SignalSettings.from_env(), catalog, cache=MemoryCache())
 
 
@@ -137,8 +138,10 @@ def _zone_report(chain: SignalChain, catalog: Catalog, zone: str, types: list[Ca
                          for t in types], "notes": chain.basis_notes(types)}
 
 
-def _all_regions(chain: SignalChain, catalog: Catalog, types: list[CarbonSignal],
+def all_region_signals(chain: SignalChain, catalog: Catalog, types: list[CarbonSignal],
                  now: dt.datetime) -> list[dict[str, Any]]:
+    """The fallback outcome of each signal type for every catalog region (CLI and API)."""
+
     def ask(region: Region) -> list[dict[str, Any]]:
         out = []
         for t in types:
@@ -173,14 +176,14 @@ def signals_cmd(zone: str | None, region_key: str | None, signal: str | None,
         raise UserInputError("Give --zone or --region, not both. To fix: drop one of them.")
     catalog = load_catalog()
     types = [CarbonSignal(signal)] if signal else list(CarbonSignal)
-    with _chain(catalog) as chain:
+    with signal_chain(catalog) as chain:
         now = chain.now()
         if region_key:
             report: Any = _region_report(chain, catalog.region(region_key), types, now)
         elif zone:
             report = _zone_report(chain, catalog, zone, types, now)
         else:
-            report = _all_regions(chain, catalog, types, now)
+            report = all_region_signals(chain, catalog, types, now)
         notes = chain.basis_notes(types)
     if output == "json":
         print_json(report)

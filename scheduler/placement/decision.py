@@ -175,6 +175,16 @@ class PlacementDecision:
                 "filter": FILTERS[code], "reason": self.reason(i)},
         }
 
+    def candidate_table(self, *, feasible: int = 20, rejected: int = 20) -> list[dict[str, Any]]:
+        """The best ``feasible`` candidates, then the first ``rejected`` ruled-out ones.
+
+        Design choice: what a job record keeps to explain its decision later (the job
+        page). Every candidate would be hundreds per job; the leaders and a sample of the
+        rejections (``rejections()`` names every distinct reason) explain the choice.
+        """
+        out = np.flatnonzero(self.rejected_by != FEASIBLE)[:rejected].tolist()
+        return [self.candidate(int(i)) for i in [*self.ranking[:feasible].tolist(), *out]]
+
     def rejections(self) -> list[dict[str, str]]:
         """Every distinct (region, filter, reason) that ruled a candidate out."""
         reasons = self.shape_memo.get("rejections")

@@ -1,0 +1,79 @@
+"""The `report` command: energy, CO2e, cost and savings of launched jobs (local or via API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from greenplace.scheduler.output import fmt, print_json, print_table
+
+
+@click.command("report")
+@click.option("--team", help="only this team's jobs")
+@click.option("--policy", "-p", help="only jobs placed under this policy (its name)")
+@click.option("--since", help="jobs submitted at or after this ISO 8601 time")
+@click.option("--until", help="jobs submitted before this ISO 8601 time")
+@click.option("--group-by", type=click.Choice(["team", "policy", "day"]),
+              help="also total per team, policy or day of submission")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="table for people, json for machines")
+def report_cmd(team: str | None, policy: str | None, since: str | None, until: str | None,
+               group_by: str | None, output: str) -> None:
+    """Energy, CO2e, cost and savings vs baseline of launched jobs: totals, groups, jobs.
+
+    Estimated figures are those of the placement each job really got; measured ones
+    appear once the job's agent reported energy. Through the API with
+    GREENPLACE_API_URL and GREENPLACE_TOKEN set, a member's token covers its team only.
+    """
+    from greenplace.scheduler.client import remote
+
+    client = remote()
+    if client is not None:
+        result = client.report(team=team, policy=policy, since=since, until=until,
+                               group_by=group_by)
+    else:
+        result = _local(team, policy, since, until, group_by)
+    if output == "json":
+        print_json(result)
+        return
+    _print(result)
+
+
+def _local(team: str | None, policy: str | None, since: str | None, until: str | None,
+           group_by: str | None) -> dict[str, Any]:
+    from greenplace.scheduler.catalog import load_catalog
+    from greenplace.scheduler.report import ReportQuery, report
+    from greenplace.scheduler.service import JobFilter, parse_since
+    from greenplace.scheduler.settings import load_settings
+    from greenplace.scheduler.store import open_store, reachable
+    from greenplace.scheduler.tokens import LOCAL
+
+    query = ReportQuery(where=JobFilter(team=team, policy=policy, since=parse_since(since)),
+                        until=parse_since(until), group_by=group_by)
+    settings = load_settings()
+    store = open_store(settings)
+    with reachable(settings.redacted_redis_url):
+        return report(store, LOCAL, load_catalog(), query=query)
+
+
+_COLUMNS = [("jobs", "right"), ("energy kWh", "right"), ("CO2e kg", "right"),
+            ("baseline kg", "right"), ("saved kg", "right"), ("cost USD", "right"),
+            ("measured kWh", "right"), ("measured kg", "right")]
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    return [str(row.get("jobs", 1)), fmt(row["energy_kwh"], 2), fmt(row["co2e_kg"], 3),
+            fmt(row["baseline_co2e_kg"], 3), fmt(row["savings_co2e_kg"], 3),
+            fmt(row["cost_usd"], 2), fmt(row["measured_energy_kwh"], 2),
+            fmt(row["measured_co2e_kg"], 3)]
+
+
+def _print(result: dict[str, Any]) -> None:
+    if result.get("groups") is not None:
+        print_table(f"by {result['group_by']}", [(result["group_by"], "left"), *_COLUMNS],
+                    [[g["key"], *_cells(g)] for g in result["groups"]])
+    totals = result["totals"]
+    print_table("launched jobs", [("", "left"), *_COLUMNS], [["total", *_cells(totals)]],
+                footer=f"{totals['jobs_measured']} of {totals['jobs']} job(s) measured by "
+                "their agent; the rest are estimates (Patterson et al. 2021).")

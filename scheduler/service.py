@@ -1,0 +1,278 @@
+"""The one service layer under the CLI and the HTTP API: submit, list, show, cancel.
+
+Every rule about jobs that both front ends need lives here once: which jobs a caller may
+see (``Principal``: a member sees its team's jobs only, and another team's job is "not
+found"), how a job is shown (estimated figures for the placement it really got, measured
+ones once its agent reported), how listing pages, and what cancelling does. The CLI
+prints, the API serialises; neither decides anything on its own. Reading a submission is
+in ``scheduler/submission.py``, reports in ``scheduler/report.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from greenplace.scheduler.catalog import Catalog
+from greenplace.scheduler.exceptions import UserInputError, shown
+from greenplace.scheduler.jobs import Job
+from greenplace.scheduler.store import (
+    JobRecord,
+    JobState,
+    JobStore,
+    NewJob,
+    checked_team,
+    job_not_found,
+    new_job_id,
+)
+from greenplace.scheduler.tokens import Principal
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from greenplace.scheduler.dispatch import Outcome
+    from greenplace.scheduler.settings import Settings
+
+MAX_PAGE = 500  # jobs per page of a listing
+_SCAN_PER_PAGE = 5000  # ids one listing call looks at before it returns a cursor
+
+
+# --- submitting -------------------------------------------------------------------------
+
+
+def submit(store: JobStore, app: Celery, jobs: Sequence[Job], *, team: str) -> list[str]:
+    """Write QUEUED records of ``team`` for ``jobs`` (all or none), enqueue ``place`` for each.
+
+    If sending stops half-way (Redis gone), the records already written stay QUEUED and
+    reconcile's stall sweep enqueues them later.
+    """
+    new = [NewJob(job_id=new_job_id(), job=job, team=checked_team(team)) for job in jobs]
+    ids = store.create(new)
+    with app.producer_or_acquire() as producer:
+        # kombu >= 5.7 pipelines the publishes of a batch; older ones publish one by one.
+        batch = getattr(producer, "batch", None)
+        with batch() if batch is not None else contextlib.nullcontext():
+            for job_id in ids:
+                app.send_task("greenplace.place", args=[job_id], producer=producer)
+    return ids
+
+
+def team_of_submission(principal: Principal, team: str | None) -> str:
+    """The team a submission belongs to: a member's own; an admin's choice (default 'default')."""
+    from greenplace.scheduler.store import DEFAULT_TEAM
+
+    if principal.team is None:
+        return checked_team(team or DEFAULT_TEAM)
+    if team is not None and team != principal.team:
+        raise UserInputError(f"this token belongs to team {principal.team!r} and cannot "
+                             f"submit for team {shown(team)}. To fix: drop the team, or use a "
+                             "token of that team.")
+    return principal.team
+
+
+def dry_run_rows(jobs: Sequence[Job], settings: Settings, *,
+                 now: dt.datetime) -> list[dict[str, Any]]:
+    """Where each job would go and why, with its exact first launch request (no write)."""
+    from greenplace.scheduler.catalog import load_catalog
+    from greenplace.scheduler.dispatch import Providers, plan
+    from greenplace.scheduler.placement import Placer
+
+    launches = plan(jobs, placer=Placer(load_catalog(), routes=settings.providers),
+                    providers=Providers(settings), now=now)
+    rows = []
+    for launch in launches:
+        row: dict[str, Any] = {"job": launch.job.name, "policy": launch.job.policy.name,
+                               "status": "placed" if launch.request else "unschedulable",
+                               "start_at": launch.decision.start_at}
+        if launch.job.replaced_policy:
+            row["replaced_policy"] = launch.job.replaced_policy
+        if launch.request is None:
+            row["reasons"] = launch.decision.summary()["reasons"]
+        else:
+            row.update(provider=launch.provider, cloud=launch.request.cloud,
+                       region=launch.request.region,
+                       instance_type=launch.request.instance_type,
+                       request=dataclasses.asdict(launch.request),
+                       fallbacks=[f"{p.cloud}:{p.region}:{p.instance_type}"
+                                  for p in launch.fallbacks[:10]])
+        rows.append(row)
+    return rows
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def visible_job(store: JobStore, principal: Principal, job_id: str) -> JobRecord:
+    """The job, if ``principal`` may see it; another team's job is "not found" (no probing)."""
+    record = store.get(job_id)
+    if not principal.sees_team(record.team):
+        raise job_not_found(job_id)
+    return record
+
+
+def _figures_of(record: JobRecord, candidates: Sequence[dict[str, Any]] | None
+                ) -> dict[str, Any]:
+    """Estimated figures of the placement the job really got (a fallback's, after a failover)."""
+    decision = record.decision or {}
+    figures = {name: decision.get(name) for name in ("energy_kwh", "co2e_kg", "cost_usd")}
+    placement = record.placement
+    if placement is not None and candidates:
+        for row in candidates:
+            if (row["cloud"], row["region"], row["instance_type"]) == (
+                    placement.cloud, placement.region, placement.instance_type):
+                figures = {name: row.get(name) for name in figures}
+                break
+    return figures
+
+
+def job_view(record: JobRecord, *, pue: float | None = None,
+             candidates: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One job as both front ends show it: the record's summary, estimated figures for its
+    placement, its baseline and savings, and measured figures once its agent reported.
+
+    ``pue``: the chosen region's PUE, to turn the agent's measured machine energy into
+    facility energy as the estimate counts it (None: measured CO2e is not shown).
+    """
+    decision = record.decision or {}
+    figures = _figures_of(record, candidates)
+    baseline = (decision.get("baseline") or {}).get("co2e_kg")
+    co2e = figures["co2e_kg"]
+    view = record.summary()
+    view.update(figures)
+    view["baseline_co2e_kg"] = baseline
+    view["savings_co2e_kg"] = (round(baseline - co2e, 4)
+                               if baseline is not None and co2e is not None else None)
+    measured_kwh = record.measured_energy_kwh
+    intensity = decision.get("intensity_g_per_kwh")
+    view["measured_energy_kwh"] = measured_kwh
+    view["measured_co2e_kg"] = (
+        round(measured_kwh * pue * intensity / 1000.0, 6)
+        if measured_kwh is not None and pue is not None and intensity is not None else None)
+    view["agent_seen_at"] = record.agent_seen_at or None
+    view["agent_exit_code"] = record.agent_exit_code
+    return view
+
+
+def region_pue(catalog: Catalog) -> Callable[[JobRecord], float | None]:
+    """A look-up of the PUE of a job's chosen region (None before placement)."""
+    def pue(record: JobRecord) -> float | None:
+        decision = record.decision or {}
+        if "cloud" not in decision:
+            return None
+        try:
+            return catalog.region(f"{decision['cloud']}:{decision['region']}").pue
+        except UserInputError:
+            return None
+    return pue
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """What a listing keeps; None keeps everything. ``name`` matches a part, any case."""
+
+    state: JobState | None = None
+    name: str | None = None
+    policy: str | None = None
+    team: str | None = None
+    since: dt.datetime | None = None
+
+    def keeps(self, record: JobRecord) -> bool:
+        return ((self.state is None or record.state == self.state)
+                and (self.name is None or self.name.lower() in record.name.lower())
+                and (self.policy is None or record.policy_name == self.policy)
+                and (self.team is None or record.team == self.team))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page:
+    """One page of a listing, newest first; ``next_cursor`` None on the last page."""
+
+    records: list[JobRecord]
+    next_cursor: str | None
+
+
+def _encode_cursor(score: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}|{job_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = text.split("|", 1)
+        return float(score), job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise UserInputError(f"cursor {shown(cursor)} is not one this service handed out. "
+                             "To fix: pass the next_cursor of the previous page as is, or "
+                             "start again without a cursor.") from exc
+
+
+def list_jobs(store: JobStore, principal: Principal, *, where: JobFilter, limit: int = 50,
+              cursor: str | None = None) -> Page:
+    """A page of the jobs ``principal`` may see that ``where`` keeps, newest first.
+
+    Design choice: the index holds ids by submission time (per team, and all), so a page
+    walks it from the cursor and reads records in batches; a filter that keeps few jobs
+    returns a shorter page with a cursor after ``_SCAN_PER_PAGE`` ids, so no call reads
+    the whole store.
+    """
+    if not 1 <= limit <= MAX_PAGE:
+        raise UserInputError(f"limit {limit} is out of range. To fix: ask for 1 to {MAX_PAGE} "
+                             "jobs per page.")
+    team = principal.team if principal.team is not None else where.team
+    if principal.team is not None and where.team not in (None, principal.team):
+        return Page(records=[], next_cursor=None)
+    position = _decode_cursor(cursor) if cursor else None
+    min_score = where.since.timestamp() if where.since else None
+    kept: list[JobRecord] = []
+    scanned = 0
+    while len(kept) < limit and scanned < _SCAN_PER_PAGE:
+        rows = store.newest_ids(team=team, before=position, count=min(200, limit * 2),
+                                min_score=min_score)
+        if not rows:
+            return Page(records=kept, next_cursor=None)
+        scores = dict(rows)
+        for record in store.get_many([job_id for job_id, _ in rows]):
+            position = (scores[record.job_id], record.job_id)
+            scanned += 1
+            if where.keeps(record):
+                kept.append(record)
+                if len(kept) == limit:
+                    break
+        else:
+            position = rows[-1][1], rows[-1][0]
+    more = bool(store.newest_ids(team=team, before=position, count=1, min_score=min_score))
+    return Page(records=kept, next_cursor=_encode_cursor(*position) if more and position
+                else None)
+
+
+def parse_since(text: str | None) -> dt.datetime | None:
+    """An ISO 8601 moment from a filter (naive = UTC), or a clear error."""
+    if text is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UserInputError(f"since {shown(text)} is not an ISO 8601 date or time. To fix: "
+                             "write e.g. 2026-12-01 or 2026-12-01T08:00:00Z.") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+# --- acting -----------------------------------------------------------------------------
+
+
+def cancel(store: JobStore, principal: Principal, job_id: str, *,
+           send: Callable[[Outcome], None], now: dt.datetime) -> Outcome:
+    """Cancel a job ``principal`` may see; ``send`` enqueues the deletion of its instance."""
+    from greenplace.scheduler.dispatch import cancel_job
+
+    visible_job(store, principal, job_id)
+    outcome = cancel_job(store, job_id, now=now)
+    if outcome.followups:
+        send(outcome)
+    return outcome
