@@ -4,10 +4,10 @@
 
 import { clearToken, call, getToken, readiness, setToken, setUnauthorizedHandler } from "./api.js";
 import { el, mount } from "./dom.js";
-import * as jobPage from "./views/job.js";
-import * as jobsPage from "./views/jobs.js";
-import * as regionsPage from "./views/regions.js";
-import * as savingsPage from "./views/savings.js";
+import * as jobPage from "./page-job.js";
+import * as jobsPage from "./page-jobs.js";
+import * as regionsPage from "./page-regions.js";
+import * as savingsPage from "./page-savings.js";
 
 const view = document.getElementById("view");
 const nav = document.getElementById("nav");

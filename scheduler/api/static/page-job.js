@@ -2,9 +2,9 @@
 // explained (chosen vs baseline), every candidate with raw and normalised scores (rejected
 // ones with their filter and reason), the event timeline, and a cancel button.
 
-import { call } from "../api.js";
-import { FINAL_STATES, el, mount, num, savings, stateBadge, table, when, where } from "../dom.js";
-import { poll } from "../poll.js";
+import { call } from "./api.js";
+import { FINAL_STATES, el, mount, num, savings, stateBadge, table, when, where } from "./dom.js";
+import { poll } from "./poll.js";
 
 const LIVE_MS = 3000; // while the job can still change state
 const FINAL_MS = 15000; // measured energy can still arrive after the end

@@ -1,9 +1,9 @@
 // The jobs page: a live table of GET /v1/jobs (polled every 3 s), filters passed as query
 // parameters and kept in the location hash, cursor pagination through next_cursor.
 
-import { call } from "../api.js";
-import { STATES, el, mount, num, savings, stateBadge, table, when, where } from "../dom.js";
-import { poll } from "../poll.js";
+import { call } from "./api.js";
+import { STATES, el, mount, num, savings, stateBadge, table, when, where } from "./dom.js";
+import { poll } from "./poll.js";
 
 const POLL_MS = 3000;
 const PAGE_SIZE = 50;

@@ -2,9 +2,9 @@
 // table with the carbon-free share, PUE and the cheapest offer. Cloud and sort are kept in
 // the location hash.
 
-import { call } from "../api.js";
-import { barChart } from "../charts.js";
-import { el, mount, num, table } from "../dom.js";
+import { call } from "./api.js";
+import { barChart } from "./charts.js";
+import { el, mount, num, table } from "./dom.js";
 
 const SORTS = {
   intensity: { label: "intensity, lowest first", key: (r) => r.intensity_g_per_kwh, dir: 1 },

@@ -1,9 +1,9 @@
 // The savings page: GET /v1/report?group_by=day as totals, a chart of the CO2e saved per
 // day against each job's baseline with the cumulative line, and the per-day table.
 
-import { call } from "../api.js";
-import { periodChart } from "../charts.js";
-import { el, mount, num, savings, table } from "../dom.js";
+import { call } from "./api.js";
+import { periodChart } from "./charts.js";
+import { el, mount, num, savings, table } from "./dom.js";
 
 const FILTERS = ["team", "policy", "since", "until"];
 
