@@ -56,6 +56,7 @@ from greenplace.providers.base import (
     missing_features,
 )
 from greenplace.providers.registry import get_provider
+from greenplace.scheduler import metrics
 from greenplace.scheduler.catalog import Catalog, load_catalog
 from greenplace.scheduler.exceptions import (
     AuthError,
@@ -159,7 +160,8 @@ class Context:
         if settings.signals == "live":
             signal_settings = SignalSettings.from_env()
             chain = SignalChain.from_settings(signal_settings, catalog,
-                                              cache=RedisCache(store.client, prefix=store.prefix))
+                                              cache=RedisCache(store.client, prefix=store.prefix),
+                                              observer=metrics.SignalMetrics(store))
             placer = LivePlacer(catalog, chain, refresh_s=signal_settings.ttl_s,
                                 routes=settings.providers, region_gate=gate)
         return cls(settings=settings, store=store, providers=providers,
@@ -312,7 +314,8 @@ def place_job(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
     except GreenplaceError as exc:
         return _fail(ctx, record, expect=S.QUEUED, reason=f"cannot rebuild the job: {exc}",
                      now=now)
-    decision = decide(ctx.placer, job, now=now, allow_defer=True)
+    with metrics.placement_timer(ctx.store):
+        decision = decide(ctx.placer, job, now=now, allow_defer=True)
     return apply_decision(ctx, record, decision, expect=S.QUEUED, now=now)
 
 
@@ -347,6 +350,8 @@ def apply_decision(ctx: Context, record: JobRecord, decision: PlacementDecision,
         ctx.store.transition(job_id, to=placed.to, expect=placed.expect,
                              message=placed.message, data=placed.data, fields=placed.fields,
                              now=now)
+        metrics.add_co2e(ctx.store, estimated_kg=summary.get("co2e_kg"),
+                         saved_kg=summary.get("savings_co2e_kg"))
     except TransitionRefused as exc:
         return Outcome(message=f"nothing to do: the job is now {exc.current}")
     return Outcome(message=f"placed on {where}",
@@ -379,7 +384,7 @@ def _begin_move(ctx: Context, attempt: int, target: int, placement: Placement) -
 
 
 def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
-    """Place a QUEUED job and launch its first attempt, in one task and 4 round trips.
+    """Place a QUEUED job and launch its first attempt, in one task and 5 round trips.
 
     Under the job's dispatch lock (taken with the read), the moves QUEUED -> PLACED
     -> DISPATCHING are written in one script call, then the launch runs exactly as
@@ -408,7 +413,8 @@ def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcom
         except GreenplaceError as exc:
             return _fail(ctx, record, expect=S.QUEUED, now=now,
                          reason=f"cannot rebuild the job: {exc}")
-        decision = decide(ctx.placer, job, now=now, allow_defer=True)
+        with metrics.placement_timer(store):
+            decision = decide(ctx.placer, job, now=now, allow_defer=True)
         placements = frozen_ranking(decision)
         later = decision.start_at is not None and parse_iso(decision.start_at) > now
         if not placements or later:
@@ -416,11 +422,14 @@ def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcom
         summary = decision.summary(explain=False)
         target = choose_target(placements, (), cooling)
         assert target is not None
+        store.save_explain(job_id, decision.candidate_table())
         placed_move = _placed_move(decision, summary, placements, expect=S.QUEUED)
         placed, begun = store.transitions(job_id, [
             placed_move, _begin_move(ctx, 1, target, placements[target])], now=now)
         if isinstance(placed, TransitionRefused):
             return Outcome(message=f"nothing to do: the job is now {placed.current}")
+        metrics.add_co2e(store, estimated_kg=summary.get("co2e_kg"),
+                         saved_kg=summary.get("savings_co2e_kg"))
         if isinstance(begun, TransitionRefused):
             return Outcome(message=f"placed; the launch found the job {begun.current}",
                            followups=(_dispatch(job_id, 1),))
@@ -561,7 +570,8 @@ def _dispatch_locked(ctx: Context, record: JobRecord, attempt: int, mode: str, *
     settle = mode == "settle"
     expect = S.CANCELLED if settle else S.DISPATCHING
     try:
-        handle = _launch(ctx, record, placement, attempt=attempt, job=job)
+        with metrics.dispatch_attempt(store, cloud=placement.cloud):
+            handle = _launch(ctx, record, placement, attempt=attempt, job=job)
     except FAILOVER_ERRORS as exc:
         if settle:
             store.terminated(job_id, message="cancelled before any instance was created")
@@ -687,6 +697,7 @@ def _failover(ctx: Context, record: JobRecord, exc: ProviderError, *, expect: Jo
             fields=encode_fields(exhausted=exhausted, attempt_reasons=reasons), now=now)
     except TransitionRefused as refused:
         return Outcome(message=f"nothing to do: the job is now {refused.current}")
+    metrics.count_failover(ctx.store, cloud=placement.cloud, reason=metrics.error_family(exc))
     return Outcome(message=f"failing over to {offer_key(nxt)}",
                    followups=(_dispatch(record.job_id, attempt + 1),))
 
@@ -1015,7 +1026,8 @@ def _release(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
     except GreenplaceError as exc:
         return _fail(ctx, record, expect=S.DEFERRED, reason=f"cannot rebuild the job: {exc}",
                      now=now)
-    decision = decide(ctx.placer, job, now=now, allow_defer=False)
+    with metrics.placement_timer(ctx.store):
+        decision = decide(ctx.placer, job, now=now, allow_defer=False)
     return apply_decision(ctx, record, decision, expect=S.DEFERRED, now=now)
 
 

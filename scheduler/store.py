@@ -30,6 +30,13 @@ key                            holds
                                ``scheduler/worker/heartbeat.py``)
 ``gp:cooldowns``               zset: exhausted (cloud, region, instance type) -> until
 ``gp:nudge:{id}``              reconcile re-enqueued this stalled job recently
+``gp:metrics:placement_s``     hash: the placement latency histogram (these
+                               ``metrics`` keys: see ``scheduler/metrics.py``)
+``gp:metrics:dispatches``      hash: ``{cloud}|{outcome}`` -> launch attempts
+``gp:metrics:failovers``       hash: ``{cloud}|{reason}`` -> failovers
+``gp:metrics:co2e``            hash: placed jobs, their estimated CO2e and savings
+``gp:metrics:signal_errors``   hash: ``{source}|{reason}`` -> failed signal calls
+``gp:metrics:signal_at``       zset: live signal source -> newest observed_at
 =============================  ======================================================
 
 Retention: ``prune`` deletes final jobs (record, events, index entries, nudge key)
@@ -681,10 +688,9 @@ class JobStore:
         """
         key = f"{self.prefix}:jobs" if team is None else self._team_key(team)
         top: float | str = "+inf" if before is None else before[0]
-        rows = self.client.zrevrangebyscore(key, top, "-inf" if min_score is None else min_score,
-                                            start=0,
-                                            num=count + (0 if before is None else count),
-                                            withscores=True)
+        rows = cast(list[tuple[str, float]], self.client.zrevrangebyscore(
+            key, top, "-inf" if min_score is None else min_score, start=0,
+            num=count + (0 if before is None else count), withscores=True))
         out = [(str(i), float(s)) for i, s in rows]
         if before is not None:
             score, last = before
@@ -692,13 +698,23 @@ class JobStore:
         return out[:count]
 
     def save_explain(self, job_id: str, candidates: Sequence[Mapping[str, Any]]) -> None:
-        """Keep the decision's candidate table beside the record (``job:{id}:explain``)."""
-        self.client.set(f"{self._job_key(job_id)}:explain", _dumps(list(candidates)))
+        """Keep the decision's candidate table beside the record (``job:{id}:explain``).
+
+        Design choice: stored as column names plus rows of values, not a list of
+        objects: the names are most of a candidate's JSON, and this key is the
+        largest thing a job keeps (benchmarks/README.md, Redis memory per job).
+        """
+        columns = list(candidates[0]) if candidates else []
+        table = {"columns": columns, "rows": [[c.get(k) for k in columns] for c in candidates]}
+        self.client.set(f"{self._job_key(job_id)}:explain", _dumps(table))
 
     def explain(self, job_id: str) -> list[dict[str, Any]]:
         """The candidate table saved when the job was placed ([] before that)."""
         text = self.client.get(f"{self._job_key(job_id)}:explain")
-        return cast(list[dict[str, Any]], json.loads(text)) if text else []
+        if not text:
+            return []
+        table = json.loads(text)
+        return [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
 
     def record_telemetry(self, job_id: str, *, at: dt.datetime, exit_code: int | None = None,
                          energy_kwh: float | None = None) -> bool:

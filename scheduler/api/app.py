@@ -4,9 +4,10 @@ Routes are thin: each reads its input, calls the service layer (the same functio
 CLI calls) and serialises the result. Blocking work (Redis, the placement pipeline) runs
 in plain ``def`` routes, which FastAPI runs in its thread pool.
 
-Design choice: the app holds one job store (one Redis connection pool) and one token
-table, built by ``create_app`` from the environment's settings, so a test can build an
-app against its own Redis and any number of apps can run side by side.
+Design choice: the app holds one job store (one Redis connection pool), one token table
+and one Celery app (to send tasks), built by ``create_app`` from the settings given or
+the environment's, so a test can build an app against its own Redis and any number of
+apps can run side by side.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store = open_store(settings)
     app.state.tokens = Tokens(store)
+    from greenplace.scheduler.worker.app import create_app as create_celery_app
+
+    app.state.celery = create_celery_app(settings)  # connects on first send only
     problems.install(app)
     _health_routes(app)
     _job_routes(app)
@@ -120,7 +124,7 @@ def _health_routes(app: FastAPI) -> None:
         """Prometheus metrics of the whole fleet (counters kept in Redis by every worker)."""
         from greenplace.scheduler.metrics import render_metrics
 
-        body, content_type = render_metrics(app.state.store)
+        body, content_type = render_metrics(app.state.store)  # RedisError: the 503 handler
         return Response(body, media_type=content_type)
 
 
@@ -156,7 +160,7 @@ def _job_routes(app: FastAPI) -> None:
     @app.post("/v1/jobs", status_code=201, tags=["jobs"],
               openapi_extra={"requestBody": _JOBS_BODY})
     async def submit(request: Request, principal: Caller,
-                     policy: Annotated[str | None, Query(max_length=64)] = None,
+                     policy: Annotated[str | None, Query(max_length=256)] = None,
                      override_policy: bool = False,
                      team: Annotated[str | None, Query(max_length=63)] = None
                      ) -> dict[str, Any]:
@@ -168,14 +172,13 @@ def _job_routes(app: FastAPI) -> None:
     def _submit(content: bytes, source: Path, principal: Principal, policy: str | None,
                 override_policy: bool, team: str | None) -> dict[str, Any]:
         from greenplace.scheduler.service import submit as submit_jobs
-        from greenplace.scheduler.worker.app import app as celery_app
 
         owner = team_of_submission(principal, team)
         loaded = load_submission(source, load_catalog(), policy=policy,
                                  override_policy=override_policy, now=utc_now(),
                                  content=content, policy_label="query parameter policy",
                                  policy_files=False)
-        ids = submit_jobs(store(), celery_app, loaded.jobs, team=owner)
+        ids = submit_jobs(store(), app.state.celery, loaded.jobs, team=owner)
         return {"jobs": [{"job_id": i, "name": j.name, "state": str(JobState.QUEUED),
                           "team": owner, **({"replaced_policy": j.replaced_policy}
                                             if j.replaced_policy else {})}
@@ -184,7 +187,7 @@ def _job_routes(app: FastAPI) -> None:
 
     @app.post("/v1/dry-run", tags=["jobs"], openapi_extra={"requestBody": _JOBS_BODY})
     async def dry_run(request: Request, principal: Caller,
-                      policy: Annotated[str | None, Query(max_length=64)] = None,
+                      policy: Annotated[str | None, Query(max_length=256)] = None,
                       override_policy: bool = False) -> dict[str, Any]:
         """Where each job would run and why, with its exact launch request; nothing is written."""
         content, source = await _jobs_body(request)
@@ -235,12 +238,11 @@ def _job_routes(app: FastAPI) -> None:
     def cancel(job_id: str, principal: Caller) -> dict[str, Any]:
         """Cancel the job; an instance it launched is deleted."""
         from greenplace.scheduler.service import cancel as cancel_job
-        from greenplace.scheduler.worker.app import app as celery_app
         from greenplace.scheduler.worker.tasks import enqueue
 
         try:
             outcome = cancel_job(store(), principal, job_id, now=utc_now(),
-                                 send=lambda o: enqueue(celery_app, o.followups))
+                                 send=lambda o: enqueue(app.state.celery, o.followups))
         except UserInputError as exc:
             raise Problem(409, str(exc)) from exc
         return {"job_id": job_id, "state": str(store().get(job_id).state),

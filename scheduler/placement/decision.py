@@ -175,7 +175,7 @@ class PlacementDecision:
                 "filter": FILTERS[code], "reason": self.reason(i)},
         }
 
-    def candidate_table(self, *, feasible: int = 20, rejected: int = 20) -> list[dict[str, Any]]:
+    def candidate_table(self, *, feasible: int = 12, rejected: int = 12) -> list[dict[str, Any]]:
         """The best ``feasible`` candidates, then the first ``rejected`` ruled-out ones.
 
         Design choice: what a job record keeps to explain its decision later (the job

@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -162,6 +163,15 @@ _OUTCOMES: tuple[tuple[type[SignalError], str], ...] = (
 )
 
 
+class SignalObserver(Protocol):
+    """Told of each failed source call and each fresh current value (the service's metrics,
+    ``scheduler/metrics.py``); must not raise."""
+
+    def signal_error(self, source: str, outcome: str) -> None: ...
+
+    def signal_observed(self, source: str, observed_at: dt.datetime) -> None: ...
+
+
 def _outcome(exc: SignalError) -> str:
     return next((name for kind, name in _OUTCOMES if isinstance(exc, kind)), DOWN)
 
@@ -193,6 +203,7 @@ class SignalChain:
             another basis for the type asked is passed over, never mixed in.
         plan_skip_s: how long a (source, zone, endpoint) answered 403 "not in plan" is
             skipped before it is asked again.
+        observer: told of every failed source call and every current value fetched.
 
     Design choice: a failure that concerns the source as a whole (down, timeout,
     refused credentials, malformed answers, rate limit) marks the source down for
@@ -208,9 +219,10 @@ class SignalChain:
         unconfigured: Mapping[str, str] | None = None, cache: SignalCache | None = None,
         ttl_s: float = 300.0, forecast_ttl_s: float = 1800.0, down_for_s: float = 120.0,
         bases: Mapping[CarbonSignal, EmissionBasis] = CATALOG_BASIS,
-        plan_skip_s: float = 3600.0,
+        plan_skip_s: float = 3600.0, observer: SignalObserver | None = None,
         clock: Clock = utc_now, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._observer = observer
         self._sources = {s.name: s for s in sources}
         self.order: tuple[str, ...] = tuple(order or [s.name for s in sources])
         self.unconfigured = dict(unconfigured or {})
@@ -227,12 +239,13 @@ class SignalChain:
 
     @classmethod
     def from_settings(cls, settings: SignalSettings, catalog: Catalog, *,
-                      cache: SignalCache | None = None) -> SignalChain:
+                      cache: SignalCache | None = None,
+                      observer: SignalObserver | None = None) -> SignalChain:
         """The chain the settings describe (sources in order, unconfigured ones reported)."""
         sources, unconfigured = build_sources(settings, catalog)
         return cls(sources, order=settings.sources, unconfigured=unconfigured, cache=cache,
                    ttl_s=settings.ttl_s, forecast_ttl_s=settings.forecast_ttl_s,
-                   bases=settings.bases())
+                   bases=settings.bases(), observer=observer)
 
     @property
     def sources(self) -> tuple[SignalSource, ...]:
@@ -277,6 +290,8 @@ class SignalChain:
                     self._monotonic() + self._plan_skip_s, str(exc))
             first = (name, outcome) not in self._warned
             self._warned.add((name, outcome))
+        if self._observer is not None:
+            self._observer.signal_error(name, outcome)
         if first and outcome in FAILURES:
             until = iso(self._clock() + dt.timedelta(seconds=down_for_s))
             log.warning("signal source %s skipped (%s): %s Using the next source; %s is left "
@@ -414,6 +429,8 @@ class SignalChain:
                 self._failed(source.name, MALFORMED, bad)
                 return None, Attempt(source=source.name, outcome=MALFORMED, detail=str(bad))
             self._cache.set(key, found.to_json(), ttl_s=self._ttl_s)
+            if at is None and self._observer is not None:
+                self._observer.signal_observed(source.name, found.observed_at)
             return found, Attempt(source=source.name, outcome=OK)
 
     def forecast(self, region: Region, *, signal: CarbonSignal, start: dt.datetime,

@@ -46,6 +46,7 @@ from celery import Celery, Task, bootsteps, shared_task, signals
 from celery.exceptions import MaxRetriesExceededError, Reject, SoftTimeLimitExceeded
 from kombu import exceptions as kombu_exceptions
 
+from greenplace.scheduler import metrics
 from greenplace.scheduler.dispatch import (
     Context,
     Followup,
@@ -120,7 +121,8 @@ def _run(task: Task, what: str, work: Callable[[], Outcome | None]) -> None:
     quietly (one log line, a result of a few bytes) instead of raising, asking for a
     retry a few seconds later."""
     try:
-        outcome = work()
+        with metrics.batched():  # the task's metric writes in one round trip
+            outcome = work()
         if outcome is not None:
             _finish(task, outcome, what)
     except JobNotFoundError:
@@ -168,7 +170,8 @@ def _pass(what: str, work: Callable[[], None]) -> None:
     """One pass of a periodic task (reconcile, gc, prune): Redis trouble or the soft time
     limit end this pass with one log line; the next pass carries on."""
     try:
-        work()
+        with metrics.batched():
+            work()
     except OUTAGE_ERRORS as exc:
         log.warning("%s skipped: Redis unavailable (%s)", what, exc)
     except SoftTimeLimitExceeded:

@@ -167,6 +167,33 @@ class Service:
         proc.wait_ready("beat: Starting")
         return proc
 
+    def start_api(self) -> str:
+        """`greenplace api` on a free port; returns its base URL once it answers /healthz."""
+        import httpx
+
+        from tests.redisproc import free_port
+
+        port = free_port()
+        proc = self._start("api", "api", "--port", str(port), "--log-level", "warning")
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            if proc.popen.poll() is not None:
+                raise AssertionError(f"api exited:\n{proc.output()[-3000:]}")
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout_s=60, what="the API to answer /healthz", interval_s=0.1)
+        return url
+
+    def token(self, team: str, *, role: str = "member") -> str:
+        """A new API token made with `greenplace admin token create`."""
+        done = self.cli("admin", "token", "create", "--team", team, "--role", role)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
     def cli(self, *args: str, timeout_s: float = 120, env: dict[str, str] | None = None
             ) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "greenplace", *args], cwd=REPO,
