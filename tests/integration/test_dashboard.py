@@ -77,7 +77,8 @@ def create_token(service: Service) -> str:
 
 
 class Api:
-    """`greenplace api` on a free port, in the service's process list (stopped with it)."""
+    """`greenplace api` on a free port, in the service's process list (stopped with it), and
+    a member token of TEAM for it."""
 
     def __init__(self, service: Service) -> None:
         self.port = free_port()
@@ -87,6 +88,7 @@ class Api:
                          log=service.tmp / "api.log")
         service.procs.append(self.proc)
         wait_for(self._up, timeout_s=90, what="the API to answer /healthz")
+        self.token = create_token(service)
 
     def _up(self) -> bool:
         if self.proc.popen.poll() is not None:
@@ -95,6 +97,20 @@ class Api:
             return httpx.get(self.base + "healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(self.base + path, timeout=30,
+                             headers={"Authorization": f"Bearer {self.token}"})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def submit(self, *jobs: dict[str, Any]) -> list[str]:
+        """POST /v1/jobs with a YAML jobs file; the new job ids."""
+        response = httpx.post(self.base + "v1/jobs", content=yaml.safe_dump({"jobs": list(jobs)}),
+                              timeout=60, headers={"Authorization": f"Bearer {self.token}",
+                                                   "Content-Type": "application/yaml"})
+        assert response.status_code == 201, response.text
+        return [row["job_id"] for row in response.json()["jobs"]]
 
 
 @pytest.fixture
@@ -110,43 +126,53 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
+def open_dashboard(browser: Any, api: Api) -> tuple[Any, list[str]]:
+    """A page on the dashboard, signed in with the API's token, and its script errors (a list
+    that grows while the page runs)."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    expect.set_options(timeout=TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Console errors too (a Content-Security-Policy refusal shows only there), but not the
+    # browser's line for each 401 the login tests provoke on purpose.
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and not
+            msg.text.startswith("Failed to load resource: the server responded with a "
+                                "status of 401") else None)
+    page.goto(api.base)
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    page.get_by_label("API token").fill("not-a-token")
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("login-error")).to_contain_text("refused")
+    page.get_by_label("API token").fill(api.token)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("nav-jobs")).to_be_visible()
+    return page, errors
+
+
 def test_dashboard_shows_a_submitted_job_its_decision_and_candidates(
         browser: Any, service: Service) -> None:
     from playwright.sync_api import expect
 
     service.start_worker(concurrency=1)
     api = Api(service)
-    token = create_token(service)
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.set_default_timeout(TIMEOUT_MS)
-    expect.set_options(timeout=TIMEOUT_MS)
-    page_errors: list[str] = []
-    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    token = api.token
     out = artifacts_dir()
 
     # The dashboard and its assets are served without a token; the API is not.
     assert httpx.get(api.base).status_code == 200
+    assert httpx.get(api.base + "static/app.js").status_code == 200
     assert httpx.get(api.base + "v1/jobs").status_code == 401
 
-    page.goto(api.base)
-    expect(page.get_by_test_id("login-form")).to_be_visible()
-    page.get_by_label("API token").fill("not-a-token")
-    page.get_by_test_id("login-submit").click()
-    expect(page.get_by_test_id("login-error")).to_contain_text("refused")
-    page.get_by_label("API token").fill(token)
-    page.get_by_test_id("login-submit").click()
-    expect(page.get_by_test_id("nav-jobs")).to_be_visible()
+    page, page_errors = open_dashboard(browser, api)
     assert token not in page.url
     assert page.evaluate("() => sessionStorage.getItem('greenplace.token')") == token
     assert page.evaluate("() => localStorage.length") == 0
 
     # A job submitted through the API appears in the live table (polled every 3 s).
-    jobs_file = yaml.safe_dump({"jobs": [training_job("dash-finetune")]})
-    submitted = httpx.post(api.base + "v1/jobs", content=jobs_file, timeout=60,
-                           headers={"Authorization": f"Bearer {token}",
-                                    "Content-Type": "application/yaml"})
-    assert submitted.status_code == 201, submitted.text
-    job_id = submitted.json()["jobs"][0]["job_id"]
+    [job_id] = api.submit(training_job("dash-finetune"))
     row = page.locator(f'[data-testid="job-row"][data-job-id="{job_id}"]')
     expect(row).to_contain_text("dash-finetune")
     expect(row).to_contain_text(TEAM)
@@ -175,8 +201,7 @@ def test_dashboard_shows_a_submitted_job_its_decision_and_candidates(
     expect(page.get_by_test_id("decision-savings")).to_contain_text("kg CO₂e")
     candidates = page.get_by_test_id("candidate-row")
     expect(candidates.first).to_be_visible()
-    details = httpx.get(f"{api.base}v1/jobs/{job_id}", timeout=30,
-                        headers={"Authorization": f"Bearer {token}"}).json()
+    details = api.get(f"v1/jobs/{job_id}")
     assert candidates.count() == len(details["candidates"]) > 0
     first = details["candidates"][0]
     expect(candidates.first).to_contain_text(f"{first['cloud']}:{first['region']}")
@@ -203,8 +228,7 @@ def test_dashboard_shows_a_submitted_job_its_decision_and_candidates(
     # Regions: one bar and one table row per catalog region.
     page.get_by_test_id("nav-regions").click()
     expect(page.get_by_test_id("regions-chart")).to_be_visible()
-    regions = httpx.get(api.base + "v1/regions", timeout=30,
-                        headers={"Authorization": f"Bearer {token}"}).json()["regions"]
+    regions = api.get("v1/regions")["regions"]
     assert page.get_by_test_id("chart-bar").count() == len(regions) > 0
     assert page.get_by_test_id("region-row").count() == len(regions)
     page.screenshot(path=str(out / "dashboard-regions.png"))
@@ -223,4 +247,42 @@ def test_dashboard_shows_a_submitted_job_its_decision_and_candidates(
     page.evaluate("() => sessionStorage.setItem('greenplace.token', 'stale-token')")
     page.goto(api.base + "#/jobs")
     expect(page.get_by_test_id("login-error")).to_contain_text("401")
+    assert page_errors == []
+
+
+def test_dashboard_explains_an_unschedulable_job_and_shows_user_text_as_text(
+        browser: Any, service: Service) -> None:
+    from playwright.sync_api import expect
+
+    service.start_worker(concurrency=1)
+    api = Api(service)
+    markup = "<img src=x onerror=window.__injected=1>"  # no quote: the spec is shown as JSON
+    # No offer carries 3 x A100: every candidate is rejected by the accelerator count filter.
+    [job_id] = api.submit({"name": "no-fit", "run": f"python train.py --note '{markup}'",
+                           "resources": {"accelerators": {"A100": 3}}, "work": {"hours": 1}})
+    service.wait_states([job_id], {JobState.UNSCHEDULABLE})
+    details = api.get(f"v1/jobs/{job_id}")
+    assert details["candidates"] and all(c["rejected_by"] for c in details["candidates"])
+
+    page, page_errors = open_dashboard(browser, api)
+    page.goto(f"{api.base}#/jobs/{job_id}")
+    expect(page.get_by_test_id("job-name")).to_have_text("no-fit")
+    expect(page.locator(".page-head").get_by_test_id("state")).to_have_text("UNSCHEDULABLE")
+    expect(page.get_by_test_id("cancel-job")).to_be_hidden()  # a final state
+    expect(page.get_by_test_id("decision-reasons")).to_contain_text("accelerator_count")
+    expect(page.get_by_test_id("decision-compare")).to_have_count(0)
+    rows = page.get_by_test_id("candidate-row")
+    expect(rows).to_have_count(len(details["candidates"]))
+    expect(page.locator('[data-testid="candidate-row"][data-rejected="false"]')).to_have_count(0)
+    expect(rows.first.get_by_test_id("rejection")).to_contain_text("asks for 3")
+    # Hiding the rejected candidates leaves none visible.
+    page.get_by_test_id("show-rejected").uncheck()
+    expect(rows.first).to_be_hidden()
+
+    # The job's command is shown as text: the markup in it is neither parsed nor run.
+    page.get_by_test_id("job-spec").locator("summary").click()
+    expect(page.get_by_test_id("job-spec")).to_contain_text(markup)
+    assert page.get_by_test_id("job-spec").locator("img").count() == 0
+    assert page.evaluate("() => window.__injected") is None
+    page.screenshot(path=str(artifacts_dir() / "dashboard-unschedulable.png"), full_page=True)
     assert page_errors == []

@@ -29,8 +29,12 @@ function facts(job) {
     fact("Cost (est.)", job.cost_usd === null || job.cost_usd === undefined
       ? null : `$${num(job.cost_usd, 2)}`),
     job.agent_seen_at ? fact("Agent last seen", when(job.agent_seen_at)) : null,
-    fact("Created", when(job.created_at)), fact("Updated", when(job.updated_at)),
-    job.reason ? fact("Reason", job.reason, "job-reason") : null);
+    fact("Created", when(job.created_at)), fact("Updated", when(job.updated_at)));
+}
+
+function reason(job) {
+  return job.reason ? el("p", { class: "reason", testid: "job-reason" },
+    el("strong", {}, "Reason: "), job.reason) : null;
 }
 
 function attempts(job) {
@@ -58,7 +62,7 @@ function decisionSection(d) {
   const head = el("dl", { class: "facts" },
     fact("Policy", d.policy), fact("Carbon signal", d.carbon_signal),
     fact("Ranked by", rankedBy(d.ranked_by)), fact("Status", d.status),
-    fact("Start at", d.start_at ? when(d.start_at) : "now"),
+    fact("Start at", d.start_at ? when(d.start_at) : d.status === "placed" ? "now" : null),
     fact("Signal source", d.signal_source),
     d.power_basis ? fact("Power basis", d.power_basis) : null,
     d.feasible_candidates !== undefined ? fact("Feasible candidates",
@@ -226,7 +230,7 @@ export function render(container, { id }) {
     mount(badge, stateBadge(job.state));
     cancel.hidden = FINAL_STATES.has(job.state);
     const { decision, candidates, spec, ...rest } = job;
-    update("summary", summary, rest, () => [facts(job), attempts(job)]);
+    update("summary", summary, rest, () => [facts(job), reason(job), attempts(job)]);
     const placed = { cloud: job.cloud, region: job.region, instance_type: job.instance_type,
       attempts: job.attempts };
     update("decision", decisionBox, { decision, candidates, placed }, () => [
