@@ -258,9 +258,11 @@ def test_dashboard_explains_an_unschedulable_job_and_shows_user_text_as_text(
     api = Api(service)
     markup = "<img src=x onerror=window.__injected=1>"  # no quote: the spec is shown as JSON
     # No offer carries 3 x A100: every candidate is rejected by the accelerator count filter.
-    [job_id] = api.submit({"name": "no-fit", "run": f"python train.py --note '{markup}'",
-                           "resources": {"accelerators": {"A100": 3}}, "work": {"hours": 1}})
-    service.wait_states([job_id], {JobState.UNSCHEDULABLE})
+    no_fit = {"resources": {"accelerators": {"A100": 3}}, "work": {"hours": 1}}
+    ids = api.submit({"name": "no-fit", "run": f"python train.py --note '{markup}'", **no_fit},
+                     *({"name": f"no-fit-{n}", "run": "python train.py", **no_fit} for n in (2, 3)))
+    job_id = ids[0]
+    service.wait_states(ids, {JobState.UNSCHEDULABLE})
     details = api.get(f"v1/jobs/{job_id}")
     assert details["candidates"] and all(c["rejected_by"] for c in details["candidates"])
 
@@ -285,4 +287,17 @@ def test_dashboard_explains_an_unschedulable_job_and_shows_user_text_as_text(
     assert page.get_by_test_id("job-spec").locator("img").count() == 0
     assert page.evaluate("() => window.__injected") is None
     page.screenshot(path=str(artifacts_dir() / "dashboard-unschedulable.png"), full_page=True)
+
+    # Pages of two jobs, through the API's next_cursor: 2 rows, then the last 1, then back.
+    page.goto(f"{api.base}#/jobs?limit=2")
+    rows = page.get_by_test_id("job-row")
+    expect(rows).to_have_count(2)
+    first_page = {rows.nth(i).get_attribute("data-job-id") for i in range(2)}
+    expect(page.get_by_test_id("page-newer")).to_be_disabled()
+    page.get_by_test_id("page-older").click()
+    expect(rows).to_have_count(1)
+    assert first_page | {rows.first.get_attribute("data-job-id")} == set(ids)
+    expect(page.get_by_test_id("page-older")).to_be_disabled()
+    page.get_by_test_id("page-newer").click()
+    expect(rows).to_have_count(2)
     assert page_errors == []

@@ -1,5 +1,6 @@
 // The jobs page: a live table of GET /v1/jobs (polled every 3 s), filters passed as query
-// parameters and kept in the location hash, cursor pagination through next_cursor.
+// parameters and kept in the location hash (with the page size: #/jobs?state=RUNNING&limit=20),
+// cursor pagination through next_cursor.
 
 import { call } from "./api.js";
 import { STATES, el, mount, num, savings, stateBadge, table, when, where } from "./dom.js";
@@ -7,6 +8,7 @@ import { poll } from "./poll.js";
 
 const POLL_MS = 3000;
 const PAGE_SIZE = 50;
+const MAX_PAGE_SIZE = 500; // the API's largest page
 const FILTERS = ["state", "name", "policy", "team"];
 
 const COLUMNS = [
@@ -52,6 +54,7 @@ function filterForm(values) {
     el("button", { type: "reset", class: "secondary" }, "Clear"));
   const apply = () => {
     const query = new URLSearchParams();
+    if (values.get("limit")) query.set("limit", values.get("limit"));
     for (const name of FILTERS) {
       const value = form.elements[name].value.trim();
       if (value) query.set(name, value);
@@ -70,6 +73,8 @@ function filterForm(values) {
 
 export function render(container, { query }) {
   const filters = Object.fromEntries(FILTERS.map((f) => [f, query.get(f) || ""]));
+  const asked = Number.parseInt(query.get("limit") || "", 10);
+  const pageSize = asked >= 1 ? Math.min(asked, MAX_PAGE_SIZE) : PAGE_SIZE;
   const cursors = [null]; // cursors[i]: the cursor of page i (null: the newest page)
   let page = 0;
   let nextCursor = null;
@@ -86,7 +91,7 @@ export function render(container, { query }) {
   async function load() {
     let data;
     try {
-      data = await call("v1/jobs", { query: { ...filters, limit: PAGE_SIZE,
+      data = await call("v1/jobs", { query: { ...filters, limit: pageSize,
         cursor: cursors[page] } });
     } catch (err) {
       error.hidden = false;
