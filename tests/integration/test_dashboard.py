@@ -190,8 +190,13 @@ def test_dashboard_shows_a_submitted_job_its_decision_and_candidates(
     page.get_by_test_id("filter-state").select_option("FAILED")
     expect(page.get_by_test_id("jobs-empty")).to_be_visible()
     assert "state=FAILED" in page.url
-    page.get_by_test_id("filter-state").select_option("")
+    page.get_by_test_id("filter-clear").click()
     expect(row).to_be_visible()
+    assert "state=" not in page.url
+    page.get_by_test_id("filter-name").fill("finetune")  # a part of the name, any case
+    page.get_by_test_id("filter-name").press("Enter")
+    expect(row).to_be_visible()
+    assert "name=finetune" in page.url
 
     # The job page: the decision against its baseline, the candidates, the events.
     row.get_by_test_id("job-link").click()

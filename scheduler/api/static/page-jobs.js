@@ -51,7 +51,11 @@ function filterForm(values) {
     el("label", { for: "filter-state" }, "State"), state,
     input("name", "Name"), input("policy", "Policy"), input("team", "Team"),
     el("button", { type: "submit" }, "Apply"),
-    el("button", { type: "reset", class: "secondary" }, "Clear"));
+    el("button", { type: "button", class: "secondary", testid: "filter-clear",
+      onclick: () => {
+        for (const name of FILTERS) form.elements[name].value = "";
+        apply();
+      } }, "Clear"));
   const apply = () => {
     const query = new URLSearchParams();
     if (values.get("limit")) query.set("limit", values.get("limit"));
@@ -66,7 +70,6 @@ function filterForm(values) {
     event.preventDefault();
     apply();
   });
-  form.addEventListener("reset", () => setTimeout(apply));
   state.addEventListener("change", apply);
   return form;
 }
