@@ -6,6 +6,7 @@ placements are allowed (constraints) and how many launch attempts to make.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 from enum import StrEnum
 from pathlib import Path
@@ -134,8 +135,22 @@ class Policy(_Strict):
 
 def preset_names() -> list[str]:
     """Names of the preset policies shipped in the ``policies`` package."""
+    return list(_preset_names())
+
+
+@functools.cache
+def _preset_names() -> tuple[str, ...]:
     files = importlib.resources.files("greenplace.policies")
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+    return tuple(sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml")))
+
+
+@functools.cache
+def _preset(name: str) -> Policy:
+    """A preset, read and validated once per process (presets ship with the package and
+    policies are frozen, so every job may share one; the API reads them per request)."""
+    resource = importlib.resources.files("greenplace.policies") / f"{name}.yaml"
+    with importlib.resources.as_file(resource) as path:
+        return parse_policy(read_yaml(path, what="policy"), where=f"policy {name}")
 
 
 def parse_policy(data: object, *, where: str) -> Policy:
@@ -166,9 +181,7 @@ def load_policy(name_or_path: str, *, base_dir: Path | None = None) -> Policy:
                 "policy preset", name_or_path, preset_names(),
                 hint="To fix: use a preset name or a path to a policy .yaml file.",
             )
-        resource = importlib.resources.files("greenplace.policies") / f"{name_or_path}.yaml"
-        with importlib.resources.as_file(resource) as path:
-            return parse_policy(read_yaml(path, what="policy"), where=f"policy {name_or_path}")
+        return _preset(name_or_path)
     path = Path(name_or_path)
     if base_dir is not None and not path.is_absolute():
         path = base_dir / path

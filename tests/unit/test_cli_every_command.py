@@ -168,6 +168,24 @@ def test_queue_commands_against_redis_with_no_worker(
 
     code, out, err = run(capsys, "cancel", "no-such-job")
     assert code == 2 and out == "" and "Traceback" not in err
+
+    for output in NO_CSV:  # nothing launched: every job was cancelled while queued
+        code, out, _ = run(capsys, "report", "--group-by", "team", "--output", output)
+        assert code == 0
+        if output == "json":
+            assert parse("json", out)["totals"]["jobs"] == 0
+    code, token, err = run(capsys, "admin", "token", "create", "--team", "ml")
+    assert code == 0 and token.startswith("gpt_") and "shown only now" in err
+    code, out, _ = run(capsys, "admin", "token", "list", "--output", "json")
+    (row,) = parse("json", out)
+    assert row["team"] == "ml" and token.strip() not in out
+    code, out, _ = run(capsys, "admin", "token", "list")
+    assert code == 0 and row["token_id"] in out
+    assert run(capsys, "admin", "token", "revoke", row["token_id"])[0] == 0
+    code, _, err = run(capsys, "admin", "token", "revoke", row["token_id"])
+    assert code == 2 and "No token has id" in err
+    code, _, err = run(capsys, "admin", "token", "create", "--team", "Bad Team")
+    assert code == 2 and "not a valid team name" in err and "Traceback" not in err
     monkeypatch.setenv("GREENPLACE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     code, out, err = run(capsys, "status")
     assert code == 2 and out == "" and err.count("\n") == 1 and "To fix" in err
