@@ -1,0 +1,95 @@
+// The savings page: GET /v1/report?group_by=day as totals, a chart of the CO2e saved per
+// day against each job's baseline with the cumulative line, and the per-day table.
+
+import { call } from "./api.js";
+import { periodChart } from "./charts.js";
+import { el, mount, num, savings, table } from "./dom.js";
+
+const FILTERS = ["team", "policy", "since", "until"];
+
+function totalsCards(t) {
+  const measured = t.measured_co2e_kg === null || t.measured_co2e_kg === undefined;
+  const card = (label, value, testid) => el("div", { class: "stat", testid },
+    el("span", { class: "stat-label" }, label), el("span", { class: "stat-value" }, value));
+  return el("div", { class: "stats", testid: "savings-totals" },
+    card("Jobs", num(t.jobs, 0), "total-jobs"),
+    card("CO₂e saved", savings(t.savings_co2e_kg, t.baseline_co2e_kg), "total-savings"),
+    card("CO₂e (estimated)", `${num(t.co2e_kg, 3)} kg`, "total-co2e"),
+    card("Baseline CO₂e", `${num(t.baseline_co2e_kg, 3)} kg`, "total-baseline"),
+    card("CO₂e (measured)", measured ? "—" : `${num(t.measured_co2e_kg, 3)} kg`,
+      "total-measured"),
+    card("Energy (est. / measured)",
+      `${num(t.energy_kwh, 1)} / ${num(t.measured_energy_kwh, 1)} kWh`, "total-energy"),
+    card("Cost (estimated)", `$${num(t.cost_usd, 2)}`, "total-cost"));
+}
+
+function filterForm(query) {
+  const field = (name, label, type) => [el("label", { for: `report-${name}` }, label),
+    el("input", { id: `report-${name}`, name, type, value: query.get(name) || "",
+      testid: `report-${name}` })];
+  const form = el("form", { class: "filters", testid: "report-filters" },
+    field("team", "Team", "search"), field("policy", "Policy", "search"),
+    field("since", "Since", "date"), field("until", "Before", "date"),
+    el("button", { type: "submit" }, "Apply"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const next = new URLSearchParams();
+    for (const name of FILTERS) {
+      const value = form.elements[name].value.trim();
+      if (value) next.set(name, value);
+    }
+    location.hash = `#/savings?${next}`;
+  });
+  return form;
+}
+
+export function render(container, { query }) {
+  const error = el("p", { class: "error", role: "alert", testid: "error", hidden: true });
+  const body = el("div", { class: "loading" }, "Loading the report…");
+  let alive = true;
+  const params = { group_by: "day" };
+  for (const name of FILTERS) if (query.get(name)) params[name] = query.get(name);
+
+  call("v1/report", { query: params }).then((report) => {
+    if (!alive) return;
+    const groups = [...(report.groups || [])].sort((a, b) => String(a.key)
+      .localeCompare(String(b.key)));
+    let running = 0;
+    mount(body,
+      totalsCards(report.totals || {}),
+      el("section", { class: "card" }, el("h2", {}, "CO₂e saved against the baseline, per day"),
+        groups.length ? periodChart({ label: "CO2e saved per day and cumulative, kg",
+          unit: "kg", testid: "savings-chart",
+          points: groups.map((g) => ({ key: String(g.key), value: g.savings_co2e_kg })) })
+          : el("p", { class: "empty", testid: "savings-empty" }, "No jobs in this range.")),
+      groups.length ? el("section", { class: "card table-wrap" }, table({
+        caption: "Per day (estimated figures; measured where the agent reported energy)",
+        className: "data", testid: "savings-table",
+        columns: [{ label: "Day" }, { label: "Jobs", num: true },
+          { label: "CO₂e (kg)", num: true }, { label: "Baseline (kg)", num: true },
+          { label: "Saved", num: true }, { label: "Cumulative saved (kg)", num: true },
+          { label: "Measured CO₂e (kg)", num: true }, { label: "Cost (USD)", num: true }],
+        rows: groups.map((g) => {
+          running += g.savings_co2e_kg || 0;
+          return el("tr", { testid: "savings-row" }, el("th", { scope: "row" }, g.key),
+            el("td", { class: "num" }, num(g.jobs, 0)),
+            el("td", { class: "num" }, num(g.co2e_kg, 3)),
+            el("td", { class: "num" }, num(g.baseline_co2e_kg, 3)),
+            el("td", { class: "num" }, savings(g.savings_co2e_kg, g.baseline_co2e_kg)),
+            el("td", { class: "num" }, num(running, 3)),
+            el("td", { class: "num" }, num(g.measured_co2e_kg, 3)),
+            el("td", { class: "num" }, num(g.cost_usd, 2)));
+        }) })) : null);
+  }).catch((err) => {
+    if (!alive) return;
+    body.replaceChildren();
+    error.hidden = false;
+    error.textContent = `Cannot load the report: ${err.message}`;
+  });
+
+  mount(container, el("div", { class: "page-head" }, el("h1", {}, "Savings")),
+    filterForm(query), error, body);
+  return () => {
+    alive = false;
+  };
+}
