@@ -50,6 +50,8 @@ def _totals(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for name in FIGURES:
         out[name] = round(out[name], 6)
     out["jobs_measured"] = measured
+    if not measured:  # no agent reported: "nothing measured", not "measured zero"
+        out["measured_energy_kwh"] = out["measured_co2e_kg"] = None
     return out
 
 

@@ -260,6 +260,7 @@ def test_the_report_adds_up_launched_jobs_only(api: Api) -> None:
     by_day = api.call("GET", "/v1/report?group_by=day", api.admin).json()["groups"]
     assert [g["key"] for g in by_day] == [utc_now().date().isoformat()]
     assert api.call("GET", "/v1/report?group_by=week", api.admin).status_code == 422
+    assert everyone["totals"]["measured_co2e_kg"] is None  # no agent reported: not zero
 
 
 def test_an_agent_token_posts_only_its_jobs_telemetry(api: Api) -> None:
@@ -292,6 +293,8 @@ def test_an_agent_token_posts_only_its_jobs_telemetry(api: Api) -> None:
         3.0 * region.pue * job["decision"]["intensity_g_per_kwh"] / 1000, rel=1e-6)
     events = api.call("GET", f"/v1/jobs/{job_id}/events", api.alpha).json()["events"]
     assert events[-1]["message"] == "the job's agent reported exit code 3"
+    totals = api.call("GET", "/v1/report", api.alpha).json()["totals"]
+    assert (totals["jobs"], totals["jobs_measured"], totals["measured_energy_kwh"]) == (1, 1, 3.0)
 
 
 def test_no_token_is_kept_or_shown_after_creation(api: Api) -> None:

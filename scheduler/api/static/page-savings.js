@@ -8,7 +8,7 @@ import { el, mount, num, savings, table } from "./dom.js";
 const FILTERS = ["team", "policy", "since", "until"];
 
 function totalsCards(t) {
-  const measured = t.measured_co2e_kg === null || t.measured_co2e_kg === undefined;
+  const unmeasured = t.measured_co2e_kg === null || t.measured_co2e_kg === undefined;
   const card = (label, value, testid) => el("div", { class: "stat", testid },
     el("span", { class: "stat-label" }, label), el("span", { class: "stat-value" }, value));
   return el("div", { class: "stats", testid: "savings-totals" },
@@ -16,7 +16,7 @@ function totalsCards(t) {
     card("CO₂e saved", savings(t.savings_co2e_kg, t.baseline_co2e_kg), "total-savings"),
     card("CO₂e (estimated)", `${num(t.co2e_kg, 3)} kg`, "total-co2e"),
     card("Baseline CO₂e", `${num(t.baseline_co2e_kg, 3)} kg`, "total-baseline"),
-    card("CO₂e (measured)", measured ? "—" : `${num(t.measured_co2e_kg, 3)} kg`,
+    card("CO₂e (measured)", unmeasured ? "—" : `${num(t.measured_co2e_kg, 3)} kg`,
       "total-measured"),
     card("Energy (est. / measured)",
       `${num(t.energy_kwh, 1)} / ${num(t.measured_energy_kwh, 1)} kWh`, "total-energy"),
