@@ -14,6 +14,9 @@ on loopback, and prints the time from start to the first ``/healthz`` answer. Th
 - **get**: 200 of those jobs are placed and launched on local-sim in this process (the
   functions the worker's tasks call), so each has a decision and a candidate table; the
   same clients then send ``--requests`` ``GET /v1/jobs/{id}`` over them.
+- **ceiling**, side by side: the same clients send ``--requests`` ``GET /healthz`` (a
+  route that does nothing): what this client, uvicorn and FastAPI reach on this machine
+  with no greenplace work at all. ``post_vs_ceiling`` is submissions/s over that rate.
 - **inner loop**, side by side: the same submission through the service layer in this
   process (``load_submission`` + ``service.submit`` on a Celery app with the same Redis),
   one at a time, so the HTTP and concurrency overhead shows as a ratio.
@@ -154,6 +157,9 @@ def one_repeat(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         get, get_wall, _ = asyncio.run(_load(
             url, token, clients=args.clients, requests=args.requests, method="GET",
             paths=[f"/v1/jobs/{i}" for i in ids[:200]], body=None))
+        health, health_wall, _ = asyncio.run(_load(
+            url, token, clients=args.clients, requests=args.requests, method="GET",
+            paths=["/healthz"], body=None))
         inner = _inner_loop(server.url, sim, min(args.requests, 500))
     finally:
         api.terminate()
@@ -164,8 +170,10 @@ def one_repeat(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
            "submissions_per_s": len(post) / post_wall,
            "get_p50_ms": 1000 * percentile(get, 50), "get_p99_ms": 1000 * percentile(get, 99),
            "gets_per_s": len(get) / get_wall,
+           "healthz_per_s": len(health) / health_wall,
+           "post_vs_ceiling": (len(post) / post_wall) / (len(health) / health_wall),
            "inner_submit_ms": 1000 * statistics.median(inner)}
-    print("  ".join(f"{k} {v:,.1f}" for k, v in row.items()), flush=True)
+    print("  ".join(f"{k} {v:,.2f}" for k, v in row.items()), flush=True)
     return row
 
 
@@ -183,7 +191,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"run {n + 1}: ", end="", flush=True)
             rows.append(one_repeat(args, Path(tmp)))
-    print("median: " + "  ".join(f"{k} {statistics.median(r[k] for r in rows):,.1f}"
+    print("median: " + "  ".join(f"{k} {statistics.median(r[k] for r in rows):,.2f}"
                                  for k in rows[0]))
 
 

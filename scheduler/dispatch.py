@@ -233,18 +233,18 @@ def job_launch(job_id: str, job: Job, *, attempt: int,
                      attempt=attempt, agent=agent)
 
 
-def agent_access(ctx: Context, record: JobRecord) -> AgentAccess | None:
-    """A new agent token for this launch, when the API's URL for agents is set.
+def agent_access(ctx: Context, record: JobRecord, *, attempt: int) -> AgentAccess | None:
+    """The agent token of this launch attempt, when the API's URL for agents is set.
 
-    Design choice: each attempt mints its own token rather than storing one: the record
-    never holds a secret, and a retried submit that finds the instance of an earlier
-    call leaves that instance with its own (still valid) token.
+    The record never holds it; every try of one attempt gets the same token, so a
+    retried launch sends the very same boot script (``Tokens.mint_agent``).
     """
     if ctx.settings.agent_api_url is None:
         return None
     from greenplace.scheduler.tokens import Tokens
 
-    token = Tokens(ctx.store).mint_agent(job_id=record.job_id, team=record.team)
+    token = Tokens(ctx.store).mint_agent(job_id=record.job_id, attempt=attempt,
+                                         team=record.team)
     return AgentAccess(api_url=ctx.settings.agent_api_url, token=token)
 
 
@@ -633,7 +633,8 @@ def _launch(ctx: Context, record: JobRecord, placement: Placement, *, attempt: i
                 "provider that has them in GREENPLACE_PROVIDERS.",
                 provider=provider.name, operation="dispatch", code="MissingFeature")
         job = job or rebuild_job(record, ctx.catalog)
-        launch = job_launch(record.job_id, job, attempt=attempt, agent=agent_access(ctx, record))
+        launch = job_launch(record.job_id, job, attempt=attempt,
+                            agent=agent_access(ctx, record, attempt=attempt))
         request = provider.prepare(launch, placement)
         ctx.store.launched_in(provider.name, placement.region)  # before: an answer may be lost
         return provider.submit(request, idempotency_key=idempotency_key(record.job_id, attempt))

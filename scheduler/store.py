@@ -16,6 +16,7 @@ key                            holds
                                bounded: ``EXPLAIN_FEASIBLE`` + ``EXPLAIN_REJECTED`` rows)
 ``gp:token:{sha256}``          hash: an API token's team, role, name (never the token)
 ``gp:tokens``                  hash: token id -> its sha256 (``scheduler/tokens.py``)
+``gp:agent-key``               string: the random key agent tokens are derived from
 ``gp:state:{STATE}``           zset: the ids in that state, scored by when they
                                entered it; DEFERRED ones by their not-before time
 ``gp:terminate``               set: final jobs whose instance must still be deleted

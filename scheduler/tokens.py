@@ -7,7 +7,8 @@ is minted per job at dispatch and may only post that job's telemetry.
 Keys (under the store's prefix): ``{prefix}:token:{sha256 hex}`` is a hash holding the
 token's id, team, role, name, job id (agents) and creation time; ``{prefix}:tokens`` maps
 each user token's id to that sha256, for ``list`` and ``revoke``. Agent tokens are not
-listed: each expires ``AGENT_TOKEN_IDLE_S`` after its last use.
+listed: each expires ``AGENT_TOKEN_IDLE_S`` after its last use. ``{prefix}:agent-key``
+holds the random key agent tokens are derived from.
 
 Design choice: a token is 32 random bytes (``secrets.token_urlsafe``) behind a ``gpt_``
 prefix that secret scanners can match. It is shown once, at creation. Redis holds its
@@ -17,8 +18,10 @@ guess from), so a look-up is one HGETALL, and a copy of Redis grants nothing.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
@@ -106,9 +109,19 @@ class Tokens:
         pipe.execute()
         return info, token
 
-    def mint_agent(self, *, job_id: str, team: str) -> str:
-        """A token that may only post telemetry for ``job_id``; expires when unused."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+    def mint_agent(self, *, job_id: str, attempt: int, team: str) -> str:
+        """The token that may only post telemetry for ``job_id``; expires when unused.
+
+        Design choice: the token of one launch attempt is always the same (an HMAC of
+        ``job_id/attempt`` under a random key kept in Redis), because a launch is retried
+        with the same idempotency key and the clouds refuse a retry whose request differs
+        (EC2's IdempotentParameterMismatch): the boot script must not change between
+        tries. Whoever reads the key can derive agent tokens, but whoever reaches Redis
+        already administers the service (``greenplace admin``), and an agent token only
+        reports on its own job.
+        """
+        digest = hmac.new(self._agent_key(), f"{job_id}/{attempt}".encode(), hashlib.sha256)
+        token = TOKEN_PREFIX + base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
         key = self._key(_digest(token))
         pipe = self._client.pipeline(transaction=True)
         pipe.hset(key, mapping={"token_id": f"agent-{job_id}", "team": team,
@@ -117,6 +130,12 @@ class Tokens:
         pipe.expire(key, AGENT_TOKEN_IDLE_S)
         pipe.execute()
         return token
+
+    def _agent_key(self) -> bytes:
+        """The deployment's key for agent tokens, made on first use (one writer wins)."""
+        name = f"{self._prefix}:agent-key"
+        self._client.set(name, secrets.token_hex(TOKEN_BYTES), nx=True)
+        return str(self._client.get(name)).encode()
 
     def lookup(self, token: str) -> Principal | None:
         """The principal of ``token``, or None for an unknown, revoked or expired one."""

@@ -267,8 +267,11 @@ def test_an_agent_token_posts_only_its_jobs_telemetry(api: Api) -> None:
     job_id, other = api.submit(api.alpha, "measured", "other")
     api.launch(job_id)
     ctx = Context.build(api.settings, api.store)
-    access = agent_access(ctx, api.store.get(job_id))
+    record = api.store.get(job_id)
+    access = agent_access(ctx, record, attempt=record.attempt)
     assert access is not None and access.api_url == "https://api.example.test"
+    # A retried launch of the attempt gets the very token the launch already handed out.
+    assert agent_access(ctx, record, attempt=record.attempt) == access
     agent = access.token
     assert api.call("GET", "/v1/jobs", agent).status_code == 403
     assert api.call("GET", f"/v1/jobs/{job_id}", agent).status_code == 403
@@ -300,7 +303,7 @@ def test_an_agent_token_posts_only_its_jobs_telemetry(api: Api) -> None:
 def test_no_token_is_kept_or_shown_after_creation(api: Api) -> None:
     (job_id,) = api.submit(api.alpha, "secretive")
     api.launch(job_id)  # the launch mints an agent token (agent_api_url is set)
-    agent = Tokens(api.store).mint_agent(job_id=job_id, team="alpha")
+    agent = Tokens(api.store).mint_agent(job_id=job_id, attempt=2, team="alpha")
     client = api.store.client
     dump = []
     for key in client.scan_iter("*"):

@@ -48,7 +48,7 @@ def test_an_admin_sees_every_team(tokens: Tokens) -> None:
 def test_list_and_revoke(tokens: Tokens) -> None:
     first, token = tokens.create(team="ml", role=Role.MEMBER, name="a")
     second, _ = tokens.create(team="cv", role=Role.ADMIN, name="b")
-    tokens.mint_agent(job_id="0123456789abcdef", team="ml")  # agents are not listed
+    tokens.mint_agent(job_id="0123456789abcdef", attempt=1, team="ml")  # agents: not listed
     assert [i.token_id for i in tokens.list()] == [first.token_id, second.token_id]
     assert tokens.revoke(first.token_id) and not tokens.revoke(first.token_id)
     assert tokens.lookup(token) is None
@@ -57,12 +57,24 @@ def test_list_and_revoke(tokens: Tokens) -> None:
 
 def test_an_agent_token_names_its_job_and_expires_when_unused(tokens: Tokens,
                                                               server: RedisServer) -> None:
-    token = tokens.mint_agent(job_id="0123456789abcdef", team="ml")
+    token = tokens.mint_agent(job_id="0123456789abcdef", attempt=1, team="ml")
     (key,) = server.client().scan_iter("t1:token:*")
     server.client().expire(key, 5)
     agent = tokens.lookup(token)
     assert agent is not None and agent.role is Role.AGENT and agent.job_id == "0123456789abcdef"
     assert server.client().ttl(key) > AGENT_TOKEN_IDLE_S - 10  # each use extends its life
+
+
+def test_an_attempts_agent_token_is_the_same_on_every_try(tokens: Tokens,
+                                                          server: RedisServer) -> None:
+    once = tokens.mint_agent(job_id="0123456789abcdef", attempt=1, team="ml")
+    assert tokens.mint_agent(job_id="0123456789abcdef", attempt=1, team="ml") == once
+    others = {tokens.mint_agent(job_id="0123456789abcdef", attempt=2, team="ml"),
+              tokens.mint_agent(job_id="fedcba9876543210", attempt=1, team="ml"),
+              Tokens(JobStore(server.client(), prefix="t2")).mint_agent(
+                  job_id="0123456789abcdef", attempt=1, team="ml")}
+    assert once not in others and len(others) == 3 and len(once) == AGENT_TOKEN_CHARS
+    assert len(list(server.client().scan_iter("t1:token:*"))) == 3
 
 
 @pytest.mark.parametrize("garbage", ["", "gpt_", "Bearer x", "gpt_" + "a" * 500, "sk-123"])
