@@ -15,6 +15,7 @@ import binascii
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -120,7 +121,8 @@ def _figures_of(record: JobRecord, candidates: Sequence[dict[str, Any]] | None
                 ) -> dict[str, Any]:
     """Estimated figures of the placement the job really got (a fallback's, after a failover)."""
     decision = record.decision or {}
-    figures = {name: decision.get(name) for name in ("energy_kwh", "co2e_kg", "cost_usd")}
+    figures = {name: decision.get(name) for name in ("energy_kwh", "co2e_kg", "cost_usd",
+                                                      "intensity_g_per_kwh")}
     placement = record.placement
     if placement is not None and candidates:
         for row in candidates:
@@ -136,11 +138,12 @@ def job_view(record: JobRecord, *, pue: float | None = None,
     """One job as both front ends show it: the record's summary, estimated figures for its
     placement, its baseline and savings, and measured figures once its agent reported.
 
-    ``pue``: the chosen region's PUE, to turn the agent's measured machine energy into
+    ``pue``: the PUE of the job's region, to turn the agent's measured machine energy into
     facility energy as the estimate counts it (None: measured CO2e is not shown).
     """
     decision = record.decision or {}
     figures = _figures_of(record, candidates)
+    intensity = figures.pop("intensity_g_per_kwh")
     baseline = (decision.get("baseline") or {}).get("co2e_kg")
     co2e = figures["co2e_kg"]
     view = record.summary()
@@ -149,7 +152,6 @@ def job_view(record: JobRecord, *, pue: float | None = None,
     view["savings_co2e_kg"] = (round(baseline - co2e, 4)
                                if baseline is not None and co2e is not None else None)
     measured_kwh = record.measured_energy_kwh
-    intensity = decision.get("intensity_g_per_kwh")
     view["measured_energy_kwh"] = measured_kwh
     view["measured_co2e_kg"] = (
         round(measured_kwh * pue * intensity / 1000.0, 6)
@@ -160,13 +162,15 @@ def job_view(record: JobRecord, *, pue: float | None = None,
 
 
 def region_pue(catalog: Catalog) -> Callable[[JobRecord], float | None]:
-    """A look-up of the PUE of a job's chosen region (None before placement)."""
+    """A look-up of the PUE of the region a job launched in (else its first choice; None
+    before placement)."""
     def pue(record: JobRecord) -> float | None:
-        decision = record.decision or {}
-        if "cloud" not in decision:
-            return None
+        placement, decision = record.placement, record.decision or {}
+        where = (f"{placement.cloud}:{placement.region}" if placement is not None
+                 else f"{decision['cloud']}:{decision['region']}" if "cloud" in decision
+                 else None)
         try:
-            return catalog.region(f"{decision['cloud']}:{decision['region']}").pue
+            return None if where is None else catalog.region(where).pue
         except UserInputError:
             return None
     return pue
@@ -205,6 +209,8 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, job_id = text.split("|", 1)
+        if not math.isfinite(float(score)):
+            raise ValueError(score)
         return float(score), job_id
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise UserInputError(f"cursor {shown(cursor)} is not one this service handed out. "

@@ -7,6 +7,7 @@ local-sim provider; the service with real worker processes is tests/integration/
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -19,7 +20,12 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from greenplace.scheduler.api.app import create_app
-from greenplace.scheduler.dispatch import Context, agent_access, place_and_dispatch
+from greenplace.scheduler.dispatch import (
+    Context,
+    agent_access,
+    dispatch_job,
+    place_and_dispatch,
+)
 from greenplace.scheduler.settings import Settings
 from greenplace.scheduler.store import JobStore, utc_now
 from greenplace.scheduler.tokens import Role, Tokens
@@ -65,9 +71,14 @@ class Api:
         assert response.status_code == 201, response.text
         return [j["job_id"] for j in response.json()["jobs"]]
 
-    def launch(self, job_id: str) -> None:
-        ctx = Context.build(self.settings, self.store)
-        place_and_dispatch(ctx, job_id, now=utc_now())
+    def launch(self, job_id: str, settings: Settings | None = None) -> None:
+        """Place and launch the job as the worker's tasks would, follow-ups included."""
+        ctx = Context.build(settings or self.settings, self.store)
+        outcome = place_and_dispatch(ctx, job_id, now=utc_now())
+        while outcome.followups:
+            (step,) = outcome.followups
+            assert step.task == "dispatch", step
+            outcome = dispatch_job(ctx, job_id, int(step.args[1]), now=utc_now())
 
 
 @pytest.fixture
@@ -240,6 +251,27 @@ def test_a_job_page_explains_its_decision(api: Api) -> None:
         decision["baseline"]["co2e_kg"] - decision["co2e_kg"], abs=1e-4)
     events = api.call("GET", f"/v1/jobs/{job_id}/events", api.alpha).json()["events"]
     assert [e["to"] for e in events][:2] == ["QUEUED", "PLACED"]
+
+
+def test_after_a_failover_the_figures_are_the_fallbacks(api: Api, tmp_path: Path) -> None:
+    (job_id,) = api.submit(api.alpha, "failed-over")
+    probe = api.submit(api.alpha, "probe")[0]
+    api.launch(probe)
+    first = api.store.get(probe).placement
+    assert first is not None
+    sim = tmp_path / "sim.yaml"  # no capacity for the first choice: the job fails over
+    sim.write_text(f"launch_latency_s: 0\ncapacity: {{'{first.cloud}:{first.region}:"
+                   f"{first.instance_type}': 0}}\n")
+    api.launch(job_id, dataclasses.replace(api.settings, sim_config=sim))
+    job = api.call("GET", f"/v1/jobs/{job_id}", api.alpha).json()
+    assert job["attempts"] == 2 and job["attempt_reasons"][0]["error"] == "CapacityError"
+    fallback = next(c for c in job["candidates"]
+                    if (c["cloud"], c["region"], c["instance_type"]) ==
+                    (job["cloud"], job["region"], job["instance_type"]))
+    assert (job["region"], job["instance_type"]) != (first.region, first.instance_type)
+    assert job["co2e_kg"] == fallback["co2e_kg"] != job["decision"]["co2e_kg"]
+    assert job["savings_co2e_kg"] == pytest.approx(
+        job["baseline_co2e_kg"] - fallback["co2e_kg"], abs=1e-4)
 
 
 def test_the_report_adds_up_launched_jobs_only(api: Api) -> None:

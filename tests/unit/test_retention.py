@@ -48,8 +48,11 @@ def make_job(catalog: Catalog, name: str) -> Job:
 
 
 def submit(store: JobStore, catalog: Catalog, name: str) -> str:
-    (job_id,) = store.create([NewJob(job_id=new_job_id(), job=make_job(catalog, name))],
-                             now=LONG_AGO - dt.timedelta(hours=1))
+    (job_id,) = store.create([NewJob(job_id=new_job_id(), job=make_job(catalog, name),
+                                     team="ml")], now=LONG_AGO - dt.timedelta(hours=1))
+    # what placement and the job's agent add beside the record: pruned with it
+    store.save_explain(job_id, [{"cloud": "aws", "region": "us-east-1"}])
+    assert store.record_telemetry(job_id, at=LONG_AGO, energy_kwh=1.0)
     return job_id
 
 
@@ -102,6 +105,9 @@ def test_prune_removes_old_final_jobs_entirely_and_keeps_the_rest(
     assert all(j.ended_at.startswith(LONG_AGO.date().isoformat()) for j in result.pruned)
     assert not result.more and not result.kept_deleting
     for job_id in old.values():
+        assert keys_naming(client, job_id) == []
+        # an agent reporting late on a pruned job recreates nothing
+        assert not store.record_telemetry(job_id, at=RECENTLY, exit_code=0, energy_kwh=2.0)
         assert keys_naming(client, job_id) == []
     assert sorted(store.job_ids()) == sorted([young, running])
     assert store.get(young).state is S.SUCCEEDED and len(store.events(young)) == 5
