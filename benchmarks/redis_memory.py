@@ -114,6 +114,8 @@ def one_run(jobs: list[Job], tmp: Path) -> dict[str, float]:
         record_b = statistics.mean(int(usage(f"gp:job:{i}", samples=0) or 0) for i in sample)
         events_b = statistics.mean(int(usage(f"gp:job:{i}:events", samples=0) or 0)
                                    for i in sample)
+        explain_b = statistics.mean(int(usage(f"gp:job:{i}:explain", samples=0) or 0)
+                                    for i in sample)
         started = time.monotonic()
         result = ctx.store.prune(older_than_s=0, limit=len(ids) + 1)
         prune_s = time.monotonic() - started
@@ -123,10 +125,11 @@ def one_run(jobs: list[Job], tmp: Path) -> dict[str, float]:
         print(f"  {n} jobs {dict(sorted(states.items()))}, {events / n:.1f} events/job; "
               f"driven in {drive_s:.1f} s, pruned in {prune_s:.2f} s; used_memory per job: "
               f"final {(final - base) / n:,.0f} B (MEMORY USAGE: record {record_b:,.0f} B, "
-              f"events {events_b:,.0f} B), after prune {(after - base) / n:,.0f} B")
+              f"events {events_b:,.0f} B, explain {explain_b:,.0f} B), after prune "
+              f"{(after - base) / n:,.0f} B")
         return {"final": (final - base) / n, "after": (after - base) / n,
                 "events": events / n, "prune_s": prune_s, "record": record_b,
-                "events_b": events_b}
+                "events_b": events_b, "explain_b": explain_b}
     finally:
         store_redis.stop()
         sim_redis.stop()
@@ -155,7 +158,8 @@ def main() -> None:
           f"{statistics.median(r['final'] for r in runs):,.0f} B per final job "
           f"({statistics.median(r['events'] for r in runs):.1f} events; record "
           f"{statistics.median(r['record'] for r in runs):,.0f} B, events "
-          f"{statistics.median(r['events_b'] for r in runs):,.0f} B), "
+          f"{statistics.median(r['events_b'] for r in runs):,.0f} B, explain "
+          f"{statistics.median(r['explain_b'] for r in runs):,.0f} B), "
           f"{statistics.median(r['after'] for r in runs):,.0f} B per job after prune; "
           f"prune {args.jobs / statistics.median(r['prune_s'] for r in runs):,.0f} jobs/s")
 

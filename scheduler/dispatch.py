@@ -87,6 +87,7 @@ from greenplace.scheduler.store import (
     encode_fields,
     iso,
     offer_key,
+    pack_explain,
     parse_iso,
     policy_of,
 )
@@ -325,14 +326,15 @@ def apply_decision(ctx: Context, record: JobRecord, decision: PlacementDecision,
     summary = decision.summary(explain=False)
     placements = frozen_ranking(decision)
     job_id = record.job_id
-    ctx.store.save_explain(job_id, decision.candidate_table())  # first: the job page reads it
+    explain = pack_explain(decision.candidate_table())  # kept with the move, for the job page
     try:
         if not decision.placed:
             reason = _rejection_text(summary)
             ctx.store.transition(
                 job_id, to=S.UNSCHEDULABLE, expect=expect, message=reason,
                 data={"rejections": summary.get("reasons", [])[:50]},
-                fields=encode_fields(decision=summary, placements=[], reason=reason), now=now)
+                fields=encode_fields(decision=summary, placements=[], reason=reason), now=now,
+                explain=explain)
             return Outcome(message=reason)
         first = placements[0]
         where = f"{first.cloud}:{first.region} {first.instance_type}"
@@ -344,12 +346,12 @@ def apply_decision(ctx: Context, record: JobRecord, decision: PlacementDecision,
                         f"(then re-placed; now best: {where})",
                 fields=encode_fields(decision=summary, placements=placements,
                                      not_before=iso(not_before), target=-1, exhausted=[]),
-                score=not_before.timestamp(), now=now)
+                score=not_before.timestamp(), now=now, explain=explain)
             return Outcome(message=f"deferred until {iso(not_before)}")
         placed = _placed_move(decision, summary, placements, expect=expect)
         ctx.store.transition(job_id, to=placed.to, expect=placed.expect,
                              message=placed.message, data=placed.data, fields=placed.fields,
-                             now=now)
+                             now=now, explain=explain)
         metrics.add_co2e(ctx.store, estimated_kg=summary.get("co2e_kg"),
                          saved_kg=summary.get("savings_co2e_kg"))
     except TransitionRefused as exc:
@@ -384,7 +386,7 @@ def _begin_move(ctx: Context, attempt: int, target: int, placement: Placement) -
 
 
 def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
-    """Place a QUEUED job and launch its first attempt, in one task and 5 round trips.
+    """Place a QUEUED job and launch its first attempt, in one task and 4 round trips.
 
     Under the job's dispatch lock (taken with the read), the moves QUEUED -> PLACED
     -> DISPATCHING are written in one script call, then the launch runs exactly as
@@ -422,10 +424,10 @@ def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcom
         summary = decision.summary(explain=False)
         target = choose_target(placements, (), cooling)
         assert target is not None
-        store.save_explain(job_id, decision.candidate_table())
         placed_move = _placed_move(decision, summary, placements, expect=S.QUEUED)
         placed, begun = store.transitions(job_id, [
-            placed_move, _begin_move(ctx, 1, target, placements[target])], now=now)
+            placed_move, _begin_move(ctx, 1, target, placements[target])], now=now,
+            explain=pack_explain(decision.candidate_table()))
         if isinstance(placed, TransitionRefused):
             return Outcome(message=f"nothing to do: the job is now {placed.current}")
         metrics.add_co2e(store, estimated_kg=summary.get("co2e_kg"),

@@ -114,11 +114,13 @@ def error_family(exc: BaseException) -> str:
 
 # --- write side ------------------------------------------------------------------------
 def _send(client: redis.Redis, commands: Sequence[_Command]) -> None:
-    """Run ``commands`` in one pipeline; a failure is logged at debug level, never raised."""
+    """Run ``commands`` in one MULTI/EXEC: one round trip, and a scrape never sees half of
+    a task's counts (a histogram's count without its bucket). A failure is logged at
+    debug level, never raised."""
     if not commands:
         return
     try:
-        pipe = client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=True)
         for command in commands:
             pipe.execute_command(*command)
         pipe.execute()
@@ -261,6 +263,17 @@ def queue_keys(queue: str, *, broker_key_prefix: str) -> list[str]:
             for step in PRIORITY_STEPS]
 
 
+def _counter(name: str, documentation: str, labels: list[str],
+             fields: dict[str, str]) -> Metric:
+    """A counter family with two labels, from a hash of ``label1|label2`` -> count."""
+    from prometheus_client.core import CounterMetricFamily
+
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for first, second, count in _labelled(fields):
+        family.add_metric([first, second], count)
+    return family
+
+
 def _labelled(fields: dict[str, str]) -> Iterator[tuple[str, str, float]]:
     for field, value in sorted(fields.items()):
         first, _, second = field.rpartition(_SEP)
@@ -325,20 +338,14 @@ class FleetCollector(_CollectorBase):
             "(live signal lookups included).",
             buckets=buckets, sum_value=float(placement.get("sum", 0)))
 
-        attempts = CounterMetricFamily(
+        yield _counter(
             "greenplace_dispatch_attempts", "Launch attempts by cloud and outcome "
             "(launched, or the refusal's error family: capacity, quota, transient, ...).",
-            labels=["cloud", "outcome"])
-        for cloud, outcome, count in _labelled(dispatches):
-            attempts.add_metric([cloud, outcome], count)
-        yield attempts
-
-        moved = CounterMetricFamily(
+            ["cloud", "outcome"], dispatches)
+        yield _counter(
             "greenplace_failovers", "Jobs moved on to their next candidate after a refused "
-            "launch, by the refusing cloud and the error family.", labels=["cloud", "reason"])
-        for cloud, reason, count in _labelled(failovers):
-            moved.add_metric([cloud, reason], count)
-        yield moved
+            "launch, by the refusing cloud and the error family.", ["cloud", "reason"],
+            failovers)
 
         estimated_kg = float(co2e.get("estimated_kg", 0))
         saved_kg = float(co2e.get("saved_kg", 0))
@@ -355,13 +362,10 @@ class FleetCollector(_CollectorBase):
             "placed (kg CO2e; a gauge: a placement dirtier than its baseline lowers it).",
             value=saved_kg)
 
-        errors = CounterMetricFamily(
+        yield _counter(
             "greenplace_signal_errors", "Failed calls to carbon signal sources, by source and "
             "reason (down, timeout, unauthorised, malformed, rate_limited, no_data, ...).",
-            labels=["source", "reason"])
-        for source, reason, count in _labelled(signal_errors):
-            errors.add_metric([source, reason], count)
-        yield errors
+            ["source", "reason"], signal_errors)
 
         age = GaugeMetricFamily(
             "greenplace_signal_data_age_seconds", "Age of the newest value fetched from each "

@@ -40,9 +40,10 @@ key                            holds
 ``gp:metrics:signal_at``       zset: live signal source -> newest observed_at
 =============================  ======================================================
 
-Retention: ``prune`` deletes final jobs (record, events, index entries, nudge key)
-some time after they ended, one Lua script per job, and never a job whose instance
-deletion is still pending (in ``gp:terminate`` or with an entry in ``gp:orphans``).
+Retention: ``prune`` deletes final jobs (record, events, candidate table, index entries,
+nudge key) some time after they ended, one Lua script per job, and never a job whose
+instance deletion is still pending (in ``gp:terminate`` or with an entry in
+``gp:orphans``).
 
 Every state change runs in one Lua script that checks the current state (and
 optionally the attempt number) and writes the new state, the indexes and the
@@ -125,9 +126,9 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 # KEYS: job hash, events list[, lock]. ARGV: state-index prefix, job id, set to SADD the
 # id to ('' = none), lock token, number of moves; then per move: allowed from-states,
 # to-state ('' = keep), attempt guard, event JSON, index score, number of field/value
-# items, the items. Returns per move {status, state it was in}; 'skipped' after a
-# refusal. The lock (if given) is released at the end, whatever happened, when the
-# token still owns it.
+# items, the items; last, the candidate table to keep at '{job hash}:explain' ('' = none).
+# Returns per move {status, state it was in}; 'skipped' after a refusal. The lock (if
+# given) is released at the end, whatever happened, when the token still owns it.
 # The moves are checked one after the other against the record as the earlier ones
 # left it, then written together: one HSET, one index move (first state -> last state),
 # one RPUSH of their events. Nothing outside the script sees the states in between.
@@ -176,6 +177,7 @@ if #events > 0 then
   end
   redis.call('RPUSH', KEYS[2], unpack(events))
   if ARGV[3] ~= '' then redis.call('SADD', ARGV[3], ARGV[2]) end
+  if ARGV[i] ~= '' then redis.call('SET', KEYS[1] .. ':explain', ARGV[i]) end
 end
 if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
 return results
@@ -430,6 +432,20 @@ def _placements_from_text(text: str) -> tuple[Placement, ...]:
     return tuple(Placement(cloud=p[0], region=p[1], instance_type=p[2], accelerator=p[3],
                            accelerator_count=p[4], spot=p[5], price_usd_per_hour=p[6])
                  for p in json.loads(text))
+
+
+def pack_explain(candidates: Sequence[Mapping[str, Any]]) -> str:
+    """A decision's candidate table as ``job:{id}:explain`` keeps it (``JobStore.explain``).
+
+    Design choice: this is the largest thing a job keeps, so it is stored small: column
+    names once plus rows of values (the names are most of a candidate's JSON),
+    zlib-compressed and base64-encoded (the client decodes replies as text): about 1.9 KB
+    for 24 candidates instead of 5.8 KB of plain JSON or 22 KB as a list of objects
+    (benchmarks/README.md, Redis memory per job).
+    """
+    columns = list(candidates[0]) if candidates else []
+    table = {"columns": columns, "rows": [[c.get(k) for k in columns] for c in candidates]}
+    return base64.b64encode(zlib.compress(_dumps(table).encode(), 6)).decode()
 
 
 def _record(fields: Mapping[str, str]) -> JobRecord:
@@ -700,20 +716,6 @@ class JobStore:
             out = [(i, s) for i, s in out if s < score or (s == score and i < last)]
         return out[:count]
 
-    def save_explain(self, job_id: str, candidates: Sequence[Mapping[str, Any]]) -> None:
-        """Keep the decision's candidate table beside the record (``job:{id}:explain``).
-
-        Design choice: this is the largest thing a job keeps, so it is stored small:
-        column names once plus rows of values (the names are most of a candidate's
-        JSON), zlib-compressed and base64-encoded (the client decodes replies as text):
-        about 1.8 KB for 24 candidates instead of 5.8 KB of plain JSON or 22 KB as a
-        list of objects (benchmarks/README.md, Redis memory per job).
-        """
-        columns = list(candidates[0]) if candidates else []
-        table = {"columns": columns, "rows": [[c.get(k) for k in columns] for c in candidates]}
-        packed = base64.b64encode(zlib.compress(_dumps(table).encode(), 6)).decode()
-        self.client.set(f"{self._job_key(job_id)}:explain", packed)
-
     def explain(self, job_id: str) -> list[dict[str, Any]]:
         """The candidate table saved when the job was placed ([] before that)."""
         text = self.client.get(f"{self._job_key(job_id)}:explain")
@@ -768,6 +770,7 @@ class JobStore:
         attempt: int | None = None, message: str, data: Mapping[str, Any] | None = None,
         fields: Mapping[str, str] | None = None, score: float | None = None,
         terminate: bool = False, now: dt.datetime | None = None, release: Lock | None = None,
+        explain: str = "",
     ) -> JobState:
         """Move the job to ``to`` atomically; returns the state it left.
 
@@ -781,6 +784,8 @@ class JobStore:
             score: the new state-index score (default now; DEFERRED: the not-before time).
             terminate: also queue the job's instance for deletion.
             release: a lock to release in the same step, whatever the outcome.
+            explain: a candidate table (``pack_explain``) to keep with the move, when it
+                is made.
 
         Raises:
             JobNotFoundError; IllegalTransitionError when the job is in another state
@@ -791,7 +796,7 @@ class JobStore:
             legal &= {expect} if isinstance(expect, JobState) else expect
         return self._run(job_id, to=str(to), allowed=legal, attempt=attempt, kind="transition",
                          message=message, data=data, fields=fields, score=score,
-                         terminate=terminate, now=now, release=release)
+                         terminate=terminate, now=now, release=release, explain=explain)
 
     def update(self, job_id: str, *, expect: JobState | frozenset[JobState],
                message: str, data: Mapping[str, Any] | None = None,
@@ -819,7 +824,7 @@ class JobStore:
                 *pairs]
 
     def _call_moves(self, job_id: str, moves: list[list[str]], *, terminate: bool,
-                    release: Lock | None) -> list[tuple[str, str]]:
+                    release: Lock | None, explain: str = "") -> list[tuple[str, str]]:
         keys = [self._job_key(job_id), self._events_key(job_id)]
         if release is not None:
             keys.append(self._lock_key(release.name))
@@ -827,7 +832,7 @@ class JobStore:
                 release.token if release is not None else "", str(len(moves))]
         for move in moves:
             args += move
-        flat = self._moves(keys=keys, args=args)
+        flat = self._moves(keys=keys, args=[*args, explain])
         if release is not None:
             release.released = True
         return [(str(flat[k]), str(flat[k + 1])) for k in range(0, len(flat), 2)]
@@ -852,23 +857,27 @@ class JobStore:
     def _run(self, job_id: str, *, to: str, allowed: frozenset[JobState], attempt: int | None,
              kind: str, message: str, data: Mapping[str, Any] | None,
              fields: Mapping[str, str] | None, score: float | None, terminate: bool,
-             now: dt.datetime | None, release: Lock | None = None) -> JobState:
+             now: dt.datetime | None, release: Lock | None = None,
+             explain: str = "") -> JobState:
         args = self._move_args(to=to, allowed=allowed, attempt=attempt, kind=kind,
                                message=message, data=data, fields=fields, score=score,
                                now=now or utc_now())
-        (reply,) = self._call_moves(job_id, [args], terminate=terminate, release=release)
+        (reply,) = self._call_moves(job_id, [args], terminate=terminate, release=release,
+                                    explain=explain)
         outcome = self._outcome(job_id, to, attempt, reply)
         if isinstance(outcome, TransitionRefused):
             raise outcome
         return outcome
 
     def transitions(self, job_id: str, moves: Sequence[Move], *,
-                    now: dt.datetime | None = None) -> list[JobState | TransitionRefused]:
+                    now: dt.datetime | None = None,
+                    explain: str = "") -> list[JobState | TransitionRefused]:
         """Apply ``moves`` in order, atomically, in one round trip; stop at the first refusal.
 
         A refused move changes nothing and the moves after it are not tried, so a
         later move can rely on the earlier ones. Returns, per move, the state it
-        left or the refusal (not raised).
+        left or the refusal (not raised). ``explain``: as for ``transition``, kept when
+        a move is made.
         """
         moment = now or utc_now()
         calls = []
@@ -879,7 +888,8 @@ class JobStore:
             calls.append(self._move_args(
                 to=str(m.to), allowed=legal, attempt=m.attempt, kind="transition",
                 message=m.message, data=m.data, fields=m.fields, score=None, now=moment))
-        replies = self._call_moves(job_id, calls, terminate=False, release=None)
+        replies = self._call_moves(job_id, calls, terminate=False, release=None,
+                                   explain=explain)
         return [self._outcome(job_id, str(m.to), m.attempt, reply)
                 for m, reply in zip(moves, replies, strict=True)]
 
@@ -974,11 +984,12 @@ class JobStore:
               dry_run: bool = False) -> PruneResult:
         """Delete final jobs that ended at least ``older_than_s`` ago, oldest first per state.
 
-        Each job goes in one Lua script (record, events, ``jobs`` and state index entries,
-        nudge key), so a reader sees it whole or not at all; a job whose instance
-        deletion is pending is kept (reported in ``kept_deleting``) and looked at again
-        next time. Stops after ``limit`` jobs or ``budget_s`` seconds (``more`` is then
-        True) so a sweep fits inside a task's time limit; call again to go on.
+        Each job goes in one Lua script (record, events, candidate table, ``jobs``, team and
+        state index entries, nudge key), so a reader sees it whole or not at all; a job
+        whose instance deletion is pending is kept (reported in ``kept_deleting``) and
+        looked at again next time. Stops after ``limit`` jobs or ``budget_s`` seconds
+        (``more`` is then True) so a sweep fits inside a task's time limit; call again to
+        go on.
 
         Design choice: candidates come from the final states' indexes, scored by when the
         job entered the state, so a sweep reads only what is due, in pages, and never

@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.deployfiles import (
-    REPO,
     Manifest,
     greenplace_services,
     pod_spec,
     read_dockerfile,
 )
+from tests.wheel import build_wheel
 
 # Not marked integration: the whole module takes about 8 s (the wheel build), and it needs
 # neither Redis nor a worker process.
@@ -46,13 +46,7 @@ pytestmark = pytest.mark.skipif(subprocess.run([sys.executable, "-m", "pip", "--
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with the greenplace wheel installed; returns its bin/."""
     tmp = tmp_path_factory.mktemp("image")
-    source = tmp / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp), str(source)], check=True, timeout=300,
-                   capture_output=True)
-    (wheel,) = tmp.glob("greenplace-*.whl")
+    wheel = build_wheel(tmp)
     env_dir = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True,
                    timeout=120)

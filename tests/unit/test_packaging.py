@@ -8,7 +8,6 @@ site-packages.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,6 +15,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.wheel import build_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -47,15 +48,7 @@ def test_the_console_script_and_python_m_use_the_namespace() -> None:
 @pytest.mark.skipif(subprocess.run([sys.executable, "-m", "pip", "--version"],
                                    capture_output=True).returncode != 0, reason="no pip")
 def test_the_wheel_holds_only_greenplace(tmp_path: Path) -> None:
-    # Built from a copy (setuptools writes build/ beside the sources) with the setuptools already
-    # installed (--no-build-isolation: no index needed).
-    source = tmp_path / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(source)], check=True, timeout=300,
-                   capture_output=True)
-    (wheel,) = tmp_path.glob("greenplace-*.whl")
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert {t for t in top_level if not t.endswith(".dist-info")} == {"greenplace"}

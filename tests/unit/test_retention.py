@@ -18,7 +18,15 @@ from greenplace.scheduler.exceptions import ConfigError, UserInputError
 from greenplace.scheduler.jobs import Job, JobSpec, resolve_job
 from greenplace.scheduler.settings import load_settings
 from greenplace.scheduler.signals.cache import RedisCache
-from greenplace.scheduler.store import JobState, JobStore, Move, NewJob, new_job_id, utc_now
+from greenplace.scheduler.store import (
+    JobState,
+    JobStore,
+    Move,
+    NewJob,
+    new_job_id,
+    pack_explain,
+    utc_now,
+)
 from tests.redisproc import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary")
@@ -50,8 +58,7 @@ def make_job(catalog: Catalog, name: str) -> Job:
 def submit(store: JobStore, catalog: Catalog, name: str) -> str:
     (job_id,) = store.create([NewJob(job_id=new_job_id(), job=make_job(catalog, name),
                                      team="ml")], now=LONG_AGO - dt.timedelta(hours=1))
-    # what placement and the job's agent add beside the record: pruned with it
-    store.save_explain(job_id, [{"cloud": "aws", "region": "us-east-1"}])
+    # what the job's agent adds to the record: pruned with it
     assert store.record_telemetry(job_id, at=LONG_AGO, energy_kwh=1.0)
     return job_id
 
@@ -62,7 +69,9 @@ def run_to(store: JobStore, job_id: str, final: JobState, *, when: dt.datetime,
     if final is S.SUCCEEDED:
         store.transitions(job_id, [Move(to=S.PLACED, message="placed"),
                                    Move(to=S.DISPATCHING, message="launching"),
-                                   Move(to=S.RUNNING, message="running")], now=when)
+                                   Move(to=S.RUNNING, message="running")], now=when,
+                          explain=pack_explain([{"cloud": "aws", "region": "us-east-1"}]))
+        assert store.explain(job_id) == [{"cloud": "aws", "region": "us-east-1"}]
     store.transition(job_id, to=final, message=f"to {final}", now=when, terminate=terminate)
 
 
