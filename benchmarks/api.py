@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/api.py [--clients 50] [--requests 2000] [--repeat 3] [--api-workers 1]
+                             [--batch 10000]
 
 Each repeat starts a private redis-server (AOF on, ``appendfsync everysec``, as in
 production) and a cold ``greenplace api`` process (uvicorn, ``--api-workers`` processes)
@@ -17,6 +18,8 @@ on loopback, and prints the time from start to the first ``/healthz`` answer. Th
 - **ceiling**, side by side: the same clients send ``--requests`` ``GET /healthz`` (a
   route that does nothing): what this client, uvicorn and FastAPI reach on this machine
   with no greenplace work at all. ``post_vs_ceiling`` is submissions/s over that rate.
+- **batch**: one ``POST /v1/jobs`` of a ``--batch``-job file (the example jobs in turn,
+  renamed), timed end to end by one client: how a large submission goes over HTTP.
 - **inner loop**, side by side: the same submission through the service layer in this
   process (``load_submission`` + ``service.submit`` on a Celery app with the same Redis),
   one at a time, so the HTTP and concurrency overhead shows as a ratio.
@@ -98,6 +101,20 @@ def _place(redis_url: str, sim: Path, ids: list[str]) -> None:
         place_and_dispatch(ctx, job_id, now=utc_now())
 
 
+def _batch(url: str, token: str, jobs: int) -> float:
+    """Seconds for one POST of a ``jobs``-job YAML file, answered 201."""
+    examples = yaml.safe_load((REPO / "examples" / "jobs.yaml").read_text())["jobs"]
+    body = yaml.safe_dump({"jobs": [{**examples[n % len(examples)], "name": f"job-{n}"}
+                                    for n in range(jobs)]}).encode()
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/v1/jobs", content=body, timeout=600,
+                          headers={"Authorization": f"Bearer {token}",
+                                   "Content-Type": "application/yaml"})
+    if response.status_code != 201:
+        raise SystemExit(f"batch POST: HTTP {response.status_code} {response.text[:300]}")
+    return time.perf_counter() - started
+
+
 def _inner_loop(redis_url: str, sim: Path, requests: int) -> list[float]:
     """Per-submission time through the service layer in-process, one at a time."""
     from greenplace.scheduler.catalog import load_catalog
@@ -160,6 +177,7 @@ def one_repeat(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         health, health_wall, _ = asyncio.run(_load(
             url, token, clients=args.clients, requests=args.requests, method="GET",
             paths=["/healthz"], body=None))
+        batch_s = _batch(url, token, args.batch)
         inner = _inner_loop(server.url, sim, min(args.requests, 500))
     finally:
         api.terminate()
@@ -172,6 +190,7 @@ def one_repeat(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
            "gets_per_s": len(get) / get_wall,
            "healthz_per_s": len(health) / health_wall,
            "post_vs_ceiling": (len(post) / post_wall) / (len(health) / health_wall),
+           "batch_s": batch_s, "batch_jobs_per_s": args.batch / batch_s,
            "inner_submit_ms": 1000 * statistics.median(inner)}
     print("  ".join(f"{k} {v:,.2f}" for k, v in row.items()), flush=True)
     return row
@@ -183,6 +202,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=10_000, help="jobs in the one large POST")
     args = parser.parse_args()
     print(f"{args.clients} clients, {args.requests} requests per phase, "
           f"{args.api_workers} API process(es), {os.cpu_count()} CPUs")
