@@ -176,7 +176,7 @@ def _status_fetch(job_id: str | None) -> Callable[[], list[dict[str, Any]]]:
     if client is not None:
         if job_id is not None:
             return lambda: [client.job(job_id)]
-        return lambda: sorted(client.jobs(), key=lambda v: v["created_at"])
+        return lambda: list(reversed(list(client.jobs())))  # oldest first, as from Redis
     from greenplace.scheduler.service import job_view, region_pue
 
     settings = load_settings()
