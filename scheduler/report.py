@@ -4,7 +4,10 @@ against each job's baseline, in total, per group (team, policy or day) and per j
 A job counts once it launched (it has an instance handle): a job cancelled before launch
 or never placed emitted nothing, and a report of "savings" must not count it. Figures are
 those of the placement the job really got (``service.job_view``), so a failover to a
-dirtier region shows as a smaller saving, not as the first choice's.
+dirtier region shows as a smaller saving, not as the first choice's. Each job's savings
+are split into the machine, map and mechanization levers (``scheduler/levers.py``); the
+totals add the levers' kg up (``saved_kg_by_lever``), which sum to the total savings of
+the jobs that have levers (jobs decided before the baseline kept its energy have none).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 
 from greenplace.scheduler.catalog import Catalog
 from greenplace.scheduler.exceptions import UserInputError, shown
-from greenplace.scheduler.service import JobFilter, job_view, region_pue
+from greenplace.scheduler.levers import LEVERS
+from greenplace.scheduler.service import JobFilter, PueOf, job_view, pue_lookup
 from greenplace.scheduler.store import JobRecord, JobStore, iso
 from greenplace.scheduler.tokens import Principal
 
@@ -42,13 +46,17 @@ class ReportQuery:
 def _totals(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"jobs": 0, **{name: 0.0 for name in FIGURES}}
     measured = 0
+    levers_kg = dict.fromkeys(LEVERS, 0.0)
     for row in rows:
         out["jobs"] += 1
         measured += row["measured_energy_kwh"] is not None
         for name in FIGURES:
             out[name] += row[name] or 0.0
+        for lever, part in (row["levers"] or {}).items():
+            levers_kg[lever] += part["saved_kg"]
     for name in FIGURES:
         out[name] = round(out[name], 6)
+    out["saved_kg_by_lever"] = {lever: round(kg, 6) for lever, kg in levers_kg.items()}
     out["jobs_measured"] = measured
     if not measured:  # no agent reported: "nothing measured", not "measured zero"
         out["measured_energy_kwh"] = out["measured_co2e_kg"] = None
@@ -64,12 +72,12 @@ def report(store: JobStore, principal: Principal, catalog: Catalog, *,
     """Totals, groups (sorted by key) and per-job rows of the launched jobs in ``query``."""
     from greenplace.scheduler.service import list_jobs
 
-    pue = region_pue(catalog)
+    pue_of = pue_lookup(catalog)
     rows: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
         page = list_jobs(store, principal, where=query.where, limit=500, cursor=cursor)
-        rows.extend(_row(r, store, pue(r)) for r in page.records if _counts(r, query))
+        rows.extend(_row(r, store, pue_of) for r in page.records if _counts(r, query))
         cursor = page.next_cursor
         if cursor is None:
             break
@@ -91,9 +99,10 @@ def _counts(record: JobRecord, query: ReportQuery) -> bool:
     return query.until is None or record.created_at < iso(query.until)
 
 
-def _row(record: JobRecord, store: JobStore, pue: float | None) -> dict[str, Any]:
+def _row(record: JobRecord, store: JobStore, pue_of: PueOf) -> dict[str, Any]:
     candidates = store.explain(record.job_id) if record.target else None
-    view = job_view(record, pue=pue, candidates=candidates)
+    view = job_view(record, pue_of=pue_of, candidates=candidates)
     return {"job_id": record.job_id, "name": record.name, "team": record.team,
             "policy": record.policy_name, "state": str(record.state),
-            "created_at": record.created_at, **{name: view[name] for name in FIGURES}}
+            "created_at": record.created_at, **{name: view[name] for name in FIGURES},
+            "levers": view["levers"]}

@@ -133,24 +133,34 @@ def _figures_of(record: JobRecord, candidates: Sequence[dict[str, Any]] | None
     return figures
 
 
-def job_view(record: JobRecord, *, pue: float | None = None,
+PueOf = Callable[[str], float | None]  # "cloud:region" -> the region's PUE (None: unknown)
+
+
+def job_view(record: JobRecord, *, pue_of: PueOf | None = None,
              candidates: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One job as both front ends show it: the record's summary, estimated figures for its
-    placement, its baseline and savings, and measured figures once its agent reported.
+    placement, its baseline, savings and their levers, and measured figures once its agent
+    reported.
 
-    ``pue``: the PUE of the job's region, to turn the agent's measured machine energy into
-    facility energy as the estimate counts it (None: measured CO2e is not shown).
+    ``pue_of``: PUEs by region (``pue_lookup``), to turn the agent's measured machine
+    energy into facility energy as the estimate counts it, and to split the savings into
+    levers (None: neither is shown).
     """
     decision = record.decision or {}
     figures = _figures_of(record, candidates)
     intensity = figures.pop("intensity_g_per_kwh")
-    baseline = (decision.get("baseline") or {}).get("co2e_kg")
+    base = decision.get("baseline") or {}
+    baseline = base.get("co2e_kg")
     co2e = figures["co2e_kg"]
     view = record.summary()
     view.update(figures)
     view["baseline_co2e_kg"] = baseline
     view["savings_co2e_kg"] = (round(baseline - co2e, 4)
                                if baseline is not None and co2e is not None else None)
+    placement = record.placement
+    where = (f"{placement.cloud}:{placement.region}" if placement is not None
+             else f"{decision['cloud']}:{decision['region']}" if "cloud" in decision else None)
+    pue = pue_of(where) if pue_of is not None and where is not None else None
     measured_kwh = record.measured_energy_kwh
     view["measured_energy_kwh"] = measured_kwh
     view["measured_co2e_kg"] = (
@@ -158,19 +168,33 @@ def job_view(record: JobRecord, *, pue: float | None = None,
         if measured_kwh is not None and pue is not None and intensity is not None else None)
     view["agent_seen_at"] = record.agent_seen_at or None
     view["agent_exit_code"] = record.agent_exit_code
+    view["levers"] = _levers(figures, intensity, pue, base, pue_of)
     return view
 
 
-def region_pue(catalog: Catalog) -> Callable[[JobRecord], float | None]:
-    """A look-up of the PUE of the region a job launched in (else its first choice; None
-    before placement)."""
-    def pue(record: JobRecord) -> float | None:
-        placement, decision = record.placement, record.decision or {}
-        where = (f"{placement.cloud}:{placement.region}" if placement is not None
-                 else f"{decision['cloud']}:{decision['region']}" if "cloud" in decision
-                 else None)
+def _levers(figures: dict[str, Any], intensity: float | None, pue: float | None,
+            base: dict[str, Any], pue_of: PueOf | None) -> Any:
+    """The savings split into machine, map and mechanization (``scheduler/levers.py``)."""
+    from greenplace.scheduler.levers import decompose, footprint, rounded
+
+    base_pue = (pue_of(f"{base['cloud']}:{base['region']}")
+                if pue_of is not None and "cloud" in base else None)
+    values = (figures["energy_kwh"], intensity, pue, base.get("energy_kwh"),
+              base.get("intensity_g_per_kwh"), base_pue)
+    if any(v is None for v in values):
+        return None  # not placed, or decided before the baseline kept its energy
+    energy, _, _, base_energy, base_intensity, _ = values
+    assert pue is not None and base_pue is not None and intensity is not None
+    return rounded(decompose(
+        footprint(energy_kwh=energy, pue=pue, intensity_g_per_kwh=intensity),
+        footprint(energy_kwh=base_energy, pue=base_pue, intensity_g_per_kwh=base_intensity)))
+
+
+def pue_lookup(catalog: Catalog) -> PueOf:
+    """PUEs of the catalog's regions by ``cloud:region`` (None for one it does not know)."""
+    def pue(where: str) -> float | None:
         try:
-            return None if where is None else catalog.region(where).pue
+            return catalog.region(where).pue
         except UserInputError:
             return None
     return pue

@@ -36,7 +36,7 @@ from greenplace.scheduler.service import (
     job_view,
     list_jobs,
     parse_since,
-    region_pue,
+    pue_lookup,
     team_of_submission,
     visible_job,
 )
@@ -154,8 +154,8 @@ def _job_routes(app: FastAPI) -> None:
         return app.state.store
 
     def views(records: list[Any]) -> list[dict[str, Any]]:
-        pue = region_pue(load_catalog())
-        return [job_view(r, pue=pue(r)) for r in records]
+        pue_of = pue_lookup(load_catalog())
+        return [job_view(r, pue_of=pue_of) for r in records]
 
     @app.post("/v1/jobs", status_code=201, tags=["jobs"],
               openapi_extra={"requestBody": _JOBS_BODY})
@@ -224,8 +224,7 @@ def _job_routes(app: FastAPI) -> None:
         """One job: its summary, the decision explained and its candidate table."""
         record = visible_job(store(), principal, job_id)
         candidates = store().explain(job_id)
-        pue = region_pue(load_catalog())(record)
-        return {**job_view(record, pue=pue, candidates=candidates),
+        return {**job_view(record, pue_of=pue_lookup(load_catalog()), candidates=candidates),
                 "decision": record.decision, "candidates": candidates, "spec": record.spec}
 
     @app.get("/v1/jobs/{job_id}/events", tags=["jobs"])

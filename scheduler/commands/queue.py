@@ -177,17 +177,17 @@ def _status_fetch(job_id: str | None) -> Callable[[], list[dict[str, Any]]]:
         if job_id is not None:
             return lambda: [client.job(job_id)]
         return lambda: list(reversed(list(client.jobs())))  # oldest first, as from Redis
-    from greenplace.scheduler.service import job_view, region_pue
+    from greenplace.scheduler.service import job_view, pue_lookup
 
     settings = load_settings()
     store = open_store(settings)
-    pue = region_pue(load_catalog())
+    pue_of = pue_lookup(load_catalog())
 
     def local() -> list[dict[str, Any]]:
         with reachable(settings.redacted_redis_url):
             records = ([store.get(job_id)] if job_id is not None
                        else store.get_many(store.job_ids()))
-        return [job_view(r, pue=pue(r)) for r in records]
+        return [job_view(r, pue_of=pue_of) for r in records]
 
     def first() -> list[dict[str, Any]]:
         views = local()

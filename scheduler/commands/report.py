@@ -74,6 +74,9 @@ def _print(result: dict[str, Any]) -> None:
         print_table(f"by {result['group_by']}", [(result["group_by"], "left"), *_COLUMNS],
                     [[g["key"], *_cells(g)] for g in result["groups"]])
     totals = result["totals"]
+    levers = ", ".join(f"{lever} {fmt(kg, 3)} kg"
+                       for lever, kg in totals["saved_kg_by_lever"].items())
     print_table("launched jobs", [("", "left"), *_COLUMNS], [["total", *_cells(totals)]],
-                footer=f"{totals['jobs_measured']} of {totals['jobs']} job(s) measured by "
-                "their agent; the rest are estimates (Patterson et al. 2021).")
+                footer=f"Saved by lever: {levers} (LMDI split of each job's savings). "
+                f"{totals['jobs_measured']} of {totals['jobs']} job(s) measured by their "
+                "agent; the rest are estimates (Patterson et al. 2021).")

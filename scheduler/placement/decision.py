@@ -240,7 +240,10 @@ class PlacementDecision:
             b = self.arrays.offers[self.offer_index.item(base)]
             out["baseline"] = {
                 "cloud": b.cloud, "region": b.region, "instance_type": b.instance_type,
-                "accelerator": b.accelerator, "co2e_kg": self.figure("co2e_kg", base),
+                "accelerator": b.accelerator, "accelerator_count": b.accelerator_count,
+                "energy_kwh": self.figure("energy_kwh", base),
+                "intensity_g_per_kwh": self.figure("intensity_g_per_kwh", base),
+                "co2e_kg": self.figure("co2e_kg", base),
                 "ranked_carbon": self.figure("ranked_carbon", base),
                 "cost_usd": self.figure("cost_usd", base), "cfe_pct": self.figure("cfe_pct", base)}
             base_co2e: float = self.co2e_kg.item(base)

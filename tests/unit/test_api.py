@@ -287,6 +287,13 @@ def test_the_report_adds_up_launched_jobs_only(api: Api) -> None:
     assert everyone["totals"]["savings_co2e_kg"] == pytest.approx(
         sum(views[i]["baseline_co2e_kg"] - views[i]["co2e_kg"] for i in launched), rel=1e-6)
     assert [(g["key"], g["jobs"]) for g in everyone["groups"]] == [("alpha", 2), ("beta", 1)]
+    # the savings, split into machine, map and mechanization, add up (levers exact per job)
+    by_lever = everyone["totals"]["saved_kg_by_lever"]
+    assert sum(by_lever.values()) == pytest.approx(everyone["totals"]["savings_co2e_kg"],
+                                                   abs=1e-3)
+    for row in everyone["jobs"]:
+        parts = sum(v["saved_kg"] for v in row["levers"].values())
+        assert parts == pytest.approx(row["savings_co2e_kg"], abs=1e-3)
     mine = api.call("GET", "/v1/report", api.alpha).json()
     assert sorted(j["job_id"] for j in mine["jobs"]) == sorted(launched[:2])
     by_day = api.call("GET", "/v1/report?group_by=day", api.admin).json()["groups"]
