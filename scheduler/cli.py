@@ -30,6 +30,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "Administer the service: API tokens of teams (needs direct Redis access)."),
     "api": ("api", "api_cmd",
         "Serve the HTTP API (/v1), the dashboard (/) and /metrics; tokens from `admin token`."),
+    "calibration": ("calibration", "calibration_group",
+        "Measured power per accelerator, learnt from finished jobs: show or reset it."),
     "catalog": ("catalog", "catalog_group",
         "The embedded catalog (regions, accelerators, offers): check its figures."),
     "dry-run": ("placement", "dry_run",

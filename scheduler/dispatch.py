@@ -36,9 +36,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -71,6 +72,7 @@ from greenplace.scheduler.exceptions import (
 )
 from greenplace.scheduler.jobs import Job, JobSpec, resolve_job
 from greenplace.scheduler.placement import PlacementDecision, Placer
+from greenplace.scheduler.placement.pipeline import CalibratedPower
 from greenplace.scheduler.settings import MAX_COUNTDOWN_S, Settings
 from greenplace.scheduler.signals.cache import RedisCache
 from greenplace.scheduler.signals.chain import LivePlacer, SignalChain
@@ -151,6 +153,8 @@ class Context:
     providers: Providers
     catalog: Catalog
     placer: Places
+    # when the placer's calibration was last read from Redis (monotonic s; see ``decide_for``)
+    calibrated_at: list[float] = field(default_factory=lambda: [-math.inf])
 
     @classmethod
     def build(cls, settings: Settings, store: JobStore) -> Context:
@@ -206,6 +210,27 @@ class Places(Protocol):
 
     def place(self, job: Job, *, now: dt.datetime, allow_defer: bool = True
               ) -> PlacementDecision: ...
+
+    def calibrate(self, calibration: Mapping[str, CalibratedPower]) -> None: ...
+
+
+CALIBRATION_REFRESH_S = 60.0  # how stale a worker's calibration may be
+
+
+def decide_for(ctx: Context, job: Job, *, now: dt.datetime,
+               allow_defer: bool = True) -> PlacementDecision:
+    """The placement step of the service: ``decide`` with the fleet's calibration.
+
+    The calibration (``scheduler/calibration.py``) is read from Redis at most once per
+    ``CALIBRATION_REFRESH_S`` per worker process.
+    """
+    if time.monotonic() - ctx.calibrated_at[0] >= CALIBRATION_REFRESH_S:
+        from greenplace.scheduler import calibration
+
+        ctx.placer.calibrate(calibration.current(ctx.store))
+        ctx.calibrated_at[0] = time.monotonic()
+    with metrics.placement_timer(ctx.store):
+        return decide(ctx.placer, job, now=now, allow_defer=allow_defer)
 
 
 # --- shared with the dry run --------------------------------------------------------
@@ -315,8 +340,7 @@ def place_job(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
     except GreenplaceError as exc:
         return _fail(ctx, record, expect=S.QUEUED, reason=f"cannot rebuild the job: {exc}",
                      now=now)
-    with metrics.placement_timer(ctx.store):
-        decision = decide(ctx.placer, job, now=now, allow_defer=True)
+    decision = decide_for(ctx, job, now=now)
     return apply_decision(ctx, record, decision, expect=S.QUEUED, now=now)
 
 
@@ -415,8 +439,7 @@ def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcom
         except GreenplaceError as exc:
             return _fail(ctx, record, expect=S.QUEUED, now=now,
                          reason=f"cannot rebuild the job: {exc}")
-        with metrics.placement_timer(store):
-            decision = decide(ctx.placer, job, now=now, allow_defer=True)
+        decision = decide_for(ctx, job, now=now)
         placements = frozen_ranking(decision)
         later = decision.start_at is not None and parse_iso(decision.start_at) > now
         if not placements or later:
@@ -1029,8 +1052,7 @@ def _release(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
     except GreenplaceError as exc:
         return _fail(ctx, record, expect=S.DEFERRED, reason=f"cannot rebuild the job: {exc}",
                      now=now)
-    with metrics.placement_timer(ctx.store):
-        decision = decide(ctx.placer, job, now=now, allow_defer=False)
+    decision = decide_for(ctx, job, now=now, allow_defer=False)
     return apply_decision(ctx, record, decision, expect=S.DEFERRED, now=now)
 
 

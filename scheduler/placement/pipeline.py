@@ -102,6 +102,14 @@ class _CandidateSet:
     name_rank: np.ndarray
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CalibratedPower:
+    """An accelerator's measured average power per chip, learnt from finished jobs."""
+
+    power_w: float  # a robust statistic (the median) of the runs
+    runs: int
+
+
 class Placer:
     """Places jobs over one catalog with one set of region signals.
 
@@ -131,6 +139,16 @@ class Placer:
         self.forecast = forecast
         self._policy_cache: dict[int, tuple[Policy, np.ndarray, np.ndarray]] = {}
         self._candidate_cache: dict[tuple[tuple[str, int], ...], _CandidateSet] = {}
+        self.calibration: dict[str, CalibratedPower] = {}
+        self._calibrated_w = np.full(len(self.arrays.accelerator_names), np.nan)
+
+    def calibrate(self, calibration: Mapping[str, CalibratedPower]) -> None:
+        """Estimate the power of these accelerators from measured runs (``scheduler/
+        calibration.py``) instead of TDP x utilisation, for jobs without ``avg_power_w``."""
+        self.calibration = dict(calibration)
+        self._calibrated_w = np.array(
+            [c.power_w if (c := calibration.get(name)) else np.nan
+             for name in self.arrays.accelerator_names], dtype=float)
 
     def _policy_columns(self, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
         """(region rejection codes, ranked carbon per kWh per region) for ``policy``; cached."""
@@ -166,6 +184,27 @@ class Placer:
                 pue=a.pue[region_idx],
                 name_rank=a.name_rank[idx])
         return cached
+
+    def _power_w(self, job: Job, c: _CandidateSet) -> tuple[np.ndarray, str]:
+        """Average power per accelerator of each candidate, and what it is based on: the
+        job's measured ``avg_power_w``, else calibration from finished runs where the
+        accelerator has one, else TDP x utilisation."""
+        by_tdp = estimate.average_power_w(tdp_w=c.tdp_w, utilization=job.utilization,
+                                          measured_w=job.spec.work.avg_power_w)
+        tdp_basis = f"TDP x utilisation {job.utilization:.2f}"
+        if job.spec.work.avg_power_w is not None:
+            return by_tdp, "measured avg_power_w"
+        accelerators = self.arrays.accelerator_index[c.offer_index]
+        calibrated = self._calibrated_w[accelerators]
+        used = ~np.isnan(calibrated)
+        if not used.any():
+            return by_tdp, tdp_basis
+        names = sorted({self.arrays.accelerator_names[k] for k in accelerators[used].tolist()})
+        basis = "; ".join(f"{name} calibrated from {self.calibration[name].runs} runs "
+                          f"({self.calibration[name].power_w:.0f} W per chip)" for name in names)
+        if not used.all():
+            basis += f"; {tdp_basis} for the others"
+        return np.where(used, calibrated, by_tdp), basis
 
     def _disabled_regions(self) -> np.ndarray | None:
         """Per region, whether the gate says the account may not use it (None: none)."""
@@ -242,8 +281,7 @@ class Placer:
             reference_hours=hours, reference_tflops=ref.peak_dense_tflops,
             reference_count=job.reference[1], tflops=c.peak_dense_tflops,
             count=c.accelerator_count)
-        power_w = estimate.average_power_w(
-            tdp_w=c.tdp_w, utilization=job.utilization, measured_w=job.spec.work.avg_power_w)
+        power_w, power_basis = self._power_w(job, c)
         accelerator_energy = estimate.energy_kwh(
             runtime_h=runtime_h, accelerator_count=c.accelerator_count, average_power_w=power_w,
             pue=c.pue)
@@ -279,8 +317,6 @@ class Placer:
         # cost alone: the baseline orders that column, ties to the lower location-based co2e.
         baseline_ranking = order(n_cost, feasible=feasible, carbon=co2e, cost_usd=cost,
                                  runtime_h=runtime_h, name_rank=c.name_rank)
-        power_basis = ("measured avg_power_w" if job.spec.work.avg_power_w is not None
-                       else f"TDP x utilisation {job.utilization:.2f}")
         cfe_pct = self.signals.cfe_pct[c.region_index]
         notes = data_notes(policy.carbon_signal, arrays=a, region_index=c.region_index,
                            feasible=feasible, cfe_pct=cfe_pct)

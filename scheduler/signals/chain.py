@@ -49,7 +49,7 @@ from greenplace.scheduler.exceptions import (
 from greenplace.scheduler.jobs import Job
 from greenplace.scheduler.placement.arrays import RegionSignals
 from greenplace.scheduler.placement.decision import PlacementDecision
-from greenplace.scheduler.placement.pipeline import Placer
+from greenplace.scheduler.placement.pipeline import CalibratedPower, Placer
 from greenplace.scheduler.signals import static
 from greenplace.scheduler.signals.base import (
     CATALOG_BASIS,
@@ -671,6 +671,13 @@ class LivePlacer:
         self.chain = chain
         self.refresh_s = refresh_s
         self._placers: dict[CarbonSignal, tuple[dt.datetime, Placer, tuple[str, ...]]] = {}
+        self._calibration: dict[str, CalibratedPower] = {}
+
+    def calibrate(self, calibration: Mapping[str, CalibratedPower]) -> None:
+        """Like ``Placer.calibrate``, for every snapshot, current and to come."""
+        self._calibration = dict(calibration)
+        for _, placer, _ in self._placers.values():
+            placer.calibrate(self._calibration)
 
     def _placer(self, signal: CarbonSignal, now: dt.datetime) -> tuple[Placer, tuple[str, ...]]:
         entry = self._placers.get(signal)
@@ -679,6 +686,7 @@ class LivePlacer:
             placer = Placer(self.catalog, signals=live.signals,
                             forecast=ChainForecasts(self.chain), routes=self.routes,
                             region_gate=self.region_gate)
+            placer.calibrate(self._calibration)
             entry = self._placers[signal] = (now, placer, tuple(live.notes))
         return entry[1], entry[2]
 
