@@ -25,8 +25,8 @@ from greenplace.scheduler.store import JobRecord, JobStore, iso
 from greenplace.scheduler.tokens import Principal
 
 GROUPS = ("team", "policy", "day")
-FIGURES = ("energy_kwh", "co2e_kg", "cost_usd", "baseline_co2e_kg", "savings_co2e_kg",
-           "measured_energy_kwh", "measured_co2e_kg")
+FIGURES = ("energy_kwh_estimated", "co2e_kg_estimated", "cost_usd", "baseline_co2e_kg",
+           "savings_co2e_kg", "energy_kwh_measured", "co2e_kg_measured")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,7 +49,7 @@ def _totals(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     levers_kg = dict.fromkeys(LEVERS, 0.0)
     for row in rows:
         out["jobs"] += 1
-        measured += row["measured_energy_kwh"] is not None
+        measured += row["energy_kwh_measured"] is not None
         for name in FIGURES:
             out[name] += row[name] or 0.0
         for lever, part in (row["levers"] or {}).items():
@@ -59,7 +59,7 @@ def _totals(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     out["saved_kg_by_lever"] = {lever: round(kg, 6) for lever, kg in levers_kg.items()}
     out["jobs_measured"] = measured
     if not measured:  # no agent reported: "nothing measured", not "measured zero"
-        out["measured_energy_kwh"] = out["measured_co2e_kg"] = None
+        out["energy_kwh_measured"] = out["co2e_kg_measured"] = None
     return out
 
 

@@ -151,21 +151,25 @@ def job_view(record: JobRecord, *, pue_of: PueOf | None = None,
     intensity = figures.pop("intensity_g_per_kwh")
     base = decision.get("baseline") or {}
     baseline = base.get("co2e_kg")
-    co2e = figures["co2e_kg"]
+    co2e, energy = figures["co2e_kg"], figures["energy_kwh"]
     view = record.summary()
-    view.update(figures)
-    view["baseline_co2e_kg"] = baseline
-    view["savings_co2e_kg"] = (round(baseline - co2e, 4)
-                               if baseline is not None and co2e is not None else None)
+    del view["co2e_kg"]  # the first choice's; the view shows the placement's below
+    view.update(energy_kwh_estimated=energy, co2e_kg_estimated=co2e,
+                cost_usd=figures["cost_usd"], baseline_co2e_kg=baseline,
+                savings_co2e_kg=(round(baseline - co2e, 4)
+                                 if baseline is not None and co2e is not None else None))
     placement = record.placement
     where = (f"{placement.cloud}:{placement.region}" if placement is not None
              else f"{decision['cloud']}:{decision['region']}" if "cloud" in decision else None)
     pue = pue_of(where) if pue_of is not None and where is not None else None
     measured_kwh = record.measured_energy_kwh
-    view["measured_energy_kwh"] = measured_kwh
-    view["measured_co2e_kg"] = (
+    view["energy_kwh_measured"] = measured_kwh
+    view["co2e_kg_measured"] = (
         round(measured_kwh * pue * intensity / 1000.0, 6)
         if measured_kwh is not None and pue is not None and intensity is not None else None)
+    view["estimate_error_pct"] = (
+        round(100.0 * (energy - measured_kwh * pue) / (measured_kwh * pue), 2)
+        if energy is not None and measured_kwh and pue is not None else None)
     view["agent_seen_at"] = record.agent_seen_at or None
     view["agent_exit_code"] = record.agent_exit_code
     view["levers"] = _levers(figures, intensity, pue, base, pue_of)

@@ -63,10 +63,11 @@ _COLUMNS = [("jobs", "right"), ("energy kWh", "right"), ("CO2e kg", "right"),
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
-    return [str(row.get("jobs", 1)), fmt(row["energy_kwh"], 2), fmt(row["co2e_kg"], 3),
+    return [str(row.get("jobs", 1)), fmt(row["energy_kwh_estimated"], 2),
+            fmt(row["co2e_kg_estimated"], 3),
             fmt(row["baseline_co2e_kg"], 3), fmt(row["savings_co2e_kg"], 3),
-            fmt(row["cost_usd"], 2), fmt(row["measured_energy_kwh"], 2),
-            fmt(row["measured_co2e_kg"], 3)]
+            fmt(row["cost_usd"], 2), fmt(row["energy_kwh_measured"], 2),
+            fmt(row["co2e_kg_measured"], 3)]
 
 
 def _print(result: dict[str, Any]) -> None:

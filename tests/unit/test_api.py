@@ -246,7 +246,7 @@ def test_a_job_page_explains_its_decision(api: Api) -> None:
     assert (chosen["cloud"], chosen["region"]) == (decision["cloud"], decision["region"])
     assert chosen["rejected_by"] is None and candidates[-1]["rejected_by"] is not None
     assert {"norm_carbon", "norm_cost", "norm_time", "score", "co2e_kg"} <= set(chosen)
-    assert job["co2e_kg"] == chosen["co2e_kg"] == decision["co2e_kg"]
+    assert job["co2e_kg_estimated"] == chosen["co2e_kg"] == decision["co2e_kg"]
     assert job["savings_co2e_kg"] == pytest.approx(
         decision["baseline"]["co2e_kg"] - decision["co2e_kg"], abs=1e-4)
     events = api.call("GET", f"/v1/jobs/{job_id}/events", api.alpha).json()["events"]
@@ -269,7 +269,7 @@ def test_after_a_failover_the_figures_are_the_fallbacks(api: Api, tmp_path: Path
                     if (c["cloud"], c["region"], c["instance_type"]) ==
                     (job["cloud"], job["region"], job["instance_type"]))
     assert (job["region"], job["instance_type"]) != (first.region, first.instance_type)
-    assert job["co2e_kg"] == fallback["co2e_kg"] != job["decision"]["co2e_kg"]
+    assert job["co2e_kg_estimated"] == fallback["co2e_kg"] != job["decision"]["co2e_kg"]
     assert job["savings_co2e_kg"] == pytest.approx(
         job["baseline_co2e_kg"] - fallback["co2e_kg"], abs=1e-4)
 
@@ -282,10 +282,11 @@ def test_the_report_adds_up_launched_jobs_only(api: Api) -> None:
     views = {j["job_id"]: j for j in api.call("GET", "/v1/jobs", api.admin).json()["jobs"]}
     everyone = api.call("GET", "/v1/report?group_by=team", api.admin).json()
     assert everyone["totals"]["jobs"] == 3
-    assert everyone["totals"]["co2e_kg"] == pytest.approx(
-        sum(views[i]["co2e_kg"] for i in launched), rel=1e-6)
+    assert everyone["totals"]["co2e_kg_estimated"] == pytest.approx(
+        sum(views[i]["co2e_kg_estimated"] for i in launched), rel=1e-6)
     assert everyone["totals"]["savings_co2e_kg"] == pytest.approx(
-        sum(views[i]["baseline_co2e_kg"] - views[i]["co2e_kg"] for i in launched), rel=1e-6)
+        sum(views[i]["baseline_co2e_kg"] - views[i]["co2e_kg_estimated"] for i in launched),
+        rel=1e-6)
     assert [(g["key"], g["jobs"]) for g in everyone["groups"]] == [("alpha", 2), ("beta", 1)]
     # the savings, split into machine, map and mechanization, add up (levers exact per job)
     by_lever = everyone["totals"]["saved_kg_by_lever"]
@@ -299,7 +300,7 @@ def test_the_report_adds_up_launched_jobs_only(api: Api) -> None:
     by_day = api.call("GET", "/v1/report?group_by=day", api.admin).json()["groups"]
     assert [g["key"] for g in by_day] == [utc_now().date().isoformat()]
     assert api.call("GET", "/v1/report?group_by=week", api.admin).status_code == 422
-    assert everyone["totals"]["measured_co2e_kg"] is None  # no agent reported: not zero
+    assert everyone["totals"]["co2e_kg_measured"] is None  # no agent reported: not zero
 
 
 def test_an_agent_token_posts_only_its_jobs_telemetry(api: Api) -> None:
@@ -329,14 +330,17 @@ def test_an_agent_token_posts_only_its_jobs_telemetry(api: Api) -> None:
                     json={"kind": "exit", "exit_code": 3})
     assert done.status_code == 202
     job = api.call("GET", f"/v1/jobs/{job_id}", api.alpha).json()
-    assert job["measured_energy_kwh"] == 3.0 and job["agent_exit_code"] == 3
+    assert job["energy_kwh_measured"] == 3.0 and job["agent_exit_code"] == 3
     region = ctx.catalog.region(f"{job['cloud']}:{job['region']}")
-    assert job["measured_co2e_kg"] == pytest.approx(
+    assert job["co2e_kg_measured"] == pytest.approx(
         3.0 * region.pue * job["decision"]["intensity_g_per_kwh"] / 1000, rel=1e-6)
     events = api.call("GET", f"/v1/jobs/{job_id}/events", api.alpha).json()["events"]
     assert events[-1]["message"] == "the job's agent reported exit code 3"
     totals = api.call("GET", "/v1/report", api.alpha).json()["totals"]
-    assert (totals["jobs"], totals["jobs_measured"], totals["measured_energy_kwh"]) == (1, 1, 3.0)
+    assert (totals["jobs"], totals["jobs_measured"], totals["energy_kwh_measured"]) == (1, 1, 3.0)
+    # the estimate against the measurement, both as facility energy (PUE applied)
+    assert job["estimate_error_pct"] == pytest.approx(
+        100 * (job["energy_kwh_estimated"] - 3.0 * region.pue) / (3.0 * region.pue), abs=0.01)
 
 
 def test_no_token_is_kept_or_shown_after_creation(api: Api) -> None:

@@ -14,7 +14,7 @@ function fact(label, value, testid) {
 }
 
 function facts(job) {
-  const measured = job.measured_co2e_kg === null || job.measured_co2e_kg === undefined;
+  const measured = job.co2e_kg_measured === null || job.co2e_kg_measured === undefined;
   return el("dl", { class: "facts", testid: "job-facts" },
     fact("Team", job.team), fact("Policy", job.policy), fact("Where", where(job)),
     fact("Instance type", job.instance_type), fact("Provider", job.provider),
@@ -22,10 +22,10 @@ function facts(job) {
     fact("Not before", job.not_before ? when(job.not_before) : null),
     fact("Exit code", job.exit_code), fact("Instance deleted", job.instance_deleted_at
       ? when(job.instance_deleted_at) : null),
-    fact("Energy (est. / measured)", `${num(job.energy_kwh, 3)} / ${
-      num(job.measured_energy_kwh, 3)} kWh`),
-    fact("CO₂e (est. / measured)", `${num(job.co2e_kg, 3)} / ${
-      measured ? "—" : num(job.measured_co2e_kg, 3)} kg`, "job-co2e"),
+    fact("Energy (est. / measured)", `${num(job.energy_kwh_estimated, 3)} / ${
+      num(job.energy_kwh_measured, 3)} kWh`),
+    fact("CO₂e (est. / measured)", `${num(job.co2e_kg_estimated, 3)} / ${
+      measured ? "—" : num(job.co2e_kg_measured, 3)} kg`, "job-co2e"),
     fact("Cost (est.)", job.cost_usd === null || job.cost_usd === undefined
       ? null : `$${num(job.cost_usd, 2)}`),
     job.agent_seen_at ? fact("Agent last seen", when(job.agent_seen_at)) : null,

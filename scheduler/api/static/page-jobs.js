@@ -30,10 +30,10 @@ function row(job) {
     el("td", {}, where(job)),
     el("td", {}, job.instance_type ?? "—"),
     el("td", { class: "mono" }, job.instance_id ?? "—"),
-    el("td", { class: "num", testid: "co2e" }, num(job.co2e_kg, 3)),
+    el("td", { class: "num", testid: "co2e" }, num(job.co2e_kg_estimated, 3)),
     el("td", { class: "num", testid: "measured-co2e" },
-      job.measured_co2e_kg === null || job.measured_co2e_kg === undefined
-        ? "—" : num(job.measured_co2e_kg, 3)),
+      job.co2e_kg_measured === null || job.co2e_kg_measured === undefined
+        ? "—" : num(job.co2e_kg_measured, 3)),
     el("td", { class: "num", testid: "savings" },
       savings(job.savings_co2e_kg, job.baseline_co2e_kg)),
     el("td", { class: "nowrap" }, when(job.created_at)));

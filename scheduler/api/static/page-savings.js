@@ -8,18 +8,18 @@ import { el, mount, num, savings, table } from "./dom.js";
 const FILTERS = ["team", "policy", "since", "until"];
 
 function totalsCards(t) {
-  const unmeasured = t.measured_co2e_kg === null || t.measured_co2e_kg === undefined;
+  const unmeasured = t.co2e_kg_measured === null || t.co2e_kg_measured === undefined;
   const card = (label, value, testid) => el("div", { class: "stat", testid },
     el("span", { class: "stat-label" }, label), el("span", { class: "stat-value" }, value));
   return el("div", { class: "stats", testid: "savings-totals" },
     card("Jobs", num(t.jobs, 0), "total-jobs"),
     card("CO₂e saved", savings(t.savings_co2e_kg, t.baseline_co2e_kg), "total-savings"),
-    card("CO₂e (estimated)", `${num(t.co2e_kg, 3)} kg`, "total-co2e"),
+    card("CO₂e (estimated)", `${num(t.co2e_kg_estimated, 3)} kg`, "total-co2e"),
     card("Baseline CO₂e", `${num(t.baseline_co2e_kg, 3)} kg`, "total-baseline"),
-    card("CO₂e (measured)", unmeasured ? "—" : `${num(t.measured_co2e_kg, 3)} kg`,
+    card("CO₂e (measured)", unmeasured ? "—" : `${num(t.co2e_kg_measured, 3)} kg`,
       "total-measured"),
     card("Energy (est. / measured)",
-      `${num(t.energy_kwh, 1)} / ${num(t.measured_energy_kwh, 1)} kWh`, "total-energy"),
+      `${num(t.energy_kwh_estimated, 1)} / ${num(t.energy_kwh_measured, 1)} kWh`, "total-energy"),
     card("Cost (estimated)", `$${num(t.cost_usd, 2)}`, "total-cost"));
 }
 
@@ -73,11 +73,11 @@ export function render(container, { query }) {
           running += g.savings_co2e_kg || 0;
           return el("tr", { testid: "savings-row" }, el("th", { scope: "row" }, g.key),
             el("td", { class: "num" }, num(g.jobs, 0)),
-            el("td", { class: "num" }, num(g.co2e_kg, 3)),
+            el("td", { class: "num" }, num(g.co2e_kg_estimated, 3)),
             el("td", { class: "num" }, num(g.baseline_co2e_kg, 3)),
             el("td", { class: "num" }, savings(g.savings_co2e_kg, g.baseline_co2e_kg)),
             el("td", { class: "num" }, num(running, 3)),
-            el("td", { class: "num" }, num(g.measured_co2e_kg, 3)),
+            el("td", { class: "num" }, num(g.co2e_kg_measured, 3)),
             el("td", { class: "num" }, num(g.cost_usd, 2)));
         }) })) : null);
   }).catch((err) => {
