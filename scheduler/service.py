@@ -167,6 +167,10 @@ def job_view(record: JobRecord, *, pue_of: PueOf | None = None,
     view["co2e_kg_measured"] = (
         round(measured_kwh * pue * intensity / 1000.0, 6)
         if measured_kwh is not None and pue is not None and intensity is not None else None)
+    view["co2e_kg_measured_basis"] = (
+        f"measured energy x PUE {pue} x {intensity} g/kWh, the grid figure the decision used "
+        f"({decision.get('signal_source', 'catalog')}), not yet the hours the job ran"
+        if view["co2e_kg_measured"] is not None else None)
     view["estimate_error_pct"] = (
         round(100.0 * (energy - measured_kwh * pue) / (measured_kwh * pue), 2)
         if energy is not None and measured_kwh and pue is not None else None)
@@ -183,15 +187,15 @@ def _levers(figures: dict[str, Any], intensity: float | None, pue: float | None,
 
     base_pue = (pue_of(f"{base['cloud']}:{base['region']}")
                 if pue_of is not None and "cloud" in base else None)
-    values = (figures["energy_kwh"], intensity, pue, base.get("energy_kwh"),
-              base.get("intensity_g_per_kwh"), base_pue)
-    if any(v is None for v in values):
+    energy, base_energy = figures["energy_kwh"], base.get("energy_kwh")
+    base_intensity = base.get("intensity_g_per_kwh")
+    if (energy is None or intensity is None or pue is None or base_energy is None
+            or base_intensity is None or base_pue is None):
         return None  # not placed, or decided before the baseline kept its energy
-    energy, _, _, base_energy, base_intensity, _ = values
-    assert pue is not None and base_pue is not None and intensity is not None
     return rounded(decompose(
-        footprint(energy_kwh=energy, pue=pue, intensity_g_per_kwh=intensity),
-        footprint(energy_kwh=base_energy, pue=base_pue, intensity_g_per_kwh=base_intensity)))
+        footprint(energy_kwh=float(energy), pue=pue, intensity_g_per_kwh=intensity),
+        footprint(energy_kwh=float(base_energy), pue=base_pue,
+                  intensity_g_per_kwh=float(base_intensity))))
 
 
 def pue_lookup(catalog: Catalog) -> PueOf:

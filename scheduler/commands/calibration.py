@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from greenplace.scheduler.output import fmt, print_json, print_table
@@ -28,7 +30,7 @@ def show_cmd(output: str) -> None:
     with reachable(settings.redacted_redis_url):
         recorded = calibration.runs(store)
     catalog = load_catalog()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, values in recorded.items():
         tdp_w = next((a.tdp_w for a in catalog.accelerators if a.name == name), None)
         used = len(values) >= calibration.MIN_RUNS
