@@ -35,7 +35,10 @@ EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE = 127, 126
 @click.option("--interval-s", type=click.FloatRange(0.05, 60.0), default=1.0,
               show_default=True, help="seconds between energy samples")
 @click.option("--flush-timeout-s", type=click.FloatRange(0.0, 86400.0), default=600.0,
-              show_default=True, help="how long to wait at exit for the final report")
+              envvar="GREENPLACE_AGENT_FLUSH_TIMEOUT_S",
+              show_default=True,
+              help="how long to wait at exit for the final report "
+                   "(default: $GREENPLACE_AGENT_FLUSH_TIMEOUT_S, else 600)")
 @click.option("--flush", is_flag=True,
               help="send the spooled reports (of --job-id when set) and exit; runs nothing")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
