@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _REJECTED = "rejected"
 
 
-def default_spool_dir(env: dict[str, str] | os._Environ[str] | None = None) -> Path:
+def default_spool_dir(env: Mapping[str, str] | None = None) -> Path:
     """``$XDG_STATE_HOME/greenplace/spool``, else ``~/.local/state/greenplace/spool``."""
     env = os.environ if env is None else env
     state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -241,6 +241,8 @@ class Sampler(threading.Thread):
         with self.lock:
             self.meters.sample(time.monotonic())
             self.samples.append({"at": utc_iso(), "energy_j": round(self.meters.energy_j(), 3)})
+            if self.on_heartbeat is None:
+                del self.samples[:-1]  # nobody collects them: keep the last one only
 
     def run(self) -> None:
         next_beat = time.monotonic() + self.config.heartbeat_s
@@ -335,7 +337,7 @@ def build_summary(config: AgentConfig, meters: Meters, *, exit_code: int, starte
         "energy_j": round(sum(r.energy_j for r in readings), 3),
         "method": meters.method,
         "devices": [r.as_json() for r in readings],
-        "notes": list(meters.notes)[:16],
+        "notes": [note[:500] for note in meters.notes[:16]],
         "overhead_cpu_s": round(time.process_time(), 4),
     }
 

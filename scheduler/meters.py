@@ -57,7 +57,7 @@ class DeviceEnergy:
     utilization_pct: float | None
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "method": self.method,
+        return {"name": self.name[:128], "kind": self.kind, "method": self.method,
                 "energy_j": round(self.energy_j, 3),
                 "avg_power_w": None if self.avg_power_w is None else round(self.avg_power_w, 3),
                 "peak_power_w": (None if self.peak_power_w is None
