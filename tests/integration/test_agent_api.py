@@ -115,10 +115,12 @@ def test_the_api_killed_while_the_job_runs_loses_no_report(service: Service,
     agent = _agent("--interval-s", "0.2", "--flush-timeout-s", "120", "--", "bash", "-c",
                    "sleep 2; exit 3", env=env, cwd=tmp_path)
     _api_proc(service).stop()
-    time.sleep(3)  # the command ends while the API is down: its report waits in the spool
-    assert agent.poll() is None  # still trying to deliver
+    # the command ends while the API is down: its report waits in the spool
     spool = service.tmp / "agent-state" / "greenplace" / "spool"
-    assert any(p.name.endswith("-exit.json") for p in spooled(spool, job_id))
+    wait_for(lambda: any(p.name.endswith("-exit.json") for p in spooled(spool, job_id)),
+             timeout_s=60, what="the exit report in the spool", interval_s=0.1)
+    time.sleep(1)
+    assert agent.poll() is None  # still trying to deliver
     _start_api_on(service, url)
     output, _ = agent.communicate(timeout=120)
     assert agent.returncode == 3, output
