@@ -80,6 +80,17 @@ def test_the_summary_file(tmp_path: Path) -> None:
     assert any("no NVML meter" in n for n in summary["notes"])
     # the agent's own CPU time, interpreter start included: well under the command's second
     assert 0 < summary["overhead_cpu_s"] < 0.5
+    # the API takes exactly this shape (extra="forbid"): agent and API cannot drift apart
+    from pydantic import ValidationError
+
+    from greenplace.scheduler.api.app import MeasurementSummary, Telemetry
+
+    assert MeasurementSummary.model_validate(summary).energy_j == summary["energy_j"]
+    Telemetry.model_validate({"kind": "exit", "exit_code": 0, "summary": summary})
+    with pytest.raises(ValidationError):
+        MeasurementSummary.model_validate({**summary, "token": "x"})
+    with pytest.raises(ValidationError):
+        MeasurementSummary.model_validate({**summary, "devices": [{**host, "kind": "tpu"}]})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
