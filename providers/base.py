@@ -124,6 +124,12 @@ class JobLaunch:
     agent: AgentAccess | None = None  # where the job's agent reports, when an API is set
 
 
+# What the boot script installs to run the job under ``greenplace agent``
+# (GREENPLACE_AGENT_PACKAGE: a pip requirement, a wheel URL or ``--index-url URL NAME``).
+DEFAULT_AGENT_PACKAGE = "greenplace"
+AGENT_VENV = "/opt/greenplace-agent"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentAccess:
     """The API a job's agent reports to, and the token scoped to that job's telemetry.
@@ -134,6 +140,7 @@ class AgentAccess:
 
     api_url: str
     token: str = field(repr=False)
+    package: str = DEFAULT_AGENT_PACKAGE  # the pip requirement (or wheel URL) of greenplace
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -295,7 +302,8 @@ def startup_script(job: JobLaunch) -> str:
         "set -uo pipefail\n"
         f"export GREENPLACE_JOB_ID='{job.job_id}'\n"
         f"{agent}"
-        f"bash -lc '{quoted}'\n"
+        f"run='{quoted}'\n"
+        f"{_run_lines(job.agent)}"
         "status=$?\n"
         f"line=\"{EXIT_MARKER}$status\"\n"
         "echo \"$line\"\n"
@@ -305,6 +313,29 @@ def startup_script(job: JobLaunch) -> str:
         "sync\n"
         "shutdown -h now\n"
     )
+
+
+def _run_lines(agent: AgentAccess | None) -> str:
+    """The lines that run ``$run``: under ``greenplace agent`` when an API is set.
+
+    Design choice: the agent is installed into its own venv (nothing touches the image's
+    Python), nvidia-ml-py beside it where the index has it (NVML is optional). When the
+    install fails the command still runs, unmeasured, and a console line says why: a pip
+    hiccup must not cost the user's training run. The command is written once, in ``run``,
+    so it counts once in the boot script's size (``scheduler/limits.py``).
+    """
+    if agent is None:
+        return 'bash -lc "$run"\n'
+    venv = AGENT_VENV
+    return (
+        f"read -ra package <<< '{_quoted(agent.package)}'\n"  # its words, never globbed
+        f'if python3 -m venv {venv} && {venv}/bin/pip install -q "${{package[@]}}"; then\n'
+        f"  {venv}/bin/pip install -q nvidia-ml-py || true\n"
+        f'  {venv}/bin/greenplace agent -- bash -lc "$run"\n'
+        "else\n"
+        '  echo "greenplace: the agent could not be installed; running unmeasured"\n'
+        '  bash -lc "$run"\n'
+        "fi\n")
 
 
 def _quoted(text: str) -> str:
@@ -326,9 +357,9 @@ def managed_tags_of(tags: Mapping[str, str]) -> tuple[str | None, int | None]:
 
 
 __all__ = [
-    "EXIT_MARKER", "LAUNCH_WAIT_S", "USER_DATA_LIMITS_BYTES", "Feature", "InstanceHandle",
-    "InstanceState", "InstanceStatus", "JobLaunch", "LaunchRequest", "ManagedInstance",
-    "Placement", "Provider",
+    "AGENT_VENV", "DEFAULT_AGENT_PACKAGE", "EXIT_MARKER", "LAUNCH_WAIT_S",
+    "USER_DATA_LIMITS_BYTES", "AgentAccess", "Feature", "InstanceHandle", "InstanceState",
+    "InstanceStatus", "JobLaunch", "LaunchRequest", "ManagedInstance", "Placement", "Provider",
     "ProviderError", "exit_code_in", "idempotency_key", "job_tags", "managed_tags_of",
     "missing_features", "request_uuid", "short_token", "startup_script",
 ]

@@ -26,6 +26,8 @@ _COMMANDS_PACKAGE = "greenplace.scheduler.commands"
 
 # name -> (module in scheduler/commands, attribute, the command's one-line help)
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "agent": ("agent", "agent_cmd",
+        "Run a job's command, measure its energy (NVML, RAPL or a model) and report it."),
     "admin": ("admin", "admin_group",
         "Administer the service: API tokens of teams (needs direct Redis access)."),
     "api": ("api", "api_cmd",

@@ -16,8 +16,10 @@ Design choice: the default ``run`` limit is derived, not chosen. Every job may b
 placed on any cloud, so its boot script (``providers.base.startup_script``) must fit
 the smallest user-data limit of all adapters (``USER_DATA_LIMITS_BYTES``: EC2's
 16 KiB). What is left for ``run`` is that limit minus the script's own bytes around
-an empty command, and ``run`` is measured as the script writes it (each ``'`` is
-escaped into five bytes), so a job within the limit launches on every adapter.
+an empty command (with the agent's API URL, token and package spec at their longest, and
+the lines that install and start the agent), and ``run`` is measured as the script writes
+it (each ``'`` is escaped into five bytes), so a job within the limit launches on every
+adapter.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ JOB_ID_ALLOWANCE_CHARS = 64
 # tests/unit/test_tokens.py checks it), which the boot script exports when an API is set.
 AGENT_API_URL_MAX_CHARS = 256
 AGENT_TOKEN_CHARS = 47
+# Room for what the boot script pip-installs to run the job under ``greenplace agent``
+# (GREENPLACE_AGENT_PACKAGE is refused above this): a wheel URL or ``--index-url URL NAME``.
+# The allowance counts each character as one byte, which the setting's check guarantees by
+# refusing quotes and control characters.
+AGENT_PACKAGE_MAX_CHARS = 512
 # Control characters (C0, DEL, C1) other than tab and newline: a NUL ends a C string
 # early in cloud APIs and shells, a carriage return breaks a bash command line.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -61,7 +68,8 @@ _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
 def _boot_script_bytes(run: str) -> int:
-    agent = AgentAccess(api_url="h" * AGENT_API_URL_MAX_CHARS, token="t" * AGENT_TOKEN_CHARS)
+    agent = AgentAccess(api_url="h" * AGENT_API_URL_MAX_CHARS, token="t" * AGENT_TOKEN_CHARS,
+                        package="p" * AGENT_PACKAGE_MAX_CHARS)
     launch = JobLaunch(job_id="0" * JOB_ID_ALLOWANCE_CHARS, name="-", run=run, policy="-",
                        attempt=1, agent=agent)
     return len(startup_script(launch).encode())

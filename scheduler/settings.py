@@ -60,10 +60,11 @@ commands that need no other setting):
 - ``GREENPLACE_MAX_DEPTH`` (32, from 8 to 200): how deep lists and mappings may
   nest in a jobs or policy file (YAML or JSON); a valid jobs file nests 6 deep.
 - ``GREENPLACE_MAX_JOBS`` (100000): the most jobs in one jobs file.
-- ``GREENPLACE_MAX_RUN_BYTES`` (derived: 15,709 with today's boot script): the most
+- ``GREENPLACE_MAX_RUN_BYTES`` (derived: 14,843 with today's boot script): the most
   bytes a job's ``run`` may take in the boot script (UTF-8, each ``'`` counts 5).
   The default is the smallest adapter user-data limit (EC2's 16 KiB) minus the boot
-  script around an empty command (with room for the agent's API URL and token), so any
+  script around an empty command (with room for the agent's API URL, token, package
+  spec and the lines that install and start the agent), so any
   job loaded can launch on every cloud; the most it may be raised to is the same for
   the largest limit (GCE's 256 KiB).
 
@@ -95,9 +96,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from greenplace.providers.base import DEFAULT_AGENT_PACKAGE
 from greenplace.scheduler.exceptions import ConfigError, shown
 from greenplace.scheduler.limits import (
     AGENT_API_URL_MAX_CHARS,
+    AGENT_PACKAGE_MAX_CHARS,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_JOBS,
@@ -110,6 +113,7 @@ from greenplace.scheduler.limits import (
 CLOUDS = ("aws", "gcp", "azure")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PROVIDER = "local-sim"
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Longest countdown any task retry waits (transient backoff, lock contention).
 MAX_COUNTDOWN_S = 10.0
 _SCHEMES = ("redis", "rediss", "unix")
@@ -198,6 +202,9 @@ class Settings:
     # The API's URL as the cloud machines reach it: when set, dispatch mints a per-job agent
     # token and hands both to the boot script (GREENPLACE_API_URL, GREENPLACE_AGENT_TOKEN).
     agent_api_url: str | None = None
+    # What the boot script pip-installs to run the job under `greenplace agent`
+    # (GREENPLACE_AGENT_PACKAGE): a requirement, a wheel URL or `--index-url URL NAME`.
+    agent_package: str = DEFAULT_AGENT_PACKAGE
 
     @property
     def tls(self) -> bool:
@@ -439,6 +446,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append(f"GREENPLACE_AGENT_API_URL={shown(agent_api_url, quote=False)!r} must "
                         f"be an http:// or https:// URL of at most {AGENT_API_URL_MAX_CHARS} "
                         "characters (the API as the cloud machines reach it)")
+    agent_package = " ".join(env.get("GREENPLACE_AGENT_PACKAGE", "").split()) \
+        or DEFAULT_AGENT_PACKAGE
+    if (len(agent_package) > AGENT_PACKAGE_MAX_CHARS or "'" in agent_package
+            or '"' in agent_package or _CONTROL_CHARS.search(agent_package)):
+        problems.append(f"GREENPLACE_AGENT_PACKAGE={shown(agent_package, quote=False)!r} must "
+                        f"be a pip requirement or wheel URL of at most "
+                        f"{AGENT_PACKAGE_MAX_CHARS} characters, without quotes (what each "
+                        "job's boot script installs to run the command under the agent)")
     if visibility < task_limit + MAX_COUNTDOWN_S + 5:
         problems.append(
             f"GREENPLACE_VISIBILITY_TIMEOUT_S ({visibility:g}) must be at least the task "
@@ -455,5 +470,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         exit_code_wait_s=exit_wait, gc_interval_s=gc_interval, signals=signals,
         retention_days=retention_days, prune_interval_s=prune_interval, key_prefix=key_prefix,
         beat_lease_s=beat_lease,
-        limits=limits, agent_api_url=agent_api_url,
+        limits=limits, agent_api_url=agent_api_url, agent_package=agent_package,
     )

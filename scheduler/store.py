@@ -370,6 +370,7 @@ class JobRecord:
     agent_seen_at: str  # the job's agent's last telemetry call ('' = never)
     agent_exit_code: int | None  # the exit code the agent reported
     measured_energy_kwh: float | None  # the sum of the agent's energy samples
+    measurement: dict[str, Any] | None  # the agent's final summary (devices, methods)
     created_at: str
     updated_at: str
 
@@ -481,6 +482,7 @@ def _record(fields: Mapping[str, str]) -> JobRecord:
                          else None),
         measured_energy_kwh=(float(fields["measured_energy_kwh"])
                              if fields.get("measured_energy_kwh") else None),
+        measurement=loads("measurement", None),
         created_at=fields.get("created_at", ""),
         updated_at=fields.get("updated_at", ""),
     )
@@ -725,15 +727,20 @@ class JobStore:
         return [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
 
     def record_telemetry(self, job_id: str, *, at: dt.datetime, exit_code: int | None = None,
-                         energy_kwh: float | None = None) -> bool:
+                         energy_kwh: float | None = None,
+                         measurement: Mapping[str, Any] | None = None) -> bool:
         """Note an agent's report in the record; False when the job no longer exists.
 
         ``energy_kwh``: the energy measured since the job's command started (cumulative:
         the largest value reported is kept, so a report sent twice counts once).
+        ``measurement``: the agent's final summary (JSON-able, nothing secret), kept as the
+        record's ``measurement``.
         """
         fields = {"agent_seen_at": iso(at)}
         if exit_code is not None:
             fields["agent_exit_code"] = str(exit_code)
+        if measurement is not None:
+            fields["measurement"] = _dumps(measurement)
         pairs = [item for pair in fields.items() for item in pair]
         done = self._telemetry(keys=[self._job_key(job_id)],
                                args=["" if energy_kwh is None else repr(float(energy_kwh)),

@@ -69,13 +69,46 @@ class EnergySample(BaseModel):
     energy_j: float = Field(ge=0, le=1e15)
 
 
+class DeviceMeasurement(BaseModel):
+    """One meter of the agent's summary: a GPU, a CPU package, its DRAM or the host model."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=128)
+    kind: Literal["gpu", "cpu", "dram", "host"]
+    method: Literal["nvml-energy-counter", "nvml-power-integration", "rapl", "host-model"]
+    energy_j: float = Field(ge=0, le=1e15)
+    avg_power_w: float | None = Field(None, ge=0, le=1e6)
+    peak_power_w: float | None = Field(None, ge=0, le=1e6)
+    utilization_pct: float | None = Field(None, ge=0, le=100)
+
+
+class MeasurementSummary(BaseModel):
+    """The agent's final summary (``scheduler/agent.py`` ``build_summary``), stored as the
+    job's ``measurement``."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: str | None = Field(None, max_length=64)
+    exit_code: int = Field(ge=0, le=255)
+    started_at: dt.datetime
+    ended_at: dt.datetime
+    wall_s: float = Field(ge=0, le=1e9)
+    energy_j: float = Field(ge=0, le=1e15)
+    method: str = Field(max_length=64, pattern=r"^[a-z0-9+-]+$")
+    devices: list[DeviceMeasurement] = Field(default_factory=list, max_length=64)
+    notes: list[Annotated[str, Field(max_length=500)]] = Field(default_factory=list,
+                                                                max_length=16)
+    overhead_cpu_s: float = Field(ge=0, le=1e9)
+
+
 class Telemetry(BaseModel):
-    """One report of a job's agent: a heartbeat, the command's exit code, energy samples."""
+    """One report of a job's agent: a heartbeat, the command's exit code, energy samples,
+    and with the exit report the summary of what was measured."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["heartbeat", "exit", "energy"]
     exit_code: int | None = Field(None, ge=0, le=255)
     samples: list[EnergySample] = Field(default_factory=list, max_length=10_000)
+    summary: MeasurementSummary | None = None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -255,9 +288,17 @@ def _job_routes(app: FastAPI) -> None:
         if body.kind == "exit" and body.exit_code is None:
             raise Problem(422, "An exit report needs exit_code. To fix: send the command's "
                           "exit code (0-255).")
+        summary = body.summary
+        if summary is not None and (summary.exit_code != body.exit_code
+                                    or summary.job_id not in (None, job_id)):
+            raise Problem(422, "The summary's job_id and exit_code must match the report's. "
+                          "To fix: send the summary the agent wrote for this job.")
         energy_kwh = (max(s.energy_j for s in body.samples) / 3.6e6 if body.samples else None)
+        if summary is not None:
+            energy_kwh = summary.energy_j / 3.6e6
+        measurement = None if summary is None else summary.model_dump(mode="json")
         if not store().record_telemetry(job_id, at=utc_now(), exit_code=body.exit_code,
-                                        energy_kwh=energy_kwh):
+                                        energy_kwh=energy_kwh, measurement=measurement):
             raise Problem(404, f"Job {job_id} no longer exists (pruned after retention). "
                           "To fix: stop the agent.")
         if body.kind == "exit":

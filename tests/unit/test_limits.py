@@ -26,6 +26,7 @@ from greenplace.scheduler.cli import main
 from greenplace.scheduler.exceptions import ConfigError, UnknownNameError, shown
 from greenplace.scheduler.limits import (
     AGENT_API_URL_MAX_CHARS,
+    AGENT_PACKAGE_MAX_CHARS,
     AGENT_TOKEN_CHARS,
     DEFAULT_MAX_RUN_BYTES,
     JOB_ID_ALLOWANCE_CHARS,
@@ -176,7 +177,14 @@ def _longest_agent() -> AgentAccess:
     assert load_settings({"GREENPLACE_AGENT_API_URL": url}).agent_api_url == url
     with pytest.raises(ConfigError, match="GREENPLACE_AGENT_API_URL"):
         load_settings({"GREENPLACE_AGENT_API_URL": url + "a"})
-    return AgentAccess(api_url=url, token=token)
+    package = "--index-url https://pypi.example.test/simple " + "g" * (
+        AGENT_PACKAGE_MAX_CHARS - 45)
+    assert len(package) == AGENT_PACKAGE_MAX_CHARS
+    assert load_settings({"GREENPLACE_AGENT_PACKAGE": package}).agent_package == package
+    for bad in (package + "g", "greenplace'; rm -rf /", "green\x1bplace"):
+        with pytest.raises(ConfigError, match="GREENPLACE_AGENT_PACKAGE"):
+            load_settings({"GREENPLACE_AGENT_PACKAGE": bad})
+    return AgentAccess(api_url=url, token=token, package=package)
 
 
 def test_the_default_run_limit_is_derived_from_the_adapters() -> None:
