@@ -271,7 +271,8 @@ def agent_access(ctx: Context, record: JobRecord, *, attempt: int) -> AgentAcces
 
     token = Tokens(ctx.store).mint_agent(job_id=record.job_id, attempt=attempt,
                                          team=record.team)
-    return AgentAccess(api_url=ctx.settings.agent_api_url, token=token)
+    return AgentAccess(api_url=ctx.settings.agent_api_url, token=token,
+                       package=ctx.settings.agent_package)
 
 
 def rebuild_job(record: JobRecord, catalog: Catalog) -> Job:

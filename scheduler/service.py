@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +174,9 @@ def job_view(record: JobRecord, *, pue_of: PueOf | None = None,
     view["estimate_error_pct"] = (
         round(100.0 * (energy - measured_kwh * pue) / (measured_kwh * pue), 2)
         if energy is not None and measured_kwh and pue is not None else None)
+    measurement = record.measurement or {}
+    view["measurement_method"] = measurement.get("method")
+    view["measurement"] = record.measurement
     view["agent_seen_at"] = record.agent_seen_at or None
     view["agent_exit_code"] = record.agent_exit_code
     view["levers"] = _levers(figures, intensity, pue, base, pue_of)
@@ -299,6 +302,18 @@ def parse_since(text: str | None) -> dt.datetime | None:
         raise UserInputError(f"since {shown(text)} is not an ISO 8601 date or time. To fix: "
                              "write e.g. 2026-12-01 or 2026-12-01T08:00:00Z.") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def learn_power(store: JobStore, job_id: str, measurement: Mapping[str, Any]) -> float | None:
+    """Add a job's measured run to its accelerator's calibration (``scheduler/calibration``);
+    returns the watts per chip counted, or None (no GPU measured, a short run, no placement)."""
+    from greenplace.scheduler import calibration
+
+    placement = store.get(job_id).placement
+    if placement is None:
+        return None
+    return calibration.record_run(store, accelerator=placement.accelerator,
+                                  measurement=measurement)
 
 
 # --- acting -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from greenplace.scheduler.service import (
     MAX_PAGE,
     JobFilter,
     job_view,
+    learn_power,
     list_jobs,
     parse_since,
     pue_lookup,
@@ -304,6 +305,8 @@ def _job_routes(app: FastAPI) -> None:
         if body.kind == "exit":
             store().note(job_id, f"the job's agent reported exit code {body.exit_code}",
                          data={"exit_code": body.exit_code})
+        if measurement is not None:
+            learn_power(store(), job_id, measurement)
         return {"job_id": job_id, "accepted": body.kind}
 
     @app.get("/v1/report", tags=["report"])

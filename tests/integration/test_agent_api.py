@@ -94,7 +94,8 @@ def test_the_summary_arrives_and_is_stored(service: Service, tmp_path: Path) -> 
     assert spooled(service.tmp / "agent-state" / "greenplace" / "spool") == []
     view = httpx.get(f"{url}/v1/jobs/{job_id}",
                      headers={"Authorization": f"Bearer {service.token('ml')}"}).json()
-    assert view["measured_energy_kwh"] == pytest.approx(summary["energy_j"] / 3.6e6)
+    assert view["energy_kwh_measured"] == pytest.approx(summary["energy_j"] / 3.6e6)
+    assert view["measurement_method"] == "host-model" and view["measurement"] == summary
     assert view["agent_exit_code"] == 0
     assert not (tmp_path / "greenplace-summary.json").exists()  # the API has it
     assert token not in output and token not in json.dumps(summary)

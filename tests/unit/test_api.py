@@ -405,3 +405,28 @@ def test_metrics_need_a_token_and_count_the_fleet(api: Api) -> None:
     assert samples[("greenplace_jobs", (("state", str(launched)),))] == 1
     assert samples[("greenplace_placement_duration_seconds_count", ())] == 1
     assert samples[("greenplace_jobs_placed_total", ())] == 1
+
+
+def test_an_agents_gpu_summary_teaches_calibration(api: Api) -> None:
+    from greenplace.scheduler import calibration
+
+    (job_id,) = api.submit(api.alpha, "calibrating")
+    api.launch(job_id)
+    record = api.store.get(job_id)
+    access = agent_access(Context.build(api.settings, api.store), record,
+                          attempt=record.attempt)
+    assert access is not None and record.placement is not None
+    count = record.placement.accelerator_count
+    gpus = [{"name": f"gpu{n}", "kind": "gpu", "method": "nvml-energy-counter",
+             "energy_j": 400.0 * 7200} for n in range(count)]  # 400 W each for 2 h
+    summary = {"job_id": job_id, "exit_code": 0, "started_at": "2026-12-01T00:00:00Z",
+               "ended_at": "2026-12-01T02:00:00Z", "wall_s": 7200.0,
+               "energy_j": 400.0 * 7200 * count, "method": "nvml", "devices": gpus,
+               "overhead_cpu_s": 1.5}
+    done = api.call("POST", f"/v1/jobs/{job_id}/telemetry", access.token,
+                    json={"kind": "exit", "exit_code": 0, "summary": summary})
+    assert done.status_code == 202, done.text
+    assert calibration.runs(api.store) == {record.placement.accelerator: [400.0]}
+    job = api.call("GET", f"/v1/jobs/{job_id}", api.alpha).json()
+    assert job["measurement_method"] == "nvml" and job["measurement"]["wall_s"] == 7200.0
+    assert job["energy_kwh_measured"] == pytest.approx(400.0 * 2 * count / 1000)
