@@ -48,7 +48,8 @@ def test_a_team_runs_jobs_through_the_api_and_the_cli_as_a_client(service: Servi
     assert set(views) == set(ids)
     done = next(r for r in records if r.state == JobState.SUCCEEDED)
     assert views[done.job_id]["state"] == "SUCCEEDED"
-    assert views[done.job_id]["co2e_kg_estimated"] > 0 and views[done.job_id]["savings_co2e_kg"] >= 0
+    view = views[done.job_id]
+    assert view["co2e_kg_estimated"] > 0 and view["savings_co2e_kg"] >= 0
 
     events = service.cli("events", done.job_id, "-o", "json", env=env)
     moves = [e["to"] for e in json.loads(events.stdout) if e["kind"] == "transition"]
