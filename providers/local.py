@@ -326,7 +326,7 @@ class LocalProvider:
                 "but its carbon and price figures describe a cloud datacenter, not this "
                 "machine", provider=NAME, operation="prepare", code="BorrowedRegion",
                 fix="declare this machine as a cloud of its own in a catalog overlay (see "
-                    f"examples/local-overlay.yaml) and route only that cloud to `local` "
+                    "examples/local-overlay.yaml) and route only that cloud to `local` "
                     "in GREENPLACE_PROVIDERS")
         if placement.spot:
             raise provider_error(
