@@ -3,14 +3,16 @@
 Each launch attempt gets a working folder ``{root}/{job_id}-a{attempt}`` (the instance
 id) holding everything about it:
 
+``work/``        the command's working directory (what the job writes lands here)
 ``state.json``   what was launched: ids, idempotency key, tags, command, argv, pid,
                  process group, start time (never the agent token)
-``command.sh``   the job's ``run`` text, run with ``bash command.sh`` in the folder
+``command.sh``   the job's ``run`` text, run with ``bash`` in ``work/``
 ``pid``          written by the job's wrapper process itself as it starts
 ``stdout.log`` / ``stderr.log``   the job's output (``greenplace logs JOB``)
 ``exit_code``    written (atomically) by the wrapper when the command ends
 ``summary.json`` the agent's measurement summary, when the job ran under the agent
-``deleted``      written by ``delete()``; logs and summary stay
+``deleted``      written by ``delete()``; logs, summary and ``work/`` stay
+``groups.json``  the process groups ``delete()`` stops (the agent's command has its own)
 
 The command runs under ``greenplace agent`` (which measures its energy) when this
 greenplace has that command, else directly; either way inside a small bash wrapper that
@@ -91,14 +93,17 @@ _TOKEN_LINE = re.compile(r"^export GREENPLACE_AGENT_TOKEN='(.*)'$", re.MULTILINE
 
 STATE, COMMAND, PID, EXIT_CODE = "state.json", "command.sh", "pid", "exit_code"
 STDOUT, STDERR, SUMMARY, DELETED = "stdout.log", "stderr.log", "summary.json", "deleted"
+WORK = "work"
+GROUPS = "groups.json"
 
 # The job's wrapper ($0 gp-local-job, "$@" the command): records its pid, runs the
 # command, records the exit code. Files are written under a temporary name and renamed,
 # so a reader never sees half a number.
-_WRAPPER = """echo $$ > pid.tmp && mv -f pid.tmp pid
-"$@"
+_WRAPPER = """d=$PWD
+echo $$ > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
+cd work && "$@"
 code=$?
-echo "$code" > exit_code.tmp && mv -f exit_code.tmp exit_code
+echo "$code" > "$d/exit_code.tmp" && mv -f "$d/exit_code.tmp" "$d/exit_code"
 exit "$code"
 """
 # The launcher starts the wrapper in the background and exits, so the wrapper is nobody's
@@ -128,7 +133,7 @@ def agent_available() -> bool:
 
 def job_argv(folder: Path, *, agent: bool) -> list[str]:
     """The command the wrapper runs in ``folder``: the job under the agent, or bare."""
-    bare = ["bash", COMMAND]
+    bare = ["bash", str(folder / COMMAND)]
     if not agent:
         return bare
     return [sys.executable, "-m", "greenplace", "agent", "--summary-file",
@@ -162,19 +167,35 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state letter, process group, start time in clock ticks) from /proc; None if gone."""
+def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state letter, parent pid, process group, start time in clock ticks) from /proc;
+    None when the process is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text.rpartition(")")[2].split()
-    return fields[0], int(fields[2]), int(fields[19])
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
+
+
+def _has_procfs() -> bool:
+    return Path("/proc/self/stat").exists()
+
+
+def _running() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every process that is not a zombie."""
+    out: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[0] not in ("Z", "X"):
+                out[int(entry.name)] = (stat[1], stat[2])
+    return out
 
 
 def _alive(pid: int, start_ticks: int | None) -> bool:
     """Whether ``pid`` runs and is still the process started (not a zombie, not reused)."""
-    if not Path("/proc/self/stat").exists():  # no procfs: signal 0 is all we have
+    if not _has_procfs():  # signal 0 is all we have
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -185,31 +206,59 @@ def _alive(pid: int, start_ticks: int | None) -> bool:
     stat = _proc_stat(pid)
     if stat is None or stat[0] in ("Z", "X"):
         return False
-    return start_ticks is None or stat[2] == start_ticks
+    return start_ticks is None or stat[3] == start_ticks
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` runs (zombies waiting for a reaper do not)."""
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
+def _job_groups(pid: int | None) -> set[int]:
+    """The process groups of ``pid`` and of all its descendants.
+
+    The agent starts the job's command in a session (and group) of its own, so stopping
+    the wrapper's group alone would leave the command running.
+    """
+    if pid is None or not _has_procfs():
+        return set()
+    running = _running()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in running.items():
+        children.setdefault(parent, []).append(child)
+    groups, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        if current in running:
+            groups.add(running[current][1])
+        todo.extend(children.get(current, ()))
+    return groups
+
+
+def _live_groups(groups: set[int]) -> set[int]:
+    """The groups of ``groups`` that still hold a running process (zombies do not count)."""
+    if not _has_procfs():
+        live = set()
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                try:
+                    os.killpg(group, 0)
+                except PermissionError:
+                    pass
+                live.add(group)
+        return live
+    return groups & {group for _, group in _running().values()}
+
+
+def _stop(groups: set[int], *, grace_s: float) -> bool:
+    """SIGTERM every group, SIGKILL what is left after ``grace_s``; True once all are gone."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
+        live = _live_groups(groups)
+        for group in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
+        deadline = time.monotonic() + wait_s
+        while live and time.monotonic() < deadline:
+            time.sleep(0.02)
+            live = _live_groups(live)
+        if not live:
             return True
-        return True
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-                return True
-    return False
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+    return not _live_groups(groups)
 
 
 def agent_token_in(script: str) -> str | None:
@@ -230,6 +279,12 @@ def job_environment(payload: Mapping[str, Any], token: str | None,
         env["GREENPLACE_API_URL"] = str(api_url)
         env["GREENPLACE_AGENT_TOKEN"] = token
     return env
+
+
+def _summary_exit_code(folder: Path) -> int | None:
+    """The exit code in the agent's summary, written as soon as the command ended."""
+    code = (_read_json(folder / SUMMARY) or {}).get("exit_code")
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def measured_text(summary: Mapping[str, Any] | None) -> str:
@@ -383,7 +438,7 @@ class LocalProvider:
                     "running). To fix: nothing in the job is wrong; greenplace fails over to "
                     "the next candidate (raise GREENPLACE_LOCAL_SLOTS to run more at once).",
                     provider=NAME, operation="submit", code="SlotsFull")
-            folder.mkdir(parents=True, exist_ok=True)
+            (folder / WORK).mkdir(parents=True, exist_ok=True)
             (folder / COMMAND).write_text(str(request.payload["Run"]) + "\n", encoding="utf-8")
             state = {
                 "instance_id": folder.name, "job_id": request.tags.get("greenplace:job-id"),
@@ -419,7 +474,7 @@ class LocalProvider:
             pid = _read_int(folder / PID)
         stat = _proc_stat(pid) if pid is not None else None
         state.update(pid=pid, pgid=launcher.pid,
-                     start_ticks=stat[2] if stat is not None else None)
+                     start_ticks=stat[3] if stat is not None else None)
         _write_atomic(folder / STATE, json.dumps(state, indent=2))
 
     def status(self, handle: InstanceHandle) -> InstanceStatus:
@@ -434,6 +489,8 @@ class LocalProvider:
         if (folder / DELETED).exists():
             return InstanceStatus(state=InstanceState.TERMINATED, detail="deleted on request")
         code = _read_int(folder / EXIT_CODE)
+        if code is None:
+            code = _summary_exit_code(folder)  # the agent may still deliver its report
         if code is None:
             pid = _read_int(folder / PID)
             if pid is None:
@@ -468,29 +525,33 @@ class LocalProvider:
         return out
 
     def delete(self, handle: InstanceHandle) -> bool:
-        """Stop the job's process group (SIGTERM, SIGKILL after ``grace_s``) and mark the
-        folder deleted; its logs and summary stay. True once no process of it runs."""
+        """Stop the job's processes (SIGTERM, SIGKILL after ``grace_s``) and mark the folder
+        deleted; its logs and summary stay. True once no process of the job runs.
+
+        Design choice: an agent that outlives its command only to deliver the final report
+        (the API is down) is left to finish on its own, bounded by its flush timeout: its
+        command has ended, and stopping it would delay the report to the next agent run.
+        """
         folder = self.folder(handle.instance_id)
         state = _read_json(folder / STATE)
         if state is None:
             return True
-        pgid = state.get("pgid")
-        if not isinstance(pgid, int):  # an earlier submit died before recording it
-            pid = _read_int(folder / PID)
-            stat = _proc_stat(pid) if pid is not None else None
-            pgid = stat[1] if stat is not None else None
-        if isinstance(pgid, int) and _group_alive(pgid):
-            _signal_group(pgid, signal.SIGTERM)
-            deadline = time.monotonic() + self.grace_s
-            while _group_alive(pgid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _group_alive(pgid):
-                _signal_group(pgid, signal.SIGKILL)
-                deadline = time.monotonic() + 1.0
-                while _group_alive(pgid) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            if _group_alive(pgid):
-                return False
+        pid = _read_int(folder / PID)
+        stat = _proc_stat(pid) if pid is not None else None
+        wrapper_group = state.get("pgid") if isinstance(state.get("pgid"), int) else (
+            stat[2] if stat is not None else None)
+        known = _read_json(folder / GROUPS) or {}
+        groups = {g for g in known.get("groups", []) if isinstance(g, int)}
+        groups |= _job_groups(pid if pid is not None and _alive(
+            pid, state.get("start_ticks") if state.get("pid") == pid else None) else None)
+        if wrapper_group is not None:
+            groups.add(wrapper_group)
+        if groups - set(known.get("groups", [])):
+            _write_atomic(folder / GROUPS, json.dumps({"groups": sorted(groups)}))
+        if _summary_exit_code(folder) is not None and not (folder / EXIT_CODE).exists():
+            groups.discard(wrapper_group)  # the agent delivering its report, and its wrapper
+        if groups and not _stop(groups, grace_s=self.grace_s):
+            return False
         if not (folder / DELETED).exists():
             _write_atomic(folder / DELETED, _now_iso() + "\n")
         return True

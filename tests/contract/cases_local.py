@@ -51,7 +51,7 @@ def local_case(env: CaseEnv) -> Iterator[AdapterCase]:
 
     def finish(handle: InstanceHandle, exit_code: int) -> None:
         """The command ends now with ``exit_code``; returns once it has."""
-        (root / handle.instance_id / FINISH_FILE).write_text(f"{exit_code}\n")
+        (root / handle.instance_id / "work" / FINISH_FILE).write_text(f"{exit_code}\n")
         wait_for(lambda: make().status(handle).state is InstanceState.EXITED, timeout_s=10,
                  what=f"{handle.instance_id} to exit", interval_s=0.02)
 

@@ -3,6 +3,7 @@ and finding its jobs again from a new provider object (a worker restart)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -42,6 +43,26 @@ def root(tmp_path: Path) -> Iterator[Path]:
         cleanup.delete(managed.handle)
 
 
+@pytest.fixture(params=["bare", "agent"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the command bare, and under `greenplace agent` where it exists."""
+    from greenplace.scheduler import cli
+
+    if request.param == "agent" and not local.agent_available():
+        pytest.skip("this greenplace has no `agent` command yet")
+    if request.param == "bare":
+        monkeypatch.delitem(cli.LAZY_COMMANDS, "agent", raising=False)
+    return str(request.param)
+
+
+@pytest.fixture
+def bare(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command runs bare (no agent), for what the agent would change on purpose."""
+    from greenplace.scheduler import cli
+
+    monkeypatch.delitem(cli.LAZY_COMMANDS, "agent", raising=False)
+
+
 def provider(root: Path, **config: str) -> LocalProvider:
     return create({"root": str(root), "slots": "2", **config})
 
@@ -66,6 +87,7 @@ def pid_alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rpartition(")")[2].split()[0] not in "ZX"
 
 
+@pytest.mark.usefixtures("bare")
 def test_a_short_command_runs_in_its_folder_with_its_output_and_exit_code(
         root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GREENPLACE_REDIS_URL", "redis://:service-secret@127.0.0.1:1/0")
@@ -80,7 +102,8 @@ def test_a_short_command_runs_in_its_folder_with_its_output_and_exit_code(
     folder = root / "job1-a1"
     assert Path(handle.extra["dir"]) == folder
     out = (folder / "stdout.log").read_text().splitlines()
-    assert out == ["out job1", str(folder), "redis=unset"]  # the service's settings stay out
+    # the command runs in work/, and the service's settings stay out of its environment
+    assert out == ["out job1", str(folder / "work"), "redis=unset"]
     assert (folder / "stderr.log").read_text() == "err\n"
     assert (folder / "exit_code").read_text() == "0\n"
     state = json.loads((folder / "state.json").read_text())
@@ -88,6 +111,7 @@ def test_a_short_command_runs_in_its_folder_with_its_output_and_exit_code(
     assert "tok'en-1" not in json.dumps(state)  # the agent token is never written down
 
 
+@pytest.mark.usefixtures("bare")
 def test_the_job_gets_the_agent_api_and_its_token_from_the_boot_script(root: Path) -> None:
     agent = AgentAccess(api_url="http://127.0.0.1:9/api", token="gpt_a'b\"c")
     handle = launch(provider(root), 'echo "$GREENPLACE_API_URL|$GREENPLACE_AGENT_TOKEN"',
@@ -101,13 +125,15 @@ def test_the_job_gets_the_agent_api_and_its_token_from_the_boot_script(root: Pat
 
 
 @pytest.mark.parametrize(("run", "code"), [("exit 3", 3), ("true", 0), ("kill -9 $$", 137)])
-def test_exit_codes_are_read_from_the_exit_code_file(root: Path, run: str, code: int) -> None:
+def test_exit_codes_are_read_from_the_exit_code_file(root: Path, run: str, code: int,
+                                                     mode: str) -> None:
     p = provider(root)
     status = finished(p, launch(p, run))
     assert (status.state, status.exit_code) == (InstanceState.EXITED, code)
     assert (root / "job1-a1" / "exit_code").read_text() == f"{code}\n"
 
 
+@pytest.mark.usefixtures("bare")
 def test_resubmitting_the_same_key_returns_the_same_instance(root: Path) -> None:
     p = provider(root)
     first = launch(p, "sleep 30")
@@ -123,6 +149,7 @@ def test_resubmitting_the_same_key_returns_the_same_instance(root: Path) -> None
         p.submit(p.prepare(job, PLACEMENT), idempotency_key="some-other-key")
 
 
+@pytest.mark.usefixtures("bare")
 def test_a_full_machine_refuses_with_capacity_error_until_a_slot_frees(root: Path) -> None:
     p = provider(root, slots="1")
     running = launch(p, "sleep 30", job_id="a")
@@ -138,37 +165,44 @@ def test_a_full_machine_refuses_with_capacity_error_until_a_slot_frees(root: Pat
         launch(provider(root, slots="0"), "true", job_id="c")
 
 
-def test_delete_stops_the_whole_process_group_and_keeps_the_logs(root: Path) -> None:
+def test_delete_stops_the_whole_process_group_and_keeps_the_logs(root: Path, mode: str) -> None:
     p = provider(root, grace_s="2")
     handle = launch(p, "echo started; sleep 60 & echo $! > child; wait")
-    wait_for(lambda: (root / "job1-a1" / "child").exists(), timeout_s=10, what="the child")
-    child = int((root / "job1-a1" / "child").read_text())
+    work = root / "job1-a1" / "work"
+    wait_for(lambda: (work / "child").exists(), timeout_s=20, what="the child")
+    child = int((work / "child").read_text())
     assert pid_alive(child) and p.status(handle).state is InstanceState.RUNNING
     assert p.delete(handle) is True
     assert not pid_alive(child)
     assert p.status(handle).state is InstanceState.TERMINATED
-    assert (root / "job1-a1" / "stdout.log").read_text() == "started\n"
+    assert (root / "job1-a1" / "stdout.log").read_text().endswith("started\n")
     assert p.delete(handle) is True
     assert p.list_managed(PLACEMENT.region) == []
 
 
-def test_delete_escalates_to_sigkill_after_the_grace(root: Path) -> None:
+def test_delete_escalates_to_sigkill_after_the_grace(root: Path, mode: str) -> None:
     p = provider(root, grace_s="0.3")
-    handle = launch(p, "trap '' TERM; echo ready; while :; do sleep 0.05; done")
-    wait_for(lambda: (root / "job1-a1" / "stdout.log").read_text() == "ready\n",
-             timeout_s=10, what="the job to trap SIGTERM")
-    pid = int((root / "job1-a1" / "pid").read_text())
+    handle = launch(p, "trap '' TERM; echo $$ > inner; while :; do sleep 0.05; done")
+    inner = root / "job1-a1" / "work" / "inner"
+    wait_for(lambda: inner.exists() and inner.read_text().endswith("\n"), timeout_s=20,
+             what="the job to trap SIGTERM")
+    pids = [int((root / "job1-a1" / "pid").read_text()), int(inner.read_text())]
+    assert all(pid_alive(pid) for pid in pids)
     started = time.monotonic()
     assert p.delete(handle) is True
     assert 0.3 <= time.monotonic() - started < 4
-    assert not pid_alive(pid)
+    assert not any(pid_alive(pid) for pid in pids)
 
 
-def test_a_job_survives_its_launching_process_and_a_new_provider_finds_it(root: Path) -> None:
+def test_a_job_survives_its_launching_process_and_a_new_provider_finds_it(root: Path,
+                                                                         mode: str) -> None:
     """A worker that launches and exits (its task ends, it restarts) leaves the job running;
     a new provider object on the same root follows, lists and stops it."""
+    bare_line = "LAZY_COMMANDS.pop('agent', None)" if mode == "bare" else ""
     code = (f"from greenplace.providers.local import create\n"
+            f"from greenplace.scheduler.cli import LAZY_COMMANDS\n"
             f"from tests.unit.test_local_provider import launch\n"
+            f"{bare_line}\n"
             f"print(launch(create({{'root': {str(root)!r}}}), 'sleep 30').instance_id)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=Path(__file__).resolve().parents[2], check=True)
@@ -182,6 +216,7 @@ def test_a_job_survives_its_launching_process_and_a_new_provider_finds_it(root: 
     assert fresh.delete(listed[0].handle) is True and not pid_alive(pid)
 
 
+@pytest.mark.usefixtures("bare")
 def test_a_process_killed_with_its_wrapper_is_a_failed_machine(root: Path) -> None:
     p = provider(root)
     handle = launch(p, "sleep 30")
@@ -192,13 +227,14 @@ def test_a_process_killed_with_its_wrapper_is_a_failed_machine(root: Path) -> No
         status.detail)
 
 
+@pytest.mark.usefixtures("bare")
 def test_status_of_an_unknown_or_removed_folder_is_missing(root: Path) -> None:
+    import shutil
+
     p = provider(root)
     handle = launch(p, "true")
     finished(p, handle)
-    for path in sorted((root / "job1-a1").iterdir()):
-        path.unlink()
-    (root / "job1-a1").rmdir()
+    shutil.rmtree(root / "job1-a1")
     assert p.status(handle).state is InstanceState.MISSING
     assert p.delete(handle) is True
     with pytest.raises(InvalidRequestError):
@@ -206,13 +242,31 @@ def test_status_of_an_unknown_or_removed_folder_is_missing(root: Path) -> None:
                                 instance_id="../etc"))
 
 
-def test_the_agents_measured_energy_shows_in_the_exited_status(root: Path) -> None:
+@pytest.mark.usefixtures("bare")
+def test_the_agents_summary_gives_the_exit_code_and_measured_energy(root: Path) -> None:
+    """The agent writes its summary as soon as the command ends, then may spend minutes
+    delivering its report to an API that is down: the summary already ends the job."""
     p = provider(root)
-    summary = {"exit_code": 0, "energy_j": 7200.0, "method": "rapl"}
-    handle = launch(p, f"echo '{json.dumps(summary)}' > summary.json")
+    summary = {"exit_code": 4, "energy_j": 7200.0, "method": "rapl"}
+    handle = launch(p, f"echo '{json.dumps(summary)}' > ../summary.json; sleep 30")
     status = finished(p, handle)
-    assert status.exit_code == 0
-    assert status.detail == "the job's command exited 0; measured 0.002 kWh (rapl)"
+    assert status.exit_code == 4
+    assert status.detail == "the job's command exited 4; measured 0.002 kWh (rapl)"
+    assert not (root / "job1-a1" / "exit_code").exists()  # the wrapper still runs
+    assert p.delete(handle) is True  # leaves the reporting wrapper to finish on its own
+    assert p.status(handle).state is InstanceState.TERMINATED
+    pgid = json.loads((root / "job1-a1" / "state.json").read_text())["pgid"]
+    os.killpg(pgid, signal.SIGKILL)  # here the stand-in for the agent is the command itself
+
+
+def test_under_the_agent_the_summary_measures_the_run(root: Path) -> None:
+    if not local.agent_available():
+        pytest.skip("this greenplace has no `agent` command yet")
+    p = provider(root)
+    status = finished(p, launch(p, "sleep 0.3; exit 2"))
+    summary = json.loads((root / "job1-a1" / "summary.json").read_text())
+    assert (status.exit_code, summary["exit_code"]) == (2, 2)
+    assert summary["energy_j"] > 0 and "; measured " in status.detail
 
 
 def test_jobs_run_under_the_agent_when_greenplace_has_it(monkeypatch: pytest.MonkeyPatch,
@@ -221,15 +275,15 @@ def test_jobs_run_under_the_agent_when_greenplace_has_it(monkeypatch: pytest.Mon
 
     job = JobLaunch(job_id="j", name="n", run="true", policy="p", attempt=1)
     monkeypatch.delitem(cli.LAZY_COMMANDS, "agent", raising=False)
-    assert provider(root).prepare(job, PLACEMENT).payload["Argv"] == ["bash", "command.sh"]
+    command = str(root / "j-a1" / "command.sh")
+    assert provider(root).prepare(job, PLACEMENT).payload["Argv"] == ["bash", command]
     monkeypatch.setitem(cli.LAZY_COMMANDS, "agent", ("agent", "agent_cmd", "-"))
     assert provider(root).prepare(job, PLACEMENT).payload["Argv"] == [
         sys.executable, "-m", "greenplace", "agent", "--summary-file",
-        str(root / "j-a1" / "summary.json"), "--", "bash", "command.sh"]
+        str(root / "j-a1" / "summary.json"), "--", "bash", command]
 
 
 def test_prepare_refuses_cloud_regions_and_spot(root: Path) -> None:
-    import dataclasses
 
     job = JobLaunch(job_id="j", name="n", run="true", policy="p", attempt=1)
     p = provider(root)
