@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from greenplace.providers.local import create
-from greenplace.scheduler.store import JobState
-from tests.integration.conftest import REPO, Service
+from greenplace.scheduler.store import JobRecord, JobState
+from tests.integration.conftest import REPO, Service, wait_for
 
 pytestmark = pytest.mark.integration
 S = JobState
@@ -69,3 +69,29 @@ def test_jobs_run_here_to_their_exit_code_and_logs_show_their_output(
     missing = service.cli("logs", fail, "--attempt", "2")
     assert missing.returncode == 2 and "has no attempt 2" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_under_the_agent_the_measured_energy_reaches_the_job_record(
+        local_service: Service) -> None:
+    """The job runs under `greenplace agent`, which reports to the API with the job's token:
+    the record gets the measured energy, its method and the exit code the agent saw."""
+    from greenplace.providers.local import agent_available
+
+    if not agent_available():
+        pytest.skip("this greenplace has no `agent` command yet")
+    service = local_service
+    service.env["GREENPLACE_AGENT_API_URL"] = service.start_api()
+    service.start_worker()
+    service.start_beat()
+    compute, fail = service.submit(JOBS)
+
+    def measured() -> list[JobRecord] | None:
+        records = service.records([compute, fail])
+        return records if all(r.agent_exit_code is not None for r in records) else None
+
+    service.wait_states([compute, fail], {S.SUCCEEDED, S.FAILED}, timeout_s=120)
+    ok, failed = wait_for(measured, timeout_s=60, what="both agents' final reports")
+    assert (ok.state, ok.exit_code, ok.agent_exit_code) == (S.SUCCEEDED, 0, 0)
+    assert (failed.state, failed.exit_code, failed.agent_exit_code) == (S.FAILED, 3, 3)
+    assert ok.measured_energy_kwh is not None and ok.measured_energy_kwh > 0
+    assert ok.measurement is not None and ok.measurement["method"]
