@@ -94,6 +94,7 @@ _TOKEN_LINE = re.compile(r"^export GREENPLACE_AGENT_TOKEN='(.*)'$", re.MULTILINE
 STATE, COMMAND, PID, EXIT_CODE = "state.json", "command.sh", "pid", "exit_code"
 STDOUT, STDERR, SUMMARY, DELETED = "stdout.log", "stderr.log", "summary.json", "deleted"
 WORK = "work"
+START_TIMEOUT_S = 60.0  # a wrapper that wrote no pid file by then never started
 GROUPS = "groups.json"
 
 # The job's wrapper ($0 gp-local-job, "$@" the command): records its pid, runs the
@@ -287,6 +288,24 @@ def _summary_exit_code(folder: Path) -> int | None:
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
+def _starting(state: Mapping[str, Any]) -> InstanceStatus:
+    """A launch whose wrapper has not recorded its pid: starting, or never started."""
+    try:
+        created = dt.datetime.fromisoformat(str(state.get("created_at")))
+    except ValueError:
+        created = dt.datetime.now(dt.UTC)
+    if (dt.datetime.now(dt.UTC) - created).total_seconds() < START_TIMEOUT_S:
+        return InstanceStatus(state=InstanceState.PENDING, detail="starting")
+    return InstanceStatus(
+        state=InstanceState.LAUNCH_FAILED,
+        detail=f"the job's process did not start within {START_TIMEOUT_S:g} s",
+        error=TransientError(
+            f"the job's process in {state.get('instance_id')} did not start within "
+            f"{START_TIMEOUT_S:g} s. To fix: check the machine's load and process limits; "
+            "greenplace tries again as a new attempt.", provider=NAME, operation="status",
+            code="NeverStarted"))
+
+
 def measured_text(summary: Mapping[str, Any] | None) -> str:
     """``measured X kWh (method)`` from an agent summary, or '' when it has no energy."""
     if not summary:
@@ -462,6 +481,11 @@ class LocalProvider:
                 cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
             launcher.wait(timeout=LAUNCH_WAIT_S)
+        except FileNotFoundError as exc:
+            raise provider_error(
+                InvalidRequestError, f"the local provider runs jobs with bash, which is not "
+                f"on the worker's PATH ({exc})", provider=NAME, operation="submit",
+                code="BashMissing", fix="install bash on the worker's machine") from exc
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise TransientError(
                 f"could not start the job's process in {folder}: {exc}. To fix: check the "
@@ -494,7 +518,7 @@ class LocalProvider:
         if code is None:
             pid = _read_int(folder / PID)
             if pid is None:
-                return InstanceStatus(state=InstanceState.PENDING, detail="starting")
+                return _starting(state)
             ticks = state.get("start_ticks") if state.get("pid") == pid else None
             if _alive(pid, ticks if isinstance(ticks, int) else None):
                 return InstanceStatus(state=InstanceState.RUNNING, detail=f"pid {pid}")

@@ -309,3 +309,28 @@ def test_settings_come_from_the_environment_and_are_checked(
     for bad in ("-1", "two", "1.5"):
         with pytest.raises(ConfigError, match="To fix:"):
             create({"slots": bad})
+
+
+@pytest.mark.usefixtures("bare")
+def test_a_launch_that_never_started_fails_over_and_a_resubmit_starts_it(root: Path) -> None:
+    """A submit that died between writing the state and starting the process leaves a
+    folder with no pid: reported LAUNCH_FAILED after a while, started by a redelivery."""
+    from greenplace.scheduler.exceptions import TransientError
+
+    p = provider(root)
+    handle = launch(p, "echo ran")
+    finished(p, handle)
+    folder = root / "job1-a1"
+    for name in ("pid", "exit_code", "stdout.log"):
+        (folder / name).unlink()
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**state, "pid": None, "pgid": None}))
+    assert p.status(handle).state is InstanceState.PENDING
+    (folder / "state.json").write_text(json.dumps(
+        {**state, "pid": None, "pgid": None, "created_at": "2020-01-01T00:00:00Z"}))
+    status = p.status(handle)
+    assert status.state is InstanceState.LAUNCH_FAILED
+    assert isinstance(status.error, TransientError) and status.error.code == "NeverStarted"
+    assert launch(p, "echo ran") == handle  # the redelivered submit starts it
+    assert finished(p, handle).exit_code == 0
+    assert (folder / "stdout.log").read_text() == "ran\n"
