@@ -501,8 +501,23 @@ class LocalProvider:
                      start_ticks=stat[3] if stat is not None else None)
         _write_atomic(folder / STATE, json.dumps(state, indent=2))
 
+    def _here(self, handle: InstanceHandle, operation: str) -> Path:
+        """The folder of ``handle``, which must have been launched on this host.
+
+        Raises:
+            TransientError: it runs on another host (a worker there follows it; this one
+                must not report it missing).
+        """
+        host = handle.extra.get("host")
+        if host and host != self.host:
+            raise TransientError(
+                f"instance {handle.instance_id} runs on host {host}, not on {self.host}. To "
+                "fix: run the workers that serve a local cloud on its machine only.",
+                provider=NAME, operation=operation, code="OtherHost")
+        return self.folder(handle.instance_id)
+
     def status(self, handle: InstanceHandle) -> InstanceStatus:
-        folder = self.folder(handle.instance_id)
+        folder = self._here(handle, "status")
         state = _read_json(folder / STATE)
         if state is None:
             return InstanceStatus(state=InstanceState.MISSING,
@@ -556,7 +571,7 @@ class LocalProvider:
         (the API is down) is left to finish on its own, bounded by its flush timeout: its
         command has ended, and stopping it would delay the report to the next agent run.
         """
-        folder = self.folder(handle.instance_id)
+        folder = self._here(handle, "delete")
         state = _read_json(folder / STATE)
         if state is None:
             return True

@@ -334,3 +334,16 @@ def test_a_launch_that_never_started_fails_over_and_a_resubmit_starts_it(root: P
     assert launch(p, "echo ran") == handle  # the redelivered submit starts it
     assert finished(p, handle).exit_code == 0
     assert (folder / "stdout.log").read_text() == "ran\n"
+
+
+@pytest.mark.usefixtures("bare")
+def test_an_instance_of_another_host_is_never_reported_missing(root: Path) -> None:
+    """A worker on another machine must not fail a job that runs fine where it was launched."""
+    from greenplace.scheduler.exceptions import TransientError
+
+    p = provider(root)
+    handle = dataclasses.replace(launch(p, "sleep 30"), extra={"host": "another-machine"})
+    for call in (p.status, p.delete):
+        with pytest.raises(TransientError, match="runs on host another-machine") as exc:
+            call(handle)
+        assert exc.value.code == "OtherHost"
