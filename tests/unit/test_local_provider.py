@@ -130,7 +130,9 @@ def test_exit_codes_are_read_from_the_exit_code_file(root: Path, run: str, code:
     p = provider(root)
     status = finished(p, launch(p, run))
     assert (status.state, status.exit_code) == (InstanceState.EXITED, code)
-    assert (root / "job1-a1" / "exit_code").read_text() == f"{code}\n"
+    exit_file = root / "job1-a1" / "exit_code"  # under the agent: once the agent is done
+    wait_for(exit_file.exists, timeout_s=20, what="the wrapper to record the exit code")
+    assert exit_file.read_text() == f"{code}\n"
 
 
 @pytest.mark.usefixtures("bare")
