@@ -210,25 +210,40 @@ def _alive(pid: int, start_ticks: int | None) -> bool:
     return start_ticks is None or stat[3] == start_ticks
 
 
-def _job_groups(pid: int | None) -> set[int]:
-    """The process groups of ``pid`` and of all its descendants.
+def _job_groups(groups: set[int]) -> set[int]:
+    """``groups`` and the process groups of every descendant of their processes.
 
     The agent starts the job's command in a session (and group) of its own, so stopping
     the wrapper's group alone would leave the command running.
     """
-    if pid is None or not _has_procfs():
-        return set()
+    if not _has_procfs():
+        return set(groups)
     running = _running()
     children: dict[int, list[int]] = {}
     for child, (parent, _) in running.items():
         children.setdefault(parent, []).append(child)
-    groups, todo = set(), [pid]
+    found, todo = set(groups), [pid for pid, (_, group) in running.items() if group in groups]
     while todo:
         current = todo.pop()
-        if current in running:
-            groups.add(running[current][1])
+        found.add(running[current][1])
         todo.extend(children.get(current, ()))
-    return groups
+    return found
+
+
+def _owned(groups: set[int], job_id: str) -> set[int]:
+    """The groups of ``groups`` with a running process of job ``job_id`` (by the
+    ``GREENPLACE_JOB_ID`` in its environment): a recorded group number whose processes
+    all ended may since name an unrelated group, which must never be signalled."""
+    if not _has_procfs():
+        return set(groups)
+    marker = f"GREENPLACE_JOB_ID={job_id}".encode()
+    owned = set()
+    for pid, (_, group) in _running().items():
+        if group in groups and group not in owned:
+            with contextlib.suppress(OSError):
+                if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    owned.add(group)
+    return owned
 
 
 def _live_groups(groups: set[int]) -> set[int]:
@@ -246,20 +261,38 @@ def _live_groups(groups: set[int]) -> set[int]:
     return groups & {group for _, group in _running().values()}
 
 
-def _stop(groups: set[int], *, grace_s: float) -> bool:
-    """SIGTERM every group, SIGKILL what is left after ``grace_s``; True once all are gone."""
+def _signal_groups(groups: set[int], sig: int) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
+def _stop(groups: set[int], *, grace_s: float) -> set[int]:
+    """SIGTERM the job's processes, SIGKILL what is left after ``grace_s``.
+
+    Returns every group met (those given and their descendants'); none of them holds a
+    running process any more when ``_live_groups`` of it is empty.
+
+    Design choice: the groups are frozen (SIGSTOP) while their descendants are listed and
+    signalled, then resumed (SIGCONT): an agent caught starting the command cannot start
+    it in a new group between the listing and the signal and leave it running.
+    """
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
         live = _live_groups(groups)
-        for group in live:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, sig)
+        _signal_groups(live, signal.SIGSTOP)
+        groups = _job_groups(groups)
+        live = _live_groups(groups)
+        _signal_groups(live, sig)
+        _signal_groups(live, signal.SIGCONT)
         deadline = time.monotonic() + wait_s
         while live and time.monotonic() < deadline:
             time.sleep(0.02)
-            live = _live_groups(live)
+            groups = _job_groups(groups)
+            live = _live_groups(groups)
+            _signal_groups(live, sig)  # a group met late gets the same signal
         if not live:
-            return True
-    return not _live_groups(groups)
+            break
+    return groups
 
 
 def agent_token_in(script: str) -> str | None:
@@ -573,7 +606,7 @@ class LocalProvider:
         """
         folder = self._here(handle, "delete")
         state = _read_json(folder / STATE)
-        if state is None:
+        if state is None or (folder / DELETED).exists():
             return True
         pid = _read_int(folder / PID)
         stat = _proc_stat(pid) if pid is not None else None
@@ -581,15 +614,15 @@ class LocalProvider:
             stat[2] if stat is not None else None)
         known = _read_json(folder / GROUPS) or {}
         groups = {g for g in known.get("groups", []) if isinstance(g, int)}
-        groups |= _job_groups(pid if pid is not None and _alive(
-            pid, state.get("start_ticks") if state.get("pid") == pid else None) else None)
         if wrapper_group is not None:
             groups.add(wrapper_group)
-        if groups - set(known.get("groups", [])):
-            _write_atomic(folder / GROUPS, json.dumps({"groups": sorted(groups)}))
+        groups = _job_groups(_owned(groups, str(state.get("job_id"))))
         if _summary_exit_code(folder) is not None and not (folder / EXIT_CODE).exists():
             groups.discard(wrapper_group)  # the agent delivering its report, and its wrapper
-        if groups and not _stop(groups, grace_s=self.grace_s):
+        met = _stop(groups, grace_s=self.grace_s) if _live_groups(groups) else groups
+        if met - set(known.get("groups", [])):
+            _write_atomic(folder / GROUPS, json.dumps({"groups": sorted(met)}))
+        if _live_groups(met):
             return False
         if not (folder / DELETED).exists():
             _write_atomic(folder / DELETED, _now_iso() + "\n")

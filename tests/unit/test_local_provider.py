@@ -349,3 +349,20 @@ def test_an_instance_of_another_host_is_never_reported_missing(root: Path) -> No
         with pytest.raises(TransientError, match="runs on host another-machine") as exc:
             call(handle)
         assert exc.value.code == "OtherHost"
+
+
+@pytest.mark.usefixtures("bare")
+def test_delete_never_signals_a_group_that_is_not_the_jobs(root: Path) -> None:
+    """A recorded group number whose processes ended may name another program's group."""
+    p = provider(root)
+    handle = launch(p, "true")
+    finished(p, handle)
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        state = json.loads((root / "job1-a1" / "state.json").read_text())
+        (root / "job1-a1" / "state.json").write_text(json.dumps({**state, "pgid": other.pid}))
+        assert p.delete(handle) is True
+        assert other.poll() is None and pid_alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
