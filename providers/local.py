@@ -10,7 +10,9 @@ id) holding everything about it:
 ``pid``          written by the job's wrapper process itself as it starts
 ``stdout.log`` / ``stderr.log``   the job's output (``greenplace logs JOB``)
 ``exit_code``    written (atomically) by the wrapper when the command ends
-``summary.json`` the agent's measurement summary, when the job ran under the agent
+``summary.json`` the agent's measurement summary, when the job ran under the agent; it is
+                 written as the command ends, so its exit code ends the job while the
+                 agent may still be delivering its report to an API that is down
 ``deleted``      written by ``delete()``; logs, summary and ``work/`` stay
 ``groups.json``  the process groups ``delete()`` stops (the agent's command has its own)
 
