@@ -17,6 +17,7 @@ from greenplace.scheduler.exceptions import MissingSDKError, UnknownNameError
 # provider name -> (module path, factory name, pip extra)
 REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "local-sim": ("greenplace.providers.local_sim", "create", None),
+    "local": ("greenplace.providers.local", "create", None),
     "aws": ("greenplace.providers.aws", "create", "aws"),
     "gcp": ("greenplace.providers.gcp", "create", "gcp"),
     "azure": ("greenplace.providers.azure", "create", "azure"),

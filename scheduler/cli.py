@@ -50,6 +50,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "Show jobs (all, or JOB_ID): state, where, instance, attempts, reason."),
     "events": ("queue", "events_cmd", "Show the event history of JOB_ID, oldest first."),
     "cancel": ("queue", "cancel_cmd", "Cancel JOB_ID; an instance it launched is deleted."),
+    "logs": ("logs", "logs_cmd",
+        "Print JOB_ID's stdout and stderr (jobs the local provider ran on this machine)."),
     "gc": ("gc", "gc_cmd",
         "Delete every greenplace-managed instance whose job is final, unknown or superseded."),
     "prune": ("prune", "prune_cmd",

@@ -27,6 +27,7 @@ LAUNCHABLE_FORM_FACTORS: dict[str, frozenset[str]] = {
     "aws": ANY,  # EC2 instance types, GPUs and Trainium/Inferentia alike
     "azure": ANY,
     "libcloud": ANY,
+    "local": ANY,  # this machine: whatever the overlay declares it holds
     # Compute Engine instances only: Cloud TPU VMs need the Cloud TPU API, which the adapter
     # does not drive (it refuses TPUs with TPU_NOT_SUPPORTED).
     "gcp": ANY - {"TPU"},

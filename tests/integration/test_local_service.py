@@ -1,0 +1,97 @@
+"""The `local` provider end to end: a real worker and beat run examples/local-jobs.yaml on
+this machine (no cloud, not even the simulated one), and `greenplace logs` shows the output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from greenplace.providers.local import create
+from greenplace.scheduler.store import JobRecord, JobState
+from tests.integration.conftest import REPO, Service, wait_for
+
+pytestmark = pytest.mark.integration
+S = JobState
+JOBS = REPO / "examples" / "local-jobs.yaml"
+
+
+@pytest.fixture
+def local_service(service: Service) -> Iterator[Service]:
+    service.env.update({
+        "GREENPLACE_CATALOG_OVERLAY": str(REPO / "examples" / "local-overlay.yaml"),
+        "GREENPLACE_PROVIDERS": "local=local",
+        "GREENPLACE_LOCAL_SLOTS": "2",
+    })
+    root = Path(service.env["XDG_STATE_HOME"]) / "greenplace" / "local"
+    try:
+        yield service
+    finally:
+        leftover = create({"root": str(root), "grace_s": "0.5"})
+        for managed in leftover.list_managed("this-machine"):
+            leftover.delete(managed.handle)
+
+
+def test_jobs_run_here_to_their_exit_code_and_logs_show_their_output(
+        local_service: Service) -> None:
+    service = local_service
+    service.start_worker()
+    service.start_beat()
+    ids = service.submit(JOBS)
+    compute, fail = ids
+    follow = subprocess.Popen([sys.executable, "-m", "greenplace", "logs", compute, "--follow"],
+                              cwd=REPO, env=service.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        records = service.wait_states(ids, {S.SUCCEEDED, S.FAILED}, timeout_s=120)
+        followed, follow_err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    by_id = {r.job_id: r for r in records}
+    assert (by_id[compute].state, by_id[compute].exit_code) == (S.SUCCEEDED, 0)
+    assert (by_id[fail].state, by_id[fail].exit_code) == (S.FAILED, 3)
+    assert all(r.handle is not None and r.handle.provider == "local" for r in records)
+    assert follow.returncode == 0, follow_err
+    assert followed.startswith("computed ") and followed.endswith(" iterations\n")
+
+    rows = {r["job_id"]: r for r in service.cli_json("status")}
+    assert (rows[compute]["state"], rows[compute]["exit_code"]) == ("SUCCEEDED", 0)
+    assert (rows[fail]["state"], rows[fail]["exit_code"]) == ("FAILED", 3)
+    assert rows[compute]["cloud"] == "local" and rows[compute]["instance_id"] == f"{compute}-a1"
+
+    shown = service.cli("logs", fail)
+    assert (shown.returncode, shown.stdout) == (0, "about to fail\n"), shown.stderr
+    again = service.cli("logs", compute, "--attempt", "1")
+    assert again.stdout == followed
+    missing = service.cli("logs", fail, "--attempt", "2")
+    assert missing.returncode == 2 and "has no attempt 2" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_under_the_agent_the_measured_energy_reaches_the_job_record(
+        local_service: Service) -> None:
+    """The job runs under `greenplace agent`, which reports to the API with the job's token:
+    the record gets the measured energy, its method and the exit code the agent saw."""
+    from greenplace.providers.local import agent_available
+
+    if not agent_available():
+        pytest.skip("this greenplace has no `agent` command yet")
+    service = local_service
+    service.env["GREENPLACE_AGENT_API_URL"] = service.start_api()
+    service.start_worker()
+    service.start_beat()
+    compute, fail = service.submit(JOBS)
+
+    def measured() -> list[JobRecord] | None:
+        records = service.records([compute, fail])
+        return records if all(r.agent_exit_code is not None for r in records) else None
+
+    service.wait_states([compute, fail], {S.SUCCEEDED, S.FAILED}, timeout_s=120)
+    ok, failed = wait_for(measured, timeout_s=60, what="both agents' final reports")
+    assert (ok.state, ok.exit_code, ok.agent_exit_code) == (S.SUCCEEDED, 0, 0)
+    assert (failed.state, failed.exit_code, failed.agent_exit_code) == (S.FAILED, 3, 3)
+    assert ok.measured_energy_kwh is not None and ok.measured_energy_kwh > 0
+    assert ok.measurement is not None and ok.measurement["method"]

@@ -1,0 +1,62 @@
+"""`greenplace logs`: which folder it reads, what it refuses, and how it follows a file
+(the command end to end: tests/integration/test_local_service.py)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from greenplace.scheduler.commands.logs import JobWhere, _launched, _Tail, attempt_folder
+from greenplace.scheduler.exceptions import UserInputError
+
+
+def where(tmp_path: Path, **fields: object) -> JobWhere:
+    base: dict[str, object] = {
+        "job_id": "j1", "state": "RUNNING", "attempt": 2, "provider": "local",
+        "folder": tmp_path / "j1-a2", "host": "gpu-box", "reason": None}
+    return JobWhere(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_the_latest_or_the_asked_attempts_folder(tmp_path: Path) -> None:
+    for attempt in (1, 2):
+        (tmp_path / f"j1-a{attempt}").mkdir()
+        (tmp_path / f"j1-a{attempt}" / "state.json").write_text("{}")
+    job = where(tmp_path)
+    assert attempt_folder(job, None) == tmp_path / "j1-a2"
+    assert attempt_folder(job, 1) == tmp_path / "j1-a1"
+    with pytest.raises(UserInputError, match="made 2 launch attempt.*no attempt 3"):
+        attempt_folder(job, 3)
+
+
+def test_jobs_of_other_providers_or_machines_are_refused_with_where_they_ran(
+        tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="ran on the aws provider.*To fix:"):
+        attempt_folder(where(tmp_path, provider="aws", folder=None), None)
+    with pytest.raises(UserInputError, match="ran on gpu-box.*To fix: run `greenplace logs`"):
+        attempt_folder(where(tmp_path), None)
+
+
+def test_a_job_not_launched_yet_needs_follow_and_one_that_never_will_says_why(
+        tmp_path: Path) -> None:
+    queued = where(tmp_path, state="PLACED", provider=None, folder=None)
+    with pytest.raises(UserInputError, match="has not launched yet.*--follow"):
+        _launched(lambda: queued, follow=False)
+    never = where(tmp_path, state="UNSCHEDULABLE", provider=None, folder=None,
+                  reason="no candidate is feasible")
+    with pytest.raises(UserInputError, match="ended UNSCHEDULABLE without launching: no cand"):
+        _launched(lambda: never, follow=True)
+
+
+def test_a_tail_prints_only_what_the_file_gained(tmp_path: Path) -> None:
+    path, out = tmp_path / "stdout.log", io.BytesIO()
+    tail = _Tail(path, out)
+    tail.pump()  # no file yet: nothing
+    path.write_bytes(b"one\n")
+    tail.pump()
+    with path.open("ab") as file:
+        file.write(b"two\xff\n")  # bytes as written, not decoded
+    tail.pump()
+    tail.pump()
+    assert out.getvalue() == b"one\ntwo\xff\n"
