@@ -185,6 +185,8 @@ class InstanceStatus:
             QuotaError fail over, like a synchronous refusal).
         handle: a replacement handle when the adapter moved the launch on by
             itself (the next zone of the region after a stockout).
+        measurement: for EXITED, the job's agent summary when the adapter can read it
+            (the ``local`` provider's job folder); reconcile validates and keeps it.
     """
 
     state: InstanceState
@@ -192,6 +194,7 @@ class InstanceStatus:
     exit_code: int | None = None
     error: ProviderError | None = None
     handle: InstanceHandle | None = None
+    measurement: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -578,9 +578,10 @@ class LocalProvider:
                     state=InstanceState.FAILED,
                     detail=f"process {pid} ended without recording an exit code (killed "
                            "with its wrapper, or the machine restarted)")
-        measured = measured_text(_read_json(folder / SUMMARY))
+        summary = _read_json(folder / SUMMARY)
         return InstanceStatus(state=InstanceState.EXITED, exit_code=code,
-                              detail=f"the job's command exited {code}{measured}")
+                              detail=f"the job's command exited {code}{measured_text(summary)}",
+                              measurement=dict(summary) if summary else None)
 
     def list_managed(self, region: str) -> list[ManagedInstance]:
         """Every instance folder of the root in ``region`` that was not deleted."""

@@ -908,6 +908,7 @@ def _exited(ctx: Context, record: JobRecord, status: InstanceStatus, *, where: s
     stays unreadable for ``exit_code_wait_s`` ends the job FAILED, saying so.
     """
     code, guard = status.exit_code, record.attempt
+    _keep_measurement(ctx, record, status, now=now)
     if code is None:
         wait_s = ctx.settings.exit_code_wait_s
         if not record.exited_at:
@@ -928,6 +929,23 @@ def _exited(ctx: Context, record: JobRecord, status: InstanceStatus, *, where: s
                          message=f"{where}: the job's command exited with 0",
                          fields=encode_fields(exit_code=0), terminate=True, now=now)
     return Outcome(message="succeeded")
+
+
+def _keep_measurement(ctx: Context, record: JobRecord, status: InstanceStatus, *,
+                      now: dt.datetime) -> None:
+    """Keep the agent's summary the provider read (the ``local`` provider's job folder), as
+    the API keeps one an agent reports, and let it teach calibration; once per job."""
+    from greenplace.scheduler import calibration
+    from greenplace.scheduler.measurement import checked_summary
+
+    summary = checked_summary(status.measurement)
+    if summary is None or record.measurement is not None:
+        return
+    ctx.store.record_telemetry(record.job_id, at=now, exit_code=summary["exit_code"],
+                               energy_kwh=summary["energy_j"] / 3.6e6, measurement=summary)
+    if record.placement is not None:
+        calibration.record_run(ctx.store, accelerator=record.placement.accelerator,
+                               measurement=summary)
 
 
 def _launch_failed(ctx: Context, record: JobRecord, status: InstanceStatus, *, where: str,

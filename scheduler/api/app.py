@@ -29,6 +29,7 @@ from greenplace.scheduler.api.problems import Problem
 from greenplace.scheduler.catalog import load_catalog
 from greenplace.scheduler.exceptions import UserInputError
 from greenplace.scheduler.jobs import jobs_file_schema
+from greenplace.scheduler.measurement import MeasurementSummary
 from greenplace.scheduler.report import ReportQuery, report
 from greenplace.scheduler.service import (
     MAX_PAGE,
@@ -68,37 +69,6 @@ class EnergySample(BaseModel):
     model_config = ConfigDict(extra="forbid")
     at: dt.datetime
     energy_j: float = Field(ge=0, le=1e15)
-
-
-class DeviceMeasurement(BaseModel):
-    """One meter of the agent's summary: a GPU, a CPU package, its DRAM or the host model."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(max_length=128)
-    kind: Literal["gpu", "cpu", "dram", "host"]
-    method: Literal["nvml-energy-counter", "nvml-power-integration", "rapl", "host-model"]
-    energy_j: float = Field(ge=0, le=1e15)
-    avg_power_w: float | None = Field(None, ge=0, le=1e6)
-    peak_power_w: float | None = Field(None, ge=0, le=1e6)
-    utilization_pct: float | None = Field(None, ge=0, le=100)
-
-
-class MeasurementSummary(BaseModel):
-    """The agent's final summary (``scheduler/agent.py`` ``build_summary``), stored as the
-    job's ``measurement``."""
-
-    model_config = ConfigDict(extra="forbid")
-    job_id: str | None = Field(None, max_length=64)
-    exit_code: int = Field(ge=0, le=255)
-    started_at: dt.datetime
-    ended_at: dt.datetime
-    wall_s: float = Field(ge=0, le=1e9)
-    energy_j: float = Field(ge=0, le=1e15)
-    method: str = Field(max_length=64, pattern=r"^[a-z0-9+-]+$")
-    devices: list[DeviceMeasurement] = Field(default_factory=list, max_length=64)
-    notes: list[Annotated[str, Field(max_length=500)]] = Field(default_factory=list,
-                                                                max_length=16)
-    overhead_cpu_s: float = Field(ge=0, le=1e9)
 
 
 class Telemetry(BaseModel):

@@ -61,6 +61,19 @@ def test_jobs_run_here_to_their_exit_code_and_logs_show_their_output(
     assert (rows[compute]["state"], rows[compute]["exit_code"]) == ("SUCCEEDED", 0)
     assert (rows[fail]["state"], rows[fail]["exit_code"]) == ("FAILED", 3)
     assert rows[compute]["cloud"] == "local" and rows[compute]["instance_id"] == f"{compute}-a1"
+    # No API here: reconcile kept the agent's summary from the job folder, and the views
+    # show the measured figures beside the estimates (issue 12's "done when").
+    for job_id in ids:
+        row = rows[job_id]
+        assert row["energy_kwh_estimated"] > 0 and row["co2e_kg_estimated"] is not None
+        assert row["energy_kwh_measured"] > 0 and row["co2e_kg_measured"] > 0, row
+        assert row["measurement_method"] and row["measurement"]["wall_s"] > 0
+    assert rows[compute]["measurement"]["exit_code"] == 0
+    report = service.cli_json("report")
+    assert sorted(j["job_id"] for j in report["jobs"]) == sorted(ids)
+    assert all(j["energy_kwh_measured"] > 0 and j["levers"] is not None
+               for j in report["jobs"])
+    assert report["totals"]["jobs_measured"] == 2
 
     shown = service.cli("logs", fail)
     assert (shown.returncode, shown.stdout) == (0, "about to fail\n"), shown.stderr

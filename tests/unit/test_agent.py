@@ -83,7 +83,8 @@ def test_the_summary_file(tmp_path: Path) -> None:
     # the API takes exactly this shape (extra="forbid"): agent and API cannot drift apart
     from pydantic import ValidationError
 
-    from greenplace.scheduler.api.app import MeasurementSummary, Telemetry
+    from greenplace.scheduler.api.app import Telemetry
+    from greenplace.scheduler.measurement import MeasurementSummary
 
     assert MeasurementSummary.model_validate(summary).energy_j == summary["energy_j"]
     Telemetry.model_validate({"kind": "exit", "exit_code": 0, "summary": summary})
