@@ -165,7 +165,7 @@ def job_view(record: JobRecord, *, pue_of: PueOf | None = None,
     measured_kwh = record.measured_energy_kwh
     view["energy_kwh_measured"] = measured_kwh
     view["co2e_kg_measured"] = (
-        round(measured_kwh * pue * intensity / 1000.0, 9)
+        float(f"{measured_kwh * pue * intensity / 1000.0:.6g}")  # 6 significant digits
         if measured_kwh is not None and pue is not None and intensity is not None else None)
     view["co2e_kg_measured_basis"] = (
         f"measured energy x PUE {pue} x {intensity} g/kWh, the grid figure the decision used "

@@ -16,8 +16,10 @@ from greenplace.scheduler.output import fmt, print_json, print_table
 @click.option("--until", help="jobs submitted before this ISO 8601 time")
 @click.option("--group-by", type=click.Choice(["team", "policy", "day"]),
               help="also total per team, policy or day of submission")
-@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="table for people, json for machines")
+@click.option("--output", "-o", type=click.Choice(["table", "json", "csv", "html"]),
+              default="table", show_default=True,
+              help="table for people, json / csv (one row per job) for machines, html: one "
+              "self-contained file with charts (redirect it: -o html > report.html)")
 def report_cmd(team: str | None, policy: str | None, since: str | None, until: str | None,
                group_by: str | None, output: str) -> None:
     """Energy, CO2e, cost and savings vs baseline of launched jobs: totals, groups, jobs.
@@ -36,8 +38,37 @@ def report_cmd(team: str | None, policy: str | None, since: str | None, until: s
         result = _local(team, policy, since, until, group_by)
     if output == "json":
         print_json(result)
-        return
-    _print(result)
+    elif output == "csv":
+        _print_csv(result["jobs"])
+    elif output == "html":
+        import datetime as dt
+
+        from greenplace.scheduler.report_html import render
+
+        click.echo(render(result, generated_at=dt.datetime.now(dt.UTC),
+                          title="greenplace report"), nl=False)
+    else:
+        _print(result)
+
+
+def _print_csv(jobs: list[dict[str, Any]]) -> None:
+    """One row per job; each lever as two columns (factor, saved kg)."""
+    import csv
+    import sys
+
+    from greenplace.scheduler.levers import LEVERS
+    from greenplace.scheduler.report import FIGURES
+
+    scalar = ["job_id", "name", "team", "policy", "state", "created_at", *FIGURES]
+    header = [*scalar, *(f"{lever}_{part}" for lever in LEVERS
+                         for part in ("factor", "saved_kg"))]
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(header)
+    for job in jobs:
+        levers = job["levers"] or {}
+        writer.writerow([job[k] for k in scalar] + [
+            (levers.get(lever) or {}).get(part) for lever in LEVERS
+            for part in ("factor", "saved_kg")])
 
 
 def _local(team: str | None, policy: str | None, since: str | None, until: str | None,

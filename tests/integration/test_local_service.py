@@ -74,6 +74,11 @@ def test_jobs_run_here_to_their_exit_code_and_logs_show_their_output(
     assert all(j["energy_kwh_measured"] > 0 and j["levers"] is not None
                for j in report["jobs"])
     assert report["totals"]["jobs_measured"] == 2
+    page = service.cli("report", "--output", "html")
+    assert page.returncode == 0 and page.stdout.startswith("<!doctype html>")
+    assert "compute-briefly" in page.stdout and page.stdout.count("<circle") == 2
+    table = service.cli("report", "--output", "csv").stdout.splitlines()
+    assert len(table) == 3 and "machine_factor" in table[0]
 
     shown = service.cli("logs", fail)
     assert (shown.returncode, shown.stdout) == (0, "about to fail\n"), shown.stderr
