@@ -71,5 +71,5 @@ def rounded(levers: dict[str, dict[str, float]] | None, *, digits: int = 6) -> A
     """``levers`` with its kg rounded for display (the factors are rounded already)."""
     if levers is None:
         return None
-    return {k: {"factor": v["factor"], "saved_kg": round(v["saved_kg"], digits)}
-            for k, v in levers.items()}
+    return {k: {"factor": v["factor"], "saved_kg": round(v["saved_kg"], digits) + 0.0}
+            for k, v in levers.items()}  # + 0.0: no "-0.0" for a lever that saved nothing

@@ -241,6 +241,9 @@ def test_dashboard_shows_a_submitted_job_its_decision_and_candidates(
     # Savings: the launched job's day, its savings and the totals.
     page.get_by_test_id("nav-savings").click()
     expect(page.get_by_test_id("savings-chart")).to_be_visible()
+    levers = page.get_by_test_id("levers-chart")
+    expect(levers).to_be_visible()
+    expect(levers.get_by_test_id("chart-bar")).to_have_count(3)
     expect(page.get_by_test_id("total-jobs").locator(".stat-value")).to_have_text("1")
     expect(page.get_by_test_id("savings-row")).to_have_count(1)
     page.screenshot(path=str(out / "dashboard-savings.png"), full_page=True)

@@ -30,7 +30,8 @@ function domain(values) {
 }
 
 /** Horizontal bars, one row per item: {label, value, title?, className?}. */
-export function barChart({ items, unit, label, testid, width = 720, rowHeight = 18 }) {
+export function barChart({ items, unit, label, testid, width = 720, rowHeight = 18,
+  digits = 0 }) {
   const left = 210;
   const right = 56;
   const top = 24;
@@ -59,7 +60,7 @@ export function barChart({ items, unit, label, testid, width = 720, rowHeight = 
       svg("rect", { x: x0, y: y + 2, width: Math.max(known ? 1 : 0, x1 - x0),
         height: rowHeight - 4, rx: 2 }),
       svg("text", { class: "value", x: x1 + 4, y: y + rowHeight * 0.68 },
-        known ? num(item.value, 0) : "n/a")));
+        known ? num(item.value, digits) : "n/a")));
   });
   return chart;
 }

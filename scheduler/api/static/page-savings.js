@@ -2,7 +2,7 @@
 // day against each job's baseline with the cumulative line, and the per-day table.
 
 import { call } from "./api.js";
-import { periodChart } from "./charts.js";
+import { barChart, periodChart } from "./charts.js";
 import { el, mount, num, savings, table } from "./dom.js";
 
 const FILTERS = ["team", "policy", "since", "until"];
@@ -55,8 +55,18 @@ export function render(container, { query }) {
     const groups = [...(report.groups || [])].sort((a, b) => String(a.key)
       .localeCompare(String(b.key)));
     let running = 0;
+    const byLever = (report.totals || {}).saved_kg_by_lever || {};
     mount(body,
       totalsCards(report.totals || {}),
+      el("section", { class: "card" }, el("h2", {}, "CO₂e saved, by lever"),
+        el("p", { class: "hint" }, "Each job's savings against its baseline split into the "
+          + "hardware and run time (machine), the grid (map) and the data centre's PUE "
+          + "(mechanization); the three add up to the savings."),
+        barChart({ label: "CO2e saved by lever, kg", unit: "kg", testid: "levers-chart",
+          width: 1100, rowHeight: 26, digits: 3,
+          items: ["machine", "map", "mechanization"].map((lever) => ({
+            label: lever, value: byLever[lever],
+            title: `${lever}: ${num(byLever[lever], 3)} kg` })) })),
       el("section", { class: "card" }, el("h2", {}, "CO₂e saved against the baseline, per day"),
         groups.length ? periodChart({ label: "CO2e saved per day and cumulative, kg",
           unit: "kg", testid: "savings-chart",
