@@ -38,7 +38,9 @@ def test_the_levers_always_add_up_to_the_savings(e1: float, p1: float, i1: float
     assert levers is not None
     total = baseline.co2e_kg - chosen.co2e_kg
     parts = sum(levers[k]["saved_kg"] for k in LEVERS)
-    assert math.isclose(parts, total, rel_tol=1e-9, abs_tol=1e-12)
+    # exact up to rounding: the logs of factors near 1 carry the floats' relative error
+    assert math.isclose(parts, total, rel_tol=1e-9,
+                        abs_tol=1e-9 * max(baseline.co2e_kg, chosen.co2e_kg))
     product = math.prod(baseline.factor(k) / chosen.factor(k) for k in LEVERS)
     assert math.isclose(product, baseline.co2e_kg / chosen.co2e_kg, rel_tol=1e-9)
 
