@@ -153,6 +153,7 @@ class Context:
     providers: Providers
     catalog: Catalog
     placer: Places
+    chain: SignalChain | None = None  # the live signal chain (GREENPLACE_SIGNALS=live)
     # when the placer's calibration was last read from Redis (monotonic s; see ``decide_for``)
     calibrated_at: list[float] = field(default_factory=lambda: [-math.inf])
 
@@ -169,6 +170,8 @@ class Context:
                                               observer=metrics.SignalMetrics(store))
             placer = LivePlacer(catalog, chain, refresh_s=signal_settings.ttl_s,
                                 routes=settings.providers, region_gate=gate)
+            return cls(settings=settings, store=store, providers=providers,
+                       catalog=catalog, placer=placer, chain=chain)
         return cls(settings=settings, store=store, providers=providers,
                    catalog=catalog, placer=placer)
 
@@ -946,6 +949,19 @@ def _keep_measurement(ctx: Context, record: JobRecord, status: InstanceStatus, *
     if record.placement is not None:
         calibration.record_run(ctx.store, accelerator=record.placement.accelerator,
                                measurement=summary)
+    attribute_job(ctx, record.job_id)
+
+
+def attribute_job(ctx: Context, job_id: str) -> Outcome:
+    """Charge a measured run at the grid intensity of its own hours (``attribution``)."""
+    from greenplace.scheduler.attribution import attribute
+
+    placement = ctx.store.get(job_id).placement
+    region = (ctx.catalog.region(f"{placement.cloud}:{placement.region}")
+              if placement is not None else None)
+    found = attribute(ctx.store, job_id, chain=ctx.chain, region=region)
+    return Outcome(message=f"run intensity {found.g_per_kwh:g} g/kWh ({found.basis})"
+                   if found else "no hourly intensity: the decision's figure stays")
 
 
 def _launch_failed(ctx: Context, record: JobRecord, status: InstanceStatus, *, where: str,

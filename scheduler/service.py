@@ -164,12 +164,17 @@ def job_view(record: JobRecord, *, pue_of: PueOf | None = None,
     pue = pue_of(where) if pue_of is not None and where is not None else None
     measured_kwh = record.measured_energy_kwh
     view["energy_kwh_measured"] = measured_kwh
+    run_intensity = (record.run_intensity_g_per_kwh
+                     if record.run_intensity_g_per_kwh is not None else intensity)
     view["co2e_kg_measured"] = (
-        float(f"{measured_kwh * pue * intensity / 1000.0:.6g}")  # 6 significant digits
-        if measured_kwh is not None and pue is not None and intensity is not None else None)
+        float(f"{measured_kwh * pue * run_intensity / 1000.0:.6g}")  # 6 significant digits
+        if measured_kwh is not None and pue is not None and run_intensity is not None
+        else None)
     view["co2e_kg_measured_basis"] = (
-        f"measured energy x PUE {pue} x {intensity} g/kWh, the grid figure the decision used "
-        f"({decision.get('signal_source', 'catalog')}), not yet the hours the job ran"
+        f"measured energy x PUE {pue} x {run_intensity:g} g/kWh, "
+        + (record.run_intensity_basis if record.run_intensity_g_per_kwh is not None else
+           f"the grid figure the decision used ({decision.get('signal_source', 'catalog')}); "
+           "no hourly history for the run's window")
         if view["co2e_kg_measured"] is not None else None)
     view["estimate_error_pct"] = (
         round(100.0 * (energy - measured_kwh * pue) / (measured_kwh * pue), 2)

@@ -370,6 +370,8 @@ class JobRecord:
     agent_seen_at: str  # the job's agent's last telemetry call ('' = never)
     agent_exit_code: int | None  # the exit code the agent reported
     measured_energy_kwh: float | None  # the sum of the agent's energy samples
+    run_intensity_g_per_kwh: float | None  # the grid over the run's hours (attribution)
+    run_intensity_basis: str
     measurement: dict[str, Any] | None  # the agent's final summary (devices, methods)
     created_at: str
     updated_at: str
@@ -482,6 +484,9 @@ def _record(fields: Mapping[str, str]) -> JobRecord:
                          else None),
         measured_energy_kwh=(float(fields["measured_energy_kwh"])
                              if fields.get("measured_energy_kwh") else None),
+        run_intensity_g_per_kwh=(float(fields["run_intensity_g_per_kwh"])
+                                 if fields.get("run_intensity_g_per_kwh") else None),
+        run_intensity_basis=fields.get("run_intensity_basis", ""),
         measurement=loads("measurement", None),
         created_at=fields.get("created_at", ""),
         updated_at=fields.get("updated_at", ""),
@@ -746,6 +751,13 @@ class JobStore:
                                args=["" if energy_kwh is None else repr(float(energy_kwh)),
                                      *pairs])
         return bool(done)
+
+    def record_run_intensity(self, job_id: str, *, g_per_kwh: float, basis: str) -> bool:
+        """Keep the grid intensity of the run's own hours (``scheduler/attribution.py``);
+        False when the job no longer exists."""
+        return bool(self._telemetry(keys=[self._job_key(job_id)], args=[
+            "", "run_intensity_g_per_kwh", repr(float(g_per_kwh)),
+            "run_intensity_basis", basis]))
 
     def job_ids(self) -> list[str]:
         """Every job id, oldest submission first."""

@@ -277,6 +277,8 @@ def _job_routes(app: FastAPI) -> None:
                          data={"exit_code": body.exit_code})
         if measurement is not None:
             learn_power(store(), job_id, measurement)
+            # the run's own hours' intensity needs signal calls: a worker looks them up
+            app.state.celery.send_task("greenplace.attribute", args=[job_id])
         return {"job_id": job_id, "accepted": body.kind}
 
     @app.get("/v1/report", tags=["report"])

@@ -91,6 +91,7 @@ TASK_QUEUES = {
     "greenplace.dispatch": DISPATCH_QUEUE,
     "greenplace.reconcile": CONTROL_QUEUE,
     "greenplace.terminate": CONTROL_QUEUE,
+    "greenplace.attribute": CONTROL_QUEUE,
     "greenplace.gc": CONTROL_QUEUE,
     "greenplace.prune": CONTROL_QUEUE,
     "greenplace.noop": CONTROL_QUEUE,

@@ -51,6 +51,7 @@ from greenplace.scheduler.dispatch import (
     Context,
     Followup,
     Outcome,
+    attribute_job,
     dispatch_job,
     place_and_dispatch,
     reconcile,
@@ -156,6 +157,13 @@ def dispatch(self: Task, job_id: str, attempt: int) -> None:
     _run(self, f"dispatch {job_id} attempt {attempt}",
          lambda: dispatch_job(context(self.app), job_id, int(attempt),
                               retries=self.request.retries, now=utc_now()))
+
+
+@shared_task(name="greenplace.attribute", bind=True)
+def attribute(self: Task, job_id: str) -> None:
+    """Charge a job's measured run at the grid intensity of the hours it ran."""
+    _run(self, f"attribute {job_id}",
+         lambda: attribute_job(context(self.app), job_id))
 
 
 @shared_task(name="greenplace.terminate", bind=True)

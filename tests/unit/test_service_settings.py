@@ -116,7 +116,7 @@ def test_tasks_are_named_and_registered() -> None:
     names = {n for n in app.tasks if n.startswith("greenplace.")}
     assert names == {"greenplace.place", "greenplace.dispatch", "greenplace.reconcile",
                      "greenplace.terminate", "greenplace.gc", "greenplace.noop",
-                     "greenplace.prune"}
+                     "greenplace.prune", "greenplace.attribute"}
     schedule = app.conf.beat_schedule
     assert {e["task"] for e in schedule.values()} == {"greenplace.reconcile", "greenplace.gc",
                                                       "greenplace.prune"}
