@@ -34,7 +34,10 @@ def _packages_on_disk() -> set[str]:
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:
-    assert set(SETUPTOOLS["packages"]) == _packages_on_disk()
+    # data-only folders (the dashboard's files) are packages too, declared with their data
+    data_only = {name for name in SETUPTOOLS["package-data"] if name not in _packages_on_disk()}
+    assert data_only == {"greenplace.scheduler.api.static"}
+    assert set(SETUPTOOLS["packages"]) == _packages_on_disk() | data_only
 
 
 def test_the_console_script_and_python_m_use_the_namespace() -> None:
@@ -57,5 +60,8 @@ def test_the_wheel_holds_only_greenplace(tmp_path: Path) -> None:
                       "greenplace/scheduler/signals/traces/eia_ba_hourly_2022-06-06_to_12_4bas.csv",
                       "greenplace/__main__.py"):
         assert data_file in names
+    dashboard = {p.name for p in (REPO / "scheduler" / "api" / "static").iterdir()}
+    assert {n.rsplit("/", 1)[1] for n in names
+            if n.startswith("greenplace/scheduler/api/static/")} == dashboard
     dist_info = next(t for t in top_level if t.endswith(".dist-info"))
     assert f"{dist_info}/licenses/LICENSE" in names
