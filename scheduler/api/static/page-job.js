@@ -28,6 +28,9 @@ function facts(job) {
       measured ? "—" : num(job.co2e_kg_measured, 3)} kg`, "job-co2e"),
     fact("Cost (est.)", job.cost_usd === null || job.cost_usd === undefined
       ? null : `$${num(job.cost_usd, 2)}`),
+    job.measurement_method ? fact("Measured by", job.measurement_method, "job-method") : null,
+    job.estimate_error_pct === null || job.estimate_error_pct === undefined ? null
+      : fact("Estimate error", `${num(job.estimate_error_pct, 1)} %`, "job-estimate-error"),
     job.agent_seen_at ? fact("Agent last seen", when(job.agent_seen_at)) : null,
     fact("Created", when(job.created_at)), fact("Updated", when(job.updated_at)));
 }
