@@ -20,7 +20,7 @@ from typing import Any
 from greenplace.scheduler.catalog import Catalog
 from greenplace.scheduler.exceptions import UserInputError, shown
 from greenplace.scheduler.levers import LEVERS
-from greenplace.scheduler.service import JobFilter, PueOf, job_view, pue_lookup
+from greenplace.scheduler.service import JobFilter, PueOf, job_view, list_jobs, pue_lookup
 from greenplace.scheduler.store import JobRecord, JobStore, iso
 from greenplace.scheduler.tokens import Principal
 
@@ -70,8 +70,6 @@ def _group_key(row: dict[str, Any], group_by: str) -> str:
 def report(store: JobStore, principal: Principal, catalog: Catalog, *,
            query: ReportQuery) -> dict[str, Any]:
     """Totals, groups (sorted by key) and per-job rows of the launched jobs in ``query``."""
-    from greenplace.scheduler.service import list_jobs
-
     pue_of = pue_lookup(catalog)
     rows: list[dict[str, Any]] = []
     cursor: str | None = None

@@ -24,6 +24,7 @@ from greenplace.scheduler.catalog import Catalog
 from greenplace.scheduler.exceptions import UserInputError, shown
 from greenplace.scheduler.jobs import Job
 from greenplace.scheduler.store import (
+    DEFAULT_TEAM,
     JobRecord,
     JobState,
     JobStore,
@@ -66,8 +67,6 @@ def submit(store: JobStore, app: Celery, jobs: Sequence[Job], *, team: str) -> l
 
 def team_of_submission(principal: Principal, team: str | None) -> str:
     """The team a submission belongs to: a member's own; an admin's choice (default 'default')."""
-    from greenplace.scheduler.store import DEFAULT_TEAM
-
     if principal.team is None:
         return checked_team(team or DEFAULT_TEAM)
     if team is not None and team != principal.team:
@@ -153,7 +152,6 @@ def job_view(record: JobRecord, *, pue_of: PueOf | None = None,
     baseline = base.get("co2e_kg")
     co2e, energy = figures["co2e_kg"], figures["energy_kwh"]
     view = record.summary()
-    del view["co2e_kg"]  # the first choice's; the view shows the placement's below
     view.update(energy_kwh_estimated=energy, co2e_kg_estimated=co2e,
                 cost_usd=figures["cost_usd"], baseline_co2e_kg=baseline,
                 savings_co2e_kg=(round(baseline - co2e, 4)

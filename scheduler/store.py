@@ -396,7 +396,7 @@ class JobRecord:
         return self.policy.name
 
     def summary(self) -> dict[str, Any]:
-        """The ``greenplace status --output json`` view."""
+        """The record's own part of a job view (``service.job_view`` adds its figures)."""
         p = self.placement
         if p is None and self.placements:
             p = self.placements[0]
@@ -417,7 +417,6 @@ class JobRecord:
             "exit_code": self.exit_code,
             "instance_deleted_at": self.terminated_at or None,
             "attempt_reasons": [asdict(r) for r in self.attempt_reasons],
-            "co2e_kg": (self.decision or {}).get("co2e_kg"),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

@@ -44,7 +44,7 @@ from greenplace.scheduler.service import (
 )
 from greenplace.scheduler.settings import Settings, load_limits, load_settings
 from greenplace.scheduler.store import JobState, open_store, utc_now
-from greenplace.scheduler.submission import load_submission
+from greenplace.scheduler.submission import Loaded, load_submission
 from greenplace.scheduler.tokens import Principal, Tokens
 
 API_VERSION = "v1"
@@ -153,6 +153,15 @@ async def _jobs_body(request: Request) -> tuple[bytes, Path]:
     return bytes(body), Path("request-body" + JOBS_MEDIA_TYPES[media_type])
 
 
+def _load_body(content: bytes, source: Path, policy: str | None, override_policy: bool, *,
+               now: dt.datetime) -> Loaded:
+    """A request's jobs file with its policy options, as the CLI reads a file, except that
+    the API reads no policy files of its server."""
+    return load_submission(source, load_catalog(), policy=policy,
+                           override_policy=override_policy, now=now, content=content,
+                           policy_label="query parameter policy", policy_files=False)
+
+
 def _job_routes(app: FastAPI) -> None:
     def store() -> Any:
         return app.state.store
@@ -178,10 +187,7 @@ def _job_routes(app: FastAPI) -> None:
         from greenplace.scheduler.service import submit as submit_jobs
 
         owner = team_of_submission(principal, team)
-        loaded = load_submission(source, load_catalog(), policy=policy,
-                                 override_policy=override_policy, now=utc_now(),
-                                 content=content, policy_label="query parameter policy",
-                                 policy_files=False)
+        loaded = _load_body(content, source, policy, override_policy, now=utc_now())
         ids = submit_jobs(store(), app.state.celery, loaded.jobs, team=owner)
         return {"jobs": [{"job_id": i, "name": j.name, "state": str(JobState.QUEUED),
                           "team": owner, **({"replaced_policy": j.replaced_policy}
@@ -200,10 +206,7 @@ def _job_routes(app: FastAPI) -> None:
             from greenplace.scheduler.service import dry_run_rows
 
             now = utc_now()
-            loaded = load_submission(source, load_catalog(), policy=policy,
-                                     override_policy=override_policy, now=now,
-                                     content=content, policy_label="query parameter policy",
-                                     policy_files=False)
+            loaded = _load_body(content, source, policy, override_policy, now=now)
             return {"jobs": dry_run_rows(loaded.jobs, app.state.settings, now=now),
                     "notes": loaded.notes}
 

@@ -168,37 +168,37 @@ def _warn_without_beat(store: JobStore) -> None:
                    "run two for failover.", err=True)
 
 
-def _status_fetch(job_id: str | None) -> Callable[[], list[dict[str, Any]]]:
-    """What `status` shows, read from the API when one is configured, else from Redis."""
+def _status_source(job_id: str | None) -> tuple[Callable[[], list[dict[str, Any]]],
+                                                 Callable[[list[dict[str, Any]]], None]]:
+    """What `status` shows (read from the API when one is configured, else from Redis), and
+    what warns on stderr when jobs wait on a missing worker or beat (only against Redis:
+    through the API the service's own /readyz says it)."""
     from greenplace.scheduler.client import remote
 
     client = remote()
     if client is not None:
         if job_id is not None:
-            return lambda: [client.job(job_id)]
-        return lambda: list(reversed(list(client.jobs())))  # oldest first, as from Redis
+            return lambda: [client.job(job_id)], lambda views: None
+        return lambda: list(reversed(list(client.jobs()))), lambda views: None  # oldest first
     from greenplace.scheduler.service import job_view, pue_lookup
 
     settings = load_settings()
     store = open_store(settings)
     pue_of = pue_lookup(load_catalog())
 
-    def local() -> list[dict[str, Any]]:
+    def fetch() -> list[dict[str, Any]]:
         with reachable(settings.redacted_redis_url):
             records = ([store.get(job_id)] if job_id is not None
                        else store.get_many(store.job_ids()))
         return [job_view(r, pue_of=pue_of) for r in records]
 
-    def first() -> list[dict[str, Any]]:
-        views = local()
+    def warn(views: list[dict[str, Any]]) -> None:
         if any(v["state"] not in FINAL_STATES for v in views):
             with reachable(settings.redacted_redis_url):
                 _warn_without_worker(store)
                 _warn_without_beat(store)
-        return views
 
-    fetch = [first]
-    return lambda: fetch.pop()() if fetch else local()
+    return fetch, warn
 
 
 def _where(view: dict[str, Any]) -> str:
@@ -232,8 +232,9 @@ def _status_table(views: Sequence[dict[str, Any]]) -> None:
 @_output
 def status_cmd(job_id: str | None, watch: bool, interval: float, output: str) -> None:
     """Show jobs (all, or JOB_ID): state, where, instance, attempts, reason."""
-    fetch = _status_fetch(job_id)
+    fetch, warn = _status_source(job_id)
     views = fetch()
+    warn(views)
     if watch:
         views = _watch(fetch, interval, output, views)
     elif output == "json":
