@@ -32,4 +32,5 @@ def credentials_found(cloud: str, environ: Mapping[str, str]) -> bool:
     return found
 
 
-__all__ = ["FETCHER_MODULES", "CloudPrices", "Fetcher", "RefreshRequest", "Skipped", "credentials_found", "fetcher"]
+__all__ = ["FETCHER_MODULES", "CloudPrices", "Fetcher", "RefreshRequest", "Skipped",
+           "credentials_found", "fetcher"]
