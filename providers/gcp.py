@@ -56,6 +56,9 @@ Credentials (``google.auth.default()``) and are never read, printed or stored he
   maximum ``LAUNCH_WAIT_S`` (5 s). It used to allow minutes; larger values are refused.
 - ``api_endpoint`` and ``credentials`` ("default", or "anonymous" with a loopback
   ``api_endpoint`` only): for the local Compute Engine fake.
+- ``billing_api_endpoint``: the Cloud Billing Catalog API's endpoint, read only by the price
+  refresh (``scheduler/catalog/refresh/gcp.py``); unset = Google's. With anonymous
+  credentials it must be a loopback address too.
 
 Labels: GCE label keys and values allow only ``[a-z0-9_-]`` (keys start with a
 letter, 63 characters at most), so ``greenplace:job-id`` becomes the label
@@ -126,7 +129,7 @@ SERIAL_PORT = 1
 MAX_SERIAL_PAGES = 32  # getSerialPortOutput keeps 1 MB; pages beyond this are not read
 READ_LAG_GRACE_S = 60.0  # how long after its insert a 404 may mean "not visible yet"
 # Transport failures and SDK errors every call wraps.
-_CALL_ERRORS = (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
+CALL_ERRORS = (gexc.GoogleAPICallError, auth_exc.GoogleAuthError,
                 requests.exceptions.RequestException)
 
 # Operation / error codes that mean "this zone has no capacity for this shape now"
@@ -236,6 +239,7 @@ class GcpSettings:
     spot_termination_action: str = "DELETE"
     operation_timeout_s: float = LAUNCH_WAIT_S
     api_endpoint: str | None = None
+    billing_api_endpoint: str | None = None  # Cloud Billing Catalog (the price refresh only)
     anonymous_credentials: bool = False
 
     @classmethod
@@ -265,11 +269,14 @@ class GcpSettings:
                 f"gcp credentials {credentials!r} is not 'default' or 'anonymous'. "
                 "To fix: leave it unset to use Application Default Credentials."
             )
-        if credentials == "anonymous" and not is_loopback(endpoint):
+        billing_endpoint = get("billing_api_endpoint") or None
+        if credentials == "anonymous" and not (
+                is_loopback(endpoint) and (billing_endpoint is None
+                                           or is_loopback(billing_endpoint))):
             raise ConfigError(
                 "gcp credentials 'anonymous' is only for a local Compute Engine fake. "
-                "To fix: also set api_endpoint to an http://127.0.0.1:PORT address, "
-                "or leave credentials unset."
+                "To fix: also set api_endpoint (and billing_api_endpoint, if set) to an "
+                "http://127.0.0.1:PORT address, or leave credentials unset."
             )
         wait_s = number_setting("gcp", config, "operation_timeout_s", LAUNCH_WAIT_S, minimum=0)
         if wait_s > LAUNCH_WAIT_S:
@@ -295,6 +302,7 @@ class GcpSettings:
             spot_termination_action=termination,
             operation_timeout_s=wait_s,
             api_endpoint=endpoint,
+            billing_api_endpoint=billing_endpoint,
             anonymous_credentials=credentials == "anonymous",
         )
 
@@ -302,7 +310,7 @@ class GcpSettings:
 _CONFIG_KEYS = (
     "project", "zones", "image_project", "image_family", "boot_disk_gb", "boot_disk_type",
     "network", "subnetwork", "external_ip", "service_account", "spot_termination_action",
-    "operation_timeout_s", "api_endpoint", "credentials",
+    "operation_timeout_s", "api_endpoint", "billing_api_endpoint", "credentials",
 )
 
 
@@ -542,9 +550,10 @@ FIXES: dict[type[ProviderError], str] = {
 
 
 def _error(cls: type[ProviderError], message: str, *, operation: str,
-           code: str | None) -> ProviderError:
+           code: str | None,
+           fixes: Mapping[type[ProviderError], str] | None = None) -> ProviderError:
     return provider_error(cls, message, provider=PROVIDER, operation=operation, code=code,
-                          fix=FIXES[cls])
+                          fix=(fixes or {}).get(cls) or FIXES[cls])
 
 
 def _classify(codes: list[str], *, message: str, http_status: int | None,
@@ -583,11 +592,13 @@ def _codes_in(message: str) -> list[str]:
     return [c for c in (*sorted(CAPACITY_CODES), "QUOTA_EXCEEDED") if c in message]
 
 
-def map_api_error(exc: Exception, *, operation: str, call: str) -> ProviderError:
+def map_api_error(exc: Exception, *, operation: str, call: str,
+                  fixes: Mapping[type[ProviderError], str] | None = None) -> ProviderError:
     """Map an HTTP-level Compute Engine error (or a transport failure) to a ProviderError.
 
     ``operation`` is the Provider method (submit, status, ...); ``call`` the API call
-    that failed, which opens the message.
+    that failed, which opens the message. ``fixes`` replaces the adapter's ``To fix``
+    advice per class for a caller with other needs (the price refresh's permissions).
     """
     if isinstance(exc, gexc.GoogleAPICallError):
         reasons = [str(e.get("reason")) for e in (exc.errors or [])
@@ -597,17 +608,19 @@ def map_api_error(exc: Exception, *, operation: str, call: str) -> ProviderError
         status = int(exc.code) if isinstance(exc.code, int) else None
         cls, code = _classify(_codes_in(message) + reasons, message=message,
                               http_status=status)
-        return _error(cls, f"{call}: {message}", operation=operation, code=code)
+        return _error(cls, f"{call}: {message}", operation=operation, code=code,
+                      fixes=fixes)
     if isinstance(exc, auth_exc.GoogleAuthError):
         # The exception names the failure, never the credential itself.
         return _error(AuthError, f"{call}: Google credentials are unusable "
                       f"({type(exc).__name__}: {exc})", operation=operation,
-                      code=type(exc).__name__)
+                      code=type(exc).__name__, fixes=fixes)
     if isinstance(exc, requests.exceptions.RequestException):
         return _error(TransientError, f"{call}: the Compute Engine API could not be reached "
-                      f"({type(exc).__name__})", operation=operation, code=type(exc).__name__)
+                      f"({type(exc).__name__})", operation=operation, code=type(exc).__name__,
+                      fixes=fixes)
     return _error(InvalidRequestError, f"{call}: {type(exc).__name__}: {exc}",
-                  operation=operation, code=type(exc).__name__)
+                  operation=operation, code=type(exc).__name__, fixes=fixes)
 
 
 def map_operation_error(op: compute_v1.Operation, *, operation: str,
@@ -672,6 +685,10 @@ class GcpProvider:
                 self._credentials = creds
                 self._project = self._project or project
         return self._credentials
+
+    def credentials(self, operation: str) -> Credentials:
+        """The credentials this adapter's clients use (ADC, or anonymous for a local fake)."""
+        return self._resolve_credentials(operation)
 
     def project(self, operation: str = "check_credentials") -> str:
         """The project id: from settings, else from Application Default Credentials."""
@@ -881,7 +898,7 @@ class GcpProvider:
                                      operation="list_managed", code="UNREACHABLE")
                     found.extend(self._managed(project, region, zone, inst)
                                  for inst in scoped.instances)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             raise map_api_error(exc, operation="list_managed",
                                 call="instances.aggregatedList") from exc
         return found
@@ -1037,7 +1054,7 @@ class GcpProvider:
                 zones = sorted(z.name for z in pager
                                if z.region.rstrip("/").endswith(f"/regions/{region}")
                                and z.status == "UP")
-            except _CALL_ERRORS as exc:
+            except CALL_ERRORS as exc:
                 raise map_api_error(exc, operation="submit", call="zones.list") from exc
             if not zones:
                 raise InvalidRequestError(
@@ -1057,7 +1074,7 @@ class GcpProvider:
             return inst
         except gexc.NotFound:
             return None
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             raise map_api_error(exc, operation=operation, call="instances.get") from exc
 
     def _insert(self, project: str, zone: str, body: dict[str, Any], *, request_id: str,
@@ -1073,7 +1090,7 @@ class GcpProvider:
             return op
         except gexc.Conflict:
             return None
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             raise map_api_error(exc, operation=operation, call="instances.insert") from exc
 
     def _start_delete(self, project: str, zone: str, name: str, *,
@@ -1092,7 +1109,7 @@ class GcpProvider:
             if _reasons(exc) & {"resourceNotReady"}:  # an insert or delete still runs
                 return None
             raise map_api_error(exc, operation=operation, call="instances.delete") from exc
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             raise map_api_error(exc, operation=operation, call="instances.delete") from exc
 
     def _wait(self, project: str, zone: str, op: compute_v1.Operation, *,
@@ -1111,7 +1128,7 @@ class GcpProvider:
                     retry=None, timeout=remaining)
             except requests.exceptions.Timeout:
                 break
-            except _CALL_ERRORS as exc:
+            except CALL_ERRORS as exc:
                 raise map_api_error(exc, operation=operation, call="zoneOperations.wait") from exc
             if op.status != compute_v1.Operation.Status.DONE and time.monotonic() - asked < 0.1:
                 # wait answered at once without DONE (best effort): do not spin on it.
@@ -1129,7 +1146,7 @@ class GcpProvider:
             return op
         except gexc.NotFound:
             return None
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             raise map_api_error(exc, operation=operation_name,
                                 call="zoneOperations.get") from exc
 
@@ -1151,7 +1168,7 @@ class GcpProvider:
                     retry=None, timeout=HTTP_TIMEOUT_S)
             except (gexc.NotFound, gexc.BadRequest):
                 break
-            except _CALL_ERRORS as exc:
+            except CALL_ERRORS as exc:
                 raise map_api_error(exc, operation="status",
                                     call="instances.getSerialPortOutput") from exc
             text.append(out.contents)
@@ -1168,7 +1185,7 @@ class GcpProvider:
                     project=project, zone=zone, filter=f'targetId = "{instance_id}"'),
                 retry=None, timeout=HTTP_TIMEOUT_S)
             return {op.operation_type for op in ops if op.target_id == instance_id}
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             raise map_api_error(exc, operation="status", call="zoneOperations.list") from exc
 
     def _was_preempted(self, project: str, zone: str, name: str) -> bool:
@@ -1180,7 +1197,7 @@ class GcpProvider:
                     filter=f'operationType = "{_PREEMPTED}"'),
                 retry=None, timeout=HTTP_TIMEOUT_S)
             return any(op.target_link.rstrip("/").endswith(f"/instances/{name}") for op in ops)
-        except _CALL_ERRORS as exc:
+        except CALL_ERRORS as exc:
             raise map_api_error(exc, operation="status", call="zoneOperations.list") from exc
 
 

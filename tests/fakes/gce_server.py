@@ -24,7 +24,10 @@ Like GCE (https://cloud.google.com/compute/docs/reference/rest/v1) it:
 - lists across zones with ``aggregated/instances`` (filter on ``labels.KEY``,
   ``name``, ``status``; ``maxResults`` / ``pageToken`` pages; a scope with no
   result on the page carries warning NO_RESULTS_ON_PAGE, an unreachable zone
-  warning UNREACHABLE);
+  warning UNREACHABLE), and likewise ``aggregated/machineTypes`` and
+  ``aggregated/acceleratorTypes`` over what ``offer_machine_type`` /
+  ``offer_accelerator_type`` put in a zone; a filter ``name eq "RE2"`` (one
+  unparenthesised term) keeps the names the whole expression matches;
 - keeps serial port 1 output (``getSerialPortOutput`` with ``start`` / ``next``,
   a 1 MiB ring buffer, pages of ``serial_page_bytes``);
 - validates what GCE validates that the adapter could get wrong: the name,
@@ -36,7 +39,8 @@ Like GCE (https://cloud.google.com/compute/docs/reference/rest/v1) it:
   ``compute.instances.hostError`` (host failure), ``compute.instances.guestTerminate``
   (the guest powered itself off).
 
-Test hooks: ``finish(zone, name, exit_code)`` (the boot script ends: the marker
+Test hooks: ``offer_machine_type``, ``offer_accelerator_type``,
+``finish(zone, name, exit_code)`` (the boot script ends: the marker
 goes to serial port 1, the guest powers off, the VM is TERMINATED),
 ``host_error``, ``preempt``, ``fail_next_insert``, ``throttle``, ``fail_calls``,
 ``resource_count()`` (instances + disks, hidden ones included); knobs
@@ -66,7 +70,7 @@ _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _P = r"/compute/v1/projects/(?P<project>[^/]+)"
 _Z = _P + r"/zones/(?P<zone>[^/]+)"
-_TERM = re.compile(r'^\s*(?P<field>[A-Za-z][\w.-]*)\s*(?P<op>!=|=)\s*'
+_TERM = re.compile(r'^\s*(?P<field>[A-Za-z][\w.-]*)\s*(?P<op>!=|=|(?<=\s)(?:eq|ne)(?=\s))\s*'
                    r'(?:"(?P<quoted>[^"]*)"|(?P<bare>[^\s"()]+))\s*$')
 # Machine families that take only gVNIC / only Hyperdisk boot disks (see providers/gcp.py).
 GVNIC_ONLY = ("a3-", "a4-", "a4x-", "g4-")
@@ -136,6 +140,8 @@ class FakeComputeEngine(JsonServer):
         self.call_faults: list[tuple[str, re.Pattern[str], Reply]] = []
         self.throttles: list[list[Any]] = []  # [method, pattern, remaining, reply]
         self.missing_machine_types: dict[str, set[str]] = {}
+        self.machine_types: dict[str, list[dict[str, Any]]] = {}  # zone -> machineType JSON
+        self.accelerator_types: dict[str, list[dict[str, Any]]] = {}  # zone -> acceleratorType
         self.unreachable_zones: set[str] = set()
         self.op_seconds = 0.0  # how long an insert operation stays RUNNING
         self.delete_seconds = 0.0  # how long a delete operation stays RUNNING
@@ -148,6 +154,9 @@ class FakeComputeEngine(JsonServer):
         self._ids = itertools.count(7_000_000_000_000_000_001)
         self.route("GET", _P + r"/zones", self._list_zones)
         self.route("GET", _P + r"/aggregated/instances", self._aggregated_instances)
+        self.route("GET", _P + r"/aggregated/machineTypes", self._aggregated_machine_types)
+        self.route("GET", _P + r"/aggregated/acceleratorTypes",
+                   self._aggregated_accelerator_types)
         self.route("POST", _Z + r"/instances", self._insert)
         self.route("GET", _Z + r"/instances", self._list_instances)
         self.route("GET", _Z + r"/instances/(?P<name>[^/]+)", self._get_instance)
@@ -184,6 +193,32 @@ class FakeComputeEngine(JsonServer):
                  status: int = 429) -> None:
         """The next ``times`` matching calls are rate-limited (429, or 403 user limit)."""
         self.throttles.append([method, re.compile(path_regex), times, rate_limited(status)])
+
+    def offer_machine_type(self, zone: str, name: str, *, vcpus: int, memory_mb: int,
+                           gpus: tuple[str, int] | None = None) -> None:
+        """``zone`` offers machine type ``name`` (``gpus``: the acceleratorType and count the
+        type carries, as A2 / A3 / G2 types do)."""
+        machine: dict[str, Any] = {
+            "kind": "compute#machineType", "id": str(next(self._ids)),
+            "creationTimestamp": "2020-01-01T00:00:00.000-08:00", "name": name,
+            "description": f"{vcpus} vCPUs, {memory_mb / 1024:g} GB RAM", "guestCpus": vcpus,
+            "memoryMb": memory_mb, "imageSpaceGb": 0, "maximumPersistentDisks": 128,
+            "maximumPersistentDisksSizeGb": "263168", "zone": zone,
+            "selfLink": f"{self._links(zone)}/machineTypes/{name}", "isSharedCpu": False,
+            "architecture": "X86_64"}
+        if gpus is not None:
+            machine["accelerators"] = [{"guestAcceleratorType": gpus[0],
+                                        "guestAcceleratorCount": gpus[1]}]
+        self.machine_types.setdefault(zone, []).append(machine)
+
+    def offer_accelerator_type(self, zone: str, name: str, *, max_cards: int) -> None:
+        """``zone`` offers GPU ``name`` to attach to N1 VMs (at most ``max_cards`` a VM)."""
+        self.accelerator_types.setdefault(zone, []).append({
+            "kind": "compute#acceleratorType", "id": str(next(self._ids)),
+            "creationTimestamp": "2020-01-01T00:00:00.000-08:00", "name": name,
+            "description": name.upper(), "zone": self._links(zone),
+            "selfLink": f"{self._links(zone)}/acceleratorTypes/{name}",
+            "maximumCardsPerInstance": max_cards})
 
     def set_status(self, zone: str, name: str, status: str) -> None:
         self.instances[(zone, name)]["status"] = status
@@ -549,7 +584,33 @@ class FakeComputeEngine(JsonServer):
         items = self._listed(None, q.get("filter", ""))
         if isinstance(items, tuple):
             return items
-        items = [i for i in items if i["zone"].rsplit("/", 1)[-1] not in self.unreachable_zones]
+        return self._aggregated("instances", "instance",
+                                [(i["zone"].rsplit("/", 1)[-1], i) for i in items], q)
+
+    def _aggregated_machine_types(self, m: re.Match[str], q: dict[str, str],
+                                  body: Any) -> Reply:
+        return self._aggregated_offers(m, q, "machineTypes", "machineType", self.machine_types)
+
+    def _aggregated_accelerator_types(self, m: re.Match[str], q: dict[str, str],
+                                      body: Any) -> Reply:
+        return self._aggregated_offers(m, q, "acceleratorTypes", "acceleratorType",
+                                       self.accelerator_types)
+
+    def _aggregated_offers(self, m: re.Match[str], q: dict[str, str], key: str, kind: str,
+                           by_zone: dict[str, list[dict[str, Any]]]) -> Reply:
+        if (bad := self._check_scope(m)) is not None:
+            return bad
+        terms = _filter_terms(q.get("filter", ""))
+        if terms is None:
+            return http_error(400, "invalid", "Invalid value for field 'filter'.")
+        items = [(zone, item) for zone in sorted(by_zone) for item in by_zone[zone]
+                 if all(_term_holds(item, *t) for t in terms)]
+        return self._aggregated(key, kind, items, q)
+
+    def _aggregated(self, key: str, kind: str, items: list[tuple[str, dict[str, Any]]],
+                    q: dict[str, str]) -> Reply:
+        """One page of an aggregatedList: ``items`` are (zone, resource) in list order."""
+        items = [(zone, i) for zone, i in items if zone not in self.unreachable_zones]
         try:
             offset = int(q.get("pageToken") or 0)
         except ValueError:
@@ -559,9 +620,9 @@ class FakeComputeEngine(JsonServer):
         scopes: dict[str, Any] = {}
         for zone in sorted(self.zones):
             scope = f"zones/{zone}"
-            found = [i for i in page if i["zone"].endswith(f"/zones/{zone}")]
+            found = [i for z, i in page if z == zone]
             if found:
-                scopes[scope] = {"instances": found}
+                scopes[scope] = {key: found}
             elif zone in self.unreachable_zones:
                 scopes[scope] = {"warning": {
                     "code": "UNREACHABLE", "message": f"Scope '{scope}' is unreachable.",
@@ -572,9 +633,9 @@ class FakeComputeEngine(JsonServer):
                     "message": f"There are no results for scope '{scope}' on this page.",
                     "data": [{"key": "scope", "value": scope}]}}
         reply: dict[str, Any] = {
-            "kind": "compute#instanceAggregatedList",
-            "id": f"projects/{self.project}/aggregated/instances", "items": scopes,
-            "selfLink": f"{GCE}/projects/{self.project}/aggregated/instances"}
+            "kind": f"compute#{kind}AggregatedList",
+            "id": f"projects/{self.project}/aggregated/{key}", "items": scopes,
+            "selfLink": f"{GCE}/projects/{self.project}/aggregated/{key}"}
         if offset + size < len(items):
             reply["nextPageToken"] = str(offset + size)
         if self.unreachable_zones:
@@ -670,7 +731,8 @@ def _filter_terms(expression: str) -> list[tuple[str, str, str]] | None:
     """The ``field op value`` terms of a list filter, or None when it does not parse.
 
     GCE's list filter: ``field = "value"`` (or ``!=``), several of them each in
-    parentheses, joined by spaces or ``AND``.
+    parentheses, joined by spaces or ``AND``; or one ``field eq "RE2"`` (``ne``) term
+    without parentheses, which matches when the regular expression matches the whole value.
     """
     text = expression.strip()
     if not text:
@@ -694,5 +756,8 @@ def _term_holds(resource: dict[str, Any], field: str, op: str, value: str) -> bo
         actual = (resource.get("labels") or {}).get(field.removeprefix("labels."))
     else:
         actual = resource.get(field)
-    equal = actual is not None and str(actual) == value
-    return equal if op == "=" else not equal
+    if op in ("eq", "ne"):
+        equal = actual is not None and re.fullmatch(value, str(actual)) is not None
+    else:
+        equal = actual is not None and str(actual) == value
+    return equal if op in ("=", "eq") else not equal
