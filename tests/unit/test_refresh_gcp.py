@@ -358,10 +358,12 @@ def test_throttling_that_passes_is_retried(gce: FakeComputeEngine,
                                            billing: FakeCloudCatalog) -> None:
     billing.throttle(2)
     gce.throttle("GET", r"/aggregated/machineTypes$", times=2)
+    gce.throttle("GET", r"/aggregated/acceleratorTypes$", times=1, status=403)  # user rate
     prices = fetcher("gcp")(request(gce, billing, regions=("us-central1",)))
     assert ("us-central1", "n1-standard-4") in by_key(prices)
     assert len(billing.requests) == 3  # two 429s, then the one page
     assert sum(r.path.endswith("/aggregated/machineTypes") for r in gce.requests) == 3
+    assert sum(r.path.endswith("/aggregated/acceleratorTypes") for r in gce.requests) == 2
 
 
 def test_throttling_that_never_stops_is_a_bounded_clear_error(
