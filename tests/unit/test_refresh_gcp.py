@@ -426,8 +426,11 @@ def test_credentials_found_reads_only_local_files(tmp_path: Path,
     assert credentials_found("gcp", {"GOOGLE_APPLICATION_CREDENTIALS": str(adc)}) is True
     assert credentials_found("gcp", {
         "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "missing.json")}) is False
-    assert credentials_found("gcp", {"GREENPLACE_GCP_CREDENTIALS": "anonymous",
-                                     "GREENPLACE_GCP_API_ENDPOINT": "http://127.0.0.1:1"}) is True
+    fakes = {"GREENPLACE_GCP_CREDENTIALS": "anonymous",
+             "GREENPLACE_GCP_API_ENDPOINT": "http://127.0.0.1:1"}
+    assert credentials_found("gcp", fakes) is False  # the Catalog API would be Google's
+    assert credentials_found("gcp", {
+        **fakes, "GREENPLACE_GCP_BILLING_API_ENDPOINT": "http://127.0.0.1:2"}) is True
     assert credentials_found("gcp", {"GREENPLACE_GCP_CREDENTIALS": "anonymous"}) is False
     product.write_text("Google Compute Engine\n")
     assert credentials_found("gcp", {}) is True

@@ -154,14 +154,15 @@ def credentials_found(environ: Mapping[str, str]) -> bool:
 
     ADC looks, in order, at ``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's
     ``application_default_credentials.json`` and the metadata server of a GCE VM; so does
-    this check, reading only local files. Anonymous credentials against loopback fakes count.
+    this check, reading only local files. Anonymous credentials count against loopback fakes
+    of both APIs (``api_endpoint`` and ``billing_api_endpoint``).
     """
     try:
         settings = _settings(environ)
     except InvalidRequestError:
         return False
-    if settings.anonymous_credentials:
-        return True
+    if settings.anonymous_credentials:  # local fakes: both endpoints must be loopback
+        return is_loopback(settings.billing_api_endpoint)
     key_file = environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if key_file:
         return Path(key_file).is_file()
