@@ -11,7 +11,9 @@ public and needs no credentials. One GET per region and batch of sizes::
     $filter=serviceName eq 'Virtual Machines' and priceType eq 'Consumption'
             and armRegionName eq 'eastus' and (armSkuName eq 'A' or armSkuName eq 'B' ...)
 
-answers pages of ``Items`` followed through ``NextPageLink`` until it is null.
+answers pages of ``Items`` followed through ``NextPageLink`` until it is null. At most
+``SIZES_PER_REQUEST`` sizes go in one filter: users of the API report that much longer filters
+are refused.
 
 Design choice: which rows make a price. Every row of a size in a region is read, and a row
 the rules below do not know (another unit, currency, price type or service, a missing or
@@ -21,8 +23,9 @@ reason: a price is never guessed from the rows that remain.
 * ``priceType eq 'Consumption'`` keeps out reservations (whose ``retailPrice`` is the whole
   term) and Dev/Test prices;
 * a ``productName`` holding "Windows" is the Windows product (licence included): not read;
-* a ``meterName`` or ``skuName`` holding "Low Priority" is the retired low-priority offer (Batch
-  only now): not read; one holding "Spot" is the Spot price, any other the pay-as-you-go price;
+* a ``meterName`` or ``skuName`` holding "Low Priority" is the low-priority offer, which
+  greenplace does not launch: not read; one holding "Spot" is the Spot price, any other the
+  pay-as-you-go price;
 * ``unitOfMeasure`` must be "1 Hour" and ``currencyCode`` "USD";
 * of several rows of one kind, the latest ``effectiveStartDate`` not in the future wins, a
   primary meter region row before a non-primary one; rows that still disagree leave the size
