@@ -356,6 +356,7 @@ def test_a_size_restricted_for_the_subscription_is_not_offered_there(
         "Standard_ND96asr_v4": {"restricted": "QuotaId"},
         "Standard_NC4as_T4_v3": {"restricted_zones": ("1", "2", "3")},  # regional VMs still go
         "Standard_NC8as_T4_v3": {"gpus": 2},
+        "Standard_NC16as_T4_v3": {"gpus": None},  # a shape without the GPUs capability
     }
     arm.resource_skus["eastus"] = sku_list("eastus", **changes)
     prices = azure.fetch(request(with_subscription(retail, arm, tls[1]),
@@ -366,6 +367,10 @@ def test_a_size_restricted_for_the_subscription_is_not_offered_there(
     assert "reason QuotaId" in reasons(prices, "eastus", "Standard_ND96asr_v4")[0]
     assert "gives 2 GPUs, the catalog 1 x T4" in reasons(prices, "eastus",
                                                          "Standard_NC8as_T4_v3")[0]
+    assert reasons(prices, "eastus", "Standard_NC16as_T4_v3") == [
+        "the SKU list gives no GPUs capability, the catalog 1 x T4: not mapped with certainty"]
+    assert reasons(prices, "eastus", "Standard_NC16as_T4_v3") == [
+        "the SKU list gives no GPUs capability, the catalog 1 x T4: not mapped with certainty"]
     assert offer(prices, "eastus", "Standard_NC4as_T4_v3").price_usd_per_hour == 0.526
     assert offer(prices, "southcentralus", "Standard_ND96asr_v4").price_usd_per_hour == 32.63
 

@@ -222,8 +222,9 @@ def _offer(region: str, target: Target, prices: SizePrices, facts: dict[str, Sku
             skip(f"not offered in this region to the subscription: {sku.restriction}")
             return None
         if sku.gpus != target.accelerator_count:
-            skip(f"the SKU list gives {sku.gpus} GPUs, the catalog {target.accelerator_count} "
-                 f"x {target.accelerator}: not mapped with certainty")
+            gives = "no GPUs capability" if sku.gpus is None else f"{sku.gpus} GPUs"
+            skip(f"the SKU list gives {gives}, the catalog {target.accelerator_count} x "
+                 f"{target.accelerator}: not mapped with certainty")
             return None
         if sku.vcpus is None or sku.memory_gib is None:
             skip("the SKU list gives no vCPUs or MemoryGB capability for this size")
