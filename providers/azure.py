@@ -131,6 +131,8 @@ ARM_SCOPE = "https://management.azure.com/.default"
 SUBSCRIPTION_PLACEHOLDER = "{subscriptionId}"
 SUBNET_NAME = "jobs"
 MANAGED_TAG = "greenplace:managed"
+# The public, unauthenticated Azure Retail Prices API (read by `greenplace catalog refresh`).
+RETAIL_PRICES_URL = "https://prices.azure.com/api/retail/prices"
 OUTBOUND_MODES = ("public_ip", "nat_gateway", "none")
 # How long the serial log's SAS URL lives: it is used at once, by this process only.
 SAS_MINUTES = 5
@@ -183,6 +185,7 @@ class AzureSettings:
     base_url: str | None = None
     ca_bundle: str | None = None
     test_token: bool = False
+    retail_prices_url: str = RETAIL_PRICES_URL
 
     @classmethod
     def from_config(cls, config: Mapping[str, str]) -> AzureSettings:
@@ -197,7 +200,8 @@ class AzureSettings:
         operation_timeout_s (0 to LAUNCH_WAIT_S), polling_interval_s, base_url (ARM
         endpoint), ca_bundle (a PEM file to verify the endpoint's TLS certificate and
         the serial log blob's), credentials ("default", or "test-token", accepted only
-        with a loopback base_url).
+        with a loopback base_url), retail_prices_url (the Retail Prices API the catalog refresh
+        reads; https, or http on loopback for a test fake).
 
         Raises:
             UnknownNameError: a key the adapter does not know ("Did you mean").
@@ -236,6 +240,12 @@ class AzureSettings:
                               "greenplace's own subnet, but subnet_id names another one. "
                               "To fix: attach a NAT gateway to that subnet yourself and set "
                               "outbound to none, or drop subnet_id.")
+        retail_prices_url = get("retail_prices_url") or d.retail_prices_url
+        if urlsplit(retail_prices_url).scheme != "https" and not (
+                urlsplit(retail_prices_url).scheme == "http" and is_loopback(retail_prices_url)):
+            raise ConfigError(f"azure retail_prices_url {retail_prices_url[:120]!r} is not an "
+                              "https:// address. To fix: leave it unset for "
+                              f"{RETAIL_PRICES_URL}, or give an https:// mirror of it.")
         timeout_s = number("operation_timeout_s", d.operation_timeout_s, minimum=0)
         if timeout_s > LAUNCH_WAIT_S:
             raise ConfigError(f"azure operation_timeout_s {timeout_s:g} is above "
@@ -263,6 +273,7 @@ class AzureSettings:
             base_url=base_url,
             ca_bundle=get("ca_bundle") or None,
             test_token=credentials == "test-token",
+            retail_prices_url=retail_prices_url,
         )
 
 
@@ -271,6 +282,7 @@ _CONFIG_KEYS = (
     "subnet_id", "vnet_address_prefix", "subnet_address_prefix", "os_disk_gb", "os_disk_type",
     "security_type", "spot_eviction_policy", "spot_max_price", "outbound",
     "operation_timeout_s", "polling_interval_s", "base_url", "ca_bundle", "credentials",
+    "retail_prices_url",
 )
 
 

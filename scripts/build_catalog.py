@@ -103,7 +103,8 @@ One row per (cloud, region, instance_type). Rules:
   H100 NVL (94 GB) and is mapped to ``H100-NVL``; Azure NC A100 v4 uses the PCIe A100 80 GB and
   is mapped to ``A100-80GB-PCIe``.
 * Retired Azure sizes are dropped, the retirement in the build log: NC, NCv2, ND and NV
-  (2023-09-06), NCv3 (2025-09-30), NVv3 and NVv4 (2026-09-30); sources beside AZURE_RETIRED.
+  (2023-09-06), NCv3 (2025-09-30), NVv3 and NVv4 (2026-09-30); the table and its sources are in
+  scheduler/catalog/retired.py.
 
 GCP list prices: for the A2, A3 High/Mega and G2 machine types the offer's on-demand and spot
 prices are the Cloud Billing Catalog list prices of the whole machine type (GPUs, host VM and
@@ -155,6 +156,19 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _catalog_module(file_name: str) -> ModuleType:
+    """A pure module of scheduler/catalog (``offer_checks.py``, ``retired.py``), loaded by path
+    (they import nothing from greenplace)."""
+    path = REPO_ROOT / "scheduler" / "catalog" / file_name
+    spec = importlib.util.spec_from_file_location(f"_greenplace_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_OUT = REPO_ROOT / "scheduler" / "catalog" / "data"
 
@@ -938,41 +952,9 @@ AZURE_OVERRIDES: dict[str, tuple[str | None, int | None]] = {
     "Standard_NC24rs_v3": ("V100-PCIe", None),
 }
 
-# Azure VM sizes retired by Microsoft (or announced for a retirement date before 2026-12-01),
-# dropped with the reason printed in the build log, whatever their GPU: a size Azure no longer
-# provisions must not be offered even once its accelerator is in the catalog.
-# Sources (checked 2026-12-01):
-# - "Retired Azure VM size series", learn.microsoft.com/azure/virtual-machines/sizes/retirement/
-#   retired-sizes-list (MicrosoftDocs/azure-compute-docs): NCv3 and NCv3-NC24rs retired
-#   2025-09-30; NVv3 and NVv4 announced 2026-04-15 (azure.microsoft.com/updates?id=516070),
-#   retired 2026-09-30. NDv2, NC T4 v3, NDm A100 v4 (and ND A100 v4, NC A100 v4, the H100
-#   series) are neither retired nor announced there, so they stay.
-# - The N-series migration notices (MicrosoftDocs/azure-docs articles/virtual-machines/
-#   nc-series-retirement, ncv2-series-retirement, nv-series-retirement, nd-series-retirement):
-#   NC (K80), NCv2 (P100), ND (P40) and NV / NV_Promo (M60) retired 2023-09-06.
-_AZURE_RETIREMENTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("NC series (K80)", "2023-09-06", (
-        "Standard_NC6", "Standard_NC12", "Standard_NC24", "Standard_NC24r",
-        "Standard_NC6_Promo", "Standard_NC12_Promo", "Standard_NC24_Promo",
-        "Standard_NC24r_Promo")),
-    ("NCv2 series (P100)", "2023-09-06", (
-        "Standard_NC6s_v2", "Standard_NC12s_v2", "Standard_NC24s_v2", "Standard_NC24rs_v2")),
-    ("ND series (P40)", "2023-09-06", (
-        "Standard_ND6s", "Standard_ND12s", "Standard_ND24s", "Standard_ND24rs")),
-    ("NV series (M60)", "2023-09-06", (
-        "Standard_NV6", "Standard_NV12", "Standard_NV24", "Standard_NV6_Promo",
-        "Standard_NV12_Promo", "Standard_NV24_Promo")),
-    ("NCv3 series", "2025-09-30", (
-        "Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24rs_v3")),
-    ("NVv3 series", "2026-09-30", (
-        "Standard_NV12s_v3", "Standard_NV24s_v3", "Standard_NV48s_v3")),
-    ("NVv4 series", "2026-09-30", (
-        "Standard_NV4as_v4", "Standard_NV8as_v4", "Standard_NV16as_v4", "Standard_NV32as_v4")),
-)
-AZURE_RETIRED: dict[str, str] = {
-    size: f"{series} retired by Azure on {date}"
-    for series, date, sizes in _AZURE_RETIREMENTS for size in sizes
-}
+# Azure VM sizes retired by Microsoft, with their sources: scheduler/catalog/retired.py (loaded by
+# path; the live price refresh reads the same table), dropped with the reason in the build log.
+AZURE_RETIRED: dict[str, str] = _catalog_module("retired.py").AZURE_RETIRED
 
 # GCP host machine type for each (accelerator name in the GCP catalog, GPU count).
 GCP_HOST_FOR = {
@@ -1440,16 +1422,6 @@ def validate(
     return problems
 
 
-def _offer_checks() -> ModuleType:
-    """scheduler/catalog/offer_checks.py, loaded by path (it imports nothing from greenplace)."""
-    path = REPO_ROOT / "scheduler" / "catalog" / "offer_checks.py"
-    spec = importlib.util.spec_from_file_location("_greenplace_offer_checks", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def offer_problems(offers: list[dict[str, str]]) -> list[str]:
     """The installed catalog's offer invariants (spot < on demand, price band, GPU counts)."""
     rows = [
@@ -1462,7 +1434,8 @@ def offer_problems(offers: list[dict[str, str]]) -> list[str]:
         )
         for o in offers
     ]
-    problems: list[str] = _offer_checks().offer_problems(SimpleNamespace(offers=rows))
+    checks = _catalog_module("offer_checks.py")
+    problems: list[str] = checks.offer_problems(SimpleNamespace(offers=rows))
     return problems
 
 

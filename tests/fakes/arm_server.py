@@ -4,7 +4,10 @@ It answers the calls azure-mgmt-compute / azure-mgmt-network make, in ARM's JSON
 shapes: virtual machines (PUT / GET with ``$expand=instanceView`` / DELETE / paged
 list of a resource group or a location / ``retrieveBootDiagnosticsData``), virtual
 networks and subnets, NAT gateways, public IP addresses, network interfaces, and
-the ``Azure-AsyncOperation`` status endpoints of long-running operations. A second,
+the ``Azure-AsyncOperation`` status endpoints of long-running operations, and the
+subscription's compute SKUs (``Microsoft.Compute/skus``, filtered by location, paged with
+``nextLink``, each SKU with its capabilities and its Location / Zone restrictions; build them
+with ``vm_sku``). A second,
 plain-http loopback server plays Blob Storage for the boot diagnostics serial log
 (SAS URL, no bearer token).
 
@@ -96,6 +99,57 @@ def _not_found(kind: str, name: str, rg: str) -> Reply:
                      f"group '{rg}' was not found.")
 
 
+def vm_sku(name: str, location: str, *, vcpus: int, memory_gb: float, gpus: int | None,
+           family: str, zones: tuple[str, ...] = ("1", "2", "3"),
+           restricted: str | None = None, restricted_zones: tuple[str, ...] = (),
+           ) -> dict[str, Any]:
+    """A ``virtualMachines`` entry of ``Microsoft.Compute/skus`` for one location, as ARM lists
+    it with a location filter.
+
+    ``gpus`` None leaves the GPUs capability out (as for a size without GPUs);
+    ``restricted``: a reason code (``NotAvailableForSubscription``, ``QuotaId``) of a Location
+    restriction; ``restricted_zones``: zones of a Zone restriction.
+    """
+    capabilities = [
+        ("MaxResourceVolumeMB", str(vcpus * 45056)), ("OSVhdSizeMB", "1047552"),
+        ("vCPUs", str(vcpus)), ("MemoryPreservingMaintenanceSupported", "True"),
+        ("HyperVGenerations", "V1,V2"), ("MemoryGB", f"{memory_gb:g}"),
+        ("MaxDataDiskCount", str(min(64, vcpus * 2))), ("CpuArchitectureType", "x64"),
+        ("LowPriorityCapable", "True"), ("PremiumIO", "True"), ("VMDeploymentTypes", "IaaS"),
+        ("vCPUsAvailable", str(vcpus)),
+    ]
+    if gpus is not None:
+        capabilities.append(("GPUs", str(gpus)))
+    capabilities += [("vCPUsPerCore", "1"), ("EphemeralOSDiskSupported", "True"),
+                     ("AcceleratedNetworkingEnabled", "True"), ("RdmaEnabled", "False"),
+                     ("MaxNetworkInterfaces", "8")]
+    restrictions: list[dict[str, Any]] = []
+    if restricted is not None:
+        restrictions.append({"type": "Location", "values": [location],
+                             "restrictionInfo": {"locations": [location]},
+                             "reasonCode": restricted})
+    if restricted_zones:
+        restrictions.append({"type": "Zone", "values": [location],
+                             "restrictionInfo": {"locations": [location],
+                                                 "zones": list(restricted_zones)},
+                             "reasonCode": "NotAvailableForSubscription"})
+    return {
+        "resourceType": "virtualMachines", "name": name, "tier": "Standard",
+        "size": name.removeprefix("Standard_"), "family": family, "locations": [location],
+        "locationInfo": [{"location": location, "zones": list(zones), "zoneDetails": []}],
+        "capabilities": [{"name": k, "value": v} for k, v in capabilities],
+        "restrictions": restrictions,
+    }
+
+
+def disk_sku(name: str, location: str) -> dict[str, Any]:
+    """A ``disks`` entry of ``Microsoft.Compute/skus`` (the list mixes resource types)."""
+    return {"resourceType": "disks", "name": name, "tier": name.split("_")[0], "size": "P30",
+            "family": "PremiumSSD", "locations": [location],
+            "locationInfo": [{"location": location, "zones": ["1", "2", "3"]}],
+            "capabilities": [{"name": "MaxSizeGiB", "value": "1024"}], "restrictions": []}
+
+
 class FakeResourceManager(JsonServer):
     """ARM for one subscription; serve it over TLS (``make_test_ca``)."""
 
@@ -114,12 +168,16 @@ class FakeResourceManager(JsonServer):
         self.operations: dict[str, dict[str, Any]] = {}
         self.sync_faults: list[Fault] = []
         self.lro_faults: list[Fault] = []
-        self.call_faults: list[tuple[str, re.Pattern[str], Reply, list[int] | None]] = []
+        # (method, path regex, reply, calls left or None for good, query items to match)
+        self.call_faults: list[tuple[str, re.Pattern[str], Reply, list[int] | None,
+                                     dict[str, str]]] = []
         self.create_s = 0.05  # how long a VM creation runs
         self.delete_s = 0.05  # how long a VM deletion runs
         self.vnet_s = 0.0  # how long a virtual network creation runs
         self.nic_s = 0.0  # how long a network interface creation runs
         self.page_size = 50  # VMs per page of a list (nextLink beyond)
+        self.resource_skus: dict[str, list[dict[str, Any]]] = {}  # location -> SKUs (vm_sku)
+        self.sku_page_size = 100  # SKUs per page of Microsoft.Compute/skus
         self.hang_operations = False  # VM operations stay InProgress (networks still finish)
         self.blob_requests: list[http.Request] = []
         self.blob_url = ""
@@ -145,6 +203,7 @@ class FakeResourceManager(JsonServer):
         self.route("DELETE", _NET + r"/publicIPAddresses/(?P<name>[^/]+)", self._delete_ip)
         self.route("PUT", _NET + r"/natGateways/(?P<name>[^/]+)", self._put_nat)
         self.route("GET", _NET + r"/natGateways/(?P<name>[^/]+)", self._get_nat)
+        self.route("GET", _SUB + r"/providers/Microsoft\.Compute/skus", self._list_skus)
         self.route("GET", _SUB + r"/providers/Microsoft\.(?:Compute|Network)/locations/"
                    r"(?P<loc>[^/]+)/operations/(?P<op>[^/]+)", self._get_op)
 
@@ -170,18 +229,19 @@ class FakeResourceManager(JsonServer):
         self.lro_faults.append(fault)
 
     def fail_calls(self, method: str, path_regex: str, reply: Reply, *,
-                   times: int | None = None) -> None:
-        """Answer matching calls with ``reply`` (``times`` times, else for good)."""
+                   times: int | None = None, query: dict[str, str] | None = None) -> None:
+        """Answer matching calls with ``reply`` (``times`` times, else for good); with
+        ``query``, only calls whose query holds those items (e.g. one page's ``$skiptoken``)."""
         self.call_faults.append((method, re.compile(path_regex), reply,
-                                 None if times is None else [times]))
+                                 None if times is None else [times], dict(query or {})))
 
     def throttle(self, method: str, path_regex: str, *, times: int = 1,
-                 retry_after_s: int = 1) -> None:
+                 retry_after_s: int = 1, query: dict[str, str] | None = None) -> None:
         """ARM throttling: 429 TooManyRequests with Retry-After on matching calls."""
         self.fail_calls(method, path_regex, (429, {"error": {
             "code": "TooManyRequests", "message": "The request is being throttled as the limit "
             "has been reached for operation type - Read_30Min."}},
-            {"Retry-After": str(retry_after_s)}), times=times)
+            {"Retry-After": str(retry_after_s)}), times=times, query=query)
 
     def set_power(self, name: str, power: str) -> None:
         with self.lock:
@@ -232,8 +292,9 @@ class FakeResourceManager(JsonServer):
             return arm_error(400, "MissingApiVersionParameter",
                              "The api-version query parameter (?api-version=) is required for "
                              "all requests.")
-        for fault_method, pattern, reply, left in self.call_faults:
-            if fault_method == method and pattern.search(path) and (left is None or left[0]):
+        for fault_method, pattern, reply, left, items in self.call_faults:
+            if (fault_method == method and pattern.search(path) and (left is None or left[0])
+                    and all(query.get(k) == v for k, v in items.items())):
                 if left is not None:
                     left[0] -= 1
                 return reply
@@ -292,6 +353,33 @@ class FakeResourceManager(JsonServer):
             reply["error"] = {"code": op["fault"].code, "message": op["fault"].message}
         if op["status"] != "InProgress":
             reply["endTime"] = "2026-11-27T12:01:00.0000000+00:00"
+        return 200, reply, {}
+
+    # -- compute SKUs
+
+    def _list_skus(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        """The subscription's compute SKUs, ``sku_page_size`` at a time with ``nextLink``.
+
+        Like ARM, only a ``location eq '<name>'`` filter is accepted; with it, each SKU lists
+        that location only. Without it, every location's SKUs come back.
+        """
+        if (bad := self._scope(m)) is not None:
+            return bad
+        wanted = q.get("$filter")
+        if wanted:
+            found = re.fullmatch(r"\s*location\s+eq\s+'(?P<loc>[^']+)'\s*", wanted)
+            if found is None:
+                return arm_error(400, "InvalidParameter", "The filter is not supported. Only "
+                                 "the location filter is supported currently.")
+            skus = self.resource_skus.get(found.group("loc"), [])
+        else:
+            skus = [sku for listed in self.resource_skus.values() for sku in listed]
+        start = int(q.get("$skiptoken") or 0)
+        reply: dict[str, Any] = {"value": skus[start:start + self.sku_page_size]}
+        if start + self.sku_page_size < len(skus):
+            rest = "&".join(f"{k}={v}" for k, v in q.items() if k != "$skiptoken")
+            reply["nextLink"] = (f"{self.base_url}{m.group(0)}?{rest}"
+                                 f"&$skiptoken={start + self.sku_page_size}")
         return 200, reply, {}
 
     # -- virtual machines
