@@ -28,7 +28,7 @@ from greenplace.scheduler.catalog.loader import load_embedded_catalog
 from greenplace.scheduler.catalog.model import Offer
 from greenplace.scheduler.catalog.refresh import CloudPrices, RefreshRequest
 from greenplace.scheduler.catalog.refresh import aws as refresh_aws
-from greenplace.scheduler.exceptions import AuthError, TransientError
+from greenplace.scheduler.exceptions import AuthError, InvalidRequestError, TransientError
 from tests.fakes.aws_pricing import PriceListApi, ec2_product, price_list_server
 from tests.fakes.ec2_spot import SpotPriceProxy, SpotRecord, ec2_with_spot_prices
 
@@ -432,6 +432,14 @@ def test_a_refused_permission_names_the_iam_actions(
     assert "pricing:GetProducts" in str(caught.value)
     assert "ec2:DescribeSpotPriceHistory" in str(caught.value)
     assert SECRET not in str(caught.value)
+
+
+def test_an_endpoint_setting_that_is_not_a_url_is_a_clear_error(aws_env: None) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        refresh({"AWS_ENDPOINT_URL_EC2": "not a url"})
+
+    assert "'not a url'" in str(caught.value)
+    assert "To fix: set AWS_ENDPOINT_URL_EC2" in str(caught.value)
 
 
 @pytest.mark.parametrize(("files", "variables", "found"), [

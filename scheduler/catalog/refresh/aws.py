@@ -38,11 +38,13 @@ Design choices:
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -467,6 +469,20 @@ def _endpoint(environ: Mapping[str, str], service: str) -> str | None:
             or environ.get("AWS_ENDPOINT_URL") or None)
 
 
+def _client(session: Any, service: str, region: str, environ: Mapping[str, str]) -> Any:
+    """A boto3 client of ``service`` in ``region``, at the endpoint ``environ`` names."""
+    endpoint = _endpoint(environ, service)
+    try:
+        return session.client(service, region_name=region, endpoint_url=endpoint,
+                              config=RETRY_CONFIG)
+    except ValueError as exc:  # botocore's answer to an endpoint that is not a URL
+        raise provider_error(
+            InvalidRequestError, f"the {service} endpoint {endpoint!r} is not usable ({exc})",
+            provider=CLOUD, operation=OPERATION, code="InvalidEndpoint",
+            fix=f"set AWS_ENDPOINT_URL_{service.upper()} (or AWS_ENDPOINT_URL) to a URL such "
+                "as https://host:port, or unset it to use AWS's own endpoint") from exc
+
+
 def _region_states(ec2: Any, home: str) -> dict[str, str]:
     """Region name -> OptInStatus, for every region of the partition (DescribeRegions)."""
     with _calling("DescribeRegions", home):
@@ -483,17 +499,13 @@ def fetch(request: RefreshRequest) -> CloudPrices:
         TransientError: throttling or a server error that outlasted the retries.
         InvalidRequestError: a call refused as malformed (e.g. a bad endpoint setting).
     """
+    if request.now.tzinfo is None:  # the contract says UTC; EC2's timestamps are aware
+        request = dataclasses.replace(request, now=request.now.replace(tzinfo=UTC))
     wanted, skipped = wanted_types(request)
     session = boto3.session.Session()
-    ec2_endpoint = _endpoint(request.environ, "ec2")
-
-    def ec2_client(region: str) -> Any:
-        return session.client("ec2", region_name=region, endpoint_url=ec2_endpoint,
-                              config=RETRY_CONFIG)
-
     home = (request.environ.get("AWS_REGION") or request.environ.get("AWS_DEFAULT_REGION")
             or DEFAULT_HOME_REGION)
-    states = _region_states(ec2_client(home), home)
+    states = _region_states(_client(session, "ec2", home, request.environ), home)
     priced: list[str] = []
     not_enabled: list[str] = []
     for region in dict.fromkeys(request.regions):
@@ -510,13 +522,12 @@ def fetch(request: RefreshRequest) -> CloudPrices:
             priced.append(region)
     offers: list[Offer] = []
     if priced and wanted:
-        pricing = session.client("pricing", region_name=PRICING_REGION,
-                                 endpoint_url=_endpoint(request.environ, "pricing"),
-                                 config=RETRY_CONFIG)
+        pricing = _client(session, "pricing", PRICING_REGION, request.environ)
         products, unread = _price_list(pricing, sorted(wanted), priced)
         skipped.extend(unread)
         for region in priced:
-            answers = _ask_region(ec2_client(region), region, sorted(wanted), request)
+            ec2 = _client(session, "ec2", region, request.environ)
+            answers = _ask_region(ec2, region, sorted(wanted), request)
             found, passed = _region_offers(region, answers, wanted, products, request)
             offers.extend(found)
             skipped.extend(passed)
