@@ -485,3 +485,13 @@ def test_looks_for_the_known_aws_types_and_the_catalog_offers_with_their_acceler
     assert not [t for t in wanted if t.startswith(("Standard_", "a2-", "v5"))]
     assert "g9.xlarge" not in wanted
     assert [s.item for s in skipped] == ["g9.xlarge"] and "disagree" in skipped[0].reason
+
+
+def test_filter_values_are_cut_to_the_price_list_limit_keeping_every_value() -> None:
+    regions = [f"xx-region-{i:03d}" for i in range(150)]  # 14 characters each
+
+    groups = refresh_aws._chunks(regions)
+
+    assert len(groups) > 1
+    assert all(len(",".join(g)) <= refresh_aws.MAX_FILTER_VALUE_CHARS for g in groups)
+    assert [r for g in groups for r in g] == regions
