@@ -13,10 +13,12 @@ What one ``fetch`` calls (all reads; the IAM actions are listed in ``PERMISSIONS
 
 How an offer is composed: the on-demand price is the one ``OnDemand`` term's one hourly USD
 price dimension of the region's product; the spot price is the cheapest Availability Zone's
-latest Linux/UNIX spot price among the zones that offer the type, and ``price_note`` gives
-the spread when the zones differ. vCPUs, memory and the accelerator count are EC2's own
-(DescribeInstanceTypes); the accelerator's name is the catalog's (``KNOWN_INSTANCES``, else
-the embedded offers of that type): EC2 names chips (``A100``) but not their memory or form.
+latest Linux/UNIX spot price among the zones that offer the type, and the offer's ``source``
+gives the spread when the zones differ (not ``price_note``: a note there explains an unusual
+price and exempts the row from the catalog's price band, which a spread must not). vCPUs,
+memory and the accelerator count are EC2's own (DescribeInstanceTypes); the accelerator's
+name is the catalog's (``KNOWN_INSTANCES``, else the embedded offers of that type): EC2 names
+chips (``A100``) but not their memory or form.
 
 Design choices:
 
@@ -454,7 +456,8 @@ def _region_offers(
             cloud=CLOUD, region=region, instance_type=instance_type,
             accelerator=expected.accelerator, accelerator_count=expected.count,
             vcpus=spec.vcpus, memory_gib=spec.memory_gib, price_usd_per_hour=on_demand,
-            spot_price_usd_per_hour=spot, price_note=spot_note(spot_zones), source=SOURCE,
+            spot_price_usd_per_hour=spot, price_note="",
+            source="; ".join(filter(None, (SOURCE, spot_note(spot_zones)))),
             as_of=request.now.date().isoformat()))
     return offers, skipped
 
