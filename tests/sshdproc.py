@@ -40,6 +40,19 @@ def missing_reason() -> str | None:
     return None
 
 
+def started(directory: Path) -> SshServer:
+    """A started server in ``directory``; skips the test with the reason when none can run
+    here, or fails it when GREENPLACE_TESTS_REQUIRE_SSHD=1 (.ci/run sets it)."""
+    import pytest
+
+    reason = missing_reason()
+    if reason is not None:
+        if os.environ.get("GREENPLACE_TESTS_REQUIRE_SSHD") == "1":
+            pytest.fail(f"GREENPLACE_TESTS_REQUIRE_SSHD=1 but {reason}")
+        pytest.skip(reason)
+    return SshServer(directory).start()
+
+
 def _keygen(path: Path) -> None:
     assert SSH_KEYGEN is not None
     subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "greenplace-test",

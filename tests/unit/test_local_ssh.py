@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from greenplace.scheduler.exceptions import (
     TransientError,
 )
 from tests.redisproc import free_port
-from tests.sshdproc import SshServer, missing_reason
+from tests.sshdproc import SshServer, started
 from tests.waiting import wait_for
 
 REGION = "gpu-box"
@@ -54,12 +53,7 @@ HERE = Placement(cloud="onprem", region="this-machine", instance_type="server",
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    reason = missing_reason()
-    if reason is not None:
-        if os.environ.get("GREENPLACE_TESTS_REQUIRE_SSHD") == "1":
-            pytest.fail(f"GREENPLACE_TESTS_REQUIRE_SSHD=1 but {reason}")
-        pytest.skip(reason)
-    server = SshServer(tmp_path_factory.mktemp("sshd")).start()
+    server = started(tmp_path_factory.mktemp("sshd"))
     try:
         yield server
     finally:
