@@ -5,8 +5,10 @@ Used by tests/unit/test_local_ssh.py (the ``local`` provider on a declared SSH h
 server runs as the current user (root in CI: ``PermitRootLogin prohibit-password`` lets its
 key in) with ``UsePAM no`` and ``StrictModes no``, so it needs no system set-up beyond
 the privilege-separation folder that Debian's service would create (``/run/sshd``).
-Logins get ``PATH=<dir>/bin:/usr/local/bin:/usr/bin:/bin`` (sshd_config ``SetEnv``), so a
-test decides whether the "remote" host has ``greenplace`` by linking it into ``<dir>/bin``.
+Logins get ``PATH=<dir>/bin:/usr/local/bin:/usr/bin:/bin`` and ``HOME=<dir>/home``
+(sshd_config ``SetEnv``; the user's own ~/.bashrc, which bash reads for an ssh command,
+would change PATH), so a test decides whether the "remote" host has ``greenplace`` by
+linking it into ``<dir>/bin``.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class SshServer:
         self.user = getpass.getuser()
         self.port = free_port()
         self.bin = directory / "bin"
+        self.home = directory / "home"  # the logins' HOME: the user's own ~/.bashrc stays out
         self.host_key = directory / "host_ed25519"
         self.client_key = directory / "client_ed25519"
         self.known_hosts = directory / "known_hosts"
@@ -102,13 +105,14 @@ class SshServer:
             "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
             "PermitRootLogin prohibit-password", f"AllowUsers {self.user}",
             "MaxSessions 50", "MaxStartups 50:30:100", "LogLevel VERBOSE",
-            f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin", ""])
+            f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin HOME={self.home}", ""])
 
     def start(self, *, timeout_s: float = 20.0) -> SshServer:
         """Keys, config, known_hosts entry, then sshd until it sends its banner."""
         assert SSHD is not None
         self.directory.mkdir(parents=True, exist_ok=True)
         self.bin.mkdir(exist_ok=True)
+        self.home.mkdir(exist_ok=True)
         _keygen(self.host_key)
         _keygen(self.client_key)
         (self.directory / "authorized_keys").write_text(
