@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -324,3 +325,64 @@ def check_argv(p: LocalProvider, control: Path) -> None:
     assert (p.slots, p._slots(REGION)) == (1, 8)
     assert f"ControlPath={control}/%C" in argv
     assert p.host_for("elsewhere") is p.this_machine
+
+
+def _lock_waiters(lock: Path) -> int:
+    """How many processes wait for a flock on ``lock`` (``->`` lines of /proc/locks)."""
+    inode = os.stat(lock).st_ino
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if "->" in line and line.split()[6].endswith(f":{inode}"))
+
+
+def test_a_launch_waits_for_the_hosts_lock_before_counting_slots(
+        sshd: SshServer, remote_root: Path) -> None:
+    """The slot count and the idempotency check happen under the root's lock on the host
+    (flock there), so workers racing for its last slot cannot both take it."""
+    import fcntl
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = ssh_provider(sshd, remote_root, **{"slots.gpu-box": "1"})
+    remote_root.mkdir(parents=True)
+    with (remote_root / ".lock").open("a") as held, ThreadPoolExecutor(2) as pool:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another worker's submit, in its critical section
+        first = pool.submit(launch, p, "sleep 30", job_id="w1")
+        second = pool.submit(launch, p, "sleep 30", job_id="w2")
+        wait_for(lambda: _lock_waiters(remote_root / ".lock") == 2, timeout_s=30,
+                 what="both submits to wait for the host's lock")
+        assert not first.done() and not second.done()
+        assert not (remote_root / "w1-a1").exists() and not (remote_root / "w2-a1").exists()
+        fcntl.flock(held, fcntl.LOCK_UN)
+        outcomes = []
+        for future in (first, second):
+            try:
+                outcomes.append(future.result(timeout=60).instance_id)
+            except CapacityError as exc:
+                outcomes.append(str(exc.code))
+    assert sorted(outcomes) in (["SlotsFull", "w1-a1"], ["SlotsFull", "w2-a1"])
+    assert len(p.list_managed(REGION)) == 1
+
+
+def test_logs_of_a_job_read_through_the_api_find_its_host_by_region(
+        sshd: SshServer, remote_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's job view names the region but not the handle's ssh target: `greenplace
+    logs` then reads the folder on the host this machine's settings declare for it."""
+    import io
+
+    from greenplace.scheduler.commands.logs import JobWhere, _Tails, attempt_source
+    from greenplace.scheduler.exceptions import UserInputError
+
+    settings = {**sshd.settings(REGION), "remote_root": str(remote_root)}
+    monkeypatch.setenv("GREENPLACE_LOCAL_SETTINGS", json.dumps(settings))
+    p = create({})
+    finished(p, launch(p, "echo one; echo two >&2"))
+    job = JobWhere(job_id="job1", state="SUCCEEDED", attempt=1, provider="local",
+                   folder=Path("/nowhere/job1-a1"), host=None, reason=None, region=REGION)
+    host, instance_id = attempt_source(job, None)
+    assert (host.ssh, instance_id) == (sshd.target, "job1-a1")
+    out, err = io.BytesIO(), io.BytesIO()
+    _Tails(host, instance_id, {"stdout.log": out, "stderr.log": err}).pump()
+    assert (out.getvalue(), err.getvalue()) == (b"one\n", b"two\n")
+    gone = JobWhere(job_id="job2", state="SUCCEEDED", attempt=1, provider="local",
+                    folder=None, host="vm", reason=None, region=REGION, ssh=sshd.target)
+    with pytest.raises(UserInputError, match=f"job2-a1.*is not on {sshd.target}.*To fix:"):
+        attempt_source(gone, None)
