@@ -11,7 +11,10 @@ ssh runs in batch mode (never a prompt), with ``ConnectTimeout``, ``ServerAliveI
 and a ControlMaster socket kept ``ControlPersist`` seconds, so a worker's status polls and
 a ``greenplace logs --follow`` reuse one connection per host. Keys, users, jump hosts and
 per-host options come from the worker user's own ssh config and agent; greenplace passes an
-``identity_file`` path through to ``ssh -i`` when set and never reads a key itself.
+``identity_file`` path through to ``ssh -i`` when set and never reads a key itself. A call
+over an open shared connection does not log in again: a changed key or known_hosts entry
+takes effect once that connection has been idle for ``ControlPersist`` seconds (or after
+``ssh -O exit`` with the same ControlPath).
 
 Design choice: ssh's own failures (exit status 255) are classified from its message: a
 refused or timed-out connection is ``HostUnreachable`` (a launch fails over to the next
@@ -252,11 +255,6 @@ class SshHost:
         if isinstance(answer, dict):
             return answer
         raise _remote_failure(self.label, done.returncode, stderr, operation=purpose)
-
-    def close(self) -> None:
-        """Ends the shared connection (``ssh -O exit``), if one is open."""
-        subprocess.run(self.argv()[:-2] + ["-O", "exit", "--", self.target.host.strip("[]")],
-                       capture_output=True, timeout=10, check=False)
 
 
 def _remote_failure(label: str, returncode: int, stderr: str, *,
