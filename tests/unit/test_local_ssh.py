@@ -28,10 +28,8 @@ from greenplace.providers.base import (
     AgentAccess,
     InstanceHandle,
     InstanceState,
-    InstanceStatus,
     JobLaunch,
     Placement,
-    idempotency_key,
 )
 from greenplace.providers.local import LocalProvider, create
 from greenplace.scheduler.exceptions import (
@@ -43,6 +41,8 @@ from greenplace.scheduler.exceptions import (
 )
 from tests.redisproc import free_port
 from tests.sshdproc import SshServer, started
+from tests.unit.test_local_provider import finished, pid_alive
+from tests.unit.test_local_provider import launch as local_launch
 from tests.waiting import wait_for
 
 REGION = "gpu-box"
@@ -87,26 +87,10 @@ def ssh_provider(sshd: SshServer, remote_root: Path, **config: str) -> LocalProv
                    "root": str(remote_root.parent / "here"), "slots": "2", **config})
 
 
-def launch(p: LocalProvider, run: str, *, job_id: str = "job1", attempt: int = 1,
+def launch(p: LocalProvider, run: str, *, job_id: str = "job1",
            placement: Placement = PLACEMENT, agent: AgentAccess | None = None
            ) -> InstanceHandle:
-    job = JobLaunch(job_id=job_id, name="t", run=run, policy="balanced", attempt=attempt,
-                    agent=agent)
-    return p.submit(p.prepare(job, placement),
-                    idempotency_key=idempotency_key(job_id, attempt))
-
-
-def finished(p: LocalProvider, handle: InstanceHandle) -> InstanceStatus:
-    def done() -> InstanceStatus | None:
-        status = p.status(handle)
-        return None if status.state in (InstanceState.PENDING, InstanceState.RUNNING) else status
-
-    return wait_for(done, timeout_s=30, what=f"{handle.instance_id} to end", interval_s=0.1)
-
-
-def pid_alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rpartition(")")[2].split()[0] not in "ZX"
+    return local_launch(p, run, job_id=job_id, placement=placement, agent=agent)
 
 
 def test_a_job_runs_on_the_ssh_host_with_output_exit_code_and_logs(
