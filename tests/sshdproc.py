@@ -42,7 +42,7 @@ def missing_reason() -> str | None:
     return None
 
 
-def started(directory: Path) -> SshServer:
+def started(directory: Path, *, path: str | None = None) -> SshServer:
     """A started server in ``directory``; skips the test with the reason when none can run
     here, or fails it when GREENPLACE_TESTS_REQUIRE_SSHD=1 (.ci/run sets it)."""
     import pytest
@@ -52,7 +52,7 @@ def started(directory: Path) -> SshServer:
         if os.environ.get("GREENPLACE_TESTS_REQUIRE_SSHD") == "1":
             pytest.fail(f"GREENPLACE_TESTS_REQUIRE_SSHD=1 but {reason}")
         pytest.skip(reason)
-    return SshServer(directory).start()
+    return SshServer(directory, path=path).start()
 
 
 def _keygen(path: Path) -> None:
@@ -65,12 +65,13 @@ class SshServer:
     """One sshd in ``directory``; ``settings()`` are the local provider's settings that
     reach it (``host.<region>``, ``ssh_options``, ``identity_file``, ``control_dir``)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, path: str | None = None) -> None:
         self.directory = directory
         self.user = getpass.getuser()
         self.port = free_port()
         self.bin = directory / "bin"
         self.home = directory / "home"  # the logins' HOME: the user's own ~/.bashrc stays out
+        self.path = path or f"{self.bin}:/usr/local/bin:/usr/bin:/bin"  # the logins' PATH
         self.host_key = directory / "host_ed25519"
         self.client_key = directory / "client_ed25519"
         self.known_hosts = directory / "known_hosts"
@@ -105,7 +106,7 @@ class SshServer:
             "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
             "PermitRootLogin prohibit-password", f"AllowUsers {self.user}",
             "MaxSessions 50", "MaxStartups 50:30:100", "LogLevel VERBOSE",
-            f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin HOME={self.home}", ""])
+            f"SetEnv PATH={self.path} HOME={self.home}", ""])
 
     def start(self, *, timeout_s: float = 20.0) -> SshServer:
         """Keys, config, known_hosts entry, then sshd until it sends its banner."""

@@ -370,3 +370,25 @@ def test_logs_of_a_job_read_through_the_api_find_its_host_by_region(
                     folder=None, host="vm", reason=None, region=REGION, ssh=sshd.target)
     with pytest.raises(UserInputError, match=f"job2-a1.*is not on {sshd.target}.*To fix:"):
         attempt_source(gone, None)
+
+
+def test_a_host_without_python3_says_what_to_install(tmp_path: Path) -> None:
+    """The folder operations run there with python3: a host whose logins have none (PATH
+    of the bare tools only) is an invalid request naming what to install."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("bash", "cat", "mv", "sleep"):
+        found = shutil.which(tool)
+        assert found is not None
+        (tools / tool).symlink_to(found)
+    server = started(tmp_path / "sshd", path=str(tools))
+    try:
+        p = create({**server.settings(REGION), "remote_root": str(tmp_path / "remote")})
+        with pytest.raises(InvalidRequestError, match="no python3 on the PATH.*To fix: "
+                                                      "install python3") as exc:
+            p.check_credentials()
+        assert exc.value.code == "RemotePythonMissing"
+        with pytest.raises(InvalidRequestError, match="no python3"):
+            launch(p, "true")
+    finally:
+        server.stop()
