@@ -10,6 +10,7 @@ a test leaves behind is stopped when its case ends.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -92,7 +93,9 @@ def local_case(env: CaseEnv) -> Iterator[AdapterCase]:
 def _sshd(stack: ExitStack) -> SshServer:
     import tempfile
 
-    server = started(Path(tempfile.mkdtemp(prefix="gp-contract-sshd-")))
+    directory = Path(tempfile.mkdtemp(prefix="gp-contract-sshd-"))
+    stack.callback(shutil.rmtree, directory, ignore_errors=True)
+    server = started(directory)
     stack.callback(server.stop)
     (server.bin / "python").write_text(_STAND_IN)  # on the PATH of the host's logins
     (server.bin / "python").chmod(0o755)
