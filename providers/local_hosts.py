@@ -62,7 +62,7 @@ _UNREACHABLE = ("connection refused", "connection timed out", "operation timed o
                 "name or service not known", "temporary failure in name resolution",
                 "network is unreachable", "during banner exchange")
 _CONNECTION_LOST = ("connection reset", "closed by remote host", "connection closed by",
-                    "broken pipe", "server not responding", "connection to ")
+                    "broken pipe", "server not responding")
 _AUTH_REFUSED = ("permission denied", "too many authentication failures")
 _KEY_CHANGED = ("remote host identification has changed",)
 _KEY_UNKNOWN = ("host key verification failed", "host key is known",
@@ -314,6 +314,7 @@ def ssh_error(target: SshTarget, stderr: str, *, operation: str) -> ProviderErro
         cls: type[ProviderError] = CapacityError if operation == "submit" else TransientError
         then = {"submit": "greenplace fails over to the next candidate of the placement",
                 "logs": "run the command again once the host is back",
+                "check_credentials": "check again once the host is back",
                 }.get(operation, "the queue retries")
         return provider_error(
             cls, f"host {target} is unreachable: {text}", provider=NAME, operation=operation,
