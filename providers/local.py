@@ -1,11 +1,12 @@
-"""local: runs jobs for real on the machine the worker runs on.
+"""local: runs jobs for real on the machine the worker runs on, or on declared
+on-premises hosts over SSH.
 
 Each launch attempt gets a working folder ``{root}/{job_id}-a{attempt}`` (the instance
 id) holding everything about it:
 
 ``work/``        the command's working directory (what the job writes lands here)
-``state.json``   what was launched: ids, idempotency key, tags, command, argv, pid,
-                 process group, start time (never the agent token)
+``state.json``   what was launched: ids, idempotency key, tags, command, argv, whether it
+                 runs under the agent, pid, process group, start time (never the agent token)
 ``command.sh``   the job's ``run`` text, run with ``bash`` in ``work/``
 ``pid``          written by the job's wrapper process itself as it starts
 ``stdout.log`` / ``stderr.log``   the job's output (``greenplace logs JOB``)
@@ -16,57 +17,68 @@ id) holding everything about it:
 ``deleted``      written by ``delete()``; logs, summary and ``work/`` stay
 ``groups.json``  the process groups ``delete()`` stops (the agent's command has its own)
 
-The command runs under ``greenplace agent`` (which measures its energy) when this
-greenplace has that command, else directly; either way inside a small bash wrapper that
-records its pid and the exit code. The job's environment is the worker's, less every
-``GREENPLACE_*`` variable (the service's settings, a Redis password among them), plus
-``GREENPLACE_JOB_ID`` and, when the job's agent reports to an API,
-``GREENPLACE_API_URL`` and ``GREENPLACE_AGENT_TOKEN``.
+The folder operations (launch, status, stop, slot count, log reads) live in
+``providers/local_ops.py`` and run on the job's host (``providers/local_hosts.py``): in the
+worker's process for this machine, through ``ssh HOST python3 -`` for a declared host,
+with the same layout under the same kind of root there.
+
+The command runs inside a small bash wrapper that records its pid and the exit code. On
+this machine it runs under ``greenplace agent`` (which measures its energy) when this
+greenplace has that command; on an SSH host, under ``greenplace agent`` when that host has
+``greenplace`` on the PATH of a non-interactive login, else directly, and its status then
+says that nothing was measured. The job's environment is its host's (the worker's, or the
+ssh login's) less every ``GREENPLACE_*`` variable (the service's settings, a Redis password
+among them), plus ``GREENPLACE_JOB_ID`` and, when the job's agent reports to an API,
+``GREENPLACE_API_URL`` and ``GREENPLACE_AGENT_TOKEN`` (sent to an SSH host on ssh's
+standard input, never on a command line, never written to the folder).
 
 Settings (``GREENPLACE_LOCAL_<KEY>``, ``GREENPLACE_LOCAL_SETTINGS`` or the adapter config,
-see ``providers/settings.py``):
+see ``providers/settings.py``; dotted keys only through the JSON or the config):
 
-``root``     the folder of the instance folders; default
-             ``$XDG_STATE_HOME/greenplace/local`` (``~/.local/state/greenplace/local``)
-``slots``    how many jobs may run at once (default 1; 0 takes no job); a launch beyond
-             that is a CapacityError, so the queue fails over to the next candidate
-``grace_s``  how long ``delete()`` waits after SIGTERM before SIGKILL (default 3)
+``root``         this machine's folder of instance folders; default
+                 ``$XDG_STATE_HOME/greenplace/local`` (``~/.local/state/greenplace/local``)
+``slots``        how many jobs may run at once on a host (default 1; 0 takes no job); a
+                 launch beyond that is a CapacityError, so the queue fails over to the next
+                 candidate. ``slots.<region>`` sets one region's host apart
+``grace_s``      how long ``delete()`` waits after SIGTERM before SIGKILL (default 3)
+``host.<region>``  ``user@host[:port]``: the region's jobs run on that host over SSH (user,
+                 port, keys and jump hosts may come from the worker's ~/.ssh/config instead);
+                 a region with no host declared is this machine
+``remote_root``  the root on SSH hosts; default that host's own default root
+``ssh_options``  extra ``ssh`` arguments, split like a shell line (they win over greenplace's
+                 defaults), e.g. ``-F /etc/greenplace/ssh_config``
+``identity_file`` a private key's path handed to ``ssh -i`` (greenplace never reads it);
+                 default: the worker's ssh agent and config
+``connect_timeout_s`` (10), ``control_persist_s`` (60), ``control_dir`` (the ControlMaster
+                 sockets' folder, default ``$XDG_RUNTIME_DIR/greenplace-ssh``)
 
 Design choice: the job is started detached (its own session and process group, reparented
-away from the worker through a launcher that exits at once), and everything ``status()``
-needs is in its folder, so a job survives the worker's task, the worker itself, and a
-worker restart: any new provider object finds it again by its folder. A submit that holds
-the root's lock and finds the folder of its key returns that instance (idempotency), and
-counts live folders against ``slots`` under the same lock, so two workers cannot both take
-the last slot.
+away from the worker, or the ssh session, through a launcher that exits at once), and
+everything ``status()`` needs is in its folder, so a job survives the worker's task, the
+worker itself, a worker restart, and a dropped ssh connection: any new provider object
+finds it again by its folder. A submit that holds the root's lock (on the job's host) and
+finds the folder of its key returns that instance (idempotency), and counts live folders
+against ``slots`` under the same lock, so two workers cannot both take the last slot.
 
-The machine is a "region" of a cloud declared in a catalog overlay
-(``examples/local-overlay.yaml``) and routed here with ``GREENPLACE_PROVIDERS``; placements
-on the embedded clouds (aws, gcp, azure) are refused, as running them here would contradict
-the figures that chose them.
+Each machine is a "region" of a cloud declared in a catalog overlay
+(``examples/local-overlay.yaml``, ``examples/ssh-overlay.yaml``) and routed here with
+``GREENPLACE_PROVIDERS``; placements on the embedded clouds (aws, gcp, azure) are refused,
+as running them here would contradict the figures that chose them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import fcntl
 import getpass
-import json
 import os
 import re
-import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from greenplace.providers import local_ops
 from greenplace.providers.base import (
-    LAUNCH_WAIT_S,
     Feature,
     InstanceHandle,
     InstanceState,
@@ -79,6 +91,15 @@ from greenplace.providers.base import (
     startup_script,
 )
 from greenplace.providers.errors import provider_error
+from greenplace.providers.local_hosts import (
+    Host,
+    SshHost,
+    SshOptions,
+    SshTarget,
+    ThisMachine,
+    parse_target,
+    ssh_options_from,
+)
 from greenplace.providers.settings import merged_settings, number_setting
 from greenplace.scheduler.exceptions import (
     CapacityError,
@@ -89,37 +110,13 @@ from greenplace.scheduler.exceptions import (
 
 NAME = "local"
 EMBEDDED_CLOUDS = ("aws", "gcp", "azure", "local-sim")
-_SETTINGS = frozenset({"root", "slots", "grace_s"})
+_SETTINGS = frozenset({"root", "slots", "grace_s", "remote_root", "ssh_options",
+                       "identity_file", "connect_timeout_s", "control_persist_s",
+                       "control_dir"})
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TOKEN_LINE = re.compile(r"^export GREENPLACE_AGENT_TOKEN='(.*)'$", re.MULTILINE)
-
-STATE, COMMAND, PID, EXIT_CODE = "state.json", "command.sh", "pid", "exit_code"
-STDOUT, STDERR, SUMMARY, DELETED = "stdout.log", "stderr.log", "summary.json", "deleted"
-WORK = "work"
-START_TIMEOUT_S = 60.0  # a wrapper that wrote no pid file by then never started
-GROUPS = "groups.json"
-
-# The job's wrapper ($0 gp-local-job, "$@" the command): records its pid, runs the
-# command, records the exit code. Files are written under a temporary name and renamed,
-# so a reader never sees half a number.
-_WRAPPER = """d=$PWD
-echo $$ > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
-cd work && "$@"
-code=$?
-echo "$code" > "$d/exit_code.tmp" && mv -f "$d/exit_code.tmp" "$d/exit_code"
-exit "$code"
-"""
-# The launcher starts the wrapper in the background and exits, so the wrapper is nobody's
-# child in the worker (no zombie left to reap) yet keeps the launcher's session and group.
-_LAUNCHER = 'w=$1; shift; bash -c "$w" gp-local-job "$@" </dev/null >stdout.log 2>stderr.log &'
-
-
-def default_root(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_STATE_HOME/greenplace/local``, else ``~/.local/state/greenplace/local``."""
-    env = os.environ if environ is None else environ
-    state = env.get("XDG_STATE_HOME", "").strip()
-    base = Path(state) if state else Path.home() / ".local" / "state"
-    return base / "greenplace" / "local"
+START_TIMEOUT_S = local_ops.START_TIMEOUT_S
+default_root = local_ops.default_root
 
 
 def instance_id_of(job_id: str, attempt: int) -> str:
@@ -136,165 +133,11 @@ def agent_available() -> bool:
 
 def job_argv(folder: Path, *, agent: bool) -> list[str]:
     """The command the wrapper runs in ``folder``: the job under the agent, or bare."""
-    bare = ["bash", str(folder / COMMAND)]
+    bare = ["bash", str(folder / local_ops.COMMAND)]
     if not agent:
         return bare
     return [sys.executable, "-m", "greenplace", "agent", "--summary-file",
-            str(folder / SUMMARY), "--", *bare]
-
-
-def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _write_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.lstrip("-").isdigit() else None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state letter, parent pid, process group, start time in clock ticks) from /proc;
-    None when the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rpartition(")")[2].split()
-    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
-
-
-def _has_procfs() -> bool:
-    return Path("/proc/self/stat").exists()
-
-
-def _running() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) of every process that is not a zombie."""
-    out: dict[int, tuple[int, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[0] not in ("Z", "X"):
-                out[int(entry.name)] = (stat[1], stat[2])
-    return out
-
-
-def _alive(pid: int, start_ticks: int | None) -> bool:
-    """Whether ``pid`` runs and is still the process started (not a zombie, not reused)."""
-    if not _has_procfs():  # signal 0 is all we have
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    stat = _proc_stat(pid)
-    if stat is None or stat[0] in ("Z", "X"):
-        return False
-    return start_ticks is None or stat[3] == start_ticks
-
-
-def _job_groups(groups: set[int]) -> set[int]:
-    """``groups`` and the process groups of every descendant of their processes.
-
-    The agent starts the job's command in a session (and group) of its own, so stopping
-    the wrapper's group alone would leave the command running.
-    """
-    if not _has_procfs():
-        return set(groups)
-    running = _running()
-    children: dict[int, list[int]] = {}
-    for child, (parent, _) in running.items():
-        children.setdefault(parent, []).append(child)
-    found, todo = set(groups), [pid for pid, (_, group) in running.items() if group in groups]
-    while todo:
-        current = todo.pop()
-        found.add(running[current][1])
-        todo.extend(children.get(current, ()))
-    return found
-
-
-def _owned(groups: set[int], job_id: str) -> set[int]:
-    """The groups of ``groups`` with a running process of job ``job_id`` (by the
-    ``GREENPLACE_JOB_ID`` in its environment): a recorded group number whose processes
-    all ended may since name an unrelated group, which must never be signalled."""
-    if not _has_procfs():
-        return set(groups)
-    marker = f"GREENPLACE_JOB_ID={job_id}".encode()
-    owned = set()
-    for pid, (_, group) in _running().items():
-        if group in groups and group not in owned:
-            with contextlib.suppress(OSError):
-                if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                    owned.add(group)
-    return owned
-
-
-def _live_groups(groups: set[int]) -> set[int]:
-    """The groups of ``groups`` that still hold a running process (zombies do not count)."""
-    if not _has_procfs():
-        live = set()
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError):
-                try:
-                    os.killpg(group, 0)
-                except PermissionError:
-                    pass
-                live.add(group)
-        return live
-    return groups & {group for _, group in _running().values()}
-
-
-def _signal_groups(groups: set[int], sig: int) -> None:
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, sig)
-
-
-def _stop(groups: set[int], *, grace_s: float) -> set[int]:
-    """SIGTERM the job's processes, SIGKILL what is left after ``grace_s``.
-
-    Returns every group met (those given and their descendants'); none of them holds a
-    running process any more when ``_live_groups`` of it is empty.
-
-    Design choice: the groups are frozen (SIGSTOP) while their descendants are listed and
-    signalled, then resumed (SIGCONT): an agent caught starting the command cannot start
-    it in a new group between the listing and the signal and leave it running.
-    """
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 1.0)):
-        live = _live_groups(groups)
-        _signal_groups(live, signal.SIGSTOP)
-        groups = _job_groups(groups)
-        live = _live_groups(groups)
-        _signal_groups(live, sig)
-        _signal_groups(live, signal.SIGCONT)
-        deadline = time.monotonic() + wait_s
-        while live and time.monotonic() < deadline:
-            time.sleep(0.02)
-            groups = _job_groups(groups)
-            live = _live_groups(groups)
-            _signal_groups(live, sig)  # a group met late gets the same signal
-        if not live:
-            break
-    return groups
+            str(folder / local_ops.SUMMARY), "--", *bare]
 
 
 def agent_token_in(script: str) -> str | None:
@@ -304,41 +147,14 @@ def agent_token_in(script: str) -> str | None:
     return found.group(1).replace("'\"'\"'", "'") if found else None
 
 
-def job_environment(payload: Mapping[str, Any], token: str | None,
-                    environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The job's environment: the worker's less ``GREENPLACE_*``, plus the job's own."""
-    env = {k: v for k, v in (os.environ if environ is None else environ).items()
-           if not k.startswith("GREENPLACE_")}
-    env["GREENPLACE_JOB_ID"] = str(payload["JobId"])
+def job_variables(payload: Mapping[str, Any], token: str | None) -> dict[str, str]:
+    """The variables the job gets on top of its host's environment."""
+    env = {"GREENPLACE_JOB_ID": str(payload["JobId"])}
     api_url = payload.get("AgentApiUrl")
     if api_url and token:
         env["GREENPLACE_API_URL"] = str(api_url)
         env["GREENPLACE_AGENT_TOKEN"] = token
     return env
-
-
-def _summary_exit_code(folder: Path) -> int | None:
-    """The exit code in the agent's summary, written as soon as the command ended."""
-    code = (_read_json(folder / SUMMARY) or {}).get("exit_code")
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
-def _starting(state: Mapping[str, Any]) -> InstanceStatus:
-    """A launch whose wrapper has not recorded its pid: starting, or never started."""
-    try:
-        created = dt.datetime.fromisoformat(str(state.get("created_at")))
-    except ValueError:
-        created = dt.datetime.now(dt.UTC)
-    if (dt.datetime.now(dt.UTC) - created).total_seconds() < START_TIMEOUT_S:
-        return InstanceStatus(state=InstanceState.PENDING, detail="starting")
-    return InstanceStatus(
-        state=InstanceState.LAUNCH_FAILED,
-        detail=f"the job's process did not start within {START_TIMEOUT_S:g} s",
-        error=TransientError(
-            f"the job's process in {state.get('instance_id')} did not start within "
-            f"{START_TIMEOUT_S:g} s. To fix: check the machine's load and process limits; "
-            "greenplace tries again as a new attempt.", provider=NAME, operation="status",
-            code="NeverStarted"))
 
 
 def measured_text(summary: Mapping[str, Any] | None) -> str:
@@ -351,75 +167,129 @@ def measured_text(summary: Mapping[str, Any] | None) -> str:
     return f"; measured {energy_j / 3.6e6:.6g} kWh ({summary.get('method') or 'unlabelled'})"
 
 
+def status_of(answer: Mapping[str, Any], *, where: str) -> InstanceStatus:
+    """The InstanceStatus of a ``local_ops`` status answer from host ``where``."""
+    state = InstanceState(str(answer["state"]))
+    if state is InstanceState.LAUNCH_FAILED:
+        instance = answer.get("instance") or {}
+        return InstanceStatus(state=state, detail=str(answer.get("detail", "")), error=(
+            TransientError(
+                f"the job's process in {instance.get('instance_id')} on {where} did not "
+                f"start within {START_TIMEOUT_S:g} s. To fix: check the machine's load and "
+                "process limits; greenplace tries again as a new attempt.", provider=NAME,
+                operation="status", code=str(answer.get("error_code")))))
+    if state is not InstanceState.EXITED:
+        return InstanceStatus(state=state, detail=str(answer.get("detail", "")))
+    code = int(answer["exit_code"])
+    summary = answer.get("measurement")
+    detail = f"the job's command exited {code}{measured_text(summary)}"
+    if not summary and answer.get("agent") is False:
+        detail += " (run without `greenplace agent`: nothing measured)"
+    return InstanceStatus(state=state, exit_code=code, detail=detail,
+                          measurement=dict(summary) if summary else None)
+
+
 class LocalProvider:
-    """Runs each launch as a detached process group in its own folder. Build with ``create``."""
+    """Runs each launch as a detached process group in its own folder, on this machine or
+    on the SSH host declared for its region. Build with ``create``."""
 
     name = NAME
     # No spot market here, and no boot script run (the command runs directly).
     features = frozenset({Feature.CANCEL, Feature.TAGS, Feature.IDEMPOTENT_SUBMIT})
 
-    def __init__(self, *, root: Path, slots: int, grace_s: float) -> None:
+    def __init__(self, *, root: Path, slots: int, grace_s: float,
+                 hosts: Mapping[str, SshTarget] | None = None,
+                 region_slots: Mapping[str, int] | None = None, remote_root: str = "",
+                 ssh: SshOptions | None = None) -> None:
         self.root = root
         self.slots = slots
         self.grace_s = grace_s
+        self.hosts = dict(hosts or {})
+        self.region_slots = dict(region_slots or {})
+        self.remote_root = remote_root
+        self.ssh = ssh or SshOptions()
         self.host = socket.gethostname()
+        self.this_machine = ThisMachine(root)
 
     # --- plumbing -----------------------------------------------------------------
     def folder(self, instance_id: str) -> Path:
-        """The folder of ``instance_id`` (refusing anything that is not a plain name)."""
-        if not _SAFE_ID.fullmatch(instance_id):
-            raise InvalidRequestError(
-                f"{instance_id!r} is not a local instance id. To fix: use an id that "
-                "`greenplace status` shows for a job of the local provider.",
-                provider=NAME, operation="status", code="InvalidInstanceId")
-        return self.root / instance_id
+        """The folder of ``instance_id`` on this machine (refusing anything that is not
+        a plain name)."""
+        return self.root / _checked_id(instance_id)
 
-    @contextlib.contextmanager
-    def _locked(self, operation: str) -> Iterator[None]:
-        """The root's lock: submits (idempotency and slot count) never interleave."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            handle = (self.root / ".lock").open("a")
-        except OSError as exc:
-            raise provider_error(
-                InvalidRequestError, f"the local root {self.root} is not writable ({exc})",
-                provider=NAME, operation=operation, code="RootUnwritable",
-                fix="point GREENPLACE_LOCAL_ROOT at a folder the worker may write") from exc
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def host_for(self, region: str, *, ssh: str | None = None) -> Host:
+        """The host of ``region``'s jobs; ``ssh``, a handle's recorded target, wins (the
+        job stays where it was launched when the settings change)."""
+        target = parse_target(ssh, setting="the handle's ssh") if ssh else \
+            self.hosts.get(region)
+        if target is None:
+            return self.this_machine
+        return SshHost(target, self.remote_root, self.ssh)
 
-    def _handle(self, state: Mapping[str, Any]) -> InstanceHandle:
+    def _slots(self, region: str) -> int:
+        return self.region_slots.get(region, self.slots)
+
+    def _handle(self, state: Mapping[str, Any], host: Host) -> InstanceHandle:
         instance_id = str(state["instance_id"])
+        folder = str(state.get("dir") or self.root / instance_id)
+        extra = {"dir": folder, "host": str(state.get("host") or self.host)}
+        if host.ssh:
+            extra["ssh"] = host.ssh
         return InstanceHandle(provider=NAME, cloud=str(state["cloud"]),
                               region=str(state["region"]), instance_id=instance_id,
-                              extra={"dir": str(self.root / instance_id),
-                                     "host": str(state.get("host") or self.host)})
+                              extra=extra)
 
-    def _live(self) -> int:
-        """How many instances of the root hold a slot (started or starting, not ended)."""
-        count = 0
-        for folder in self.root.iterdir():
-            state = _read_json(folder / STATE) if folder.is_dir() else None
-            if state is not None and self._status(folder, state).state in (
-                    InstanceState.PENDING, InstanceState.RUNNING):
-                count += 1
-        return count
+    def _host_of(self, handle: InstanceHandle, operation: str) -> Host:
+        """The host of ``handle``: its SSH target, else this machine, which must be the
+        one it was launched on.
+
+        Raises:
+            TransientError: it runs on another machine (a worker there follows it; this
+                one must not report it missing).
+        """
+        _checked_id(handle.instance_id)
+        ssh = handle.extra.get("ssh")
+        if ssh:
+            return self.host_for(handle.region, ssh=ssh)
+        host = handle.extra.get("host")
+        if host and host != self.host:
+            raise TransientError(
+                f"instance {handle.instance_id} runs on host {host}, not on {self.host}. To "
+                "fix: run the workers that serve a local cloud on its machine only.",
+                provider=NAME, operation=operation, code="OtherHost")
+        return self.this_machine
 
     # --- the Provider protocol ------------------------------------------------------
     def check_credentials(self) -> str:
-        """This machine needs no credentials; checks that the root is usable and bash runs."""
-        with self._locked("check_credentials"):
-            pass
-        if shutil.which("bash") is None:
-            raise ConfigError("the local provider runs jobs with bash, which is not on PATH. "
-                              "To fix: install bash on the worker's machine.")
-        agent = "under `greenplace agent`" if agent_available() else "without the agent"
-        return (f"local (no credentials needed): jobs run as {getpass.getuser()} on "
-                f"{self.host} in {self.root}, {self.slots} slot(s), {agent}")
+        """Checks this machine's root, and logs in to every declared host."""
+        lines = [self._probe(self.this_machine, None)]
+        for region in sorted(self.hosts):
+            lines.append(self._probe(self.host_for(region), region))
+        return "; ".join(lines)
+
+    def _probe(self, host: Host, region: str | None) -> str:
+        """One host's line of ``check_credentials`` (``region`` None: this machine)."""
+        answer = host.call("probe", {}, purpose="check_credentials")
+        if answer.get("root_problem"):
+            raise provider_error(
+                InvalidRequestError, f"the local root {answer['root']} on {host.label} is not "
+                f"writable ({answer['root_problem']})", provider=NAME,
+                operation="check_credentials", code="RootUnwritable",
+                fix="point GREENPLACE_LOCAL_ROOT (REMOTE_ROOT for an SSH host) at a folder "
+                    "its user may write")
+        if not answer.get("bash"):
+            raise ConfigError(f"the local provider runs jobs with bash, which is not on the "
+                              f"PATH of {host.label}. To fix: install bash there.")
+        if host.ssh is None:
+            user, agent = getpass.getuser(), agent_available()
+        else:
+            user, agent = str(answer["user"]), bool(answer.get("greenplace"))
+        runs = "under `greenplace agent`" if agent else "without the agent"
+        via = f" over ssh {host.ssh}" if host.ssh else ""
+        what = f"region {region}" if region else "this machine"
+        slots = self.slots if region is None else self._slots(region)
+        return (f"local {what} (no credentials needed): jobs run as {user} on "
+                f"{answer['host']}{via} in {answer['root']}, {slots} slot(s), {runs}")
 
     def prepare(self, job: JobLaunch, placement: Placement) -> LaunchRequest:
         """The launch request: the folder, the command and its environment. Pure.
@@ -448,14 +318,19 @@ class LocalProvider:
                 InvalidRequestError, f"job id {job.job_id!r} cannot name a folder",
                 provider=NAME, operation="prepare", code="InvalidJobId",
                 fix="use job ids of letters, digits, '.', '_' and '-'")
-        folder = self.root / instance_id
-        agent = agent_available()
-        payload: dict[str, Any] = {
-            "InstanceId": instance_id, "Folder": str(folder), "JobId": job.job_id,
-            "JobName": job.name, "Run": job.run, "Agent": agent,
-            "Argv": job_argv(folder, agent=agent),
-            "Accelerators": f"{placement.accelerator_count}x {placement.accelerator}",
-        }
+        target = self.hosts.get(placement.region)
+        payload: dict[str, Any] = {"InstanceId": instance_id, "JobId": job.job_id,
+                                   "JobName": job.name, "Run": job.run}
+        if target is None:
+            folder = self.root / instance_id
+            agent: bool | None = agent_available()
+            payload.update(Folder=str(folder), Agent=agent,
+                           Argv=job_argv(folder, agent=bool(agent)))
+        else:  # that host decides (its root and its greenplace): see local_ops.submit
+            root = self.remote_root or "(its default root)"
+            payload.update(Host=str(target), Folder=f"{target}:{root}/{instance_id}",
+                           Agent=None, Argv=None)
+        payload["Accelerators"] = f"{placement.accelerator_count}x {placement.accelerator}"
         if job.agent is not None:
             payload["AgentApiUrl"] = job.agent.api_url
         return LaunchRequest(
@@ -467,183 +342,122 @@ class LocalProvider:
         """Start the job, or return the instance an earlier submit with this key started.
 
         Raises:
-            CapacityError: every slot is taken (``SlotsFull``).
+            CapacityError: every slot is taken (``SlotsFull``), or the region's SSH host
+                is unreachable (``HostUnreachable``).
+            AuthError: the SSH host refused the login or its host key is not known.
             InvalidRequestError: the key was used for another instance folder, or the
                 folder holds another key's launch (``IdempotentParameterMismatch``).
             TransientError: the process could not be started now.
         """
-        folder = self.root / str(request.payload["InstanceId"])
-        with self._locked("submit"):
-            state = _read_json(folder / STATE)
-            if state is not None:
-                if state.get("idempotency_key") != idempotency_key:
-                    raise InvalidRequestError(
-                        f"instance {folder.name} was launched with another idempotency key. "
-                        "To fix: derive one key per launch attempt.", provider=NAME,
-                        operation="submit", code="IdempotentParameterMismatch")
-                if not (folder / PID).exists() and not (folder / EXIT_CODE).exists() \
-                        and not (folder / DELETED).exists():
-                    self._start(folder, state, request)  # an earlier submit died before it
-                return self._handle(state)
-            live = self._live()
-            if live >= self.slots:
-                raise CapacityError(
-                    f"all {self.slots} local slot(s) of {self.host} are taken ({live} job(s) "
-                    "running). To fix: nothing in the job is wrong; greenplace fails over to "
-                    "the next candidate (raise GREENPLACE_LOCAL_SLOTS to run more at once).",
-                    provider=NAME, operation="submit", code="SlotsFull")
-            (folder / WORK).mkdir(parents=True, exist_ok=True)
-            (folder / COMMAND).write_text(str(request.payload["Run"]) + "\n", encoding="utf-8")
-            state = {
-                "instance_id": folder.name, "job_id": request.tags.get("greenplace:job-id"),
-                "attempt": request.tags.get("greenplace:attempt"),
-                "idempotency_key": idempotency_key, "cloud": request.cloud,
+        payload = request.payload
+        host = self.host_for(request.region, ssh=payload.get("Host"))
+        slots = self._slots(request.region)
+        answer = host.call("submit", {
+            "instance_id": str(payload["InstanceId"]), "idempotency_key": idempotency_key,
+            "run": payload["Run"], "argv": payload.get("Argv"), "agent": payload.get("Agent"),
+            "env": job_variables(payload, agent_token_in(request.startup_script)),
+            "slots": slots, "state": {
+                "job_id": request.tags.get("greenplace:job-id"),
+                "attempt": request.tags.get("greenplace:attempt"), "cloud": request.cloud,
                 "region": request.region, "instance_type": request.instance_type,
-                "tags": request.tags, "command": request.payload["Run"],
-                "argv": request.payload["Argv"], "host": self.host,
-                "created_at": _now_iso(), "pid": None, "pgid": None, "start_ticks": None,
-            }
-            _write_atomic(folder / STATE, json.dumps(state, indent=2))
-            self._start(folder, state, request)
-            return self._handle(state)
-
-    def _start(self, folder: Path, state: dict[str, Any], request: LaunchRequest) -> None:
-        """Launch the wrapper detached, wait for its pid file, record pid and group."""
-        env = job_environment(request.payload, agent_token_in(request.startup_script))
-        try:
-            launcher = subprocess.Popen(
-                ["bash", "-c", _LAUNCHER, "gp-local-launch", _WRAPPER, *state["argv"]],
-                cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-            launcher.wait(timeout=LAUNCH_WAIT_S)
-        except FileNotFoundError as exc:
+                "tags": request.tags, "command": payload["Run"]}}, purpose="submit")
+        outcome = answer["outcome"]
+        if outcome in ("started", "found"):
+            return self._handle(answer["state"], host)
+        where = self.host if host.ssh is None else host.label
+        if outcome == "SlotsFull":
+            raise CapacityError(
+                f"all {slots} local slot(s) of {where} are taken ({answer['live']} job(s) "
+                "running). To fix: nothing in the job is wrong; greenplace fails over to "
+                "the next candidate (raise GREENPLACE_LOCAL_SLOTS to run more at once).",
+                provider=NAME, operation="submit", code="SlotsFull")
+        if outcome == "IdempotentParameterMismatch":
+            raise InvalidRequestError(
+                f"instance {payload['InstanceId']} was launched with another idempotency "
+                "key. To fix: derive one key per launch attempt.", provider=NAME,
+                operation="submit", code="IdempotentParameterMismatch")
+        if outcome == "RootUnwritable":
+            raise provider_error(
+                InvalidRequestError, f"the local root on {where} is not writable "
+                f"({answer.get('error')})", provider=NAME, operation="submit",
+                code="RootUnwritable",
+                fix="point GREENPLACE_LOCAL_ROOT (REMOTE_ROOT for an SSH host) at a folder "
+                    "its user may write")
+        if outcome == "BashMissing":
             raise provider_error(
                 InvalidRequestError, f"the local provider runs jobs with bash, which is not "
-                f"on the worker's PATH ({exc})", provider=NAME, operation="submit",
-                code="BashMissing", fix="install bash on the worker's machine") from exc
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise TransientError(
-                f"could not start the job's process in {folder}: {exc}. To fix: check the "
-                "machine's process limits and free memory; the queue retries.",
-                provider=NAME, operation="submit", code="SpawnFailed") from exc
-        deadline = time.monotonic() + LAUNCH_WAIT_S
-        pid = _read_int(folder / PID)
-        while pid is None and time.monotonic() < deadline and not (folder / EXIT_CODE).exists():
-            time.sleep(0.01)
-            pid = _read_int(folder / PID)
-        stat = _proc_stat(pid) if pid is not None else None
-        state.update(pid=pid, pgid=launcher.pid,
-                     start_ticks=stat[3] if stat is not None else None)
-        _write_atomic(folder / STATE, json.dumps(state, indent=2))
-
-    def _here(self, handle: InstanceHandle, operation: str) -> Path:
-        """The folder of ``handle``, which must have been launched on this host.
-
-        Raises:
-            TransientError: it runs on another host (a worker there follows it; this one
-                must not report it missing).
-        """
-        host = handle.extra.get("host")
-        if host and host != self.host:
-            raise TransientError(
-                f"instance {handle.instance_id} runs on host {host}, not on {self.host}. To "
-                "fix: run the workers that serve a local cloud on its machine only.",
-                provider=NAME, operation=operation, code="OtherHost")
-        return self.folder(handle.instance_id)
+                f"on the PATH of {where}", provider=NAME, operation="submit",
+                code="BashMissing", fix=f"install bash on {where}")
+        raise TransientError(
+            f"could not start the job's process of {payload['InstanceId']} on {where}. To "
+            "fix: check the machine's process limits and free memory; the queue retries.",
+            provider=NAME, operation="submit", code=str(outcome))
 
     def status(self, handle: InstanceHandle) -> InstanceStatus:
-        folder = self._here(handle, "status")
-        state = _read_json(folder / STATE)
-        if state is None:
+        host = self._host_of(handle, "status")
+        answer = host.call("status", {"instance_id": handle.instance_id}, purpose="status")
+        if answer["state"] == "missing" and host.ssh:
             return InstanceStatus(state=InstanceState.MISSING,
-                                  detail=f"no folder {folder} on {self.host}")
-        return self._status(folder, state)
-
-    def _status(self, folder: Path, state: Mapping[str, Any]) -> InstanceStatus:
-        if (folder / DELETED).exists():
-            return InstanceStatus(state=InstanceState.TERMINATED, detail="deleted on request")
-        code = _read_int(folder / EXIT_CODE)
-        if code is None:
-            code = _summary_exit_code(folder)  # the agent may still deliver its report
-        if code is None:
-            pid = _read_int(folder / PID)
-            if pid is None:
-                return _starting(state)
-            ticks = state.get("start_ticks") if state.get("pid") == pid else None
-            if _alive(pid, ticks if isinstance(ticks, int) else None):
-                return InstanceStatus(state=InstanceState.RUNNING, detail=f"pid {pid}")
-            code = _read_int(folder / EXIT_CODE)  # it may have ended since the first read
-            if code is None:
-                return InstanceStatus(
-                    state=InstanceState.FAILED,
-                    detail=f"process {pid} ended without recording an exit code (killed "
-                           "with its wrapper, or the machine restarted)")
-        summary = _read_json(folder / SUMMARY)
-        return InstanceStatus(state=InstanceState.EXITED, exit_code=code,
-                              detail=f"the job's command exited {code}{measured_text(summary)}",
-                              measurement=dict(summary) if summary else None)
+                                  detail=f"{answer.get('detail')} (over ssh {host.ssh})")
+        return status_of(answer, where=host.label)
 
     def list_managed(self, region: str) -> list[ManagedInstance]:
-        """Every instance folder of the root in ``region`` that was not deleted."""
+        """Every instance folder of ``region``'s host in ``region`` that was not deleted."""
+        host = self.host_for(region)
+        answer = host.call("list", {"region": region}, purpose="list_managed")
         out: list[ManagedInstance] = []
-        if not self.root.is_dir():
-            return out
-        for folder in sorted(self.root.iterdir()):
-            state = _read_json(folder / STATE) if folder.is_dir() else None
-            if state is None or state.get("region") != region or (folder / DELETED).exists():
-                continue
+        for item in answer["instances"]:
+            state = item["instance"]
             attempt = str(state.get("attempt") or "")
             out.append(ManagedInstance(
-                handle=self._handle(state), job_id=state.get("job_id") or None,
+                handle=self._handle(state, host), job_id=state.get("job_id") or None,
                 attempt=int(attempt) if attempt.isdigit() else None,
-                status=self._status(folder, state)))
+                status=status_of(item, where=host.label)))
         return out
 
     def delete(self, handle: InstanceHandle) -> bool:
         """Stop the job's processes (SIGTERM, SIGKILL after ``grace_s``) and mark the folder
-        deleted; its logs and summary stay. True once no process of the job runs.
+        deleted; its logs and summary stay. True once no process of the job runs."""
+        host = self._host_of(handle, "delete")
+        answer = host.call("delete", {"instance_id": handle.instance_id,
+                                      "grace_s": self.grace_s}, purpose="delete")
+        return bool(answer["done"])
 
-        Design choice: an agent that outlives its command only to deliver the final report
-        (the API is down) is left to finish on its own, bounded by its flush timeout: its
-        command has ended, and stopping it would delay the report to the next agent run.
-        """
-        folder = self._here(handle, "delete")
-        state = _read_json(folder / STATE)
-        if state is None or (folder / DELETED).exists():
-            return True
-        pid = _read_int(folder / PID)
-        stat = _proc_stat(pid) if pid is not None else None
-        wrapper_group = state.get("pgid") if isinstance(state.get("pgid"), int) else (
-            stat[2] if stat is not None else None)
-        known = _read_json(folder / GROUPS) or {}
-        groups = {g for g in known.get("groups", []) if isinstance(g, int)}
-        if wrapper_group is not None:
-            groups.add(wrapper_group)
-        groups = _job_groups(_owned(groups, str(state.get("job_id"))))
-        if _summary_exit_code(folder) is not None and not (folder / EXIT_CODE).exists():
-            groups.discard(wrapper_group)  # the agent delivering its report, and its wrapper
-        met = _stop(groups, grace_s=self.grace_s) if _live_groups(groups) else groups
-        if met - set(known.get("groups", [])):
-            _write_atomic(folder / GROUPS, json.dumps({"groups": sorted(met)}))
-        if _live_groups(met):
-            return False
-        if not (folder / DELETED).exists():
-            _write_atomic(folder / DELETED, _now_iso() + "\n")
-        return True
+
+def _checked_id(instance_id: str) -> str:
+    if not _SAFE_ID.fullmatch(instance_id):
+        raise InvalidRequestError(
+            f"{instance_id!r} is not a local instance id. To fix: use an id that "
+            "`greenplace status` shows for a job of the local provider.",
+            provider=NAME, operation="status", code="InvalidInstanceId")
+    return instance_id
+
+
+def _whole(settings: Mapping[str, str], key: str, default: int) -> int:
+    value = number_setting("local", settings, key, default, minimum=0)
+    if value != int(value):
+        raise ConfigError(f"local {key} {settings[key]!r} is not a whole number. To fix: "
+                          "set it to how many jobs may run at once.")
+    return int(value)
 
 
 def create(config: Mapping[str, str]) -> LocalProvider:
     """The registry factory: settings from ``config`` and ``GREENPLACE_LOCAL_*``.
 
     Raises:
-        ConfigError: a slot count or grace that is not a number in range.
+        ConfigError: a slot count or grace that is not a number in range, a host that is
+            not ``user@host[:port]``, or ssh options that do not parse.
     """
     settings = merged_settings("LOCAL", config, os.environ, from_env=_SETTINGS.__contains__)
-    slots = number_setting("local", settings, "slots", 1, minimum=0)
-    if slots != int(slots):
-        raise ConfigError(f"local slots {settings['slots']!r} is not a whole number. To fix: "
-                          "set GREENPLACE_LOCAL_SLOTS to how many jobs may run at once.")
+    slots = _whole(settings, "slots", 1)
     grace_s = number_setting("local", settings, "grace_s", 3.0, minimum=0)
+    hosts = {key.removeprefix("host."): parse_target(value, setting=key)
+             for key, value in settings.items() if key.startswith("host.") and value}
+    region_slots = {key.removeprefix("slots."): _whole(settings, key, slots)
+                    for key in settings if key.startswith("slots.")}
     root = settings.get("root")
     return LocalProvider(root=Path(root).expanduser() if root else default_root(),
-                         slots=int(slots), grace_s=min(grace_s, LAUNCH_WAIT_S))
+                         slots=slots, grace_s=min(grace_s, local_ops.LAUNCH_WAIT_S),
+                         hosts=hosts, region_slots=region_slots,
+                         remote_root=settings.get("remote_root", ""),
+                         ssh=ssh_options_from(settings) if hosts else None)

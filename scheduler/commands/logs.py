@@ -1,4 +1,5 @@
-"""``greenplace logs``: the output of a job the ``local`` provider ran on this machine.
+"""``greenplace logs``: the output of a job the ``local`` provider ran, on this machine
+or on a declared SSH host.
 
 The job record (Redis, or the API when ``GREENPLACE_API_URL`` is set) says where the job
 ran; its instance folder (``providers/local.py``) holds ``stdout.log`` and ``stderr.log``,
@@ -6,22 +7,29 @@ printed to this command's stdout and stderr. ``--follow`` keeps printing what is
 until the job reaches a final state.
 
 Design choice: the logs are read from the folder, not shipped through Redis or the API:
-they can be large, and the folder is where the job wrote them. So the command runs on the
-machine that ran the job, and says which machine that is when run anywhere else.
+they can be large, and the folder is where the job wrote them. A folder on an SSH host is
+read there over ssh (the ``logs`` operation of ``providers/local_ops.py``, through the
+shared connection while following), with the ssh settings of this machine's local
+provider; a folder of this machine is read directly, so the command runs on the machine
+that ran the job, and says which machine that is when run anywhere else.
 """
 
 from __future__ import annotations
 
+import base64
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
 from greenplace.scheduler.exceptions import UserInputError
+
+if TYPE_CHECKING:
+    from greenplace.providers.local_hosts import Host
 
 FOLLOW_INTERVAL_S = 0.5
 _FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "UNSCHEDULABLE"})
@@ -38,6 +46,8 @@ class JobWhere:
     folder: Path | None  # the latest attempt's instance folder, when launched locally
     host: str | None
     reason: str | None
+    region: str | None = None
+    ssh: str | None = None  # the SSH target of a job launched on a declared host
 
 
 def _from_store(job_id: str) -> Callable[[], JobWhere]:
@@ -56,7 +66,9 @@ def _from_store(job_id: str) -> Callable[[], JobWhere]:
                         folder=_folder_of(handle.instance_id, handle.extra.get("dir"))
                         if handle else None,
                         host=handle.extra.get("host") if handle else None,
-                        reason=record.reason or None)
+                        reason=record.reason or None,
+                        region=handle.region if handle else None,
+                        ssh=handle.extra.get("ssh") if handle else None)
 
     return read
 
@@ -74,7 +86,7 @@ def _from_api(job_id: str) -> Callable[[], JobWhere] | None:
         return JobWhere(job_id=job_id, state=str(view["state"]),
                         attempt=int(view.get("attempts") or 0), provider=view.get("provider"),
                         folder=_folder_of(instance, None) if instance else None, host=None,
-                        reason=view.get("reason"))
+                        reason=view.get("reason"), region=view.get("region"))
 
     return read
 
@@ -88,53 +100,80 @@ def _folder_of(instance_id: str, recorded: str | None) -> Path:
     return create({}).folder(instance_id)
 
 
-def attempt_folder(job: JobWhere, attempt: int | None) -> Path:
-    """The folder of ``attempt`` (default: the latest) of a job the local provider ran.
+def attempt_source(job: JobWhere, attempt: int | None) -> tuple[Host, str]:
+    """The host and instance id of ``attempt`` (default: the latest) of a job the local
+    provider ran.
 
     Raises:
-        UserInputError: the job ran elsewhere, has no such attempt, or its folder is not on
-            this machine.
+        UserInputError: the job ran elsewhere, has no such attempt, or its folder is not
+            on its host (on this machine, for a job that ran here).
     """
     if job.provider != "local":
         raise UserInputError(
             f"Job {job.job_id} ran on the {job.provider} provider; `greenplace logs` shows only "
             "jobs of the local provider, whose output stays on the machine that ran them. "
             "To fix: read that cloud's own logs of the instance `greenplace status` names.")
-    assert job.folder is not None
-    folder = job.folder
-    if attempt is not None and attempt != job.attempt:
-        if attempt > job.attempt:
-            raise UserInputError(f"Job {job.job_id} made {job.attempt} launch attempt(s), so it "
-                                 f"has no attempt {attempt}. To fix: give --attempt 1 to "
-                                 f"{job.attempt}.")
-        folder = folder.parent / f"{job.job_id}-a{attempt}"
-    if not (folder / "state.json").exists():
+    if attempt is not None and attempt > job.attempt:
+        raise UserInputError(f"Job {job.job_id} made {job.attempt} launch attempt(s), so it "
+                             f"has no attempt {attempt}. To fix: give --attempt 1 to "
+                             f"{job.attempt}.")
+    instance_id = f"{job.job_id}-a{attempt or job.attempt}"
+    host = _host_of(job)
+    if not host.call("logs", {"instance_id": instance_id, "offsets": {}},
+                     purpose="logs")["exists"]:
+        if host.ssh:
+            raise UserInputError(
+                f"The folder of job {job.job_id} ({instance_id}) is not on {host.ssh}: it "
+                "was removed, or the host's remote root changed. To fix: set "
+                "GREENPLACE_LOCAL_REMOTE_ROOT as the job's worker had it.")
         where = f"on {job.host}" if job.host else "elsewhere"
+        assert job.folder is not None
         raise UserInputError(
-            f"The folder of job {job.job_id} ({folder}) is not on this machine: the attempt "
-            f"ran {where}, on another provider, or its folder was removed. To fix: run "
-            "`greenplace logs` on the machine that ran the job (with the same "
-            "GREENPLACE_LOCAL_ROOT as its worker).")
-    return folder
+            f"The folder of job {job.job_id} ({job.folder.parent / instance_id}) is not on "
+            f"this machine: the attempt ran {where}, on another provider, or its folder was "
+            "removed. To fix: run `greenplace logs` on the machine that ran the job (with "
+            "the same GREENPLACE_LOCAL_ROOT as its worker).")
+    return host, instance_id
 
 
-class _Tail:
-    """Copies what a file gained since the last call to a binary stream."""
+def _host_of(job: JobWhere) -> Host:
+    """Where the job's folders are: its recorded SSH target, else the SSH host this
+    machine's settings declare for its region (a job read through the API), else here."""
+    from greenplace.providers.local import create
+    from greenplace.providers.local_hosts import ThisMachine
 
-    def __init__(self, path: Path, out: BinaryIO) -> None:
-        self.path, self.out, self.offset = path, out, 0
+    if job.ssh or (job.host is None and job.region):
+        provider = create({})
+        if job.ssh or job.region in provider.hosts:
+            return provider.host_for(job.region or "", ssh=job.ssh)
+    assert job.folder is not None
+    return ThisMachine(job.folder.parent)
+
+
+class _Tails:
+    """Copies what the attempt's output files gained since the last call to binary
+    streams (``stdout.log`` and ``stderr.log``), one host call per round."""
+
+    def __init__(self, host: Host, instance_id: str, outs: Mapping[str, BinaryIO]) -> None:
+        self.host, self.instance_id, self.outs = host, instance_id, dict(outs)
+        self.offsets = dict.fromkeys(self.outs, 0)
 
     def pump(self) -> None:
-        try:
-            with self.path.open("rb") as file:
-                file.seek(self.offset)
-                chunk = file.read()
-        except FileNotFoundError:
-            return
-        if chunk:
-            self.offset += len(chunk)
-            self.out.write(chunk)
-            self.out.flush()
+        """Copy everything gained so far (in chunks of ``LOG_CHUNK_BYTES``)."""
+        from greenplace.providers.local_ops import LOG_CHUNK_BYTES
+
+        more = True
+        while more:
+            answer = self.host.call("logs", {"instance_id": self.instance_id,
+                                             "offsets": self.offsets}, purpose="logs")
+            more = False
+            for name, text in answer["chunks"].items():
+                chunk = base64.b64decode(text)
+                if chunk:
+                    self.offsets[name] += len(chunk)
+                    self.outs[name].write(chunk)
+                    self.outs[name].flush()
+                    more = more or len(chunk) >= LOG_CHUNK_BYTES
 
 
 def _launched(read: Callable[[], JobWhere], *, follow: bool) -> JobWhere:
@@ -162,18 +201,16 @@ def logs_cmd(job_id: str, follow: bool, attempt: int | None) -> None:
     """Print JOB_ID's stdout and stderr (jobs the local provider ran on this machine)."""
     read = _from_api(job_id) or _from_store(job_id)
     job = _launched(read, follow=follow)
-    folder = attempt_folder(job, attempt)
-    tails = [_Tail(folder / "stdout.log", sys.stdout.buffer),
-             _Tail(folder / "stderr.log", sys.stderr.buffer)]
-    for tail in tails:
-        tail.pump()
+    host, instance_id = attempt_source(job, attempt)
+    tails = _Tails(host, instance_id, {"stdout.log": sys.stdout.buffer,
+                                       "stderr.log": sys.stderr.buffer})
+    tails.pump()
     if not follow or (attempt is not None and attempt != job.attempt):
         return
     try:
         while job.state not in _FINAL:
             time.sleep(FOLLOW_INTERVAL_S)
-            for tail in tails:
-                tail.pump()
+            tails.pump()
             latest = read()
             if latest.attempt != job.attempt:
                 click.echo(f"greenplace: job {job_id} moved on to launch attempt "
@@ -183,5 +220,4 @@ def logs_cmd(job_id: str, follow: bool, attempt: int | None) -> None:
             job = latest
     except KeyboardInterrupt:
         pass
-    for tail in tails:
-        tail.pump()
+    tails.pump()

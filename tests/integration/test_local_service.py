@@ -1,8 +1,10 @@
 """The `local` provider end to end: a real worker and beat run examples/local-jobs.yaml on
-this machine (no cloud, not even the simulated one), and `greenplace logs` shows the output."""
+this machine (no cloud, not even the simulated one), or on a declared SSH host (a private
+sshd), and `greenplace logs` shows the output."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,10 +15,12 @@ import pytest
 from greenplace.providers.local import create
 from greenplace.scheduler.store import JobRecord, JobState
 from tests.integration.conftest import REPO, Service, wait_for
+from tests.sshdproc import SshServer, started
 
 pytestmark = pytest.mark.integration
 S = JobState
 JOBS = REPO / "examples" / "local-jobs.yaml"
+SSH_REGION = "lab-gpu-01"  # examples/ssh-overlay.yaml
 
 
 @pytest.fixture
@@ -113,3 +117,60 @@ def test_under_the_agent_the_measured_energy_reaches_the_job_record(
     assert (failed.state, failed.exit_code, failed.agent_exit_code) == (S.FAILED, 3, 3)
     assert ok.measured_energy_kwh is not None and ok.measured_energy_kwh > 0
     assert ok.measurement is not None and ok.measurement["method"]
+
+
+@pytest.fixture
+def ssh_service(local_service: Service, tmp_path: Path) -> Iterator[tuple[Service, SshServer]]:
+    """The service with examples/ssh-overlay.yaml: its region lab-gpu-01 is a private sshd
+    (tests/sshdproc.py) whose logins have `greenplace` on PATH, so jobs run under the agent."""
+    sshd = started(tmp_path / "sshd")
+    (sshd.bin / "greenplace").symlink_to(Path(sys.executable).parent / "greenplace")
+    remote_root = tmp_path / "remote"
+    settings = {**sshd.settings(SSH_REGION), "remote_root": str(remote_root)}
+    local_service.env.update({
+        "GREENPLACE_CATALOG_OVERLAY": str(REPO / "examples" / "ssh-overlay.yaml"),
+        "GREENPLACE_LOCAL_SETTINGS": json.dumps(settings),
+    })
+    try:
+        yield local_service, sshd
+    finally:
+        leftover = create({**settings, "grace_s": "0.5"})
+        for managed in leftover.list_managed(SSH_REGION):
+            leftover.delete(managed.handle)
+        local_service.stop_all()
+        sshd.stop()
+
+
+def test_jobs_run_on_a_declared_ssh_host_and_logs_follow_them_over_ssh(
+        ssh_service: tuple[Service, SshServer], tmp_path: Path) -> None:
+    """A worker launches examples/local-jobs.yaml on the SSH host of examples/ssh-overlay.yaml,
+    reconcile follows them there to their exit codes and reads the agent's summary back,
+    and `greenplace logs --follow` tails the output over ssh."""
+    service, sshd = ssh_service
+    service.start_worker()
+    service.start_beat()
+    compute, fail = service.submit(JOBS)
+    follow = subprocess.Popen([sys.executable, "-m", "greenplace", "logs", compute, "--follow"],
+                              cwd=REPO, env=service.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        records = service.wait_states([compute, fail], {S.SUCCEEDED, S.FAILED}, timeout_s=120)
+        followed, follow_err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    by_id = {r.job_id: r for r in records}
+    assert (by_id[compute].state, by_id[compute].exit_code) == (S.SUCCEEDED, 0)
+    assert (by_id[fail].state, by_id[fail].exit_code) == (S.FAILED, 3)
+    for record in records:
+        assert record.handle is not None and record.handle.extra["ssh"] == sshd.target
+        assert record.handle.region == SSH_REGION
+    assert follow.returncode == 0, follow_err
+    assert followed.startswith("computed ") and followed.endswith(" iterations\n")
+    remote = tmp_path / "remote" / f"{compute}-a1"
+    assert (remote / "stdout.log").read_text() == followed  # the folder is on the host
+    assert not (tmp_path / "state" / "greenplace" / "local").exists()  # nothing ran here
+    rows = {r["job_id"]: r for r in service.cli_json("status")}
+    for job_id in (compute, fail):
+        assert rows[job_id]["energy_kwh_measured"] > 0 and rows[job_id]["measurement_method"]
+    shown = service.cli("logs", fail)
+    assert (shown.returncode, shown.stdout) == (0, "about to fail\n"), shown.stderr

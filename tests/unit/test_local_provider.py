@@ -68,10 +68,11 @@ def provider(root: Path, **config: str) -> LocalProvider:
 
 
 def launch(p: LocalProvider, run: str, *, job_id: str = "job1", attempt: int = 1,
-           agent: AgentAccess | None = None) -> InstanceHandle:
+           agent: AgentAccess | None = None, placement: Placement = PLACEMENT
+           ) -> InstanceHandle:
     job = JobLaunch(job_id=job_id, name="t", run=run, policy="balanced", attempt=attempt,
                     agent=agent)
-    return p.submit(p.prepare(job, PLACEMENT), idempotency_key=idempotency_key(job_id, attempt))
+    return p.submit(p.prepare(job, placement), idempotency_key=idempotency_key(job_id, attempt))
 
 
 def finished(p: LocalProvider, handle: InstanceHandle) -> InstanceStatus:

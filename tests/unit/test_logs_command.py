@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from greenplace.scheduler.commands.logs import JobWhere, _launched, _Tail, attempt_folder
+from greenplace.providers.local_hosts import ThisMachine
+from greenplace.scheduler.commands.logs import JobWhere, _launched, _Tails, attempt_source
 from greenplace.scheduler.exceptions import UserInputError
 
 
@@ -24,18 +25,18 @@ def test_the_latest_or_the_asked_attempts_folder(tmp_path: Path) -> None:
         (tmp_path / f"j1-a{attempt}").mkdir()
         (tmp_path / f"j1-a{attempt}" / "state.json").write_text("{}")
     job = where(tmp_path)
-    assert attempt_folder(job, None) == tmp_path / "j1-a2"
-    assert attempt_folder(job, 1) == tmp_path / "j1-a1"
+    assert attempt_source(job, None) == (ThisMachine(tmp_path), "j1-a2")
+    assert attempt_source(job, 1) == (ThisMachine(tmp_path), "j1-a1")
     with pytest.raises(UserInputError, match="made 2 launch attempt.*no attempt 3"):
-        attempt_folder(job, 3)
+        attempt_source(job, 3)
 
 
 def test_jobs_of_other_providers_or_machines_are_refused_with_where_they_ran(
         tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="ran on the aws provider.*To fix:"):
-        attempt_folder(where(tmp_path, provider="aws", folder=None), None)
+        attempt_source(where(tmp_path, provider="aws", folder=None), None)
     with pytest.raises(UserInputError, match="ran on gpu-box.*To fix: run `greenplace logs`"):
-        attempt_folder(where(tmp_path), None)
+        attempt_source(where(tmp_path), None)
 
 
 def test_a_job_not_launched_yet_needs_follow_and_one_that_never_will_says_why(
@@ -49,14 +50,31 @@ def test_a_job_not_launched_yet_needs_follow_and_one_that_never_will_says_why(
         _launched(lambda: never, follow=True)
 
 
-def test_a_tail_prints_only_what_the_file_gained(tmp_path: Path) -> None:
-    path, out = tmp_path / "stdout.log", io.BytesIO()
-    tail = _Tail(path, out)
+def test_a_tail_prints_only_what_the_files_gained(tmp_path: Path) -> None:
+    folder = tmp_path / "j1-a1"
+    folder.mkdir()
+    (folder / "state.json").write_text("{}")
+    path, out, err = folder / "stdout.log", io.BytesIO(), io.BytesIO()
+    tail = _Tails(ThisMachine(tmp_path), "j1-a1", {"stdout.log": out, "stderr.log": err})
     tail.pump()  # no file yet: nothing
     path.write_bytes(b"one\n")
+    (folder / "stderr.log").write_bytes(b"warn\n")
     tail.pump()
     with path.open("ab") as file:
         file.write(b"two\xff\n")  # bytes as written, not decoded
     tail.pump()
     tail.pump()
-    assert out.getvalue() == b"one\ntwo\xff\n"
+    assert (out.getvalue(), err.getvalue()) == (b"one\ntwo\xff\n", b"warn\n")
+
+
+def test_a_tail_copies_a_file_larger_than_one_answer_whole(tmp_path: Path) -> None:
+    from greenplace.providers.local_ops import LOG_CHUNK_BYTES
+
+    folder = tmp_path / "j1-a1"
+    folder.mkdir()
+    (folder / "state.json").write_text("{}")
+    data = bytes(range(256)) * (LOG_CHUNK_BYTES // 256 * 2 + 3)
+    (folder / "stdout.log").write_bytes(data)
+    out = io.BytesIO()
+    _Tails(ThisMachine(tmp_path), "j1-a1", {"stdout.log": out}).pump()
+    assert out.getvalue() == data
