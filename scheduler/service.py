@@ -83,7 +83,8 @@ def dry_run_rows(jobs: Sequence[Job], settings: Settings, *,
     from greenplace.scheduler.dispatch import Providers, plan
     from greenplace.scheduler.placement import Placer
 
-    launches = plan(jobs, placer=Placer(load_catalog(), routes=settings.providers),
+    launches = plan(jobs, placer=Placer(load_catalog(), routes=settings.providers,
+                                        price_max_age_days=settings.price_max_age_days),
                     providers=Providers(settings), now=now)
     rows = []
     for launch in launches:

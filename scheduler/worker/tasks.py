@@ -52,6 +52,7 @@ from greenplace.scheduler.dispatch import (
     Followup,
     Outcome,
     attribute_job,
+    current,
     dispatch_job,
     place_and_dispatch,
     reconcile,
@@ -77,12 +78,15 @@ _CONTEXTS: dict[tuple[int, int], Context] = {}
 
 
 def context(app: Celery) -> Context:
-    """This process's Context (store, providers, placer), built on first use after fork."""
+    """This process's Context (store, providers, placer), built on first use after fork and
+    rebuilt on the new figures when a price refresh changed the catalog."""
     key = (os.getpid(), id(app))
     found = _CONTEXTS.get(key)
     if found is None:
         settings = settings_of(app)
         found = _CONTEXTS[key] = Context.build(settings, open_store(settings))
+    else:
+        found = _CONTEXTS[key] = current(found)
     return found
 
 
