@@ -14,7 +14,7 @@ import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -32,7 +32,6 @@ from greenplace.scheduler.output import FORMATS, fmt, print_json, print_rows
 
 if TYPE_CHECKING:
     from greenplace.scheduler.catalog.refresh.run import CloudOutcome
-    from greenplace.scheduler.catalog.refresh.store import PricesDocument
 
 _output = click.option("--output", "-o", type=click.Choice(FORMATS), default="table",
                        show_default=True, help="table for people, json or csv for machines")
@@ -186,38 +185,6 @@ def _age(seconds: float) -> str:
     return f"{int(seconds // 86400)} days"
 
 
-def show_rows(embedded: Catalog, document: PricesDocument, *, now: dt.datetime
-              ) -> list[dict[str, Any]]:
-    """Per cloud: where its prices come from, how old they are, and its last failure."""
-    rows = []
-    for cloud in CLOUDS:
-        section = document.sections.get(cloud)
-        prices = section.prices if section is not None else None
-        failure = section.last_failure if section is not None else None
-        if prices is None or section is None:
-            own = [o for o in embedded.offers if o.cloud == cloud]
-            as_of = max((o.as_of for o in own), default="")
-            age = (now.date() - dt.date.fromisoformat(as_of)).days * 86400.0 if as_of else None
-            row: dict[str, Any] = {
-                "cloud": cloud, "source": f"embedded catalog, as_of {as_of}",
-                "fetched_at": None, "oldest_region_at": None, "age_s": age,
-                "offers": len(own), "regions": len({o.region for o in own}),
-                "not_enabled": [], "skipped": 0}
-        else:
-            oldest = min(section.priced_at.values(), default=prices.fetched_at)
-            row = {"cloud": cloud, "source": prices.source,
-                   "fetched_at": prices.fetched_at.isoformat(),
-                   "oldest_region_at": oldest.isoformat(),
-                   "age_s": round((now - oldest).total_seconds(), 1),
-                   "offers": len(prices.offers), "regions": len(prices.regions),
-                   "not_enabled": list(prices.not_enabled), "skipped": len(prices.skipped)}
-        row["last_failure"] = None if failure is None else {
-            "at": failure.at.isoformat(), "outcome": failure.outcome,
-            "message": failure.message}
-        rows.append(row)
-    return rows
-
-
 @catalog_group.command("show")
 @_output
 def show_cmd(output: str) -> None:
@@ -225,10 +192,11 @@ def show_cmd(output: str) -> None:
 
     A cloud never refreshed places with the embedded catalog's prices (their as_of shown).
     """
+    from greenplace.scheduler.catalog.refresh.status import cloud_status
     from greenplace.scheduler.catalog.refresh.store import prices_location, read
 
     location = prices_location(os.environ)
-    rows = show_rows(load_embedded_catalog(), read(location), now=dt.datetime.now(dt.UTC))
+    rows = cloud_status(load_embedded_catalog(), read(location), now=dt.datetime.now(dt.UTC))
     failed = [r for r in rows if r["last_failure"]]
     print_rows(
         output, rows, title=f"catalog prices ({location.where})",

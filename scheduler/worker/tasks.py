@@ -227,6 +227,30 @@ def gc_task(self: Task, provider: str | None = None, region: str | None = None) 
     _pass("gc", work)
 
 
+# The price refresh's own limits (hard, soft): the clouds' price APIs page through thousands
+# of items, so a refresh takes minutes, not the seconds of every other task (see app.py).
+CATALOG_REFRESH_TIME_LIMIT_S = 900.0
+CATALOG_REFRESH_SOFT_LIMIT_S = 870.0
+
+
+@shared_task(name="greenplace.catalog_refresh", bind=True, acks_late=False,
+             time_limit=CATALOG_REFRESH_TIME_LIMIT_S,
+             soft_time_limit=CATALOG_REFRESH_SOFT_LIMIT_S)
+def catalog_refresh_task(self: Task, cloud: str | None = None) -> None:
+    """Beat's price refresh (``greenplace catalog refresh`` by hand). Beat's message names
+    no cloud: it sends one message per cloud whose credentials are found (no network), so the
+    clouds refresh side by side and one slow or failing cloud delays no other. Each writes
+    where ``GREENPLACE_CATALOG_PRICES`` says, and counts what kept old figures as a metric."""
+    from greenplace.scheduler.catalog.refresh.service import refresh_for_service
+
+    def work() -> None:
+        refresh_for_service(context(self.app).store, cloud=cloud, environ=os.environ,
+                            now=utc_now(), send=lambda name: self.app.send_task(
+                                "greenplace.catalog_refresh", args=[name]))
+
+    _pass("catalog refresh", work)
+
+
 @shared_task(name="greenplace.noop")
 def noop() -> None:
     """Does nothing: the baseline of the queue benchmark and a cheap liveness probe."""

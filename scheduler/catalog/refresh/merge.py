@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from greenplace.scheduler.catalog.loader import Catalog
 from greenplace.scheduler.catalog.model import Offer, normalize_name
@@ -44,7 +45,8 @@ def usable(catalog: Catalog, offers: Iterable[Offer]) -> tuple[list[Offer], list
     """(offers whose region and accelerator the catalog knows, the others)."""
     regions = {r.key for r in catalog.regions}
     names = {normalize_name(s) for a in catalog.accelerators for s in (a.name, *a.aliases)}
-    known, unknown = [], []
+    known: list[Offer] = []
+    unknown: list[Offer] = []
     for o in offers:
         ok = f"{o.cloud}:{o.region}" in regions and normalize_name(o.accelerator) in names
         (known if ok else unknown).append(o)
@@ -78,7 +80,7 @@ class OfferChange:
         assert found is not None
         return found
 
-    def as_row(self) -> dict[str, object]:
+    def as_row(self) -> dict[str, Any]:
         """A flat row for tables, JSON and CSV (prices in USD per hour)."""
         o, b, a = self.offer, self.before, self.after
         return {

@@ -217,12 +217,14 @@ def refresh_cloud(cloud: str, regions: Sequence[str], *, catalog: Catalog,
     changes = diff(before, merged(catalog, current.with_section(section)))
     counts = {kind: sum(1 for c in changes if c.change == kind)
               for kind in ("new", "retired", "repriced")}
+    new, retired, repriced = counts["new"], counts["retired"], counts["repriced"]
     return CloudOutcome(
         cloud=cloud, status=UPDATED, regions=asked, offers=len(prices.offers),
-        skipped=len(prices.skipped), not_enabled=prices.not_enabled, **counts,
+        skipped=len(prices.skipped), not_enabled=prices.not_enabled, new=new,
+        retired=retired, repriced=repriced,
         message=f"{cloud}: {len(prices.offers)} offers priced in {len(prices.regions)} "
-        f"region(s) ({counts['new']} new, {counts['retired']} retired, {counts['repriced']} "
-        f"repriced), {len(prices.skipped)} item(s) skipped"
+        f"region(s) ({new} new, {retired} retired, {repriced} repriced), "
+        f"{len(prices.skipped)} item(s) skipped"
         + (f", {len(prices.not_enabled)} region(s) not enabled for the account"
            if prices.not_enabled else "") + "."), prices
 

@@ -338,6 +338,15 @@ def prices_key(prefix: str) -> str:
     return f"{prefix}:catalog:prices"
 
 
+def service_location(client: redis.Redis, prefix: str, environ: Mapping[str, str]
+                     ) -> PricesLocation:
+    """Where a service process (worker, beat, API) finds the document: the Redis form on
+    its own store's client and key prefix, else the file ``prices_location`` names."""
+    if environ.get(PRICES_ENV, "").strip().lower() == REDIS_FORM:
+        return RedisLocation(client, prices_key(prefix), "the service's Redis")
+    return prices_location(environ)
+
+
 def default_path(environ: Mapping[str, str]) -> Path:
     """``$XDG_DATA_HOME/greenplace/catalog/prices.json`` (else under ``~/.local/share``)."""
     base = environ.get("XDG_DATA_HOME", "").strip()
@@ -364,4 +373,4 @@ def prices_location(environ: Mapping[str, str]) -> PricesLocation:
 
 __all__ = ["FileLocation", "Failure", "PRICES_ENV", "PricesDocument", "PricesLocation",
            "RedisLocation", "Section", "default_path", "dumps", "loads", "prices_key",
-           "prices_location", "read"]
+           "prices_location", "read", "service_location"]
