@@ -120,6 +120,10 @@ def asked_regions(catalog: Catalog, clouds: Sequence[str], regions: Sequence[str
     return {c: asked[c] for c in wanted if c in asked}
 
 
+def _starting(cloud: str, regions: Sequence[str]) -> None:
+    click.echo(f"{cloud}: fetching prices of {len(regions)} region(s)...", err=True)
+
+
 def _progress(outcome: CloudOutcome) -> None:
     click.echo(f"{outcome.cloud}: {outcome.status.replace('_', ' ')}", err=True)
 
@@ -148,10 +152,8 @@ def refresh_cmd(clouds: tuple[str, ...], regions: tuple[str, ...], output: str) 
     catalog = load_declared_catalog()
     asked = asked_regions(catalog, clouds, regions)
     location = prices_location(os.environ)
-    for cloud, names in asked.items():
-        click.echo(f"{cloud}: fetching prices of {len(names)} region(s)...", err=True)
     result = run_refresh(asked, location=location, catalog=catalog, environ=os.environ,
-                         now=dt.datetime.now(dt.UTC), progress=_progress)
+                         now=dt.datetime.now(dt.UTC), starting=_starting, progress=_progress)
     rows = [o.as_dict() for o in result.outcomes]
     if output == "json":
         print_json({"where": result.where, "written": result.written, "ok": result.ok,

@@ -8,7 +8,9 @@ fetchers are tested through their SDKs in their own test files.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import sys
+import types
+from collections.abc import Callable
 
 import pytest
 
@@ -30,15 +32,23 @@ def fetch(request: RefreshRequest) -> CloudPrices:
     return answer(request)
 
 
-def credentials_found(environ: Mapping[str, str]) -> bool:
-    # One module stands for every cloud: the variable the test sets names the cloud.
-    return any(environ.get(f"FAKE_{cloud.upper()}_CREDENTIALS") == "1" for cloud in CREDENTIALS)
+def _module(cloud: str) -> types.ModuleType:
+    """The fetcher module of ``cloud``: credentials when the cloud is in ``CREDENTIALS`` and
+    ``FAKE_<CLOUD>_CREDENTIALS=1`` is in the environment the refresh reads."""
+    module = types.ModuleType(f"{__name__}.{cloud}")
+    module.fetch = fetch  # type: ignore[attr-defined]
+    module.credentials_found = (  # type: ignore[attr-defined]
+        lambda environ: cloud in CREDENTIALS
+        and environ.get(f"FAKE_{cloud.upper()}_CREDENTIALS") == "1")
+    return module
 
 
 def use_fake_fetchers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Route every cloud to this module, with no answers and no credentials yet."""
-    monkeypatch.setattr(refresh, "FETCHER_MODULES", dict.fromkeys(refresh.FETCHER_MODULES,
-                                                                  __name__))
+    """Route every cloud to its fake module, with no answers and no credentials yet."""
+    for cloud in refresh.FETCHER_MODULES:
+        monkeypatch.setitem(sys.modules, f"{__name__}.{cloud}", _module(cloud))
+    monkeypatch.setattr(refresh, "FETCHER_MODULES",
+                        {cloud: f"{__name__}.{cloud}" for cloud in refresh.FETCHER_MODULES})
     ANSWERS.clear()
     CREDENTIALS.clear()
     CALLS.clear()

@@ -231,11 +231,13 @@ def refresh_cloud(cloud: str, regions: Sequence[str], *, catalog: Catalog,
 
 def run_refresh(asked: Mapping[str, Sequence[str]], *, location: PricesLocation,
                 catalog: Catalog, environ: Mapping[str, str], now: dt.datetime,
+                starting: Callable[[str, Sequence[str]], None] | None = None,
                 progress: Callable[[CloudOutcome], None] | None = None) -> RefreshResult:
     """Refresh every cloud of ``asked`` (cloud -> regions), then write the document once.
 
     Args:
         catalog: the catalog without refreshed prices (``load_declared_catalog``).
+        starting: called with each cloud and its regions before its fetch.
         progress: called with each cloud's outcome as it ends.
 
     Raises:
@@ -246,6 +248,8 @@ def run_refresh(asked: Mapping[str, Sequence[str]], *, location: PricesLocation,
     outcomes: list[CloudOutcome] = []
     fresh: dict[str, CloudPrices] = {}
     for cloud, regions in asked.items():
+        if starting is not None:
+            starting(cloud, regions)
         outcome, prices = refresh_cloud(cloud, regions, catalog=catalog, current=current,
                                         environ=environ, now=now)
         outcomes.append(outcome)

@@ -129,8 +129,8 @@ class _Reader:
     def fail(self, path: str, what: str) -> CatalogError:
         return CatalogError(
             f"The refreshed catalog prices at {self.where} are unreadable: {path} {what}. "
-            f"To fix: run `greenplace catalog refresh` again to rewrite them, or delete "
-            f"{self.where} to place on the embedded catalog.")
+            f"To fix: delete {self.where}; greenplace then places with the embedded catalog "
+            "until `greenplace catalog refresh` writes new prices.")
 
     def get(self, data: Mapping[str, Any], path: str, key: str, kind: type | tuple[type, ...]
             ) -> Any:
