@@ -11,6 +11,9 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ import pytest
 from greenplace.scheduler.catalog import load_catalog
 from greenplace.scheduler.catalog.loader import load_declared_catalog
 from greenplace.scheduler.catalog.refresh.model import CloudPrices, RefreshRequest
-from greenplace.scheduler.catalog.refresh.store import FileLocation, read
+from greenplace.scheduler.catalog.refresh.store import FileLocation, Section, read
 from greenplace.scheduler.cli import main
 from greenplace.scheduler.exceptions import ConfigError, TransientError
 from greenplace.scheduler.settings import load_settings
@@ -315,3 +318,34 @@ def test_a_bad_price_age_setting_stops_the_dry_run(capsys: pytest.CaptureFixture
     code, out, err = run(capsys, "dry-run", EXAMPLES)
     assert code == 2 and not out
     assert "GREENPLACE_PRICE_MAX_AGE_DAYS='soon'" in err and "Traceback" not in err
+
+
+SHOW_THEN_LIST_SDKS = """
+import json, sys
+from greenplace.scheduler.cli import main
+for args in (["catalog", "show", "-o", "json"], ["catalog", "diff", "-o", "json"],
+             ["dry-run", {jobs!r}, "-o", "json"]):
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert exc.code == 0, (args, exc.code)
+sdks = ("boto3", "botocore", "google.cloud", "google.auth", "azure", "libcloud")
+print(json.dumps(sorted(m for m in sys.modules if any(m == s or m.startswith(s + ".")
+                                                      for s in sdks))))
+"""
+
+
+def test_show_diff_and_the_dry_run_load_no_cloud_sdk(tmp_path: Path) -> None:
+    """Only `catalog refresh` loads a cloud's fetcher (and its SDK); reading the refreshed
+    prices never does."""
+    location = FileLocation(tmp_path / "prices.json")
+    request = RefreshRequest(cloud="aws", regions=("us-east-1",), catalog=load_declared_catalog(),
+                             environ={}, now=dt.datetime.now(dt.UTC))
+    location.update(lambda d: d.with_section(Section(
+        cloud="aws", prices=echo_embedded(0.9)(request),  # type: ignore[operator]
+        priced_at={"us-east-1": request.now})))
+    env = {**os.environ, "GREENPLACE_CATALOG_PRICES": str(location.path)}
+    out = subprocess.run([sys.executable, "-c", SHOW_THEN_LIST_SDKS.format(jobs=EXAMPLES)],
+                         capture_output=True, text=True, timeout=120, env=env, check=True)
+    assert '"source": "fake price API"' in out.stdout  # the refreshed prices were read
+    assert json.loads(out.stdout.splitlines()[-1]) == []
