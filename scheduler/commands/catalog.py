@@ -10,9 +10,10 @@ credentials (its old figures kept, and said); 2 bad input or unusable settings.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ from greenplace.scheduler.output import FORMATS, fmt, print_json, print_rows
 
 if TYPE_CHECKING:
     from greenplace.scheduler.catalog.refresh.run import CloudOutcome
+    from greenplace.scheduler.catalog.refresh.store import PricesLocation
 
 _output = click.option("--output", "-o", type=click.Choice(FORMATS), default="table",
                        show_default=True, help="table for people, json or csv for machines")
@@ -120,6 +122,20 @@ def asked_regions(catalog: Catalog, clouds: Sequence[str], regions: Sequence[str
     return {c: asked[c] for c in wanted if c in asked}
 
 
+@contextlib.contextmanager
+def _reachable(location: PricesLocation) -> Iterator[None]:
+    """Redis down or refusing us, for the Redis form: one paragraph (exit 2), no traceback."""
+    from greenplace.scheduler.catalog.refresh.store import RedisLocation
+
+    if not isinstance(location, RedisLocation):
+        yield
+        return
+    from greenplace.scheduler.store import reachable
+
+    with reachable(location.url):
+        yield
+
+
 def _starting(cloud: str, regions: Sequence[str]) -> None:
     click.echo(f"{cloud}: fetching prices of {len(regions)} region(s)...", err=True)
 
@@ -152,8 +168,10 @@ def refresh_cmd(clouds: tuple[str, ...], regions: tuple[str, ...], output: str) 
     catalog = load_declared_catalog()
     asked = asked_regions(catalog, clouds, regions)
     location = prices_location(os.environ)
-    result = run_refresh(asked, location=location, catalog=catalog, environ=os.environ,
-                         now=dt.datetime.now(dt.UTC), starting=_starting, progress=_progress)
+    with _reachable(location):
+        result = run_refresh(asked, location=location, catalog=catalog, environ=os.environ,
+                             now=dt.datetime.now(dt.UTC), starting=_starting,
+                             progress=_progress)
     rows = [o.as_dict() for o in result.outcomes]
     if output == "json":
         print_json({"where": result.where, "written": result.written, "ok": result.ok,
@@ -198,7 +216,9 @@ def show_cmd(output: str) -> None:
     from greenplace.scheduler.catalog.refresh.store import prices_location, read
 
     location = prices_location(os.environ)
-    rows = cloud_status(load_embedded_catalog(), read(location), now=dt.datetime.now(dt.UTC))
+    with _reachable(location):
+        document = read(location)
+    rows = cloud_status(load_embedded_catalog(), document, now=dt.datetime.now(dt.UTC))
     failed = [r for r in rows if r["last_failure"]]
     print_rows(
         output, rows, title=f"catalog prices ({location.where})",

@@ -233,3 +233,21 @@ def test_beat_skips_a_cloud_whose_fetcher_cannot_be_imported(
     assert found == ["aws"]
     assert "catalog refresh: azure skipped (No module named 'tests.unit.no_such_module')" in \
         caplog.text
+
+
+@pytest.mark.parametrize("command", [["catalog", "show"],
+                                     ["catalog", "refresh", "--region", "aws:us-east-1"]])
+def test_an_unreachable_redis_is_one_paragraph_for_the_catalog_commands(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        command: list[str]) -> None:
+    fake.use_fake_fetchers(monkeypatch)
+    port = free_port()
+    monkeypatch.setenv("GREENPLACE_CATALOG_PRICES", "redis")
+    monkeypatch.setenv("GREENPLACE_REDIS_URL", f"redis://:s3cret@127.0.0.1:{port}/0")
+    with pytest.raises(SystemExit) as info:
+        main(command)
+    _, err = capsys.readouterr()
+    assert info.value.code == 2
+    assert f"Cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in err
+    assert "To fix:" in err and "Traceback" not in err and "s3cret" not in err
+    assert not fake.CALLS

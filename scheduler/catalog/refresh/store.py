@@ -285,6 +285,7 @@ class FileLocation:
     def _replace(self, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
+            os.fchmod(fd, 0o644)  # public figures, read by every process that places
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(text)
                 out.flush()
