@@ -161,7 +161,7 @@ def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision
                 click.echo(f"  score {c['score']:.3f}  {c['cloud']}:{c['region']} "
                            f"{c['instance_type']}  {c['co2e_kg']:.1f} kg CO2e  "
                            f"ranked {c['ranked_carbon']:.2f} {ranked_by['unit']}  "
-                           f"${c['cost_usd']:.0f}  "
+                           f"${c['cost_usd']:.0f} (priced {c['price_as_of']})  "
                            f"{c['runtime_h']:.1f} h  (carbon {c['norm_carbon']:.2f}, "
                            f"cost {c['norm_cost']:.2f}, time {c['norm_time']:.2f})")
             click.echo(f"  baseline (price only): {r['baseline']['cloud']}:"

@@ -257,6 +257,7 @@ def test_the_dry_run_table_says_stale_prices_once(capsys: pytest.CaptureFixture[
     assert "Some jobs have notes" not in out  # the stale prices are the only note
     code, out, _ = run(capsys, "dry-run", EXAMPLES, "--explain")
     assert " ".join(out.split()).count("catalog refresh") == 1
+    assert "(priced 2025-08-01)" in out  # each candidate line dates its price
 
 
 def test_no_stale_note_with_refreshed_prices_or_the_check_off(
