@@ -251,3 +251,24 @@ def test_an_unreachable_redis_is_one_paragraph_for_the_catalog_commands(
     assert f"Cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in err
     assert "To fix:" in err and "Traceback" not in err and "s3cret" not in err
     assert not fake.CALLS
+
+
+def test_the_api_dry_run_and_a_placed_jobs_record_carry_the_price_as_of(
+        server: RedisServer) -> None:
+    from tests.unit.test_api import JOB, YAML, Api
+
+    api = Api(server)
+    body = "jobs:\n  - " + JOB.format(name="j", policy="greenest").replace(
+        "\n", "\n    ").rstrip() + "\n"
+    (row,) = api.call("POST", "/v1/dry-run", api.alpha, content=body,
+                      headers=YAML).json()["jobs"]
+    assert row["price_as_of"].startswith("2025-") and row["price_source"]
+    assert any("Run `greenplace catalog refresh" in n for n in row["notes"])
+    (job_id,) = api.submit(api.alpha, "j")
+    api.launch(job_id)
+    record = api.store.get(job_id)
+    assert record.decision is not None and record.decision["price_as_of"] == row["price_as_of"]
+    view = api.call("GET", f"/v1/jobs/{job_id}", api.alpha).json()
+    assert view["decision"]["price_source"] == row["price_source"]
+    assert any("catalog refresh" in n for n in view["decision"]["notes"])
+    assert view["candidates"] and all(c["price_as_of"] for c in view["candidates"])
