@@ -47,10 +47,9 @@ def stale_price_note(offer: Offer, *, age_days: int | None, max_age_days: float 
     if age_days is None or not max_age_days or age_days <= max_age_days:
         return ""
     return (f"the price of {offer.cloud}:{offer.region} {offer.instance_type} is {age_days} "
-            f"days old (as_of {offer.as_of}, from {offer.source}), older than "
-            f"GREENPLACE_PRICE_MAX_AGE_DAYS={max_age_days:g}; its cost and the price-only "
-            f"baseline may be off. Run `greenplace catalog refresh --cloud {offer.cloud}` "
-            "for current prices.")
+            f"days old (as_of {offer.as_of}; GREENPLACE_PRICE_MAX_AGE_DAYS="
+            f"{max_age_days:g}): its cost may be off. Run `greenplace catalog refresh --cloud "
+            f"{offer.cloud}`.")
 
 
 def data_notes(signal: CarbonSignal, *, arrays: OfferArrays, region_index: np.ndarray,
