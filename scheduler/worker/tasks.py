@@ -236,17 +236,17 @@ CATALOG_REFRESH_SOFT_LIMIT_S = 870.0
 @shared_task(name="greenplace.catalog_refresh", bind=True, acks_late=False,
              time_limit=CATALOG_REFRESH_TIME_LIMIT_S,
              soft_time_limit=CATALOG_REFRESH_SOFT_LIMIT_S)
-def catalog_refresh_task(self: Task, cloud: str | None = None) -> None:
+def catalog_refresh_task(self: Task, clouds: list[str] | None = None) -> None:
     """Beat's price refresh (``greenplace catalog refresh`` by hand). Beat's message names
-    no cloud: it sends one message per cloud whose credentials are found (no network), so the
-    clouds refresh side by side and one slow or failing cloud delays no other. Each writes
-    where ``GREENPLACE_CATALOG_PRICES`` says, and counts what kept old figures as a metric."""
+    no cloud: the clouds whose credentials are found (no network) are refreshed one per task,
+    each task sending the next (``refresh.service``). Each writes where
+    ``GREENPLACE_CATALOG_PRICES`` says, and counts what kept old figures as a metric."""
     from greenplace.scheduler.catalog.refresh.service import refresh_for_service
 
     def work() -> None:
-        refresh_for_service(context(self.app).store, cloud=cloud, environ=os.environ,
-                            now=utc_now(), send=lambda name: self.app.send_task(
-                                "greenplace.catalog_refresh", args=[name]))
+        refresh_for_service(context(self.app).store, clouds=clouds, environ=os.environ,
+                            now=utc_now(), send=lambda rest: self.app.send_task(
+                                "greenplace.catalog_refresh", args=[rest]))
 
     _pass("catalog refresh", work)
 

@@ -150,19 +150,20 @@ def test_beat_refreshes_the_clouds_with_credentials_and_counts_what_kept_old_fig
     fake.CREDENTIALS.update(("aws", "gcp"))
     env = {"FAKE_AWS_CREDENTIALS": "1", "FAKE_GCP_CREDENTIALS": "1",
            "GREENPLACE_CATALOG_PRICES": "redis"}
-    sent: list[str] = []
-    refresh_for_service(store, cloud=None, environ=env, now=NOW, send=sent.append)
-    assert sent == ["aws", "gcp"]  # azure: no credentials, skipped
-
-    # Every catalog region of the cloud in one fetch.
+    sent: list[list[str]] = []
     fake.ANSWERS["aws"] = us_east
-    refresh_for_service(store, cloud="aws", environ=env, now=NOW, send=sent.append)
-    (request,) = fake.CALLS
-    assert set(request.regions) == {r.region for r in load_declared_catalog().regions
-                                    if r.cloud == "aws"}
     fake.ANSWERS["gcp"] = TransientError("throttled. To fix: later.", provider="gcp",
                                          operation="skus.list")
-    refresh_for_service(store, cloud="gcp", environ=env, now=NOW, send=sent.append)
+    # Beat's message: aws is refreshed by this task, gcp sent on to the next one; azure has
+    # no credentials.
+    refresh_for_service(store, clouds=None, environ=env, now=NOW, send=sent.append)
+    assert sent == [["gcp"]]
+    (request,) = fake.CALLS  # every catalog region of the cloud in one fetch
+    assert request.cloud == "aws"
+    assert set(request.regions) == {r.region for r in load_declared_catalog().regions
+                                    if r.cloud == "aws"}
+    refresh_for_service(store, clouds=["gcp"], environ=env, now=NOW, send=sent.append)
+    assert sent == [["gcp"]] and [r.cloud for r in fake.CALLS] == ["aws", "gcp"]
     document = read(redis_env)
     assert document.sections["aws"].prices is not None
     assert document.sections["gcp"].last_failure is not None
@@ -180,6 +181,18 @@ def test_beat_refreshes_the_clouds_with_credentials_and_counts_what_kept_old_fig
     assert ages["gcp"] == pytest.approx(now_s - embedded_s, abs=86400 + 120)
 
 
+def test_the_next_cloud_is_sent_on_even_when_one_refresh_breaks(
+        redis_env: RedisLocation) -> None:
+    store = JobStore(redis_env.client, prefix=PREFIX)
+    fake.CREDENTIALS.update(("aws", "gcp"))
+    fake.ANSWERS["aws"] = RuntimeError("a bug in a fetcher")  # not a GreenplaceError
+    sent: list[list[str]] = []
+    with pytest.raises(RuntimeError):
+        refresh_for_service(store, clouds=["aws", "gcp", "azure"],
+                            environ={"FAKE_AWS_CREDENTIALS": "1"}, now=NOW, send=sent.append)
+    assert sent == [["gcp", "azure"]]
+
+
 def test_a_refused_refresh_is_counted_as_refused(redis_env: RedisLocation) -> None:
     store = JobStore(redis_env.client, prefix=PREFIX)
     fake.CREDENTIALS.add("aws")
@@ -191,8 +204,8 @@ def test_a_refused_refresh_is_counted_as_refused(redis_env: RedisLocation) -> No
         return dataclasses.replace(good, offers=(bad, *good.offers[1:]))
 
     fake.ANSWERS["aws"] = spot_above
-    refresh_for_service(store, cloud="aws", environ={"FAKE_AWS_CREDENTIALS": "1",
-                                                     "GREENPLACE_CATALOG_PRICES": "redis"},
+    refresh_for_service(store, clouds=["aws"], environ={"FAKE_AWS_CREDENTIALS": "1",
+                                                        "GREENPLACE_CATALOG_PRICES": "redis"},
                         now=NOW, send=lambda _: None)
     assert redis_env.client.hgetall(f"{PREFIX}:metrics:catalog_errors") == {"aws|refused": "1"}
     assert read(redis_env).sections["aws"].prices is None

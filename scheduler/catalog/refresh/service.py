@@ -6,14 +6,16 @@ Design choice: the clouds refreshed are those whose SDK finds credentials
 counted as an error (most deployments use one or two clouds). Each cloud is refreshed by its
 own task, every catalog region of it in one fetch, and written where every process of the
 deployment reads (``store.service_location``: the Redis form when
-``GREENPLACE_CATALOG_PRICES=redis``).
+``GREENPLACE_CATALOG_PRICES=redis``). The clouds go one after another, each task sending the
+next when it ends (whatever its outcome): a refresh takes minutes, and one at a time it holds
+one worker pool slot, never all of them, so placement and reconcile go on meanwhile.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from greenplace.scheduler import metrics
 from greenplace.scheduler.catalog import refresh
@@ -42,14 +44,25 @@ def clouds_with_credentials(environ: Mapping[str, str]) -> list[str]:
     return found
 
 
-def refresh_for_service(store: JobStore, *, cloud: str | None, environ: Mapping[str, str],
-                        now: dt.datetime, send: Callable[[str], None]) -> None:
-    """With no ``cloud``: ``send`` one refresh per cloud with credentials. With one: refresh
-    every catalog region of it, write the document, count a kept-old outcome as a metric."""
-    if cloud is None:
-        for name in clouds_with_credentials(environ):
-            send(name)
+def refresh_for_service(store: JobStore, *, clouds: Sequence[str] | None,
+                        environ: Mapping[str, str], now: dt.datetime,
+                        send: Callable[[list[str]], None]) -> None:
+    """Refresh the first of ``clouds`` (None: those with credentials), then ``send`` the rest
+    to a task of their own (also when this one raised)."""
+    todo = list(clouds_with_credentials(environ) if clouds is None else clouds)
+    if not todo:
         return
+    try:
+        refresh_one(store, cloud=todo[0], environ=environ, now=now)
+    finally:
+        if todo[1:]:
+            send(todo[1:])
+
+
+def refresh_one(store: JobStore, *, cloud: str, environ: Mapping[str, str],
+                now: dt.datetime) -> None:
+    """Refresh every catalog region of ``cloud``, write the document, count a kept-old
+    outcome as a metric and log each outcome."""
     location = service_location(store.client, store.prefix, environ)
     if not environ.get(PRICES_ENV, "").strip():
         log.warning("catalog refresh writes to %s, this machine's data folder "
