@@ -273,6 +273,8 @@ def test_the_catalog_check_refuses_a_section_naming_its_rows(
      "refreshed prices aws:us-east-1 x9.huge: unknown region or accelerator 'B200'"),
     (lambda r: dataclasses.replace(aws_answer(), offers=aws_answer().offers * 2),
      "refreshed prices aws:us-east-1 p5.48xlarge: appears twice"),
+    (lambda r: dataclasses.replace(aws_answer(), fetched_at=NOW.replace(tzinfo=None)),
+     "refreshed prices aws: fetched_at 2026-12-01T03:00:00 has no UTC offset"),
     (lambda r: dataclasses.replace(aws_answer(), offers=()),
      "refreshed prices aws:us-east-1: no offer priced, where the embedded catalog has some"),
 ])

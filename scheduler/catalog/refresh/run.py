@@ -126,13 +126,15 @@ def combined(old: Section | None, new: CloudPrices, *, asked: Sequence[str]) -> 
 
 def shape_problems(prices: CloudPrices, *, cloud: str, asked: Sequence[str],
                    catalog: Catalog) -> list[str]:
-    """What breaks the fetcher contract (``model``): the wrong cloud, a region not asked, an
-    offer outside the regions priced, an unknown region or accelerator, a bad value, or the
-    same offer twice."""
+    """What breaks the fetcher contract (``model``): the wrong cloud, a time without its UTC
+    offset, a region not asked, an offer outside the regions priced, an unknown region or
+    accelerator, a bad value, or the same offer twice."""
     out = []
     label = f"refreshed prices {cloud}"
     if prices.cloud != cloud:
         out.append(f"{label}: the fetcher answered for cloud {prices.cloud!r}")
+    if prices.fetched_at.utcoffset() is None:
+        out.append(f"{label}: fetched_at {prices.fetched_at.isoformat()} has no UTC offset")
     for region in sorted(set(prices.regions) - set(asked)):
         out.append(f"{label}:{region}: priced, but not asked for")
     _, unknown = usable(catalog, prices.offers)
