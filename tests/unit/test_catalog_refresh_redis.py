@@ -285,3 +285,14 @@ def test_the_api_dry_run_and_a_placed_jobs_record_carry_the_price_as_of(
     assert view["decision"]["price_source"] == row["price_source"]
     assert any("catalog refresh" in n for n in view["decision"]["notes"])
     assert view["candidates"] and all(c["price_as_of"] for c in view["candidates"])
+
+
+def test_a_client_that_does_not_decode_replies_reads_the_same_document(
+        server: RedisServer, client: redis.Redis) -> None:
+    text = RedisLocation(client, prices_key(PREFIX), "text")
+    text.update(lambda d: d.with_section(Section(cloud="aws", prices=CloudPrices(
+        cloud="aws", source="a", fetched_at=NOW, regions=(), offers=()))))
+    raw = RedisLocation(redis.Redis.from_url(server.url), prices_key(PREFIX), "bytes")
+    assert read(raw) == read(text)
+    raw.update(lambda d: d.with_section(Section(cloud="gcp")))
+    assert set(read(text).sections) == {"aws", "gcp"}

@@ -309,8 +309,7 @@ class RedisLocation:
         return f"Redis key {self.key} on {self.url}"
 
     def read_text(self) -> str | None:
-        value = self.client.get(self.key)
-        return None if value is None else str(value)
+        return _text(self.client.get(self.key))
 
     def update(self, change: Callable[[PricesDocument], PricesDocument]) -> PricesDocument:
         import redis as redis_lib
@@ -319,9 +318,8 @@ class RedisLocation:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(self.key)
-                    raw = pipe.get(self.key)
-                    current = PricesDocument() if raw is None else loads(
-                        str(raw), where=self.where)
+                    raw = _text(pipe.get(self.key))
+                    current = PricesDocument() if raw is None else loads(raw, where=self.where)
                     new = change(current)
                     pipe.multi()
                     pipe.set(self.key, dumps(new))
@@ -332,6 +330,13 @@ class RedisLocation:
         raise ConfigError(f"Could not write the refreshed catalog prices to {self.where}: "
                           f"other writers changed it {_WATCH_TRIES} times in a row. To fix: "
                           "run the refresh again once the others have finished.")
+
+
+def _text(value: object) -> str | None:
+    """A Redis reply as text, whether the client decodes replies or not."""
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def prices_key(prefix: str) -> str:
