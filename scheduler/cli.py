@@ -35,7 +35,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "calibration": ("calibration", "calibration_group",
         "Measured power per accelerator, learnt from finished jobs: show or reset it."),
     "catalog": ("catalog", "catalog_group",
-        "The embedded catalog (regions, accelerators, offers): check its figures."),
+        "The catalog (regions, accelerators, offers): check it, refresh and show its prices."),
     "dry-run": ("placement", "dry_run",
         "Show where each job would run and why, with no service and no cloud call."),
     "estimate": ("placement", "estimate_cmd",

@@ -158,22 +158,37 @@ class Context:
     calibrated_at: list[float] = field(default_factory=lambda: [-math.inf])
 
     @classmethod
-    def build(cls, settings: Settings, store: JobStore) -> Context:
+    def build(cls, settings: Settings, store: JobStore, *,
+              providers: Providers | None = None) -> Context:
+        """A context on the current catalog (``load_catalog``: refreshed prices included)."""
         catalog = load_catalog()
-        providers = Providers(settings)
+        providers = providers or Providers(settings)
         gate = RegionGate(providers)
-        placer: Places = Placer(catalog, routes=settings.providers, region_gate=gate)
+        placer: Places = Placer(catalog, routes=settings.providers, region_gate=gate,
+                                price_max_age_days=settings.price_max_age_days)
         if settings.signals == "live":
             signal_settings = SignalSettings.from_env()
             chain = SignalChain.from_settings(signal_settings, catalog,
                                               cache=RedisCache(store.client, prefix=store.prefix),
                                               observer=metrics.SignalMetrics(store))
             placer = LivePlacer(catalog, chain, refresh_s=signal_settings.ttl_s,
-                                routes=settings.providers, region_gate=gate)
+                                routes=settings.providers, region_gate=gate,
+                                price_max_age_days=settings.price_max_age_days)
             return cls(settings=settings, store=store, providers=providers,
                        catalog=catalog, placer=placer, chain=chain)
         return cls(settings=settings, store=store, providers=providers,
                    catalog=catalog, placer=placer)
+
+
+def current(ctx: Context) -> Context:
+    """``ctx``, or a new one on the same providers when the catalog changed under it (a
+    price refresh wrote new figures: ``load_catalog`` returns a new object only then)."""
+    if load_catalog() is ctx.catalog:
+        return ctx
+    if ctx.chain is not None:
+        ctx.chain.close()
+    log.info("catalog changed (refreshed prices); placing with the new figures")
+    return Context.build(ctx.settings, ctx.store, providers=ctx.providers)
 
 
 @runtime_checkable

@@ -19,6 +19,9 @@ key                            holds
 ``gp:metrics:signal_errors``   hash: ``{source}|{reason}`` -> failed signal calls
 ``gp:metrics:signal_at``       zset: live signal source -> newest ``observed_at`` of
                                a value fetched from it (Unix seconds)
+``gp:metrics:catalog_errors``  hash: ``{cloud}|{reason}`` -> price refreshes that left
+                               the cloud's old figures in place (``refused``, or the
+                               fetch error's family: ``auth``, ``transient``, ...)
 =============================  ======================================================
 
 Write side (``observe_placement``, ``count_dispatch_attempt``, ``count_failover``,
@@ -28,7 +31,8 @@ the figure is lost. A metric must never fail a task. ``ZADD GT`` needs Redis 6.2
 
 Read side: ``FleetCollector`` (a prometheus_client custom collector) turns those keys,
 plus live gauges read at scrape time (jobs by state, Celery queue depths, workers seen,
-signal data age), into metric families; ``render_metrics(store)`` returns the text
+signal data age, the age of each cloud's prices in the refreshed-prices document the
+service places with), into metric families; ``render_metrics(store)`` returns the text
 exposition for ``GET /metrics``.
 
 Design choice: inside ``batched()`` (each worker task runs in one) the writes wait and
@@ -237,6 +241,32 @@ def note_signal_observed(store: JobStore, *, source: str, observed_at: dt.dateti
     _write(store, [("ZADD", _key(store, "signal_at"), "GT", observed_at.timestamp(), source)])
 
 
+def count_catalog_refresh_error(store: JobStore, *, cloud: str, reason: str) -> None:
+    """Count one price refresh of ``cloud`` that kept its old figures (``reason``: refused,
+    or the fetch error's ``error_family``)."""
+    field = f"{cloud}{_SEP}{reason.replace(' ', '_')}"
+    _write(store, [("HINCRBY", _key(store, "catalog_errors"), field, 1)])
+
+
+def catalog_price_ages_s(store: JobStore, *, now: dt.datetime) -> dict[str, float]:
+    """Each cloud's price age in seconds (``refresh.status``), from the document this
+    process places with: the store's Redis key for the Redis form, else the file. An
+    unreadable document gives no figures (logged at debug level), never a failed scrape."""
+    import os
+
+    from greenplace.scheduler.catalog.loader import load_embedded_catalog
+    from greenplace.scheduler.catalog.refresh.status import cloud_status
+    from greenplace.scheduler.catalog.refresh.store import read, service_location
+
+    try:
+        location = service_location(store.client, store.prefix, os.environ)
+        rows = cloud_status(load_embedded_catalog(), read(location), now=now)
+    except Exception as exc:  # a metric must never fail the scrape
+        log.debug("catalog price age not read (%s: %s)", type(exc).__name__, exc)
+        return {}
+    return {r["cloud"]: float(r["age_s"]) for r in rows if r["age_s"] is not None}
+
+
 class SignalMetrics:
     """The signal chain's observer (``SignalChain(observer=...)``): its failures and fresh
     live values, written as metrics."""
@@ -313,7 +343,8 @@ class FleetCollector(_CollectorBase):
 
         store, now_s = self.store, time.time()
         pipe = store.client.pipeline(transaction=False)
-        for name in ("placement_s", "dispatches", "failovers", "co2e", "signal_errors"):
+        for name in ("placement_s", "dispatches", "failovers", "co2e", "signal_errors",
+                     "catalog_errors"):
             pipe.hgetall(_key(store, name))
         pipe.zrange(_key(store, "signal_at"), 0, -1, withscores=True)
         pipe.hlen(f"{self.broker_key_prefix}unacked")
@@ -322,8 +353,8 @@ class FleetCollector(_CollectorBase):
             for key in keys:
                 pipe.llen(key)
         replies = iter(pipe.execute())
-        placement, dispatches, failovers, co2e, signal_errors = (
-            cast(dict[str, str], next(replies)) for _ in range(5))
+        placement, dispatches, failovers, co2e, signal_errors, catalog_errors = (
+            cast(dict[str, str], next(replies)) for _ in range(6))
         signal_at = cast(list[tuple[str, float]], next(replies))
         unacked = int(next(replies))
         depths = [sum(int(next(replies)) for _ in keys) for keys in lists]
@@ -374,6 +405,19 @@ class FleetCollector(_CollectorBase):
             age.add_metric([str(source)], max(0.0, now_s - float(observed_s)))
         yield age
 
+        yield _counter(
+            "greenplace_catalog_refresh_errors", "Price refreshes that kept a cloud's old "
+            "figures, by cloud and reason (refused by the catalog check, or the fetch error's "
+            "family: auth, transient, missing_sdk, ...).", ["cloud", "reason"], catalog_errors)
+        price_age = GaugeMetricFamily(
+            "greenplace_catalog_price_age_seconds", "Age of the prices each cloud is placed "
+            "with: its oldest refreshed region, else the embedded catalog's as_of.",
+            labels=["cloud"])
+        ages = catalog_price_ages_s(store, now=dt.datetime.fromtimestamp(now_s, dt.UTC))
+        for cloud, age_s in sorted(ages.items()):
+            price_age.add_metric([cloud], age_s)
+        yield price_age
+
         jobs = GaugeMetricFamily("greenplace_jobs", "Jobs in the store by state.",
                                  labels=["state"])
         for state, count in store.counts().items():
@@ -413,7 +457,8 @@ def render_metrics(store: JobStore, *, queues: Sequence[str] | None = None,
 
 __all__ = [
     "CONTENT_TYPE", "FleetCollector", "PLACEMENT_BUCKETS_S", "SignalMetrics", "add_co2e",
-    "batched", "count_dispatch_attempt", "count_failover", "count_signal_error",
+    "batched", "catalog_price_ages_s", "count_catalog_refresh_error", "count_dispatch_attempt",
+    "count_failover", "count_signal_error",
     "dispatch_attempt", "error_family", "note_signal_observed", "observe_placement",
     "placement_timer", "queue_keys", "render_metrics",
 ]

@@ -83,7 +83,8 @@ def dry_run_rows(jobs: Sequence[Job], settings: Settings, *,
     from greenplace.scheduler.dispatch import Providers, plan
     from greenplace.scheduler.placement import Placer
 
-    launches = plan(jobs, placer=Placer(load_catalog(), routes=settings.providers),
+    launches = plan(jobs, placer=Placer(load_catalog(), routes=settings.providers,
+                                        price_max_age_days=settings.price_max_age_days),
                     providers=Providers(settings), now=now)
     rows = []
     for launch in launches:
@@ -101,6 +102,9 @@ def dry_run_rows(jobs: Sequence[Job], settings: Settings, *,
                        request=dataclasses.asdict(launch.request),
                        fallbacks=[f"{p.cloud}:{p.region}:{p.instance_type}"
                                   for p in launch.fallbacks[:10]])
+            summary = launch.decision.summary()
+            row.update(price_as_of=summary.get("price_as_of"),
+                       price_source=summary.get("price_source"), notes=summary["notes"])
         rows.append(row)
     return rows
 

@@ -50,6 +50,18 @@ Variable (default): meaning.
   quarter lease is left unrenewed; a standby takes over within about one lease after
   the sender dies. At least 1 s and at most 10 reconcile intervals (longer would
   leave RUNNING jobs unfollowed for more than 10 passes after a failover).
+- ``GREENPLACE_CATALOG_PRICES`` (the user's data folder): where refreshed prices live
+  (``scheduler/catalog/refresh/store.py``): unset, ``$XDG_DATA_HOME/greenplace/catalog/
+  prices.json``; a path, that file; ``redis``, the key ``{prefix}:catalog:prices`` on the
+  Redis above, which every worker, beat and API process of a deployment then shares.
+- ``GREENPLACE_CATALOG_REFRESH_INTERVAL_S`` (86400, daily; ``0`` = off): how often beat
+  refreshes prices from the clouds whose credentials it finds (``greenplace.catalog_refresh``),
+  writing where ``GREENPLACE_CATALOG_PRICES`` says (set it to ``redis`` in a deployment of
+  more than one machine). At least 3600 when on: the price APIs are slow and rate-limited.
+- ``GREENPLACE_PRICE_MAX_AGE_DAYS`` (30): a placement whose chosen offer's price is older
+  than this many days (its ``as_of``) carries a note saying how old and to run
+  ``greenplace catalog refresh``. Cloud list prices change a few times a year, spot prices
+  daily; a month keeps the note for figures that are really out of date. ``0`` = never.
 
 Limits on user input, checked when a jobs or policy file is loaded, before anything
 is stored (``scheduler/limits.py``; ``load_limits()`` reads only these, for the
@@ -119,6 +131,7 @@ MAX_COUNTDOWN_S = 10.0
 _SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_KEY_PREFIX = "gp"
 _KEY_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MIN_CATALOG_REFRESH_INTERVAL_S = 3600.0
 
 
 # --- Limits on user input: GREENPLACE_MAX_* (scheduler/limits.py checks them) ---
@@ -198,6 +211,8 @@ class Settings:
     prune_interval_s: float = 3600.0
     key_prefix: str = DEFAULT_KEY_PREFIX
     beat_lease_s: float = 10.0  # see scheduler/worker/beat.py
+    catalog_refresh_interval_s: float = 86400.0  # beat's price refresh; 0 = off
+    price_max_age_days: float = 30.0  # older chosen prices get a note; 0 = never
     limits: Limits = field(default_factory=Limits)
     # The API's URL as the cloud machines reach it: when set, dispatch mints a per-job agent
     # token and hands both to the boot script (GREENPLACE_API_URL, GREENPLACE_AGENT_TOKEN).
@@ -360,11 +375,11 @@ def _parse_providers(raw: str, problems: list[str]) -> dict[str, str]:
 
 def _overlay_clouds(problems: list[str]) -> frozenset[str]:
     """The clouds the catalog overlay declares (loaded only when a route names one)."""
-    from greenplace.scheduler.catalog import load_catalog
+    from greenplace.scheduler.catalog.loader import load_declared_catalog
     from greenplace.scheduler.exceptions import CatalogError
 
-    try:
-        return frozenset(r.cloud for r in load_catalog().regions) - frozenset(CLOUDS)
+    try:  # refreshed prices add no cloud (and their Redis form reads these settings)
+        return frozenset(r.cloud for r in load_declared_catalog().regions) - frozenset(CLOUDS)
     except CatalogError as exc:
         problems.append(f"the catalog overlay is unusable: {exc}")
         return frozenset()
@@ -438,6 +453,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"GREENPLACE_BEAT_LEASE_S ({beat_lease:g}) must be at most 10 reconcile intervals "
             f"({10 * interval:g} s), or a beat failover would leave RUNNING jobs unfollowed "
             "that long")
+    refresh_interval = _seconds(env, "GREENPLACE_CATALOG_REFRESH_INTERVAL_S", 86400.0,
+                                problems, minimum=0.0)
+    if 0 < refresh_interval < MIN_CATALOG_REFRESH_INTERVAL_S:
+        problems.append(f"GREENPLACE_CATALOG_REFRESH_INTERVAL_S ({refresh_interval:g}) must be 0 "
+                        f"(off) or at least {MIN_CATALOG_REFRESH_INTERVAL_S:g} s (the clouds' "
+                        "price APIs are slow and rate-limited)")
+    price_max_age = _seconds(env, "GREENPLACE_PRICE_MAX_AGE_DAYS", 30.0, problems, minimum=0.0,
+                             unit="days")
     limits = _limits(env, problems)
     agent_api_url = env.get("GREENPLACE_AGENT_API_URL", "").strip() or None
     if agent_api_url is not None and (
@@ -469,6 +492,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         task_time_limit_s=task_limit, cooldown_s=cooldown, stall_s=stall,
         exit_code_wait_s=exit_wait, gc_interval_s=gc_interval, signals=signals,
         retention_days=retention_days, prune_interval_s=prune_interval, key_prefix=key_prefix,
-        beat_lease_s=beat_lease,
-        limits=limits, agent_api_url=agent_api_url, agent_package=agent_package,
+        beat_lease_s=beat_lease, catalog_refresh_interval_s=refresh_interval,
+        price_max_age_days=price_max_age, limits=limits, agent_api_url=agent_api_url,
+        agent_package=agent_package,
     )

@@ -72,6 +72,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: integration not in item.path.parents)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_refreshed_prices_of_the_user(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test (and every process it starts) places on the embedded catalog unless it
+    writes refreshed prices itself: the user's own (``~/.local/share/greenplace/catalog/
+    prices.json``, ``GREENPLACE_CATALOG_PRICES``) are out of reach."""
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    os.environ.pop("GREENPLACE_CATALOG_PRICES", None)
+
+
 @pytest.fixture
 def small_catalog() -> Catalog:
     """Four regions with known figures and a few offers.

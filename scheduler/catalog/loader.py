@@ -1,5 +1,7 @@
 """Loads and validates the embedded catalog (package data CSVs) into a ``Catalog``, merged
-with the user's catalog overlay (``GREENPLACE_CATALOG_OVERLAY``, see ``overlay``) when set.
+with the user's catalog overlay (``GREENPLACE_CATALOG_OVERLAY``, see ``overlay``) when set,
+and with the refreshed prices (``GREENPLACE_CATALOG_PRICES``, see ``refresh/store``) when a
+``greenplace catalog refresh`` wrote some.
 
 The catalog is read once per process, on first use, and validated against a
 schema: exact headers, typed and ranged values, unique keys, and every offer
@@ -94,6 +96,14 @@ def _converter(annotation: Any) -> Callable[[str], Any]:
         return raw.strip()
 
     return parse
+
+
+def value_problems(row: object) -> list[str]:
+    """What the per-field range checks say about one row's values (empty when all hold):
+    the same checks a catalog CSV's values pass, for rows that come from elsewhere."""
+    return [f"{name} {getattr(row, name)!r} is out of range"
+            for name in (f.name for f in dataclasses.fields(row))  # type: ignore[arg-type]
+            if (check := _CHECKS.get(name)) is not None and not check(getattr(row, name))]
 
 
 def read_rows(path_name: str, text: str, row_type: type[T]) -> list[T]:
@@ -250,12 +260,11 @@ def _merged(path: Path, _stamp: tuple[int, int]) -> Catalog:
     return with_overlay(load_embedded_catalog(), path)
 
 
-def load_catalog() -> Catalog:
-    """The embedded catalog, merged with the overlay ``GREENPLACE_CATALOG_OVERLAY`` names.
+def load_declared_catalog() -> Catalog:
+    """The embedded catalog with the overlay ``GREENPLACE_CATALOG_OVERLAY`` names, without
+    refreshed prices (what a price refresh is checked against, and the clouds there are).
 
-    Design choice: the overlay is read from the environment here, the one function every
-    command, the dry run and the worker already call, so a libcloud cloud is placed by all of
-    them alike. The merged catalog is cached per file path and modification stamp.
+    The merged catalog is cached per file path and modification stamp.
     """
     raw = os.environ.get(OVERLAY_ENV, "").strip()
     if not raw:
@@ -266,3 +275,17 @@ def load_catalog() -> Catalog:
     except OSError:
         return with_overlay(load_embedded_catalog(), path)  # raises the missing-file error
     return _merged(path, (stat.st_mtime_ns, stat.st_size))
+
+
+def load_catalog() -> Catalog:
+    """The embedded catalog, merged with the overlay ``GREENPLACE_CATALOG_OVERLAY`` names and
+    the refreshed prices ``GREENPLACE_CATALOG_PRICES`` points at (when any were written).
+
+    Design choice: both are read from the environment here, the one function every command,
+    the dry run, the API and the worker already call, so all of them place on the same
+    figures. The result is cached: the prices file by its stamp, the Redis form re-read at
+    most once a minute (``refresh.prices``).
+    """
+    from greenplace.scheduler.catalog.refresh.prices import with_prices  # only when loading
+
+    return with_prices(load_declared_catalog(), os.environ)

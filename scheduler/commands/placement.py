@@ -53,7 +53,9 @@ def dry_run_rows(
     from greenplace.scheduler.settings import load_settings
 
     catalog = load_catalog()
-    routes = load_settings().providers  # the adapters dispatch would use: same candidates
+    settings = load_settings()
+    routes = settings.providers  # the adapters dispatch would use: same candidates
+    max_age = settings.price_max_age_days
     when = now or dt.datetime.now(dt.UTC)
     jobs = load_cli_jobs(jobs_file, catalog, policy=policy, override_policy=override_policy,
                          now=when)
@@ -61,9 +63,11 @@ def dry_run_rows(
     if signals == "live":
         from greenplace.scheduler.signals.chain import place_live  # HTTP clients, Redis cache
 
-        decisions = place_live(catalog, jobs, now=when, routes=routes)
+        decisions = place_live(catalog, jobs, now=when, routes=routes,
+                               price_max_age_days=max_age)
     else:
-        decisions = Placer(catalog, routes=routes).place_each(jobs, now=when)
+        decisions = Placer(catalog, routes=routes,
+                           price_max_age_days=max_age).place_each(jobs, now=when)
     replaced = {job.name: job.replaced_policy for job in jobs if job.replaced_policy}
     return _summarised(progress(decisions, total=len(jobs), what="placing"), explain=explain,
                        replaced_policy=replaced)
@@ -98,9 +102,11 @@ def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision
     count = placed = 0
     total = base = 0.0
     has_notes = False
+    stale = _StalePrices()
     for r, d in pairs:
         count += 1
-        has_notes = has_notes or bool(r["notes"])
+        stale.add(d)
+        has_notes = has_notes or any(n != d.stale_price_note for n in r["notes"])
         if r["status"] == "placed":
             placed += 1
             total += r["co2e_kg"]
@@ -109,7 +115,7 @@ def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision
             noted.append(d)
         if limit and count > limit:
             continue
-        shown.append((r, len(d.offers) - d.ranking.size))
+        shown.append((r, len(d.offers) - d.ranking.size, d.stale_price_note))
         if r["status"] != "placed":
             cells.append([r["job"], "UNSCHEDULABLE", *["-"] * 10])
             continue
@@ -131,6 +137,7 @@ def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision
     if has_notes and not explain:
         footer += "\nSome jobs have notes (e.g. regions without published CFE, ranked as 0 % "\
                   "CFE); see --explain."
+    footer += stale.line(placed)
     print_table(
         "greenplace dry run",
         [("job", "left"), ("cloud", "left"), ("region", "left"), ("instance", "left"),
@@ -138,7 +145,7 @@ def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision
          ("kg CO2e", "right"), ("USD", "right"), ("CFE %", "right"),
          ("saved kg", "right"), ("saved %", "right")],
         cells, footer=footer)
-    for r, rejected in shown:
+    for r, rejected, stale_note in shown:
         if r["status"] != "placed":
             click.echo(f"\n{r['job']}: unschedulable under policy {r['policy']!r}:")
             for reason in r["reasons"][:20]:
@@ -154,7 +161,7 @@ def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision
                 click.echo(f"  score {c['score']:.3f}  {c['cloud']}:{c['region']} "
                            f"{c['instance_type']}  {c['co2e_kg']:.1f} kg CO2e  "
                            f"ranked {c['ranked_carbon']:.2f} {ranked_by['unit']}  "
-                           f"${c['cost_usd']:.0f}  "
+                           f"${c['cost_usd']:.0f} (priced {c['price_as_of']})  "
                            f"{c['runtime_h']:.1f} h  (carbon {c['norm_carbon']:.2f}, "
                            f"cost {c['norm_cost']:.2f}, time {c['norm_time']:.2f})")
             click.echo(f"  baseline (price only): {r['baseline']['cloud']}:"
@@ -162,8 +169,36 @@ def _print_dry_run_table(pairs: Iterable[tuple[dict[str, Any], PlacementDecision
             click.echo(f"  {rejected} candidates rejected "
                        "(see --output json --explain for every reason)")
             for note in r["notes"]:
-                click.echo(f"  note: {note}")
+                if note != stale_note:  # said once, under the table
+                    click.echo(f"  note: {note}")
     return noted
+
+
+class _StalePrices:
+    """The jobs whose chosen offer's price is older than GREENPLACE_PRICE_MAX_AGE_DAYS: the
+    table says so once, under it, rather than once per job (json and csv carry each note)."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.oldest: tuple[int, str, str] | None = None  # age in days, as_of, cloud
+
+    def add(self, d: PlacementDecision) -> None:
+        if not d.stale_price_note or d.chosen is None:
+            return
+        self.jobs += 1
+        age, o = d.price_age_days or 0, d.arrays.offers[d.offer_index.item(d.chosen)]
+        if self.oldest is None or age > self.oldest[0]:
+            self.oldest = (age, o.as_of, o.cloud)
+
+    def line(self, placed: int) -> str:
+        if self.oldest is None:
+            return ""
+        age, as_of, _ = self.oldest
+        return (f"\nnote: {self.jobs} of {placed} placed job(s) chose an offer priced from "
+                f"figures older than GREENPLACE_PRICE_MAX_AGE_DAYS (the oldest: as_of {as_of}, "
+                f"{age} days); their cost and savings may be off. Run `greenplace catalog "
+                "refresh` for current prices (`greenplace catalog show` says how old each "
+                "cloud's are).")
 
 
 def _csv_row(row: dict[str, Any], explain: bool) -> dict[str, Any]:

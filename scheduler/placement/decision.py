@@ -8,6 +8,7 @@ record and the logs all read this object; rows are materialised only on demand.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,24 @@ _CANDIDATE_FIGURES = ("price_usd_per_hour", "runtime_h", "energy_kwh", "accelera
                       "host_energy_kwh", "intensity_g_per_kwh", "co2e_kg", "ranked_carbon",
                       "cost_usd", "cfe_pct")
 _SCORE_FIGURES = ("norm_carbon", "norm_cost", "norm_time", "score")
+
+
+def price_age_days(offer: Offer, now: dt.datetime) -> int | None:
+    """Whole days from ``offer``'s price ``as_of`` to ``now`` (None when it is no date)."""
+    try:
+        return (now.date() - dt.date.fromisoformat(offer.as_of)).days
+    except ValueError:
+        return None
+
+
+def stale_price_note(offer: Offer, *, age_days: int | None, max_age_days: float | None) -> str:
+    """The note of a choice priced from figures older than ``max_age_days`` ("" if not)."""
+    if age_days is None or not max_age_days or age_days <= max_age_days:
+        return ""
+    return (f"the price of {offer.cloud}:{offer.region} {offer.instance_type} is {age_days} "
+            f"days old (as_of {offer.as_of}; GREENPLACE_PRICE_MAX_AGE_DAYS="
+            f"{max_age_days:g}): its cost may be off. Run `greenplace catalog refresh --cloud "
+            f"{offer.cloud}`.")
 
 
 def data_notes(signal: CarbonSignal, *, arrays: OfferArrays, region_index: np.ndarray,
@@ -80,6 +99,10 @@ class PlacementDecision:
     baseline_ranking: np.ndarray  # same, under the price-only objective
     extra_notes: tuple[str, ...] = field(default=())
     data_notes: tuple[str, ...] = field(default=())  # from ``data_notes()``
+    # When the decision was made, and the price age (GREENPLACE_PRICE_MAX_AGE_DAYS) past which
+    # the chosen offer's price gets a note (None: never); see ``stale_price_note``.
+    decided_at: dt.datetime | None = None
+    price_max_age_days: float | None = None
     # Views that do not depend on the job's hours, computed once for all the decisions of
     # one shape (``Placer.place_each`` hands them one dict); a job with a deadline has its own.
     shape_memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -100,7 +123,39 @@ class PlacementDecision:
     @property
     def notes(self) -> tuple[str, ...]:
         """What a reader must know to trust the figures (missing data and how it was scored)."""
-        return self.extra_notes + self.data_notes
+        stale = self.stale_price_note
+        return self.extra_notes + self.data_notes + ((stale,) if stale else ())
+
+    def _price_facts(self) -> tuple[int | None, str]:
+        """(price age in days, stale-price note) of the current choice.
+
+        Design choice: memoised in ``shape_memo`` by offer and day, since the jobs of one
+        shape mostly share their choice: a 100,000-job dry run reads them once per job."""
+        chosen = self.chosen
+        if chosen is None or self.decided_at is None:
+            return None, ""
+        offer_pos = self.offer_index.item(chosen)
+        key = f"price {offer_pos} {self.decided_at.date()} {self.price_max_age_days}"
+        facts: tuple[int | None, str] | None = self.shape_memo.get(key)
+        if facts is None:
+            offer = self.arrays.offers[offer_pos]
+            age = price_age_days(offer, self.decided_at)
+            facts = self.shape_memo[key] = (age, stale_price_note(
+                offer, age_days=age, max_age_days=self.price_max_age_days))
+        return facts
+
+    @property
+    def price_age_days(self) -> int | None:
+        """Days from the chosen offer's price ``as_of`` to the decision (None: unplaced)."""
+        return self._price_facts()[0]
+
+    @property
+    def stale_price_note(self) -> str:
+        """The note of a choice whose price is older than ``price_max_age_days`` ("" if not).
+
+        A property of the current choice, so a choice that temporal shifting moved first
+        is the one described."""
+        return self._price_facts()[1]
 
     @property
     def carbon_signal(self) -> CarbonSignal:
@@ -182,6 +237,7 @@ class PlacementDecision:
                 "accelerator_count": o.accelerator_count,
                 "spot": self.spot,
                 **{name: columns[name][k] for name in _CANDIDATE_FIGURES},
+                "price_as_of": o.as_of,
                 "signal_source": self.signals.source[region],
                 "signal_observed_at": self.signals.observed_at[region],
                 **{name: columns[name][k] for name in _SCORE_FIGURES},
@@ -236,6 +292,8 @@ class PlacementDecision:
                 "host_energy_kwh", "intensity_g_per_kwh", "co2e_kg", "ranked_carbon",
                 "cost_usd", "cfe_pct"))
             out["signal_source"] = self.signals.source[self.region_index.item(chosen)]
+            out.update(price_as_of=o.as_of, price_age_days=self.price_age_days,
+                       price_source=o.source)
             out["score"] = self.figure("score", chosen)
             b = self.arrays.offers[self.offer_index.item(base)]
             out["baseline"] = {

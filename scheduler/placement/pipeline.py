@@ -122,15 +122,19 @@ class Placer:
     def __init__(self, catalog: Catalog, *, signals: RegionSignals | None = None,
                  forecast: timing.ForecastProvider | None = None,
                  routes: Mapping[str, str] | None = None,
-                 region_gate: Callable[[], frozenset[str]] | None = None) -> None:
+                 region_gate: Callable[[], frozenset[str]] | None = None,
+                 price_max_age_days: float | None = None) -> None:
         """``routes``: cloud -> provider name (``Settings.providers``); offers the routed
         adapter cannot launch are rejected by the ``provider`` filter (None: local-sim).
         ``region_gate``: the ``cloud:region`` keys the account may not launch in right now
         (opt-in regions not enabled), asked at each placement; they are rejected by the
-        ``region_not_enabled`` filter. None (the dry run) asks no cloud."""
+        ``region_not_enabled`` filter. None (the dry run) asks no cloud.
+        ``price_max_age_days``: a decision whose chosen offer's price ``as_of`` is older
+        carries a note (``Settings.price_max_age_days``; None or 0: never)."""
         self.arrays: OfferArrays = arrays_for(catalog)
         self.unlaunchable = unlaunchable(catalog, routes)
         self.region_gate = region_gate
+        self.price_max_age_days = price_max_age_days
         self._region_keys = [r.key for r in catalog.regions]
         self._gate_seen: tuple[frozenset[str], np.ndarray] | None = None
         self.signals = signals or RegionSignals.from_catalog(catalog)
@@ -333,7 +337,7 @@ class Placer:
             norm_carbon=n_carbon[row],
             norm_cost=n_cost[row], norm_time=n_time[row], score=score[row],
             ranking=ranking[row], baseline_ranking=baseline_ranking[row], data_notes=notes,
-            shape_memo=memo,
+            decided_at=now, price_max_age_days=self.price_max_age_days, shape_memo=memo,
         ) for row, j in enumerate(jobs)]
 
 

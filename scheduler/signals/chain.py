@@ -664,8 +664,10 @@ class LivePlacer:
 
     def __init__(self, catalog: Catalog, chain: SignalChain, *, refresh_s: float,
                  routes: Mapping[str, str] | None = None,
-                 region_gate: Callable[[], frozenset[str]] | None = None) -> None:
+                 region_gate: Callable[[], frozenset[str]] | None = None,
+                 price_max_age_days: float | None = None) -> None:
         self.catalog = catalog
+        self.price_max_age_days = price_max_age_days
         self.routes = routes
         self.region_gate = region_gate
         self.chain = chain
@@ -685,7 +687,8 @@ class LivePlacer:
             live = build_region_signals(self.catalog, self.chain, signal=signal, now=now)
             placer = Placer(self.catalog, signals=live.signals,
                             forecast=ChainForecasts(self.chain), routes=self.routes,
-                            region_gate=self.region_gate)
+                            region_gate=self.region_gate,
+                            price_max_age_days=self.price_max_age_days)
             placer.calibrate(self._calibration)
             entry = self._placers[signal] = (now, placer, tuple(live.notes))
         return entry[1], entry[2]
@@ -699,17 +702,20 @@ class LivePlacer:
 
 def place_live(catalog: Catalog, jobs: Sequence[Job], *, now: dt.datetime,
                chain: SignalChain | None = None,
-               routes: Mapping[str, str] | None = None) -> list[PlacementDecision]:
+               routes: Mapping[str, str] | None = None,
+               price_max_age_days: float | None = None) -> list[PlacementDecision]:
     """Place ``jobs`` on one live snapshot from ``chain`` (see ``LivePlacer``).
 
     Args:
         chain: default: the chain the environment configures, with an in-memory cache.
+        price_max_age_days: as ``Placer``'s.
     """
     own = chain is None
     active = chain or SignalChain.from_settings(SignalSettings.from_env(), catalog,
                                                 cache=MemoryCache())
     try:
-        placer = LivePlacer(catalog, active, refresh_s=float("inf"), routes=routes)
+        placer = LivePlacer(catalog, active, refresh_s=float("inf"), routes=routes,
+                            price_max_age_days=price_max_age_days)
         return [placer.place(job, now=now) for job in jobs]
     finally:
         if own:

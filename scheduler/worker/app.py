@@ -65,6 +65,13 @@ Celery terms, and why:
   (queues, ``unacked``, ``unacked_index``, ``_kombu.binding.*``, the pidbox fanout
   channel of ``control.ping``) starts with ``{prefix}:``, so deployments with
   distinct prefixes share one Redis; the default prefix leaves them unprefixed.
+- The daily price refresh (``greenplace.catalog_refresh``, every
+  ``GREENPLACE_CATALOG_REFRESH_INTERVAL_S``; no entry when 0) is the one task that may run
+  for minutes (the clouds' price APIs page through thousands of items). It acknowledges
+  its message when it starts and has its own time limits (``tasks.CATALOG_REFRESH_TIME_
+  LIMIT_S``): redelivering it after the visibility timeout would start the same slow
+  refresh again while it runs; a refresh lost with its worker is simply done at the next
+  interval, and until then placement keeps the figures it has.
 - Task events are off by default (they cost throughput); Flower switches them on
   by itself (``enable_events``), so it works against this app unchanged.
 """
@@ -94,6 +101,7 @@ TASK_QUEUES = {
     "greenplace.attribute": CONTROL_QUEUE,
     "greenplace.gc": CONTROL_QUEUE,
     "greenplace.prune": CONTROL_QUEUE,
+    "greenplace.catalog_refresh": CONTROL_QUEUE,
     "greenplace.noop": CONTROL_QUEUE,
 }
 UNACKED_RESTORE_INTERVAL_S = 5.0
@@ -235,6 +243,11 @@ def create_app(settings: Settings | None = None) -> Celery:
                 "schedule": settings.prune_interval_s,
                 "options": {"expires": settings.prune_interval_s},
             },
+            **({"greenplace-catalog-refresh": {
+                "task": "greenplace.catalog_refresh",
+                "schedule": settings.catalog_refresh_interval_s,
+                "options": {"expires": settings.catalog_refresh_interval_s},
+            }} if settings.catalog_refresh_interval_s > 0 else {}),
         },
     )
     _SETTINGS[app] = settings

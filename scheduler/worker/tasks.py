@@ -52,6 +52,7 @@ from greenplace.scheduler.dispatch import (
     Followup,
     Outcome,
     attribute_job,
+    current,
     dispatch_job,
     place_and_dispatch,
     reconcile,
@@ -77,12 +78,15 @@ _CONTEXTS: dict[tuple[int, int], Context] = {}
 
 
 def context(app: Celery) -> Context:
-    """This process's Context (store, providers, placer), built on first use after fork."""
+    """This process's Context (store, providers, placer), built on first use after fork and
+    rebuilt on the new figures when a price refresh changed the catalog."""
     key = (os.getpid(), id(app))
     found = _CONTEXTS.get(key)
     if found is None:
         settings = settings_of(app)
         found = _CONTEXTS[key] = Context.build(settings, open_store(settings))
+    else:
+        found = _CONTEXTS[key] = current(found)
     return found
 
 
@@ -221,6 +225,30 @@ def gc_task(self: Task, provider: str | None = None, region: str | None = None) 
                          row.instance_id or "", row.region, row.reason)
 
     _pass("gc", work)
+
+
+# The price refresh's own limits (hard, soft): the clouds' price APIs page through thousands
+# of items, so a refresh takes minutes, not the seconds of every other task (see app.py).
+CATALOG_REFRESH_TIME_LIMIT_S = 900.0
+CATALOG_REFRESH_SOFT_LIMIT_S = 870.0
+
+
+@shared_task(name="greenplace.catalog_refresh", bind=True, acks_late=False,
+             time_limit=CATALOG_REFRESH_TIME_LIMIT_S,
+             soft_time_limit=CATALOG_REFRESH_SOFT_LIMIT_S)
+def catalog_refresh_task(self: Task, clouds: list[str] | None = None) -> None:
+    """Beat's price refresh (``greenplace catalog refresh`` by hand). Beat's message names
+    no cloud: the clouds whose credentials are found (no network) are refreshed one per task,
+    each task sending the next (``refresh.service``). Each writes where
+    ``GREENPLACE_CATALOG_PRICES`` says, and counts what kept old figures as a metric."""
+    from greenplace.scheduler.catalog.refresh.service import refresh_for_service
+
+    def work() -> None:
+        refresh_for_service(context(self.app).store, clouds=clouds, environ=os.environ,
+                            now=utc_now(), send=lambda rest: self.app.send_task(
+                                "greenplace.catalog_refresh", args=[rest]))
+
+    _pass("catalog refresh", work)
 
 
 @shared_task(name="greenplace.noop")

@@ -109,17 +109,26 @@ def test_celery_app_is_configured_and_connects_to_nothing(tmp_path: Path) -> Non
 
 
 def test_tasks_are_named_and_registered() -> None:
-    from greenplace.scheduler.worker.app import create_app
+    from greenplace.scheduler.worker.app import CONTROL_QUEUE, create_app
 
     app = create_app(load_settings({}))
     app.loader.import_default_modules()
     names = {n for n in app.tasks if n.startswith("greenplace.")}
     assert names == {"greenplace.place", "greenplace.dispatch", "greenplace.reconcile",
                      "greenplace.terminate", "greenplace.gc", "greenplace.noop",
-                     "greenplace.prune", "greenplace.attribute"}
+                     "greenplace.prune", "greenplace.attribute", "greenplace.catalog_refresh"}
     schedule = app.conf.beat_schedule
     assert {e["task"] for e in schedule.values()} == {"greenplace.reconcile", "greenplace.gc",
-                                                      "greenplace.prune"}
+                                                      "greenplace.prune",
+                                                      "greenplace.catalog_refresh"}
+    assert schedule["greenplace-catalog-refresh"]["schedule"] == 86400.0
+    assert app.conf.task_routes["greenplace.catalog_refresh"] == {"queue": CONTROL_QUEUE}
+    off = create_app(load_settings({"GREENPLACE_CATALOG_REFRESH_INTERVAL_S": "0"}))
+    assert "greenplace-catalog-refresh" not in off.conf.beat_schedule
+    task = app.tasks["greenplace.catalog_refresh"]
+    # It may run for minutes: acknowledged at start (no redelivery while it runs).
+    assert task.acks_late is False
+    assert task.time_limit > app.conf.broker_transport_options["visibility_timeout"]
 
 
 @pytest.mark.parametrize(("given", "stored", "shown"), [
