@@ -183,6 +183,30 @@ def test_diff_names_new_retired_and_repriced_offers(catalog: Catalog) -> None:
     assert row["spot_price_usd_per_hour_before"] is None and row["spot_price_change_pct"] is None
 
 
+def test_an_offer_seen_but_not_priceable_keeps_its_embedded_row(catalog: Catalog) -> None:
+    # The fetcher saw two embedded types: one it could not price with certainty (kept at its
+    # embedded price and as_of), one the cloud says is not sold there (retired).
+    east = sorted(o.instance_type for o in catalog.offers
+                  if (o.cloud, o.region) == ("aws", "us-east-1")
+                  and o.instance_type != "p5.48xlarge")
+    unpriceable, gone = east[0], east[1]
+    prices = dataclasses.replace(aws_answer(), skipped=(
+        Skipped(region="us-east-1", item=unpriceable, reason="price shape not understood"),
+        Skipped(region="us-east-1", item=gone, reason="not offered in us-east-1",
+                not_offered=True)))
+    document = PricesDocument().with_section(section(prices))
+    result = {o.instance_type: o for o in merged(catalog, document).offers
+              if (o.cloud, o.region) == ("aws", "us-east-1")}
+    embedded = next(o for o in catalog.offers
+                    if (o.cloud, o.region, o.instance_type) == ("aws", "us-east-1", unpriceable))
+    assert result[unpriceable] == embedded
+    assert gone not in result
+    # It survives the document's JSON form, and the diff calls it neither new nor retired.
+    assert loads(dumps(document), where="x").sections["aws"].prices == prices
+    changed = {c.offer.instance_type for c in diff(catalog, merged(catalog, document))}
+    assert unpriceable not in changed and gone in changed
+
+
 def test_offers_of_regions_the_catalog_lost_are_left_out(catalog: Catalog) -> None:
     gone = offer("aws", "mars-north-1", "p5.48xlarge", "H100", 8, 50.0)
     prices = dataclasses.replace(aws_answer(), regions=("us-east-1", "mars-north-1"),

@@ -420,7 +420,7 @@ def _region_offers(
                 if o.cloud == CLOUD and o.region == region}
     for instance_type in sorted(embedded - answers.zones.keys()):
         if instance_type in wanted:
-            skipped.append(Skipped(region=region, item=instance_type, reason=(
+            skipped.append(Skipped(region=region, item=instance_type, not_offered=True, reason=(
                 f"not offered in {region} (DescribeInstanceTypeOfferings)")))
     for instance_type in sorted(answers.zones):
         expected = wanted[instance_type]

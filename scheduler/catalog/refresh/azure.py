@@ -209,17 +209,19 @@ def _offer(region: str, target: Target, prices: SizePrices, facts: dict[str, Sku
     """The offer of one size in one region, or None (with the reason added to ``skipped``)."""
     size = target.instance_type
 
-    def skip(reason: str) -> None:
-        skipped.append(Skipped(region=region, item=size, reason=reason))
+    def skip(reason: str, *, not_offered: bool = False) -> None:
+        skipped.append(Skipped(region=region, item=size, reason=reason, not_offered=not_offered))
 
     vcpus, memory_gib = target.vcpus, target.memory_gib
     if facts is not None:
         sku = facts.get(size)
         if sku is None:
-            skip("not offered in this region: the subscription's SKU list has no such size here")
+            skip("not offered in this region: the subscription's SKU list has no such size here",
+                 not_offered=True)
             return None
         if sku.restriction:
-            skip(f"not offered in this region to the subscription: {sku.restriction}")
+            skip(f"not offered in this region to the subscription: {sku.restriction}",
+                 not_offered=True)
             return None
         if sku.gpus != target.accelerator_count:
             gives = "no GPUs capability" if sku.gpus is None else f"{sku.gpus} GPUs"
@@ -235,7 +237,8 @@ def _offer(region: str, target: Target, prices: SizePrices, facts: dict[str, Sku
         return None
     on_demand, spot = prices.on_demand_usd_per_hour, prices.spot_usd_per_hour
     if on_demand is None and spot is None:
-        skip("no Linux pay-as-you-go or Spot price in this region: not offered here")
+        skip("no Linux pay-as-you-go or Spot price in this region: not offered here",
+             not_offered=True)
         return None
     if on_demand is not None and spot is not None and spot >= on_demand:
         skip(f"Spot price {spot:g} USD/h is not below pay-as-you-go {on_demand:g} USD/h: no "

@@ -553,12 +553,12 @@ def _not_offered(catalog: Catalog, regions: tuple[str, ...], priced: set[tuple[s
         if offer.cloud != PROVIDER or offer.region not in regions or key in priced \
                 or key in handled:
             continue
-        if normalize_name(offer.accelerator).startswith("tpu"):
-            reason = _TPU_REASON
-        else:
-            reason = ("not offered there: Compute Engine lists this machine type (with "
-                      f"{offer.accelerator_count} x {offer.accelerator}) in no zone of the region")
-        skipped.append(Skipped(region=offer.region, item=offer.instance_type, reason=reason))
+        tpu = normalize_name(offer.accelerator).startswith("tpu")
+        reason = _TPU_REASON if tpu else (
+            "not offered there: Compute Engine lists this machine type (with "
+            f"{offer.accelerator_count} x {offer.accelerator}) in no zone of the region")
+        skipped.append(Skipped(region=offer.region, item=offer.instance_type, reason=reason,
+                               not_offered=not tpu))
 
 
 def fetch(request: RefreshRequest) -> CloudPrices:

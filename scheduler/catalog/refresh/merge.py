@@ -7,9 +7,12 @@ refresh did not price (not asked, not enabled for the account) keep the embedded
 
 Design choice: the refresh is the cloud's own word on what it sells in a region it priced,
 so an offer missing from it is retired rather than kept at an old price; regions it did not
-price are not evidence of anything. A refreshed offer whose region or accelerator the
-catalog no longer knows (the document outlived an upgrade) is left out and counted, never
-an error that would stop every command.
+price are not evidence of anything. The one exception is an offer the fetcher saw but could
+not price with certainty (``skipped`` without ``not_offered``, e.g. GCP's TPUs, whose prices
+live in another service): nothing says it is no longer sold, so its embedded row stays, with
+its own older ``as_of``, which every decision shows. A refreshed offer whose region or
+accelerator the catalog no longer knows (the document outlived an upgrade) is left out and
+counted, never an error that would stop every command.
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def refreshed_offers(document: PricesDocument) -> list[Offer]:
             if (p := document.sections[cloud].prices) is not None for o in p.offers]
 
 
+def unpriced_offers(document: PricesDocument) -> frozenset[_Key]:
+    """(cloud, region or "", instance type) the refresh saw sold but could not price."""
+    return frozenset((cloud, s.region, s.item) for cloud in document.sections
+                     if (p := document.sections[cloud].prices) is not None
+                     for s in p.skipped if not s.not_offered)
+
+
 def usable(catalog: Catalog, offers: Iterable[Offer]) -> tuple[list[Offer], list[Offer]]:
     """(offers whose region and accelerator the catalog knows, the others)."""
     regions = {r.key for r in catalog.regions}
@@ -61,8 +71,13 @@ def merged(catalog: Catalog, document: PricesDocument) -> Catalog:
     replaced = priced_regions(document)
     if not replaced:
         return catalog
-    kept = [o for o in catalog.offers if o.region not in replaced.get(o.cloud, frozenset())]
     fresh, _ = usable(catalog, refreshed_offers(document))
+    found = {_key(o) for o in fresh}
+    unpriced = unpriced_offers(document)
+    kept = [o for o in catalog.offers
+            if o.region not in replaced.get(o.cloud, frozenset())
+            or (_key(o) not in found and ((o.cloud, o.region, o.instance_type) in unpriced
+                                         or (o.cloud, "", o.instance_type) in unpriced))]
     return Catalog.build(catalog.regions, catalog.accelerators, sorted([*kept, *fresh], key=_key))
 
 
@@ -124,4 +139,5 @@ def diff(before: Catalog | Sequence[Offer], after: Catalog | Sequence[Offer]) ->
     return changes
 
 
-__all__ = ["OfferChange", "diff", "merged", "priced_regions", "refreshed_offers", "usable"]
+__all__ = ["OfferChange", "diff", "merged", "priced_regions", "refreshed_offers",
+           "unpriced_offers", "usable"]

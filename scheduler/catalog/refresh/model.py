@@ -13,7 +13,8 @@ Contract every fetcher keeps:
 * Every offer's accelerator is a canonical catalog name (``request.catalog.accelerator``),
   and its count, vCPUs and memory are the cloud's own figures for that instance type. An
   instance type or SKU shape the fetcher cannot map with certainty is listed in ``skipped``
-  with the reason; it is never given a guessed price.
+  with the reason; it is never given a guessed price. A type the cloud says is not sold in a
+  region is listed there too, marked ``not_offered``.
 * A price is USD per hour for the whole instance (accelerators and host together), Linux,
   shared tenancy, on demand; ``spot_price_usd_per_hour`` is the region's spot figure (None when
   the cloud sells none there). An offer with neither price is skipped.
@@ -57,6 +58,10 @@ class Skipped:
     region: str  # "" when it applies to every region
     item: str  # instance type, SKU id or meter name
     reason: str
+    # True when the cloud says the type is not sold in that region: its embedded offer is
+    # retired. False when it is sold but could not be priced with certainty: the embedded
+    # offer stays, with its own (older) ``as_of``.
+    not_offered: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -168,10 +168,14 @@ def check_problems(catalog: Catalog, document: PricesDocument, *, cloud: str,
 
 
 def _emptied(catalog: Catalog, prices: CloudPrices) -> list[str]:
-    """Regions where the refresh found no offer at all while the catalog sells some there:
-    an empty answer is far likelier a broken fetch than a cloud that sells nothing."""
-    found = {o.region for o in prices.offers}
+    """Regions where the refresh found no offer at all (priced, or seen but not priceable)
+    while the catalog sells some there: an empty answer is far likelier a broken fetch than a
+    cloud that sells nothing."""
+    unpriced = {(s.region, s.item) for s in prices.skipped if not s.not_offered}
     sold = {o.region for o in catalog.offers if o.cloud == prices.cloud}
+    found = {o.region for o in prices.offers} | {
+        o.region for o in catalog.offers if o.cloud == prices.cloud
+        and ((o.region, o.instance_type) in unpriced or ("", o.instance_type) in unpriced)}
     return [f"refreshed prices {prices.cloud}:{r}: no offer priced, where the embedded catalog "
             "has some; refusing to retire them all"
             for r in sorted(set(prices.regions) & sold - found)]

@@ -94,8 +94,9 @@ def _iso(at: dt.datetime) -> str:
     return at.astimezone(dt.UTC).isoformat()
 
 
-def _skipped_json(s: Skipped) -> dict[str, str]:
-    return {"region": s.region, "item": s.item, "reason": s.reason}
+def _skipped_json(s: Skipped) -> dict[str, str | bool]:
+    return {"region": s.region, "item": s.item, "reason": s.reason,
+            "not_offered": s.not_offered}
 
 
 def _section_json(s: Section) -> dict[str, Any]:
@@ -189,7 +190,8 @@ class _Reader:
                 raise self.fail(sp, "is not a mapping")
             skipped.append(Skipped(region=self.get(s, sp, "region", str),
                                    item=self.get(s, sp, "item", str),
-                                   reason=self.get(s, sp, "reason", str)))
+                                   reason=self.get(s, sp, "reason", str),
+                                   not_offered=s.get("not_offered") is True))
         prices = CloudPrices(
             cloud=cloud, source=self.get(data, path, "source", str),
             fetched_at=self.when(data.get("fetched_at"), f"{path}.fetched_at"),
