@@ -317,15 +317,12 @@ def parse_since(text: str | None) -> dt.datetime | None:
 
 
 def learn_power(store: JobStore, job_id: str, measurement: Mapping[str, Any]) -> float | None:
-    """Add a job's measured run to its accelerator's calibration (``scheduler/calibration``);
-    returns the watts per chip counted, or None (no GPU measured, a short run, no placement)."""
+    """Add a job's measured run to its accelerator's calibration, and its label's
+    (``scheduler/calibration``); returns the watts per chip counted, or None (no GPU
+    measured, a short run, no placement)."""
     from greenplace.scheduler import calibration
 
-    placement = store.get(job_id).placement
-    if placement is None:
-        return None
-    return calibration.record_run(store, accelerator=placement.accelerator,
-                                  measurement=measurement)
+    return calibration.learn(store, store.get(job_id), measurement)
 
 
 # --- acting -----------------------------------------------------------------------------
