@@ -13,7 +13,8 @@ id) holding everything about it:
 ``summary.json`` the agent's measurement summary, when the job ran under the agent; it is
                  written as the command ends, so its exit code ends the job while the
                  agent may still be delivering its report to an API that is down
-``deleted``      written by ``delete()``; logs, summary and ``work/`` stay
+``deleted``      written by ``delete()`` (the time); logs, summary and ``work/`` stay
+                 ``keep_days`` more, then the whole folder is removed
 ``groups.json``  the process groups ``delete()`` stops (the agent's command has its own)
 
 The command runs under ``greenplace agent`` (which measures its energy) when this
@@ -31,6 +32,15 @@ see ``providers/settings.py``):
 ``slots``    how many jobs may run at once (default 1; 0 takes no job); a launch beyond
              that is a CapacityError, so the queue fails over to the next candidate
 ``grace_s``  how long ``delete()`` waits after SIGTERM before SIGKILL (default 3)
+``keep_days``  how long a deleted instance's folder (logs, summary, ``work/``) is kept
+             before it is removed (default 7; 0 removes it at the next submit)
+
+Retention: each submit, under the root's lock, sets aside (renames into ``{root}/.removing``)
+every folder whose instance was deleted more than ``keep_days`` ago and whose process is
+gone, and removes them once the lock is released, so a large ``work/`` never holds up
+another worker's submit. A live job's folder, or one not yet deleted, is never touched:
+only ``delete()`` (reconcile, cancel, ``greenplace gc``) marks a folder deleted, and only
+once no process of the job runs.
 
 Design choice: the job is started detached (its own session and process group, reparented
 away from the worker through a launcher that exits at once), and everything ``status()``
@@ -89,13 +99,15 @@ from greenplace.scheduler.exceptions import (
 
 NAME = "local"
 EMBEDDED_CLOUDS = ("aws", "gcp", "azure", "local-sim")
-_SETTINGS = frozenset({"root", "slots", "grace_s"})
+_SETTINGS = frozenset({"root", "slots", "grace_s", "keep_days"})
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TOKEN_LINE = re.compile(r"^export GREENPLACE_AGENT_TOKEN='(.*)'$", re.MULTILINE)
 
 STATE, COMMAND, PID, EXIT_CODE = "state.json", "command.sh", "pid", "exit_code"
 STDOUT, STDERR, SUMMARY, DELETED = "stdout.log", "stderr.log", "summary.json", "deleted"
 WORK = "work"
+REMOVING = ".removing"  # folders set aside for removal (retention), emptied after the lock
+DEFAULT_KEEP_DAYS = 7.0
 START_TIMEOUT_S = 60.0  # a wrapper that wrote no pid file by then never started
 GROUPS = "groups.json"
 
@@ -358,10 +370,12 @@ class LocalProvider:
     # No spot market here, and no boot script run (the command runs directly).
     features = frozenset({Feature.CANCEL, Feature.TAGS, Feature.IDEMPOTENT_SUBMIT})
 
-    def __init__(self, *, root: Path, slots: int, grace_s: float) -> None:
+    def __init__(self, *, root: Path, slots: int, grace_s: float,
+                 keep_days: float = DEFAULT_KEEP_DAYS) -> None:
         self.root = root
         self.slots = slots
         self.grace_s = grace_s
+        self.keep_days = keep_days
         self.host = socket.gethostname()
 
     # --- plumbing -----------------------------------------------------------------
@@ -408,6 +422,60 @@ class LocalProvider:
                     InstanceState.PENDING, InstanceState.RUNNING):
                 count += 1
         return count
+
+    # --- retention --------------------------------------------------------------------
+    def _expired(self, folder: Path, *, now: dt.datetime) -> bool:
+        """Whether ``folder``'s instance was deleted more than ``keep_days`` before ``now``
+        and no process of it runs (the wrapper's pid, checked as ``status`` does)."""
+        marker = folder / DELETED
+        try:
+            text = marker.read_text().strip()
+            deleted_at = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except OSError:
+            return False  # not deleted: a live, starting or undeleted instance
+        except ValueError:  # a marker written by hand: its file time
+            deleted_at = dt.datetime.fromtimestamp(marker.stat().st_mtime, dt.UTC)
+        if deleted_at.tzinfo is None:
+            deleted_at = deleted_at.replace(tzinfo=dt.UTC)
+        if (now - deleted_at).total_seconds() < self.keep_days * 86_400:
+            return False
+        pid = _read_int(folder / PID)
+        state = _read_json(folder / STATE) or {}
+        ticks = state.get("start_ticks") if state.get("pid") == pid else None
+        return pid is None or not _alive(pid, ticks if isinstance(ticks, int) else None)
+
+    def _set_aside_expired(self, *, now: dt.datetime, keep: str | None = None) -> list[str]:
+        """Under the root's lock: move each expired instance folder into ``.removing``
+        (a rename, instant whatever it holds), but ``keep`` (the instance a submit is
+        about: its key's folder answers a repeated submit); returns their instance ids."""
+        moved = []
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir() or not _SAFE_ID.fullmatch(folder.name) \
+                    or folder.name == keep or not self._expired(folder, now=now):
+                continue
+            trash = self.root / REMOVING
+            trash.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):  # another root's leftover: the next submit
+                os.replace(folder, trash / folder.name)
+                moved.append(folder.name)
+        return moved
+
+    def _empty_trash(self) -> None:
+        """Remove what was set aside (also what a worker that died mid-removal left)."""
+        trash = self.root / REMOVING
+        if trash.is_dir():
+            for folder in trash.iterdir():
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def remove_expired(self, *, now: dt.datetime | None = None) -> list[str]:
+        """Remove the folders of instances deleted more than ``keep_days`` ago (logs,
+        summary and ``work/`` with them); returns their instance ids. ``submit`` calls it."""
+        moment = now or dt.datetime.now(dt.UTC)
+        try:
+            with self._locked("remove_expired"):
+                return self._set_aside_expired(now=moment)
+        finally:
+            self._empty_trash()
 
     # --- the Provider protocol ------------------------------------------------------
     def check_credentials(self) -> str:
@@ -473,39 +541,48 @@ class LocalProvider:
             TransientError: the process could not be started now.
         """
         folder = self.root / str(request.payload["InstanceId"])
-        with self._locked("submit"):
-            state = _read_json(folder / STATE)
-            if state is not None:
-                if state.get("idempotency_key") != idempotency_key:
-                    raise InvalidRequestError(
-                        f"instance {folder.name} was launched with another idempotency key. "
-                        "To fix: derive one key per launch attempt.", provider=NAME,
-                        operation="submit", code="IdempotentParameterMismatch")
-                if not (folder / PID).exists() and not (folder / EXIT_CODE).exists() \
-                        and not (folder / DELETED).exists():
-                    self._start(folder, state, request)  # an earlier submit died before it
-                return self._handle(state)
-            live = self._live()
-            if live >= self.slots:
-                raise CapacityError(
-                    f"all {self.slots} local slot(s) of {self.host} are taken ({live} job(s) "
-                    "running). To fix: nothing in the job is wrong; greenplace fails over to "
-                    "the next candidate (raise GREENPLACE_LOCAL_SLOTS to run more at once).",
-                    provider=NAME, operation="submit", code="SlotsFull")
-            (folder / WORK).mkdir(parents=True, exist_ok=True)
-            (folder / COMMAND).write_text(str(request.payload["Run"]) + "\n", encoding="utf-8")
-            state = {
-                "instance_id": folder.name, "job_id": request.tags.get("greenplace:job-id"),
-                "attempt": request.tags.get("greenplace:attempt"),
-                "idempotency_key": idempotency_key, "cloud": request.cloud,
-                "region": request.region, "instance_type": request.instance_type,
-                "tags": request.tags, "command": request.payload["Run"],
-                "argv": request.payload["Argv"], "host": self.host,
-                "created_at": _now_iso(), "pid": None, "pgid": None, "start_ticks": None,
-            }
-            _write_atomic(folder / STATE, json.dumps(state, indent=2))
-            self._start(folder, state, request)
+        try:
+            with self._locked("submit"):
+                self._set_aside_expired(now=dt.datetime.now(dt.UTC), keep=folder.name)
+                return self._submit_locked(folder, request, idempotency_key=idempotency_key)
+        finally:
+            self._empty_trash()
+
+    def _submit_locked(self, folder: Path, request: LaunchRequest, *,
+                       idempotency_key: str) -> InstanceHandle:
+        """``submit``'s work under the root's lock."""
+        state = _read_json(folder / STATE)
+        if state is not None:
+            if state.get("idempotency_key") != idempotency_key:
+                raise InvalidRequestError(
+                    f"instance {folder.name} was launched with another idempotency key. "
+                    "To fix: derive one key per launch attempt.", provider=NAME,
+                    operation="submit", code="IdempotentParameterMismatch")
+            if not (folder / PID).exists() and not (folder / EXIT_CODE).exists() \
+                    and not (folder / DELETED).exists():
+                self._start(folder, state, request)  # an earlier submit died before it
             return self._handle(state)
+        live = self._live()
+        if live >= self.slots:
+            raise CapacityError(
+                f"all {self.slots} local slot(s) of {self.host} are taken ({live} job(s) "
+                "running). To fix: nothing in the job is wrong; greenplace fails over to "
+                "the next candidate (raise GREENPLACE_LOCAL_SLOTS to run more at once).",
+                provider=NAME, operation="submit", code="SlotsFull")
+        (folder / WORK).mkdir(parents=True, exist_ok=True)
+        (folder / COMMAND).write_text(str(request.payload["Run"]) + "\n", encoding="utf-8")
+        state = {
+            "instance_id": folder.name, "job_id": request.tags.get("greenplace:job-id"),
+            "attempt": request.tags.get("greenplace:attempt"),
+            "idempotency_key": idempotency_key, "cloud": request.cloud,
+            "region": request.region, "instance_type": request.instance_type,
+            "tags": request.tags, "command": request.payload["Run"],
+            "argv": request.payload["Argv"], "host": self.host,
+            "created_at": _now_iso(), "pid": None, "pgid": None, "start_ticks": None,
+        }
+        _write_atomic(folder / STATE, json.dumps(state, indent=2))
+        self._start(folder, state, request)
+        return self._handle(state)
 
     def _start(self, folder: Path, state: dict[str, Any], request: LaunchRequest) -> None:
         """Launch the wrapper detached, wait for its pid file, record pid and group."""
@@ -636,7 +713,7 @@ def create(config: Mapping[str, str]) -> LocalProvider:
     """The registry factory: settings from ``config`` and ``GREENPLACE_LOCAL_*``.
 
     Raises:
-        ConfigError: a slot count or grace that is not a number in range.
+        ConfigError: a slot count, grace or retention that is not a number in range.
     """
     settings = merged_settings("LOCAL", config, os.environ, from_env=_SETTINGS.__contains__)
     slots = number_setting("local", settings, "slots", 1, minimum=0)
@@ -644,6 +721,8 @@ def create(config: Mapping[str, str]) -> LocalProvider:
         raise ConfigError(f"local slots {settings['slots']!r} is not a whole number. To fix: "
                           "set GREENPLACE_LOCAL_SLOTS to how many jobs may run at once.")
     grace_s = number_setting("local", settings, "grace_s", 3.0, minimum=0)
+    keep_days = number_setting("local", settings, "keep_days", DEFAULT_KEEP_DAYS, minimum=0)
     root = settings.get("root")
     return LocalProvider(root=Path(root).expanduser() if root else default_root(),
-                         slots=int(slots), grace_s=min(grace_s, LAUNCH_WAIT_S))
+                         slots=int(slots), grace_s=min(grace_s, LAUNCH_WAIT_S),
+                         keep_days=keep_days)

@@ -7,11 +7,15 @@ until the job reaches a final state.
 
 Design choice: the logs are read from the folder, not shipped through Redis or the API:
 they can be large, and the folder is where the job wrote them. So the command runs on the
-machine that ran the job, and says which machine that is when run anywhere else.
+machine that ran the job, and says which machine that is when run anywhere else. The
+provider removes a folder ``GREENPLACE_LOCAL_KEEP_DAYS`` after the job's instance was
+deleted; asked for such a job's logs, the command says so.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +42,7 @@ class JobWhere:
     folder: Path | None  # the latest attempt's instance folder, when launched locally
     host: str | None
     reason: str | None
+    deleted_at: dt.datetime | None = None  # when the latest attempt's instance was deleted
 
 
 def _from_store(job_id: str) -> Callable[[], JobWhere]:
@@ -56,7 +61,8 @@ def _from_store(job_id: str) -> Callable[[], JobWhere]:
                         folder=_folder_of(handle.instance_id, handle.extra.get("dir"))
                         if handle else None,
                         host=handle.extra.get("host") if handle else None,
-                        reason=record.reason or None)
+                        reason=record.reason or None,
+                        deleted_at=_moment(record.terminated_at))
 
     return read
 
@@ -74,9 +80,25 @@ def _from_api(job_id: str) -> Callable[[], JobWhere] | None:
         return JobWhere(job_id=job_id, state=str(view["state"]),
                         attempt=int(view.get("attempts") or 0), provider=view.get("provider"),
                         folder=_folder_of(instance, None) if instance else None, host=None,
-                        reason=view.get("reason"))
+                        reason=view.get("reason"),
+                        deleted_at=_moment(view.get("instance_deleted_at")))
 
     return read
+
+
+def _moment(text: object) -> dt.datetime | None:
+    """An ISO 8601 time of the record (None when empty or not one)."""
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def _keep_days() -> float:
+    """This machine's ``GREENPLACE_LOCAL_KEEP_DAYS`` (the local provider's retention)."""
+    from greenplace.providers.local import create
+
+    return create({}).keep_days
 
 
 def _folder_of(instance_id: str, recorded: str | None) -> Path:
@@ -88,12 +110,17 @@ def _folder_of(instance_id: str, recorded: str | None) -> Path:
     return create({}).folder(instance_id)
 
 
-def attempt_folder(job: JobWhere, attempt: int | None) -> Path:
+def attempt_folder(job: JobWhere, attempt: int | None, *,
+                   keep_days: Callable[[], float] = _keep_days,
+                   now: dt.datetime | None = None) -> Path:
     """The folder of ``attempt`` (default: the latest) of a job the local provider ran.
 
+    ``keep_days``: this machine's retention of deleted instances' folders, asked only for a
+    job whose folder is gone; ``now``: the time to judge it at (default: the clock).
+
     Raises:
-        UserInputError: the job ran elsewhere, has no such attempt, or its folder is not on
-            this machine.
+        UserInputError: the job ran elsewhere, has no such attempt, its folder is not on
+            this machine, or retention removed it.
     """
     if job.provider != "local":
         raise UserInputError(
@@ -109,6 +136,7 @@ def attempt_folder(job: JobWhere, attempt: int | None) -> Path:
                                  f"{job.attempt}.")
         folder = folder.parent / f"{job.job_id}-a{attempt}"
     if not (folder / "state.json").exists():
+        _refuse_if_removed(job, folder, keep_days=keep_days, now=now)
         where = f"on {job.host}" if job.host else "elsewhere"
         raise UserInputError(
             f"The folder of job {job.job_id} ({folder}) is not on this machine: the attempt "
@@ -116,6 +144,27 @@ def attempt_folder(job: JobWhere, attempt: int | None) -> Path:
             "`greenplace logs` on the machine that ran the job (with the same "
             "GREENPLACE_LOCAL_ROOT as its worker).")
     return folder
+
+
+def _refuse_if_removed(job: JobWhere, folder: Path, *, keep_days: Callable[[], float],
+                       now: dt.datetime | None) -> None:
+    """Say so when the folder is gone because retention removed it: the job is final, its
+    instance was deleted (on this machine, as far as the record says) longer ago than this
+    machine keeps folders."""
+    if job.state not in _FINAL or job.deleted_at is None or (
+            job.host is not None and job.host != socket.gethostname()):
+        return
+    days = keep_days()
+    age_s = ((now or dt.datetime.now(dt.UTC)) - job.deleted_at).total_seconds()
+    if age_s < days * 86_400:
+        return
+    raise UserInputError(
+        f"The logs of job {job.job_id} were removed with its folder ({folder}): the local "
+        f"provider keeps a finished job's folder {days:g} day(s) after its instance is "
+        f"deleted (GREENPLACE_LOCAL_KEEP_DAYS), and this job's was deleted on "
+        f"{job.deleted_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC. To fix: nothing brings "
+        "these logs back; raise GREENPLACE_LOCAL_KEEP_DAYS on the worker's machine to keep "
+        "later jobs' logs longer.")
 
 
 class _Tail:
