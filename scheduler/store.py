@@ -8,7 +8,8 @@ cache ``{prefix}:signal:``). With the default prefix:
 key                            holds
 =============================  ======================================================
 ``gp:job:{id}``                hash: the job record (spec, policy, frozen decision,
-                               attempts, provider handle, timestamps, reasons)
+                               attempts, provider handle, timestamps, reasons, the
+                               agent's figures, the run's hourly intensity series)
 ``gp:job:{id}:events``         list: the append-only event history (JSON per event)
 ``gp:jobs``                    zset: every job id, scored by submission time
 ``gp:team:{team}``             zset: the team's job ids, scored by submission time

@@ -11,8 +11,7 @@ from greenplace.scheduler.output import fmt, print_json, print_table
 
 @click.group("calibration")
 def calibration_group() -> None:
-    """Measured power per accelerator (and job label), learnt from finished jobs: show or
-    reset it."""
+    """Measured power per accelerator, learnt from finished jobs: show or reset it."""
 
 
 @calibration_group.command("show")

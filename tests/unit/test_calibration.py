@@ -255,3 +255,13 @@ def test_a_bad_calibration_label_is_a_clear_jobs_file_error(
     good.write_text(path.read_text().replace(json.dumps(label), '"llm-pretrain.v2_a"'))
     (loaded,) = load_jobs(good, load_catalog())
     assert loaded.spec.calibration_label == "llm-pretrain.v2_a"
+
+
+def test_the_jobs_file_schema_documents_the_label(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["schema", "jobs-file"])
+    assert done.value.code == 0
+    schema = json.loads(capsys.readouterr().out)
+    label = schema["$defs"]["JobSpec"]["properties"]["calibration_label"]
+    assert label["pattern"] == "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+    assert "measured power per chip" in label["description"]
