@@ -434,7 +434,10 @@ class LocalProvider:
         except OSError:
             return False  # not deleted: a live, starting or undeleted instance
         except ValueError:  # a marker written by hand: its file time
-            deleted_at = dt.datetime.fromtimestamp(marker.stat().st_mtime, dt.UTC)
+            try:
+                deleted_at = dt.datetime.fromtimestamp(marker.stat().st_mtime, dt.UTC)
+            except OSError:
+                return False
         if deleted_at.tzinfo is None:
             deleted_at = deleted_at.replace(tzinfo=dt.UTC)
         if (now - deleted_at).total_seconds() < self.keep_days * 86_400:
@@ -455,7 +458,7 @@ class LocalProvider:
                 continue
             trash = self.root / REMOVING
             trash.mkdir(exist_ok=True)
-            with contextlib.suppress(OSError):  # another root's leftover: the next submit
+            with contextlib.suppress(OSError):  # a same-named leftover there: a later submit
                 os.replace(folder, trash / folder.name)
                 moved.append(folder.name)
         return moved
