@@ -14,7 +14,8 @@ id) holding everything about it:
 ``summary.json`` the agent's measurement summary, when the job ran under the agent; it is
                  written as the command ends, so its exit code ends the job while the
                  agent may still be delivering its report to an API that is down
-``deleted``      written by ``delete()``; logs, summary and ``work/`` stay
+``deleted``      written by ``delete()`` (the time); logs, summary and ``work/`` stay
+                 ``keep_days`` more, then the whole folder is removed
 ``groups.json``  the process groups ``delete()`` stops (the agent's command has its own)
 
 The folder operations (launch, status, stop, slot count, log reads) live in
@@ -41,6 +42,9 @@ see ``providers/settings.py``; dotted keys only through the JSON or the config):
                  launch beyond that is a CapacityError, so the queue fails over to the next
                  candidate. ``slots.<region>`` sets one region's host apart
 ``grace_s``      how long ``delete()`` waits after SIGTERM before SIGKILL (default 3)
+``keep_days``    how long a deleted instance's folder (logs, summary, ``work/``) is kept
+                 before it is removed (default 7; 0 removes it at the next submit), on
+                 this machine and on every SSH host alike
 ``host.<region>``  ``user@host[:port]``: the region's jobs run on that host over SSH (user,
                  port, keys and jump hosts may come from the worker's ~/.ssh/config instead);
                  a region with no host declared is this machine
@@ -51,6 +55,16 @@ see ``providers/settings.py``; dotted keys only through the JSON or the config):
                  default: the worker's ssh agent and config
 ``connect_timeout_s`` (10), ``control_persist_s`` (60), ``control_dir`` (the ControlMaster
                  sockets' folder, default ``$XDG_RUNTIME_DIR/greenplace-ssh``)
+
+Retention: each submit, on the job's host under that host's root lock, sets aside (renames
+into ``{root}/.removing``) every folder whose instance was deleted more than ``keep_days``
+ago and whose process is gone, and removes them once the lock is released, so a large
+``work/`` never holds up another worker's submit. The worker sends ``keep_days`` with the
+request, like ``slots``; an SSH host thus removes its own expired folders, with its own
+clock and its own process table, and this machine's folders go at a launch here. A live
+job's folder, or one not yet deleted, is never touched: only ``delete()`` (reconcile,
+cancel, ``greenplace gc``) marks a folder deleted, and only once no process of the job
+runs.
 
 Design choice: the job is started detached (its own session and process group, reparented
 away from the worker, or the ssh session, through a launcher that exits at once), and
@@ -68,6 +82,7 @@ as running them here would contradict the figures that chose them.
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import os
 import re
@@ -110,12 +125,13 @@ from greenplace.scheduler.exceptions import (
 
 NAME = "local"
 EMBEDDED_CLOUDS = ("aws", "gcp", "azure", "local-sim")
-_SETTINGS = frozenset({"root", "slots", "grace_s", "remote_root", "ssh_options",
-                       "identity_file", "connect_timeout_s", "control_persist_s",
+_SETTINGS = frozenset({"root", "slots", "grace_s", "keep_days", "remote_root",
+                       "ssh_options", "identity_file", "connect_timeout_s", "control_persist_s",
                        "control_dir"})
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SAFE_ID = local_ops.SAFE_ID
 _TOKEN_LINE = re.compile(r"^export GREENPLACE_AGENT_TOKEN='(.*)'$", re.MULTILINE)
 START_TIMEOUT_S = local_ops.START_TIMEOUT_S
+DEFAULT_KEEP_DAYS = 7.0
 default_root = local_ops.default_root
 
 
@@ -200,10 +216,11 @@ class LocalProvider:
     def __init__(self, *, root: Path, slots: int, grace_s: float,
                  hosts: Mapping[str, SshTarget] | None = None,
                  region_slots: Mapping[str, int] | None = None, remote_root: str = "",
-                 ssh: SshOptions | None = None) -> None:
+                 ssh: SshOptions | None = None, keep_days: float = DEFAULT_KEEP_DAYS) -> None:
         self.root = root
         self.slots = slots
         self.grace_s = grace_s
+        self.keep_days = keep_days
         self.hosts = dict(hosts or {})
         self.region_slots = dict(region_slots or {})
         self.remote_root = remote_root
@@ -340,6 +357,7 @@ class LocalProvider:
 
     def submit(self, request: LaunchRequest, *, idempotency_key: str) -> InstanceHandle:
         """Start the job, or return the instance an earlier submit with this key started.
+        The job's host first removes its expired folders (see Retention above).
 
         Raises:
             CapacityError: every slot is taken (``SlotsFull``), or the region's SSH host
@@ -356,7 +374,7 @@ class LocalProvider:
             "instance_id": str(payload["InstanceId"]), "idempotency_key": idempotency_key,
             "run": payload["Run"], "argv": payload.get("Argv"), "agent": payload.get("Agent"),
             "env": job_variables(payload, agent_token_in(request.startup_script)),
-            "slots": slots, "state": {
+            "slots": slots, "keep_days": self.keep_days, "state": {
                 "job_id": request.tags.get("greenplace:job-id"),
                 "attempt": request.tags.get("greenplace:attempt"), "cloud": request.cloud,
                 "region": request.region, "instance_type": request.instance_type,
@@ -423,6 +441,30 @@ class LocalProvider:
                                       "grace_s": self.grace_s}, purpose="delete")
         return bool(answer["done"])
 
+    def remove_expired(self, *, region: str | None = None,
+                       now: dt.datetime | None = None) -> list[str]:
+        """Remove the folders of instances deleted more than ``keep_days`` ago (logs,
+        summary and ``work/`` with them) on ``region``'s host (default: this machine),
+        judged at ``now`` (default: that host's clock); returns their instance ids.
+        ``submit`` does the same on the job's host at each launch.
+
+        Raises:
+            InvalidRequestError: the host's root is not writable (``RootUnwritable``).
+        """
+        host = self.this_machine if region is None else self.host_for(region)
+        request: dict[str, Any] = {"keep_days": self.keep_days}
+        if now is not None:
+            request["now"] = now.isoformat()
+        answer = host.call("remove_expired", request, purpose="remove_expired")
+        if answer.get("error"):
+            raise provider_error(
+                InvalidRequestError, f"the local root on {host.label} is not writable "
+                f"({answer['error']})", provider=NAME, operation="remove_expired",
+                code="RootUnwritable",
+                fix="point GREENPLACE_LOCAL_ROOT (REMOTE_ROOT for an SSH host) at a folder "
+                    "its user may write")
+        return [str(name) for name in answer["removed"]]
+
 
 def _checked_id(instance_id: str) -> str:
     if not _SAFE_ID.fullmatch(instance_id):
@@ -445,12 +487,13 @@ def create(config: Mapping[str, str]) -> LocalProvider:
     """The registry factory: settings from ``config`` and ``GREENPLACE_LOCAL_*``.
 
     Raises:
-        ConfigError: a slot count or grace that is not a number in range, a host that is
-            not ``user@host[:port]``, or ssh options that do not parse.
+        ConfigError: a slot count, grace or retention that is not a number in range, a
+            host that is not ``user@host[:port]``, or ssh options that do not parse.
     """
     settings = merged_settings("LOCAL", config, os.environ, from_env=_SETTINGS.__contains__)
     slots = _whole(settings, "slots", 1)
     grace_s = number_setting("local", settings, "grace_s", 3.0, minimum=0)
+    keep_days = number_setting("local", settings, "keep_days", DEFAULT_KEEP_DAYS, minimum=0)
     hosts = {key.removeprefix("host."): parse_target(value, setting=key)
              for key, value in settings.items() if key.startswith("host.") and value}
     region_slots = {key.removeprefix("slots."): _whole(settings, key, slots)
@@ -460,4 +503,5 @@ def create(config: Mapping[str, str]) -> LocalProvider:
                          slots=slots, grace_s=min(grace_s, local_ops.LAUNCH_WAIT_S),
                          hosts=hosts, region_slots=region_slots,
                          remote_root=settings.get("remote_root", ""),
-                         ssh=ssh_options_from(settings) if hosts else None)
+                         ssh=ssh_options_from(settings) if hosts else None,
+                         keep_days=keep_days)

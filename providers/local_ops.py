@@ -1,9 +1,10 @@
 """local_ops: the ``local`` provider's folder operations, run on the host of the jobs.
 
 Each operation takes a JSON-ready request and returns a JSON-ready answer: ``probe``,
-``submit`` (idempotency and slot count under the root's lock, detached start), ``status``,
-``list``, ``delete`` (stop the job's process groups) and ``logs`` (what the output files
-gained since given offsets). The folder layout is described in ``providers/local.py``.
+``submit`` (retention, idempotency and slot count under the root's lock, detached start),
+``status``, ``list``, ``delete`` (stop the job's process groups), ``logs`` (what the
+output files gained since given offsets) and ``remove_expired`` (retention alone). The
+folder layout and the retention rule are described in ``providers/local.py``.
 
 Design choice: this module imports the standard library only, nothing of greenplace, and
 runs on any python3 from 3.8, so the very same code serves both kinds of host
@@ -24,6 +25,7 @@ import fcntl
 import getpass
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +39,8 @@ from typing import Any
 STATE, COMMAND, PID, EXIT_CODE = "state.json", "command.sh", "pid", "exit_code"
 STDOUT, STDERR, SUMMARY, DELETED = "stdout.log", "stderr.log", "summary.json", "deleted"
 WORK, GROUPS, LOCK = "work", "groups.json", ".lock"
+REMOVING = ".removing"  # folders set aside for removal (retention), emptied after the lock
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # an instance id, a folder name
 START_TIMEOUT_S = 60.0  # a wrapper that wrote no pid file by then never started
 LAUNCH_WAIT_S = 5.0  # as providers/base.py: the longest a submit waits for the pid file
 LOG_CHUNK_BYTES = 1 << 20  # the most bytes of one log file one ``logs`` answer carries
@@ -304,6 +308,75 @@ def _live(root: Path) -> int:
     return count
 
 
+# --- retention -------------------------------------------------------------------------
+def _deleted_at(folder: Path) -> dt.datetime | None:
+    """When ``delete()`` marked ``folder`` deleted (the marker's time, else for a marker
+    written by hand its file time); None when it is not marked, or the marker vanished."""
+    marker = folder / DELETED
+    try:
+        text = marker.read_text().strip()
+    except OSError:
+        return None
+    try:
+        deleted_at = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return dt.datetime.fromtimestamp(marker.stat().st_mtime, _UTC)
+        except OSError:
+            return None
+    return deleted_at if deleted_at.tzinfo is not None else deleted_at.replace(tzinfo=_UTC)
+
+
+def _expired(folder: Path, *, keep_days: float, now: dt.datetime) -> bool:
+    """Whether ``folder``'s instance was deleted more than ``keep_days`` before ``now``
+    and no process of it runs (the wrapper's pid, checked as ``folder_status`` does)."""
+    deleted_at = _deleted_at(folder)
+    if deleted_at is None:  # not deleted: a live, starting or undeleted instance
+        return False
+    if (now - deleted_at).total_seconds() < keep_days * 86_400:
+        return False
+    pid = _read_int(folder / PID)
+    state = read_json(folder / STATE) or {}
+    ticks = state.get("start_ticks") if state.get("pid") == pid else None
+    return pid is None or not _alive(pid, ticks if isinstance(ticks, int) else None)
+
+
+def _set_aside_expired(root: Path, *, keep_days: float, now: dt.datetime,
+                       keep: str | None = None) -> list[str]:
+    """Under the root's lock: move each expired instance folder into ``.removing`` (a
+    rename, instant whatever it holds), but ``keep`` (the instance a submit is about: its
+    key's folder answers a repeated submit); returns their instance ids, sorted."""
+    moved = []
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or not SAFE_ID.fullmatch(folder.name) \
+                or folder.name == keep or not _expired(folder, keep_days=keep_days, now=now):
+            continue
+        trash = root / REMOVING
+        trash.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # a same-named leftover there: a later submit
+            os.replace(folder, trash / folder.name)
+            moved.append(folder.name)
+    return moved
+
+
+def _empty_trash(root: Path) -> None:
+    """Remove what was set aside (also what a process that died mid-removal left); run
+    after the lock is released, so a large ``work/`` never holds up another submit."""
+    trash = root / REMOVING
+    if trash.is_dir():
+        for folder in trash.iterdir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _moment(request: Mapping[str, Any]) -> dt.datetime:
+    """The request's ``now`` (ISO 8601, for a test's later day), else the clock."""
+    given = request.get("now")
+    if not given:
+        return dt.datetime.now(_UTC)
+    moment = dt.datetime.fromisoformat(str(given).replace("Z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=_UTC)
+
+
 def _job_argv(folder: Path, argv: list[str] | None) -> tuple[list[str], bool]:
     """The command the wrapper runs, and whether it runs under the agent.
 
@@ -373,6 +446,10 @@ def probe(request: Mapping[str, Any]) -> dict[str, Any]:
 def submit(request: Mapping[str, Any]) -> dict[str, Any]:
     """Start the job, or find the instance an earlier submit with this key started.
 
+    First, under the root's lock, the folders of instances deleted more than
+    ``keep_days`` ago are set aside (never the submitted one), and removed once the lock
+    is released: each host applies the retention to its own root at each launch there.
+
     Answers ``outcome``: ``started``, ``found`` (with ``state``), or the code of a
     refusal: ``SlotsFull`` (with ``live``), ``IdempotentParameterMismatch``,
     ``RootUnwritable`` (with ``error``), ``BashMissing``, ``SpawnFailed``.
@@ -383,30 +460,40 @@ def submit(request: Mapping[str, Any]) -> dict[str, Any]:
     env = job_environment(request.get("env") or {})
     try:
         with _locked(root):
-            state = read_json(folder / STATE)
-            if state is not None:
-                if state.get("idempotency_key") != key:
-                    return {"outcome": "IdempotentParameterMismatch"}
-                failed = None
-                if not (folder / PID).exists() and not (folder / EXIT_CODE).exists() \
-                        and not (folder / DELETED).exists():
-                    failed = _start(folder, state, env)  # an earlier submit died before it
-                return {"outcome": failed or "found", "state": state}
-            live = _live(root)
-            slots = int(request["slots"])
-            if live >= slots:
-                return {"outcome": "SlotsFull", "live": live}
-            (folder / WORK).mkdir(parents=True, exist_ok=True)
-            (folder / COMMAND).write_text(str(request["run"]) + "\n", encoding="utf-8")
-            argv, agent = _job_argv(folder, request.get("argv"))
-            state = {**request["state"], "instance_id": folder.name, "idempotency_key": key,
-                     "argv": argv, "agent": agent, "host": socket.gethostname(),
-                     "dir": str(folder), "created_at": _now_iso(), "pid": None, "pgid": None,
-                     "start_ticks": None}
-            _write_atomic(folder / STATE, json.dumps(state, indent=2))
-            return {"outcome": _start(folder, state, env) or "started", "state": state}
+            _set_aside_expired(root, keep_days=float(request["keep_days"]),
+                               now=_moment(request), keep=folder.name)
+            return _submit_locked(root, folder, request, key=key, env=env)
     except RootUnwritable as exc:
         return {"outcome": "RootUnwritable", "error": str(exc)}
+    finally:
+        _empty_trash(root)
+
+
+def _submit_locked(root: Path, folder: Path, request: Mapping[str, Any], *, key: str,
+                   env: Mapping[str, str]) -> dict[str, Any]:
+    """``submit``'s work under the root's lock."""
+    state = read_json(folder / STATE)
+    if state is not None:
+        if state.get("idempotency_key") != key:
+            return {"outcome": "IdempotentParameterMismatch"}
+        failed = None
+        if not (folder / PID).exists() and not (folder / EXIT_CODE).exists() \
+                and not (folder / DELETED).exists():
+            failed = _start(folder, state, env)  # an earlier submit died before it
+        return {"outcome": failed or "found", "state": state}
+    live = _live(root)
+    slots = int(request["slots"])
+    if live >= slots:
+        return {"outcome": "SlotsFull", "live": live}
+    (folder / WORK).mkdir(parents=True, exist_ok=True)
+    (folder / COMMAND).write_text(str(request["run"]) + "\n", encoding="utf-8")
+    argv, agent = _job_argv(folder, request.get("argv"))
+    state = {**request["state"], "instance_id": folder.name, "idempotency_key": key,
+             "argv": argv, "agent": agent, "host": socket.gethostname(),
+             "dir": str(folder), "created_at": _now_iso(), "pid": None, "pgid": None,
+             "start_ticks": None}
+    _write_atomic(folder / STATE, json.dumps(state, indent=2))
+    return {"outcome": _start(folder, state, env) or "started", "state": state}
 
 
 def status(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -486,9 +573,27 @@ def logs(request: Mapping[str, Any]) -> dict[str, Any]:
     return {"exists": True, "chunks": chunks}
 
 
+def remove_expired(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The retention of ``submit`` alone: remove the folders of instances deleted more
+    than ``keep_days`` before ``now`` (default: the clock); answers their ids as
+    ``removed``, or ``RootUnwritable`` as ``error``."""
+    root = root_of(request)
+    if not root.is_dir():
+        return {"removed": []}
+    try:
+        with _locked(root):
+            moved = _set_aside_expired(root, keep_days=float(request["keep_days"]),
+                                       now=_moment(request))
+    except RootUnwritable as exc:
+        return {"removed": [], "error": str(exc)}
+    finally:
+        _empty_trash(root)
+    return {"removed": moved}
+
+
 OPERATIONS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "probe": probe, "submit": submit, "status": status, "list": list_region,
-    "delete": delete, "logs": logs,
+    "delete": delete, "logs": logs, "remove_expired": remove_expired,
 }
 
 

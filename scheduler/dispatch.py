@@ -961,9 +961,7 @@ def _keep_measurement(ctx: Context, record: JobRecord, status: InstanceStatus, *
         return
     ctx.store.record_telemetry(record.job_id, at=now, exit_code=summary["exit_code"],
                                energy_kwh=summary["energy_j"] / 3.6e6, measurement=summary)
-    if record.placement is not None:
-        calibration.record_run(ctx.store, accelerator=record.placement.accelerator,
-                               measurement=summary)
+    calibration.learn(ctx.store, record, summary)
     attribute_job(ctx, record.job_id)
 
 

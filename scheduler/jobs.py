@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import gc
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from greenplace.scheduler.settings import Limits, load_limits
 from greenplace.scheduler.yamlfile import validation_message
 
 JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+CALIBRATION_LABEL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"  # no ':' (calibration keys)
 
 # Design choice: a training job rarely draws its accelerators' full TDP (Patterson et
 # al. 2021 report measured averages below TDP for every system); 0.8 is the documented
@@ -96,6 +98,21 @@ class JobSpec(_Strict):
     pausable: bool = False
     # Where the job would run without greenplace (CLOUD:REGION); the backtest's run-now case.
     home: str | None = Field(None, pattern=r"^[a-z]+:[A-Za-z0-9-]+$")
+    # Runs of this label teach placement their own measured power per chip, apart from the
+    # accelerator's other runs (scheduler/calibration.py); e.g. "llm-pretrain".
+    calibration_label: str | None = Field(
+        None, description="runs with this label learn their own measured power per chip",
+        json_schema_extra={"pattern": f"^{CALIBRATION_LABEL_PATTERN}$"})
+
+    @pydantic.field_validator("calibration_label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(CALIBRATION_LABEL_PATTERN, value):
+            raise ValueError(
+                f"{shown(value)} is not a calibration label: use 1 to 63 letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit (runs with the same label "
+                "share one measured power per chip, e.g. llm-pretrain)")
+        return value
 
     @pydantic.field_validator("deadline")
     @classmethod

@@ -103,4 +103,6 @@ def _row(record: JobRecord, store: JobStore, pue_of: PueOf) -> dict[str, Any]:
     return {"job_id": record.job_id, "name": record.name, "team": record.team,
             "policy": record.policy_name, "state": str(record.state),
             "created_at": record.created_at, **{name: view[name] for name in FIGURES},
-            "levers": view["levers"]}
+            "levers": view["levers"],
+            "intensity_g_per_kwh_estimated": view["intensity_g_per_kwh_estimated"],
+            "run_intensity_series": view["run_intensity_series"]}

@@ -85,6 +85,73 @@ def _scatter(jobs: Sequence[dict[str, Any]]) -> str:
             f'<text x="4" y="{pad - 10}">measured kg (top {top:,.3g})</text></svg>')
 
 
+MAX_INTENSITY_CHARTS = 50  # the newest measured jobs with a series; the rest are counted
+
+
+def _intensity_chart(job: dict[str, Any]) -> str:
+    """One job's grid intensity hour by hour over its run window (a bar per hour that a
+    source answered, its width the hour), with the estimate's intensity as a dashed line."""
+    hours = job["run_intensity_series"]
+    starts = [dt.datetime.fromisoformat(h["start"]) for h in hours]
+    first, last = starts[0], starts[-1] + dt.timedelta(hours=1)
+    span_s = (last - first).total_seconds()
+    estimate = job.get("intensity_g_per_kwh_estimated")
+    values = [h["g_per_kwh"] for h in hours if h["g_per_kwh"] is not None]
+    top = max(values + ([estimate] if estimate is not None else []) + [1.0]) * 1.15
+    width, height, left, bottom = 420, 130, 44, 22
+    plot_w, plot_h = width - left - 8, height - bottom - 8
+
+    def x(moment: dt.datetime) -> float:
+        return left + (moment - first).total_seconds() / span_s * plot_w
+
+    def y(g: float) -> float:
+        return 8 + plot_h - g / top * plot_h
+
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="grid intensity '
+             f'over the run window of {html.escape(str(job["name"]))}">',
+             f'<line x1="{left}" y1="{y(0):.1f}" x2="{width - 8}" y2="{y(0):.1f}" '
+             'stroke="#333"/>',
+             f'<text x="0" y="14">{top / 1.15:,.0f}</text><text x="0" y="{y(0):.1f}">0</text>']
+    for hour, start in zip(hours, starts, strict=True):
+        g = hour["g_per_kwh"]
+        x0, x1 = x(start), x(start + dt.timedelta(hours=1))
+        if g is None:
+            parts.append(f'<rect class=gap x="{x0:.1f}" y="{y(0) - 3:.1f}" '
+                         f'width="{max(x1 - x0 - 1, 1):.1f}" height="3" fill="#bbb"/>')
+            continue
+        parts.append(f'<rect class=hour x="{x0:.1f}" y="{y(g):.1f}" '
+                     f'width="{max(x1 - x0 - 1, 1):.1f}" height="{y(0) - y(g):.1f}" '
+                     f'fill="#2e8b57"><title>{start:%Y-%m-%d %H:00} UTC: {g:,.0f} g/kWh, '
+                     f'{hour["seconds"]:,.0f} s of the run '
+                     f'({html.escape(str(hour["source"]))})</title></rect>')
+    if estimate is not None:
+        parts.append(f'<line class=estimate x1="{left}" y1="{y(estimate):.1f}" '
+                     f'x2="{width - 8}" y2="{y(estimate):.1f}" stroke="#c0504d" '
+                     f'stroke-dasharray="4"/><text x="{left + 4}" y="{y(estimate) - 4:.1f}">'
+                     f'estimate {estimate:,.0f} g/kWh</text>')
+    parts.append(f'<text x="{left}" y="{height - 6}">{first:%Y-%m-%d %H:00}</text>'
+                 f'<text x="{width - 8}" y="{height - 6}" text-anchor="end">'
+                 f'{last:%H:00} UTC</text></svg>')
+    return "".join(parts)
+
+
+def _intensity_charts(jobs: Sequence[dict[str, Any]]) -> str:
+    """Each measured job's run window, newest first (at most ``MAX_INTENSITY_CHARTS``)."""
+    with_series = [j for j in reversed(jobs) if j.get("run_intensity_series")]
+    if not with_series:
+        return ("<p class=note>No job has an hourly intensity series yet: a measured run is "
+                "charged hour by hour only with live signals (GREENPLACE_SIGNALS=live).</p>")
+    shown_jobs = with_series[:MAX_INTENSITY_CHARTS]
+    more = len(with_series) - len(shown_jobs)
+    return ("<p class=note>The grid's average intensity in each hour each measured job ran "
+            "(g/kWh), which its measured CO2e is charged at, against the intensity its "
+            "estimate used (dashed)" + (f"; the newest {len(shown_jobs)} of "
+                                         f"{len(with_series)} jobs" if more else "") + ".</p>"
+            + "".join(f"<figure><figcaption>{html.escape(str(j['name']))} "
+                      f"<code>{html.escape(str(j['job_id']))}</code></figcaption>"
+                      f"{_intensity_chart(j)}</figure>" for j in shown_jobs))
+
+
 def render(result: dict[str, Any], *, generated_at: dt.datetime, title: str) -> str:
     """The report ``report.report`` returned, as one HTML document."""
     totals, jobs = result["totals"], result["jobs"]
@@ -114,6 +181,7 @@ def render(result: dict[str, Any], *, generated_at: dt.datetime, title: str) -> 
         "baseline, split into the hardware and run time (machine), the grid (map) and the "
         "data centre's PUE (mechanization) by the logarithmic mean Divisia index: the shares "
         "add up to the savings.</p>", _lever_bars(totals["saved_kg_by_lever"]),
-        "<h2>Estimate against measurement</h2>", _scatter(jobs), groups,
+        "<h2>Estimate against measurement</h2>", _scatter(jobs),
+        "<h2>Intensity over the run window</h2>", _intensity_charts(jobs), groups,
         "<h2>Jobs</h2>", _table([h for h, _ in _JOB_COLUMNS], job_rows, 4),
         "</body></html>\n"])

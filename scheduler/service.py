@@ -148,6 +148,11 @@ def job_view(record: JobRecord, *, pue_of: PueOf | None = None,
     ``pue_of``: PUEs by region (``pue_lookup``), to turn the agent's measured machine
     energy into facility energy as the estimate counts it, and to split the savings into
     levers (None: neither is shown).
+
+    ``run_intensity_series``: the hours of the run's window attribution charged (each
+    one's start, g/kWh or None, the run's seconds in it, the source), None before
+    attribution or with static signals; ``intensity_g_per_kwh_estimated`` is the figure the
+    estimate used, the reference to draw it against.
     """
     decision = record.decision or {}
     figures = _figures_of(record, candidates)
@@ -181,6 +186,10 @@ def job_view(record: JobRecord, *, pue_of: PueOf | None = None,
     view["estimate_error_pct"] = (
         round(100.0 * (energy - measured_kwh * pue) / (measured_kwh * pue), 2)
         if energy is not None and measured_kwh and pue is not None else None)
+    view["intensity_g_per_kwh_estimated"] = intensity
+    view["run_intensity_g_per_kwh"] = record.run_intensity_g_per_kwh
+    view["run_intensity_series"] = ([hour.as_json() for hour in record.run_intensity_series]
+                                    if record.run_intensity_series else None)
     measurement = record.measurement or {}
     view["measurement_method"] = measurement.get("method")
     view["measurement"] = record.measurement
@@ -312,15 +321,12 @@ def parse_since(text: str | None) -> dt.datetime | None:
 
 
 def learn_power(store: JobStore, job_id: str, measurement: Mapping[str, Any]) -> float | None:
-    """Add a job's measured run to its accelerator's calibration (``scheduler/calibration``);
-    returns the watts per chip counted, or None (no GPU measured, a short run, no placement)."""
+    """Add a job's measured run to its accelerator's calibration, and its label's
+    (``scheduler/calibration``); returns the watts per chip counted, or None (no GPU
+    measured, a short run, no placement)."""
     from greenplace.scheduler import calibration
 
-    placement = store.get(job_id).placement
-    if placement is None:
-        return None
-    return calibration.record_run(store, accelerator=placement.accelerator,
-                                  measurement=measurement)
+    return calibration.learn(store, store.get(job_id), measurement)
 
 
 # --- acting -----------------------------------------------------------------------------

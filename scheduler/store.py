@@ -8,7 +8,8 @@ cache ``{prefix}:signal:``). With the default prefix:
 key                            holds
 =============================  ======================================================
 ``gp:job:{id}``                hash: the job record (spec, policy, frozen decision,
-                               attempts, provider handle, timestamps, reasons)
+                               attempts, provider handle, timestamps, reasons, the
+                               agent's figures, the run's hourly intensity series)
 ``gp:job:{id}:events``         list: the append-only event history (JSON per event)
 ``gp:jobs``                    zset: every job id, scored by submission time
 ``gp:team:{team}``             zset: the team's job ids, scored by submission time
@@ -344,6 +345,51 @@ class AttemptReason:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RunHour:
+    """One hour of a measured run's window, as attribution charged it."""
+
+    start: dt.datetime  # the hour's start (UTC, on the hour)
+    seconds: float  # the run's seconds in that hour
+    g_per_kwh: float | None  # the grid average then (None: no live source answered)
+    source: str | None  # which source answered
+
+    def as_json(self) -> dict[str, Any]:
+        return {"start": iso(self.start), "seconds": self.seconds,
+                "g_per_kwh": self.g_per_kwh, "source": self.source}
+
+
+def pack_run_hours(hours: Sequence[RunHour]) -> str:
+    """A run's hourly series as the job hash keeps it (``run_intensity_series``).
+
+    Design choice: it sits in the job hash beside the average (so ``prune`` removes it with
+    the record) and is stored small: the first hour once, then per hour its offset in
+    hours, the run's whole seconds in it, the intensity to 0.1 g/kWh and an index into the
+    list of sources, about 20 bytes an hour: a few hundred bytes for a run of some hours,
+    1.5 KB at attribution's 72-hour cap.
+    """
+    if not hours:
+        return ""
+    first = hours[0].start
+    sources = sorted({h.source for h in hours if h.source})
+    rows = [[round((h.start - first).total_seconds() / 3600), round(h.seconds),
+             None if h.g_per_kwh is None else round(h.g_per_kwh, 1),
+             None if h.source is None else sources.index(h.source)] for h in hours]
+    return _dumps({"from": iso(first), "sources": sources, "hours": rows})
+
+
+def unpack_run_hours(text: str) -> tuple[RunHour, ...]:
+    """The series ``pack_run_hours`` wrote (() for none)."""
+    if not text:
+        return ()
+    packed = json.loads(text)
+    first, sources = parse_iso(packed["from"]), packed["sources"]
+    return tuple(RunHour(start=first + dt.timedelta(hours=offset_h), seconds=float(seconds),
+                         g_per_kwh=None if g is None else float(g),
+                         source=None if source is None else str(sources[source]))
+                 for offset_h, seconds, g, source in packed["hours"])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobRecord:
     """A job as the store holds it. Built only by ``JobStore``."""
 
@@ -372,6 +418,7 @@ class JobRecord:
     measured_energy_kwh: float | None  # the sum of the agent's energy samples
     run_intensity_g_per_kwh: float | None  # the grid over the run's hours (attribution)
     run_intensity_basis: str
+    run_intensity_series: tuple[RunHour, ...]  # the hours behind the average (attribution)
     measurement: dict[str, Any] | None  # the agent's final summary (devices, methods)
     created_at: str
     updated_at: str
@@ -486,6 +533,7 @@ def _record(fields: Mapping[str, str]) -> JobRecord:
         run_intensity_g_per_kwh=(float(fields["run_intensity_g_per_kwh"])
                                  if fields.get("run_intensity_g_per_kwh") else None),
         run_intensity_basis=fields.get("run_intensity_basis", ""),
+        run_intensity_series=unpack_run_hours(fields.get("run_intensity_series", "")),
         measurement=loads("measurement", None),
         created_at=fields.get("created_at", ""),
         updated_at=fields.get("updated_at", ""),
@@ -751,12 +799,13 @@ class JobStore:
                                      *pairs])
         return bool(done)
 
-    def record_run_intensity(self, job_id: str, *, g_per_kwh: float, basis: str) -> bool:
-        """Keep the grid intensity of the run's own hours (``scheduler/attribution.py``);
-        False when the job no longer exists."""
+    def record_run_intensity(self, job_id: str, *, g_per_kwh: float, basis: str,
+                             hours: Sequence[RunHour] = ()) -> bool:
+        """Keep the grid intensity of the run's own hours (``scheduler/attribution.py``)
+        and the hourly series behind it; False when the job no longer exists."""
         return bool(self._telemetry(keys=[self._job_key(job_id)], args=[
             "", "run_intensity_g_per_kwh", repr(float(g_per_kwh)),
-            "run_intensity_basis", basis]))
+            "run_intensity_basis", basis, "run_intensity_series", pack_run_hours(hours)]))
 
     def job_ids(self) -> list[str]:
         """Every job id, oldest submission first."""

@@ -11,12 +11,16 @@ they can be large, and the folder is where the job wrote them. A folder on an SS
 read there over ssh (the ``logs`` operation of ``providers/local_ops.py``, through the
 shared connection while following), with the ssh settings of this machine's local
 provider; a folder of this machine is read directly, so the command runs on the machine
-that ran the job, and says which machine that is when run anywhere else.
+that ran the job, and says which machine that is when run anywhere else. The provider
+removes a folder ``GREENPLACE_LOCAL_KEEP_DAYS`` after the job's instance was deleted, on
+whichever host holds it; asked for such a job's logs, the command says so.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -48,6 +52,7 @@ class JobWhere:
     reason: str | None
     region: str | None = None
     ssh: str | None = None  # the SSH target of a job launched on a declared host
+    deleted_at: dt.datetime | None = None  # when the latest attempt's instance was deleted
 
 
 def _from_store(job_id: str) -> Callable[[], JobWhere]:
@@ -68,7 +73,8 @@ def _from_store(job_id: str) -> Callable[[], JobWhere]:
                         host=handle.extra.get("host") if handle else None,
                         reason=record.reason or None,
                         region=handle.region if handle else None,
-                        ssh=handle.extra.get("ssh") if handle else None)
+                        ssh=handle.extra.get("ssh") if handle else None,
+                        deleted_at=_moment(record.terminated_at))
 
     return read
 
@@ -86,9 +92,28 @@ def _from_api(job_id: str) -> Callable[[], JobWhere] | None:
         return JobWhere(job_id=job_id, state=str(view["state"]),
                         attempt=int(view.get("attempts") or 0), provider=view.get("provider"),
                         folder=_folder_of(instance, None) if instance else None, host=None,
-                        reason=view.get("reason"), region=view.get("region"))
+                        reason=view.get("reason"), region=view.get("region"),
+                        deleted_at=_moment(view.get("instance_deleted_at")))
 
     return read
+
+
+def _moment(text: object) -> dt.datetime | None:
+    """An ISO 8601 time of the record, UTC when it names no zone (None when empty or
+    not one)."""
+    try:
+        moment = dt.datetime.fromisoformat(str(text)) if text else None
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=dt.UTC) if moment and moment.tzinfo is None else moment
+
+
+def _keep_days() -> float:
+    """This machine's ``GREENPLACE_LOCAL_KEEP_DAYS``: the retention its workers send with
+    each launch, to this machine and to the SSH hosts they declare alike."""
+    from greenplace.providers.local import create
+
+    return create({}).keep_days
 
 
 def _folder_of(instance_id: str, recorded: str | None) -> Path:
@@ -100,13 +125,18 @@ def _folder_of(instance_id: str, recorded: str | None) -> Path:
     return create({}).folder(instance_id)
 
 
-def attempt_source(job: JobWhere, attempt: int | None) -> tuple[Host, str]:
+def attempt_source(job: JobWhere, attempt: int | None, *,
+                   keep_days: Callable[[], float] = _keep_days,
+                   now: dt.datetime | None = None) -> tuple[Host, str]:
     """The host and instance id of ``attempt`` (default: the latest) of a job the local
     provider ran.
 
+    ``keep_days``: the retention of deleted instances' folders, asked only for a job whose
+    folder is gone; ``now``: the time to judge it at (default: the clock).
+
     Raises:
-        UserInputError: the job ran elsewhere, has no such attempt, or its folder is not
-            on its host (on this machine, for a job that ran here).
+        UserInputError: the job ran elsewhere, has no such attempt, its folder is not
+            on its host (on this machine, for a job that ran here), or retention removed it.
     """
     if job.provider != "local":
         raise UserInputError(
@@ -121,6 +151,7 @@ def attempt_source(job: JobWhere, attempt: int | None) -> tuple[Host, str]:
     host = _host_of(job)
     if not host.call("logs", {"instance_id": instance_id, "offsets": {}},
                      purpose="logs")["exists"]:
+        _refuse_if_removed(job, host, instance_id, keep_days=keep_days, now=now)
         if host.ssh:
             raise UserInputError(
                 f"The folder of job {job.job_id} ({instance_id}) is not on {host.ssh}: it "
@@ -148,6 +179,34 @@ def _host_of(job: JobWhere) -> Host:
             return provider.host_for(job.region or "", ssh=job.ssh)
     assert job.folder is not None
     return ThisMachine(job.folder.parent)
+
+
+def _refuse_if_removed(job: JobWhere, host: Host, instance_id: str, *,
+                       keep_days: Callable[[], float], now: dt.datetime | None) -> None:
+    """Say so when the folder is gone because retention removed it on ``host``: the job is
+    final and its instance was deleted longer ago than the retention. A job of this
+    machine must have run here, as far as the record says; an SSH host is the one the
+    job's record (or its region) names, which removes its own expired folders."""
+    if job.state not in _FINAL or job.deleted_at is None:
+        return
+    if host.ssh is None and job.host is not None and job.host != socket.gethostname():
+        return
+    days = keep_days()
+    age_s = ((now or dt.datetime.now(dt.UTC)) - job.deleted_at).total_seconds()
+    if age_s < days * 86_400:
+        return
+    if host.ssh:
+        where = f"{instance_id} on {host.ssh}"
+    else:
+        assert job.folder is not None
+        where = str(job.folder.parent / instance_id)
+    raise UserInputError(
+        f"The logs of job {job.job_id} were removed with its folder ({where}): the local "
+        f"provider keeps a finished job's folder {days:g} day(s) after its instance is "
+        f"deleted (GREENPLACE_LOCAL_KEEP_DAYS), and this job's was deleted on "
+        f"{job.deleted_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC. To fix: nothing brings "
+        "these logs back; raise GREENPLACE_LOCAL_KEEP_DAYS on the worker's machine to keep "
+        "later jobs' logs longer.")
 
 
 class _Tails:

@@ -110,6 +110,15 @@ class CalibratedPower:
     runs: int
 
 
+def calibration_key(accelerator: str, label: str | None = None) -> str:
+    """How a calibration is named: ``H100`` for every run of the accelerator, ``H100:LABEL``
+    for the runs of jobs with that ``calibration_label`` (labels hold no ':')."""
+    return accelerator if label is None else f"{accelerator}:{label}"
+
+
+_LABEL_CACHE_SIZE = 256  # distinct calibration labels a placer keeps the columns of
+
+
 class Placer:
     """Places jobs over one catalog with one set of region signals.
 
@@ -144,15 +153,32 @@ class Placer:
         self._policy_cache: dict[int, tuple[Policy, np.ndarray, np.ndarray]] = {}
         self._candidate_cache: dict[tuple[tuple[str, int], ...], _CandidateSet] = {}
         self.calibration: dict[str, CalibratedPower] = {}
-        self._calibrated_w = np.full(len(self.arrays.accelerator_names), np.nan)
+        self._calibrated: dict[str | None, tuple[np.ndarray, tuple[str | None, ...]]] = {}
 
     def calibrate(self, calibration: Mapping[str, CalibratedPower]) -> None:
         """Estimate the power of these accelerators from measured runs (``scheduler/
-        calibration.py``) instead of TDP x utilisation, for jobs without ``avg_power_w``."""
+        calibration.py``) instead of TDP x utilisation, for jobs without ``avg_power_w``.
+        Keys are ``calibration_key``s: an accelerator's, and an (accelerator, label)'s."""
         self.calibration = dict(calibration)
-        self._calibrated_w = np.array(
-            [c.power_w if (c := calibration.get(name)) else np.nan
-             for name in self.arrays.accelerator_names], dtype=float)
+        self._calibrated = {}
+
+    def _calibrated_w(self, label: str | None) -> tuple[np.ndarray, tuple[str | None, ...]]:
+        """Per accelerator (``arrays.accelerator_names``): the calibrated watts per chip for
+        a job of ``label`` (NaN: none), and the calibration each comes from: the label's
+        where it has one, else the accelerator's (None: neither)."""
+        cached = self._calibrated.get(label)
+        if cached is None:
+            keys: list[str | None] = []
+            for name in self.arrays.accelerator_names:
+                labelled = calibration_key(name, label) if label is not None else None
+                keys.append(labelled if labelled in self.calibration
+                            else name if name in self.calibration else None)
+            watts = np.array([self.calibration[k].power_w if k is not None else np.nan
+                              for k in keys], dtype=float)
+            if len(self._calibrated) >= _LABEL_CACHE_SIZE:
+                self._calibrated.clear()
+            cached = self._calibrated[label] = (watts, tuple(keys))
+        return cached
 
     def _policy_columns(self, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
         """(region rejection codes, ranked carbon per kWh per region) for ``policy``; cached."""
@@ -191,21 +217,33 @@ class Placer:
 
     def _power_w(self, job: Job, c: _CandidateSet) -> tuple[np.ndarray, str]:
         """Average power per accelerator of each candidate, and what it is based on: the
-        job's measured ``avg_power_w``, else calibration from finished runs where the
-        accelerator has one, else TDP x utilisation."""
+        job's measured ``avg_power_w``, else calibration from finished runs (those of the
+        job's ``calibration_label`` on that accelerator where they are enough, else all the
+        accelerator's), else TDP x utilisation."""
         by_tdp = estimate.average_power_w(tdp_w=c.tdp_w, utilization=job.utilization,
                                           measured_w=job.spec.work.avg_power_w)
         tdp_basis = f"TDP x utilisation {job.utilization:.2f}"
         if job.spec.work.avg_power_w is not None:
             return by_tdp, "measured avg_power_w"
+        label = job.spec.calibration_label
+        watts, keys = self._calibrated_w(label)
         accelerators = self.arrays.accelerator_index[c.offer_index]
-        calibrated = self._calibrated_w[accelerators]
+        calibrated = watts[accelerators]
         used = ~np.isnan(calibrated)
         if not used.any():
             return by_tdp, tdp_basis
-        names = sorted({self.arrays.accelerator_names[k] for k in accelerators[used].tolist()})
-        basis = "; ".join(f"{name} calibrated from {self.calibration[name].runs} runs "
-                          f"({self.calibration[name].power_w:.0f} W per chip)" for name in names)
+        parts = []
+        for k in sorted(set(accelerators[used].tolist()),
+                        key=lambda k: self.arrays.accelerator_names[k]):
+            name = self.arrays.accelerator_names[k]
+            key = keys[k] or name  # a used accelerator has a calibration
+            power = self.calibration[key]
+            of = (f" of label {label}" if key != name
+                  else " of any label" if label is not None else "")
+            why = f"; too few runs of label {label}" if label is not None and key == name else ""
+            parts.append(f"{name} calibrated from {power.runs} runs{of} "
+                         f"({power.power_w:.0f} W per chip{why})")
+        basis = "; ".join(parts)
         if not used.all():
             basis += f"; {tdp_basis} for the others"
         return np.where(used, calibrated, by_tdp), basis
@@ -352,4 +390,4 @@ def shape_key(job: Job) -> object:
     if spec.deadline is not None or spec.max_delay_hours is not None:
         return None
     return (job.alternatives, job.reference, id(job.policy), bool(spec.resources.spot),
-            job.utilization, spec.work.avg_power_w)
+            job.utilization, spec.work.avg_power_w, spec.calibration_label)

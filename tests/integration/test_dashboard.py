@@ -309,3 +309,86 @@ def test_dashboard_explains_an_unschedulable_job_and_shows_user_text_as_text(
     page.get_by_test_id("page-newer").click()
     expect(rows).to_have_count(2)
     assert page_errors == []
+
+
+def test_dashboard_draws_a_measured_runs_intensity_and_the_estimate_scatter(
+        browser: Any, service: Service) -> None:
+    """A measured job's page draws the grid intensity of its run window against its
+    estimate's intensity; the savings page puts each measured job on the estimate-against-
+    measurement scatter. The store is given what the agent's report and attribution write
+    (both tested in tests/unit/test_attribution.py and test_agent_api.py)."""
+    import datetime as dt
+
+    from playwright.sync_api import expect
+
+    from greenplace.scheduler.store import RunHour
+
+    service.start_worker(concurrency=1)
+    api = Api(service)
+    measured_id, unmeasured_id = api.submit(training_job("dash-measured"),
+                                            training_job("dash-unmeasured"))
+    service.wait_states([measured_id, unmeasured_id], {JobState.RUNNING})
+    store = service.store()
+    estimated_kwh = api.get(f"v1/jobs/{measured_id}")["energy_kwh_estimated"]
+    first = dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
+    start, end = first.replace(minute=30), first + dt.timedelta(hours=2, minutes=15)
+    assert store.record_telemetry(
+        measured_id, at=end, exit_code=0, energy_kwh=estimated_kwh * 0.5,
+        measurement={"method": "nvml", "started_at": start.isoformat(),
+                     "ended_at": end.isoformat()})
+    assert store.record_run_intensity(
+        measured_id, g_per_kwh=160.0, basis="hourly grid average over the run from "
+        "electricitymaps (2 hour(s), 1 without a value left out)",
+        hours=[RunHour(start=first, seconds=1800.0, g_per_kwh=100.0, source="electricitymaps"),
+               RunHour(start=first + dt.timedelta(hours=1), seconds=3600.0, g_per_kwh=None,
+                       source=None),
+               RunHour(start=first + dt.timedelta(hours=2), seconds=900.0, g_per_kwh=280.0,
+                       source="electricitymaps")])
+    job = api.get(f"v1/jobs/{measured_id}")
+    assert [h["g_per_kwh"] for h in job["run_intensity_series"]] == [100.0, None, 280.0]
+    assert api.get(f"v1/jobs/{unmeasured_id}")["run_intensity_series"] is None
+
+    page, page_errors = open_dashboard(browser, api)
+    page.goto(f"{api.base}#/jobs/{measured_id}")
+    chart = page.get_by_test_id("run-intensity-chart")
+    expect(chart).to_be_visible()
+    expect(chart.get_by_test_id("intensity-hour")).to_have_count(2)
+    expect(chart.get_by_test_id("intensity-gap")).to_have_count(1)
+    expect(chart.get_by_test_id("intensity-hour").last).to_contain_text("280 g/kWh")
+    reference = chart.get_by_test_id("intensity-estimate")
+    expect(reference).to_have_count(1)
+    estimate = job["intensity_g_per_kwh_estimated"]
+    expect(page.get_by_test_id("run-intensity")).to_contain_text(f"{estimate:,.0f} g/kWh")
+    # the dashed line sits at the estimate's g/kWh on the bars' scale
+    bars = chart.get_by_test_id("intensity-hour").locator("rect")
+    tall_y, tall_h = (float(bars.last.get_attribute(a) or "nan") for a in ("y", "height"))
+    zero_y = tall_y + tall_h
+    line_y = float(reference.get_attribute("y1") or "nan")
+    assert (zero_y - line_y) / tall_h == pytest.approx(estimate / 280.0, rel=0.02)
+    page.screenshot(path=str(artifacts_dir() / "dashboard-job-intensity.png"), full_page=True)
+    # a job without a series has no such chart
+    page.goto(f"{api.base}#/jobs/{unmeasured_id}")
+    expect(page.get_by_test_id("job-name")).to_have_text("dash-unmeasured")
+    expect(page.get_by_test_id("decision")).to_be_visible()
+    expect(page.get_by_test_id("run-intensity")).to_have_count(0)
+
+    # The savings page: one point, for the one measured job, and the y = x line.
+    page.get_by_test_id("nav-savings").click()
+    scatter = page.get_by_test_id("estimate-scatter")
+    expect(scatter).to_be_visible()
+    points = scatter.get_by_test_id("scatter-point")
+    expect(points).to_have_count(1)
+    row = next(r for r in api.get("v1/report")["jobs"] if r["job_id"] == measured_id)
+    expect(points.first).to_contain_text(
+        f"dash-measured: estimated {row['co2e_kg_estimated']:,.3f}, measured "
+        f"{row['co2e_kg_measured']:,.3f} kg")
+    diagonal = scatter.get_by_test_id("scatter-diagonal")
+    x1, y1, x2, y2 = (float(diagonal.get_attribute(a) or "nan")
+                      for a in ("x1", "y1", "x2", "y2"))
+    assert x2 - x1 > 0 and y1 - y2 == pytest.approx(x2 - x1)  # 45 degrees up-right: y = x
+    # the point is where its two figures are on that shared scale
+    cx, cy = (float(points.first.get_attribute(a) or "nan") for a in ("cx", "cy"))
+    assert (cx - x1) / (y1 - cy) == pytest.approx(
+        row["co2e_kg_estimated"] / row["co2e_kg_measured"], rel=0.02)
+    page.screenshot(path=str(artifacts_dir() / "dashboard-savings-scatter.png"), full_page=True)
+    assert page_errors == []

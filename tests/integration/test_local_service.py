@@ -92,6 +92,18 @@ def test_jobs_run_here_to_their_exit_code_and_logs_show_their_output(
     assert missing.returncode == 2 and "has no attempt 2" in missing.stderr
     assert "Traceback" not in missing.stderr
 
+    # Retention: once the instances are deleted, folders older than GREENPLACE_LOCAL_KEEP_DAYS
+    # go (here 0 days, at once), and `logs` says why the logs are gone.
+    wait_for(lambda: all(r.terminated_at for r in service.records(ids)), timeout_s=60,
+             what="reconcile to delete both instances")
+    root = Path(service.env["XDG_STATE_HOME"]) / "greenplace" / "local"
+    assert sorted(create({"root": str(root), "keep_days": "0"}).remove_expired()) == sorted(
+        f"{job_id}-a1" for job_id in ids)
+    removed = service.cli("logs", fail, env={**service.env, "GREENPLACE_LOCAL_KEEP_DAYS": "0"})
+    assert removed.returncode == 2 and "Traceback" not in removed.stderr
+    assert f"The logs of job {fail} were removed with its folder" in removed.stderr
+    assert "0 day(s) after its instance is deleted" in removed.stderr
+
 
 def test_under_the_agent_the_measured_energy_reaches_the_job_record(
         local_service: Service) -> None:

@@ -426,7 +426,7 @@ def test_an_agents_gpu_summary_teaches_calibration(api: Api) -> None:
     done = api.call("POST", f"/v1/jobs/{job_id}/telemetry", access.token,
                     json={"kind": "exit", "exit_code": 0, "summary": summary})
     assert done.status_code == 202, done.text
-    assert calibration.runs(api.store) == {record.placement.accelerator: [400.0]}
+    assert calibration.runs(api.store) == {(record.placement.accelerator, None): [400.0]}
     job = api.call("GET", f"/v1/jobs/{job_id}", api.alpha).json()
     assert job["measurement_method"] == "nvml" and job["measurement"]["wall_s"] == 7200.0
     assert job["energy_kwh_measured"] == pytest.approx(400.0 * 2 * count / 1000)

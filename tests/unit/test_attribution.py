@@ -15,7 +15,17 @@ from greenplace.scheduler.service import job_view, pue_lookup
 from greenplace.scheduler.signals.cache import MemoryCache
 from greenplace.scheduler.signals.chain import SignalChain
 from greenplace.scheduler.signals.config import SignalSettings
-from greenplace.scheduler.store import JobStore, Move, NewJob, encode_fields, iso, new_job_id
+from greenplace.scheduler.store import (
+    JobStore,
+    Move,
+    NewJob,
+    RunHour,
+    encode_fields,
+    iso,
+    new_job_id,
+    pack_run_hours,
+    unpack_run_hours,
+)
 from tests.fakes_signals.electricitymaps import FakeElectricityMaps
 from tests.fakes_signals.server import FakeServer
 from tests.redisproc import RedisServer
@@ -62,6 +72,28 @@ def test_the_runs_intensity_is_weighted_by_its_time_in_each_hour(chain: SignalCh
     # 30 min at 100, 60 min at 200, 15 min at 400: (3,000 + 12,000 + 6,000) / 105 = 200
     assert found.g_per_kwh == pytest.approx(200.0)
     assert found.basis == "hourly grid average over the run from electricitymaps (3 hour(s))"
+    hour0 = START.replace(minute=0)
+    assert [(h.start, h.seconds, h.g_per_kwh, h.source) for h in found.hours] == [
+        (hour0, 1800.0, 100.0, "electricitymaps"),
+        (hour0 + dt.timedelta(hours=1), 3600.0, 200.0, "electricitymaps"),
+        (hour0 + dt.timedelta(hours=2), 900.0, 400.0, "electricitymaps")]
+
+
+def test_the_hourly_series_is_stored_small_and_read_back_with_its_gaps() -> None:
+    first = dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
+    hours = [RunHour(start=first + dt.timedelta(hours=k), seconds=3600.0,
+                     g_per_kwh=None if k % 5 == 4 else 123.456 + k,
+                     source=None if k % 5 == 4 else ("watttime" if k % 2 else "electricitymaps"))
+             for k in range(72)]
+    text = pack_run_hours(hours)
+    assert len(text) < 1600  # attribution's 72-hour cap: a bounded field in the job hash
+    assert len(pack_run_hours(hours[:4])) < 200  # a run of a few hours: a few hundred bytes
+    back = unpack_run_hours(text)
+    assert [h.start for h in back] == [h.start for h in hours]
+    assert back[4].g_per_kwh is None and back[4].source is None
+    assert back[1].g_per_kwh == 124.5 and back[1].source == "watttime"  # to 0.1 g/kWh
+    assert back[2].source == "electricitymaps" and back[2].seconds == 3600.0
+    assert pack_run_hours([]) == "" and unpack_run_hours("") == ()
 
 
 def test_a_measured_job_is_charged_at_its_hours_and_says_so(
@@ -96,5 +128,17 @@ def test_a_measured_job_is_charged_at_its_hours_and_says_so(
     assert after["co2e_kg_measured"] == pytest.approx(20.0 * region.pue * 200.0 / 1000)
     assert "hourly grid average over the run from electricitymaps" in \
         after["co2e_kg_measured_basis"]
+    assert before["run_intensity_series"] is None
+    assert after["intensity_g_per_kwh_estimated"] == 342.0
+    assert after["run_intensity_g_per_kwh"] == pytest.approx(200.0)
+    assert [(h["start"], h["seconds"], h["g_per_kwh"]) for h in after["run_intensity_series"]] \
+        == [(iso(START.replace(minute=0) + dt.timedelta(hours=k)), s, g)
+            for k, (s, g) in enumerate([(1800.0, 100.0), (3600.0, 200.0), (900.0, 400.0)])]
     # without a live chain (static signals) nothing changes
     assert attribute(store, job_id, chain=None, region=region) is None
+    # pruned with the job: nothing of it is left in Redis
+    store.transitions(job_id, [Move(to="SUCCEEDED", message="done")])
+    store.terminated(job_id, message="deleted")
+    assert [j.job_id for j in store.prune(older_than_s=0, now=END + dt.timedelta(days=1)).pruned
+            ] == [job_id]
+    assert not [k for k in server.client().keys("*") if job_id in str(k)]

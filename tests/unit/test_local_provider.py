@@ -4,6 +4,7 @@ and finding its jobs again from a new provider object (a worker restart)."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import signal
@@ -173,7 +174,9 @@ def test_delete_stops_the_whole_process_group_and_keeps_the_logs(root: Path, mod
     handle = launch(p, "echo started; sleep 60 & echo $! > child; wait")
     work = root / "job1-a1" / "work"
     wait_for(lambda: (work / "child").exists(), timeout_s=20, what="the child")
-    child = int((work / "child").read_text())
+    # the file exists before the shell has written the pid into it
+    child = int(wait_for(lambda: (work / "child").read_text().strip(), timeout_s=5,
+                         what="the child's pid"))
     assert pid_alive(child) and p.status(handle).state is InstanceState.RUNNING
     assert p.delete(handle) is True
     assert not pid_alive(child)
@@ -367,3 +370,72 @@ def test_delete_never_signals_a_group_that_is_not_the_jobs(root: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def deleted_days_ago(root: Path, instance_id: str, days: float) -> None:
+    """Date the folder's deletion marker back (what delete() wrote, ``days`` earlier)."""
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    (root / instance_id / "deleted").write_text(at.isoformat().replace("+00:00", "Z") + "\n")
+
+
+@pytest.mark.usefixtures("bare")
+def test_folders_of_deleted_instances_are_removed_after_keep_days_never_a_live_one(
+        root: Path) -> None:
+    p = provider(root, slots="4", keep_days="2")
+    for job_id in ("old", "young", "undeleted"):
+        finished(p, launch(p, "echo out; mkdir -p big && echo data > big/file", job_id=job_id))
+    for job_id, days in (("old", 3.0), ("young", 1.0)):
+        assert p.delete(launch(p, "true", job_id=job_id)) is True  # the same key: its handle
+        deleted_days_ago(root, f"{job_id}-a1", days)
+    live = launch(p, "sleep 30", job_id="live")
+    # a folder marked deleted long ago whose process still runs (an agent delivering its
+    # report, a marker written by hand) is never removed
+    deleted_days_ago(root, "live-a1", 30.0)
+    finished(p, launch(p, "true", job_id="next"))  # each submit removes what expired
+
+    assert not (root / "old-a1").exists()
+    assert {f.name for f in root.iterdir() if not f.name.startswith(".")} == {
+        "young-a1", "undeleted-a1", "live-a1", "next-a1"}
+    assert list((root / ".removing").iterdir()) == []  # set aside, then emptied
+    assert (root / "young-a1" / "stdout.log").read_text() == "out\n"
+    live_pid = int((root / "live-a1" / "pid").read_text())
+    assert pid_alive(live_pid)
+
+    # two days on, the young one has expired too; the live job's and the undeleted ones stay
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    assert p.remove_expired(now=later) == ["young-a1"]
+    assert not (root / "young-a1").exists()
+    assert (root / "live-a1" / "state.json").exists() and (root / "undeleted-a1").exists()
+    assert p.remove_expired(now=later) == []
+    # once the live job is stopped its folder follows the same rule
+    (root / "live-a1" / "deleted").unlink()
+    assert p.delete(live) is True and not pid_alive(live_pid)
+    deleted_days_ago(root, "live-a1", 30.0)
+    assert p.remove_expired(now=later) == ["live-a1"]
+
+
+@pytest.mark.usefixtures("bare")
+def test_keep_days_zero_removes_a_deleted_folder_at_the_next_submit_but_never_the_submitted(
+        root: Path) -> None:
+    p = provider(root, keep_days="0")
+    done = launch(p, "true", job_id="done")
+    finished(p, done)
+    assert p.delete(done) is True
+    # a repeated submit of the deleted instance's own key keeps answering with its handle
+    assert launch(p, "true", job_id="done") == done
+    assert (root / "done-a1").exists()
+    finished(p, launch(p, "true", job_id="other"))
+    assert not (root / "done-a1").exists()
+
+
+def test_keep_days_comes_from_the_environment_and_is_checked(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("GREENPLACE_LOCAL_SETTINGS", raising=False)
+    monkeypatch.delenv("GREENPLACE_LOCAL_KEEP_DAYS", raising=False)
+    assert create({"root": str(tmp_path)}).keep_days == 7.0
+    monkeypatch.setenv("GREENPLACE_LOCAL_KEEP_DAYS", "0.5")
+    assert create({"root": str(tmp_path)}).keep_days == 0.5
+    for bad in ("-1", "a week"):
+        monkeypatch.setenv("GREENPLACE_LOCAL_KEEP_DAYS", bad)
+        with pytest.raises(ConfigError, match="keep_days .* To fix:"):
+            create({"root": str(tmp_path)})

@@ -11,6 +11,7 @@ OpenSSH's server is missing, unless GREENPLACE_TESTS_REQUIRE_SSHD=1 (.ci/run set
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -41,7 +42,7 @@ from greenplace.scheduler.exceptions import (
 )
 from tests.redisproc import free_port
 from tests.sshdproc import SshServer, started
-from tests.unit.test_local_provider import finished, pid_alive
+from tests.unit.test_local_provider import deleted_days_ago, finished, pid_alive
 from tests.unit.test_local_provider import launch as local_launch
 from tests.waiting import wait_for
 
@@ -392,3 +393,60 @@ def test_a_host_without_python3_says_what_to_install(tmp_path: Path) -> None:
             launch(p, "true")
     finally:
         server.stop()
+
+
+def test_the_ssh_host_removes_its_own_expired_folders_and_logs_say_so(
+        sshd: SshServer, remote_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """keep_days travels with each launch: the SSH host sets its expired folders aside
+    under its own lock and removes them, judging liveness by its own processes; this
+    machine's root is left alone, and `greenplace logs` of a removed job says so."""
+    import datetime as dt
+
+    from greenplace.scheduler.commands.logs import JobWhere, attempt_source
+    from greenplace.scheduler.exceptions import UserInputError
+
+    here_root = remote_root.parent / "here"
+    monkeypatch.setenv("GREENPLACE_LOCAL_SETTINGS", json.dumps({
+        **sshd.settings(REGION), "remote_root": str(remote_root), "root": str(here_root),
+        "slots": "4", "keep_days": "2"}))
+    p = create({})
+    for job_id, days in (("old", 3.0), ("young", 1.0)):
+        handle = launch(p, "echo out; mkdir -p big && echo data > big/file", job_id=job_id)
+        finished(p, handle)
+        assert p.delete(handle) is True
+        deleted_days_ago(remote_root, f"{job_id}-a1", days)
+    here = launch(p, "true", job_id="here", placement=HERE)
+    finished(p, here)
+    assert p.delete(here) is True
+    deleted_days_ago(here_root, "here-a1", 30.0)
+    live = launch(p, "sleep 30", job_id="live")
+    live_pid = int(wait_for(lambda: (remote_root / "live-a1" / "pid").read_text().strip(),
+                            timeout_s=10, what="the live job's pid"))
+    deleted_days_ago(remote_root, "live-a1", 30.0)  # marked long ago, but its process runs
+    finished(p, launch(p, "true", job_id="next"))  # the launch removes what expired there
+
+    assert {f.name for f in remote_root.iterdir() if not f.name.startswith(".")} == {
+        "young-a1", "live-a1", "next-a1"}
+    assert list((remote_root / ".removing").iterdir()) == []  # set aside, then emptied
+    assert (here_root / "here-a1" / "stdout.log").exists()  # another host's root: untouched
+    assert pid_alive(live_pid)
+
+    old = JobWhere(job_id="old", state="SUCCEEDED", attempt=1, provider="local", folder=None,
+                   host="gpu-01", reason=None, region=REGION, ssh=sshd.target,
+                   deleted_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    with pytest.raises(UserInputError, match=(
+            f"logs of job old were removed with its folder \\(old-a1 on {sshd.target}\\).*"
+            "2 day\\(s\\) after its instance is deleted.*To fix:")):
+        attempt_source(old, None)  # the retention of this machine's settings
+    young = dataclasses.replace(old, job_id="young")
+    assert attempt_source(young, None)[1] == "young-a1"  # still there: its logs are read
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    assert p.remove_expired(region=REGION, now=later) == ["young-a1"]
+    assert not (remote_root / "young-a1").exists() and pid_alive(live_pid)
+    assert p.remove_expired(region=REGION, now=later) == []
+    assert p.remove_expired(now=later) == ["here-a1"]  # this machine's, on request
+    (remote_root / "live-a1" / "deleted").unlink()  # stop it; then the same rule applies
+    assert p.delete(live) is True and not pid_alive(live_pid)
+    deleted_days_ago(remote_root, "live-a1", 30.0)
+    assert p.remove_expired(region=REGION) == ["live-a1"]

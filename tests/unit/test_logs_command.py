@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,39 @@ def test_a_tail_copies_a_file_larger_than_one_answer_whole(tmp_path: Path) -> No
     out = io.BytesIO()
     _Tails(ThisMachine(tmp_path), "j1-a1", {"stdout.log": out}).pump()
     assert out.getvalue() == data
+
+
+def test_a_folder_retention_removed_says_so_and_when(tmp_path: Path) -> None:
+    import datetime as dt
+    import socket
+
+    deleted_at = dt.datetime(2026, 11, 20, 8, 30, tzinfo=dt.UTC)
+    now = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)  # 11.6 days later
+    asked: list[int] = []
+
+    def keep(days: float) -> Callable[[], float]:
+        return lambda: asked.append(1) or days
+
+    done = where(tmp_path, state="SUCCEEDED", host=socket.gethostname(), deleted_at=deleted_at)
+    with pytest.raises(UserInputError) as info:
+        attempt_source(done, None, keep_days=keep(7.0), now=now)
+    message = str(info.value)
+    assert f"The logs of job j1 were removed with its folder ({tmp_path / 'j1-a2'})" in message
+    assert "7 day(s) after its instance is deleted (GREENPLACE_LOCAL_KEEP_DAYS)" in message
+    assert "deleted on 2026-11-20 08:30 UTC" in message and "To fix:" in message
+    with pytest.raises(UserInputError) as info:  # an older attempt: gone the same way
+        attempt_source(done, 1, keep_days=keep(7.0), now=now)
+    assert f"were removed with its folder ({tmp_path / 'j1-a1'})" in str(info.value)
+
+    # kept longer than that on this machine: the folder is missing for another reason
+    with pytest.raises(UserInputError, match="is not on this machine") as info:
+        attempt_source(done, None, keep_days=keep(30.0), now=now)
+    # a job still running, never deleted, or run on another host: the usual message,
+    # without reading the retention setting
+    asked.clear()
+    for job in (where(tmp_path, deleted_at=deleted_at),
+                where(tmp_path, state="SUCCEEDED", host=socket.gethostname()),
+                where(tmp_path, state="SUCCEEDED", host="other-box", deleted_at=deleted_at)):
+        with pytest.raises(UserInputError, match="is not on this machine"):
+            attempt_source(job, None, keep_days=keep(7.0), now=now)
+    assert asked == []

@@ -301,11 +301,24 @@ def test_regions_the_account_has_not_enabled_are_rejected_with_a_reason() -> Non
 
 def test_jobs_of_one_shape_ranked_together_decide_exactly_as_one_by_one() -> None:
     """Batch placement (a matrix per shape, chunked) equals placing each job alone, figure
-    for figure: choice, ranking, baseline, savings, every candidate's scores and reasons."""
+    for figure: choice, ranking, baseline, savings, every candidate's scores and reasons;
+    calibrated power per accelerator and per calibration label included."""
     import dataclasses
     import random
 
     from greenplace.scheduler.catalog import load_catalog
+    from greenplace.scheduler.placement.pipeline import CalibratedPower
+
+    calibrated = {"H100": CalibratedPower(power_w=610.0, runs=7),
+                  "A100": CalibratedPower(power_w=330.0, runs=4),
+                  "H100:eval": CalibratedPower(power_w=240.0, runs=3),
+                  "A100:pretrain": CalibratedPower(power_w=395.0, runs=12)}
+    label_rng = random.Random(12)  # apart from rng: the other draws stay as they were
+
+    def placer() -> Placer:
+        p = Placer(catalog)
+        p.calibrate(calibrated)
+        return p
 
     catalog = load_catalog()
     policies = [load_policy(name) for name in ("balanced", "greenest", "cheapest",
@@ -335,11 +348,12 @@ def test_jobs_of_one_shape_ranked_together_decide_exactly_as_one_by_one() -> Non
             raw["deadline"] = (NOW + dt.timedelta(hours=rng.choice([1, 30]))).isoformat()
         if rng.random() < 0.05:
             raw["max_delay_hours"] = 6
+        raw["calibration_label"] = label_rng.choice([None, None, "eval", "pretrain", "new"])
         jobs.append(resolve_job(JobSpec.model_validate(raw), catalog, policy=policy, where="t"))
 
-    alone = [Placer(catalog).place(j, now=NOW) for j in jobs]
+    alone = [placer().place(j, now=NOW) for j in jobs]
     for chunk_jobs in (64, 4096):
-        together = list(Placer(catalog).place_each(jobs, now=NOW, chunk_jobs=chunk_jobs))
+        together = list(placer().place_each(jobs, now=NOW, chunk_jobs=chunk_jobs))
         assert [d.job for d in together] == [j.name for j in jobs]
         for a, b in zip(alone, together, strict=True):
             for f in dataclasses.fields(a):
@@ -350,6 +364,10 @@ def test_jobs_of_one_shape_ranked_together_decide_exactly_as_one_by_one() -> Non
     assert {d.placed for d in alone} == {True, False}
     assert len({(d.chosen, d.baseline) for d in alone if d.placed}) > 5
     assert any(d.chosen != d.baseline for d in alone if d.placed)
+    bases = {d.power_basis for d in alone}
+    assert any("of label eval (240 W" in b for b in bases)
+    assert any("of label pretrain (395 W" in b for b in bases)
+    assert any("too few runs of label new" in b for b in bases)
 
 
 def test_offers_the_routed_adapter_cannot_launch_are_rejected_by_provider() -> None:

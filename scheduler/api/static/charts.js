@@ -124,3 +124,98 @@ export function periodChart({ points, unit, label, testid, width = 1100, height 
     y1: y(0), y2: y(0) }));
   return chart;
 }
+
+/** A run's grid intensity hour by hour: a bar per hour a source answered (its width the
+ * hour, a thin grey mark where none did) and the estimate's intensity as a dashed line.
+ * `hours`: [{start (ISO), seconds, g_per_kwh (or null), source}]. */
+export function intensityChart({ hours, reference, label, testid, width = 720, height = 220 }) {
+  const margin = { top: 26, right: 16, bottom: 40, left: 56 };
+  const plotW = width - margin.left - margin.right;
+  const plotH = height - margin.top - margin.bottom;
+  const HOUR_MS = 3600 * 1000;
+  const starts = hours.map((h) => Date.parse(h.start));
+  const first = starts[0];
+  const last = starts[starts.length - 1] + HOUR_MS;
+  const values = hours.map((h) => h.g_per_kwh).filter((v) => Number.isFinite(v));
+  const [, hi] = domain([...values, ...(Number.isFinite(reference) ? [reference] : [])]);
+  const x = (ms) => margin.left + ((ms - first) / (last - first)) * plotW;
+  const y = (v) => margin.top + plotH - (v / hi) * plotH;
+  const chart = svg("svg", {
+    class: "chart intensity", viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": label, testid,
+  }, svg("title", {}, label));
+  for (const t of ticks(0, hi)) {
+    chart.append(
+      svg("line", { class: "grid", x1: margin.left, x2: width - margin.right, y1: y(t), y2: y(t) }),
+      svg("text", { class: "tick", x: margin.left - 6, y: y(t) + 4, "text-anchor": "end" },
+        num(t, 0)));
+  }
+  chart.append(svg("text", { class: "tick unit", x: 8, y: 12 }, "g/kWh"));
+  hours.forEach((h, i) => {
+    const x0 = x(starts[i]);
+    const w = Math.max(1, x(starts[i] + HOUR_MS) - x0 - 1);
+    const hourLabel = new Date(starts[i]).toISOString().slice(0, 13).replace("T", " ");
+    if (!Number.isFinite(h.g_per_kwh)) {
+      chart.append(svg("g", { class: "bar gap", testid: "intensity-gap" },
+        svg("title", {}, `${hourLabel}:00Z: no value from any source`),
+        svg("rect", { x: x0, y: y(0) - 3, width: w, height: 3 })));
+      return;
+    }
+    chart.append(svg("g", { class: "bar", testid: "intensity-hour" },
+      svg("title", {}, `${hourLabel}:00Z: ${num(h.g_per_kwh, 0)} g/kWh, ${
+        num(h.seconds / 60, 0)} min of the run (${h.source})`),
+      svg("rect", { x: x0, y: y(h.g_per_kwh), width: w, height: Math.max(1, y(0) - y(h.g_per_kwh)) })));
+  });
+  if (Number.isFinite(reference)) {
+    chart.append(
+      svg("line", { class: "line reference", x1: margin.left, x2: width - margin.right,
+        y1: y(reference), y2: y(reference), testid: "intensity-estimate" }),
+      svg("text", { class: "tick reference", x: width - margin.right, y: y(reference) - 4,
+        "text-anchor": "end" }, `estimate ${num(reference, 0)} g/kWh`));
+  }
+  const labelEvery = Math.ceil(hours.length / 12);
+  hours.forEach((h, i) => {
+    if (i % labelEvery) return;
+    chart.append(svg("text", { class: "tick", x: x(starts[i]), y: height - margin.bottom + 16 },
+      new Date(starts[i]).toISOString().slice(11, 16)));
+  });
+  chart.append(svg("line", { class: "axis", x1: margin.left, x2: width - margin.right,
+    y1: y(0), y2: y(0) }));
+  return chart;
+}
+
+/** Estimated against measured values, a dot per item ({label, x, y}), with the line y = x
+ * where the two agree; both axes share one scale so the line is the diagonal. */
+export function scatterChart({ points, unit, label, testid, size = 360 }) {
+  const pad = 48;
+  const plot = size - 2 * pad;
+  const [, hi] = domain(points.flatMap((p) => [p.x, p.y]));
+  const at = (v) => (v / hi) * plot;
+  const chart = svg("svg", {
+    class: "chart scatter", viewBox: `0 0 ${size} ${size}`, role: "img", "aria-label": label,
+    testid,
+  }, svg("title", {}, label));
+  for (const t of ticks(0, hi)) {
+    chart.append(
+      svg("line", { class: "grid", x1: pad, x2: size - pad, y1: size - pad - at(t),
+        y2: size - pad - at(t) }),
+      svg("text", { class: "tick", x: pad - 6, y: size - pad - at(t) + 4, "text-anchor": "end" },
+        num(t, hi < 5 ? 2 : 0)),
+      svg("text", { class: "tick", x: pad + at(t), y: size - pad + 16, "text-anchor": "middle" },
+        num(t, hi < 5 ? 2 : 0)));
+  }
+  chart.append(
+    svg("line", { class: "line reference", x1: pad, y1: size - pad, x2: size - pad, y2: pad,
+      testid: "scatter-diagonal" }, svg("title", {}, "estimate = measurement")),
+    svg("line", { class: "axis", x1: pad, x2: size - pad, y1: size - pad, y2: size - pad }),
+    svg("line", { class: "axis", x1: pad, x2: pad, y1: pad, y2: size - pad }),
+    svg("text", { class: "tick unit", x: size / 2, y: size - 8, "text-anchor": "middle" },
+      `estimated (${unit})`),
+    svg("text", { class: "tick unit", x: 8, y: pad - 16 }, `measured (${unit})`));
+  for (const p of points) {
+    chart.append(svg("circle", { class: "dot", cx: pad + at(p.x), cy: size - pad - at(p.y), r: 4,
+      testid: "scatter-point" }, svg("title", {}, `${p.label}: estimated ${num(p.x, 3)}, measured ${
+      num(p.y, 3)} ${unit}`)));
+  }
+  return chart;
+}

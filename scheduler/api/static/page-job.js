@@ -1,8 +1,10 @@
 // The job page: GET /v1/jobs/{id} and /events. What ran where, the placement decision
 // explained (chosen vs baseline), every candidate with raw and normalised scores (rejected
-// ones with their filter and reason), the event timeline, and a cancel button.
+// ones with their filter and reason), the grid intensity over a measured run's window,
+// the event timeline, and a cancel button.
 
 import { call } from "./api.js";
+import { intensityChart } from "./charts.js";
 import { FINAL_STATES, el, mount, num, savings, stateBadge, table, when, where } from "./dom.js";
 import { poll } from "./poll.js";
 
@@ -50,6 +52,19 @@ function attempts(job) {
     rows: reasons.map((r) => el("tr", {}, el("td", { class: "num" }, r.attempt),
       el("td", {}, where(r)), el("td", {}, r.instance_type),
       el("td", {}, r.code ? `${r.error} (${r.code})` : r.error), el("td", {}, r.message))) }));
+}
+
+function intensitySection(job) {
+  const hours = job.run_intensity_series;
+  if (!hours || !hours.length) return null;
+  return el("section", { class: "card", testid: "run-intensity" },
+    el("h2", {}, "Grid intensity over the run window"),
+    el("p", { class: "hint" }, `The grid's average in each hour the job ran, which its measured `
+      + `CO₂e is charged at (${num(job.run_intensity_g_per_kwh, 0)} g/kWh, time-weighted), `
+      + `against the ${num(job.intensity_g_per_kwh_estimated, 0)} g/kWh its estimate used `
+      + "(dashed)."),
+    intensityChart({ hours, reference: job.intensity_g_per_kwh_estimated,
+      label: "Grid intensity per hour of the run, g/kWh", testid: "run-intensity-chart" }));
 }
 
 function rankedBy(value) {
@@ -233,7 +248,8 @@ export function render(container, { id }) {
     mount(badge, stateBadge(job.state));
     cancel.hidden = FINAL_STATES.has(job.state);
     const { decision, candidates, spec, ...rest } = job;
-    update("summary", summary, rest, () => [facts(job), reason(job), attempts(job)]);
+    update("summary", summary, rest, () => [facts(job), reason(job), attempts(job),
+      intensitySection(job)]);
     const placed = { cloud: job.cloud, region: job.region, instance_type: job.instance_type,
       attempts: job.attempts };
     update("decision", decisionBox, { decision, candidates, placed }, () => [

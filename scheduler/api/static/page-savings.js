@@ -1,8 +1,9 @@
 // The savings page: GET /v1/report?group_by=day as totals, a chart of the CO2e saved per
-// day against each job's baseline with the cumulative line, and the per-day table.
+// day against each job's baseline with the cumulative line, the estimate against the
+// measurement for each measured job (the report's per-job rows), and the per-day table.
 
 import { call } from "./api.js";
-import { barChart, periodChart } from "./charts.js";
+import { barChart, periodChart, scatterChart } from "./charts.js";
 import { el, mount, num, savings, table } from "./dom.js";
 
 const FILTERS = ["team", "policy", "since", "until"];
@@ -21,6 +22,23 @@ function totalsCards(t) {
     card("Energy (est. / measured)",
       `${num(t.energy_kwh_estimated, 1)} / ${num(t.energy_kwh_measured, 1)} kWh`, "total-energy"),
     card("Cost (estimated)", `$${num(t.cost_usd, 2)}`, "total-cost"));
+}
+
+function estimateSection(jobs) {
+  const measured = jobs.filter((j) => Number.isFinite(j.co2e_kg_estimated)
+    && Number.isFinite(j.co2e_kg_measured));
+  return el("section", { class: "card", testid: "estimate-vs-measured" },
+    el("h2", {}, "Estimate against measurement"),
+    measured.length ? [
+      el("p", { class: "hint" }, `CO₂e of each of the ${measured.length} measured job(s): `
+        + "estimated at placement against measured by its agent; on the dashed line they "
+        + "agree, above it the estimate was too low."),
+      scatterChart({ label: "Estimated against measured CO2e per job, kg", unit: "kg",
+        testid: "estimate-scatter",
+        points: measured.map((j) => ({ label: j.name, x: j.co2e_kg_estimated,
+          y: j.co2e_kg_measured })) })]
+      : el("p", { class: "empty", testid: "scatter-empty" },
+        "No job has a measurement yet: nothing to compare."));
 }
 
 function filterForm(query) {
@@ -72,6 +90,7 @@ export function render(container, { query }) {
           unit: "kg", testid: "savings-chart",
           points: groups.map((g) => ({ key: String(g.key), value: g.savings_co2e_kg })) })
           : el("p", { class: "empty", testid: "savings-empty" }, "No jobs in this range.")),
+      estimateSection(report.jobs || []),
       groups.length ? el("section", { class: "card table-wrap" }, table({
         caption: "Per day (estimated figures; measured where the agent reported energy)",
         className: "data", testid: "savings-table",
