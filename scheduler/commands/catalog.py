@@ -1,8 +1,8 @@
-"""The `catalog` command group: `check` verifies the catalog's invariants (embedded, and the
-overlay ``GREENPLACE_CATALOG_OVERLAY`` names); `refresh` fetches prices from the clouds' own
-APIs into the refreshed-prices document (``GREENPLACE_CATALOG_PRICES``); `show` says how old
-each cloud's prices are and where they came from; `diff` lists what the refresh changed
-against the embedded catalog.
+"""The `catalog` command group: `check` verifies the catalog's invariants (embedded, the
+overlay ``GREENPLACE_CATALOG_OVERLAY`` names, and the refreshed prices merged in);
+`refresh` fetches prices from the clouds' own APIs into the refreshed-prices document
+(``GREENPLACE_CATALOG_PRICES``); `show` says how old each cloud's prices are and where they
+came from; `diff` lists what the refresh changed against the embedded catalog.
 
 Exit codes: 0 ok; 1 a check problem, or a cloud whose refresh failed, was refused or had no
 credentials (its old figures kept, and said); 2 bad input or unusable settings.
@@ -52,9 +52,11 @@ def check_cmd(catalog_dir: Path | None) -> None:
     """Check the catalog's invariants: one basis, same zone same figures, prices, counts.
 
     With GREENPLACE_CATALOG_OVERLAY set, the overlay file is checked first (every problem,
-    naming its line and field), then the merged catalog. Exit code 0 and one OK line when
-    every invariant holds; 1 with one line per broken row otherwise; 2 when a file does not
-    load at all (the loader's error).
+    naming its line and field), then the merged catalog. Without --catalog-dir, the catalog
+    checked is the one every command places with: with the refreshed prices
+    (GREENPLACE_CATALOG_PRICES) merged in, and the OK line says how many offers come from a
+    refresh. Exit code 0 and one OK line when every invariant holds; 1 with one line per
+    broken row otherwise; 2 when a file does not load at all (the loader's error).
     """
     catalog = load_catalog_from(catalog_dir) if catalog_dir else load_embedded_catalog()
     overlay = os.environ.get(OVERLAY_ENV, "").strip()
@@ -67,6 +69,9 @@ def check_cmd(catalog_dir: Path | None) -> None:
                                        accelerators=catalog.accelerators)
         if not problems:
             catalog = with_overlay(catalog, Path(overlay).expanduser())
+    refreshed = 0
+    if not problems and catalog_dir is None:
+        catalog, refreshed = _with_refreshed_prices(catalog)
     problems = problems or check_catalog(catalog)
     if problems:
         for problem in problems:
@@ -78,7 +83,24 @@ def check_cmd(catalog_dir: Path | None) -> None:
     bases = ", ".join(sorted({r.intensity_basis for r in catalog.regions}))
     click.echo(f"OK: {len(catalog.regions)} regions of {', '.join(clouds)} in {zones} grid "
                f"zones on one basis "
-               f"({bases}), {len(catalog.offers)} offers.")
+               f"({bases}), {len(catalog.offers)} offers ({refreshed} from a refresh).")
+
+
+def _with_refreshed_prices(catalog: Catalog) -> tuple[Catalog, int]:
+    """``catalog`` with the refreshed prices merged in, as ``load_catalog()`` merges them,
+    and how many of its offers came from the refresh.
+
+    Design choice: the document is read and merged here rather than through
+    ``load_catalog()`` so the count is of this very merge (and no process cache is used).
+    """
+    from greenplace.scheduler.catalog.refresh.merge import merged, refreshed_offers, usable
+    from greenplace.scheduler.catalog.refresh.store import prices_location, read
+
+    location = prices_location(os.environ)
+    with _reachable(location):
+        document = read(location)
+    fresh, _ = usable(catalog, refreshed_offers(document))
+    return merged(catalog, document), len(fresh)
 
 
 def asked_regions(catalog: Catalog, clouds: Sequence[str], regions: Sequence[str]
