@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,10 +70,10 @@ def check_cmd(catalog_dir: Path | None) -> None:
                                        accelerators=catalog.accelerators)
         if not problems:
             catalog = with_overlay(catalog, Path(overlay).expanduser())
-    refreshed = 0
+    refreshed = _Refreshed(offers=frozenset(), where="")
     if not problems and catalog_dir is None:
         catalog, refreshed = _with_refreshed_prices(catalog)
-    problems = problems or check_catalog(catalog)
+    problems = problems or [refreshed.named(p) for p in check_catalog(catalog)]
     if problems:
         for problem in problems:
             click.echo(problem)
@@ -83,15 +84,34 @@ def check_cmd(catalog_dir: Path | None) -> None:
     bases = ", ".join(sorted({r.intensity_basis for r in catalog.regions}))
     click.echo(f"OK: {len(catalog.regions)} regions of {', '.join(clouds)} in {zones} grid "
                f"zones on one basis "
-               f"({bases}), {len(catalog.offers)} offers ({refreshed} from a refresh).")
+               f"({bases}), {len(catalog.offers)} offers ({len(refreshed.offers)} from a "
+               "refresh).")
 
 
-def _with_refreshed_prices(catalog: Catalog) -> tuple[Catalog, int]:
+@dataclass(frozen=True, slots=True)
+class _Refreshed:
+    """The offers a refresh brought into the checked catalog, and where they are kept."""
+
+    offers: frozenset[str]  # "cloud:region instance_type", as the check names an offer
+    where: str
+
+    def named(self, problem: str) -> str:
+        """``problem`` naming the refreshed-prices document rather than offers.csv when it
+        is about a refreshed offer (the row to fix is there, not in the embedded file)."""
+        origin, _, rest = problem.partition(" ")
+        offer = rest.partition(": ")[0]  # "cloud:region instance_type: what is wrong"
+        if origin == "offers.csv" and offer in self.offers:
+            return f"refreshed prices ({self.where}) {rest}"
+        return problem
+
+
+def _with_refreshed_prices(catalog: Catalog) -> tuple[Catalog, _Refreshed]:
     """``catalog`` with the refreshed prices merged in, as ``load_catalog()`` merges them,
-    and how many of its offers came from the refresh.
+    and the offers that came from the refresh.
 
     Design choice: the document is read and merged here rather than through
-    ``load_catalog()`` so the count is of this very merge (and no process cache is used).
+    ``load_catalog()`` so the offers counted are those of this very merge (and no process
+    cache is used).
     """
     from greenplace.scheduler.catalog.refresh.merge import merged, refreshed_offers, usable
     from greenplace.scheduler.catalog.refresh.store import prices_location, read
@@ -100,7 +120,9 @@ def _with_refreshed_prices(catalog: Catalog) -> tuple[Catalog, int]:
     with _reachable(location):
         document = read(location)
     fresh, _ = usable(catalog, refreshed_offers(document))
-    return merged(catalog, document), len(fresh)
+    return merged(catalog, document), _Refreshed(
+        offers=frozenset(f"{o.cloud}:{o.region} {o.instance_type}" for o in fresh),
+        where=location.where)
 
 
 def asked_regions(catalog: Catalog, clouds: Sequence[str], regions: Sequence[str]

@@ -53,6 +53,7 @@ from tests.refresh_fakes import (
     offer_machines,
     offer_skus,
     on_demand_of,
+    product_for,
     seed_aws,
 )
 
@@ -106,11 +107,13 @@ class User:
     def document(self) -> PricesDocument:
         return read(FileLocation(self.prices))
 
-    def greenplace(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``greenplace ARGS`` from the venv, as the user types it."""
+    def greenplace(self, *args: str, env: Mapping[str, str] | None = None
+                   ) -> subprocess.CompletedProcess[str]:
+        """``greenplace ARGS`` from the venv, as the user types it (``env``: instead of the
+        user's environment)."""
         command = [str(_GREENPLACE)] if _GREENPLACE.exists() else [
             sys.executable, "-m", "greenplace"]
-        return subprocess.run([*command, *args], cwd=self.home, env=self.env,
+        return subprocess.run([*command, *args], cwd=self.home, env=dict(env or self.env),
                               capture_output=True, text=True, timeout=120)
 
 
@@ -180,6 +183,18 @@ def dry_run(user: User, jobs: Path) -> dict[str, dict[str, Any]]:
     done = user.greenplace("dry-run", str(jobs), "--output", "json", "--explain")
     assert done.returncode == 0, done.stdout + done.stderr
     return {row["job"]: row for row in json.loads(done.stdout)}
+
+
+def set_aws_price(price_list: PriceListApi, offer: Offer, usd: float) -> None:
+    """The price list's Linux, shared-tenancy On-Demand price of ``offer``."""
+    def is_it(product: dict[str, Any]) -> bool:
+        a = product["product"]["attributes"]
+        return (a["regionCode"], a["instanceType"], a["operatingSystem"], a["tenancy"],
+                a["capacitystatus"]) == (offer.region, offer.instance_type, "Linux", "Shared",
+                                         "Used")
+
+    (index,) = [i for i, p in enumerate(price_list.products) if is_it(p)]
+    price_list.products[index] = product_for(offer, usd_per_hour=str(usd))
 
 
 def set_retail_price(retail: FakeRetailPrices, region: str, size: str, usd: float) -> None:
@@ -284,3 +299,79 @@ def test_a_price_change_at_the_fake_is_repriced_and_moves_the_placement(
     assert left["price_as_of"] == today
     assert left["cost_usd"] == pytest.approx(dearer * left["runtime_h"], rel=1e-6)
     assert left["cost_usd"] > after["cost_usd"]
+
+
+def paragraph(out: str, start: str) -> str:
+    """The one paragraph of ``out`` that starts with ``start`` (blank-line separated)."""
+    (found,) = [p for p in out.split("\n\n") if p.startswith(start)]
+    return found
+
+
+def test_a_cloud_whose_fake_fails_keeps_its_figures_while_the_others_refresh(
+        user: User, clouds: Clouds, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = in_process(capsys, "catalog", "refresh", *REGION_ARGS)
+    assert code == 0, out + err
+    first = user.document()
+    waits: list[float] = []
+    monkeypatch.setattr(azure_retail, "_sleep", waits.append)  # recorded, not slept
+    clouds.retail.fail_page(0, 500)  # every first page, for good: no price reachable
+    east = embedded("aws", "us-east-1", "p4d.24xlarge")
+    cheaper = round(float(on_demand_of(east)) * 0.9, 4)
+    set_aws_price(clouds.price_list, east, cheaper)  # AWS cuts one price meanwhile
+
+    code, out, err = in_process(capsys, "catalog", "refresh", *REGION_ARGS)
+    assert code == 1
+    assert "Traceback" not in out + err
+    assert "aws: updated" in err and "gcp: updated" in err and "azure: failed" in err
+    said = paragraph(out, "azure: ")
+    assert "\n" not in said.strip() and said.count("To fix:") == 1
+    assert "the refresh failed and its previous figures are kept (the figures refreshed at" \
+        in said and "500" in said
+    assert len(waits) == azure_retail.MAX_TRIES - 1
+    second = user.document()
+    assert second.sections["azure"].prices == first.sections["azure"].prices
+    assert second.sections["azure"].last_failure is not None
+    for cloud in ("aws", "gcp"):
+        now, then = second.sections[cloud].prices, first.sections[cloud].prices
+        assert now is not None and then is not None and now.fetched_at > then.fetched_at
+    assert refreshed(second, "aws", "us-east-1", "p4d.24xlarge").price_usd_per_hour == cheaper
+
+
+def test_aws_without_credentials_is_said_and_the_others_refresh(user: User) -> None:
+    env = {k: v for k, v in user.env.items()
+           if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    done = user.greenplace("catalog", "refresh", *REGION_ARGS, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    said = paragraph(done.stdout, "aws: ")
+    assert "\n" not in said.strip()
+    assert said.startswith("aws: no credentials found, so nothing was fetched or written for "
+                           "it; placement keeps the embedded catalog's, as_of ")
+    assert said.count("To fix:") == 1 and "AWS_ACCESS_KEY_ID" in said
+    document = user.document()
+    assert "aws" not in document.sections
+    assert document.sections["gcp"].prices is not None
+    assert document.sections["azure"].prices is not None
+    diff = user.greenplace("catalog", "diff", "--cloud", "aws")
+    assert diff.returncode == 0 and "0 offer(s) changed" in diff.stdout, diff.stdout
+
+
+def test_the_check_finds_a_broken_refreshed_price_and_names_where_it_is(
+        user: User, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = in_process(capsys, "catalog", "refresh", "--region", "aws:us-east-1")
+    assert code == 0, out + err
+    code, out, _ = in_process(capsys, "catalog", "check")
+    assert code == 0 and "from a refresh)." in out and "(0 from" not in out
+    # Someone edits the document by hand: a spot price above its on-demand one.
+    data = json.loads(user.prices.read_text())
+    (p4d,) = [o for o in data["clouds"]["aws"]["offers"] if o["instance_type"] == "p4d.24xlarge"]
+    p4d["spot_price_usd_per_hour"] = p4d["price_usd_per_hour"] * 2
+    user.prices.write_text(json.dumps(data))
+    code, out, err = in_process(capsys, "catalog", "check")
+    assert code == 1 and "Traceback" not in out + err
+    assert out.splitlines() == [
+        f"refreshed prices ({user.prices}) aws:us-east-1 p4d.24xlarge: spot price "
+        f"{p4d['spot_price_usd_per_hour']:g} USD/h is not below on-demand "
+        f"{p4d['price_usd_per_hour']:g} USD/h"]
+    assert "1 problem(s) in the catalog." in err
