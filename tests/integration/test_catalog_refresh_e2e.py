@@ -179,6 +179,13 @@ def embedded(cloud: str, region: str, instance_type: str) -> Offer:
     return found
 
 
+def fetched_on(document: PricesDocument, cloud: str) -> str:
+    """The day ``cloud``'s refreshed prices were fetched: their offers' ``as_of``."""
+    prices = document.sections[cloud].prices
+    assert prices is not None, f"{cloud} was not refreshed"
+    return prices.fetched_at.date().isoformat()
+
+
 def dry_run(user: User, jobs: Path) -> dict[str, dict[str, Any]]:
     done = user.greenplace("dry-run", str(jobs), "--output", "json", "--explain")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -219,7 +226,7 @@ def test_refresh_of_three_clouds_passes_the_check_and_the_dry_run_places_with_it
     assert all(c["offers"] > 0 for c in report["clouds"])
     assert AWS_SECRET not in done.stdout + done.stderr
     document = user.document()
-    today = document.sections["aws"].prices.fetched_at.date().isoformat()  # type: ignore[union-attr]
+    today = fetched_on(document, "aws")
 
     # The catalog check passes on the catalog every command now places with, and counts the
     # offers the refresh brought.
@@ -269,10 +276,12 @@ def test_a_price_change_at_the_fake_is_repriced_and_moves_the_placement(
     # Both regions sell it at the same list price: the policy's tie-break (lower CO2e) chose.
     chosen = before["region"]
     other = west if chosen == east else east
-    assert before["price_usd_per_hour"] == pytest.approx(
-        embedded("azure", chosen, size).price_usd_per_hour, abs=5e-5)
+    list_price = embedded("azure", chosen, size).price_usd_per_hour
+    assert list_price is not None
+    assert list_price == embedded("azure", other, size).price_usd_per_hour
+    assert before["price_usd_per_hour"] == pytest.approx(list_price, abs=5e-5)
 
-    dearer = round(embedded("azure", other, size).price_usd_per_hour * 1.2, 3)  # type: ignore[operator]
+    dearer = round(list_price * 1.2, 3)  # the cloud raises it in the chosen region only
     set_retail_price(clouds.retail, chosen, size, dearer)
     done = user.greenplace("catalog", "refresh", "--region", f"azure:{east}",
                            "--region", f"azure:{west}", "--output", "json")
@@ -283,21 +292,22 @@ def test_a_price_change_at_the_fake_is_repriced_and_moves_the_placement(
     diff = user.greenplace("catalog", "diff", "--change", "repriced", "--output", "json")
     assert diff.returncode == 0, diff.stderr
     (change,) = json.loads(diff.stdout)
-    today = user.document().sections["azure"].prices.fetched_at.date().isoformat()  # type: ignore[union-attr]
+    today = fetched_on(user.document(), "azure")
     assert (change["cloud"], change["region"], change["instance_type"]) == (
         "azure", chosen, size)
-    assert change["price_usd_per_hour_before"] == embedded("azure", chosen, size
-                                                           ).price_usd_per_hour
+    assert change["price_usd_per_hour_before"] == list_price
     assert change["price_usd_per_hour_after"] == dearer
     assert change["as_of_after"] == today
     assert "Retail Prices" in change["source_after"]
 
     after = dry_run(user, jobs)["train"]
     assert (after["region"], after["instance_type"]) == (other, size)
+    assert after["price_usd_per_hour"] == pytest.approx(list_price, abs=5e-5)
+    assert after["price_as_of"] == today
     # The decision names the new price and its as_of: the region it left, in the candidates.
     (left,) = [c for c in after["candidates"] if c["region"] == chosen]
-    assert left["price_as_of"] == today
-    assert left["cost_usd"] == pytest.approx(dearer * left["runtime_h"], rel=1e-6)
+    assert (left["price_usd_per_hour"], left["price_as_of"]) == (dearer, today)
+    assert left["rejected_by"] is None
     assert left["cost_usd"] > after["cost_usd"]
 
 

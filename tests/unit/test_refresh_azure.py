@@ -57,7 +57,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
 @pytest.fixture
 def arm(tls: tuple[Any, Path]) -> Iterator[FakeResourceManager]:
     with FakeResourceManager(tls=tls[0]) as fake:
-        offer_skus(fake, REGIONS).sku_page_size = 4
+        offer_skus(fake, REGIONS)
+        fake.sku_page_size = 4
         yield fake
 
 
