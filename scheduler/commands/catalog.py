@@ -55,8 +55,9 @@ def check_cmd(catalog_dir: Path | None) -> None:
     With GREENPLACE_CATALOG_OVERLAY set, the overlay file is checked first (every problem,
     naming its line and field), then the merged catalog. Without --catalog-dir, the catalog
     checked is the one every command places with: with the refreshed prices
-    (GREENPLACE_CATALOG_PRICES) merged in, and the OK line says how many offers come from a
-    refresh. Exit code 0 and one OK line when every invariant holds; 1 with one line per
+    (GREENPLACE_CATALOG_PRICES) merged in, a broken refreshed row named as such, and the OK
+    line says how many offers come from a refresh; --catalog-dir checks that folder's files
+    without them. Exit code 0 and one OK line when every invariant holds; 1 with one line per
     broken row otherwise; 2 when a file does not load at all (the loader's error).
     """
     catalog = load_catalog_from(catalog_dir) if catalog_dir else load_embedded_catalog()
