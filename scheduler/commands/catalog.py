@@ -1,8 +1,8 @@
-"""The `catalog` command group: `check` verifies the catalog's invariants (embedded, and the
-overlay ``GREENPLACE_CATALOG_OVERLAY`` names); `refresh` fetches prices from the clouds' own
-APIs into the refreshed-prices document (``GREENPLACE_CATALOG_PRICES``); `show` says how old
-each cloud's prices are and where they came from; `diff` lists what the refresh changed
-against the embedded catalog.
+"""The `catalog` command group: `check` verifies the catalog's invariants (embedded, the
+overlay ``GREENPLACE_CATALOG_OVERLAY`` names, and the refreshed prices merged in);
+`refresh` fetches prices from the clouds' own APIs into the refreshed-prices document
+(``GREENPLACE_CATALOG_PRICES``); `show` says how old each cloud's prices are and where they
+came from; `diff` lists what the refresh changed against the embedded catalog.
 
 Exit codes: 0 ok; 1 a check problem, or a cloud whose refresh failed, was refused or had no
 credentials (its old figures kept, and said); 2 bad input or unusable settings.
@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,9 +53,12 @@ def check_cmd(catalog_dir: Path | None) -> None:
     """Check the catalog's invariants: one basis, same zone same figures, prices, counts.
 
     With GREENPLACE_CATALOG_OVERLAY set, the overlay file is checked first (every problem,
-    naming its line and field), then the merged catalog. Exit code 0 and one OK line when
-    every invariant holds; 1 with one line per broken row otherwise; 2 when a file does not
-    load at all (the loader's error).
+    naming its line and field), then the merged catalog. Without --catalog-dir, the catalog
+    checked is the one every command places with: with the refreshed prices
+    (GREENPLACE_CATALOG_PRICES) merged in, a broken refreshed row named as such, and the OK
+    line says how many offers come from a refresh; --catalog-dir checks that folder's files
+    without them. Exit code 0 and one OK line when every invariant holds; 1 with one line per
+    broken row otherwise; 2 when a file does not load at all (the loader's error).
     """
     catalog = load_catalog_from(catalog_dir) if catalog_dir else load_embedded_catalog()
     overlay = os.environ.get(OVERLAY_ENV, "").strip()
@@ -67,7 +71,10 @@ def check_cmd(catalog_dir: Path | None) -> None:
                                        accelerators=catalog.accelerators)
         if not problems:
             catalog = with_overlay(catalog, Path(overlay).expanduser())
-    problems = problems or check_catalog(catalog)
+    refreshed = _Refreshed(offers=frozenset(), where="")
+    if not problems and catalog_dir is None:
+        catalog, refreshed = _with_refreshed_prices(catalog)
+    problems = problems or [refreshed.named(p) for p in check_catalog(catalog)]
     if problems:
         for problem in problems:
             click.echo(problem)
@@ -78,7 +85,45 @@ def check_cmd(catalog_dir: Path | None) -> None:
     bases = ", ".join(sorted({r.intensity_basis for r in catalog.regions}))
     click.echo(f"OK: {len(catalog.regions)} regions of {', '.join(clouds)} in {zones} grid "
                f"zones on one basis "
-               f"({bases}), {len(catalog.offers)} offers.")
+               f"({bases}), {len(catalog.offers)} offers ({len(refreshed.offers)} from a "
+               "refresh).")
+
+
+@dataclass(frozen=True, slots=True)
+class _Refreshed:
+    """The offers a refresh brought into the checked catalog, and where they are kept."""
+
+    offers: frozenset[str]  # "cloud:region instance_type", as the check names an offer
+    where: str
+
+    def named(self, problem: str) -> str:
+        """``problem`` naming the refreshed-prices document rather than offers.csv when it
+        is about a refreshed offer (the row to fix is there, not in the embedded file)."""
+        origin, _, rest = problem.partition(" ")
+        offer = rest.partition(": ")[0]  # "cloud:region instance_type: what is wrong"
+        if origin == "offers.csv" and offer in self.offers:
+            return f"refreshed prices ({self.where}) {rest}"
+        return problem
+
+
+def _with_refreshed_prices(catalog: Catalog) -> tuple[Catalog, _Refreshed]:
+    """``catalog`` with the refreshed prices merged in, as ``load_catalog()`` merges them,
+    and the offers that came from the refresh.
+
+    Design choice: the document is read and merged here rather than through
+    ``load_catalog()`` so the offers counted are those of this very merge (and no process
+    cache is used).
+    """
+    from greenplace.scheduler.catalog.refresh.merge import merged, refreshed_offers, usable
+    from greenplace.scheduler.catalog.refresh.store import prices_location, read
+
+    location = prices_location(os.environ)
+    with _reachable(location):
+        document = read(location)
+    fresh, _ = usable(catalog, refreshed_offers(document))
+    return merged(catalog, document), _Refreshed(
+        offers=frozenset(f"{o.cloud}:{o.region} {o.instance_type}" for o in fresh),
+        where=location.where)
 
 
 def asked_regions(catalog: Catalog, clouds: Sequence[str], regions: Sequence[str]

@@ -46,6 +46,7 @@ def test_the_shipped_catalog_passes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys)
     assert code == 0
     assert out.startswith("OK: ") and "lifecycle" in out and len(out.splitlines()) == 1
+    assert out.endswith(" offers (0 from a refresh).\n")  # no refreshed prices here
 
 
 @pytest.mark.parametrize(("key", "changes", "expected"), [

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,16 +29,20 @@ from greenplace.scheduler.catalog.model import Offer
 from greenplace.scheduler.catalog.refresh import CloudPrices, RefreshRequest
 from greenplace.scheduler.catalog.refresh import aws as refresh_aws
 from greenplace.scheduler.exceptions import AuthError, InvalidRequestError, TransientError
-from tests.fakes.aws_pricing import PriceListApi, ec2_product, price_list_server
-from tests.fakes.ec2_spot import SpotPriceProxy, SpotRecord, ec2_with_spot_prices
+from tests.fakes.aws_pricing import PriceListApi, price_list_server
+from tests.fakes.ec2_spot import SpotPriceProxy, ec2_with_spot_prices
+from tests.refresh_fakes import (
+    AWS_SECRET,
+    aws_credentials,
+    aws_endpoints,
+    on_demand_of,
+    product_for,
+    seed_aws,
+)
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 REGIONS = ("us-east-1", "eu-north-1", "eu-west-3", "ap-southeast-2")
 OPT_IN_REGION = "me-central-1"  # an opt-in region; the fake account has not enabled it
-PRICE_CUT = Decimal("0.95")  # the fake price list quotes the embedded figures 5 % lower
-ZONE_FACTORS = {"a": Decimal("1.00"), "b": Decimal("1.10"), "c": Decimal("1.25")}
-SECRET = "gpRefreshSecretValue0123456789NEVERPRINT"
-SIX_PLACES = Decimal("0.000001")
 
 
 @pytest.fixture
@@ -47,11 +51,8 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
         if name.startswith(("AWS_", "GREENPLACE_AWS_")):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAGREENPLACEREFRESH")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in aws_credentials(tmp_path).items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="module")
@@ -66,55 +67,6 @@ def pricing_server() -> Iterator[tuple[str, PriceListApi]]:
         yield pair
 
 
-def on_demand_of(offer: Offer) -> Decimal:
-    assert offer.price_usd_per_hour is not None
-    return (Decimal(str(offer.price_usd_per_hour)) * PRICE_CUT).quantize(SIX_PLACES)
-
-
-def product_for(offer: Offer, **changes: Any) -> dict[str, Any]:
-    catalog = load_embedded_catalog()
-    fields: dict[str, Any] = dict(
-        region=offer.region, location=catalog.region(f"aws:{offer.region}").location,
-        instance_type=offer.instance_type, vcpus=offer.vcpus,
-        memory_gib=int(offer.memory_gib),
-        gpus=None if offer.accelerator.startswith("Trainium") else offer.accelerator_count,
-        usd_per_hour=None if offer.price_usd_per_hour is None else on_demand_of(offer))
-    fields.update(changes)
-    return ec2_product(**fields)
-
-
-def seed(api: PriceListApi, proxy: SpotPriceProxy, regions: tuple[str, ...]) -> None:
-    """The embedded AWS offers of ``regions`` as price-list products and spot records,
-    with products and records the fetcher must not take (other OS, tenancy, capacity
-    status; stale, Windows and future spot records)."""
-    for offer in load_embedded_catalog().offers:
-        if offer.cloud != "aws" or offer.region not in regions:
-            continue
-        if offer.price_usd_per_hour is not None:
-            api.products.append(product_for(offer))
-            dear = (on_demand_of(offer) * 2).quantize(SIX_PLACES)
-            api.products.append(product_for(offer, operating_system="Windows",
-                                            usd_per_hour=dear))
-            api.products.append(product_for(offer, tenancy="Dedicated", usd_per_hour=dear))
-            api.products.append(product_for(offer, capacity_status="UnusedCapacityReservation",
-                                            usd_per_hour=dear))
-        if offer.spot_price_usd_per_hour is None:
-            continue
-        spot = Decimal(str(offer.spot_price_usd_per_hour))
-        for suffix, factor in ZONE_FACTORS.items():
-            proxy.add_price(SpotRecord(
-                region=offer.region, zone=f"{offer.region}{suffix}",
-                instance_type=offer.instance_type, product="Linux/UNIX",
-                usd_per_hour=(spot * factor).quantize(SIX_PLACES), at=NOW - timedelta(hours=2)))
-        zone_a = f"{offer.region}a"
-        for product, factor, at in (("Linux/UNIX", "0.5", NOW - timedelta(days=3)),
-                                    ("Windows", "0.3", NOW - timedelta(hours=1)),
-                                    ("Linux/UNIX", "0.2", NOW + timedelta(hours=1))):
-            proxy.add_price(SpotRecord(
-                region=offer.region, zone=zone_a, instance_type=offer.instance_type,
-                product=product, usd_per_hour=(spot * Decimal(factor)).quantize(SIX_PLACES),
-                at=at))
-
 
 @pytest.fixture
 def fakes(aws_env: None, ec2_server: tuple[str, SpotPriceProxy],
@@ -125,7 +77,7 @@ def fakes(aws_env: None, ec2_server: tuple[str, SpotPriceProxy],
     proxy.reset()
     api.reset()
     proxy.disable_region(OPT_IN_REGION)
-    seed(api, proxy, REGIONS)
+    seed_aws(api, proxy, REGIONS, now=NOW)
     return api, proxy
 
 
@@ -133,7 +85,7 @@ def fakes(aws_env: None, ec2_server: tuple[str, SpotPriceProxy],
 def environ(ec2_server: tuple[str, SpotPriceProxy],
             pricing_server: tuple[str, PriceListApi]) -> dict[str, str]:
     """The settings a fetch reads: botocore's endpoint variables, aimed at the fakes."""
-    return {"AWS_ENDPOINT_URL_EC2": ec2_server[0], "AWS_ENDPOINT_URL_PRICING": pricing_server[0]}
+    return aws_endpoints(ec2_server[0], pricing_server[0])
 
 
 def refresh(environ: dict[str, str], regions: tuple[str, ...] = REGIONS) -> CloudPrices:
@@ -380,7 +332,7 @@ def test_price_list_throttling_that_never_stops_is_a_bounded_transient_error(
     assert caught.value.code == "ThrottlingException"
     assert "GetProducts" in message and f"after {refresh_aws.MAX_ATTEMPTS} attempts" in message
     assert len(api.requests) == refresh_aws.MAX_ATTEMPTS
-    assert SECRET not in message
+    assert AWS_SECRET not in message
 
 
 def test_ec2_request_limit_is_retried(
@@ -432,7 +384,7 @@ def test_a_refused_permission_names_the_iam_actions(
 
     assert "pricing:GetProducts" in str(caught.value)
     assert "ec2:DescribeSpotPriceHistory" in str(caught.value)
-    assert SECRET not in str(caught.value)
+    assert AWS_SECRET not in str(caught.value)
 
 
 def test_an_endpoint_setting_that_is_not_a_url_is_a_clear_error(aws_env: None) -> None:

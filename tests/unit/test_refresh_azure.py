@@ -17,38 +17,22 @@ from typing import Any
 
 import pytest
 
-from greenplace.providers.azure import LOOPBACK_TEST_TOKEN
 from greenplace.scheduler.catalog.check import check_catalog
 from greenplace.scheduler.catalog.loader import Catalog, load_embedded_catalog
 from greenplace.scheduler.catalog.model import Offer
 from greenplace.scheduler.catalog.refresh import azure, azure_retail, credentials_found, fetcher
 from greenplace.scheduler.catalog.refresh.model import CloudPrices, RefreshRequest
 from greenplace.scheduler.exceptions import AuthError, InvalidRequestError, TransientError
-from tests.fakes.arm_server import FakeResourceManager, arm_error, disk_sku, vm_sku
+from tests.fakes.arm_server import FakeResourceManager, arm_error
 from tests.fakes.json_server import make_test_ca
 from tests.fakes.retail_prices import PRICES, FakeRetailPrices, item
+from tests.refresh_fakes import SHAPES, offer_skus, sku_list
+from tests.refresh_fakes import azure_prices_only as prices_only
+from tests.refresh_fakes import azure_with_subscription as with_subscription
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 REGIONS = ("eastus", "westus2", "southcentralus")
 SKUS_PATH = r"/providers/Microsoft\.Compute/skus$"
-
-# Each size as ARM's SKU list describes it: (vCPUs, MemoryGB, GPUs, family). ND96amsr A100 v4
-# has 1900 GB (the embedded catalog says 1800): the refresh takes the cloud's own figure.
-SHAPES: dict[str, tuple[int, float, int, str]] = {
-    "Standard_NC4as_T4_v3": (4, 28, 1, "standardNCASv3_T4Family"),
-    "Standard_NC8as_T4_v3": (8, 56, 1, "standardNCASv3_T4Family"),
-    "Standard_NC16as_T4_v3": (16, 110, 1, "standardNCASv3_T4Family"),
-    "Standard_NC64as_T4_v3": (64, 440, 4, "standardNCASv3_T4Family"),
-    "Standard_NC24ads_A100_v4": (24, 220, 1, "StandardNCADSA100v4Family"),
-    "Standard_NC48ads_A100_v4": (48, 440, 2, "StandardNCADSA100v4Family"),
-    "Standard_NC96ads_A100_v4": (96, 880, 4, "StandardNCADSA100v4Family"),
-    "Standard_NC40ads_H100_v5": (40, 320, 1, "StandardNCadsH100v5Family"),
-    "Standard_NC80adis_H100_v5": (80, 640, 2, "StandardNCadsH100v5Family"),
-    "Standard_ND40rs_v2": (40, 672, 8, "standardNDSv2Family"),
-    "Standard_ND96asr_v4": (96, 900, 8, "standardNDASv4_A100Family"),
-    "Standard_ND96amsr_A100_v4": (96, 1900, 8, "standardNDAMSv4_A100Family"),
-    "Standard_ND96isr_H100_v5": (96, 1900, 8, "standardNDSH100v5Family"),
-}
 
 
 @pytest.fixture
@@ -70,40 +54,12 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     return make_test_ca(tmp_path_factory.mktemp("ca"))
 
 
-def sku_list(region: str, **changes: dict[str, Any]) -> list[dict[str, Any]]:
-    """A region's SKU list: its GPU sizes (those the fake price list sells there), a disk and a
-    size without GPUs. ``changes``: vm_sku keywords per size."""
-    skus = [disk_sku("Premium_LRS", region),
-            vm_sku("Standard_D4s_v5", region, vcpus=4, memory_gb=16, gpus=None,
-                   family="standardDSv5Family")]
-    for size in sorted(PRICES[region]):
-        if size not in SHAPES:
-            continue
-        vcpus, memory_gb, gpus, family = SHAPES[size]
-        keywords: dict[str, Any] = {"vcpus": vcpus, "memory_gb": memory_gb, "gpus": gpus,
-                                    "family": family, **changes.get(size, {})}
-        skus.append(vm_sku(size, region, **keywords))
-    return skus
-
-
 @pytest.fixture
 def arm(tls: tuple[Any, Path]) -> Iterator[FakeResourceManager]:
     with FakeResourceManager(tls=tls[0]) as fake:
-        fake.tokens.add(LOOPBACK_TEST_TOKEN)  # the adapter's `credentials: test-token`
-        fake.resource_skus = {region: sku_list(region) for region in REGIONS}
+        offer_skus(fake, REGIONS)
         fake.sku_page_size = 4
         yield fake
-
-
-def prices_only(retail: FakeRetailPrices) -> dict[str, str]:
-    return {"GREENPLACE_AZURE_RETAIL_PRICES_URL": retail.url}
-
-
-def with_subscription(retail: FakeRetailPrices, arm: FakeResourceManager,
-                      ca: Path) -> dict[str, str]:
-    return {**prices_only(retail), "GREENPLACE_AZURE_BASE_URL": arm.base_url,
-            "GREENPLACE_AZURE_CA_BUNDLE": str(ca), "GREENPLACE_AZURE_CREDENTIALS": "test-token",
-            "AZURE_SUBSCRIPTION_ID": arm.subscription}
 
 
 def request(environ: dict[str, str], regions: tuple[str, ...] = REGIONS,

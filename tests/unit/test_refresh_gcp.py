@@ -28,120 +28,23 @@ from greenplace.scheduler.catalog.refresh.model import CloudPrices, RefreshReque
 from greenplace.scheduler.exceptions import AuthError, InvalidRequestError, TransientError
 from tests.fakes.billing_catalog import FakeCloudCatalog, compute_sku, sku_id
 from tests.fakes.gce_server import FakeComputeEngine
+from tests.refresh_fakes import (
+    PLACES,
+    ZONES,
+    catalog_skus,
+    description,
+    offer_machines,
+    rate,
+)
+from tests.refresh_fakes import gcp_environ as environ
 
 NOW = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
-ZONES = {
-    "us-central1": ["us-central1-a", "us-central1-b", "us-central1-c"],
-    "europe-west4": ["europe-west4-a", "europe-west4-b"],
-    "europe-north1": ["europe-north1-a"],
-}
-# Where each SKU location's prices apply (serviceRegions): a multi-regional "Americas" SKU and
-# regional ones, as the Catalog publishes them.
-PLACES = {"Americas": ["us-central1", "us-east1", "us-east4", "us-west1"],
-          "Netherlands": ["europe-west4"], "Finland": ["europe-north1"]}
-
-# USD per hour (core, GPU) or per GiB-hour (RAM): (on demand, spot), Americas.
-AMERICAS: dict[tuple[str, str], tuple[float, float]] = {
-    ("N1 Predefined", "Core"): (0.031611, 0.00696), ("N1 Predefined", "Ram"): (0.004237, 0.000932),
-    ("A2", "Core"): (0.031611, 0.0127), ("A2", "Ram"): (0.004237, 0.0017),
-    ("A3", "Core"): (0.029563, 0.0065), ("A3", "Ram"): (0.002478, 0.0006),
-    ("G2", "Core"): (0.024988, 0.0099), ("G2", "Ram"): (0.002928, 0.0012),
-    ("Nvidia Tesla T4", "GPU"): (0.35, 0.14), ("Nvidia Tesla V100", "GPU"): (2.48, 1.24),
-    ("Nvidia Tesla A100", "GPU"): (2.933908, 1.17),
-    ("Nvidia Tesla A100 80GB", "GPU"): (3.969175, 1.59),
-    ("Nvidia H100 80GB", "GPU"): (9.71276, 2.0), ("Nvidia H100 80GB Mega", "GPU"): (10.4, 2.2),
-    ("Nvidia L4", "GPU"): (0.56003, 0.22),
-}
-SCALE = {"Americas": 1.0, "Netherlands": 1.07, "Finland": 1.09}
-
-# Machine types per zone: name -> (vCPUs, memoryMb, bundled GPUs or None).
-MACHINES: dict[str, tuple[int, int, tuple[str, int] | None]] = {
-    "n1-standard-4": (4, 15360, None), "n1-standard-8": (8, 30720, None),
-    "n1-standard-64": (64, 245760, None),
-    "a2-highgpu-1g": (12, 87040, ("nvidia-tesla-a100", 1)),
-    "a2-highgpu-8g": (96, 696320, ("nvidia-tesla-a100", 8)),
-    "a2-ultragpu-1g": (12, 174080, ("nvidia-a100-80gb", 1)),
-    "a3-highgpu-1g": (26, 239616, ("nvidia-h100-80gb", 1)),
-    "a3-highgpu-8g": (208, 1916928, ("nvidia-h100-80gb", 8)),
-    "a3-megagpu-8g": (208, 1916928, ("nvidia-h100-mega-80gb", 8)),
-    "a3-ultragpu-8g": (224, 3022848, ("nvidia-h200-141gb", 8)),
-    "g2-standard-4": (4, 16384, ("nvidia-l4", 1)),
-    "g2-standard-8": (8, 32768, ("nvidia-l4", 1)),
-    "e2-standard-4": (4, 16384, None),  # no GPU: never asked for
-}
-OFFERED: dict[str, list[str]] = {  # zone -> machine types it offers
-    "us-central1-a": ["n1-standard-4", "n1-standard-8", "n1-standard-64", "a2-highgpu-1g",
-                      "a2-highgpu-8g", "a3-highgpu-1g", "a3-highgpu-8g", "a3-ultragpu-8g",
-                      "e2-standard-4"],
-    "us-central1-b": ["n1-standard-4", "a2-ultragpu-1g", "g2-standard-4", "g2-standard-8"],
-    "us-central1-c": ["n1-standard-4", "g2-standard-4"],
-    "europe-west4-a": ["n1-standard-4", "n1-standard-8", "a2-highgpu-8g", "a3-megagpu-8g"],
-    "europe-west4-b": ["n1-standard-4", "g2-standard-4", "a3-highgpu-1g"],
-    "europe-north1-a": ["n1-standard-4", "e2-standard-4"],
-}
-GPUS: dict[str, list[tuple[str, int]]] = {  # zone -> attachable GPUs (type, max per VM)
-    "us-central1-a": [("nvidia-tesla-t4", 4), ("nvidia-tesla-v100", 8)],
-    "us-central1-b": [("nvidia-tesla-t4", 4)],
-    "europe-west4-a": [("nvidia-tesla-t4", 4), ("nvidia-tesla-v100", 8)],
-    "europe-north1-a": [("nvidia-tesla-p100", 4)],
-}
-
-
-def rate(place: str, name: str, part: str, *, spot: bool = False) -> float:
-    """The fake's price of one component in one SKU location."""
-    return round(AMERICAS[(name, part)][1 if spot else 0] * SCALE[place], 6)
-
-
-def description(place: str, name: str, part: str, *, spot: bool) -> str:
-    if part == "GPU":
-        middle = " attached to Spot Preemptible VMs" if spot else ""
-        return f"{name} GPU{middle} running in {place}"
-    return f"{'Spot Preemptible ' if spot else ''}{name} Instance {part} running in {place}"
-
-
-def catalog_skus(overrides: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The Compute Engine SKUs of the fake, plus others the composer must leave alone."""
-    skus = []
-    for place, regions in PLACES.items():
-        for (name, part) in AMERICAS:
-            for spot in (False, True):
-                text = description(place, name, part, spot=spot)
-                group = {"GPU": "GPU", "Core": "CPU", "Ram": "RAM"}[part]
-                if name == "N1 Predefined":
-                    group = "N1Standard"
-                sku = compute_sku(text, regions=regions, usd=rate(place, name, part, spot=spot),
-                                  unit="GiBy.h" if part == "Ram" else "h",
-                                  resource_group=group,
-                                  usage_type="Preemptible" if spot else "OnDemand")
-                sku.update((overrides or {}).get(text, {}))
-                skus.append(sku)
-    skus += [
-        compute_sku("Balanced PD Capacity in Americas", regions=PLACES["Americas"], usd=0.1,
-                    unit="GiBy.mo", resource_group="SSD"),
-        compute_sku("N2 Instance Core running in Americas", regions=PLACES["Americas"],
-                    usd=0.031611, resource_group="CPU"),
-        compute_sku("Commitment v1: A2 Cpu in Americas for 1 Year", regions=PLACES["Americas"],
-                    usd=0.019915, resource_group="CPU", usage_type="Commit1Yr"),
-        # GPU SKUs whose description the composer does not know: listed as skipped.
-        compute_sku("H200 141GB GPU running in Americas", regions=PLACES["Americas"],
-                    usd=10.85),
-        compute_sku("Nvidia L4 Virtual Workstation GPU running in Americas",
-                    regions=PLACES["Americas"], usd=0.2),
-    ]
-    return skus
 
 
 @pytest.fixture
 def gce() -> Iterator[FakeComputeEngine]:
     with FakeComputeEngine(zones=ZONES) as fake:
-        for zone, names in OFFERED.items():
-            for name in names:
-                vcpus, memory_mb, gpus = MACHINES[name]
-                fake.offer_machine_type(zone, name, vcpus=vcpus, memory_mb=memory_mb, gpus=gpus)
-        for zone, gpus in GPUS.items():
-            for gpu, most in gpus:
-                fake.offer_accelerator_type(zone, gpu, max_cards=most)
-        yield fake
+        yield offer_machines(fake)
 
 
 @pytest.fixture
@@ -157,11 +60,6 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(refresh_gcp, "RETRY_MAXIMUM_S", 0.05)
     monkeypatch.setattr(refresh_gcp, "RETRY_DEADLINE_S", 0.5)
 
-
-def environ(gce: FakeComputeEngine, billing: FakeCloudCatalog) -> dict[str, str]:
-    return {"GREENPLACE_GCP_PROJECT": gce.project, "GREENPLACE_GCP_API_ENDPOINT": gce.base_url,
-            "GREENPLACE_GCP_BILLING_API_ENDPOINT": billing.base_url,
-            "GREENPLACE_GCP_CREDENTIALS": "anonymous"}
 
 
 def request(gce: FakeComputeEngine, billing: FakeCloudCatalog,
