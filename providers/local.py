@@ -120,6 +120,7 @@ from greenplace.scheduler.exceptions import (
     CapacityError,
     ConfigError,
     InvalidRequestError,
+    ProviderError,
     TransientError,
 )
 
@@ -395,12 +396,7 @@ class LocalProvider:
                 "key. To fix: derive one key per launch attempt.", provider=NAME,
                 operation="submit", code="IdempotentParameterMismatch")
         if outcome == "RootUnwritable":
-            raise provider_error(
-                InvalidRequestError, f"the local root on {where} is not writable "
-                f"({answer.get('error')})", provider=NAME, operation="submit",
-                code="RootUnwritable",
-                fix="point GREENPLACE_LOCAL_ROOT (REMOTE_ROOT for an SSH host) at a folder "
-                    "its user may write")
+            raise _root_unwritable(where, answer.get("error"), operation="submit")
         if outcome == "BashMissing":
             raise provider_error(
                 InvalidRequestError, f"the local provider runs jobs with bash, which is not "
@@ -457,13 +453,17 @@ class LocalProvider:
             request["now"] = now.isoformat()
         answer = host.call("remove_expired", request, purpose="remove_expired")
         if answer.get("error"):
-            raise provider_error(
-                InvalidRequestError, f"the local root on {host.label} is not writable "
-                f"({answer['error']})", provider=NAME, operation="remove_expired",
-                code="RootUnwritable",
-                fix="point GREENPLACE_LOCAL_ROOT (REMOTE_ROOT for an SSH host) at a folder "
-                    "its user may write")
+            raise _root_unwritable(host.label, answer["error"], operation="remove_expired")
         return [str(name) for name in answer["removed"]]
+
+
+def _root_unwritable(where: str, error: object, *, operation: str) -> ProviderError:
+    """The error of a host whose instance folders' root cannot be written."""
+    return provider_error(
+        InvalidRequestError, f"the local root on {where} is not writable ({error})",
+        provider=NAME, operation=operation, code="RootUnwritable",
+        fix="point GREENPLACE_LOCAL_ROOT (REMOTE_ROOT for an SSH host) at a folder its user "
+            "may write")
 
 
 def _checked_id(instance_id: str) -> str:

@@ -20,6 +20,18 @@ import redis
 REDIS_SERVER = shutil.which("redis-server")
 
 
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM ``process`` if it still runs, SIGKILL after 10 s, and reap it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,11 +183,5 @@ class RedisServer:
 
     def stop(self) -> None:
         self.close_clients()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self.process = None

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.redisproc import free_port
+from tests.redisproc import free_port, stop_process
 
 SSHD = "/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else shutil.which("sshd")
 SSH_KEYGEN = shutil.which("ssh-keygen")
@@ -147,11 +147,5 @@ class SshServer:
             subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={sock}", "-O",
                             "exit", "127.0.0.1"], capture_output=True, timeout=10, check=False)
         shutil.rmtree(self.control_dir, ignore_errors=True)
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self.process = None
