@@ -20,7 +20,13 @@ import pytest
 from greenplace.scheduler.catalog.check import check_catalog
 from greenplace.scheduler.catalog.loader import Catalog, load_embedded_catalog
 from greenplace.scheduler.catalog.model import Offer
-from greenplace.scheduler.catalog.refresh import azure, azure_retail, credentials_found, fetcher
+from greenplace.scheduler.catalog.refresh import (
+    azure,
+    azure_retail,
+    credentials_found,
+    fetcher,
+    needs_credentials,
+)
 from greenplace.scheduler.catalog.refresh.model import CloudPrices, RefreshRequest
 from greenplace.scheduler.exceptions import AuthError, InvalidRequestError, TransientError
 from tests.fakes.arm_server import FakeResourceManager, arm_error
@@ -119,7 +125,10 @@ def test_prices_and_availability_of_every_catalog_size_in_several_regions(
 def test_without_a_subscription_prices_come_from_the_retail_list_alone(
         retail: FakeRetailPrices, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
-    assert credentials_found("azure", {}) is True  # the Retail Prices API needs none
+    # The Retail Prices API needs no credentials: a refresh runs, but with no subscription
+    # configured Azure is not in use here, so the service's daily refresh leaves it alone.
+    assert needs_credentials("azure") is False and credentials_found("azure", {}) is False
+    assert credentials_found("azure", {"AZURE_SUBSCRIPTION_ID": "0000-sub"}) is True
     prices = azure.fetch(request(prices_only(retail), regions=("eastus",)))
     assert prices.source.endswith("availability from the retail price list, not checked "
                                   "against the subscription")

@@ -25,6 +25,13 @@ def fetcher(cloud: str) -> Fetcher:
     return fetch
 
 
+def needs_credentials(cloud: str) -> bool:
+    """Whether ``cloud``'s refresh cannot run at all without credentials (a fetcher module
+    whose price API is public says ``NEEDS_CREDENTIALS = False``)."""
+    module = importlib.import_module(FETCHER_MODULES[cloud])
+    return bool(getattr(module, "NEEDS_CREDENTIALS", True))
+
+
 def credentials_found(cloud: str, environ: Mapping[str, str]) -> bool:
     """Whether ``cloud``'s refresh could run here (its SDK's credential chain finds some)."""
     module = importlib.import_module(FETCHER_MODULES[cloud])
@@ -33,4 +40,4 @@ def credentials_found(cloud: str, environ: Mapping[str, str]) -> bool:
 
 
 __all__ = ["FETCHER_MODULES", "CloudPrices", "Fetcher", "RefreshRequest", "Skipped",
-           "credentials_found", "fetcher"]
+           "credentials_found", "fetcher", "needs_credentials"]

@@ -21,11 +21,13 @@ then the SKU's own capabilities (``vCPUs``, ``MemoryGB``, ``GPUs``); a GPU count
 from the catalog's leaves the size unpriced there.
 
 Design choice: without a subscription, prices still come (the Retail Prices API needs no
-credentials) and ``credentials_found`` is True; availability is then the price list's (a size
-with a Linux meter in the region is taken as sold there), not checked against any
-subscription, and the offers' ``source`` says so. The vCPU and memory figures are then the
-embedded catalog's for that size. With a subscription set, its credentials must work: an
-unusable credential is an AuthError, never a quiet fall back to unchecked availability.
+credentials: ``NEEDS_CREDENTIALS`` is False, so ``greenplace catalog refresh`` runs);
+availability is then the price list's (a size with a Linux meter in the region is taken as
+sold there), not checked against any subscription, and the offers' ``source`` says so. The
+vCPU and memory figures are then the embedded catalog's for that size. With a subscription
+set, its credentials must work: an unusable credential is an AuthError, never a quiet fall
+back to unchecked availability. The service's daily refresh prices Azure only where a
+subscription is configured (``credentials_found``): elsewhere Azure is not in use.
 
 Failure is all or nothing: throttling (HTTP 429) and 5xx answers of either API are retried
 (``azure_retail.with_retries``: ``MAX_TRIES`` per page, waiting what ``Retry-After`` asks, else
@@ -70,6 +72,7 @@ from greenplace.scheduler.catalog.retired import AZURE_RETIRED
 from greenplace.scheduler.exceptions import (
     AuthError,
     ConfigError,
+    GreenplaceError,
     InvalidRequestError,
     ProviderError,
     UnknownNameError,
@@ -104,13 +107,19 @@ class SkuFacts:
     restriction: str  # "" when the size may be deployed in the region
 
 
-def credentials_found(environ: Mapping[str, str]) -> bool:
-    """True: Azure prices come from the Retail Prices API, which needs no credentials.
+# The Retail Prices API is public: a refresh asked for runs without any Azure account.
+NEEDS_CREDENTIALS = False
 
-    Whether availability is also checked depends on a subscription being configured (see the
-    module docstring); ``fetch`` says which in its ``source``.
-    """
-    return True
+
+def credentials_found(environ: Mapping[str, str]) -> bool:
+    """Whether an Azure subscription is configured (``subscription_id`` or
+    ``AZURE_SUBSCRIPTION_ID``): only then is Azure in use here, so the service's daily refresh
+    (which refreshes the clouds whose credentials it finds) prices it and checks availability
+    against that subscription. Prices alone need none (``NEEDS_CREDENTIALS``)."""
+    try:
+        return refresh_settings(environ).subscription_id is not None
+    except GreenplaceError:
+        return False
 
 
 def fetch(request: RefreshRequest) -> CloudPrices:

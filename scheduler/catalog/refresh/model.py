@@ -22,8 +22,10 @@ Contract every fetcher keeps:
   a page failing midway, no credentials) raises a ``ProviderError`` subclass naming the call,
   and the caller keeps that cloud's previous figures.
 * Credentials are the SDK's own chain; none is read, printed or stored here. Each fetcher
-  module also has ``credentials_found(environ) -> bool``: whether a refresh could run at all
-  (no network call), so the service's daily refresh skips a cloud with none.
+  module also has ``credentials_found(environ) -> bool``: whether the cloud's credentials are
+  configured here (no network call), so the service's daily refresh skips a cloud with none;
+  a module whose price API is public sets ``NEEDS_CREDENTIALS = False`` so that a refresh a
+  user asks for runs without them.
 * Settings (endpoints, project, subscription) come from ``request.environ`` by the adapters'
   one rule (``providers/settings.py``: ``GREENPLACE_<CLOUD>_*``), so a test points a fetcher
   at its fake exactly as it points the adapter.

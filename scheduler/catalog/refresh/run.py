@@ -189,7 +189,7 @@ def refresh_cloud(cloud: str, regions: Sequence[str], *, catalog: Catalog,
     kept = _kept(old, catalog, cloud)
     asked = tuple(regions)
     try:
-        if not refresh.credentials_found(cloud, environ):
+        if refresh.needs_credentials(cloud) and not refresh.credentials_found(cloud, environ):
             return CloudOutcome(
                 cloud=cloud, status=NO_CREDENTIALS, regions=asked,
                 message=f"{cloud}: no credentials found, so nothing was fetched or written for "
