@@ -106,9 +106,19 @@ class _Reader(Protocol):
 
 
 def reader(cloud: str) -> _Reader | None:
-    """The quota reader module of ``cloud`` (its SDK loads now), or None without one."""
+    """The quota reader module of ``cloud`` (its SDK loads now), or None without one.
+
+    Raises:
+        MissingSDKError: the cloud's SDK is not installed (names the pip extra), as the
+            adapter's own import reports it.
+    """
     module = READERS.get(cloud)
-    return None if module is None else cast(_Reader, importlib.import_module(module))
+    if module is None:
+        return None
+    from greenplace.providers.registry import import_adapter
+
+    import_adapter(cloud)  # the SDK, or the adapter's MissingSDKError naming the extra
+    return cast(_Reader, importlib.import_module(module))
 
 
 def read_all(clouds: Sequence[str], regions_by_cloud: Mapping[str, Sequence[str]],
@@ -116,13 +126,19 @@ def read_all(clouds: Sequence[str], regions_by_cloud: Mapping[str, Sequence[str]
     """Read the quotas of each of ``clouds`` that has credentials, in ``regions_by_cloud``.
 
     A cloud whose read fails (a ``GreenplaceError``: refused credentials, throttling that
-    outlasted the retries, bad settings) is reported FAILED with its message; the others'
+    outlasted the retries, bad settings, its SDK not installed) is reported FAILED with its
+    message; the others'
     pools are still returned. A cloud with no regions asked is read as OK with no pools,
     without a call. Anything else raised is a bug and propagates.
     """
     outcomes: list[CloudQuotas] = []
     for cloud in dict.fromkeys(clouds):
-        module = reader(cloud)
+        try:
+            module = reader(cloud)
+        except GreenplaceError as exc:  # the cloud's SDK is not installed
+            outcomes.append(CloudQuotas(cloud=cloud, status=QuotaStatus.FAILED,
+                                        error=" ".join(str(exc).split())))
+            continue
         if module is None:
             outcomes.append(CloudQuotas(cloud=cloud, status=QuotaStatus.NO_READER))
             continue
