@@ -17,7 +17,8 @@ reference (ListServiceQuotas, GetServiceQuota, ServiceQuota, common errors):
   ``NoSuchResourceException``.
 - Errors: body ``{"__type": code, "Message": ...}`` with header ``x-amzn-ErrorType``; HTTP 400
   for client-side codes (``TooManyRequestsException`` included), 403 for
-  ``UnrecognizedClientException`` (an access key the service does not know), 500 for
+  ``UnrecognizedClientException`` (an access key the service does not know, and every key in
+  an opt-in region the account has not enabled: ``disabled_regions``), 500 for
   ``ServiceException``.
 
 ``fail`` arms error answers for the next matching calls (continuation pages only with
@@ -91,6 +92,7 @@ class ServiceQuotasApi:
         self.quotas: dict[str, list[dict[str, Any]]] = {}
         self.unlisted: set[tuple[str, str]] = set()
         self.known_keys: set[str] | None = None  # None: any access key is accepted
+        self.disabled_regions: set[str] = set()  # opt-in regions the account has not enabled
         self.page_limit = MAX_RESULTS
         self.requests: list[tuple[str, str, dict[str, Any]]] = []  # (region, operation, body)
         self._faults: list[_Fault] = []
@@ -112,7 +114,8 @@ class ServiceQuotasApi:
         scope = _SCOPE.search(request.headers.get("authorization", ""))
         if request.method != "POST" or not target.startswith(TARGET_PREFIX) or scope is None:
             return _error("UnknownOperationException", f"no operation {target!r}")
-        if self.known_keys is not None and scope["key"] not in self.known_keys:
+        if (self.known_keys is not None and scope["key"] not in self.known_keys
+                or scope["region"] in self.disabled_regions):
             return _error("UnrecognizedClientException",
                           "The security token included in the request is invalid.")
         operation = target[len(TARGET_PREFIX):]

@@ -213,6 +213,18 @@ def test_refused_credentials_are_an_auth_error_naming_the_permissions(
     assert SECRET not in str(caught.value) + capsys.readouterr().err
 
 
+def test_an_opt_in_region_the_account_has_not_enabled_is_skipped(
+        fake: tuple[dict[str, str], ServiceQuotasApi]) -> None:
+    environ, api = fake
+    api.disabled_regions = {"me-central-1"}
+    answer = quotas_aws.read_quotas(("me-central-1", "us-east-1"), environ)
+    assert {p.region for p in answer.pools} == {"us-east-1"}
+    reasons = [s.reason for s in answer.skipped if s.region == "me-central-1"]
+    assert len(reasons) == 1 and "UnrecognizedClientException" in reasons[0]
+    with pytest.raises(AuthError, match="UnrecognizedClientException|security token"):
+        quotas_aws.read_quotas(("me-central-1",), environ)  # refused everywhere asked
+
+
 def test_no_credentials_at_all_is_an_auth_error(
         fake: tuple[dict[str, str], ServiceQuotasApi], monkeypatch: pytest.MonkeyPatch) -> None:
     environ, api = fake

@@ -32,6 +32,10 @@ Design choices:
   the error mapping are the AWS catalog refresh's (``catalog/refresh/aws.py``), which follows
   the adapter's rules; credentials come only from boto3's default chain, never read here.
 * Regions of the other partitions (``cn-*``, ``us-gov-*``) are skipped, as the refresh does.
+  An opt-in region the account has not enabled answers ``UnrecognizedClientException`` (the
+  credentials are unknown there): it is skipped with that reason, without a DescribeRegions
+  call (and its permission); refused in every region asked, it is the credentials, an
+  AuthError.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any
 import boto3
 
 from greenplace.scheduler.catalog.refresh import aws as refresh_aws
-from greenplace.scheduler.exceptions import ProviderError
+from greenplace.scheduler.exceptions import AuthError, ProviderError
 from greenplace.scheduler.planning.capacity import CapacityPool, Unit
 from greenplace.scheduler.planning.quotas import QuotaAnswer, QuotaSkip
 
@@ -57,6 +61,9 @@ SOURCE = "AWS Service Quotas (ListServiceQuotas, GetServiceQuota; ServiceCode ec
 PERMISSIONS = ("servicequotas:ListServiceQuotas", "servicequotas:GetServiceQuota")
 PAGE_SIZE = 100  # ListServiceQuotas' largest MaxResults
 NO_SUCH_QUOTA = "NoSuchResourceException"
+# What AWS answers a request signed for an opt-in region the account has not enabled (the
+# credentials are unknown there); the same answer in every region asked is a bad credential.
+REGION_REFUSALS = frozenset({"UnrecognizedClientException", "InvalidClientTokenId"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,17 +111,31 @@ def read_quotas(regions: Sequence[str], environ: Mapping[str, str]) -> QuotaAnsw
     session = boto3.session.Session()
     pools: list[CapacityPool] = []
     skipped: list[QuotaSkip] = []
+    refused: list[AuthError] = []
+    read = 0
     for region in dict.fromkeys(regions):
         if region.startswith(refresh_aws.OTHER_PARTITIONS):
             skipped.append(QuotaSkip(region=region, quota="", reason=(
                 "a region of another AWS partition (its own account): not read")))
             continue
         client = refresh_aws._client(session, SERVICE, region, environ)
-        quotas = _region_quotas(client, region, skipped)
+        try:
+            quotas = _region_quotas(client, region, skipped)
+        except AuthError as exc:
+            if exc.code not in REGION_REFUSALS:
+                raise
+            refused.append(exc)
+            skipped.append(QuotaSkip(region=region, quota="", reason=(
+                f"the credentials are refused there ({exc.code}): an opt-in region the "
+                "account has not enabled")))
+            continue
+        read += 1
         for code, quota in quotas.items():
             pool = _pool(region, code, quota, skipped)
             if pool is not None:
                 pools.append(pool)
+    if refused and not read:  # refused everywhere: the credentials, not the regions
+        raise refused[0]
     return QuotaAnswer(pools=tuple(pools), skipped=tuple(skipped), source=SOURCE)
 
 
