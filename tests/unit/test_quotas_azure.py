@@ -151,6 +151,14 @@ def test_an_unknown_gpu_family_is_skipped_with_the_reason(
     assert "no GPU size" in answer.skipped[0].reason
 
 
+def test_a_region_arm_serves_no_compute_in_is_skipped_with_the_reason(
+        arm: FakeResourceManager, tls: tuple[Any, Path]) -> None:
+    answer = quotas_azure.read_quotas(("westeurope", "southindia"), environ(arm, tls[1]))
+    assert {p.region for p in answer.pools} == {"westeurope"}
+    assert [(s.region, s.quota) for s in answer.skipped] == [("southindia", "")]
+    assert "LocationNotAvailableForResourceType" in answer.skipped[0].reason
+
+
 def test_a_usage_without_its_figures_is_skipped_never_guessed(
         arm: FakeResourceManager, tls: tuple[Any, Path]) -> None:
     del arm.usages["westeurope"][1]["currentValue"]

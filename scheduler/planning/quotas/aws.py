@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +140,8 @@ def read_quotas(regions: Sequence[str], environ: Mapping[str, str]) -> QuotaAnsw
     return QuotaAnswer(pools=tuple(pools), skipped=tuple(skipped), source=SOURCE)
 
 
-def _calling(call: str, region: str) -> Any:
+def _calling(call: str, region: str) -> AbstractContextManager[None]:
+    """The refresh's SDK error mapping, worded for the quota read and its IAM actions."""
     return refresh_aws._calling(call, region, operation=OPERATION, permissions=PERMISSIONS)
 
 

@@ -24,7 +24,9 @@ Design choices:
   kept here, so a family Azure adds is mapped as soon as its sizes are listed. A usage of an
   N-series family (``standardN...Family``: the GPU series) of which the region lists no GPU
   size is skipped with the reason; families of sizes without GPUs are passed over.
-* A usage whose figures are missing or negative is skipped, never guessed.
+* A usage whose figures are missing or negative is skipped, never guessed. A region where
+  ARM serves no compute for the subscription (``LocationNotAvailableForResourceType``,
+  ``NoRegisteredProviderFound``) is skipped with the reason; other failures fail the read.
 * Calls, paging, retries (throttling 429 and 5xx, page by page from the failed ``nextLink``,
   ``MAX_TRIES`` tries waiting what ``Retry-After`` asks) and error mapping are the Azure catalog
   refresh's (``catalog/refresh/azure.py``: ``arm_pages``), with the adapter's client, endpoint,
@@ -62,6 +64,9 @@ AUTH_FIX = ("sign in with `az login`, or set AZURE_CLIENT_ID / AZURE_TENANT_ID /
             "the subscription (Microsoft.Compute/locations/usages/read, "
             "Microsoft.Compute/skus/read)")
 RETRIES_FIX = "plan again later, or plan with a capacity file alone meanwhile"
+# ARM's answers for a location the subscription cannot use Microsoft.Compute in: the region
+# is skipped with the reason, not the whole read failed.
+REGION_REFUSALS = frozenset({"LocationNotAvailableForResourceType", "NoRegisteredProviderFound"})
 # Environment variables through which DefaultAzureCredential finds a credential without a
 # network call: a service principal (with a secret, a certificate or a federated token) and
 # an App Service / Functions / Arc managed identity.
@@ -123,7 +128,16 @@ def read_quotas(regions: Sequence[str], environ: Mapping[str, str]) -> QuotaAnsw
     try:
         compute = provider.compute()
         for region in dict.fromkeys(regions):
-            usages = _pages(f"{USAGES_CALL} ({region})", lambda r=region: compute.usage.list(r))
+            try:
+                usages = _pages(f"{USAGES_CALL} ({region})",
+                                lambda r=region: compute.usage.list(r))
+            except InvalidRequestError as exc:
+                if exc.code not in REGION_REFUSALS:
+                    raise
+                skipped.append(QuotaSkip(region=region, quota="", reason=(
+                    f"Azure Resource Manager does not serve compute there for the "
+                    f"subscription ({exc.code})")))
+                continue
             skus = _pages(f"{SKUS_CALL} (location eq '{region}')",
                           lambda r=region: compute.resource_skus.list(
                               filter=f"location eq '{r}'"))
