@@ -159,7 +159,7 @@ ERROR_CODES = ErrorCodeTable(
     }),
     transient=frozenset({
         "RequestLimitExceeded", "InternalError", "ServiceUnavailable", "Unavailable",
-        "InternalFailure", "Throttling", "ThrottlingException",
+        "InternalFailure", "Throttling", "ThrottlingException", "TooManyRequestsException",
     }),
     auth=frozenset({
         "AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",

@@ -7,7 +7,9 @@ networks and subnets, NAT gateways, public IP addresses, network interfaces, and
 the ``Azure-AsyncOperation`` status endpoints of long-running operations, and the
 subscription's compute SKUs (``Microsoft.Compute/skus``, filtered by location, paged with
 ``nextLink``, each SKU with its capabilities and its Location / Zone restrictions; build them
-with ``vm_sku``). A second,
+with ``vm_sku``), and its compute usage and limits per location
+(``Microsoft.Compute/locations/{location}/usages``, paged with ``nextLink``; build them with
+``vm_usage``). A second,
 plain-http loopback server plays Blob Storage for the boot diagnostics serial log
 (SAS URL, no bearer token).
 
@@ -142,6 +144,12 @@ def vm_sku(name: str, location: str, *, vcpus: int, memory_gb: float, gpus: int 
     }
 
 
+def vm_usage(name: str, localized: str, *, current: int, limit: int) -> dict[str, Any]:
+    """One entry of ``Microsoft.Compute/locations/{location}/usages`` (a vCPU count)."""
+    return {"unit": "Count", "currentValue": current, "limit": limit,
+            "name": {"value": name, "localizedValue": localized}}
+
+
 def disk_sku(name: str, location: str) -> dict[str, Any]:
     """A ``disks`` entry of ``Microsoft.Compute/skus`` (the list mixes resource types)."""
     return {"resourceType": "disks", "name": name, "tier": name.split("_")[0], "size": "P30",
@@ -178,6 +186,8 @@ class FakeResourceManager(JsonServer):
         self.page_size = 50  # VMs per page of a list (nextLink beyond)
         self.resource_skus: dict[str, list[dict[str, Any]]] = {}  # location -> SKUs (vm_sku)
         self.sku_page_size = 100  # SKUs per page of Microsoft.Compute/skus
+        self.usages: dict[str, list[dict[str, Any]]] = {}  # location -> usages (vm_usage)
+        self.usage_page_size = 100  # usages per page of Microsoft.Compute/locations/*/usages
         self.hang_operations = False  # VM operations stay InProgress (networks still finish)
         self.blob_requests: list[http.Request] = []
         self.blob_url = ""
@@ -204,6 +214,8 @@ class FakeResourceManager(JsonServer):
         self.route("PUT", _NET + r"/natGateways/(?P<name>[^/]+)", self._put_nat)
         self.route("GET", _NET + r"/natGateways/(?P<name>[^/]+)", self._get_nat)
         self.route("GET", _SUB + r"/providers/Microsoft\.Compute/skus", self._list_skus)
+        self.route("GET", _SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/"
+                   r"usages", self._list_usages)
         self.route("GET", _SUB + r"/providers/Microsoft\.(?:Compute|Network)/locations/"
                    r"(?P<loc>[^/]+)/operations/(?P<op>[^/]+)", self._get_op)
 
@@ -380,6 +392,26 @@ class FakeResourceManager(JsonServer):
             rest = "&".join(f"{k}={v}" for k, v in q.items() if k != "$skiptoken")
             reply["nextLink"] = (f"{self.base_url}{m.group(0)}?{rest}"
                                  f"&$skiptoken={start + self.sku_page_size}")
+        return 200, reply, {}
+
+    def _list_usages(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        """The subscription's compute usage and limits in a location (``Usage - List``),
+        ``usage_page_size`` at a time with ``nextLink``. A location ARM does not serve
+        Microsoft.Compute in answers 400 ``LocationNotAvailableForResourceType``."""
+        if (bad := self._scope(m)) is not None:
+            return bad
+        location = m.group("loc")
+        if location not in self.usages:
+            return arm_error(400, "LocationNotAvailableForResourceType",
+                             f"The provided location '{location}' is not available for "
+                             "resource type 'Microsoft.Compute/locations/usages'.")
+        usages = self.usages[location]
+        start = int(q.get("$skiptoken") or 0)
+        reply: dict[str, Any] = {"value": usages[start:start + self.usage_page_size]}
+        if start + self.usage_page_size < len(usages):
+            rest = "&".join(f"{k}={v}" for k, v in q.items() if k != "$skiptoken")
+            reply["nextLink"] = (f"{self.base_url}{m.group(0)}?{rest}"
+                                 f"&$skiptoken={start + self.usage_page_size}")
         return 200, reply, {}
 
     # -- virtual machines

@@ -2,7 +2,8 @@
 
 It answers the calls google-cloud-compute makes over its REST transport, in the
 API's own JSON shapes: instances insert / get / list / aggregatedList / delete /
-getSerialPortOutput, zoneOperations get / wait / list, zones list, and error
+getSerialPortOutput, zoneOperations get / wait / list, zones list, regions get (with
+the project's quotas in the region, ``set_quota``), and error
 bodies ``{"error": {"code", "message", "errors": [{"domain", "reason", "message"}]}}``.
 
 Like GCE (https://cloud.google.com/compute/docs/reference/rest/v1) it:
@@ -39,7 +40,7 @@ Like GCE (https://cloud.google.com/compute/docs/reference/rest/v1) it:
   ``compute.instances.hostError`` (host failure), ``compute.instances.guestTerminate``
   (the guest powered itself off).
 
-Test hooks: ``offer_machine_type``, ``offer_accelerator_type``,
+Test hooks: ``offer_machine_type``, ``offer_accelerator_type``, ``set_quota``,
 ``finish(zone, name, exit_code)`` (the boot script ends: the marker
 goes to serial port 1, the guest powers off, the VM is TERMINATED),
 ``host_error``, ``preempt``, ``fail_next_insert``, ``throttle``, ``fail_calls``,
@@ -143,6 +144,8 @@ class FakeComputeEngine(JsonServer):
         self.machine_types: dict[str, list[dict[str, Any]]] = {}  # zone -> machineType JSON
         self.accelerator_types: dict[str, list[dict[str, Any]]] = {}  # zone -> acceleratorType
         self.unreachable_zones: set[str] = set()
+        # region -> its quotas entries ({metric, limit, usage}) as regions.get answers them
+        self.region_quotas: dict[str, list[dict[str, Any]]] = {}
         self.op_seconds = 0.0  # how long an insert operation stays RUNNING
         self.delete_seconds = 0.0  # how long a delete operation stays RUNNING
         self.boot_seconds = 0.0  # STAGING -> RUNNING after the insert is DONE
@@ -153,6 +156,7 @@ class FakeComputeEngine(JsonServer):
         self.hang_operations = False  # operations never finish
         self._ids = itertools.count(7_000_000_000_000_000_001)
         self.route("GET", _P + r"/zones", self._list_zones)
+        self.route("GET", _P + r"/regions/(?P<region>[^/]+)", self._get_region)
         self.route("GET", _P + r"/aggregated/instances", self._aggregated_instances)
         self.route("GET", _P + r"/aggregated/machineTypes", self._aggregated_machine_types)
         self.route("GET", _P + r"/aggregated/acceleratorTypes",
@@ -219,6 +223,12 @@ class FakeComputeEngine(JsonServer):
             "description": name.upper(), "zone": self._links(zone),
             "selfLink": f"{self._links(zone)}/acceleratorTypes/{name}",
             "maximumCardsPerInstance": max_cards})
+
+    def set_quota(self, region: str, metric: str, *, limit: float, usage: float = 0.0) -> None:
+        """The project's ``metric`` quota in ``region`` (replacing one already set)."""
+        quotas = self.region_quotas.setdefault(region, [])
+        quotas[:] = [q for q in quotas if q["metric"] != metric]
+        quotas.append({"metric": metric, "limit": float(limit), "usage": float(usage)})
 
     def set_status(self, zone: str, name: str, status: str) -> None:
         self.instances[(zone, name)]["status"] = status
@@ -387,6 +397,27 @@ class FakeComputeEngine(JsonServer):
             items = items[: int(q["maxResults"])]
         return 200, {"kind": "compute#zoneList", "id": f"projects/{self.project}/zones",
                      "items": items, "selfLink": f"{GCE}/projects/{self.project}/zones"}, {}
+
+    def _get_region(self, m: re.Match[str], q: dict[str, str], body: Any) -> Reply:
+        """regions.get: the region with its zones and the project's quotas there (each
+        ``{metric, limit, usage}``, numbers as JSON doubles; GCE lists CPUS, DISKS_TOTAL_GB,
+        ... and the GPU metrics the project has a limit for, in no documented order)."""
+        if (bad := self._check_scope(m)) is not None:
+            return bad
+        region = m.group("region")
+        zones = sorted(z for z, r in self.zones.items() if r == region)
+        if not zones:
+            return self._not_found(f"regions/{region}")
+        link = f"{GCE}/projects/{self.project}/regions/{region}"
+        return 200, {
+            "kind": "compute#region", "id": str(1000 + sorted(set(self.zones.values()))
+                                                .index(region)),
+            "creationTimestamp": "1969-12-31T16:00:00.000-08:00", "name": region,
+            "description": region, "status": "UP", "selfLink": link,
+            "zones": [f"{GCE}/projects/{self.project}/zones/{z}" for z in zones],
+            "quotas": [dict(q) for q in self.region_quotas.get(region, [])],
+            "supportsPzs": False,
+        }, {}
 
     def _validate(self, zone: str, body: Any) -> Reply | None:
         if not isinstance(body, dict):

@@ -162,19 +162,24 @@ def _section_has_credentials(path: Path, section: str) -> bool:
 
 
 @contextmanager
-def _calling(call: str, where: str) -> Iterator[None]:
-    """Turn an SDK error of ``call`` (after botocore's retries) into a ProviderError."""
+def _calling(call: str, where: str, *, operation: str = OPERATION,
+             permissions: tuple[str, ...] = PERMISSIONS) -> Iterator[None]:
+    """Turn an SDK error of ``call`` (after botocore's retries) into a ProviderError.
+
+    ``operation`` and ``permissions`` name what the caller does and the IAM actions it needs
+    (the account quota reader shares this mapping with its own).
+    """
     try:
         yield
     except adapter._CREDENTIAL_ERRORS as exc:
         raise provider_error(
             AuthError, f"{call} in {where}: no usable AWS credentials ({type(exc).__name__})",
-            provider=CLOUD, operation=OPERATION, code=type(exc).__name__,
+            provider=CLOUD, operation=operation, code=type(exc).__name__,
             fix="configure credentials for boto3's default chain (AWS_PROFILE, `aws "
                 "configure`, `aws sso login`, or an instance / task role)") from exc
     except adapter._CONNECTION_ERRORS as exc:
         raise provider_error(TransientError, f"{call} in {where}: {exc}", provider=CLOUD,
-                             operation=OPERATION, code=type(exc).__name__) from exc
+                             operation=operation, code=type(exc).__name__) from exc
     except botocore.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
         code = error.get("Code") or None
@@ -183,14 +188,14 @@ def _calling(call: str, where: str) -> Iterator[None]:
         tried = f" (gave up after {retries + 1} attempts)" if retries else ""
         message = f"{call} in {where}: {error.get('Message') or exc}{tried}"
         cls = adapter.ERROR_CODES.classify(code, http_status=metadata.get("HTTPStatusCode"))
-        fix = (f"give the credentials these IAM actions: {', '.join(PERMISSIONS)}"
+        fix = (f"give the credentials these IAM actions: {', '.join(permissions)}"
                if cls is AuthError else None)
         raise adapter.ERROR_CODES.error(
-            message, provider=CLOUD, operation=OPERATION, code=code,
+            message, provider=CLOUD, operation=operation, code=code,
             http_status=metadata.get("HTTPStatusCode"), fix=fix) from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise provider_error(InvalidRequestError, f"{call} in {where}: {exc}", provider=CLOUD,
-                             operation=OPERATION, code=type(exc).__name__) from exc
+                             operation=operation, code=type(exc).__name__) from exc
 
 
 # -- what to look for --------------------------------------------------------------------
@@ -468,7 +473,8 @@ def _region_offers(
 def _endpoint(environ: Mapping[str, str], service: str) -> str | None:
     """botocore's endpoint variables, read from ``environ``: the service's own, else the
     global one (None: the SDK's default endpoint)."""
-    return (environ.get(f"AWS_ENDPOINT_URL_{service.upper()}")
+    service_variable = service.upper().replace("-", "_")  # service-quotas: SERVICE_QUOTAS
+    return (environ.get(f"AWS_ENDPOINT_URL_{service_variable}")
             or environ.get("AWS_ENDPOINT_URL") or None)
 
 
@@ -482,7 +488,8 @@ def _client(session: Any, service: str, region: str, environ: Mapping[str, str])
         raise provider_error(
             InvalidRequestError, f"the {service} endpoint {endpoint!r} is not usable ({exc})",
             provider=CLOUD, operation=OPERATION, code="InvalidEndpoint",
-            fix=f"set AWS_ENDPOINT_URL_{service.upper()} (or AWS_ENDPOINT_URL) to a URL such "
+            fix=f"set AWS_ENDPOINT_URL_{service.upper().replace('-', '_')} (or "
+                "AWS_ENDPOINT_URL) to a URL such "
                 "as https://host:port, or unset it to use AWS's own endpoint") from exc
 
 

@@ -39,7 +39,7 @@ stored here.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,7 @@ class SkuFacts:
     memory_gib: float | None
     gpus: int | None
     restriction: str  # "" when the size may be deployed in the region
+    family: str  # the size's vCPU quota family, e.g. "standardNCADSA100v4Family"
 
 
 # The Retail Prices API is public: a refresh asked for runs without any Azure account.
@@ -282,23 +283,40 @@ def _availability(settings: AzureSettings,
 
 
 def _region_skus(compute: Any, region: str) -> dict[str, SkuFacts]:
-    """One region's VM sizes, page after page, each page retried on throttling.
+    """One region's VM sizes, page after page, each page retried on throttling."""
+    found: dict[str, SkuFacts] = {}
+    for sku in arm_pages(f"{SKUS_CALL} (location eq '{region}')",
+                         lambda: compute.resource_skus.list(filter=f"location eq '{region}'"),
+                         map_error=_arm_error):
+        facts = sku_facts(sku, region)
+        if facts is not None:
+            found[str(sku.name)] = facts
+    return found
+
+
+def arm_pages(call: str, listing: Callable[[], Any], *,
+              map_error: Callable[..., ProviderError], operation: str = OPERATION,
+              fix: str = azure_retail.RETRIES_FIX) -> list[Any]:
+    """Every item of an ARM list (``listing()``: the SDK's ItemPaged), page after page, each
+    page retried on throttling, 5xx and connection failures (``with_retries``).
 
     Design choice: a failed page is asked again from its own ``nextLink`` (the SDK's
     continuation token), not from the first page, so a throttled long list is not read twice.
     The SDK's own retries are off (the adapter's client): this loop is the one retry policy.
+    ``map_error(exc, call=...)`` turns any other SDK error into the caller's ProviderError;
+    ``operation`` and ``fix`` word the error of a page throttled for good.
     """
-    found: dict[str, SkuFacts] = {}
+    found: list[Any] = []
     token: str | None = None
     page = 0
     while True:
         page += 1
-        call = f"{SKUS_CALL} (location eq '{region}') page {page}"
+        page_call = f"{call} page {page}"
         start = token
 
-        def one_page(call: str = call, start: str | None = start) -> tuple[list[Any], str | None]:
-            pages = compute.resource_skus.list(filter=f"location eq '{region}'").by_page(
-                continuation_token=start)
+        def one_page(page_call: str = page_call,
+                     start: str | None = start) -> tuple[list[Any], str | None]:
+            pages = listing().by_page(continuation_token=start)
             try:
                 items = list(next(pages, []))
             except HttpResponseError as exc:
@@ -307,35 +325,38 @@ def _region_skus(compute: Any, region: str) -> dict[str, SkuFacts]:
                     raise Retryable(f"HTTP {exc.status_code} ({exc.reason})",
                                     code=str(exc.status_code),
                                     retry_after_s=_seconds(headers.get("Retry-After"))) from exc
-                raise _arm_error(exc, call=call) from exc
+                raise map_error(exc, call=page_call) from exc
             except (ServiceRequestError, ServiceResponseError) as exc:
                 raise Retryable(f"Azure Resource Manager could not be reached "
                                 f"({type(exc).__name__})", code=type(exc).__name__) from exc
             except _SDK_ERRORS as exc:
-                raise _arm_error(exc, call=call) from exc
+                raise map_error(exc, call=page_call) from exc
             return items, pages.continuation_token
 
-        items, token = with_retries(call, one_page)
-        for sku in items:
-            facts = sku_facts(sku, region)
-            if facts is not None:
-                found[str(sku.name)] = facts
+        items, token = with_retries(page_call, one_page, operation=operation, fix=fix)
+        found.extend(items)
         if not token:
             return found
 
 
 def _arm_error(exc: Exception, *, call: str) -> ProviderError:
     """The adapter's mapping of an ARM error, with the refresh's own fix for credentials."""
-    mapped = map_azure_error(exc, operation=OPERATION, call=call)
-    if not isinstance(mapped, AuthError):
-        return mapped
-    what = str(mapped).split(": ", 1)[-1].split(" To fix:")[0]
-    return error(AuthError, what, code=mapped.code, fix=(
+    return arm_error(exc, call=call, operation=OPERATION, auth_fix=(
         "sign in with `az login`, or set AZURE_CLIENT_ID / AZURE_TENANT_ID / "
         "AZURE_CLIENT_SECRET (or use a managed identity), and give the principal Reader "
         "(Microsoft.Compute/skus/read) on the subscription; or unset subscription_id and "
         "AZURE_SUBSCRIPTION_ID to take prices and availability from the retail price list "
         "alone"))
+
+
+def arm_error(exc: Exception, *, call: str, operation: str, auth_fix: str) -> ProviderError:
+    """The adapter's mapping of an ARM error for ``operation``; a credential error gets
+    ``auth_fix`` (the permissions that operation needs) instead of the adapter's advice."""
+    mapped = map_azure_error(exc, operation=operation, call=call)
+    if not isinstance(mapped, AuthError):
+        return mapped
+    what = str(mapped).split(": ", 1)[-1].split(" To fix:")[0]
+    return error(AuthError, what, code=mapped.code, fix=auth_fix, operation=operation)
 
 
 def _seconds(value: str | None) -> float | None:
@@ -365,7 +386,8 @@ def sku_facts(sku: Any, region: str) -> SkuFacts | None:
             restrictions.append(f"Location restriction, reason {_text(r.reason_code) or '-'}")
     return SkuFacts(vcpus=_int(capabilities.get("vCPUs")),
                     memory_gib=_float(capabilities.get("MemoryGB")),
-                    gpus=_int(capabilities.get("GPUs")), restriction="; ".join(restrictions))
+                    gpus=_int(capabilities.get("GPUs")), restriction="; ".join(restrictions),
+                    family=_text(sku.family))
 
 
 def _text(value: Any) -> str:
@@ -387,4 +409,5 @@ def _float(raw: str | None) -> float | None:
         return None
 
 
-__all__ = ["credentials_found", "fetch", "refresh_settings", "sku_facts", "targets_of"]
+__all__ = ["arm_error", "arm_pages", "credentials_found", "fetch", "refresh_settings", "sku_facts",
+           "targets_of"]

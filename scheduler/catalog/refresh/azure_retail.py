@@ -92,18 +92,23 @@ class Retryable(Exception):
         self.code = code
 
 
+RETRIES_FIX = "run the refresh again later; the previous Azure prices are kept meanwhile"
+
+
 def error(cls: type[ProviderError], message: str, *, code: str | None,
-          fix: str) -> ProviderError:
-    """An error of the Azure price refresh (``azure catalog_refresh [code]: ... To fix: ...``)."""
-    return provider_error(cls, message, provider=PROVIDER, operation=OPERATION, code=code,
+          fix: str, operation: str = OPERATION) -> ProviderError:
+    """An error of the Azure price refresh (``azure catalog_refresh [code]: ... To fix: ...``),
+    or of another ``operation`` that shares these calls (the account quota reader)."""
+    return provider_error(cls, message, provider=PROVIDER, operation=operation, code=code,
                           fix=fix)
 
 
-def with_retries(call: str, attempt: Callable[[], T]) -> T:
+def with_retries(call: str, attempt: Callable[[], T], *, operation: str = OPERATION,
+                 fix: str = RETRIES_FIX) -> T:
     """``attempt()``, tried again after a wait while it raises Retryable, ``MAX_TRIES`` in all.
 
     The wait is what ``Retry-After`` asks, else ``FIRST_BACKOFF_S`` doubled each time; never
-    more than ``MAX_WAIT_S``.
+    more than ``MAX_WAIT_S``. ``operation`` and ``fix`` word the error for the caller.
 
     Raises:
         TransientError: every try failed; names ``call`` and how long it waited.
@@ -116,8 +121,7 @@ def with_retries(call: str, attempt: Callable[[], T]) -> T:
             if tries == MAX_TRIES:
                 raise error(TransientError, f"{call}: {exc.detail} on all {MAX_TRIES} tries "
                             f"({waited_s:g} s of waiting in between)", code=exc.code,
-                            fix="run the refresh again later; the previous Azure prices are "
-                            "kept meanwhile") from exc
+                            fix=fix, operation=operation) from exc
             backoff_s = FIRST_BACKOFF_S * 2 ** (tries - 1)
             wait_s = min(MAX_WAIT_S, backoff_s if exc.retry_after_s is None
                          else exc.retry_after_s)

@@ -198,8 +198,10 @@ def _retry() -> Retry:
                  multiplier=2.0, timeout=RETRY_DEADLINE_S)
 
 
-def _listed(call: str, list_all: Callable[[], list[_T]]) -> list[_T]:
-    """Every item of a paged list call, or the ProviderError naming ``call``.
+def _listed(call: str, list_all: Callable[[], _T], *, operation: str = OPERATION,
+            fixes: Mapping[type[ProviderError], str] = FIXES) -> _T:
+    """Every item of a paged list call (or one call's answer), or the ProviderError naming
+    ``call``; ``operation`` and ``fixes`` are the caller's (the quota reader shares this).
 
     A page that fails (after the retries) fails the whole list: nothing partial is returned.
     """
@@ -210,10 +212,10 @@ def _listed(call: str, list_all: Callable[[], list[_T]]) -> list[_T]:
         text = getattr(last, "message", None) or str(last)
         raise TransientError(
             f"{call}: still throttled or unavailable after retrying for up to "
-            f"{RETRY_DEADLINE_S:g} s (last answer: {text}). To fix: {FIXES[TransientError]}.",
-            provider=PROVIDER, operation=OPERATION, code="retries_exhausted") from exc
+            f"{RETRY_DEADLINE_S:g} s (last answer: {text}). To fix: {fixes[TransientError]}.",
+            provider=PROVIDER, operation=operation, code="retries_exhausted") from exc
     except CALL_ERRORS as exc:
-        raise map_api_error(exc, operation=OPERATION, call=call, fixes=FIXES) from exc
+        raise map_api_error(exc, operation=operation, call=call, fixes=fixes) from exc
 
 
 @dataclass(frozen=True, slots=True)
