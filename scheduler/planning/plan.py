@@ -1,0 +1,282 @@
+"""Planning a batch: place every job jointly over (offer, start hour) under capacity and budget.
+
+Steps: the placement pipeline scores each job's candidates (``Placer``, no temporal shift);
+``candidates`` turns them into (offer, start hour) options; ``problem`` lays out the
+constraints; the MILP (``milp``) solves it, seeded with the greedy plan (``greedy``), or the
+greedy plan alone stands when the model is above ``MAX_MILP_NONZEROS``. Jobs left out are
+listed with what bound them.
+
+Design choice (model size): start hours are first tried on the hourly grid; when the model
+would hold more than ``MAX_MILP_NONZEROS`` matrix entries, the grid is coarsened (starts every
+2, 3, 4, 6, 8, 12 or 24 hours) until it fits, and only if even the 24-hour grid does not fit
+does the greedy heuristic plan alone. The plan says which grid and which solver ran.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from greenplace.scheduler.jobs import Job
+from greenplace.scheduler.placement.decision import PlacementDecision
+from greenplace.scheduler.placement.timing import ForecastProvider
+from greenplace.scheduler.planning.candidates import build_options
+from greenplace.scheduler.planning.capacity import CapacityPool
+from greenplace.scheduler.planning.greedy import greedy
+from greenplace.scheduler.planning.milp import Solved, solve_milp
+from greenplace.scheduler.planning.problem import Problem, build_problem, usage
+
+# Above this many constraint-matrix entries the MILP is not built (memory and solve time):
+# 1,000 jobs x 48 h over a full catalog stays well under it after footprint pruning.
+MAX_MILP_NONZEROS = 4_000_000
+START_GRIDS_H = (1, 2, 3, 4, 6, 8, 12, 24)
+DEFAULT_HORIZON_H = 48
+MAX_HORIZON_H = 24 * 14
+DEFAULT_TIME_LIMIT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Left:
+    """A job the plan leaves out, and what bound it."""
+
+    job: str
+    binding: str  # "policy", "window", "capacity", "budget" or "solver"
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """The chosen option of each placed job, the jobs left out, and how it was solved."""
+
+    jobs: tuple[Job, ...]
+    decisions: tuple[PlacementDecision, ...]
+    problem: Problem
+    solved: Solved
+    chosen_of_job: np.ndarray  # job -> option position, -1 when left out
+    left: tuple[Left, ...]
+    now: dt.datetime
+    horizon_h: int
+    start_step_h: int
+    notes: tuple[str, ...] = field(default=())
+
+    def usage(self) -> np.ndarray:
+        """Units in use per [pool, hour]."""
+        return usage(self.problem, self.solved.chosen)
+
+
+def make_plan(jobs: Sequence[Job], decisions: Sequence[PlacementDecision],
+              pools: Sequence[CapacityPool], *, now: dt.datetime,
+              horizon_h: int = DEFAULT_HORIZON_H, budget_usd: float | None = None,
+              time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+              forecasts: ForecastProvider | None = None,
+              max_nonzeros: int = MAX_MILP_NONZEROS, solver: str = "auto",
+              threads: int | None = None) -> Plan:
+    """Plan ``jobs`` (with their pipeline ``decisions``) against ``pools`` and the budget.
+
+    ``solver``: "auto" (MILP unless too big), "milp" or "greedy".
+    """
+    notes: list[str] = []
+    step = 1
+    while True:
+        options = build_options(jobs, decisions, pools, now=now, horizon_h=horizon_h,
+                                start_step_h=step, with_budget=budget_usd is not None,
+                                forecasts=forecasts)
+        problem = build_problem(len(jobs), options, pools, budget_usd=budget_usd)
+        if problem.nonzeros <= max_nonzeros or solver == "greedy":
+            break
+        bigger = [g for g in START_GRIDS_H
+                  if g > step and g >= math.ceil(step * problem.nonzeros / max_nonzeros)]
+        if not bigger or bigger[0] >= horizon_h:
+            break
+        step = bigger[0]
+    if step > 1:
+        notes.append(f"start hours every {step} h (the hourly grid made the model bigger than "
+                     f"{max_nonzeros:,} entries)")
+    started = dt.datetime.now(dt.UTC)
+    first = greedy(problem)
+    if solver == "greedy" or (solver == "auto" and problem.nonzeros > max_nonzeros):
+        why = "asked" if solver == "greedy" else (
+            f"model too big: {problem.nonzeros:,} entries > {max_nonzeros:,}")
+        objective = float(problem.options.value[first].sum())
+        solved = Solved(chosen=first, solver="greedy", status=f"greedy ({why})",
+                        objective=objective, bound=None, gap_pct=None,
+                        solve_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
+                        rows=0, columns=len(options), nonzeros=problem.nonzeros)
+    else:
+        solved = solve_milp(problem, time_limit_s=time_limit_s, incumbent=first,
+                            threads=threads)
+    chosen_of_job = np.full(len(jobs), -1, dtype=np.int64)
+    chosen_of_job[options.job[solved.chosen]] = solved.chosen
+    left = tuple(_left(j, jobs[j], decisions[j], problem, solved, horizon_h=horizon_h,
+                       now=now) for j in np.flatnonzero(chosen_of_job < 0).tolist())
+    return Plan(jobs=tuple(jobs), decisions=tuple(decisions), problem=problem, solved=solved,
+                chosen_of_job=chosen_of_job, left=left, now=now, horizon_h=horizon_h,
+                start_step_h=step, notes=tuple(notes))
+
+
+def _hours_text(hours: list[int]) -> str:
+    """``[3, 4, 5, 9]`` -> ``3-5, 9``."""
+    runs: list[list[int]] = []
+    for h in hours:
+        if runs and h == runs[-1][1] + 1:
+            runs[-1][1] = h
+        else:
+            runs.append([h, h])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
+def _left(j: int, job: Job, d: PlacementDecision, problem: Problem, solved: Solved, *,
+          horizon_h: int, now: dt.datetime) -> Left:
+    """Why job ``j`` has no option in the plan."""
+    if not d.placed:
+        reasons = tuple(f"{r['region']}: [{r['filter']}] {r['reason']}"
+                        for r in d.rejections())
+        return Left(job=job.name, binding="policy", reasons=reasons or (
+            "no offer in the catalog carries the requested accelerators",))
+    o = problem.options
+    mine = np.flatnonzero(o.job == j)
+    if not len(mine):
+        spec = job.spec
+        fastest = float(d.runtime_h[d.ranking].min())
+        limits = [f"the horizon ({horizon_h} h)"]
+        if spec.max_delay_hours is not None:
+            limits.append(f"max_delay_hours {spec.max_delay_hours:g}")
+        if spec.deadline is not None:
+            limits.append(f"its deadline {spec.deadline.isoformat()} "
+                          f"({(spec.deadline - now).total_seconds() / 3600:.1f} h away)")
+        return Left(job=job.name, binding="window", reasons=(
+            f"no start hour fits {', '.join(limits)}: its fastest feasible candidate runs "
+            f"{fastest:.1f} h",))
+    used = usage(problem, solved.chosen).ravel()
+    limits = problem.limits.ravel()
+    spent = float(o.cost_usd[solved.chosen].sum())
+    full: dict[int, set[int]] = {}
+    by_budget = fits = 0
+    for k in mine.tolist():
+        a, b = problem.entry_ptr[k], problem.entry_ptr[k + 1]
+        cells, units = problem.entry_cell[a:b], problem.entry_units[a:b]
+        over = cells[used[cells] + units > limits[cells]]
+        for cell in over.tolist():
+            full.setdefault(cell // problem.hours, set()).add(cell % problem.hours)
+        over_budget = (problem.budget_usd is not None
+                       and spent + float(o.cost_usd[k]) > problem.budget_usd + 1e-9)
+        by_budget += bool(over_budget)
+        fits += not len(over) and not over_budget
+    reasons = [f"{problem.pools[p].key} ({problem.pools[p].source}) is full in hours "
+               f"{_hours_text(sorted(hours))} of the plan" for p, hours in sorted(full.items())]
+    if by_budget:
+        reasons.append(f"{by_budget} of its {len(mine)} options would take the plan over the "
+                       f"budget of {problem.budget_usd:,.2f} USD ({spent:,.2f} USD spent)")
+    if fits:
+        return Left(job=job.name, binding="solver", reasons=(
+            f"{fits} option(s) still fit, but the {solved.solver} stopped ({solved.status}) "
+            "before placing it; raise --time-limit-s",))
+    binding = "capacity" if full else "budget"
+    return Left(job=job.name, binding=binding, reasons=tuple(reasons))
+
+
+def job_rows(plan: Plan, *, explain: bool = False) -> list[dict[str, Any]]:
+    """One JSON-ready row per job: its option, or why it was left out."""
+    o = plan.problem.options
+    left = {x.job: x for x in plan.left}
+    out: list[dict[str, Any]] = []
+    for j, (job, d) in enumerate(zip(plan.jobs, plan.decisions, strict=True)):
+        k = int(plan.chosen_of_job[j])
+        row: dict[str, Any] = {"job": job.name, "policy": job.policy.name}
+        if k < 0:
+            row.update(status="unschedulable", binding=left[job.name].binding,
+                       reasons=list(left[job.name].reasons))
+            out.append(row)
+            continue
+        c = int(o.candidate[k])
+        offer = d.arrays.offers[int(d.offer_index[c])]
+        start = plan.now + dt.timedelta(hours=int(o.start_h[k]))
+        row.update(
+            status="placed", cloud=offer.cloud, region=offer.region,
+            instance_type=offer.instance_type, accelerator=offer.accelerator,
+            accelerator_count=offer.accelerator_count, spot=d.spot,
+            start_hour=int(o.start_h[k]), start_at=start.isoformat(),
+            runtime_h=round(float(o.runtime_h[k]), 4), co2e_kg=round(float(o.co2e_kg[k]), 4),
+            cost_usd=round(float(o.cost_usd[k]), 2), score=round(float(o.score[k]), 4))
+        if explain:
+            row["explain"] = _explain(plan, j, k)
+        out.append(row)
+    return out
+
+
+def _explain(plan: Plan, j: int, k: int) -> dict[str, Any]:
+    """The objective terms of job ``j``'s option ``k``, and what it gave up for the batch."""
+    o = plan.problem.options
+    w = plan.jobs[j].policy.weights
+    out: dict[str, Any] = {
+        "weights": {"carbon": w.carbon, "cost": w.cost, "time": w.time},
+        "norm_carbon": round(float(o.norm_carbon[k]), 4),
+        "norm_cost": round(float(o.norm_cost[k]), 4),
+        "norm_time": round(float(o.norm_time[k]), 4),
+        "value": round(float(o.value[k]), 6),
+    }
+    mine = np.flatnonzero(o.job == j)
+    best = int(mine[np.argmax(o.value[mine])])
+    if o.value[best] <= o.value[k] + 1e-12:
+        out["displaced"] = None
+        return out
+    d = plan.decisions[j]
+    offer = d.arrays.offers[int(d.offer_index[int(o.candidate[best])])]
+    p = plan.problem
+    others_chosen = plan.solved.chosen[plan.solved.chosen != k]
+    used = usage(p, others_chosen).ravel()
+    limits = p.limits.ravel()
+    a, b = p.entry_ptr[best], p.entry_ptr[best + 1]
+    cells, units = p.entry_cell[a:b], p.entry_units[a:b]
+    # The pool-hours its best option needed and the plan gave to other jobs.
+    blocked = cells[used[cells] + units > limits[cells]]
+    others: set[str] = set()
+    for other in others_chosen.tolist():
+        oa, ob = p.entry_ptr[other], p.entry_ptr[other + 1]
+        if np.isin(p.entry_cell[oa:ob], blocked).any():
+            others.add(plan.jobs[int(o.job[other])].name)
+    out["displaced"] = {
+        "best_option": f"{offer.cloud}:{offer.region} {offer.instance_type} at hour "
+                       f"{int(o.start_h[best])}",
+        "best_score": round(float(o.score[best]), 4),
+        "score_given_up": round(float(o.score[best] - o.score[k]), 4),
+        "by_jobs": sorted(others),
+        "why": ("its pool-hours went to the jobs named (a better plan for the batch)"
+                if others else "the pool's own limit leaves it no room" if len(blocked)
+                else "the budget"),
+    }
+    return out
+
+
+def pool_rows(plan: Plan) -> list[dict[str, Any]]:
+    """Per pool: its per-hour use and limit (every hour of the plan's grid)."""
+    used = plan.usage()
+    return [{"pool": pool.key, "source": pool.source, "unit": pool.unit.value,
+             "used": used[p].tolist(), "limit": plan.problem.limits[p].tolist(),
+             "peak_used": int(used[p].max()) if used.shape[1] else 0}
+            for p, pool in enumerate(plan.problem.pools)]
+
+
+def summary(plan: Plan) -> dict[str, Any]:
+    """Totals and how the plan was solved."""
+    o = plan.problem.options
+    s = plan.solved
+    return {
+        "jobs": len(plan.jobs), "placed": int((plan.chosen_of_job >= 0).sum()),
+        "unschedulable": len(plan.left),
+        "co2e_kg": round(float(o.co2e_kg[s.chosen].sum()), 4),
+        "cost_usd": round(float(o.cost_usd[s.chosen].sum()), 2),
+        "budget_usd": plan.problem.budget_usd,
+        "horizon_h": plan.horizon_h, "start_step_h": plan.start_step_h,
+        "solver": s.solver, "status": s.status, "objective": round(s.objective, 6),
+        "bound": None if s.bound is None else round(s.bound, 6),
+        "gap_pct": None if s.gap_pct is None else round(s.gap_pct, 6),
+        "solve_s": round(s.solve_s, 3),
+        "model": {"rows": s.rows, "columns": s.columns, "nonzeros": s.nonzeros},
+        "notes": list(plan.notes),
+    }
