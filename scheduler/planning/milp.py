@@ -141,9 +141,8 @@ def solve_milp(problem: Problem, *, time_limit_s: float, incumbent: np.ndarray |
     if incumbent is not None and _objective(problem, incumbent) > _objective(problem, chosen):
         chosen = incumbent  # HiGHS stopped before reading the start (time limit)
     objective = _objective(problem, chosen)
-    bound = float(info.mip_dual_bound) if n else 0.0
-    if not np.isfinite(bound):
-        bound = None
+    raw_bound = float(info.mip_dual_bound) if n else 0.0
+    bound = raw_bound if np.isfinite(raw_bound) else None
     gap = (100.0 * max(0.0, bound - objective) / abs(objective)
            if bound is not None and objective else (0.0 if bound is not None else None))
     text = {highspy.HighsModelStatus.kOptimal: "optimal",

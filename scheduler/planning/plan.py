@@ -153,31 +153,31 @@ def _left(j: int, job: Job, d: PlacementDecision, problem: Problem, solved: Solv
             f"no start hour fits {', '.join(limits)}: its fastest feasible candidate runs "
             f"{fastest:.1f} h",))
     used = usage(problem, solved.chosen).ravel()
-    limits = problem.limits.ravel()
+    cap = problem.limits.ravel()
     spent = float(o.cost_usd[solved.chosen].sum())
     full: dict[int, set[int]] = {}
     by_budget = fits = 0
     for k in mine.tolist():
         a, b = problem.entry_ptr[k], problem.entry_ptr[k + 1]
         cells, units = problem.entry_cell[a:b], problem.entry_units[a:b]
-        over = cells[used[cells] + units > limits[cells]]
+        over = cells[used[cells] + units > cap[cells]]
         for cell in over.tolist():
             full.setdefault(cell // problem.hours, set()).add(cell % problem.hours)
         over_budget = (problem.budget_usd is not None
                        and spent + float(o.cost_usd[k]) > problem.budget_usd + 1e-9)
         by_budget += bool(over_budget)
         fits += not len(over) and not over_budget
-    reasons = [f"{problem.pools[p].key} ({problem.pools[p].source}) is full in hours "
+    texts = [f"{problem.pools[p].key} ({problem.pools[p].source}) is full in hours "
                f"{_hours_text(sorted(hours))} of the plan" for p, hours in sorted(full.items())]
     if by_budget:
-        reasons.append(f"{by_budget} of its {len(mine)} options would take the plan over the "
+        texts.append(f"{by_budget} of its {len(mine)} options would take the plan over the "
                        f"budget of {problem.budget_usd:,.2f} USD ({spent:,.2f} USD spent)")
     if fits:
         return Left(job=job.name, binding="solver", reasons=(
             f"{fits} option(s) still fit, but the {solved.solver} stopped ({solved.status}) "
             "before placing it; raise --time-limit-s",))
     binding = "capacity" if full else "budget"
-    return Left(job=job.name, binding=binding, reasons=tuple(reasons))
+    return Left(job=job.name, binding=binding, reasons=tuple(texts))
 
 
 def job_rows(plan: Plan, *, explain: bool = False) -> list[dict[str, Any]]:
