@@ -3,7 +3,8 @@
 Each job is placed by the placement pipeline (``Placer``, without temporal shifting): its
 feasible candidates, their runtime, energy, co2e, cost and the policy's filters come from
 there, never from a second formula. Each feasible candidate is then offered at every start
-hour ``0 .. horizon_h - 1`` (on a grid of ``start_step_h``) that its ``max_delay_hours`` and
+hour of ``start_grid`` (hourly for the first ``HOURLY_STARTS_H`` hours, then every
+``start_step_h`` hours, up to ``horizon_h - 1``) that its ``max_delay_hours`` and
 ``deadline`` allow (the run must end by the deadline); a job with neither may start at any
 hour of the horizon, since planning a batch is the permission to wait for capacity.
 
@@ -24,7 +25,10 @@ only the best of each footprint is kept (with a budget: every option on the valu
 Pareto front of its footprint). Options drawing on no pool have an empty footprint whatever
 their hours: one of them (the best) is enough, and any option worse than it is dropped
 (unless, with a budget, it is cheaper). A batch over a few pools then keeps a few options per
-job and pool-hour instead of hundreds of offers x every hour.
+job and pool-hour instead of hundreds of offers x every hour. Then only the
+``MAX_FOOTPRINTS_PER_JOB`` footprints with the best options are kept per job (and only those
+better than its best option drawing on no pool): a model restriction, so "optimal" is
+optimal over these options.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ from greenplace.scheduler.planning.capacity import CapacityPool
 # only if that lets more than ten other jobs each move from their worst option to their
 # best, which bounded capacity practically never offers; it never leaves a job out that fits.
 PLACED_BONUS = 10.0
+# Per job, the options of at most this many footprints (pool sets) are kept: those whose best
+# option is best. A job's sixth-best region rarely matters unless the five above are full,
+# and every footprint adds a column per start hour (see the module docstring).
+MAX_FOOTPRINTS_PER_JOB = 6
+# Start hours offered one by one before the grid may coarsen (``start_grid``).
+HOURLY_STARTS_H = 4
 # An hour of delay over the whole horizon costs this much score: enough to break ties
 # towards earlier starts, far below any real difference in carbon, cost or runtime.
 DELAY_TIE_BREAK = 1e-3
@@ -80,6 +90,17 @@ class Options:
 
     def __len__(self) -> int:
         return len(self.job)
+
+
+def start_grid(horizon_h: int, step_h: int) -> np.ndarray:
+    """The start hours offered: every hour below ``HOURLY_STARTS_H``, then every ``step_h``.
+
+    Design choice: a job waits for capacity that frees up when another job ends; the first
+    hours decide most of that, and each start hour adds a column per job and footprint, so
+    later starts are offered on a coarser grid when the model is big (``plan``)."""
+    fine = np.arange(0, min(horizon_h, HOURLY_STARTS_H))
+    coarse = np.arange(HOURLY_STARTS_H, horizon_h, step_h)
+    return np.concatenate([fine, coarse]).astype(float)
 
 
 def latest_start_h(job: Job, *, runtime_h: np.ndarray, now: dt.datetime,
@@ -161,7 +182,7 @@ def build_options(jobs: Sequence[Job], decisions: Sequence[PlacementDecision],
     from greenplace.scheduler.placement.pipeline import rank  # the pipeline's own scoring
 
     index = _FootprintIndex(pools)
-    grid = np.arange(0, horizon_h, start_step_h, dtype=float)
+    grid = start_grid(horizon_h, start_step_h)
     parts: list[tuple[np.ndarray, ...]] = []
     for j, (job, d) in enumerate(zip(jobs, decisions, strict=True)):
         cands = d.ranking
@@ -205,7 +226,8 @@ def build_options(jobs: Sequence[Job], decisions: Sequence[PlacementDecision],
 
 
 def _kept(fp: np.ndarray, start: np.ndarray, duration: np.ndarray, value: np.ndarray,
-          cost: np.ndarray, *, with_budget: bool) -> np.ndarray:
+          cost: np.ndarray, *, with_budget: bool,
+          max_footprints: int = MAX_FOOTPRINTS_PER_JOB) -> np.ndarray:
     """Positions of one job's options worth keeping (see the module docstring)."""
     free = fp == 0  # the empty footprint: no pool, any hour
     key_start = np.where(free, 0, start)
@@ -238,4 +260,10 @@ def _kept(fp: np.ndarray, start: np.ndarray, duration: np.ndarray, value: np.nda
             kept = kept[~dominated & (~free[kept] | keep_free)]
         else:
             kept = kept[~dominated & (~free[kept] | (kept == top))]
+    capped = np.unique(fp[kept][fp[kept] != 0])
+    if len(capped) > max_footprints:
+        best = np.full(int(fp.max()) + 1, -np.inf)
+        np.maximum.at(best, fp[kept], value[kept])
+        ranked = capped[np.argsort(-best[capped], kind="stable")][:max_footprints]
+        kept = kept[(fp[kept] == 0) | np.isin(fp[kept], ranked)]
     return np.sort(kept)

@@ -6,10 +6,13 @@ constraints; the MILP (``milp``) solves it, seeded with the greedy plan (``greed
 greedy plan alone stands when the model is above ``MAX_MILP_NONZEROS``. Jobs left out are
 listed with what bound them.
 
-Design choice (model size): start hours are first tried on the hourly grid; when the model
-would hold more than ``MAX_MILP_NONZEROS`` matrix entries, the grid is coarsened (starts every
-2, 3, 4, 6, 8, 12 or 24 hours) until it fits, and only if even the 24-hour grid does not fit
-does the greedy heuristic plan alone. The plan says which grid and which solver ran.
+Design choice (model size): start hours are first offered hour by hour; when the model would
+hold more than ``FINE_MODEL_NONZEROS`` matrix entries, starts after the first
+``HOURLY_STARTS_H`` hours are offered on a coarser grid (every 2, 3, 4, 6, 8, 12 or 24 hours)
+until it fits: HiGHS's time grows faster than the model, and a start a few hours later on a
+coarse grid costs a job only its tie-break against delay (carbon too, with a forecast). Only
+if the model is still above ``MAX_MILP_NONZEROS`` on the 24-hour grid does the greedy
+heuristic plan alone. The plan says which grid and which solver ran.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 from greenplace.scheduler.jobs import Job
 from greenplace.scheduler.placement.decision import PlacementDecision
 from greenplace.scheduler.placement.timing import ForecastProvider
-from greenplace.scheduler.planning.candidates import build_options
+from greenplace.scheduler.planning.candidates import HOURLY_STARTS_H, build_options
 from greenplace.scheduler.planning.capacity import CapacityPool
 from greenplace.scheduler.planning.greedy import greedy
 from greenplace.scheduler.planning.milp import Solved, solve_milp
@@ -34,6 +37,9 @@ from greenplace.scheduler.planning.problem import Problem, build_problem, usage
 # Above this many constraint-matrix entries the MILP is not built (memory and solve time):
 # 1,000 jobs x 48 h over a full catalog stays well under it after footprint pruning.
 MAX_MILP_NONZEROS = 4_000_000
+# The size up to which the hourly grid is kept (see the module docstring); measured: a model
+# of this size solves to optimality in a few seconds on 2 cores (benchmarks/README.md).
+FINE_MODEL_NONZEROS = 3_000_000
 START_GRIDS_H = (1, 2, 3, 4, 6, 8, 12, 24)
 DEFAULT_HORIZON_H = 48
 MAX_HORIZON_H = 24 * 14
@@ -74,7 +80,8 @@ def make_plan(jobs: Sequence[Job], decisions: Sequence[PlacementDecision],
               horizon_h: int = DEFAULT_HORIZON_H, budget_usd: float | None = None,
               time_limit_s: float = DEFAULT_TIME_LIMIT_S,
               forecasts: ForecastProvider | None = None,
-              max_nonzeros: int = MAX_MILP_NONZEROS, solver: str = "auto",
+              max_nonzeros: int = MAX_MILP_NONZEROS,
+              fine_nonzeros: int = FINE_MODEL_NONZEROS, solver: str = "auto",
               threads: int | None = None) -> Plan:
     """Plan ``jobs`` (with their pipeline ``decisions``) against ``pools`` and the budget.
 
@@ -87,16 +94,19 @@ def make_plan(jobs: Sequence[Job], decisions: Sequence[PlacementDecision],
                                 start_step_h=step, with_budget=budget_usd is not None,
                                 forecasts=forecasts)
         problem = build_problem(len(jobs), options, pools, budget_usd=budget_usd)
-        if problem.nonzeros <= max_nonzeros or solver == "greedy":
+        if problem.nonzeros <= fine_nonzeros or solver == "greedy":
             break
         bigger = [g for g in START_GRIDS_H
-                  if g > step and g >= math.ceil(step * problem.nonzeros / max_nonzeros)]
+                  if g > step and g >= math.ceil(step * problem.nonzeros / fine_nonzeros)]
         if not bigger or bigger[0] >= horizon_h:
-            break
+            bigger = [g for g in START_GRIDS_H if g > step and g < horizon_h]
+            if not bigger or problem.nonzeros <= max_nonzeros:
+                break
         step = bigger[0]
     if step > 1:
-        notes.append(f"start hours every {step} h (the hourly grid made the model bigger than "
-                     f"{max_nonzeros:,} entries)")
+        notes.append(f"start hours: hourly for the first {HOURLY_STARTS_H} h, then every "
+                     f"{step} h (the hourly grid made the model bigger than "
+                     f"{fine_nonzeros:,} entries)")
     started = dt.datetime.now(dt.UTC)
     first = greedy(problem)
     if solver == "greedy" or (solver == "auto" and problem.nonzeros > max_nonzeros):

@@ -39,6 +39,10 @@ class Problem:
     entry_pool: np.ndarray
     entry_hour: np.ndarray
     entry_units: np.ndarray
+    # The same per (option, pool) pair, before the expansion over hours.
+    pair_option: np.ndarray
+    pair_pool: np.ndarray
+    pair_units: np.ndarray
 
     @property
     def entry_cell(self) -> np.ndarray:
@@ -47,9 +51,11 @@ class Problem:
 
     @property
     def nonzeros(self) -> int:
-        """Constraint-matrix entries of the MILP (job rows, pool-hour rows, budget row)."""
+        """Constraint-matrix entries of the MILP at most (``milp``: job rows, a start and an
+        end entry per option and pool, the running columns, the budget row)."""
         budget = len(self.options) if self.budget_usd is not None else 0
-        return len(self.options) + len(self.entry_pool) + budget
+        running = 2 * len(self.pools) * self.hours
+        return len(self.options) + 2 * len(self.pair_option) + running + budget
 
 
 def build_problem(n_jobs: int, options: Options, pools: Sequence[CapacityPool], *,
@@ -79,7 +85,9 @@ def build_problem(n_jobs: int, options: Options, pools: Sequence[CapacityPool], 
     return Problem(n_jobs=n_jobs, options=options, pools=tuple(pools), hours=hours,
                    limits=limits, budget_usd=budget_usd, entry_ptr=entry_ptr,
                    entry_pool=entry_pool, entry_hour=hour.astype(np.int64),
-                   entry_units=entry_units)
+                   entry_units=entry_units, pair_option=opt1,
+                   pair_pool=fp_pool[pair] if len(pair) else np.zeros(0, dtype=np.int64),
+                   pair_units=fp_units[pair] if len(pair) else np.zeros(0, dtype=np.int64))
 
 
 def usage(problem: Problem, chosen: np.ndarray) -> np.ndarray:

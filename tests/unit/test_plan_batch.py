@@ -19,11 +19,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from greenplace.scheduler.catalog import Catalog, load_catalog
+from greenplace.policies.model import CarbonSignal
+from greenplace.scheduler.catalog import Catalog, Region, load_catalog
 from greenplace.scheduler.jobs import Job
 from greenplace.scheduler.placement import Placer
 from greenplace.scheduler.planning.capacity import CapacityPool, Unit
 from greenplace.scheduler.planning.plan import Plan, job_rows, make_plan, pool_rows
+from greenplace.scheduler.signals.base import Forecast, SignalPoint
 from greenplace.scheduler.submission import load_submission
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -165,3 +167,38 @@ def test_a_pool_at_its_limit_names_itself_as_the_binding_constraint(tmp_path: Pa
     assert row["status"] == "unschedulable" and row["binding"] == "capacity"
     assert row["reasons"] == [
         "gcp:europe-west6 L4 (accelerators) (test pool 2) is full in hours 0-1 of the plan"]
+
+
+class _Hourly:
+    """A forecast provider of hourly grid-average values per region key, from NOW."""
+
+    def __init__(self, table: dict[str, list[float]]) -> None:
+        self.table = table
+
+    def forecast(self, region: Region, *, signal: CarbonSignal, start: dt.datetime,
+                 end: dt.datetime) -> Forecast | None:
+        values = self.table.get(region.key)
+        if values is None:
+            return None
+        return Forecast(source="fake", zone=region.key, signal=signal, issued_at=NOW,
+                        points=tuple(SignalPoint(at=NOW + dt.timedelta(hours=h), value=v)
+                                     for h, v in enumerate(values)), step_s=3600.0)
+
+
+def test_with_a_forecast_the_plan_starts_in_the_greenest_window(tmp_path: Path) -> None:
+    policy = tmp_path / "nl.yaml"
+    policy.write_text("name: nl\nweights: {carbon: 1, cost: 0, time: 0}\n"
+                      "carbon_signal: average\n"
+                      "constraints: {regions: {include: ['gcp:europe-west4']}}\n")
+    spec = {"name": "shift", "run": "x", "resources": {"accelerators": {"A100": 8}},
+            "work": {"hours": 2}, "max_delay_hours": 8, "policy": str(policy)}
+    jobs = jobs_of([spec])
+    decisions = Placer(CATALOG).place_all(jobs, now=NOW)
+    hourly = [100.0] * 5 + [20.0, 20.0] + [100.0] * 40  # hours 5-6 are the greenest
+    plan = make_plan(jobs, decisions, [], now=NOW, horizon_h=24,
+                     forecasts=_Hourly({"gcp:europe-west4": hourly}))
+    (row,) = job_rows(plan)
+    assert row["start_hour"] == 5
+    d = decisions[0]
+    energy = float(d.energy_kwh[d.chosen])  # the pipeline's energy, at the forecast's 20 g
+    assert row["co2e_kg"] == pytest.approx(energy * 20.0 / 1000.0, rel=1e-3)
