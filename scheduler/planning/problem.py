@@ -39,15 +39,11 @@ class Problem:
     entry_pool: np.ndarray
     entry_hour: np.ndarray
     entry_units: np.ndarray
+    entry_cell: np.ndarray  # each entry's flat (pool, hour) position in ``limits``
     # The same per (option, pool) pair, before the expansion over hours.
     pair_option: np.ndarray
     pair_pool: np.ndarray
     pair_units: np.ndarray
-
-    @property
-    def entry_cell(self) -> np.ndarray:
-        """Each entry's flat (pool, hour) position in ``limits``."""
-        return self.entry_pool * self.hours + self.entry_hour
 
     @property
     def nonzeros(self) -> int:
@@ -85,7 +81,8 @@ def build_problem(n_jobs: int, options: Options, pools: Sequence[CapacityPool], 
     return Problem(n_jobs=n_jobs, options=options, pools=tuple(pools), hours=hours,
                    limits=limits, budget_usd=budget_usd, entry_ptr=entry_ptr,
                    entry_pool=entry_pool, entry_hour=hour.astype(np.int64),
-                   entry_units=entry_units, pair_option=opt1,
+                   entry_units=entry_units, entry_cell=entry_pool * hours + hour,
+                   pair_option=opt1,
                    pair_pool=fp_pool[pair] if len(pair) else np.zeros(0, dtype=np.int64),
                    pair_units=fp_units[pair] if len(pair) else np.zeros(0, dtype=np.int64))
 

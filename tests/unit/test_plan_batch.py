@@ -202,3 +202,20 @@ def test_with_a_forecast_the_plan_starts_in_the_greenest_window(tmp_path: Path) 
     d = decisions[0]
     energy = float(d.energy_kwh[d.chosen])  # the pipeline's energy, at the forecast's 20 g
     assert row["co2e_kg"] == pytest.approx(energy * 20.0 / 1000.0, rel=1e-3)
+
+
+def test_on_real_jobs_the_milp_matches_brute_force_over_their_options() -> None:
+    from tests.unit.test_plan_solver import brute_force
+
+    specs = [{"name": f"j{i}", "run": "x", "resources": {"accelerators": shape},
+              "work": {"hours": hours}, "policy": policy}
+             for i, (shape, hours, policy) in enumerate([
+                 ({"H100": 8}, 2, "greenest"), ({"H100": 8}, 1, "balanced"),
+                 ({"L4": 1}, 2, "greenest"), ({"A100-80GB": 8}, 1, "cheapest")])]
+    jobs = jobs_of(specs)
+    decisions = Placer(CATALOG).place_all(jobs, now=NOW)
+    plan = make_plan(jobs, decisions, POOLS, now=NOW, horizon_h=2)
+    assert 0 < len(plan.problem.options) <= 60
+    assert plan.solved.status == "optimal"
+    assert plan.solved.objective == pytest.approx(brute_force(plan.problem), abs=1e-6)
+    check_plan(jobs, plan, budget=None, horizon_h=2)

@@ -99,7 +99,8 @@ def small_problems(draw: st.DrawFn) -> Problem:
     n_pools = draw(st.integers(1, 2))
     limits = [[draw(st.integers(0, 8)) for _ in range(draw(st.integers(1, 4)))]
               for _ in range(n_pools)]
-    footprints = [((p, u),) for p in range(n_pools) for u in (1, 4, 8)]
+    footprints: list[tuple[tuple[int, int], ...]] = [
+        ((p, u),) for p in range(n_pools) for u in (1, 4, 8)]
     if n_pools == 2:
         footprints.append(((0, 4), (1, 4)))
     n_jobs = draw(st.integers(2, 4))
