@@ -95,9 +95,9 @@ class Options:
 def start_grid(horizon_h: int, step_h: int) -> np.ndarray:
     """The start hours offered: every hour below ``HOURLY_STARTS_H``, then every ``step_h``.
 
-    Design choice: a job waits for capacity that frees up when another job ends; the first
-    hours decide most of that, and each start hour adds a column per job and footprint, so
-    later starts are offered on a coarser grid when the model is big (``plan``)."""
+    Design choice: each start hour adds a column per job and footprint; a caller may offer
+    later starts on a coarser grid (``make_plan(start_step_h=...)``). ``plan`` keeps the
+    hourly grid: jobs queueing for a pool need the hours where it frees up (measured there)."""
     fine = np.arange(0, min(horizon_h, HOURLY_STARTS_H))
     coarse = np.arange(HOURLY_STARTS_H, horizon_h, step_h)
     return np.concatenate([fine, coarse]).astype(float)

@@ -95,7 +95,7 @@ def make_plan(jobs: Sequence[Job], decisions: Sequence[PlacementDecision],
         why = "asked" if solver == "greedy" else (
             f"model too big for the MILP: {problem.nonzeros:,} entries > {max_nonzeros:,}")
         objective = float(problem.options.value[first].sum())
-        solved = Solved(chosen=first, solver="greedy", status=f"greedy ({why})",
+        solved = Solved(chosen=first, solver="greedy", status=f"not proven ({why})",
                         objective=objective, bound=None, gap_pct=None,
                         solve_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
                         rows=0, columns=len(options), nonzeros=problem.nonzeros)

@@ -219,3 +219,17 @@ def test_on_real_jobs_the_milp_matches_brute_force_over_their_options() -> None:
     assert plan.solved.status == "optimal"
     assert plan.solved.objective == pytest.approx(brute_force(plan.problem), abs=1e-6)
     check_plan(jobs, plan, budget=None, horizon_h=2)
+
+
+def test_a_model_above_the_size_limit_is_planned_by_greedy_and_says_so() -> None:
+    specs = [{"name": f"h{i}", "run": "x", "resources": {"accelerators": {"H100": 8}},
+              "work": {"hours": 3}, "policy": "greenest"} for i in range(4)]
+    jobs = jobs_of(specs)
+    decisions = Placer(CATALOG).place_all(jobs, now=NOW)
+    plan = make_plan(jobs, decisions, POOLS, now=NOW, horizon_h=24, max_nonzeros=10)
+    assert plan.solved.solver == "greedy" and plan.solved.bound is None
+    assert plan.solved.status.startswith("not proven (model too big for the MILP:")
+    check_plan(jobs, plan, budget=None, horizon_h=24)
+    exact = make_plan(jobs, decisions, POOLS, now=NOW, horizon_h=24)
+    assert exact.solved.status == "optimal"
+    assert plan.solved.objective <= exact.solved.objective + 1e-9
