@@ -147,7 +147,7 @@ def solve_milp(problem: Problem, *, time_limit_s: float, incumbent: np.ndarray |
                        + [highspy.HighsVarType.kContinuous] * n_running)
 
     h = _quiet_highs()
-    h.setOptionValue("output_flag", bool(os.environ.get("GREENPLACE_HIGHS_LOG")))
+    h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
     if threads is not None:

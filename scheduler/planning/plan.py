@@ -94,6 +94,9 @@ def make_plan(jobs: Sequence[Job], decisions: Sequence[PlacementDecision],
     if solver == "greedy" or (solver == "auto" and problem.nonzeros > max_nonzeros):
         why = "asked" if solver == "greedy" else (
             f"model too big for the MILP: {problem.nonzeros:,} entries > {max_nonzeros:,}")
+        if solver != "greedy":
+            notes.append(f"the greedy heuristic planned alone ({why}): its plan holds every "
+                         "constraint, but how far it is from the optimum is not known")
         objective = float(problem.options.value[first].sum())
         solved = Solved(chosen=first, solver="greedy", status=f"not proven ({why})",
                         objective=objective, bound=None, gap_pct=None,

@@ -229,6 +229,7 @@ def test_a_model_above_the_size_limit_is_planned_by_greedy_and_says_so() -> None
     plan = make_plan(jobs, decisions, POOLS, now=NOW, horizon_h=24, max_nonzeros=10)
     assert plan.solved.solver == "greedy" and plan.solved.bound is None
     assert plan.solved.status.startswith("not proven (model too big for the MILP:")
+    assert "how far it is from the optimum is not known" in plan.notes[0]
     check_plan(jobs, plan, budget=None, horizon_h=24)
     exact = make_plan(jobs, decisions, POOLS, now=NOW, horizon_h=24)
     assert exact.solved.status == "optimal"
