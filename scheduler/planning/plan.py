@@ -88,7 +88,8 @@ def make_plan(jobs: Sequence[Job], decisions: Sequence[PlacementDecision],
     options = build_options(jobs, decisions, pools, now=now, horizon_h=horizon_h,
                             start_step_h=start_step_h, with_budget=budget_usd is not None,
                             forecasts=forecasts)
-    problem = build_problem(len(jobs), options, pools, budget_usd=budget_usd)
+    problem = build_problem(len(jobs), options, pools, budget_usd=budget_usd,
+                            min_hours=horizon_h)
     started = dt.datetime.now(dt.UTC)
     first = greedy(problem)
     if solver == "greedy" or (solver == "auto" and problem.nonzeros > max_nonzeros):

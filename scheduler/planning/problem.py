@@ -55,8 +55,9 @@ class Problem:
 
 
 def build_problem(n_jobs: int, options: Options, pools: Sequence[CapacityPool], *,
-                  budget_usd: float | None) -> Problem:
-    """Expand each option's footprint over its hours into usage entries (vectorised)."""
+                  budget_usd: float | None, min_hours: int = 1) -> Problem:
+    """Expand each option's footprint over its hours into usage entries (vectorised); the
+    pool-hour grid covers at least ``min_hours`` (the horizon) and every option's run."""
     fp_pairs = options.footprints.pools
     fp_len = np.array([len(p) for p in fp_pairs], dtype=np.int64)
     fp_ptr = np.concatenate([[0], np.cumsum(fp_len)])
@@ -75,7 +76,8 @@ def build_problem(n_jobs: int, options: Options, pools: Sequence[CapacityPool], 
     entry_units = np.repeat(fp_units[pair], dur1) if len(pair) else np.zeros(0, dtype=np.int64)
     counts = np.bincount(opt2, minlength=n) if n else np.zeros(0, dtype=np.int64)
     entry_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    hours = int(max(1, (options.start_h + options.duration_h).max())) if n else 1
+    last_end = int((options.start_h + options.duration_h).max()) if n else 0
+    hours = max(1, min_hours, last_end)
     limits = np.array([[p.limit_at(h) for h in range(hours)] for p in pools],
                       dtype=np.int64).reshape(len(pools), hours)
     return Problem(n_jobs=n_jobs, options=options, pools=tuple(pools), hours=hours,

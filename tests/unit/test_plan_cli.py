@@ -156,3 +156,18 @@ def test_the_capacity_schema_accepts_the_example_and_rows_become_pools(
     assert [p.unit for p in pools] == [Unit.ACCELERATORS] * 3
     assert pools[1].spot is True and pools[1].limit_at(0) == 1 and pools[1].limit_at(6) == 4
     assert pools[0].accelerators == ("H100",) and pools[0].limit == 8
+
+
+def test_json_covers_every_hour_of_the_horizon_even_for_short_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    jobs = tmp_path / "short.yaml"
+    jobs.write_text("jobs:\n  - name: short\n    run: x\n    resources: {accelerators: {H100: 8}}"
+                    "\n    work: {hours: 1}\n    policy: greenest\n")
+    code, out, err = run(capsys, "plan", str(jobs), "--capacity", str(CAPACITY),
+                         "--horizon-hours", "12", "-o", "json")
+    assert code == 0, err
+    result = json.loads(out)
+    (row,) = result["jobs"]
+    assert (row["cloud"], row["region"], row["start_hour"]) == ("aws", "eu-north-1", 0)
+    h100 = result["pools"][0]
+    assert h100["used"] == [8] + [0] * 11 and h100["limit"] == [8] * 12
