@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
 from greenplace.scheduler.exceptions import UserInputError
 from greenplace.scheduler.output import FORMATS, fmt, print_csv, print_json, print_table
+
+if TYPE_CHECKING:
+    from greenplace.scheduler.catalog import Catalog
+    from greenplace.scheduler.jobs import Job
+    from greenplace.scheduler.planning.capacity import CapacityPool
+    from greenplace.scheduler.planning.plan import Plan
 
 
 def _check_numbers(budget_usd: float | None, horizon_h: int, time_limit_s: float) -> None:
@@ -117,6 +124,34 @@ def _csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _live_plan(catalog: Catalog, jobs: list[Job], pools: list[CapacityPool], *,
+               now: dt.datetime, horizon_h: int, budget_usd: float | None,
+               time_limit_s: float, routes: Mapping[str, str],
+               price_max_age_days: float | None) -> tuple[Plan, list[str]]:
+    """Plan on the configured live signals: the pipeline scores on the chain's current
+    values (as ``dry-run --signals live``), without its own temporal shift, and the planner
+    scores each start hour on the chain's forecasts. Returns the plan and the chain's notes
+    (which sources answered), each once."""
+    from greenplace.scheduler.planning.plan import make_plan
+    from greenplace.scheduler.signals.cache import MemoryCache
+    from greenplace.scheduler.signals.chain import ChainForecasts, LivePlacer, SignalChain
+    from greenplace.scheduler.signals.config import SignalSettings
+
+    chain = SignalChain.from_settings(SignalSettings.from_env(), catalog, cache=MemoryCache())
+    try:
+        placer = LivePlacer(catalog, chain, refresh_s=float("inf"), routes=routes,
+                            price_max_age_days=price_max_age_days)
+        decisions = [placer.place(job, now=now, allow_defer=False) for job in jobs]
+        plan = make_plan(jobs, decisions, pools, now=now, horizon_h=horizon_h,
+                         budget_usd=budget_usd, time_limit_s=time_limit_s,
+                         forecasts=ChainForecasts(chain))
+    finally:
+        chain.close()
+    notes = dict.fromkeys(n for d in decisions for n in d.extra_notes
+                          if n.startswith(("live signals", "signal type", "emission basis")))
+    return plan, list(notes)
+
+
 @click.command("plan")
 @click.argument("jobs_file", type=click.Path(path_type=Path))
 @click.option("--capacity", "capacity_file", type=click.Path(path_type=Path),
@@ -132,9 +167,12 @@ def _csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
               show_default=True, help="table for people, json or csv for machines")
 @click.option("--explain", is_flag=True,
               help="per job: its objective terms and what the batch displaced it from")
+@click.option("--signals", type=click.Choice(["static", "live"]), default="static",
+              show_default=True, help="static: catalog figures; live: the configured carbon "
+              "APIs (fallback to static), their forecasts scoring each start hour")
 def plan_cmd(jobs_file: Path, capacity_file: Path | None, budget_usd: float | None,
              horizon_hours: int, time_limit_s: float, policy: str | None,
-             override_policy: bool, output: str, explain: bool) -> None:
+             override_policy: bool, output: str, explain: bool, signals: str) -> None:
     """Plan a batch jointly: offers and start hours under capacity, budget and policies."""
     _check_numbers(budget_usd, horizon_hours, time_limit_s)
     from greenplace.scheduler.catalog import load_catalog
@@ -149,11 +187,21 @@ def plan_cmd(jobs_file: Path, capacity_file: Path | None, budget_usd: float | No
     jobs = load_cli_jobs(jobs_file, catalog, policy=policy, override_policy=override_policy,
                          now=now)
     settings = load_settings()
-    decisions = Placer(catalog, routes=settings.providers,
-                       price_max_age_days=settings.price_max_age_days).place_all(jobs, now=now)
-    plan = make_plan(jobs, decisions, pools, now=now, horizon_h=horizon_hours,
-                     budget_usd=budget_usd, time_limit_s=time_limit_s)
-    result = {"start": now.isoformat(), "summary": summary(plan),
+    if signals == "live":
+        plan, notes = _live_plan(catalog, jobs, pools, now=now, horizon_h=horizon_hours,
+                                 budget_usd=budget_usd, time_limit_s=time_limit_s,
+                                 routes=settings.providers,
+                                 price_max_age_days=settings.price_max_age_days)
+    else:
+        decisions = Placer(catalog, routes=settings.providers,
+                           price_max_age_days=settings.price_max_age_days).place_all(jobs,
+                                                                                     now=now)
+        plan = make_plan(jobs, decisions, pools, now=now, horizon_h=horizon_hours,
+                         budget_usd=budget_usd, time_limit_s=time_limit_s)
+        notes = []
+    totals = summary(plan)
+    totals["notes"] += notes
+    result = {"start": now.isoformat(), "summary": totals,
               "jobs": job_rows(plan, explain=explain), "pools": pool_rows(plan)}
     if output == "json":
         print_json(result)

@@ -12,9 +12,10 @@ alone and the plan says so. Measured (benchmarks/README.md, "Batch planning"): 1
 over the full catalog (about 53,000 entries) solve to proven optimality in 3-4 s on 2 cores;
 1,000 jobs (about 480,000) did not finish HiGHS's root LP within 10 s, and HiGHS does not
 look at its time limit inside it (95 s against a 10 s limit on a loaded machine), so a big
-model could break the time limit the user gave. Offering later starts on a coarser grid to shrink the
-model was tried and measured worse than the greedy plan on the hourly grid (884 jobs placed
-against 912 for 1,000 jobs): jobs queueing for a pool need the hours where it frees up.
+model could break the time limit the user gave. Offering later starts on a coarser grid to
+shrink the model was tried and measured worse than the greedy plan on the hourly grid (884
+jobs placed against 912 for 1,000 jobs): jobs queueing for a pool need the hours where it
+frees up.
 """
 
 from __future__ import annotations

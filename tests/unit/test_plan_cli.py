@@ -171,3 +171,82 @@ def test_json_covers_every_hour_of_the_horizon_even_for_short_runs(
     assert (row["cloud"], row["region"], row["start_hour"]) == ("aws", "eu-north-1", 0)
     h100 = result["pools"][0]
     assert h100["used"] == [8] + [0] * 11 and h100["limit"] == [8] * 12
+
+
+SIGNAL_ENV = ("GREENPLACE_SIGNAL_SOURCES", "ELECTRICITYMAPS_API_KEY",
+              "GREENPLACE_ELECTRICITYMAPS_URL", "WATTTIME_USERNAME", "WATTTIME_PASSWORD",
+              "GREENPLACE_WATTTIME_URL", "GREENPLACE_CARBON_AWARE_SDK_URL",
+              "GREENPLACE_UK_CARBON_INTENSITY_URL", "GREENPLACE_SIGNAL_TIMEOUT_S",
+              "GREENPLACE_SIGNAL_BASIS", "GREENPLACE_CARBON_AWARE_SDK_SIGNAL",
+              "GREENPLACE_CARBON_AWARE_SDK_BASIS", "GREENPLACE_CARBON_AWARE_SDK_LOCATIONS")
+EM_KEY = "em-plan-key-1618"
+
+
+def _de_job(tmp_path: Path) -> Path:
+    policy = tmp_path / "de.yaml"
+    policy.write_text("name: de\nweights: {carbon: 1, cost: 0, time: 0}\n"
+                      "carbon_signal: average\n"
+                      "constraints: {regions: {include: ['gcp:europe-west3']}}\n")
+    jobs = tmp_path / "de-jobs.yaml"
+    jobs.write_text(yaml.safe_dump({"jobs": [
+        {"name": "de-l4", "run": "x", "resources": {"accelerators": {"L4": 1}},
+         "work": {"hours": 2}, "max_delay_hours": 10, "policy": str(policy)}]}))
+    return jobs
+
+
+def test_plan_on_live_forecasts_starts_in_the_greenest_hours(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime as dt
+
+    from tests.fakes_signals.electricitymaps import FakeElectricityMaps
+    from tests.fakes_signals.server import FakeServer, closed_port_url
+
+    for name in SIGNAL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    now = dt.datetime.now(dt.UTC)
+    hour0 = now.replace(minute=0, second=0, microsecond=0)
+
+    def de(t: dt.datetime) -> float:  # 40 g/kWh in hours 6-7 of the plan, else 400
+        return 40.0 if 6 <= (t - hour0).total_seconds() / 3600 < 8 else 400.0
+
+    em = FakeElectricityMaps(api_key=EM_KEY, now=now, intensity={"DE": de},
+                             fossil_free_pct={"DE": lambda t: 50.0})
+    dead = closed_port_url()
+    with FakeServer(em) as server:
+        monkeypatch.setenv("ELECTRICITYMAPS_API_KEY", EM_KEY)
+        monkeypatch.setenv("GREENPLACE_ELECTRICITYMAPS_URL", f"{server.url}/v3")
+        monkeypatch.setenv("GREENPLACE_UK_CARBON_INTENSITY_URL", dead)
+        monkeypatch.setenv("GREENPLACE_CARBON_AWARE_SDK_URL", dead)
+        monkeypatch.setenv("GREENPLACE_SIGNAL_TIMEOUT_S", "2")
+        code, out, err = run(capsys, "plan", str(_de_job(tmp_path)), "--signals", "live",
+                             "-o", "json", "--horizon-hours", "24")
+    assert code == 0, err
+    result = json.loads(out)
+    (row,) = result["jobs"]
+    assert (row["region"], row["start_hour"]) == ("europe-west3", 6)
+    assert any(n.startswith("live signals") for n in result["summary"]["notes"])
+    assert EM_KEY not in out + err
+
+
+def test_plan_live_with_every_source_down_falls_back_to_static(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.fakes_signals.server import closed_port_url
+
+    for name in SIGNAL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    dead = closed_port_url()
+    monkeypatch.setenv("ELECTRICITYMAPS_API_KEY", EM_KEY)
+    monkeypatch.setenv("GREENPLACE_ELECTRICITYMAPS_URL", f"{dead}/v3")
+    monkeypatch.setenv("GREENPLACE_UK_CARBON_INTENSITY_URL", dead)
+    monkeypatch.setenv("GREENPLACE_CARBON_AWARE_SDK_URL", dead)
+    jobs = _de_job(tmp_path)
+    code, out, err = run(capsys, "plan", str(jobs), "--signals", "live", "-o", "json")
+    assert code == 0, err
+    live = json.loads(out)
+    assert any("no live source answered" in n for n in live["summary"]["notes"])
+    code, out, _ = run(capsys, "plan", str(jobs), "-o", "json")
+    static = json.loads(out)
+    assert [(r["region"], r["start_hour"], r["co2e_kg"]) for r in live["jobs"]] == [
+        (r["region"], r["start_hour"], r["co2e_kg"]) for r in static["jobs"]]
