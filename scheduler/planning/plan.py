@@ -139,7 +139,7 @@ def _left(j: int, job: Job, d: PlacementDecision, problem: Problem, solved: Solv
         return Left(job=job.name, binding="policy", reasons=reasons or (
             "no offer in the catalog carries the requested accelerators",))
     o = problem.options
-    mine = np.flatnonzero(o.job == j)
+    mine = _options_of(problem, j)
     if not len(mine):
         spec = job.spec
         fastest = float(d.runtime_h[d.ranking].min())
@@ -183,6 +183,7 @@ def job_rows(plan: Plan, *, explain: bool = False) -> list[dict[str, Any]]:
     """One JSON-ready row per job: its option, or why it was left out."""
     o = plan.problem.options
     left = {x.job: x for x in plan.left}
+    holders = _Holders.of(plan) if explain else None
     out: list[dict[str, Any]] = []
     for j, (job, d) in enumerate(zip(plan.jobs, plan.decisions, strict=True)):
         k = int(plan.chosen_of_job[j])
@@ -202,13 +203,41 @@ def job_rows(plan: Plan, *, explain: bool = False) -> list[dict[str, Any]]:
             start_hour=int(o.start_h[k]), start_at=start.isoformat(),
             runtime_h=round(float(o.runtime_h[k]), 4), co2e_kg=round(float(o.co2e_kg[k]), 4),
             cost_usd=round(float(o.cost_usd[k]), 2), score=round(float(o.score[k]), 4))
-        if explain:
-            row["explain"] = _explain(plan, j, k)
+        if holders is not None:
+            row["explain"] = _explain(plan, j, k, holders)
         out.append(row)
     return out
 
 
-def _explain(plan: Plan, j: int, k: int) -> dict[str, Any]:
+def _options_of(problem: Problem, j: int) -> np.ndarray:
+    """Positions of job ``j``'s options (``build_options`` emits them job by job, in order)."""
+    job = problem.options.job
+    return np.arange(np.searchsorted(job, j, side="left"), np.searchsorted(job, j, side="right"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Holders:
+    """Who holds each pool-hour in a plan: the chosen options' usage entries sorted by cell,
+    and the units in use per cell, computed once for every job's explanation."""
+
+    cells: np.ndarray  # sorted
+    jobs: np.ndarray  # the job of each entry
+    used: np.ndarray  # units in use per flat cell
+
+    @classmethod
+    def of(cls, plan: Plan) -> _Holders:
+        p = plan.problem
+        chosen = plan.solved.chosen
+        counts = p.entry_ptr[chosen + 1] - p.entry_ptr[chosen]
+        entries = np.repeat(p.entry_ptr[chosen] - np.cumsum(counts) + counts, counts) + (
+            np.arange(int(counts.sum())))
+        cells = p.entry_cell[entries]
+        jobs = np.repeat(p.options.job[chosen], counts)
+        order = np.argsort(cells, kind="stable")
+        return cls(cells=cells[order], jobs=jobs[order], used=plan.usage().ravel())
+
+
+def _explain(plan: Plan, j: int, k: int, holders: _Holders) -> dict[str, Any]:
     """The objective terms of job ``j``'s option ``k``, and what it gave up for the batch."""
     o = plan.problem.options
     w = plan.jobs[j].policy.weights
@@ -219,7 +248,7 @@ def _explain(plan: Plan, j: int, k: int) -> dict[str, Any]:
         "norm_time": round(float(o.norm_time[k]), 4),
         "value": round(float(o.value[k]), 6),
     }
-    mine = np.flatnonzero(o.job == j)
+    mine = _options_of(plan.problem, j)
     best = int(mine[np.argmax(o.value[mine])])
     if o.value[best] <= o.value[k] + 1e-12:
         out["displaced"] = None
@@ -227,18 +256,17 @@ def _explain(plan: Plan, j: int, k: int) -> dict[str, Any]:
     d = plan.decisions[j]
     offer = d.arrays.offers[int(d.offer_index[int(o.candidate[best])])]
     p = plan.problem
-    others_chosen = plan.solved.chosen[plan.solved.chosen != k]
-    used = usage(p, others_chosen).ravel()
-    limits = p.limits.ravel()
+    own = np.zeros_like(holders.used)
+    np.add.at(own, p.entry_cell[p.entry_ptr[k]:p.entry_ptr[k + 1]],
+              p.entry_units[p.entry_ptr[k]:p.entry_ptr[k + 1]])
     a, b = p.entry_ptr[best], p.entry_ptr[best + 1]
     cells, units = p.entry_cell[a:b], p.entry_units[a:b]
     # The pool-hours its best option needed and the plan gave to other jobs.
-    blocked = cells[used[cells] + units > limits[cells]]
+    blocked = cells[holders.used[cells] - own[cells] + units > p.limits.ravel()[cells]]
     others: set[str] = set()
-    for other in others_chosen.tolist():
-        oa, ob = p.entry_ptr[other], p.entry_ptr[other + 1]
-        if np.isin(p.entry_cell[oa:ob], blocked).any():
-            others.add(plan.jobs[int(o.job[other])].name)
+    for cell in blocked.tolist():
+        lo, hi = np.searchsorted(holders.cells, [cell, cell + 1])
+        others.update(plan.jobs[int(x)].name for x in holders.jobs[lo:hi].tolist() if x != j)
     out["displaced"] = {
         "best_option": f"{offer.cloud}:{offer.region} {offer.instance_type} at hour "
                        f"{int(o.start_h[best])}",

@@ -52,6 +52,15 @@ def test_the_example_plan_in_json_shows_every_pool_hour_within_its_limit(
     sweeps = [rows["bert-sweep-lr3e-5"], rows["bert-sweep-lr1e-4"]]
     assert sorted(r["start_hour"] for r in sweeps if r["region"] == "europe-west6") in (
         [0, 6], [0])
+    # The three H100 jobs queue for the 8 reserved H100: each one that waits names the jobs
+    # holding the hours its best option (the same offer at hour 0) needed.
+    h100_jobs = {"llama-8b-finetune", "vit-pretrain", "gdpr-medical-finetune"}
+    waiting = [rows[n] for n in sorted(h100_jobs) if rows[n]["start_hour"] > 0]
+    assert len(waiting) == 2
+    for r in waiting:
+        displaced = r["explain"]["displaced"]
+        assert displaced["best_option"].endswith("p5.48xlarge at hour 0")
+        assert displaced["by_jobs"] and set(displaced["by_jobs"]) <= h100_jobs - {r["job"]}
     tpu = rows["jax-lm-tpu"]  # its pool in gcp:us-west1 has limit 0: it goes elsewhere
     assert (tpu["cloud"], tpu["region"]) != ("gcp", "us-west1")
     assert tpu["explain"]["displaced"]["why"] == "the pool's own limit leaves it no room"
