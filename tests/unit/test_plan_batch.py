@@ -40,6 +40,9 @@ POOLS = [
     CapacityPool(cloud="gcp", region="europe-north1", unit=Unit.ACCELERATORS,
                  accelerators=("H100", "A100-80GB", "A100", "L4"), limit=8,
                  source="test pool 3"),
+    # A quota-like pool in vCPUs over instance types: one p4d/p5 (96 / 192 vCPUs) at a time.
+    CapacityPool(cloud="aws", region="us-east-1", unit=Unit.VCPUS,
+                 instance_types=("p4*", "p5*"), limit=192, source="test pool 4"),
 ]
 
 
@@ -234,3 +237,20 @@ def test_a_model_above_the_size_limit_is_planned_by_greedy_and_says_so() -> None
     exact = make_plan(jobs, decisions, POOLS, now=NOW, horizon_h=24)
     assert exact.solved.status == "optimal"
     assert plan.solved.objective <= exact.solved.objective + 1e-9
+
+
+def test_a_vcpu_quota_pool_binds_like_an_accelerator_pool(tmp_path: Path) -> None:
+    policy = tmp_path / "use1.yaml"
+    policy.write_text("name: use1\nweights: {carbon: 1, cost: 0, time: 0}\n"
+                      "constraints: {regions: {include: ['aws:us-east-1']}}\n")
+    specs = [{"name": f"p5-{i}", "run": "x", "resources": {"accelerators": {"H100": 8}},
+              "work": {"hours": 3}, "policy": str(policy)} for i in range(2)]
+    jobs = jobs_of(specs)
+    decisions = Placer(CATALOG).place_all(jobs, now=NOW)
+    plan = make_plan(jobs, decisions, POOLS, now=NOW, horizon_h=24)
+    check_plan(jobs, plan, budget=None, horizon_h=24)
+    rows = job_rows(plan)
+    assert [r["instance_type"] for r in rows] == ["p5.48xlarge"] * 2
+    assert sorted(r["start_hour"] for r in rows) == [0, 3]  # 192 vCPUs each, 192 at once
+    vcpus = next(p for p in pool_rows(plan) if p["source"] == "test pool 4")
+    assert vcpus["unit"] == "vcpus" and vcpus["used"][:7] == [192] * 6 + [0]
