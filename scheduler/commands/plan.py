@@ -99,14 +99,17 @@ def _print_table(result: dict[str, Any], explain: bool) -> None:
                        f"weights carbon {w['carbon']:g} x {e['norm_carbon']:.3f} + cost "
                        f"{w['cost']:g} x {e['norm_cost']:.3f} + time {w['time']:g} x "
                        f"{e['norm_time']:.3f} (normalised over its options, 1 = best)")
+            if e["displaced_jobs"]:
+                click.echo(f"  it displaced {', '.join(e['displaced_jobs'])} from their best "
+                           "option (it holds pool-hours they needed)")
             shifted = e["displaced"]
             if shifted is None:
-                click.echo("  its best option: nothing displaced it")
+                click.echo("  it has its best option")
             else:
                 by = ", ".join(shifted["by_jobs"]) or "-"
                 click.echo(f"  its best option {shifted['best_option']} (score "
-                           f"{shifted['best_score']:.3f}) went to the batch: {shifted['why']}; "
-                           f"jobs there: {by}")
+                           f"{shifted['best_score']:.3f}) was not open: {shifted['why']}; "
+                           f"held by: {by}")
 
 
 def _csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -119,7 +122,8 @@ def _csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             e = r["explain"]
             row.update(norm_carbon=e["norm_carbon"], norm_cost=e["norm_cost"],
                        norm_time=e["norm_time"],
-                       displaced_by=" ".join((e["displaced"] or {}).get("by_jobs", [])))
+                       displaced_by=" ".join((e["displaced"] or {}).get("by_jobs", [])),
+                       displaced_jobs=" ".join(e["displaced_jobs"]))
         out.append(row)
     return out
 

@@ -206,6 +206,14 @@ def job_rows(plan: Plan, *, explain: bool = False) -> list[dict[str, Any]]:
         if holders is not None:
             row["explain"] = _explain(plan, j, k, holders)
         out.append(row)
+    if holders is not None:  # the other way round: whose best option each job displaced
+        took: dict[str, list[str]] = {}
+        for row in out:
+            for holder in ((row.get("explain") or {}).get("displaced") or {}).get("by_jobs", []):
+                took.setdefault(holder, []).append(row["job"])
+        for row in out:
+            if "explain" in row:
+                row["explain"]["displaced_jobs"] = sorted(took.get(row["job"], []))
     return out
 
 
@@ -238,7 +246,8 @@ class _Holders:
 
 
 def _explain(plan: Plan, j: int, k: int, holders: _Holders) -> dict[str, Any]:
-    """The objective terms of job ``j``'s option ``k``, and what it gave up for the batch."""
+    """The objective terms of job ``j``'s option ``k``, and what it gave up for the batch
+    (``displaced``: its best option, and the jobs holding the pool-hours that needed)."""
     o = plan.problem.options
     w = plan.jobs[j].policy.weights
     out: dict[str, Any] = {
@@ -273,7 +282,7 @@ def _explain(plan: Plan, j: int, k: int, holders: _Holders) -> dict[str, Any]:
         "best_score": round(float(o.score[best]), 4),
         "score_given_up": round(float(o.score[best] - o.score[k]), 4),
         "by_jobs": sorted(others),
-        "why": ("its pool-hours went to the jobs named (a better plan for the batch)"
+        "why": ("the jobs named hold pool-hours it needed (the batch scores higher so)"
                 if others else "the pool's own limit leaves it no room" if len(blocked)
                 else "the budget"),
     }

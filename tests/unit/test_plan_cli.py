@@ -61,6 +61,10 @@ def test_the_example_plan_in_json_shows_every_pool_hour_within_its_limit(
         displaced = r["explain"]["displaced"]
         assert displaced["best_option"].endswith("p5.48xlarge at hour 0")
         assert displaced["by_jobs"] and set(displaced["by_jobs"]) <= h100_jobs - {r["job"]}
+        for holder in displaced["by_jobs"]:
+            assert r["job"] in rows[holder]["explain"]["displaced_jobs"]
+    first = next(rows[n] for n in sorted(h100_jobs) if rows[n]["start_hour"] == 0)
+    assert first["explain"]["displaced"] is None and first["explain"]["displaced_jobs"]
     tpu = rows["jax-lm-tpu"]  # its pool in gcp:us-west1 has limit 0: it goes elsewhere
     assert (tpu["cloud"], tpu["region"]) != ("gcp", "us-west1")
     assert tpu["explain"]["displaced"]["why"] == "the pool's own limit leaves it no room"
@@ -72,7 +76,7 @@ def test_the_table_and_csv_outputs(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "7/7 placed" in out and "status optimal" in out and "gap 0.0000 %" in out
     assert "aws:eu-north-1 H100 (accelerators)" in out and "peak 8 / 8" in out
-    assert "weights carbon" in out
+    assert "weights carbon" in out and "it displaced vit-pretrain" in out
     code, out, _ = run(capsys, "plan", JOBS, "--capacity", str(CAPACITY), "-o", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == 7 and all(None not in r for r in rows)
