@@ -70,7 +70,8 @@ class Footprints:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
-    """The kept options of a batch, one entry per (job, candidate, start hour)."""
+    """The kept options of a batch, one entry per (job, candidate, start hour), in job order
+    (``job`` ascending: a job's options are one contiguous range)."""
 
     job: np.ndarray  # index into the batch
     candidate: np.ndarray  # candidate position in the job's decision
