@@ -40,6 +40,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
         "Show where each job would run and why, with no service and no cloud call."),
     "estimate": ("placement", "estimate_cmd",
         "Energy and emissions of ACCELERATOR x COUNT for HOURS (Patterson et al. 2021)."),
+    "plan": ("plan", "plan_cmd",
+        "Plan a batch jointly: offers and start hours under capacity, budget and policies."),
     "regions": ("placement", "regions_cmd",
         "List catalog regions with their carbon figures, PUE and cheapest accelerator-hour."),
     "schema": ("placement", "schema_cmd",

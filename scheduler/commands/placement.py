@@ -419,12 +419,16 @@ def regions_cmd(cloud: str | None, accelerator: str | None, sort: str, output: s
 
 
 @click.command("schema")
-@click.argument("kind", type=click.Choice(["job", "jobs-file", "policy"]))
+@click.argument("kind", type=click.Choice(["job", "jobs-file", "policy", "capacity"]))
 def schema_cmd(kind: str) -> None:
     """Print the JSON Schema of a job, a whole jobs file or a policy (for editors and CI).
 
+    `capacity`: the capacity file of `greenplace plan --capacity`.
+
     `greenplace validate FILE` checks a file against the catalog as well.
     """
+    from greenplace.scheduler.planning.capacity_file import capacity_file_schema
+
     schemas = {"job": JobSpec.model_json_schema, "jobs-file": jobs_file_schema,
-               "policy": Policy.model_json_schema}
+               "policy": Policy.model_json_schema, "capacity": capacity_file_schema}
     click.echo(json.dumps(schemas[kind](), indent=2))

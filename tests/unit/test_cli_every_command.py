@@ -35,6 +35,8 @@ NO_WORKER = "no greenplace worker has ever been seen"
 OFFLINE: list[tuple[list[str], tuple[str, ...], int]] = [
     (["dry-run", EXAMPLES], ALL, 0),
     (["dry-run", EXAMPLES, "--explain"], ALL, 0),
+    (["plan", EXAMPLES, "--capacity", str(REPO / "examples" / "capacity.yaml"), "--explain"],
+     ALL, 0),
     (["estimate", "-a", "A100", "-n", "8", "--hours", "12", "--region", "gcp:europe-west4"],
      ALL, 0),
     (["estimate", "-a", "A100", "--hours", "1", "--intensity-g-per-kwh", "300"], ALL, 0),
@@ -88,9 +90,10 @@ def test_offline_commands_in_every_output_mode(
 
 
 def test_schema_validate_and_help_of_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    for kind in ("job", "jobs-file", "policy"):
+    for kind in ("job", "jobs-file", "policy", "capacity"):
         code, out, _ = run(capsys, "schema", kind)
-        assert code == 0 and json.loads(out)["$defs" if kind == "jobs-file" else "properties"]
+        assert code == 0 and json.loads(out)[
+            "$defs" if kind in ("jobs-file", "capacity") else "properties"]
     code, out, _ = run(capsys, "validate", EXAMPLES)
     assert code == 0 and out.startswith("OK: ")
     code, out, _ = run(capsys, "--help")

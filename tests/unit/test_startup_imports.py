@@ -49,9 +49,11 @@ def _heavy_modules_loaded(args: list[str], tmp_path: Path) -> set[str]:
     (["--help"], set()),
     (["dry-run", "--help"], {"pydantic", "yaml"}),
     (["schema", "job"], {"pydantic", "yaml"}),
+    (["plan", "--help"], {"pydantic", "yaml"}),
+    (["schema", "capacity"], {"pydantic", "yaml"}),
     (["estimate", "--accelerator", "A100", "--count", "8", "--hours", "12",
       "--region", "gcp:europe-west4"], {"pydantic", "yaml"}),
-], ids=["help", "dry-run-help", "schema", "estimate"])
+], ids=["help", "dry-run-help", "schema", "plan-help", "schema-capacity", "estimate"])
 def test_light_commands_load_no_heavy_module(args: list[str], allowed: set[str],
                                              tmp_path: Path) -> None:
     assert _heavy_modules_loaded(args, tmp_path) <= allowed
@@ -62,6 +64,15 @@ def test_a_one_job_dry_run_loads_no_service_http_or_cloud_client(tmp_path: Path)
     loaded = _heavy_modules_loaded(["dry-run", "one.yaml", "--output", "json"], tmp_path)
     assert loaded <= {"numpy", "pydantic", "yaml"}
     assert "numpy" in loaded  # it did place the job
+
+
+def test_a_one_job_plan_loads_highspy_and_no_service_http_or_cloud_client(
+        tmp_path: Path) -> None:
+    (tmp_path / "one.yaml").write_text(ONE_JOB)
+    loaded = _heavy_modules_loaded(["plan", "one.yaml", "--output", "json"], tmp_path)
+    assert loaded <= {"numpy", "pydantic", "yaml"}
+    out = tmp_path / "modules.json"
+    assert "highspy" in json.loads(out.read_text())  # it did solve the plan
 
 
 def test_the_help_table_matches_each_command() -> None:
