@@ -81,6 +81,20 @@ def _no_refreshed_prices_of_the_user(tmp_path_factory: pytest.TempPathFactory) -
     os.environ.pop("GREENPLACE_CATALOG_PRICES", None)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_cloud_account_of_the_user(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test reads the developer's own cloud accounts: commands that use whatever
+    credentials they find (`greenplace plan`'s account quotas, the daily price refresh) find
+    none unless a test points them at a fake."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "AZURE_")) or name in ("GOOGLE_APPLICATION_CREDENTIALS",
+                                                           "GOOGLE_CLOUD_PROJECT"):
+            os.environ.pop(name)
+    os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(
+        tmp_path_factory.mktemp("no-aws") / "none")
+    os.environ["CLOUDSDK_CONFIG"] = str(tmp_path_factory.mktemp("no-gcloud"))
+
+
 @pytest.fixture
 def small_catalog() -> Catalog:
     """Four regions with known figures and a few offers.

@@ -3,15 +3,19 @@
 Loads the jobs as ``dry-run`` does (same policy options, same placement pipeline), reads
 the capacity file, plans (``scheduler.planning.plan``) and prints per job the chosen offer,
 region, start hour, co2e and cost; the totals; the solver, its status, objective, bound and
-gap; and per pool its use per hour against the limit (json: every hour). Every input is
-checked before anything is printed: bad input is one paragraph on stderr and exit 2.
+gap; and per pool its use per hour against the limit (json: every hour). Besides the
+capacity file, the account quotas of every cloud whose credentials are found bind too
+(``--no-quotas`` to leave them out), each read only for the regions the jobs may run in.
+Every input is checked before anything is printed: bad input is one paragraph on stderr
+and exit 2.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +28,7 @@ from greenplace.scheduler.output import FORMATS, fmt, print_csv, print_json, pri
 if TYPE_CHECKING:
     from greenplace.scheduler.catalog import Catalog
     from greenplace.scheduler.jobs import Job
+    from greenplace.scheduler.placement.decision import PlacementDecision
     from greenplace.scheduler.planning.capacity import CapacityPool
     from greenplace.scheduler.planning.plan import Plan
 
@@ -128,10 +133,39 @@ def _csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _account_pools(decisions: Sequence[PlacementDecision], *, read: bool,
+                   environ: Mapping[str, str]) -> tuple[list[CapacityPool], list[str]]:
+    """The account quotas, as capacity pools, of every cloud whose credentials are found,
+    in the regions the jobs' feasible candidates are in; and one note per cloud read or
+    failed (a failed cloud is planned without its quotas, never stopped)."""
+    regions: dict[str, set[str]] = {}
+    for d in decisions if read else ():
+        for i in d.ranking.tolist():
+            offer = d.arrays.offers[d.offer_index[i]]
+            regions.setdefault(offer.cloud, set()).add(offer.region)
+    if not regions:
+        return [], []
+    from greenplace.scheduler.planning.quotas import QuotaStatus, read_all
+
+    reading = read_all(sorted(regions), {c: sorted(r) for c, r in regions.items()}, environ)
+    notes = []
+    for c in reading.clouds:
+        if c.status is QuotaStatus.OK and c.answer is not None:
+            notes.append(f"account quotas of {c.cloud}: {len(c.answer.pools)} pool(s) from "
+                         f"{c.answer.source}, {len(c.answer.skipped)} quota(s) skipped")
+        elif c.status is QuotaStatus.FAILED:
+            notes.append(f"account quotas of {c.cloud} not read, planned without them: "
+                         f"{c.error}")
+    return list(reading.pools), notes
+
+
 def _live_plan(catalog: Catalog, jobs: list[Job], pools: list[CapacityPool], *,
                now: dt.datetime, horizon_h: int, budget_usd: float | None,
                time_limit_s: float, routes: Mapping[str, str],
-               price_max_age_days: float | None) -> tuple[Plan, list[str]]:
+               price_max_age_days: float | None,
+               quotas: Callable[[Sequence[PlacementDecision]],
+                                tuple[list[CapacityPool], list[str]]]
+               ) -> tuple[Plan, list[str]]:
     """Plan on the configured live signals: the pipeline scores on the chain's current
     values (as ``dry-run --signals live``), without its own temporal shift, and the planner
     scores each start hour on the chain's forecasts. Returns the plan and the chain's notes
@@ -146,14 +180,16 @@ def _live_plan(catalog: Catalog, jobs: list[Job], pools: list[CapacityPool], *,
         placer = LivePlacer(catalog, chain, refresh_s=float("inf"), routes=routes,
                             price_max_age_days=price_max_age_days)
         decisions = [placer.place(job, now=now, allow_defer=False) for job in jobs]
-        plan = make_plan(jobs, decisions, pools, now=now, horizon_h=horizon_h,
+        account_pools, quota_notes = quotas(decisions)
+        plan = make_plan(jobs, decisions, [*pools, *account_pools], now=now,
+                         horizon_h=horizon_h,
                          budget_usd=budget_usd, time_limit_s=time_limit_s,
                          forecasts=ChainForecasts(chain))
     finally:
         chain.close()
     notes = dict.fromkeys(n for d in decisions for n in d.extra_notes
                           if n.startswith(("live signals", "signal type", "emission basis")))
-    return plan, list(notes)
+    return plan, [*notes, *quota_notes]
 
 
 @click.command("plan")
@@ -174,9 +210,14 @@ def _live_plan(catalog: Catalog, jobs: list[Job], pools: list[CapacityPool], *,
 @click.option("--signals", type=click.Choice(["static", "live"]), default="static",
               show_default=True, help="static: catalog figures; live: the configured carbon "
               "APIs (fallback to static), their forecasts scoring each start hour")
+@click.option("--quotas/--no-quotas", default=True, show_default=True,
+              help="also bind the account quotas of every cloud whose credentials are found "
+              "(AWS Service Quotas, GCP regional GPU quotas, Azure usage per VM family), read "
+              "for the regions the jobs may run in")
 def plan_cmd(jobs_file: Path, capacity_file: Path | None, budget_usd: float | None,
              horizon_hours: int, time_limit_s: float, policy: str | None,
-             override_policy: bool, output: str, explain: bool, signals: str) -> None:
+             override_policy: bool, output: str, explain: bool, signals: str,
+             quotas: bool) -> None:
     """Plan a batch jointly: offers and start hours under capacity, budget and policies."""
     _check_numbers(budget_usd, horizon_hours, time_limit_s)
     from greenplace.scheduler.catalog import load_catalog
@@ -191,18 +232,25 @@ def plan_cmd(jobs_file: Path, capacity_file: Path | None, budget_usd: float | No
     jobs = load_cli_jobs(jobs_file, catalog, policy=policy, override_policy=override_policy,
                          now=now)
     settings = load_settings()
+
+    def account_pools(decisions: Sequence[PlacementDecision]
+                      ) -> tuple[list[CapacityPool], list[str]]:
+        return _account_pools(decisions, read=quotas, environ=os.environ)
+
     if signals == "live":
         plan, notes = _live_plan(catalog, jobs, pools, now=now, horizon_h=horizon_hours,
                                  budget_usd=budget_usd, time_limit_s=time_limit_s,
                                  routes=settings.providers,
-                                 price_max_age_days=settings.price_max_age_days)
+                                 price_max_age_days=settings.price_max_age_days,
+                                 quotas=account_pools)
     else:
         decisions = Placer(catalog, routes=settings.providers,
                            price_max_age_days=settings.price_max_age_days).place_all(jobs,
                                                                                      now=now)
-        plan = make_plan(jobs, decisions, pools, now=now, horizon_h=horizon_hours,
-                         budget_usd=budget_usd, time_limit_s=time_limit_s)
-        notes = []
+        more_pools, notes = account_pools(decisions)
+        plan = make_plan(jobs, decisions, [*pools, *more_pools], now=now,
+                         horizon_h=horizon_hours, budget_usd=budget_usd,
+                         time_limit_s=time_limit_s)
     totals = summary(plan)
     totals["notes"] += notes
     result = {"start": now.isoformat(), "summary": totals,

@@ -8,7 +8,10 @@ API's JSON 1.1 wire format (tests/fakes/service_quotas.py), one endpoint for eve
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,3 +252,39 @@ def test_credentials_found_reads_only_the_environment_and_files(tmp_path: Path) 
     assert quotas_aws.credentials_found({"HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "AKIA1",
                                          "AWS_SECRET_ACCESS_KEY": "x"})
     assert not quotas_aws.credentials_found({"HOME": str(tmp_path)})
+
+
+def test_greenplace_plan_binds_the_account_quota_it_reads(
+        fake: tuple[dict[str, str], ServiceQuotasApi], tmp_path: Path) -> None:
+    """The CLI as a user runs it: with AWS credentials found, `greenplace plan` reads the
+    Service Quotas of the regions its jobs may run in, and the P-family vCPU quota binds."""
+    env, _ = fake
+    policy = tmp_path / "aws-p5.yaml"
+    policy.write_text("name: aws-p5\nweights: {carbon: 1, cost: 0}\n"
+                      "constraints: {clouds: [aws], regions: {include: ['aws:us-east-1', "
+                      "'aws:eu-north-1']}, spot: forbid}\n")
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("jobs:\n" + "".join(
+        f"  - {{name: train-{i}, run: 'true', resources: {{accelerators: {{H100: 8}}}}, "
+        f"work: {{hours: 10}}, policy: aws-p5.yaml}}\n" for i in range(4)))
+    command = [str(Path(sys.executable).parent / "greenplace"), "plan", str(jobs),
+               "--horizon-hours", "4", "-o", "json"]
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 1, done.stderr  # one job cannot start within 4 hours
+    result = json.loads(done.stdout)
+    p_pools = {p["pool"]: p for p in result["pools"] if "L-417A185B" in p["source"]}
+    # 384 vCPUs in us-east-1 hold two p5.48xlarge (192 each), 192 in eu-north-1 one.
+    assert {name.split()[0]: max(p["used"]) for name, p in p_pools.items()} == {
+        "aws:us-east-1": 384, "aws:eu-north-1": 192}
+    assert all(max(p["limit"]) in (384, 192) for p in p_pools.values())
+    assert result["summary"]["placed"] == 3
+    (left,) = [r for r in result["jobs"] if r.get("region") in (None, "")]
+    assert "L-417A185B" in json.dumps(left)
+    assert any(n.startswith("account quotas of aws:") for n in result["summary"]["notes"])
+    assert SECRET not in done.stdout + done.stderr
+
+    without = subprocess.run([*command, "--no-quotas"], env={**os.environ, **env},
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert without.returncode == 0, without.stderr
+    assert json.loads(without.stdout)["summary"]["placed"] == 4
