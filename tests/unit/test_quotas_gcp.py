@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from greenplace.providers import credentials
 from greenplace.scheduler.catalog.loader import load_embedded_catalog
 from greenplace.scheduler.catalog.model import Offer
 from greenplace.scheduler.catalog.refresh import gcp as refresh_gcp
@@ -187,7 +188,7 @@ def test_credentials_found_reads_only_local_files(
         gce: FakeComputeEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     product = tmp_path / "product_name"
     product.write_text("Standard PC (Q35 + ICH9, 2009)\n")
-    monkeypatch.setattr(refresh_gcp, "_GCE_PRODUCT_FILE", product)
+    monkeypatch.setattr(credentials, "GCE_PRODUCT_FILE", product)
     assert quotas_gcp.credentials_found(environ(gce))  # no Cloud Billing endpoint needed
     assert not quotas_gcp.credentials_found({"HOME": str(tmp_path)})
     adc = tmp_path / "adc.json"

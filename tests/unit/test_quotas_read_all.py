@@ -95,3 +95,27 @@ def test_importing_loads_no_sdk_and_a_missing_sdk_names_its_extra() -> None:
     assert answer["sdks_at_import"] == []
     assert answer["status"] == "failed"
     assert "pip install 'greenplace[aws]'" in answer["error"]
+
+
+NO_ACCOUNT = """
+import json, sys
+from greenplace.scheduler.planning.quotas import read_all
+reading = read_all(["aws", "gcp", "azure"], {"aws": ["us-east-1"], "gcp": ["us-central1"],
+                   "azure": ["eastus"]}, {"HOME": sys.argv[1]})
+sdks = sorted(m for m in ("boto3", "botocore", "google.cloud.compute_v1", "azure.mgmt.compute")
+              if m in sys.modules)
+print(json.dumps({"statuses": [c.status.value for c in reading.clouds], "sdks": sdks}))
+"""
+
+
+def test_clouds_without_credentials_cost_no_sdk_import(tmp_path: Path) -> None:
+    # `greenplace plan` reads quotas by default: on a machine with no cloud account it must
+    # not pay seconds of SDK imports to find none.
+    if Path("/sys/class/dmi/id/product_name").is_file() and Path(
+            "/sys/class/dmi/id/product_name").read_text().startswith("Google"):
+        pytest.skip("this machine is a GCE VM: its own credentials count for GCP")
+    out = subprocess.run([sys.executable, "-c", NO_ACCOUNT, str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True,
+                         env={"PATH": os.environ["PATH"]})
+    answer = json.loads(out.stdout)
+    assert answer == {"statuses": ["no credentials"] * 3, "sdks": []}

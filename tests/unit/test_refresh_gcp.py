@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from greenplace.providers import credentials
 from greenplace.scheduler.catalog.check import check_catalog
 from greenplace.scheduler.catalog.loader import Catalog, load_embedded_catalog
 from greenplace.scheduler.catalog.refresh import credentials_found, fetcher
@@ -314,7 +315,7 @@ def test_credentials_found_reads_only_local_files(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     product = tmp_path / "product_name"
     product.write_text("Standard PC (Q35 + ICH9, 2009)\n")
-    monkeypatch.setattr(refresh_gcp, "_GCE_PRODUCT_FILE", product)
+    monkeypatch.setattr(credentials, "GCE_PRODUCT_FILE", product)
     assert credentials_found("gcp", {}) is False
     assert credentials_found("gcp", {"HOME": str(tmp_path)}) is False
     adc = tmp_path / ".config" / "gcloud" / "application_default_credentials.json"

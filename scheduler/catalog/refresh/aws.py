@@ -39,7 +39,6 @@ Design choices:
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
 import json
 import re
@@ -48,7 +47,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -56,6 +54,7 @@ import botocore.config
 import botocore.exceptions
 
 from greenplace.providers import aws as adapter
+from greenplace.providers import credentials
 from greenplace.providers.errors import provider_error
 from greenplace.scheduler.catalog.model import Offer
 from greenplace.scheduler.catalog.offer_checks import KNOWN_INSTANCES
@@ -94,10 +93,6 @@ NOT_OPTED_IN = "not-opted-in"
 _AWS_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+")
 # Profile keys through which boto3's chain finds credentials (static keys, an assumed role,
 # an external process, IAM Identity Center, web identity, an instance or task role).
-_PROFILE_CREDENTIAL_KEYS = frozenset({
-    "aws_access_key_id", "role_arn", "credential_process", "sso_session", "sso_start_url",
-    "web_identity_token_file", "credential_source",
-})
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,37 +120,9 @@ class _UnknownShape(Exception):
 
 
 def credentials_found(environ: Mapping[str, str]) -> bool:
-    """Whether boto3's default chain would find credentials here, without a network call.
-
-    Looks at what the chain reads first: the key variables, web identity, the container
-    (task role) variables, and the profile in the shared files. Design choice: an EC2
-    instance role is only visible through the instance metadata service, a network call;
-    on an instance, name it in a profile (``credential_source = Ec2InstanceMetadata``).
-    """
-    if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
-        return True
-    if environ.get("AWS_WEB_IDENTITY_TOKEN_FILE") and environ.get("AWS_ROLE_ARN"):
-        return True
-    if (environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-            or environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")):
-        return True
-    profile = environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE") or "default"
-    home = Path(environ.get("HOME") or Path.home())
-    credentials_file = environ.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials"
-    config_file = environ.get("AWS_CONFIG_FILE") or home / ".aws" / "config"
-    config_section = profile if profile == "default" else f"profile {profile}"
-    return (_section_has_credentials(Path(credentials_file), profile)
-            or _section_has_credentials(Path(config_file), config_section))
-
-
-def _section_has_credentials(path: Path, section: str) -> bool:
-    parser = configparser.RawConfigParser()
-    try:
-        parser.read(path.expanduser(), encoding="utf-8")
-    except (OSError, configparser.Error, UnicodeDecodeError):
-        return False
-    return parser.has_section(section) and any(
-        parser.get(section, key, fallback="").strip() for key in _PROFILE_CREDENTIAL_KEYS)
+    """Whether boto3's default chain would find credentials here, without a network call
+    (``providers.credentials.aws``: an EC2 instance role must be named in a profile)."""
+    return credentials.aws(environ)
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -39,13 +39,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import billing_v1, compute_v1
 
+from greenplace.providers import credentials
 from greenplace.providers.gcp import (
     CALL_ERRORS,
     GPU_ACCELERATOR_TYPES,
@@ -134,7 +134,6 @@ FIXES: dict[type[ProviderError], str] = {
 _T = TypeVar("_T")
 # The file Linux fills with the machine's product name; "Google Compute Engine" on a GCE VM,
 # whose metadata server then gives credentials (read locally: no network call).
-_GCE_PRODUCT_FILE = Path("/sys/class/dmi/id/product_name")
 
 
 # --------------------------------------------------------------------------- settings, creds
@@ -163,20 +162,7 @@ def credentials_found(environ: Mapping[str, str]) -> bool:
         return False
     if settings.anonymous_credentials:  # local fakes: both endpoints must be loopback
         return is_loopback(settings.billing_api_endpoint)
-    key_file = environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if key_file:
-        return Path(key_file).is_file()
-    config_dir = environ.get("CLOUDSDK_CONFIG")
-    if not config_dir and environ.get("HOME"):
-        config_dir = str(Path(environ["HOME"]) / ".config" / "gcloud")
-    if not config_dir and environ.get("APPDATA"):
-        config_dir = str(Path(environ["APPDATA"]) / "gcloud")
-    if config_dir and (Path(config_dir) / "application_default_credentials.json").is_file():
-        return True
-    try:
-        return _GCE_PRODUCT_FILE.read_text(encoding="utf-8").strip().startswith("Google")
-    except OSError:
-        return False
+    return credentials.gcp_adc(environ)
 
 
 # --------------------------------------------------------------------------- calls

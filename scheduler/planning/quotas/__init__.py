@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, cast
 
+from greenplace.providers import credentials
 from greenplace.scheduler.exceptions import GreenplaceError
 from greenplace.scheduler.planning.capacity import CapacityPool
 
@@ -133,6 +134,9 @@ def read_all(clouds: Sequence[str], regions_by_cloud: Mapping[str, Sequence[str]
     """
     outcomes: list[CloudQuotas] = []
     for cloud in dict.fromkeys(clouds):
+        if not credentials.may_have(cloud, environ):  # no SDK imported for nothing
+            outcomes.append(CloudQuotas(cloud=cloud, status=QuotaStatus.NO_CREDENTIALS))
+            continue
         try:
             module = reader(cloud)
         except GreenplaceError as exc:  # the cloud's SDK is not installed
