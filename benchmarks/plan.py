@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from placement import POLICIES, SHAPES  # the placement benchmark's job shapes (this folder)
 
 from greenplace.policies.model import load_policy
 from greenplace.scheduler.catalog import Catalog, load_catalog
@@ -50,19 +51,6 @@ from greenplace.scheduler.planning.plan import make_plan
 from greenplace.scheduler.submission import load_submission
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
-SHAPES = [
-    [{"A100": 8}, {"A100-80GB": 8}, {"H100": 8}],
-    [{"H100": 8}],
-    [{"A100-80GB": 8}],
-    [{"L4": 1}, {"T4": 1}, {"A100": 1}],
-    [{"T4": 4}, {"V100": 4}],
-    [{"V100": 8}],
-    [{"L4": 4}],
-    [{"TPU-v5e": 8}, {"TPU-v5p": 8}],
-    [{"A100": 1}],
-    [{"H100": 1}, {"A100-80GB": 1}],
-]
-POLICIES = ["greenest", "cheapest", "balanced", "eu-sovereign"]
 
 
 def batch(n: int, catalog: Catalog, *, seed: int) -> list[Job]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from tests.fakes.http import Reply, Request, serve
+from tests.fakes.http import Reply, Request, aws_json_error, serve
 
 TARGET_PREFIX = "AWSPriceListService."
 MAX_RESULTS = 100
@@ -115,10 +115,7 @@ class _Fault:
 
 
 def _error(code: str, message: str) -> Reply:
-    return Reply(status=ERROR_STATUS.get(code, 400),
-                 body=json.dumps({"__type": code, "Message": message}).encode(),
-                 headers={"Content-Type": "application/x-amz-json-1.1",
-                          "x-amzn-ErrorType": code, "x-amzn-RequestId": str(uuid.uuid4())})
+    return aws_json_error(code, message, ERROR_STATUS.get(code, 400))
 
 
 def _matches(product: dict[str, Any], service_code: str, flt: dict[str, Any]) -> bool:

@@ -11,6 +11,7 @@ import http.server
 import json
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -91,3 +92,10 @@ def serve(handler: Handler) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def aws_json_error(code: str, message: str, status: int) -> Reply:
+    """An error in AWS's JSON 1.1 protocol: ``__type`` in the body and ``x-amzn-ErrorType``."""
+    return Reply(status=status, body=json.dumps({"__type": code, "Message": message}).encode(),
+                 headers={"Content-Type": "application/x-amz-json-1.1",
+                          "x-amzn-ErrorType": code, "x-amzn-RequestId": str(uuid.uuid4())})

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from tests.fakes.http import Reply, Request, serve
+from tests.fakes.http import Reply, Request, aws_json_error, serve
 
 TARGET_PREFIX = "ServiceQuotasV20190624."
 MAX_RESULTS = 100
@@ -75,10 +75,7 @@ class _Fault:
 
 
 def _error(code: str, message: str) -> Reply:
-    return Reply(status=ERROR_STATUS.get(code, 400),
-                 body=json.dumps({"__type": code, "Message": message}).encode(),
-                 headers={"Content-Type": "application/x-amz-json-1.1",
-                          "x-amzn-ErrorType": code, "x-amzn-RequestId": str(uuid.uuid4())})
+    return aws_json_error(code, message, ERROR_STATUS.get(code, 400))
 
 
 class ServiceQuotasApi:

@@ -217,16 +217,23 @@ class _Clients:
             client.transport.close()
 
 
-def _clients(settings: GcpSettings) -> _Clients:
+def project_and_credentials(settings: GcpSettings, *, operation: str = OPERATION
+                            ) -> tuple[str, Any]:
+    """The project and the credentials the adapter resolves (ADC, or anonymous for a local
+    fake). Raises InvalidRequestError when no project is configured, a ProviderError when
+    the credentials are unusable."""
     adapter = GcpProvider(settings)
     try:
-        project = adapter.project(OPERATION)
-        credentials = adapter.credentials(OPERATION)
+        return adapter.project(operation), adapter.credentials(operation)
     except ProviderError:
         raise
     except GreenplaceError as exc:  # no project configured
-        raise InvalidRequestError(str(exc), provider=PROVIDER, operation=OPERATION,
+        raise InvalidRequestError(str(exc), provider=PROVIDER, operation=operation,
                                   code="settings") from exc
+
+
+def _clients(settings: GcpSettings) -> _Clients:
+    project, credentials = project_and_credentials(settings)
 
     def options(endpoint: str | None) -> dict[str, str] | None:
         return {"api_endpoint": endpoint} if endpoint else None

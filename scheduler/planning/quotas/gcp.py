@@ -41,11 +41,10 @@ from typing import Any
 
 from google.cloud import compute_v1
 
-from greenplace.providers.gcp import HTTP_TIMEOUT_S, PROVIDER, GcpProvider
+from greenplace.providers.gcp import HTTP_TIMEOUT_S, PROVIDER
 from greenplace.scheduler.catalog.refresh import gcp as refresh_gcp
 from greenplace.scheduler.exceptions import (
     AuthError,
-    GreenplaceError,
     InvalidRequestError,
     ProviderError,
     TransientError,
@@ -110,15 +109,7 @@ def read_quotas(regions: Sequence[str], environ: Mapping[str, str]) -> QuotaAnsw
         InvalidRequestError: bad gcp settings, or no project configured.
     """
     settings = refresh_gcp._settings(environ)
-    adapter = GcpProvider(settings)
-    try:
-        project = adapter.project(OPERATION)
-        credentials = adapter.credentials(OPERATION)
-    except ProviderError:
-        raise
-    except GreenplaceError as exc:  # no project configured
-        raise InvalidRequestError(str(exc), provider=PROVIDER, operation=OPERATION,
-                                  code="settings") from exc
+    project, credentials = refresh_gcp.project_and_credentials(settings, operation=OPERATION)
     options = {"api_endpoint": settings.api_endpoint} if settings.api_endpoint else None
     client = compute_v1.RegionsClient(credentials=credentials, transport="rest",
                                       client_options=options)
