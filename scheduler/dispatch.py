@@ -251,6 +251,37 @@ def decide_for(ctx: Context, job: Job, *, now: dt.datetime,
         return decide(ctx.placer, job, now=now, allow_defer=allow_defer)
 
 
+def decide_record(ctx: Context, record: JobRecord, job: Job, *, now: dt.datetime,
+                  allow_defer: bool = True) -> PlacementDecision:
+    """``decide_for`` for a stored job: a job submitted with a batch plan gets the plan's
+    offer first and the plan's start (``planning/stored.py``, ``follow_plan``), never a
+    temporal shift of the worker's own."""
+    part = record.plan
+    if part is None or part.get("planned") != "placed":
+        return decide_for(ctx, job, now=now, allow_defer=allow_defer)
+    from greenplace.scheduler.planning.stored import follow_plan
+
+    return follow_plan(decide_for(ctx, job, now=now, allow_defer=False), part, now=now)
+
+
+def _left_by_plan(ctx: Context, record: JobRecord, *, expect: JobState,
+                  now: dt.datetime) -> Outcome | None:
+    """UNSCHEDULABLE with the plan's reason when the job's batch plan left it out; else None."""
+    part = record.plan
+    if part is None or part.get("planned") == "placed":
+        return None
+    from greenplace.scheduler.planning.stored import left_reason
+
+    reason = left_reason(part)
+    try:
+        ctx.store.transition(record.job_id, to=S.UNSCHEDULABLE, expect=expect, message=reason,
+                             data={"plan_id": part["plan_id"], "binding": part["binding"]},
+                             fields=encode_fields(placements=[], reason=reason), now=now)
+    except TransitionRefused as exc:
+        return Outcome(message=f"nothing to do: the job is now {exc.current}")
+    return Outcome(message=reason)
+
+
 # --- shared with the dry run --------------------------------------------------------
 def decide(placer: Places, job: Job, *, now: dt.datetime, allow_defer: bool) -> PlacementDecision:
     """The placement step of the flow (the dry run and ``place`` both call this)."""
@@ -359,7 +390,10 @@ def place_job(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
     except GreenplaceError as exc:
         return _fail(ctx, record, expect=S.QUEUED, reason=f"cannot rebuild the job: {exc}",
                      now=now)
-    decision = decide_for(ctx, job, now=now)
+    left = _left_by_plan(ctx, record, expect=S.QUEUED, now=now)
+    if left is not None:
+        return left
+    decision = decide_record(ctx, record, job, now=now)
     return apply_decision(ctx, record, decision, expect=S.QUEUED, now=now)
 
 
@@ -383,9 +417,11 @@ def apply_decision(ctx: Context, record: JobRecord, decision: PlacementDecision,
         where = f"{first.cloud}:{first.region} {first.instance_type}"
         if decision.start_at is not None and parse_iso(decision.start_at) > now:
             not_before = parse_iso(decision.start_at)
+            why = (f"deferred to its planned start in batch plan {record.plan['plan_id']}"
+                   if record.plan is not None else "deferred to a greener window")
             ctx.store.transition(
                 job_id, to=S.DEFERRED, expect=expect,
-                message=f"deferred to a greener window: not before {iso(not_before)} "
+                message=f"{why}: not before {iso(not_before)} "
                         f"(then re-placed; now best: {where})",
                 fields=encode_fields(decision=summary, placements=placements,
                                      not_before=iso(not_before), target=-1, exhausted=[]),
@@ -458,7 +494,10 @@ def place_and_dispatch(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcom
         except GreenplaceError as exc:
             return _fail(ctx, record, expect=S.QUEUED, now=now,
                          reason=f"cannot rebuild the job: {exc}")
-        decision = decide_for(ctx, job, now=now)
+        left = _left_by_plan(ctx, record, expect=S.QUEUED, now=now)
+        if left is not None:
+            return left
+        decision = decide_record(ctx, record, job, now=now)
         placements = frozen_ranking(decision)
         later = decision.start_at is not None and parse_iso(decision.start_at) > now
         if not placements or later:
@@ -1100,7 +1139,7 @@ def _release(ctx: Context, job_id: str, *, now: dt.datetime) -> Outcome:
     except GreenplaceError as exc:
         return _fail(ctx, record, expect=S.DEFERRED, reason=f"cannot rebuild the job: {exc}",
                      now=now)
-    decision = decide_for(ctx, job, now=now, allow_defer=False)
+    decision = decide_record(ctx, record, job, now=now, allow_defer=False)
     return apply_decision(ctx, record, decision, expect=S.DEFERRED, now=now)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenplace.scheduler.catalog import Catalog
-from greenplace.scheduler.exceptions import UserInputError, shown
+from greenplace.scheduler.exceptions import JobNotFoundError, UserInputError, shown
 from greenplace.scheduler.jobs import Job
 from greenplace.scheduler.store import (
     DEFAULT_TEAM,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from greenplace.scheduler.dispatch import Outcome
+    from greenplace.scheduler.planning.plan import Plan
     from greenplace.scheduler.settings import Settings
 
 MAX_PAGE = 500  # jobs per page of a listing
@@ -56,13 +57,37 @@ def submit(store: JobStore, app: Celery, jobs: Sequence[Job], *, team: str) -> l
     """
     new = [NewJob(job_id=new_job_id(), job=job, team=checked_team(team)) for job in jobs]
     ids = store.create(new)
+    _enqueue(app, ids)
+    return ids
+
+
+def submit_planned(store: JobStore, app: Celery, plan: Plan, *, team: str,
+                   notes: Sequence[str], now: dt.datetime) -> tuple[list[str], dict[str, Any]]:
+    """Submit the jobs of a batch ``plan`` (``submit --plan``): the plan is stored once under
+    a new plan id, each record keeps its part of it (planned offer and start, or why it was
+    left out; ``planning/stored.py``), all in one MULTI; then ``place`` is enqueued for each,
+    and the worker follows the plan. Returns the job ids and the stored plan."""
+    from greenplace.scheduler.planning.stored import job_part, plan_document
+
+    ids = [new_job_id() for _ in plan.jobs]
+    document = plan_document(plan, plan_id=new_job_id(), team=checked_team(team), job_ids=ids,
+                             notes=notes, created_at=now)
+    new = [NewJob(job_id=job_id, job=job, team=checked_team(team),
+                  plan=job_part(document, index))
+           for index, (job_id, job) in enumerate(zip(ids, plan.jobs, strict=True))]
+    store.create(new, plan=document)
+    _enqueue(app, ids)
+    return ids, document
+
+
+def _enqueue(app: Celery, ids: Sequence[str]) -> None:
+    """Send ``place`` for each job."""
     with app.producer_or_acquire() as producer:
         # kombu >= 5.7 pipelines the publishes of a batch; older ones publish one by one.
         batch = getattr(producer, "batch", None)
         with batch() if batch is not None else contextlib.nullcontext():
             for job_id in ids:
                 app.send_task("greenplace.place", args=[job_id], producer=producer)
-    return ids
 
 
 def team_of_submission(principal: Principal, team: str | None) -> str:
@@ -118,6 +143,16 @@ def visible_job(store: JobStore, principal: Principal, job_id: str) -> JobRecord
     if not principal.sees_team(record.team):
         raise job_not_found(job_id)
     return record
+
+
+def visible_plan(store: JobStore, principal: Principal, plan_id: str) -> dict[str, Any]:
+    """The stored batch plan, if ``principal`` may see it (its team's); else "not found"."""
+    document = store.plan(plan_id)
+    if document is None or not principal.sees_team(str(document.get("team", DEFAULT_TEAM))):
+        raise JobNotFoundError(f"No batch plan has id {shown(plan_id)}. To fix: use the plan id "
+                               "`greenplace submit --plan` printed, or the plan_id a planned "
+                               "job shows (`greenplace status JOB_ID --output json`).")
+    return document
 
 
 def _figures_of(record: JobRecord, candidates: Sequence[dict[str, Any]] | None

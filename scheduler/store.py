@@ -420,6 +420,9 @@ class JobRecord:
     run_intensity_basis: str
     run_intensity_series: tuple[RunHour, ...]  # the hours behind the average (attribution)
     measurement: dict[str, Any] | None  # the agent's final summary (devices, methods)
+    # The job's part of the batch plan it was submitted with (``submit --plan``): plan id,
+    # planned offer and start, the plan's solver and gap; None for a job placed on its own.
+    plan: dict[str, Any] | None
     created_at: str
     updated_at: str
 
@@ -464,6 +467,7 @@ class JobRecord:
             "exit_code": self.exit_code,
             "instance_deleted_at": self.terminated_at or None,
             "attempt_reasons": [asdict(r) for r in self.attempt_reasons],
+            "plan": self.plan,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -535,6 +539,7 @@ def _record(fields: Mapping[str, str]) -> JobRecord:
         run_intensity_basis=fields.get("run_intensity_basis", ""),
         run_intensity_series=unpack_run_hours(fields.get("run_intensity_series", "")),
         measurement=loads("measurement", None),
+        plan=loads("plan", None),
         created_at=fields.get("created_at", ""),
         updated_at=fields.get("updated_at", ""),
     )
@@ -680,6 +685,7 @@ class NewJob:
     job_id: str
     job: Job
     team: str = DEFAULT_TEAM
+    plan: Mapping[str, Any] | None = None  # its part of the batch plan (``JobRecord.plan``)
 
 
 class JobStore:
@@ -702,6 +708,9 @@ class JobStore:
     def _events_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{checked_job_id(job_id)}:events"
 
+    def _plan_key(self, plan_id: str) -> str:
+        return f"{self.prefix}:plan:{plan_id}"
+
     def _state_key(self, state: JobState) -> str:
         return f"{self.prefix}:state:{state}"
 
@@ -713,11 +722,15 @@ class JobStore:
         return f"{self.prefix}:terminate"
 
     # records ------------------------------------------------------------------------
-    def create(self, jobs: Sequence[NewJob], *, now: dt.datetime | None = None) -> list[str]:
-        """Write QUEUED records for ``jobs`` in one MULTI/EXEC: all of them or none."""
+    def create(self, jobs: Sequence[NewJob], *, now: dt.datetime | None = None,
+               plan: Mapping[str, Any] | None = None) -> list[str]:
+        """Write QUEUED records for ``jobs`` in one MULTI/EXEC: all of them or none; with
+        ``plan`` (a batch plan with its ``plan_id``), the plan too, in the same MULTI."""
         moment = now or utc_now()
         stamp = iso(moment)
         pipe = self.client.pipeline(transaction=True)
+        if plan is not None:
+            pipe.set(self._plan_key(str(plan["plan_id"])), _dumps(plan))
         for index, new in enumerate(jobs):
             job = new.job
             score = moment.timestamp() + index * 1e-6  # keeps the file's order
@@ -727,6 +740,7 @@ class JobStore:
                 "spec": _dumps(job.spec.model_dump(mode="json")),
                 "policy": policy_text(job.policy),
                 "attempt": "0", "target": "-1", "created_at": stamp, "updated_at": stamp,
+                **({"plan": _dumps(new.plan)} if new.plan is not None else {}),
             })
             pipe.zadd(f"{self.prefix}:jobs", {new.job_id: score})
             pipe.zadd(self._team_key(new.team), {new.job_id: score})
@@ -736,6 +750,14 @@ class JobStore:
                 "message": f"submitted with policy {job.policy.name!r}", "data": {}}))
         pipe.execute()
         return [new.job_id for new in jobs]
+
+    def plan(self, plan_id: str) -> dict[str, Any] | None:
+        """A stored batch plan (``create(plan=...)``), or None when there is none by that id
+        (an id that cannot be one, ids having the job ids' form, is never looked up)."""
+        if JOB_ID_PATTERN.fullmatch(plan_id) is None:
+            return None
+        raw = self.client.get(self._plan_key(plan_id))
+        return None if raw is None else cast(dict[str, Any], json.loads(raw))
 
     def get(self, job_id: str) -> JobRecord:
         """The job's record. Raises JobNotFoundError."""

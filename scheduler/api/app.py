@@ -41,6 +41,7 @@ from greenplace.scheduler.service import (
     pue_lookup,
     team_of_submission,
     visible_job,
+    visible_plan,
 )
 from greenplace.scheduler.settings import Settings, load_limits, load_settings
 from greenplace.scheduler.store import JobState, open_store, utc_now
@@ -233,6 +234,13 @@ def _job_routes(app: FastAPI) -> None:
         candidates = store().explain(job_id)
         return {**job_view(record, pue_of=pue_lookup(load_catalog()), candidates=candidates),
                 "decision": record.decision, "candidates": candidates, "spec": record.spec}
+
+    @app.get("/v1/plans/{plan_id}", tags=["jobs"])
+    def batch_plan(plan_id: str, principal: Caller) -> dict[str, Any]:
+        """A batch plan stored by `submit --plan`: its solver, status, objective, bound and
+        gap; per job its planned offer and start (or why it was left out); the pools'
+        per-hour use against their limits."""
+        return visible_plan(store(), principal, plan_id)
 
     @app.get("/v1/jobs/{job_id}/events", tags=["jobs"])
     def events(job_id: str, principal: Caller) -> dict[str, Any]:

@@ -192,6 +192,45 @@ def _live_plan(catalog: Catalog, jobs: list[Job], pools: list[CapacityPool], *,
     return plan, [*notes, *quota_notes]
 
 
+
+def plan_batch(jobs_file: Path, *, capacity_file: Path | None, budget_usd: float | None,
+               horizon_hours: int, time_limit_s: float, policy: str | None,
+               override_policy: bool, signals: str, quotas: bool,
+               now: dt.datetime) -> tuple[Plan, list[str]]:
+    """Check the options, load the jobs and the capacity file, and plan the batch (``plan``
+    and ``submit --plan`` both run this). Returns the plan and its extra notes (signals,
+    quotas). Raises UserInputError on bad input, before anything is planned."""
+    _check_numbers(budget_usd, horizon_hours, time_limit_s)
+    from greenplace.scheduler.catalog import load_catalog
+    from greenplace.scheduler.placement import Placer  # NumPy: imported when placing
+    from greenplace.scheduler.planning.capacity_file import load_capacity
+    from greenplace.scheduler.planning.plan import make_plan
+    from greenplace.scheduler.settings import load_settings
+
+    catalog = load_catalog()
+    pools = load_capacity(capacity_file, catalog) if capacity_file is not None else []
+    jobs = load_cli_jobs(jobs_file, catalog, policy=policy, override_policy=override_policy,
+                         now=now)
+    settings = load_settings()
+
+    def account_pools(decisions: Sequence[PlacementDecision]
+                      ) -> tuple[list[CapacityPool], list[str]]:
+        return _account_pools(decisions, read=quotas, environ=os.environ)
+
+    if signals == "live":
+        return _live_plan(catalog, jobs, pools, now=now, horizon_h=horizon_hours,
+                          budget_usd=budget_usd, time_limit_s=time_limit_s,
+                          routes=settings.providers,
+                          price_max_age_days=settings.price_max_age_days,
+                          quotas=account_pools)
+    decisions = Placer(catalog, routes=settings.providers,
+                       price_max_age_days=settings.price_max_age_days).place_all(jobs, now=now)
+    more_pools, notes = account_pools(decisions)
+    plan = make_plan(jobs, decisions, [*pools, *more_pools], now=now, horizon_h=horizon_hours,
+                     budget_usd=budget_usd, time_limit_s=time_limit_s)
+    return plan, notes
+
+
 @click.command("plan")
 @click.argument("jobs_file", type=click.Path(path_type=Path))
 @click.option("--capacity", "capacity_file", type=click.Path(path_type=Path),
@@ -219,38 +258,13 @@ def plan_cmd(jobs_file: Path, capacity_file: Path | None, budget_usd: float | No
              override_policy: bool, output: str, explain: bool, signals: str,
              quotas: bool) -> None:
     """Plan a batch jointly: offers and start hours under capacity, budget and policies."""
-    _check_numbers(budget_usd, horizon_hours, time_limit_s)
-    from greenplace.scheduler.catalog import load_catalog
-    from greenplace.scheduler.placement import Placer  # NumPy: imported when placing
-    from greenplace.scheduler.planning.capacity_file import load_capacity
-    from greenplace.scheduler.planning.plan import job_rows, make_plan, pool_rows, summary
-    from greenplace.scheduler.settings import load_settings
+    from greenplace.scheduler.planning.plan import job_rows, pool_rows, summary
 
-    catalog = load_catalog()
-    pools = load_capacity(capacity_file, catalog) if capacity_file is not None else []
     now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    jobs = load_cli_jobs(jobs_file, catalog, policy=policy, override_policy=override_policy,
-                         now=now)
-    settings = load_settings()
-
-    def account_pools(decisions: Sequence[PlacementDecision]
-                      ) -> tuple[list[CapacityPool], list[str]]:
-        return _account_pools(decisions, read=quotas, environ=os.environ)
-
-    if signals == "live":
-        plan, notes = _live_plan(catalog, jobs, pools, now=now, horizon_h=horizon_hours,
-                                 budget_usd=budget_usd, time_limit_s=time_limit_s,
-                                 routes=settings.providers,
-                                 price_max_age_days=settings.price_max_age_days,
-                                 quotas=account_pools)
-    else:
-        decisions = Placer(catalog, routes=settings.providers,
-                           price_max_age_days=settings.price_max_age_days).place_all(jobs,
-                                                                                     now=now)
-        more_pools, notes = account_pools(decisions)
-        plan = make_plan(jobs, decisions, [*pools, *more_pools], now=now,
-                         horizon_h=horizon_hours, budget_usd=budget_usd,
-                         time_limit_s=time_limit_s)
+    plan, notes = plan_batch(jobs_file, capacity_file=capacity_file, budget_usd=budget_usd,
+                             horizon_hours=horizon_hours, time_limit_s=time_limit_s,
+                             policy=policy, override_policy=override_policy, signals=signals,
+                             quotas=quotas, now=now)
     totals = summary(plan)
     totals["notes"] += notes
     result = {"start": now.isoformat(), "summary": totals,

@@ -20,6 +20,7 @@ import click
 
 from greenplace.scheduler.catalog import load_catalog
 from greenplace.scheduler.commands.common import load_cli_jobs, policy_options
+from greenplace.scheduler.exceptions import UserInputError
 from greenplace.scheduler.jobs import Job
 from greenplace.scheduler.output import console, fmt, print_json, print_table
 from greenplace.scheduler.service import team_of_submission
@@ -78,18 +79,43 @@ _team = click.option("--team", help="the team the jobs belong to [default: GREEN
 @policy_options
 @click.option("--dry-run", is_flag=True,
               help="print each job's placement and exact launch request; no Redis, no cloud")
+@click.option("--plan", "planned", is_flag=True,
+              help="place the batch jointly with the planner (as `greenplace plan`) and "
+              "launch each job on its planned offer at its planned start")
+@click.option("--capacity", "capacity_file", type=click.Path(path_type=Path),
+              help="with --plan: capacity file (YAML; `greenplace schema capacity`)")
+@click.option("--budget-usd", type=float, help="with --plan: the most the batch may cost")
+@click.option("--horizon-hours", type=int,
+              help="with --plan: jobs may start in hours 0 .. H-1  [default: 48]")
 @_team
 @_output
 def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_run: bool,
-               team: str | None, output: str) -> None:
+               planned: bool, capacity_file: Path | None, budget_usd: float | None,
+               horizon_hours: int | None, team: str | None, output: str) -> None:
     """Queue every job of JOBS_FILE and print their ids (nothing is written on bad input).
+
+    With --plan the batch is planned first (`greenplace plan`): each job is launched on its
+    planned offer at its planned start, a job the plan leaves out ends UNSCHEDULABLE with
+    the plan's reason, and the plan is stored (`status`, `GET /v1/plans/{id}`).
 
     With GREENPLACE_API_URL and GREENPLACE_TOKEN set, the file goes to that API (a job's
     `policy:` must then name a preset) and nothing here needs Redis.
     """
     from greenplace.scheduler.client import remote
 
+    _check_plan_options(planned, dry_run=dry_run, capacity_file=capacity_file,
+                        budget_usd=budget_usd, horizon_hours=horizon_hours)
     client = None if dry_run else remote()
+    if planned:
+        if client is not None:
+            raise UserInputError("submit --plan runs the planner here and writes to Redis, "
+                                 "and the API takes no plans yet. To fix: unset "
+                                 "GREENPLACE_API_URL to submit against Redis directly, or "
+                                 "submit without --plan.")
+        _submit_planned(jobs_file, policy=policy, override_policy=override_policy,
+                        capacity_file=capacity_file, budget_usd=budget_usd,
+                        horizon_hours=horizon_hours, team=team, output=output)
+        return
     if client is not None:
         result = client.submit(jobs_file, policy=policy, override_policy=override_policy,
                                team=team)
@@ -113,6 +139,60 @@ def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_r
     _warn_without_worker(store)
     _print_submitted([{"job_id": i, "name": j.name, "state": str(JobState.QUEUED),
                        "team": owner, **_replaced(j)} for i, j in zip(ids, jobs, strict=True)],
+                     output)
+
+
+def _check_plan_options(planned: bool, *, dry_run: bool, capacity_file: Path | None,
+                        budget_usd: float | None, horizon_hours: int | None) -> None:
+    given = [name for name, value in (("--capacity", capacity_file),
+                                      ("--budget-usd", budget_usd),
+                                      ("--horizon-hours", horizon_hours)) if value is not None]
+    if given and not planned:
+        raise UserInputError(f"{', '.join(given)} only apply with --plan. To fix: add --plan "
+                             "to plan the batch, or drop them.")
+    if planned and dry_run:
+        raise UserInputError("--plan and --dry-run do not go together. To fix: run `greenplace "
+                             "plan JOBS.yaml` (same options) to see the plan without "
+                             "submitting, or drop --dry-run.")
+
+
+def _submit_planned(jobs_file: Path, *, policy: str | None, override_policy: bool,
+                    capacity_file: Path | None, budget_usd: float | None,
+                    horizon_hours: int | None, team: str | None, output: str) -> None:
+    """Plan the batch as `greenplace plan` does (same checks: nothing is written on bad
+    input), then store the plan and submit its jobs (``service.submit_planned``)."""
+    from greenplace.scheduler.commands.plan import plan_batch
+    from greenplace.scheduler.planning.plan import DEFAULT_HORIZON_H, DEFAULT_TIME_LIMIT_S
+    from greenplace.scheduler.service import submit_planned
+    from greenplace.scheduler.worker.app import app
+
+    now = utc_now()
+    owner = team_of_submission(LOCAL, team or os.environ.get("GREENPLACE_TEAM") or None)
+    plan, notes = plan_batch(
+        jobs_file, capacity_file=capacity_file, budget_usd=budget_usd,
+        horizon_hours=DEFAULT_HORIZON_H if horizon_hours is None else horizon_hours,
+        time_limit_s=DEFAULT_TIME_LIMIT_S, policy=policy, override_policy=override_policy,
+        signals="static", quotas=True, now=now.replace(minute=0, second=0, microsecond=0))
+    settings = load_settings()
+    store = open_store(settings)
+    with reachable(settings.redacted_redis_url):
+        ids, document = submit_planned(store, app, plan, team=owner, notes=notes, now=now)
+    _warn_without_worker(store)
+    s = document["summary"]
+    gap = "-" if s["gap_pct"] is None else f"{s['gap_pct']:.4f} %"
+    click.echo(f"plan {document['plan_id']}: {s['placed']}/{s['jobs']} placed by the "
+               f"{s['solver']} ({s['status']}, gap {gap}); `greenplace status JOB_ID` shows "
+               "each job's part", err=True)
+    for row in document["jobs"]:
+        if row["status"] != "placed":
+            click.echo(f"warning: the plan left {row['job']} out ({row['binding']}); it will "
+                       "end UNSCHEDULABLE with the plan's reason", err=True)
+    _print_submitted([{"job_id": i, "name": j.name, "state": str(JobState.QUEUED),
+                       "team": owner, "plan_id": document["plan_id"],
+                       "planned": {k: row.get(k) for k in ("status", "cloud", "region",
+                                                           "instance_type", "start_at")},
+                       **_replaced(j)}
+                      for i, j, row in zip(ids, plan.jobs, document["jobs"], strict=True)],
                      output)
 
 
@@ -223,6 +303,22 @@ def _status_table(views: Sequence[dict[str, Any]]) -> None:
         footer=", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 
+def _plan_lines(views: Sequence[dict[str, Any]]) -> None:
+    """Under one job's table: its part of the batch plan it was submitted with, if any."""
+    for v in views:
+        part = v.get("plan")
+        if not part:
+            continue
+        gap = "-" if part["gap_pct"] is None else f"{part['gap_pct']:.4f} %"
+        how = f"{part['solver']}, {part['solver_status']}, gap {gap}"
+        if part["planned"] == "placed":
+            click.echo(f"plan {part['plan_id']} ({how}): planned on {part['cloud']}:"
+                       f"{part['region']} {part['instance_type']} from hour "
+                       f"{part['start_hour']} ({part['start_at']})")
+        else:
+            click.echo(f"plan {part['plan_id']} ({how}): left out ({part['binding']})")
+
+
 @click.command("status")
 @click.argument("job_id", required=False)
 @click.option("--watch", "-w", is_flag=True, help="refresh until every job shown is final; "
@@ -241,6 +337,8 @@ def status_cmd(job_id: str | None, watch: bool, interval: float, output: str) ->
         print_json(views)
     else:
         _status_table(views)
+        if job_id is not None:
+            _plan_lines(views)
     if any(v["state"] in _BAD_STATES for v in views):
         raise click.exceptions.Exit(1)
 
