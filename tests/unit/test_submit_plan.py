@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from greenplace.scheduler.store import JobState, iso, offer_key, utc_now
 from greenplace.scheduler.tokens import Principal, Role
 from greenplace.scheduler.worker.app import PLACE_QUEUE, create_app
 from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.unit.test_api import Api
 from tests.unit.test_dispatch import make_job, run
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server binary")
@@ -189,3 +191,34 @@ def test_bad_plan_options_write_nothing(server: RedisServer, capsys: pytest.Capt
     assert info.value.code == 2 and out == ""
     assert says in err and "To fix" in err and "Traceback" not in err
     assert server.client().dbsize() == 0
+
+
+def test_status_and_the_api_show_each_jobs_plan(server: RedisServer,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    api = Api(server)
+    ids, document = submit_planned(api.store, create_app(api.settings), _plan(_hour_now()),
+                                   team="alpha", notes=[], now=utc_now())
+    plan_id, row = document["plan_id"], document["jobs"][0]
+    api.launch(ids[0])
+    view = api.call("GET", f"/v1/jobs/{ids[0]}", api.alpha).json()
+    assert view["plan"]["plan_id"] == plan_id
+    assert (view["plan"]["cloud"], view["plan"]["instance_type"], view["plan"]["start_at"]) == (
+        row["cloud"], row["instance_type"], row["start_at"])
+    assert view["plan"]["gap_pct"] == document["summary"]["gap_pct"]
+    assert api.call("GET", f"/v1/plans/{plan_id}", api.alpha).json() == document
+    assert api.call("GET", f"/v1/plans/{plan_id}", api.beta).status_code == 404
+    assert api.call("GET", f"/v1/plans/{plan_id}", None).status_code == 401
+
+    monkeypatch.setenv("GREENPLACE_REDIS_URL", server.url)
+    monkeypatch.delenv("GREENPLACE_API_URL", raising=False)
+    with pytest.raises(SystemExit):
+        main(["status", ids[0], "-o", "json"])
+    (shown,) = json.loads(capsys.readouterr().out)
+    assert shown["plan"] == view["plan"]
+    with pytest.raises(SystemExit):
+        main(["status", ids[0]])
+    out = capsys.readouterr().out
+    assert (f"plan {plan_id} ({document['summary']['solver']}, "
+            f"{document['summary']['status']}, gap ") in out
+    assert f"planned on {row['cloud']}:{row['region']} {row['instance_type']} from hour " in out
