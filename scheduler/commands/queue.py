@@ -87,11 +87,14 @@ _team = click.option("--team", help="the team the jobs belong to [default: GREEN
 @click.option("--budget-usd", type=float, help="with --plan: the most the batch may cost")
 @click.option("--horizon-hours", type=int,
               help="with --plan: jobs may start in hours 0 .. H-1  [default: 48]")
+@click.option("--no-quotas", is_flag=True,
+              help="with --plan: leave out the account quotas (as `plan --no-quotas`)")
 @_team
 @_output
 def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_run: bool,
                planned: bool, capacity_file: Path | None, budget_usd: float | None,
-               horizon_hours: int | None, team: str | None, output: str) -> None:
+               horizon_hours: int | None, no_quotas: bool, team: str | None,
+               output: str) -> None:
     """Queue every job of JOBS_FILE and print their ids (nothing is written on bad input).
 
     With --plan the batch is planned first (`greenplace plan`): each job is launched on its
@@ -104,7 +107,8 @@ def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_r
     from greenplace.scheduler.client import remote
 
     _check_plan_options(planned, dry_run=dry_run, capacity_file=capacity_file,
-                        budget_usd=budget_usd, horizon_hours=horizon_hours)
+                        budget_usd=budget_usd, horizon_hours=horizon_hours,
+                        no_quotas=no_quotas)
     client = None if dry_run else remote()
     if planned:
         if client is not None:
@@ -114,7 +118,8 @@ def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_r
                                  "submit without --plan.")
         _submit_planned(jobs_file, policy=policy, override_policy=override_policy,
                         capacity_file=capacity_file, budget_usd=budget_usd,
-                        horizon_hours=horizon_hours, team=team, output=output)
+                        horizon_hours=horizon_hours, quotas=not no_quotas, team=team,
+                        output=output)
         return
     if client is not None:
         result = client.submit(jobs_file, policy=policy, override_policy=override_policy,
@@ -143,10 +148,12 @@ def submit_cmd(jobs_file: Path, policy: str | None, override_policy: bool, dry_r
 
 
 def _check_plan_options(planned: bool, *, dry_run: bool, capacity_file: Path | None,
-                        budget_usd: float | None, horizon_hours: int | None) -> None:
+                        budget_usd: float | None, horizon_hours: int | None,
+                        no_quotas: bool) -> None:
     given = [name for name, value in (("--capacity", capacity_file),
                                       ("--budget-usd", budget_usd),
-                                      ("--horizon-hours", horizon_hours)) if value is not None]
+                                      ("--horizon-hours", horizon_hours),
+                                      ("--no-quotas", no_quotas or None)) if value is not None]
     if given and not planned:
         raise UserInputError(f"{', '.join(given)} only apply with --plan. To fix: add --plan "
                              "to plan the batch, or drop them.")
@@ -158,7 +165,8 @@ def _check_plan_options(planned: bool, *, dry_run: bool, capacity_file: Path | N
 
 def _submit_planned(jobs_file: Path, *, policy: str | None, override_policy: bool,
                     capacity_file: Path | None, budget_usd: float | None,
-                    horizon_hours: int | None, team: str | None, output: str) -> None:
+                    horizon_hours: int | None, quotas: bool, team: str | None,
+                    output: str) -> None:
     """Plan the batch as `greenplace plan` does (same checks: nothing is written on bad
     input), then store the plan and submit its jobs (``service.submit_planned``)."""
     from greenplace.scheduler.commands.plan import plan_batch
@@ -172,7 +180,7 @@ def _submit_planned(jobs_file: Path, *, policy: str | None, override_policy: boo
         jobs_file, capacity_file=capacity_file, budget_usd=budget_usd,
         horizon_hours=DEFAULT_HORIZON_H if horizon_hours is None else horizon_hours,
         time_limit_s=DEFAULT_TIME_LIMIT_S, policy=policy, override_policy=override_policy,
-        signals="static", quotas=True, now=now.replace(minute=0, second=0, microsecond=0))
+        signals="static", quotas=quotas, now=now.replace(minute=0, second=0, microsecond=0))
     settings = load_settings()
     store = open_store(settings)
     with reachable(settings.redacted_redis_url):

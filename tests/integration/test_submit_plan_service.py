@@ -42,7 +42,7 @@ def test_a_planned_batch_runs_on_its_planned_offers_at_its_planned_starts(
     service.start_worker()
     service.start_beat()
     done = service.cli("submit", str(JOBS), "--plan", "--capacity", str(CAPACITY),
-                       "--output", "json")
+                       "--no-quotas", "--output", "json")
     assert done.returncode == 0, done.stderr
     submitted = json.loads(done.stdout)
     plan_id = submitted[0]["plan_id"]
