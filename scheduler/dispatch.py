@@ -41,7 +41,7 @@ import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from greenplace.providers.base import (
     AgentAccess,
@@ -93,6 +93,9 @@ from greenplace.scheduler.store import (
     parse_iso,
     policy_of,
 )
+
+if TYPE_CHECKING:
+    from greenplace.scheduler.planning.replan import HeldRun
 
 log = logging.getLogger("greenplace.dispatch")
 
@@ -762,6 +765,11 @@ def _failover(ctx: Context, record: JobRecord, exc: ProviderError, *, expect: Jo
         message=str(exc)))
     exhausted = record.exhausted if retry_same else (*record.exhausted, record.target)
     max_attempts = policy_of(record).failover.max_attempts
+    if (not retry_same and attempt < max_attempts and record.plan is not None
+            and isinstance(exc, (CapacityError, QuotaError))):
+        replanned = _replan(ctx, record, exc, expect=expect, reasons=reasons, now=now)
+        if replanned is not None:
+            return replanned
     next_target = choose_target(record.placements, exhausted, ctx.store.cooling_offers())
     if attempt >= max_attempts or next_target is None:
         tail = (f"the policy allows {max_attempts} attempt(s)" if attempt >= max_attempts
@@ -783,6 +791,207 @@ def _failover(ctx: Context, record: JobRecord, exc: ProviderError, *, expect: Jo
         return Outcome(message=f"nothing to do: the job is now {refused.current}")
     metrics.count_failover(ctx.store, cloud=placement.cloud, reason=metrics.error_family(exc))
     return Outcome(message=f"failing over to {offer_key(nxt)}",
+                   followups=(_dispatch(record.job_id, attempt + 1),))
+
+
+# --- re-planning a batch when a planned job is refused --------------------------------
+REPLAN_TIME_LIMIT_S = 10.0  # the solver's limit for a re-plan, inside a worker task
+REPLAN_LOCK_TTL_S = 60.0
+
+
+def _replan(ctx: Context, record: JobRecord, exc: ProviderError, *, expect: JobState,
+            reasons: Sequence[AttemptReason], now: dt.datetime) -> Outcome | None:
+    """A planned job was refused (capacity / quota) on its planned offer: plan it again with
+    the batch's jobs still DEFERRED to a planned start (``planning/replan.py``); None when
+    this refusal does not re-plan, and the job fails over through its ranking as any job.
+
+    Design choices:
+
+    * Bounded: a job re-plans its batch at most once (its part keeps ``replanned_on``); a job
+      refused again after that fails over through its ranking up to the policy's attempt
+      limit. So a batch of n jobs is re-planned at most n times, and never in a loop.
+    * One re-plan of a batch at a time: a lock per plan (``replan:{plan_id}``, as the
+      dispatch locks are taken). A refusal that finds it held does not wait inside the
+      worker: that job fails over through its ranking, and the re-plan under way (which
+      counted it as keeping its run) does not move it.
+    * The failing job takes its new planned option: launched now on it (PLACED, the next
+      attempt), DEFERRED to its new planned start, or UNSCHEDULABLE when the re-plan leaves it
+      out; each re-planned DEFERRED job gets its new offer and start (its ``not_before`` and
+      its score in the DEFERRED index moved in one script call) or ends UNSCHEDULABLE, each
+      with an event saying it was re-planned and why.
+    """
+    part = record.plan
+    placement = record.placement
+    if (part is None or part.get("planned") != "placed" or "replanned_on" in part
+            or placement is None
+            or (placement.cloud, placement.region, placement.instance_type)
+            != (part["cloud"], part["region"], part["instance_type"])):
+        return None
+    lock = f"replan:{part['plan_id']}"
+    token = ctx.store.acquire_lock(lock, ttl_s=REPLAN_LOCK_TTL_S)
+    if token is None:
+        log.info("job %s: batch plan %s is being re-planned by another worker; failing over "
+                 "through its ranking", record.job_id, part["plan_id"])
+        return None
+    try:
+        return _replan_locked(ctx, record, placement, exc, expect=expect, reasons=reasons,
+                              now=now)
+    finally:
+        ctx.store.release_lock(lock, token)
+
+
+def _replan_locked(ctx: Context, record: JobRecord, placement: Placement, exc: ProviderError,
+                   *, expect: JobState, reasons: Sequence[AttemptReason],
+                   now: dt.datetime) -> Outcome | None:
+    from greenplace.scheduler.planning.plan import make_plan
+    from greenplace.scheduler.planning.replan import (
+        budget_left_usd,
+        revise_document,
+        revised_pools,
+    )
+    from greenplace.scheduler.planning.stored import job_part
+
+    assert record.plan is not None
+    document = ctx.store.plan(str(record.plan["plan_id"]))
+    if document is None or "pool_defs" not in document:
+        return None  # a plan stored before re-planning existed: nothing to re-plan with
+    rows = {str(row["job_id"]): row for row in document["jobs"]}
+    others = ctx.store.get_many([i for i in rows if i != record.job_id])
+    deferred = [r for r in others if r.state is S.DEFERRED and r.plan is not None
+                and r.plan.get("planned") == "placed"]
+    held = _held_runs(ctx.catalog, [r for r in others if r.state not in FINAL_STATES
+                                    and r.state is not S.DEFERRED], rows)
+    chosen = [record, *deferred]
+    try:
+        jobs = [rebuild_job(r, ctx.catalog) for r in chosen]
+    except GreenplaceError as exc_rebuild:
+        log.warning("batch plan %s: not re-planned (%s)", record.plan["plan_id"], exc_rebuild)
+        return None
+    why = (f"attempt {record.attempt} of {record.name} ({record.job_id}) was refused by "
+           f"{offer_key(placement)} ({type(exc).__name__}{f' {exc.code}' if exc.code else ''})")
+    excluded = [*document.get("excluded_offers", []),
+                {"cloud": placement.cloud, "region": placement.region,
+                 "instance_type": placement.instance_type, "spot": placement.spot, "why": why}]
+    now_h = now.replace(minute=0, second=0, microsecond=0)
+    ids = [r.job_id for r in chosen]
+    decisions = [decide_for(ctx, job, now=now_h, allow_defer=False) for job in jobs]
+    revised = make_plan(jobs, decisions,
+                        revised_pools(document, now_h=now_h, held=held, excluded=excluded),
+                        now=now_h, horizon_h=int(document["summary"]["horizon_h"]),
+                        budget_usd=budget_left_usd(document, ids),
+                        time_limit_s=REPLAN_TIME_LIMIT_S)
+    document = revise_document(document, revised, job_ids=ids, at=now, why=why,
+                               excluded=excluded)
+    ctx.store.save_plan(document)
+    revision = document["revisions"][-1]
+    position = {str(row["job_id"]): i for i, row in enumerate(document["jobs"])}
+    label = (f"batch plan {document['plan_id']} re-planned (revision {revision['revision']}, "
+             f"{len(ids)} job(s)) because {why}")
+    for other in deferred:
+        _move_replanned(ctx, other, job_part(document, position[other.job_id],
+                                             revision=revision), label=label, now=now)
+    mine = {**job_part(document, position[record.job_id], revision=revision),
+            "replanned_on": revision["revision"]}
+    metrics.count_failover(ctx.store, cloud=placement.cloud, reason=metrics.error_family(exc))
+    return _take_replanned(ctx, record, mine, decisions[0], excluded, expect=expect,
+                           reasons=reasons, label=label, now=now)
+
+
+def _held_runs(catalog: Catalog, records: Sequence[JobRecord],
+               rows: Mapping[str, Mapping[str, Any]]) -> list[HeldRun]:
+    """The planned runs of the batch's jobs that keep their place, on the offer each really
+    holds (a launched job's, else its planned one)."""
+    from greenplace.scheduler.planning.replan import HeldRun
+
+    offers = {(o.cloud, o.region, o.instance_type): o for o in catalog.offers}
+    out = []
+    for record in records:
+        row = rows[record.job_id]
+        if row["status"] != "placed":
+            continue
+        where = (row["cloud"], row["region"], row["instance_type"])
+        spot = bool(row["spot"])
+        if record.state in (S.DISPATCHING, S.RUNNING) and record.placement is not None:
+            p = record.placement
+            where, spot = (p.cloud, p.region, p.instance_type), p.spot
+        offer = offers.get(where)
+        if offer is None:
+            continue
+        duration_h = int(row.get("duration_h") or math.ceil(float(row["runtime_h"])))
+        out.append(HeldRun(offer=offer, spot=spot, duration_h=duration_h,
+                           start_at=dt.datetime.fromisoformat(row["start_at"])))
+    return out
+
+
+def _move_replanned(ctx: Context, record: JobRecord, part: Mapping[str, Any], *, label: str,
+                    now: dt.datetime) -> None:
+    """A DEFERRED job of a re-planned batch: its new offer and start, or UNSCHEDULABLE."""
+    from greenplace.scheduler.planning.stored import left_reason
+
+    data = {"plan_id": part["plan_id"], "revision": part["revision"]}
+    try:
+        if part["planned"] != "placed":
+            reason = f"{label}; {left_reason(part)}"
+            ctx.store.transition(record.job_id, to=S.UNSCHEDULABLE, expect=S.DEFERRED,
+                                 message=reason, data={**data, "binding": part["binding"]},
+                                 fields=encode_fields(reason=reason, placements=[],
+                                                      plan=part), now=now)
+            return
+        # due now once its new start has come (in milliseconds, as ``not_before`` is kept)
+        not_before = parse_iso(iso(max(dt.datetime.fromisoformat(part["start_at"]), now)))
+        ctx.store.transition(
+            record.job_id, to=S.DEFERRED, expect=S.DEFERRED, score=not_before.timestamp(),
+            message=f"{label}: now {part['cloud']}:{part['region']} {part['instance_type']} "
+                    f"from {part['start_at']}; not before {iso(not_before)}",
+            data=data, fields=encode_fields(plan=part, not_before=iso(not_before)), now=now)
+    except TransitionRefused as refused:
+        log.info("job %s kept its old plan: it is now %s", record.job_id, refused.current)
+
+
+def _take_replanned(ctx: Context, record: JobRecord, part: Mapping[str, Any],
+                    decision: PlacementDecision, excluded: Sequence[Mapping[str, Any]], *,
+                    expect: JobState, reasons: Sequence[AttemptReason], label: str,
+                    now: dt.datetime) -> Outcome:
+    """The refused job takes its option in the re-plan: the next attempt now, DEFERRED to its
+    new start, or UNSCHEDULABLE when the re-plan left it out."""
+    from greenplace.scheduler.planning.stored import follow_plan, left_reason
+
+    attempt = record.attempt
+    try:
+        if part["planned"] != "placed":
+            reason = f"{label}; {left_reason(part)}"
+            ctx.store.transition(record.job_id, to=S.UNSCHEDULABLE, expect=expect,
+                                 attempt=attempt, message=reason,
+                                 data={"plan_id": part["plan_id"], "binding": part["binding"]},
+                                 fields=encode_fields(reason=reason, attempt_reasons=reasons,
+                                                      plan=part), now=now)
+            return Outcome(message=reason)
+        followed = follow_plan(decision, part, now=now)
+        placements = frozen_ranking(followed)
+        refused = {(e["cloud"], e["region"], e["instance_type"], e["spot"]) for e in excluded}
+        exhausted = [i for i, p in enumerate(placements)
+                     if (p.cloud, p.region, p.instance_type, p.spot) in refused]
+        where = f"{part['cloud']}:{part['region']} {part['instance_type']}"
+        fields = encode_fields(decision=followed.summary(explain=False), placements=placements,
+                               target=-1, exhausted=exhausted, attempt_reasons=reasons,
+                               plan=part)
+        if followed.start_at is not None:
+            not_before = parse_iso(followed.start_at)
+            ctx.store.transition(
+                record.job_id, to=S.DEFERRED, expect=expect, attempt=attempt,
+                score=not_before.timestamp(),
+                message=f"{label}: now {where}, deferred to its new planned start: not before "
+                        f"{iso(not_before)}",
+                data={"plan_id": part["plan_id"], "revision": part["revision"]},
+                fields={**fields, **encode_fields(not_before=iso(not_before))}, now=now)
+            return Outcome(message=f"re-planned; deferred until {iso(not_before)}")
+        ctx.store.transition(
+            record.job_id, to=S.PLACED, expect=expect, attempt=attempt,
+            message=f"{label}: now {where}, launching it", fields=fields,
+            data={"plan_id": part["plan_id"], "revision": part["revision"]}, now=now)
+    except TransitionRefused as exc:
+        return Outcome(message=f"nothing to do: the job is now {exc.current}")
+    return Outcome(message=f"re-planned onto {where}",
                    followups=(_dispatch(record.job_id, attempt + 1),))
 
 

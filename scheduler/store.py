@@ -113,13 +113,18 @@ FINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.UNSCHEDULABLE})
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.PLACED, S.DEFERRED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
     S.PLACED: frozenset({S.DISPATCHING, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
-    S.DEFERRED: frozenset({S.PLACED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
+    # -> DEFERRED: its batch plan was revised (``planning/replan.py``): a new planned start.
+    S.DEFERRED: frozenset({S.PLACED, S.DEFERRED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
     # -> PLACED: the attempt was refused (capacity / quota); the next candidate is tried.
-    S.DISPATCHING: frozenset({S.RUNNING, S.PLACED, S.UNSCHEDULABLE, S.FAILED, S.CANCELLED}),
+    # -> DEFERRED: a planned job's refusal re-planned its batch, and it starts later.
+    S.DISPATCHING: frozenset({S.RUNNING, S.PLACED, S.DEFERRED, S.UNSCHEDULABLE, S.FAILED,
+                              S.CANCELLED}),
     # -> PLACED: a spot instance was preempted, or the cloud refused the launch after
     # accepting it (an asynchronous stockout); the job is launched again.
     # -> UNSCHEDULABLE: that refusal came on the last candidate.
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PLACED, S.UNSCHEDULABLE}),
+    # -> DEFERRED: that refusal re-planned the job's batch, and it starts later.
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PLACED, S.DEFERRED,
+                          S.UNSCHEDULABLE}),
     **{final: frozenset() for final in FINAL_STATES},
 }
 
@@ -555,6 +560,7 @@ def encode_fields(
     reason: str | None = None, preemptions: int | None = None,
     cancelled_from: str | None = None, terminated_at: str | None = None,
     exit_code: int | None = None, exited_at: str | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Record fields to write with a transition, encoded as the hash stores them."""
     out: dict[str, str] = {}
@@ -586,6 +592,8 @@ def encode_fields(
         out["terminated_at"] = terminated_at
     if exit_code is not None:
         out["exit_code"] = str(exit_code)
+    if plan is not None:
+        out["plan"] = _dumps(plan)
     if exited_at is not None:
         out["exited_at"] = exited_at
     return out
@@ -758,6 +766,11 @@ class JobStore:
             return None
         raw = self.client.get(self._plan_key(plan_id))
         return None if raw is None else cast(dict[str, Any], json.loads(raw))
+
+    def save_plan(self, document: Mapping[str, Any]) -> None:
+        """Write a revised batch plan over the stored one (``planning/replan.py``; the
+        caller holds the plan's re-plan lock)."""
+        self.client.set(self._plan_key(str(document["plan_id"])), _dumps(document))
 
     def get(self, job_id: str) -> JobRecord:
         """The job's record. Raises JobNotFoundError."""
