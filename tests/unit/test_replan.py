@@ -19,7 +19,9 @@ import pytest
 
 from greenplace.scheduler.catalog import load_catalog
 from greenplace.scheduler.dispatch import Context, Followup, place_and_dispatch
-from greenplace.scheduler.planning.stored import pool_from_definition
+from greenplace.scheduler.planning.capacity import CapacityPool, Unit
+from greenplace.scheduler.planning.replan import HeldRun, revised_pools
+from greenplace.scheduler.planning.stored import pool_definition, pool_from_definition
 from greenplace.scheduler.store import JobState, iso, offer_key, policy_of
 from tests.redisproc import REDIS_SERVER
 from tests.unit.test_dispatch import run
@@ -138,7 +140,7 @@ def test_a_refused_planned_job_re_plans_the_rest_of_its_batch(
     first = ctx.store.get(by_name[FIRST])
     assert first.plan is not None and first.plan["replanned_on"] == 1
     assert [r.error for r in first.attempt_reasons] == ["CapacityError"]
-    assert offer_key(first.placements[0]) != REFUSED or first.state is not S.RUNNING
+    assert first.state is S.RUNNING and first.attempt == 2, first.reason
 
 
 def record_time(ctx: Context, job_id: str) -> dt.datetime:
@@ -169,3 +171,31 @@ def test_a_second_refusal_fails_over_through_the_ranking_without_re_planning_aga
     document = ctx.store.plan(before["plan_id"])
     assert document is not None and document["revision"] == 1  # no second re-plan
     assert len(outcomes) == limit - 1  # one dispatch per attempt after the re-plan
+
+
+def test_revised_pools_subtract_the_kept_runs_from_the_hour_of_the_re_plan() -> None:
+    """A plan made 2 h ago with a pool of 8 H100 (2 in its first 3 hours): a kept 8-H100 run
+    from hour 1 to 4 of the plan holds the pool in hours 0-1 of the re-plan, the pool's own
+    hourly limit still binds hour 0, and the refused offer becomes a pool of 0."""
+    catalog = load_catalog()
+    offer = next(o for o in catalog.offers if offer_key_of(o) == REFUSED)
+    origin = _hour_now() - dt.timedelta(hours=2)
+    pool = CapacityPool(cloud="aws", region="eu-north-1", unit=Unit.ACCELERATORS,
+                        accelerators=("H100",), limit=16, hourly_limits=(2, 2, 2),
+                        source="capacity.yaml line 7")
+    document = {"start": origin.isoformat(), "pool_defs": [pool_definition(pool)]}
+    held = [HeldRun(offer=offer, spot=False, start_at=origin + dt.timedelta(hours=1),
+                    duration_h=3)]
+    excluded = [{"cloud": "aws", "region": "eu-north-1", "instance_type": "p5.48xlarge",
+                 "spot": False, "why": "attempt 1 was refused"}]
+    revised, refused = revised_pools(document, now_h=_hour_now(), held=held, excluded=excluded)
+    assert revised.hourly_limits == (0, 8)  # hour 2 of the plan: 2 - 8 -> 0; hour 3: 16 - 8
+    assert revised.limit_at(2) == 16
+    assert revised.source.startswith("capacity.yaml line 7")
+    assert refused.limit == 0 and refused.units_per_instance(offer, spot=False) > 0
+    assert refused.units_per_instance(offer, spot=True) == 0
+    assert "attempt 1 was refused" in refused.source
+
+
+def offer_key_of(offer: Any) -> str:
+    return f"{offer.cloud}:{offer.region}:{offer.instance_type}"
