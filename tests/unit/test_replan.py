@@ -199,3 +199,23 @@ def test_revised_pools_subtract_the_kept_runs_from_the_hour_of_the_re_plan() -> 
 
 def offer_key_of(offer: Any) -> str:
     return f"{offer.cloud}:{offer.region}:{offer.instance_type}"
+
+
+def test_a_refusal_while_its_batch_is_being_re_planned_fails_over_through_its_ranking(
+        make_ctx: Callable[..., Context]) -> None:
+    ctx = make_ctx(capacity={REFUSED: 0})
+    by_name, before = _submitted(ctx)
+    token = ctx.store.acquire_lock(f"replan:{before['plan_id']}", ttl_s=60)
+    assert token is not None  # another worker's re-plan of this batch is under way
+    try:
+        run(ctx, [Followup(task="place", args=(by_name[FIRST],))])
+    finally:
+        ctx.store.release_lock(f"replan:{before['plan_id']}", token)
+    record = ctx.store.get(by_name[FIRST])
+    assert record.state is S.RUNNING and record.attempt == 2, record.reason
+    assert record.placement is not None and offer_key(record.placement) != REFUSED
+    assert record.plan is not None and "replanned_on" not in record.plan
+    document = ctx.store.plan(before["plan_id"])
+    assert document is not None and document["revision"] == 0
+    assert "revisions" not in document
+    assert len(_deferred_on_refused(ctx, by_name)) == 2  # the batch keeps its plan
