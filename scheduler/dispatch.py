@@ -846,6 +846,7 @@ def _replan_locked(ctx: Context, record: JobRecord, placement: Placement, exc: P
     from greenplace.scheduler.planning.plan import make_plan
     from greenplace.scheduler.planning.replan import (
         budget_left_usd,
+        kept_old_rows,
         revise_document,
         revised_pools,
     )
@@ -880,16 +881,20 @@ def _replan_locked(ctx: Context, record: JobRecord, placement: Placement, exc: P
                         now=now_h, horizon_h=int(document["summary"]["horizon_h"]),
                         budget_usd=budget_left_usd(document, ids),
                         time_limit_s=REPLAN_TIME_LIMIT_S)
+    before = document
     document = revise_document(document, revised, job_ids=ids, at=now, why=why,
                                excluded=excluded)
-    ctx.store.save_plan(document)
     revision = document["revisions"][-1]
     position = {str(row["job_id"]): i for i, row in enumerate(document["jobs"])}
     label = (f"batch plan {document['plan_id']} re-planned (revision {revision['revision']}, "
              f"{len(ids)} job(s)) because {why}")
-    for other in deferred:
-        _move_replanned(ctx, other, job_part(document, position[other.job_id],
-                                             revision=revision), label=label, now=now)
+    kept = [other.job_id for other in deferred
+            if not _move_replanned(ctx, other, job_part(document, position[other.job_id],
+                                                        revision=revision),
+                                   label=label, now=now)]
+    # A job reconcile released meanwhile keeps its old plan: the stored plan says so.
+    document = kept_old_rows(document, before, kept)
+    ctx.store.save_plan(document)
     mine = {**job_part(document, position[record.job_id], revision=revision),
             "replanned_on": revision["revision"]}
     metrics.count_failover(ctx.store, cloud=placement.cloud, reason=metrics.error_family(exc))
@@ -924,8 +929,10 @@ def _held_runs(catalog: Catalog, records: Sequence[JobRecord],
 
 
 def _move_replanned(ctx: Context, record: JobRecord, part: Mapping[str, Any], *, label: str,
-                    now: dt.datetime) -> None:
-    """A DEFERRED job of a re-planned batch: its new offer and start, or UNSCHEDULABLE."""
+                    now: dt.datetime) -> bool:
+    """A DEFERRED job of a re-planned batch: its new offer and start, or UNSCHEDULABLE.
+    False when it was no longer DEFERRED (reconcile released it meanwhile): it keeps its old
+    plan."""
     from greenplace.scheduler.planning.stored import left_reason
 
     data = {"plan_id": part["plan_id"], "revision": part["revision"]}
@@ -936,7 +943,7 @@ def _move_replanned(ctx: Context, record: JobRecord, part: Mapping[str, Any], *,
                                  message=reason, data={**data, "binding": part["binding"]},
                                  fields=encode_fields(reason=reason, placements=[],
                                                       plan=part), now=now)
-            return
+            return True
         # due now once its new start has come (in milliseconds, as ``not_before`` is kept)
         not_before = parse_iso(iso(max(dt.datetime.fromisoformat(part["start_at"]), now)))
         ctx.store.transition(
@@ -946,6 +953,8 @@ def _move_replanned(ctx: Context, record: JobRecord, part: Mapping[str, Any], *,
             data=data, fields=encode_fields(plan=part, not_before=iso(not_before)), now=now)
     except TransitionRefused as refused:
         log.info("job %s kept its old plan: it is now %s", record.job_id, refused.current)
+        return False
+    return True
 
 
 def _take_replanned(ctx: Context, record: JobRecord, part: Mapping[str, Any],

@@ -113,4 +113,25 @@ def revise_document(document: Mapping[str, Any], plan: Plan, *, job_ids: Sequenc
             "revisions": [*document.get("revisions", []), entry]}
 
 
-__all__ = ["HeldRun", "budget_left_usd", "hours_between", "revise_document", "revised_pools"]
+
+
+def kept_old_rows(revised: Mapping[str, Any], before: Mapping[str, Any],
+                  job_ids: Sequence[str]) -> dict[str, Any]:
+    """``revised`` with the rows of ``job_ids`` put back as ``before`` had them: jobs the
+    re-plan could not move (reconcile released them meanwhile, on their old plan). The
+    revision lists them under ``kept_old_plan``; its pool figures still count them as
+    re-planned, which the revision's record says."""
+    if not job_ids:
+        return dict(revised)
+    old = {str(row["job_id"]): row for row in before["jobs"]}
+    jobs = [old[str(row["job_id"])] if str(row["job_id"]) in job_ids else row
+            for row in revised["jobs"]]
+    revisions = [*revised["revisions"][:-1],
+                 {**revised["revisions"][-1], "kept_old_plan": list(job_ids),
+                  "kept_old_plan_note": "released on their old plan before the re-plan could "
+                  "move them; the pools' use above counts them as re-planned"}]
+    return {**revised, "jobs": jobs, "revisions": revisions}
+
+
+__all__ = ["HeldRun", "budget_left_usd", "hours_between", "kept_old_rows", "revise_document",
+           "revised_pools"]

@@ -19,6 +19,7 @@ import pytest
 
 from greenplace.scheduler.catalog import load_catalog
 from greenplace.scheduler.dispatch import Context, Followup, place_and_dispatch
+from greenplace.scheduler.planning import plan as planning_plan
 from greenplace.scheduler.planning.capacity import CapacityPool, Unit
 from greenplace.scheduler.planning.replan import HeldRun, revised_pools
 from greenplace.scheduler.planning.stored import pool_definition, pool_from_definition
@@ -219,3 +220,36 @@ def test_a_refusal_while_its_batch_is_being_re_planned_fails_over_through_its_ra
     assert document is not None and document["revision"] == 0
     assert "revisions" not in document
     assert len(_deferred_on_refused(ctx, by_name)) == 2  # the batch keeps its plan
+
+
+def test_a_job_released_while_its_batch_re_plans_keeps_its_old_plan_and_row(
+        make_ctx: Callable[..., Context], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reconcile may release a DEFERRED job of the batch after the re-plan read it and before
+    # the re-plan moves it: that job goes on with its old plan, and the stored plan must say
+    # so rather than list a row the job never took.
+    ctx = make_ctx(capacity={REFUSED: 0})
+    by_name, before = _submitted(ctx)
+    released = _deferred_on_refused(ctx, by_name)[0]
+    real_make_plan = planning_plan.make_plan
+    done: list[str] = []
+
+    def reconcile_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if not done:  # once, while the re-plan solves: after its reads, before its moves
+            ctx.store.transition(released, to=S.PLACED, expect=S.DEFERRED,
+                                 message="released by reconcile", now=dt.datetime.now(dt.UTC))
+            done.append(released)
+        return real_make_plan(*args, **kwargs)
+
+    monkeypatch.setattr(planning_plan, "make_plan", reconcile_meanwhile)
+    run(ctx, [Followup(task="place", args=(by_name[FIRST],))])
+
+    assert done == [released]
+    document = ctx.store.plan(before["plan_id"])
+    assert document is not None and document["revision"] == 1
+    (revision,) = document["revisions"]
+    assert released in revision["job_ids"] and revision["kept_old_plan"] == [released]
+    old_row = next(r for r in before["jobs"] if r["job_id"] == released)
+    assert next(r for r in document["jobs"] if r["job_id"] == released) == old_row
+    record = ctx.store.get(released)
+    assert record.plan is not None and "revision" not in record.plan  # its part is the old one
+    assert not any("re-planned" in e.message for e in ctx.store.events(released))
