@@ -1093,6 +1093,8 @@ class JobStore:
         (``more`` is then True) so a sweep fits inside a task's time limit; call again to
         go on.
 
+        A batch plan (``submit --plan``) is deleted with the last of its jobs.
+
         Design choice: candidates come from the final states' indexes, scored by when the
         job entered the state, so a sweep reads only what is due, in pages, and never
         scans the keyspace. The lock keys of a pruned job are left to expire (they have
@@ -1104,6 +1106,7 @@ class JobStore:
         finals = ",".join(sorted(FINAL_STATES))
         pruned: list[FinalJob] = []
         kept: list[FinalJob] = []
+        ended_plans: set[str] = set()  # plans one of whose jobs this sweep removed
         more = False
         for state in sorted(FINAL_STATES):
             offset = 0  # ids kept in this index so far (removed ones leave it)
@@ -1117,6 +1120,7 @@ class JobStore:
                     self._state_key(state), "-inf", cutoff, start=offset, num=page)]
                 if not ids:
                     break
+                plans = {} if dry_run else self._plan_ids_of(ids)
                 pipe = self.client.pipeline(transaction=False)
                 for job_id in ids:
                     self._prune(keys=[], args=[f"{self.prefix}:", job_id, repr(cutoff), finals,
@@ -1131,12 +1135,38 @@ class JobStore:
                     if status in ("pruned", "prunable"):
                         removed += 1
                         pruned.append(job)
+                        if job_id in plans:
+                            ended_plans.add(plans[job_id])
                     elif status == "deleting":
                         kept.append(job)
                 offset += len(ids) if dry_run else len(ids) - removed
             if more:
                 break
+        for plan_id in sorted(ended_plans):
+            self._drop_plan_if_done(plan_id)
         return PruneResult(pruned=tuple(pruned), kept_deleting=tuple(kept), more=more)
+
+    def _plan_ids_of(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """job id -> the id of the batch plan it belongs to, for the planned ones."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self._job_key(job_id), "plan")
+        out = {}
+        for job_id, raw in zip(job_ids, pipe.execute(), strict=True):
+            if raw:
+                out[job_id] = str(json.loads(raw)["plan_id"])
+        return out
+
+    def _drop_plan_if_done(self, plan_id: str) -> None:
+        """Delete a batch plan once none of its jobs is left (a plan and its jobs are written
+        in one MULTI, so none can appear later)."""
+        document = self.plan(plan_id)
+        if document is None:
+            return
+        keys = [self._job_key(str(row["job_id"])) for row in document.get("jobs", ())
+                if row.get("job_id")]
+        if not keys or not self.client.exists(*keys):
+            self.client.delete(self._plan_key(plan_id))
 
     # coordination -------------------------------------------------------------------
     def _lock_key(self, name: str) -> str:

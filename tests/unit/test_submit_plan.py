@@ -223,3 +223,22 @@ def test_status_and_the_api_show_each_jobs_plan(server: RedisServer,
     assert (f"plan {plan_id} ({document['summary']['solver']}, "
             f"{document['summary']['status']}, gap ") in out
     assert f"planned on {row['cloud']}:{row['region']} {row['instance_type']} from hour " in out
+
+
+def test_prune_deletes_a_batch_plan_with_the_last_of_its_jobs(
+        make_ctx: Callable[..., Context]) -> None:
+    ctx = make_ctx()
+    ids, document = _submit(ctx, _plan(_hour_now()))
+    for job_id in ids:
+        ctx.store.transition(job_id, to=S.CANCELLED, expect=S.QUEUED,
+                             message="cancelled by the test", now=utc_now())
+    later = utc_now() + dt.timedelta(days=2)
+    # Pruning some of its jobs keeps the plan: the others still point at it.
+    assert len(ctx.store.prune(older_than_s=0, now=later, limit=len(ids) - 1).pruned) == \
+        len(ids) - 1
+    assert ctx.store.plan(document["plan_id"]) is not None
+    # A dry run removes nothing, the plan included.
+    assert len(ctx.store.prune(older_than_s=0, now=later, dry_run=True).pruned) == 1
+    assert ctx.store.plan(document["plan_id"]) is not None
+    assert len(ctx.store.prune(older_than_s=0, now=later).pruned) == 1
+    assert ctx.store.plan(document["plan_id"]) is None
