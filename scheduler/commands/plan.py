@@ -52,6 +52,8 @@ def _check_numbers(budget_usd: float | None, horizon_h: int, time_limit_s: float
 def _hours_at_limit(used: list[int], limit: list[int]) -> str:
     from greenplace.scheduler.planning.plan import _hours_text
 
+    if limit and max(limit) == 0:
+        return "all (a limit of 0: nothing may run on it)"
     full = [h for h, (u, c) in enumerate(zip(used, limit, strict=True)) if u >= c and u > 0]
     return _hours_text(full) if full else "none"
 

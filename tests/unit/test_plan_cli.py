@@ -76,6 +76,8 @@ def test_the_table_and_csv_outputs(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "7/7 placed" in out and "status optimal" in out and "gap 0.0000 %" in out
     assert "aws:eu-north-1 H100 (accelerators)" in out and "peak 8 / 8" in out
+    tpu = next(line for line in out.splitlines() if "gcp:us-west1 TPU-v5e" in line)
+    assert "peak 0 / 0" in tpu and "a limit of 0: nothing may run on it" in tpu
     assert "weights carbon" in out and "it displaced vit-pretrain" in out
     code, out, _ = run(capsys, "plan", JOBS, "--capacity", str(CAPACITY), "-o", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
