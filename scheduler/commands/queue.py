@@ -155,8 +155,9 @@ def _check_plan_options(planned: bool, *, dry_run: bool, capacity_file: Path | N
                                       ("--horizon-hours", horizon_hours),
                                       ("--no-quotas", no_quotas or None)) if value is not None]
     if given and not planned:
-        raise UserInputError(f"{', '.join(given)} only apply with --plan. To fix: add --plan "
-                             "to plan the batch, or drop them.")
+        raise UserInputError(f"{', '.join(given)} "
+                             f"{'apply' if len(given) > 1 else 'applies'} only with --plan. "
+                             "To fix: add --plan to plan the batch, or drop them.")
     if planned and dry_run:
         raise UserInputError("--plan and --dry-run do not go together. To fix: run `greenplace "
                              "plan JOBS.yaml` (same options) to see the plan without "
