@@ -50,6 +50,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from greenplace.providers import credentials
 from greenplace.providers.azure import (
     AzureProvider,
     AzureSettings,
@@ -72,7 +73,6 @@ from greenplace.scheduler.catalog.retired import AZURE_RETIRED
 from greenplace.scheduler.exceptions import (
     AuthError,
     ConfigError,
-    GreenplaceError,
     InvalidRequestError,
     ProviderError,
     UnknownNameError,
@@ -117,10 +117,7 @@ def credentials_found(environ: Mapping[str, str]) -> bool:
     ``AZURE_SUBSCRIPTION_ID``): only then is Azure in use here, so the service's daily refresh
     (which refreshes the clouds whose credentials it finds) prices it and checks availability
     against that subscription. Prices alone need none (``NEEDS_CREDENTIALS``)."""
-    try:
-        return refresh_settings(environ).subscription_id is not None
-    except GreenplaceError:
-        return False
+    return credentials.azure_subscription(environ) is not None
 
 
 def fetch(request: RefreshRequest) -> CloudPrices:
