@@ -174,7 +174,8 @@ def test_follow_plan_puts_the_planned_offer_first_or_keeps_the_ranking_with_a_no
 
 @pytest.mark.parametrize(("args", "says"), [
     (["--capacity", str(CAPACITY)], "--capacity applies only with --plan"),
-    (["--no-quotas", "--horizon-hours", "4"], "--horizon-hours, --no-quotas apply only with --plan"),
+    (["--no-quotas", "--horizon-hours", "4"],
+     "--horizon-hours, --no-quotas apply only with --plan"),
     (["--plan", "--dry-run"], "--plan and --dry-run do not go together"),
     (["--plan", "--horizon-hours", "0"], "--horizon-hours must be between 1"),
     (["--plan", "--budget-usd", "-5"], "--budget-usd must be a positive amount"),
